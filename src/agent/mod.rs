@@ -1,0 +1,269 @@
+//! `odfs-agent`: PID 1 of every backing container. Accepts spawn requests on a
+//! unix socket, starts tools as the caller with the caller's fds, reaps every
+//! child, and reports each tool's end to whoever holds the connection.
+//!
+//! Runs in any linux/amd64 image, `FROM scratch` included: the binary is
+//! static and touches nothing in the image except `/etc/passwd` and
+//! `/etc/group` (to make the caller known there).
+
+mod identity;
+mod spawn;
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, PROTOCOL_VERSION};
+
+/// Agent settings, from its command line.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub socket: PathBuf,
+    /// Accept peers inside the agent's own pid namespace. Only for running the
+    /// agent outside a container in tests; inside a container it would let any
+    /// tool ask the agent to start processes.
+    pub allow_local_peers: bool,
+}
+
+/// What the reaper tells a connection about its tool.
+enum ToolEvent {
+    Ended(WaitStatus),
+    Signal(i32),
+    Hangup,
+}
+
+/// Tools in flight. Held across `fork` so the reaper can never see a child's
+/// end before the child is registered here.
+struct Registry {
+    waiting: HashMap<i32, mpsc::Sender<ToolEvent>>,
+    running: u32,
+    idle_since: Instant,
+}
+
+struct Agent {
+    registry: Mutex<Registry>,
+    children: Condvar,
+    /// The image's PATH: tools are looked up on it and get it as their PATH.
+    path: Vec<u8>,
+    allow_local_peers: bool,
+}
+
+/// Run the agent until SIGTERM/SIGINT; never returns.
+pub fn run(config: AgentConfig) -> ! {
+    // Block the termination signals in every thread; one thread takes them
+    // with sigwait. PID 1 gets no default action for them anyway.
+    let mut term = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        term.add(s);
+    }
+    term.thread_block().expect("block termination signals");
+
+    let path = std::env::var_os("PATH")
+        .map(|p| p.into_encoded_bytes())
+        .unwrap_or_else(|| b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec());
+    let agent = Arc::new(Agent {
+        registry: Mutex::new(Registry { waiting: HashMap::new(), running: 0, idle_since: Instant::now() }),
+        children: Condvar::new(),
+        path,
+        allow_local_peers: config.allow_local_peers,
+    });
+
+    std::thread::spawn(move || {
+        let sig = term.wait().unwrap_or(Signal::SIGTERM);
+        eprintln!("odfs-agent: {sig}: stopping every tool");
+        // SAFETY: kill(-1) from PID 1 of a pid namespace signals every other
+        // process of the namespace; plain syscalls.
+        unsafe {
+            libc::kill(-1, libc::SIGKILL);
+            libc::_exit(0);
+        }
+    });
+
+    let reaper = agent.clone();
+    std::thread::spawn(move || reaper.reap());
+
+    let _ = std::fs::remove_file(&config.socket);
+    let listener = match UnixListener::bind(&config.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("odfs-agent: cannot listen on {}: {e}", config.socket.display());
+            std::process::exit(1);
+        }
+    };
+    let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600));
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let agent = agent.clone();
+                std::thread::spawn(move || agent.serve(stream));
+            }
+            Err(e) => eprintln!("odfs-agent: accept: {e}"),
+        }
+    }
+    std::process::exit(1)
+}
+
+impl Agent {
+    /// Reap every child (PID 1 inherits orphans too) and route tool ends to
+    /// their connections.
+    fn reap(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), None) {
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    let mut reg = self.registry.lock().unwrap();
+                    if let Some(tx) = reg.waiting.remove(&pid.as_raw()) {
+                        reg.running -= 1;
+                        if reg.running == 0 {
+                            reg.idle_since = Instant::now();
+                        }
+                        let _ = tx.send(ToolEvent::Ended(status));
+                    }
+                }
+                Err(nix::Error::ECHILD) => {
+                    let reg = self.registry.lock().unwrap();
+                    let _ = self.children.wait_timeout(reg, Duration::from_millis(500)).unwrap();
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn serve(&self, stream: UnixStream) {
+        if !self.allow_local_peers {
+            // A peer outside our pid namespace (the daemon on the host) shows
+            // as pid 0; anything inside the container has a real pid.
+            match getsockopt(&stream, PeerCredentials) {
+                Ok(cred) if cred.pid() == 0 => {}
+                _ => {
+                    eprintln!("odfs-agent: refused a connection from inside the container");
+                    return;
+                }
+            }
+        }
+        let first = match protocol::recv::<AgentRequest>(&stream) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                eprintln!("odfs-agent: bad request: {e}");
+                return;
+            }
+        };
+        match first {
+            (AgentRequest::Status, _) => {
+                let (running, idle_ms) = {
+                    let reg = self.registry.lock().unwrap();
+                    let idle = if reg.running == 0 { reg.idle_since.elapsed().as_millis() as u64 } else { 0 };
+                    (reg.running, idle)
+                };
+                let _ = protocol::send(&stream, &AgentEvent::Status { running, idle_ms }, &[]);
+            }
+            (AgentRequest::Spawn(req), fds) => self.run_tool(stream, req, fds),
+            (AgentRequest::Signal(_), _) => {
+                eprintln!("odfs-agent: signal before spawn ignored");
+            }
+        }
+    }
+
+    /// Start the tool, then follow it: forward signals from the connection,
+    /// report its end, and kill its process group if the connection drops
+    /// (the launcher was killed).
+    fn run_tool(&self, stream: UnixStream, req: SpawnRequest, fds: Vec<std::os::fd::OwnedFd>) {
+        if req.version != PROTOCOL_VERSION {
+            let msg = format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version);
+            let _ = protocol::send(&stream, &AgentEvent::Failed { message: msg, exit_code: protocol::EXIT_ODFS_ERROR }, &[]);
+            return;
+        }
+        identity::ensure_known(&req.identity);
+        let (tx, rx) = mpsc::channel();
+        let pid = match spawn::spawn(self, &req, &fds, tx.clone()) {
+            Ok(pid) => pid,
+            Err(failure) => {
+                let _ = protocol::send(&stream, &failure, &[]);
+                return;
+            }
+        };
+        drop(fds);
+        if protocol::send(&stream, &AgentEvent::Started { pid }, &[]).is_err() {
+            let _ = tx.send(ToolEvent::Hangup);
+        }
+
+        let reader = stream.try_clone();
+        if let Ok(reader) = reader {
+            let tx = tx.clone();
+            std::thread::spawn(move || loop {
+                match protocol::recv::<AgentRequest>(&reader) {
+                    Ok(Some((AgentRequest::Signal(sig), _))) => {
+                        if tx.send(ToolEvent::Signal(sig)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        let _ = tx.send(ToolEvent::Hangup);
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        let mut hung_up = false;
+        while let Ok(ev) = rx.recv() {
+            match ev {
+                ToolEvent::Signal(sig) => {
+                    // SAFETY: plain kill(2) on the tool we started.
+                    unsafe { libc::kill(pid, sig) };
+                }
+                ToolEvent::Hangup => {
+                    if !hung_up {
+                        hung_up = true;
+                        // The launcher is gone (killed): nobody will see this
+                        // tool's output or status, so end its whole group.
+                        // SAFETY: plain kill(2) on the tool's process group.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    }
+                }
+                ToolEvent::Ended(status) => {
+                    let ev = match status {
+                        WaitStatus::Exited(_, code) => AgentEvent::Exited(code),
+                        WaitStatus::Signaled(_, sig, _) => AgentEvent::Signaled(sig as i32),
+                        _ => continue,
+                    };
+                    if !hung_up {
+                        let _ = protocol::send(&stream, &ev, &[]);
+                    }
+                    break;
+                }
+            }
+        }
+        // Wake the reader thread, which holds a clone of this socket.
+        let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
+/// Parse the agent's command line: `odfs-agent --socket PATH [--allow-local-peers]`.
+pub fn parse_args(args: impl Iterator<Item = String>) -> Result<AgentConfig, String> {
+    let mut socket = None;
+    let mut allow_local_peers = false;
+    let mut args = args.skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--socket" => socket = args.next().map(PathBuf::from),
+            "--allow-local-peers" => allow_local_peers = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let socket = socket.ok_or("missing --socket PATH")?;
+    Ok(AgentConfig { socket, allow_local_peers })
+}

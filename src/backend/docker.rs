@@ -1,0 +1,164 @@
+//! The Docker Engine API through bollard (also Podman's compatible socket).
+
+use std::collections::HashMap;
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountTypeEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::{BackendError, ContainerBackend, ContainerSpec, Managed, LABEL_MOUNT, LABEL_PROFILE};
+
+pub struct Docker {
+    /// Connected on first use and kept; a failed connection is retried on the
+    /// next call, so odfs survives starting before the engine.
+    client: tokio::sync::OnceCell<bollard::Docker>,
+    endpoint: String,
+}
+
+impl Docker {
+    /// The local engine (`DOCKER_HOST` when it is a unix socket).
+    pub fn new() -> Docker {
+        let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+        Docker { client: tokio::sync::OnceCell::new(), endpoint }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The client, after agreeing on an API version: Debian's dockerd speaks
+    /// 1.41, older than bollard's default.
+    async fn client(&self) -> Result<&bollard::Docker, BackendError> {
+        let unreachable = |e: bollard::errors::Error| BackendError::Unreachable { endpoint: self.endpoint.clone(), reason: e.to_string() };
+        self.client
+            .get_or_try_init(|| async {
+                let client = bollard::Docker::connect_with_local_defaults().map_err(unreachable)?;
+                client.negotiate_version().await.map_err(unreachable)
+            })
+            .await
+    }
+
+    fn classify(&self, e: bollard::errors::Error) -> BackendError {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError { status_code, message } => {
+                BackendError::Engine(format!("{message} (HTTP {status_code})"))
+            }
+            other => {
+                let text = other.to_string();
+                if text.contains("onnect") || text.contains("No such file") || text.contains("refused") {
+                    BackendError::Unreachable { endpoint: self.endpoint.clone(), reason: text }
+                } else {
+                    BackendError::Engine(text)
+                }
+            }
+        }
+    }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+impl ContainerBackend for Docker {
+    async fn ensure_image(&self, reference: &str) -> Result<(), BackendError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.classify(e)),
+        }
+        tracing::info!(image = reference, "image missing, pulling");
+        let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
+        let mut pull = self.client().await?.create_image(Some(opts), None, None);
+        while let Some(item) = pull.next().await {
+            if let Err(e) = item {
+                let reason = match e {
+                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => return Err(self.classify(other)),
+                };
+                return Err(BackendError::ImageMissing { reference: reference.to_string(), reason });
+            }
+        }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+        let mounts = spec
+            .binds
+            .iter()
+            .map(|b| Mount {
+                target: Some(b.target.to_string_lossy().into_owned()),
+                source: Some(b.source.to_string_lossy().into_owned()),
+                typ: Some(MountTypeEnum::BIND),
+                read_only: Some(b.read_only),
+                // Non-recursive: a recursive bind of /tmp would copy every FUSE
+                // mount below it (test mounts included) into the container and
+                // keep their connections alive after the host unmounts them.
+                bind_options: Some(MountBindOptions { non_recursive: Some(true), ..Default::default() }),
+                ..Default::default()
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: Some(spec.entrypoint.clone()),
+            cmd: Some(vec![]),
+            labels: Some(spec.labels.clone()),
+            env: Some(spec.env.clone()),
+            user: Some("0:0".into()),
+            working_dir: Some("/".into()),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                network_mode: Some(spec.network.clone()),
+                cap_add: Some(spec.cap_add.clone()),
+                init: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let client = self.client().await?;
+        let created = match client.create_container(Some(opts.clone()), body.clone()).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                // A leftover with our name (from a crash): it is ours to replace.
+                self.remove(&spec.name).await?;
+                client.create_container(Some(opts), body).await.map_err(|e| self.classify(e))?
+            }
+            Err(e) => return Err(self.classify(e)),
+        };
+        if let Err(e) = client.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            let _ = self.remove(&created.id).await;
+            return Err(self.classify(e));
+        }
+        Ok(created.id)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self.client().await?.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // Removal already in progress (another path got there first).
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MOUNT}={mount_id}")])]);
+        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let found = self.client().await?.list_containers(Some(opts)).await.map_err(|e| self.classify(e))?;
+        Ok(found
+            .into_iter()
+            .map(|c| Managed {
+                id: c.id.unwrap_or_default(),
+                name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
+                profile: c.labels.unwrap_or_default().get(LABEL_PROFILE).cloned().unwrap_or_default(),
+                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,62 @@
+//! A recording backend for pool logic tests: "containers" are threads that
+//! answer the agent's status request on the socket the pool waits for.
+
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{BackendError, ContainerBackend, ContainerSpec, Managed, LABEL_MOUNT, LABEL_PROFILE};
+use crate::protocol::{self, AgentEvent, AgentRequest};
+
+#[derive(Default)]
+pub struct Fake {
+    pub starts: AtomicUsize,
+    pub removed: Mutex<Vec<String>>,
+    pub live: Mutex<Vec<(ContainerSpec, String)>>,
+    /// Reported busy tools, for keep-alive tests.
+    pub running: Arc<AtomicU32>,
+    pub start_delay: Duration,
+}
+
+impl ContainerBackend for Fake {
+    async fn ensure_image(&self, _reference: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+        let n = self.starts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.start_delay).await;
+        let run = spec.binds.iter().find(|b| b.target.ends_with("run")).expect("run dir bind");
+        let listener = UnixListener::bind(run.source.join("agent.sock")).map_err(|e| BackendError::Engine(e.to_string()))?;
+        let running = self.running.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if let Ok(Some((AgentRequest::Status, _))) = protocol::recv::<AgentRequest>(&conn) {
+                    let busy = running.load(Ordering::SeqCst);
+                    let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000 }, &[]);
+                }
+            }
+        });
+        let id = format!("fake-{n}");
+        self.live.lock().unwrap().push((spec.clone(), id.clone()));
+        Ok(id)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        self.removed.lock().unwrap().push(id.to_string());
+        self.live.lock().unwrap().retain(|(_, i)| i != id);
+        Ok(())
+    }
+
+    async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
+        Ok(self
+            .live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
+            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true })
+            .collect())
+    }
+}

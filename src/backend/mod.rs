@@ -1,0 +1,67 @@
+//! Container engines behind one small trait: create a container that runs the
+//! agent, list and remove the ones a mount owns. [`docker::Docker`] talks to
+//! the Docker Engine API; [`fake::Fake`] records calls for pool logic tests.
+
+pub mod docker;
+#[cfg(test)]
+pub mod fake;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+
+/// Labels every odfs container carries.
+pub const LABEL_MANAGED: &str = "io.odfs.managed";
+pub const LABEL_MOUNT: &str = "io.odfs.mount";
+pub const LABEL_PROFILE: &str = "io.odfs.profile";
+pub const LABEL_IMAGE: &str = "io.odfs.image";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything needed to create one backing container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub network: String,
+    pub cap_add: Vec<String>,
+    pub binds: Vec<Bind>,
+    pub env: Vec<String>,
+}
+
+/// A container found on the engine with this mount's label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    pub id: String,
+    pub name: String,
+    pub profile: String,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum BackendError {
+    #[error("container engine not reachable at {endpoint}: {reason} (is dockerd running?)")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("image {reference} is not on this machine and could not be pulled: {reason} (build or pull it, e.g. scripts/build-images)")]
+    ImageMissing { reference: String, reason: String },
+    #[error("container engine error: {0}")]
+    Engine(String),
+}
+
+pub trait ContainerBackend: Send + Sync + 'static {
+    /// Make sure the image exists locally, pulling it if it does not.
+    fn ensure_image(&self, reference: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Create and start a container; returns its id.
+    fn start(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
+    /// Remove a container, killing what still runs in it. Absent is fine.
+    fn remove(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Containers labelled with this mount id.
+    fn list(&self, mount_id: &str) -> impl Future<Output = Result<Vec<Managed>, BackendError>> + Send;
+}

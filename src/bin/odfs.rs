@@ -1,0 +1,122 @@
+//! `odfs`: `odfs mount` runs the daemon; the other subcommands are the admin
+//! CLI, talking to a daemon over its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use odfs::config::{sibling, DaemonConfig, DEFAULT_SHARED};
+use odfs::protocol::{self, Request, Response};
+
+const DEFAULT_SOCKET: &str = "/run/odfs/odfs.sock";
+
+#[derive(Parser)]
+#[command(name = "odfs", version, about = "A filesystem of on-demand binaries backed by containers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount the shim directory and serve it (runs in the foreground).
+    Mount {
+        /// Catalog directory of *.toml files; repeat for several.
+        #[arg(long = "catalog", value_name = "DIR")]
+        catalogs: Vec<PathBuf>,
+        /// Keep database, sockets and run dirs here (default /var/lib/odfs and /run/odfs).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Control socket (default /run/odfs/odfs.sock, or STATE/odfs.sock).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The shim interpreter named in every shim.
+        #[arg(long, value_name = "PATH")]
+        launcher: Option<PathBuf>,
+        /// The static agent bind-mounted into every container.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Host directory shared with containers at the same path; repeat for
+        /// several (default: /home /tmp /var/tmp /root /srv /mnt /media).
+        #[arg(long = "share", value_name = "DIR")]
+        shared: Vec<PathBuf>,
+        /// Keep-alive for images that say "auto".
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        keep_alive: Duration,
+        mountpoint: PathBuf,
+    },
+    /// Show the containers of a running mount.
+    Status {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mount { catalogs, state, socket, launcher, agent, shared, keep_alive, mountpoint } => {
+            odfs::telemetry::init();
+            let (state_dir, run_dir) = match &state {
+                Some(s) => (s.clone(), s.join("run")),
+                None => (PathBuf::from("/var/lib/odfs"), PathBuf::from("/run/odfs")),
+            };
+            let socket = socket.unwrap_or_else(|| match &state {
+                Some(s) => s.join("odfs.sock"),
+                None => PathBuf::from(DEFAULT_SOCKET),
+            });
+            let shared = if shared.is_empty() { DEFAULT_SHARED.iter().map(PathBuf::from).collect() } else { shared };
+            let cfg = DaemonConfig {
+                mountpoint,
+                catalogs,
+                state_dir,
+                run_dir,
+                socket,
+                launcher: launcher.unwrap_or_else(|| sibling("odfs-launch")),
+                agent: agent.unwrap_or_else(|| sibling("odfs-agent")),
+                shared,
+                auto_keep_alive: keep_alive,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")
+                .and_then(|rt| rt.block_on(odfs::daemon::run(cfg)))
+        }
+        Command::Status { socket, json } => status(&socket, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("odfs: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let conn = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;
+    protocol::send(&conn, &Request::Status, &[])?;
+    let Some((Response::Status(list), _)) = protocol::recv::<Response>(&conn)? else {
+        anyhow::bail!("unexpected answer from the daemon");
+    };
+    if json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state,
+                                        "running_tools": c.running_tools, "idle_ms": c.idle_ms}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<16} {:<12} {:>7} {:>9}  CONTAINER", "IMAGE", "STATE", "RUNNING", "IDLE");
+        for c in list {
+            println!("{:<16} {:<12} {:>7} {:>8}s  {}", c.image, c.state, c.running_tools, c.idle_ms / 1000, c.container);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Reading catalog TOML files: every error carries `file:line`, a bad file is
+//! skipped as a whole, and the good files keep serving.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::model::{validate_name, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Network, RunAs};
+
+/// One problem in one catalog file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    image: BTreeMap<String, Spanned<RawImage>>,
+    #[serde(default)]
+    command: BTreeMap<String, Spanned<RawCommand>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    #[serde(rename = "ref")]
+    reference: String,
+    #[serde(default)]
+    network: Network,
+    #[serde(default)]
+    user: RunAs,
+    #[serde(default)]
+    cap_add: Vec<String>,
+    #[serde(default = "auto")]
+    keep_alive: String,
+    #[serde(default)]
+    allow_groups: Vec<String>,
+    #[serde(default)]
+    commands: Vec<String>,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    image: String,
+    path: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// Parse and check one file on its own. Any error rejects the whole file, so
+/// a half-understood file never serves.
+pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>> {
+    let err = |line: usize, message: String| CatalogError { file: file.to_path_buf(), line, message };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+        vec![err(line, e.message().trim().to_string())]
+    })?;
+    let mut errors = Vec::new();
+    let mut catalog = Catalog::default();
+    for (name, spanned) in raw.image {
+        let line = line_of(text, spanned.span().start);
+        let origin = format!("{}:{line}", file.display());
+        let img = spanned.into_inner();
+        if let Err(e) = validate_name(&name) {
+            errors.push(err(line, format!("image {e}")));
+            continue;
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            errors.push(err(line, format!("image name {name:?} may only hold letters, digits, '-', '_' and '.'")));
+            continue;
+        }
+        if img.reference.trim().is_empty() {
+            errors.push(err(line, format!("image {name}: `ref` is empty")));
+        }
+        let keep_alive = match KeepAlive::parse(&img.keep_alive) {
+            Ok(k) => k,
+            Err(e) => {
+                errors.push(err(line, format!("image {name}: {e}")));
+                continue;
+            }
+        };
+        for cap in &img.cap_add {
+            if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
+            }
+        }
+        for cmd in &img.commands {
+            match CommandName::new(cmd) {
+                Ok(cname) => {
+                    catalog.commands.insert(
+                        cmd.clone(),
+                        CommandSpec { name: cname, image: name.clone(), path: None, args: vec![], env: vec![], origin: origin.clone() },
+                    );
+                }
+                Err(e) => errors.push(err(line, format!("image {name}: command {e}"))),
+            }
+        }
+        catalog.images.insert(
+            name.clone(),
+            ImageSpec {
+                name,
+                reference: img.reference,
+                network: img.network,
+                user: img.user,
+                cap_add: img.cap_add,
+                keep_alive,
+                allow_groups: img.allow_groups,
+                origin,
+            },
+        );
+    }
+    for (name, spanned) in raw.command {
+        let line = line_of(text, spanned.span().start);
+        let cmd = spanned.into_inner();
+        let cname = match CommandName::new(&name) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(err(line, format!("command {e}")));
+                continue;
+            }
+        };
+        if let Some(p) = &cmd.path {
+            if !p.starts_with('/') {
+                errors.push(err(line, format!("command {name}: path {p:?} must be absolute (or left out to search the image's PATH)")));
+            }
+        }
+        for var in &cmd.env {
+            if var.is_empty() || var.contains('=') || var.starts_with("LD_") {
+                errors.push(err(line, format!("command {name}: env entry {var:?} must be a variable name (LD_* is never passed)")));
+            }
+        }
+        catalog.commands.insert(
+            name,
+            CommandSpec {
+                name: cname,
+                image: cmd.image,
+                path: cmd.path,
+                args: cmd.args,
+                env: cmd.env,
+                origin: format!("{}:{line}", file.display()),
+            },
+        );
+    }
+    if errors.is_empty() {
+        Ok(catalog)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Load every `*.toml` file of every directory, in directory order then file
+/// name order. Later definitions of an image or command already defined are
+/// reported and ignored; commands whose image is unknown are reported and left out.
+pub fn load_dirs(dirs: &[PathBuf]) -> (Catalog, Vec<CatalogError>) {
+    let mut catalog = Catalog::default();
+    let mut errors = Vec::new();
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect(),
+            Err(e) => {
+                errors.push(CatalogError { file: dir.clone(), line: 0, message: format!("cannot read catalog directory: {e}") });
+                continue;
+            }
+        };
+        files.sort();
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(CatalogError { file, line: 0, message: format!("cannot read: {e}") });
+                    continue;
+                }
+            };
+            match parse_file(&file, &text) {
+                Ok(part) => merge(&mut catalog, part, &mut errors),
+                Err(mut errs) => errors.append(&mut errs),
+            }
+        }
+    }
+    let unknown: Vec<String> =
+        catalog.commands.iter().filter(|(_, c)| !catalog.images.contains_key(&c.image)).map(|(n, _)| n.clone()).collect();
+    for name in unknown {
+        let cmd = catalog.commands.remove(&name).expect("listed above");
+        errors.push(located(&cmd.origin, format!("command {name}: unknown image {:?}", cmd.image)));
+    }
+    (catalog, errors)
+}
+
+fn located(origin: &str, message: String) -> CatalogError {
+    let (file, line) = origin.rsplit_once(':').unwrap_or((origin, "0"));
+    CatalogError { file: PathBuf::from(file), line: line.parse().unwrap_or(0), message }
+}
+
+fn merge(into: &mut Catalog, part: Catalog, errors: &mut Vec<CatalogError>) {
+    for (name, img) in part.images {
+        if let Some(first) = into.images.get(&name) {
+            errors.push(located(&img.origin, format!("image {name} is already defined at {}; ignored", first.origin)));
+        } else {
+            into.images.insert(name, img);
+        }
+    }
+    for (name, cmd) in part.commands {
+        if let Some(first) = into.commands.get(&name) {
+            // An explicit [command.X] refines the same file's `commands = [..]` shorthand.
+            if first.origin.rsplit_once(':').map(|x| x.0) == cmd.origin.rsplit_once(':').map(|x| x.0) {
+                into.commands.insert(name, cmd);
+            } else {
+                errors.push(located(&cmd.origin, format!("command {name} is already defined at {}; ignored", first.origin)));
+            }
+        } else {
+            into.commands.insert(name, cmd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[image.busybox]
+ref = "odfs-test/busybox:latest"
+network = "none"
+keep_alive = "45s"
+commands = ["sh", "cat", "ls"]
+
+[command.jq]
+image = "busybox"
+path = "/usr/bin/jq"
+env = ["JQ_COLORS"]
+"#;
+
+    #[test]
+    fn a_good_file_gives_images_and_commands() {
+        let c = parse_file(Path::new("a.toml"), GOOD).unwrap();
+        let img = &c.images["busybox"];
+        assert_eq!(img.network, Network::None);
+        assert_eq!(img.user, RunAs::Caller);
+        assert_eq!(img.origin, "a.toml:2");
+        assert_eq!(c.commands.keys().collect::<Vec<_>>(), ["cat", "jq", "ls", "sh"]);
+        assert_eq!(c.commands["jq"].program(), "/usr/bin/jq");
+        assert_eq!(c.commands["sh"].program(), "sh");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "[image.x]\nref = \"a\"\nnetwork = \"wifi\"\n";
+        let errs = parse_file(Path::new("/c/bad.toml"), text).unwrap_err();
+        assert_eq!(errs[0].line, 3, "{}", errs[0]);
+        assert!(errs[0].to_string().starts_with("/c/bad.toml:3: "), "{}", errs[0]);
+
+        let errs = parse_file(Path::new("b.toml"), "[command.jq]\nimage = \"x\"\nflavour = 1\n").unwrap_err();
+        assert!(errs[0].message.contains("flavour"), "{}", errs[0]);
+
+        let errs = parse_file(Path::new("c.toml"), "\n\n[command.\"a/b\"]\nimage = \"x\"\n").unwrap_err();
+        assert_eq!(errs[0].line, 3);
+        assert!(errs[0].message.contains("'/'"), "{}", errs[0]);
+
+        let errs = parse_file(Path::new("d.toml"), "[image.x]\nref = \"a\"\nkeep_alive = \"soon\"\n").unwrap_err();
+        assert!(errs[0].message.contains("keep_alive"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn a_bad_file_is_skipped_and_the_rest_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a-good.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b-bad.toml"), "[image.y]\nref = 1\ncommands = [\"vi\"]\n").unwrap();
+        std::fs::write(dir.path().join("c-orphan.toml"), "[command.zz]\nimage = \"nope\"\n").unwrap();
+        std::fs::write(dir.path().join("d-dup.toml"), "[command.cat]\nimage = \"busybox\"\n").unwrap();
+        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]);
+        assert_eq!(cat.commands.keys().collect::<Vec<_>>(), ["cat", "jq", "ls", "sh"]);
+        assert_eq!(cat.commands["cat"].origin, format!("{}:2", dir.path().join("a-good.toml").display()));
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text[0].contains("b-bad.toml:2"), "{text:#?}");
+        assert!(text.iter().any(|t| t.contains("d-dup.toml:1") && t.contains("already defined")), "{text:#?}");
+        assert!(text.iter().any(|t| t.contains("c-orphan.toml:1") && t.contains("unknown image")), "{text:#?}");
+    }
+}

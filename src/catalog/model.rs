@@ -1,0 +1,156 @@
+//! Catalog entries and the rules they must satisfy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A validated command name: a single path component a shell can exec.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommandName(String);
+
+impl CommandName {
+    pub fn new(name: &str) -> Result<CommandName, String> {
+        validate_name(name)?;
+        Ok(CommandName(name.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CommandName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Names become directory entries: no `/`, no NUL, not `.` or `..`, at most
+/// 255 bytes (NAME_MAX), and nothing invisible or shell-hostile.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!("name {:?}… is longer than 255 bytes", &name[..16]));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("name {name:?} is reserved"));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '/' || c.is_control() || c.is_whitespace()) {
+        return Err(format!("name {name:?} contains {c:?}, which a command name cannot hold"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    None,
+    Bridge,
+    #[default]
+    Host,
+}
+
+impl Network {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Bridge => "bridge",
+            Network::Host => "host",
+        }
+    }
+}
+
+/// Whom a tool runs as inside its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunAs {
+    /// The caller's own uid, gid and groups (files they create are theirs).
+    #[default]
+    Caller,
+    Root,
+}
+
+/// How long an idle container stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Chosen by odfs from the command's history.
+    Auto,
+    Fixed(Duration),
+}
+
+impl KeepAlive {
+    pub fn parse(s: &str) -> Result<KeepAlive, String> {
+        if s == "auto" {
+            return Ok(KeepAlive::Auto);
+        }
+        humantime::parse_duration(s)
+            .map(KeepAlive::Fixed)
+            .map_err(|e| format!("keep_alive {s:?} is neither \"auto\" nor a duration like \"45s\" or \"10m\": {e}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub name: String,
+    pub reference: String,
+    pub network: Network,
+    pub user: RunAs,
+    pub cap_add: Vec<String>,
+    pub keep_alive: KeepAlive,
+    pub allow_groups: Vec<String>,
+    /// `file:line` where it was defined.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub name: CommandName,
+    pub image: String,
+    /// Absolute path in the image; `None`: first match on the image's PATH.
+    pub path: Option<String>,
+    /// Fixed leading arguments (busybox-style multiplexers).
+    pub args: Vec<String>,
+    /// Extra host environment variables passed through to the tool.
+    pub env: Vec<String>,
+    pub origin: String,
+}
+
+impl CommandSpec {
+    /// What the agent executes: the path, or the name to look up on PATH.
+    pub fn program(&self) -> &str {
+        self.path.as_deref().unwrap_or(self.name.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    pub images: BTreeMap<String, ImageSpec>,
+    pub commands: BTreeMap<String, CommandSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_cannot_be_directory_entries_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a\0b", "a b", "tab\t", &"x".repeat(256)] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["jq", "python3.11", "g++", "7z", "x".repeat(255).as_str(), "clang-format"] {
+            assert!(validate_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn keep_alive_parses_auto_and_durations() {
+        assert_eq!(KeepAlive::parse("auto"), Ok(KeepAlive::Auto));
+        assert_eq!(KeepAlive::parse("45s"), Ok(KeepAlive::Fixed(Duration::from_secs(45))));
+        assert_eq!(KeepAlive::parse("0s"), Ok(KeepAlive::Fixed(Duration::ZERO)));
+        assert_eq!(KeepAlive::parse("10m"), Ok(KeepAlive::Fixed(Duration::from_secs(600))));
+        assert!(KeepAlive::parse("forever").is_err());
+    }
+}

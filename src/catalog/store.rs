@@ -1,0 +1,173 @@
+//! SQLite state (`odfs.db`, WAL): the catalog as loaded, and the history of
+//! invocations. Writes go through one thread so request handling never waits
+//! on the database.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection};
+
+use super::model::Catalog;
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT PRIMARY KEY, ref TEXT NOT NULL, network TEXT NOT NULL, user TEXT NOT NULL,
+    cap_add TEXT NOT NULL, keep_alive TEXT NOT NULL, allow_groups TEXT NOT NULL, origin TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    name TEXT PRIMARY KEY, image TEXT NOT NULL, path TEXT, args TEXT NOT NULL, env TEXT NOT NULL, origin TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS invocations (
+    id INTEGER PRIMARY KEY, command TEXT NOT NULL, image TEXT NOT NULL, uid INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL, setup_us INTEGER NOT NULL, served TEXT NOT NULL, outcome TEXT NOT NULL);
+";
+
+/// Invocations kept; older ones are dropped so the file stays bounded.
+const KEEP_INVOCATIONS: i64 = 100_000;
+
+/// One finished exec request, as the daemon saw it.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub command: String,
+    pub image: String,
+    pub uid: u32,
+    pub started_ms: i64,
+    pub setup_us: i64,
+    /// warm | cold
+    pub served: &'static str,
+    /// started | the error the caller saw
+    pub outcome: String,
+}
+
+enum Write {
+    Catalog(Box<Catalog>),
+    Invocation(Invocation),
+}
+
+/// Handle to the database writer thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> rusqlite::Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("odfs-store".into())
+            .spawn(move || writer(conn, rx))
+            .expect("spawn store thread");
+        Ok(Store { tx })
+    }
+
+    pub fn save_catalog(&self, catalog: &Catalog) {
+        let _ = self.tx.send(Write::Catalog(Box::new(catalog.clone())));
+    }
+
+    pub fn record(&self, inv: Invocation) {
+        let _ = self.tx.send(Write::Invocation(inv));
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
+    let mut since_trim = 0u32;
+    while let Ok(w) = rx.recv() {
+        let result = match w {
+            Write::Catalog(c) => write_catalog(&mut conn, &c),
+            Write::Invocation(i) => {
+                since_trim += 1;
+                let r = conn.execute(
+                    "INSERT INTO invocations (command, image, uid, started_ms, setup_us, served, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome],
+                );
+                if since_trim >= 1000 {
+                    since_trim = 0;
+                    let _ = conn.execute(
+                        "DELETE FROM invocations WHERE id <= (SELECT MAX(id) FROM invocations) - ?1",
+                        params![KEEP_INVOCATIONS],
+                    );
+                }
+                r.map(|_| ())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!("state database write failed: {e}");
+        }
+    }
+}
+
+fn write_catalog(conn: &mut Connection, c: &Catalog) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM images", [])?;
+    tx.execute("DELETE FROM commands", [])?;
+    for i in c.images.values() {
+        let keep = match i.keep_alive {
+            super::KeepAlive::Auto => "auto".to_string(),
+            super::KeepAlive::Fixed(d) => humantime::format_duration(d).to_string(),
+        };
+        tx.execute(
+            "INSERT INTO images VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                i.name,
+                i.reference,
+                i.network.as_str(),
+                format!("{:?}", i.user).to_lowercase(),
+                i.cap_add.join(","),
+                keep,
+                i.allow_groups.join(","),
+                i.origin
+            ],
+        )?;
+    }
+    for cmd in c.commands.values() {
+        tx.execute(
+            "INSERT INTO commands VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                cmd.name.as_str(),
+                cmd.image,
+                cmd.path,
+                serde_json::to_string(&cmd.args).unwrap_or_default(),
+                cmd.env.join(","),
+                cmd.origin
+            ],
+        )?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_and_invocations_land_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("odfs.db");
+        let text = "[image.b]\nref = \"r\"\ncommands = [\"sh\", \"ls\"]\n";
+        let cat = super::super::load::parse_file(Path::new("x.toml"), text).unwrap();
+        let store = Store::open(&db).unwrap();
+        store.save_catalog(&cat);
+        store.record(Invocation {
+            command: "sh".into(),
+            image: "b".into(),
+            uid: 1000,
+            started_ms: 1,
+            setup_us: 2,
+            served: "cold",
+            outcome: "started".into(),
+        });
+        drop(store); // the writer drains its queue, then stops
+        let conn = Connection::open(&db).unwrap();
+        for _ in 0..100 {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM invocations", [], |r| r.get(0)).unwrap();
+            if n == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let cmds: i64 = conn.query_row("SELECT COUNT(*) FROM commands WHERE image = 'b'", [], |r| r.get(0)).unwrap();
+        let served: String = conn.query_row("SELECT served FROM invocations", [], |r| r.get(0)).unwrap();
+        assert_eq!((cmds, served.as_str()), (2, "cold"));
+    }
+}

@@ -1,0 +1,240 @@
+//! One exec request: policy, identity, environment, container, spawn through
+//! the agent, and the hand-off of the agent connection to the launcher.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::pool::Served;
+use super::Daemon;
+use crate::backend::ContainerBackend;
+use crate::catalog::{Invocation, Resolved, RunAs};
+use crate::protocol::{
+    self, AgentEvent, AgentRequest, ExecRequest, Identity, Response, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR,
+    PROTOCOL_VERSION,
+};
+
+/// The caller as the kernel reports it (SO_PEERCRED), never as it claims.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A refusal the caller sees as `odfs: CMD: message`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+fn refuse(message: impl Into<String>) -> Refusal {
+    Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
+}
+
+/// Environment variables a tool gets from its caller, besides the entry's own
+/// `env` list. PATH is the image's; `LD_*` never passes.
+const PASSED_ENV: [&str; 12] =
+    ["TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "COLUMNS", "LINES", "TMPDIR"];
+
+pub fn filter_env(env: &[Vec<u8>], extra: &[String]) -> Vec<Vec<u8>> {
+    env.iter()
+        .filter(|kv| {
+            let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
+            let key = &kv[..eq];
+            if key.starts_with(b"LD_") {
+                return false;
+            }
+            key.starts_with(b"LC_")
+                || PASSED_ENV.iter().any(|k| k.as_bytes() == key)
+                || extra.iter().any(|k| k.as_bytes() == key)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Supplementary groups of a process, from `/proc/PID/status` (no NSS).
+pub fn proc_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Groups:").map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())))
+        .unwrap_or_default()
+}
+
+/// The caller's passwd and group lines, so the tool can look them up.
+fn identity_lines(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
+    let passwd = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| {
+        format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            u.name,
+            uid,
+            u.gid,
+            u.gecos.to_string_lossy(),
+            u.dir.display(),
+            u.shell.display()
+        )
+    });
+    let group = nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| format!("{}:x:{}:", g.name, gid));
+    (passwd, group)
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    fn authorize(&self, entry: &Resolved, caller: &Caller, groups: &[u32]) -> Result<(), Refusal> {
+        let allowed = &entry.image.allow_groups;
+        if allowed.is_empty() || caller.uid == 0 {
+            return Ok(());
+        }
+        let member = allowed.iter().any(|name| {
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .is_some_and(|g| g.gid.as_raw() == caller.gid || groups.contains(&g.gid.as_raw()))
+        });
+        if member {
+            Ok(())
+        } else {
+            Err(refuse(format!("permission denied (allowed groups: {})", allowed.join(", "))))
+        }
+    }
+
+    fn shared_cwd(&self, caller: &Caller, image: &str) -> Result<PathBuf, Refusal> {
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid))
+            .map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))?;
+        if self.shared.iter().any(|p| cwd.starts_with(p)) {
+            return Ok(cwd);
+        }
+        let shared: Vec<String> = self.shared.iter().map(|p| p.display().to_string()).collect();
+        Err(refuse(format!(
+            "working directory {} is not shared with image {image} (shared: {}; cd into one of them)",
+            cwd.display(),
+            shared.join(" ")
+        )))
+    }
+
+    /// Handle an exec request: answer the launcher with a hand-off or a refusal.
+    pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) {
+        let started = Instant::now();
+        let command = req.command.clone();
+        let outcome = self.clone().run(req, fds, caller).await;
+        let (image, served, outcome_text) = match &outcome {
+            Ok((_, _, image, served)) => (image.clone(), served.as_str(), "started".to_string()),
+            Err(r) => (String::new(), "none", r.message.clone()),
+        };
+        let setup_us = started.elapsed().as_micros() as i64;
+        tokio::task::spawn_blocking(move || {
+            let sent = match outcome {
+                Ok((agent, pid, _, _)) => protocol::send(&control, &Response::Handoff { pid }, &[agent.as_raw_fd()]),
+                Err(r) => protocol::send(&control, &Response::Error { message: r.message, exit_code: r.exit_code }, &[]),
+            };
+            // If the launcher vanished, dropping the agent connection here
+            // makes the agent kill the tool nobody waits for.
+            if let Err(e) = sent {
+                tracing::debug!("launcher gone before the hand-off: {e}");
+            }
+        });
+        let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        tracing::debug!(command, served, setup_us, "exec");
+        self.store.record(Invocation { command, image, uid: caller.uid, started_ms, setup_us, served, outcome: outcome_text });
+    }
+
+    async fn run(self: Arc<Self>, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) -> Result<(UnixStream, i32, String, Served), Refusal> {
+        if req.version != PROTOCOL_VERSION {
+            return Err(refuse(format!(
+                "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
+                req.version
+            )));
+        }
+        let entry = self.snapshot().get(&req.command).cloned().ok_or_else(|| Refusal {
+            message: "not in the catalog of this mount (odfs status shows what runs)".into(),
+            exit_code: EXIT_NOT_FOUND,
+        })?;
+        let groups = proc_groups(caller.pid);
+        self.authorize(&entry, &caller, &groups)?;
+        let cwd = self.shared_cwd(&caller, &entry.image.name)?;
+        let identity = match entry.image.user {
+            RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
+            RunAs::Caller => {
+                let (passwd_line, group_line) = identity_lines(caller.uid, caller.gid);
+                Identity { uid: caller.uid, gid: caller.gid, groups, passwd_line, group_line }
+            }
+        };
+        let mut argv = vec![entry.command.name.as_str().as_bytes().to_vec()];
+        argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
+        argv.extend(req.args);
+        let spawn = SpawnRequest {
+            version: PROTOCOL_VERSION,
+            program: entry.command.program().as_bytes().to_vec(),
+            argv,
+            env: filter_env(&req.env, &entry.command.env),
+            cwd: cwd.as_os_str().as_bytes().to_vec(),
+            identity,
+            fds: req.fds,
+        };
+        let fds = Arc::new(fds);
+        // A container that vanished under us (removed by hand, crashed) is
+        // replaced once, transparently.
+        for attempt in 0..2 {
+            let ready = self.pool.ensure(&entry.image).await.map_err(|e| refuse(e.to_string()))?;
+            let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
+            let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2)).await.map_err(|e| refuse(e.to_string()))?;
+            match result {
+                Ok((conn, pid)) => return Ok((conn, pid, entry.image.name.clone(), ready.served)),
+                Err(StartError::Refused(r)) => return Err(r),
+                Err(StartError::Unreachable(e)) if attempt == 0 => {
+                    tracing::warn!(image = entry.image.name, "agent unreachable ({e}); replacing its container");
+                    self.pool.discard(&ready).await;
+                }
+                Err(StartError::Unreachable(e)) => return Err(refuse(format!("the container of image {} does not answer: {e}", entry.image.name))),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+}
+
+enum StartError {
+    Unreachable(String),
+    Refused(Refusal),
+}
+
+/// Ask the agent to start the tool with the caller's fds; blocking.
+fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd]) -> Result<(UnixStream, i32), StartError> {
+    let unreachable = |e: String| StartError::Unreachable(e);
+    let conn = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    protocol::send(&conn, &AgentRequest::Spawn(spawn), &raw).map_err(|e| unreachable(e.to_string()))?;
+    match protocol::recv::<AgentEvent>(&conn) {
+        Ok(Some((AgentEvent::Started { pid }, _))) => Ok((conn, pid)),
+        Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
+        Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
+        Ok(None) => Err(unreachable("the agent closed the connection".into())),
+        Err(e) => Err(unreachable(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_an_allowlist_and_never_passes_ld_vars() {
+        let env: Vec<Vec<u8>> = ["TERM=xterm", "LC_ALL=C", "LD_PRELOAD=/evil.so", "SECRET=1", "JQ_COLORS=1", "PATH=/host", "HOME=/root", "NOEQ"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let out: Vec<String> = filter_env(&env, &["JQ_COLORS".into()]).into_iter().map(|v| String::from_utf8(v).unwrap()).collect();
+        assert_eq!(out, ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root"]);
+        let out = filter_env(&env, &["LD_PRELOAD".into()]);
+        assert!(!out.iter().any(|v| v.starts_with(b"LD_")));
+    }
+
+    #[test]
+    fn groups_come_from_proc() {
+        let me = proc_groups(std::process::id() as i32);
+        let expected: Vec<u32> = nix::unistd::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
+        assert_eq!(me, expected);
+    }
+}

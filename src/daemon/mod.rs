@@ -1,0 +1,256 @@
+//! The daemon behind `odfs mount`: control socket, FUSE mount, container
+//! pool and its reaper, from start-up to a clean shutdown.
+
+mod agent_client;
+mod exec;
+pub mod pool;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use tokio::sync::mpsc;
+
+use crate::backend::docker::Docker;
+use crate::backend::ContainerBackend;
+use crate::catalog::{self, Snapshot, Store};
+use crate::config::DaemonConfig;
+use crate::fs::ShimFs;
+use crate::protocol::{self, Request, Response};
+use exec::Caller;
+use pool::{Pool, PoolConfig};
+
+/// Bound on how long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Daemon<B> {
+    pool: Pool<B>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    store: Store,
+    shared: Vec<PathBuf>,
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap().clone()
+    }
+
+    async fn handle(self: Arc<Self>, conn: UnixStream) {
+        let read = tokio::task::spawn_blocking(move || {
+            let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+            let cred = getsockopt(&conn, PeerCredentials);
+            let msg = protocol::recv::<Request>(&conn);
+            let _ = conn.set_read_timeout(None);
+            (conn, cred, msg)
+        })
+        .await;
+        let Ok((conn, cred, msg)) = read else { return };
+        let caller = match cred {
+            Ok(c) => Caller { pid: c.pid(), uid: c.uid(), gid: c.gid() },
+            Err(e) => return tracing::warn!("no peer credentials: {e}"),
+        };
+        match msg {
+            Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
+            Ok(Some((Request::Status, _))) => {
+                let status = self.pool.status().await;
+                tokio::task::spawn_blocking(move || protocol::send(&conn, &Response::Status(status), &[]));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(pid = caller.pid, "bad request: {e}"),
+        }
+    }
+}
+
+/// A stable short id for a mountpoint: names and labels of its containers.
+pub fn mount_id(mountpoint: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    h.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The shim text: `#!LAUNCHER SOCKET`. The kernel reads at most 256 bytes of
+/// it and splits the interpreter from its one argument at the first blank.
+fn shim_text(cfg: &DaemonConfig) -> anyhow::Result<Vec<u8>> {
+    let launcher = cfg.launcher.to_string_lossy();
+    if launcher.contains(char::is_whitespace) {
+        bail!("the launcher path {launcher:?} contains a blank, which a #! line cannot hold");
+    }
+    let text = format!("#!{} {}\n", launcher, cfg.socket.display());
+    if text.len() > 255 {
+        bail!("the shim line {text:?} is longer than the kernel's 255-byte #! limit (use shorter --socket or launcher paths)");
+    }
+    Ok(text.into_bytes())
+}
+
+/// Whether an ELF file asks for a dynamic loader (PT_INTERP). The agent must
+/// not: it runs in images that have no libc at all.
+fn needs_loader(path: &std::path::Path) -> std::io::Result<bool> {
+    let data = std::fs::read(path)?;
+    let bad = || std::io::Error::other("not a 64-bit ELF file");
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let kind = data.get(o..o + 4).ok_or_else(bad)?;
+        if u32::from_le_bytes(kind.try_into().unwrap()) == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn check_binaries(cfg: &DaemonConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let launcher = std::fs::metadata(&cfg.launcher).with_context(|| format!("launcher {}", cfg.launcher.display()))?;
+    if launcher.mode() & 0o001 == 0 {
+        bail!("launcher {} is not executable by every user (chmod 755 it)", cfg.launcher.display());
+    }
+    match needs_loader(&cfg.agent) {
+        Ok(false) => Ok(()),
+        Ok(true) => bail!(
+            "agent {} is dynamically linked and cannot run in images without libc; build it static (scripts/build)",
+            cfg.agent.display()
+        ),
+        Err(e) => bail!("agent {}: {e}", cfg.agent.display()),
+    }
+}
+
+/// Bind the control socket, refusing to steal it from a live daemon.
+fn bind_control(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    if UnixStream::connect(path).is_ok() {
+        bail!("another odfs daemon already serves {} (stop it, or give this mount its own --socket)", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Every local user may ask; the daemon trusts only kernel-reported credentials.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Run `odfs mount` until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    check_binaries(&cfg)?;
+    let text = shim_text(&cfg)?;
+    for dir in [&cfg.state_dir, &cfg.run_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if let Some(parent) = cfg.socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let containers_dir = cfg.run_dir.join("containers");
+    std::fs::create_dir_all(&containers_dir)?;
+    std::fs::set_permissions(&containers_dir, std::fs::Permissions::from_mode(0o700))?;
+
+    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs);
+    for e in &errors {
+        tracing::error!("catalog: {e} (file skipped)");
+    }
+    let store = Store::open(&cfg.state_dir.join("odfs.db")).context("cannot open the state database")?;
+    store.save_catalog(&catalog);
+    let snapshot = Arc::new(Snapshot::new(&catalog));
+    tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
+
+    let mountpoint = std::fs::canonicalize(&cfg.mountpoint).or_else(|_| {
+        crate::fuse::clear_stale_mount(&cfg.mountpoint)?;
+        std::fs::create_dir_all(&cfg.mountpoint)?;
+        std::fs::canonicalize(&cfg.mountpoint)
+    })?;
+    if crate::fuse::clear_stale_mount(&mountpoint)? {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
+    }
+    let id = mount_id(&mountpoint);
+    let shared: Vec<PathBuf> = cfg.shared.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    let pool = Pool::new(
+        Arc::new(Docker::new()),
+        PoolConfig {
+            mount_id: id.clone(),
+            run_dir: containers_dir,
+            agent: std::fs::canonicalize(&cfg.agent)?,
+            shared: shared.clone(),
+            auto_keep_alive: cfg.auto_keep_alive,
+        },
+    );
+    let images: Vec<_> = snapshot.images.values().cloned().collect();
+    if let Err(e) = pool.adopt(&images).await {
+        tracing::warn!("cannot look for containers of an earlier run: {e}");
+    }
+    let daemon = Arc::new(Daemon { pool, snapshot: RwLock::new(snapshot.clone()), store, shared });
+
+    let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
+
+    let (prewarm_tx, mut prewarm_rx) = mpsc::unbounded_channel::<String>();
+    let fs = Arc::new(ShimFs::new(text, Box::new(move |name| {
+        let _ = prewarm_tx.send(name.to_string());
+    })));
+    fs.set_commands(snapshot.commands.keys().map(String::as_str));
+    let session = crate::fuse::mount(fs, &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, "serving");
+
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        while let Some(name) = prewarm_rx.recv().await {
+            let Some(entry) = d.snapshot().get(&name).cloned() else { continue };
+            let d = d.clone();
+            tokio::spawn(async move {
+                if let Err(e) = d.pool.ensure(&entry.image).await {
+                    tracing::debug!(command = name, "prewarm failed: {e}");
+                }
+            });
+        }
+    });
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            d.pool.reap().await;
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let d = daemon.clone();
+                    tokio::spawn(async move {
+                        let Ok(std) = stream.into_std() else { return };
+                        if std.set_nonblocking(false).is_ok() {
+                            d.handle(std).await;
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accept: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping: unmounting and removing idle containers");
+    drop(listener);
+    let _ = std::fs::remove_file(&cfg.socket);
+    drop(session);
+    daemon.pool.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_must_be_static() {
+        assert!(needs_loader(std::path::Path::new("/bin/sh")).unwrap());
+        assert!(!needs_loader(std::path::Path::new("/bin/busybox")).unwrap());
+        assert!(needs_loader(std::path::Path::new("/etc/passwd")).is_err());
+    }
+}

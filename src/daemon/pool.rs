@@ -1,0 +1,432 @@
+//! The container pool: one container per image profile, started once no
+//! matter how many callers arrive together (single flight), reused while
+//! warm, removed when idle past its keep-alive, adopted after a restart.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+use super::agent_client;
+use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE};
+use crate::catalog::{ImageSpec, KeepAlive, RunAs};
+use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
+
+/// Where the agent lives inside every container.
+const AGENT_IN_CONTAINER: &str = "/.odfs/odfs-agent";
+const RUN_IN_CONTAINER: &str = "/.odfs/run";
+/// How long a new container's agent may take to answer.
+const AGENT_START_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Distinguishes this mount's containers from other mounts' on one engine.
+    pub mount_id: String,
+    /// Parent of the per-container run dirs (root-only).
+    pub run_dir: PathBuf,
+    pub agent: PathBuf,
+    /// Host directories mounted at the same path in every container.
+    pub shared: Vec<PathBuf>,
+    /// Keep-alive of images that say `auto`.
+    pub auto_keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("{0}")]
+    Start(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Warm,
+    Cold,
+}
+
+impl Served {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Warm => "warm",
+            Served::Cold => "cold",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Absent,
+    Warm { id: String },
+}
+
+/// One image profile's container.
+pub struct Slot {
+    pub image: Arc<ImageSpec>,
+    pub name: String,
+    key: String,
+    state: tokio::sync::Mutex<State>,
+    last_used: Mutex<Instant>,
+    /// Exec requests between "container ready" and "tool started": the agent
+    /// does not count them yet, so the reaper must not remove the container.
+    pending: AtomicU32,
+}
+
+impl Slot {
+    pub fn socket(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(&self.name).join("agent.sock")
+    }
+}
+
+/// A container ready for one exec. Dropping it ends the request's claim.
+pub struct Ready {
+    pub socket: PathBuf,
+    pub served: Served,
+    pub id: String,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        *self.slot.last_used.lock().unwrap() = Instant::now();
+        self.slot.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct Pool<B> {
+    backend: Arc<B>,
+    cfg: PoolConfig,
+    slots: DashMap<String, Arc<Slot>>,
+}
+
+impl<B: ContainerBackend> Pool<B> {
+    pub fn new(backend: Arc<B>, cfg: PoolConfig) -> Pool<B> {
+        Pool { backend, cfg, slots: DashMap::new() }
+    }
+
+    /// Everything that makes two containers interchangeable.
+    pub fn profile_key(&self, image: &ImageSpec) -> String {
+        let mut h = Sha256::new();
+        let mut caps = image.cap_add.clone();
+        caps.sort();
+        let user = match image.user {
+            RunAs::Caller => "caller",
+            RunAs::Root => "root",
+        };
+        let shared: Vec<_> = self.cfg.shared.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        let text = format!(
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}",
+            image.reference,
+            image.network.as_str(),
+            caps.join(","),
+            shared.join(":")
+        );
+        h.update(text.as_bytes());
+        h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn slot(&self, image: &Arc<ImageSpec>) -> Arc<Slot> {
+        let key = self.profile_key(image);
+        self.slots
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    image: image.clone(),
+                    name: format!("odfs-{}-{}-{}", self.cfg.mount_id, image.name, &key[..8]),
+                    key,
+                    state: tokio::sync::Mutex::new(State::Absent),
+                    last_used: Mutex::new(Instant::now()),
+                    pending: AtomicU32::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// A running container for this image, started if needed. Concurrent
+    /// callers of one profile wait for the same start.
+    pub async fn ensure(&self, image: &Arc<ImageSpec>) -> Result<Ready, PoolError> {
+        let slot = self.slot(image);
+        let mut state = slot.state.lock().await;
+        slot.pending.fetch_add(1, Ordering::SeqCst);
+        let ready = |id: String, served| Ready { socket: slot.socket(&self.cfg.run_dir), served, id, slot: slot.clone() };
+        if let State::Warm { id } = &*state {
+            return Ok(ready(id.clone(), Served::Warm));
+        }
+        match self.create(&slot).await {
+            Ok(id) => {
+                *state = State::Warm { id: id.clone() };
+                Ok(ready(id, Served::Cold))
+            }
+            Err(e) => {
+                slot.pending.fetch_sub(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// The container behind `ready` stopped answering: forget and remove it
+    /// so the next `ensure` starts a fresh one.
+    pub async fn discard(&self, ready: &Ready) {
+        let mut state = ready.slot.state.lock().await;
+        if *state == (State::Warm { id: ready.id.clone() }) {
+            tracing::warn!(container = ready.slot.name, "agent unreachable; replacing the container");
+            let _ = self.backend.remove(&ready.id).await;
+            *state = State::Absent;
+        }
+    }
+
+    async fn create(&self, slot: &Slot) -> Result<String, PoolError> {
+        let image = &slot.image;
+        self.backend.ensure_image(&image.reference).await?;
+        let run = self.cfg.run_dir.join(&slot.name);
+        make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
+        let socket = run.join("agent.sock");
+        let _ = std::fs::remove_file(&socket);
+
+        let mut binds = vec![
+            Bind { source: self.cfg.agent.clone(), target: AGENT_IN_CONTAINER.into(), read_only: true },
+            Bind { source: run.clone(), target: RUN_IN_CONTAINER.into(), read_only: false },
+        ];
+        binds.extend(self.cfg.shared.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }));
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_MOUNT.to_string(), self.cfg.mount_id.clone()),
+            (LABEL_PROFILE.to_string(), slot.key.clone()),
+            (LABEL_IMAGE.to_string(), image.name.clone()),
+        ]);
+        let spec = ContainerSpec {
+            name: slot.name.clone(),
+            image: image.reference.clone(),
+            entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), format!("{RUN_IN_CONTAINER}/agent.sock")],
+            labels,
+            network: image.network.as_str().to_string(),
+            cap_add: image.cap_add.clone(),
+            binds,
+            env: vec![],
+        };
+        let started = Instant::now();
+        let id = self.backend.start(&spec).await?;
+        let waited = tokio::task::spawn_blocking(move || agent_client::wait_ready(&socket, AGENT_START_LIMIT)).await;
+        if !matches!(waited, Ok(Ok(()))) {
+            let _ = self.backend.remove(&id).await;
+            return Err(PoolError::Start(format!(
+                "the odfs agent did not come up in a container of image {} within {}s (its output: docker logs {})",
+                image.reference,
+                AGENT_START_LIMIT.as_secs(),
+                slot.name
+            )));
+        }
+        tracing::info!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "container started");
+        Ok(id)
+    }
+
+    fn keep_alive(&self, image: &ImageSpec) -> Duration {
+        match image.keep_alive {
+            KeepAlive::Auto => self.cfg.auto_keep_alive,
+            KeepAlive::Fixed(d) => d,
+        }
+    }
+
+    /// Remove containers idle past their keep-alive. A container with a tool
+    /// running, or an exec on its way in, is never touched.
+    pub async fn reap(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        for slot in slots {
+            let keep = self.keep_alive(&slot.image);
+            if slot.pending.load(Ordering::SeqCst) > 0 || slot.last_used.lock().unwrap().elapsed() < keep {
+                continue;
+            }
+            let Ok(mut state) = slot.state.try_lock() else { continue };
+            let State::Warm { id } = state.clone() else { continue };
+            if slot.pending.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            let socket = slot.socket(&self.cfg.run_dir);
+            let busy = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await;
+            match busy {
+                Ok(Ok((running, idle_ms))) if running > 0 || Duration::from_millis(idle_ms) < keep => continue,
+                Ok(Ok(_)) => tracing::info!(container = slot.name, keep_alive = ?keep, "idle past keep-alive; removing"),
+                _ => tracing::warn!(container = slot.name, "agent unreachable; removing the container"),
+            }
+            if let Err(e) = self.backend.remove(&id).await {
+                tracing::warn!(container = slot.name, "cannot remove: {e}");
+                continue;
+            }
+            *state = State::Absent;
+        }
+    }
+
+    /// Take over this mount's containers left by an earlier daemon: keep the
+    /// ones whose profile is still in the catalog and whose agent answers,
+    /// remove the rest. No orphans, no duplicates.
+    pub async fn adopt(&self, images: &[Arc<ImageSpec>]) -> Result<(), PoolError> {
+        let by_key: HashMap<String, &Arc<ImageSpec>> = images.iter().map(|i| (self.profile_key(i), i)).collect();
+        for found in self.backend.list(&self.cfg.mount_id).await? {
+            if let (true, Some(image)) = (found.running, by_key.get(&found.profile)) {
+                let slot = self.slot(image);
+                let socket = slot.socket(&self.cfg.run_dir);
+                let mut state = slot.state.lock().await;
+                if *state == State::Absent
+                    && found.name == slot.name
+                    && tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.is_ok_and(|r| r.is_ok())
+                {
+                    tracing::info!(container = found.name, "adopted");
+                    *state = State::Warm { id: found.id };
+                    continue;
+                }
+            }
+            tracing::info!(container = found.name, "removing a stale container");
+            self.backend.remove(&found.id).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: remove idle containers; leave busy ones running (their
+    /// tools finish, and the next daemon adopts them).
+    pub async fn shutdown(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        for slot in slots {
+            let mut state = slot.state.lock().await;
+            let State::Warm { id } = state.clone() else { continue };
+            let socket = slot.socket(&self.cfg.run_dir);
+            if let Ok(Ok((running, _))) = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await {
+                if running > 0 {
+                    tracing::info!(container = slot.name, running, "tools still running; leaving the container for the next start");
+                    continue;
+                }
+            }
+            if let Err(e) = self.backend.remove(&id).await {
+                tracing::warn!(container = slot.name, "cannot remove: {e}");
+            }
+            *state = State::Absent;
+        }
+    }
+
+    pub async fn status(&self) -> Vec<ContainerStatus> {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            let state = slot.state.lock().await.clone();
+            let (state, running, idle_ms) = match state {
+                State::Absent => ("absent", 0, 0),
+                State::Warm { .. } => {
+                    let socket = slot.socket(&self.cfg.run_dir);
+                    match tokio::task::spawn_blocking(move || agent_client::status(&socket)).await {
+                        Ok(Ok((r, i))) => ("warm", r, i),
+                        _ => ("unreachable", 0, 0),
+                    }
+                }
+            };
+            out.push(ContainerStatus {
+                image: slot.image.name.clone(),
+                container: slot.name.clone(),
+                state: state.into(),
+                running_tools: running,
+                idle_ms,
+            });
+        }
+        out
+    }
+}
+
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fake::Fake;
+    use crate::catalog::Network;
+
+    fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
+        Arc::new(ImageSpec {
+            name: name.into(),
+            reference: format!("test/{name}"),
+            network: Network::None,
+            user: RunAs::Caller,
+            cap_add: vec![],
+            keep_alive: keep,
+            allow_groups: vec![],
+            origin: "t.toml:1".into(),
+        })
+    }
+
+    fn pool(fake: Arc<Fake>, dir: &Path) -> Arc<Pool<Fake>> {
+        Arc::new(Pool::new(
+            fake,
+            PoolConfig {
+                mount_id: "m1".into(),
+                run_dir: dir.to_path_buf(),
+                agent: "/bin/true".into(),
+                shared: vec!["/tmp".into()],
+                auto_keep_alive: Duration::from_secs(600),
+            },
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_calls_start_one_container() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake { start_delay: Duration::from_millis(50), ..Default::default() });
+        let pool = pool(fake.clone(), dir.path());
+        let img = image("busybox", KeepAlive::Auto);
+        let calls: Vec<_> = (0..50)
+            .map(|_| {
+                let (pool, img) = (pool.clone(), img.clone());
+                tokio::spawn(async move { pool.ensure(&img).await.map(|r| r.served) })
+            })
+            .collect();
+        let mut cold = 0;
+        for c in calls {
+            if c.await.unwrap().unwrap() == Served::Cold {
+                cold += 1;
+            }
+        }
+        assert_eq!((fake.starts.load(Ordering::SeqCst), cold), (1, 1));
+        let spec = &fake.live.lock().unwrap()[0].0;
+        assert_eq!(spec.labels[LABEL_MOUNT], "m1");
+        assert!(spec.binds.iter().any(|b| b.target == Path::new("/tmp")));
+    }
+
+    #[tokio::test]
+    async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let pool = pool(fake.clone(), dir.path());
+        let img = image("b", KeepAlive::Fixed(Duration::ZERO));
+        let claim = pool.ensure(&img).await.unwrap();
+        pool.reap().await;
+        assert!(fake.removed.lock().unwrap().is_empty(), "removed while an exec was on its way in");
+        drop(claim);
+        fake.running.store(1, Ordering::SeqCst);
+        pool.reap().await;
+        assert!(fake.removed.lock().unwrap().is_empty(), "removed while a tool ran");
+        fake.running.store(0, Ordering::SeqCst);
+        pool.reap().await;
+        assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
+        assert_eq!(pool.ensure(&img).await.unwrap().served, Served::Cold);
+    }
+
+    #[tokio::test]
+    async fn restart_adopts_current_profiles_and_removes_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let (a, b) = (image("a", KeepAlive::Auto), image("b", KeepAlive::Auto));
+        let first = pool(fake.clone(), dir.path());
+        drop(first.ensure(&a).await.unwrap());
+        drop(first.ensure(&b).await.unwrap());
+        // The next daemon's catalog no longer has image b.
+        let second = pool(fake.clone(), dir.path());
+        second.adopt(&[a.clone()]).await.unwrap();
+        assert_eq!(*fake.removed.lock().unwrap(), ["fake-1"]);
+        assert_eq!(second.ensure(&a).await.unwrap().served, Served::Warm);
+        assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
+    }
+}

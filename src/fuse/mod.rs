@@ -1,0 +1,142 @@
+//! fuser glue: translates kernel requests into [`crate::fs::ShimFs`] calls
+//! and mounts the session. Every answer comes from memory.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::fs::{Attr, FsError, Kind, ShimFs};
+
+/// How long the kernel may cache names and attributes. Misses are cached
+/// too, so PATH searches for native commands (`ls`, `git`…) cost one lookup
+/// per interval instead of one per exec.
+const TTL: Duration = Duration::from_secs(10);
+
+pub struct FuseFs(pub Arc<ShimFs>);
+
+fn attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        },
+        perm: a.perm,
+        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: 4096,
+    }
+}
+
+fn errno(e: FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl Filesystem for FuseFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        use std::os::unix::ffi::OsStrExt;
+        match self.0.lookup(parent.0, name.as_bytes()) {
+            Ok(a) => reply.entry(&TTL, &attr(&a), Generation(0)),
+            Err(FsError::NotFound) => {
+                // Inode 0 is a negative entry: the kernel caches the miss.
+                let mut none = attr(&self.0.getattr(crate::fs::ROOT_INO).expect("root exists"));
+                none.ino = INodeNo(0);
+                reply.entry(&TTL, &none, Generation(0))
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.0.open(ino.0, write) {
+            // The text never changes while mounted: let the page cache keep it.
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.0.read(ino.0, offset, size) {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.0.readdir(ino.0, offset) {
+            Ok(entries) => {
+                for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
+                    let kind = if kind == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
+                    if reply.add(INodeNo(ino), offset + i as u64 + 1, kind, &name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+/// Mount read-only, `nosuid,nodev`, readable and executable by every user.
+pub fn mount(fs: Arc<ShimFs>, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::Exec,
+        MountOption::NoAtime,
+        MountOption::DefaultPermissions,
+        MountOption::FSName("odfs".into()),
+        MountOption::Subtype("odfs".into()),
+    ];
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(2);
+    fuser::spawn_mount(FuseFs(fs), mountpoint, &cfg)
+}
+
+/// A mount left by a crashed daemon answers ENOTCONN to everything; detach it
+/// so a fresh one can take its place.
+pub fn clear_stale_mount(mountpoint: &Path) -> std::io::Result<bool> {
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}

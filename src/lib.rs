@@ -1,0 +1,40 @@
+//! odfs: a FUSE filesystem of on-demand binaries backed by containers.
+//!
+//! Mounted at `/opt/od/bin` (last on `PATH`), it lists every catalog command
+//! as a shim whose `#!` line names `odfs-launch`. Exec-ing a shim sends the
+//! caller's arguments and fds to the daemon, which starts (or reuses) a
+//! container of the command's image and has `odfs-agent`, PID 1 there, run
+//! the tool as the caller. The launcher then talks to the agent directly
+//! until the tool ends, and ends the same way.
+//!
+//! # Layout
+//! - [`protocol`]: messages and framing with fd passing (all three binaries).
+//! - [`launcher`]: `odfs-launch`, the shim interpreter (blocking, tiny).
+//! - [`agent`]: `odfs-agent`, PID 1 in each container (static).
+//! - [`catalog`]: TOML entries, validation, SQLite store, snapshot.
+//! - [`fs`]: the shim directory as plain logic; [`fuse`] translates fuser calls.
+//! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
+//! - [`daemon`]: control socket, exec handling, container pool and reaper.
+//! - [`config`], [`telemetry`]: daemon settings and logging.
+//!
+//! The `daemon` feature (default) gates everything only the host daemon
+//! needs, so the launcher and agent build without tokio, fuser or SQLite.
+
+pub mod agent;
+pub mod launcher;
+pub mod protocol;
+
+#[cfg(feature = "daemon")]
+pub mod backend;
+#[cfg(feature = "daemon")]
+pub mod catalog;
+#[cfg(feature = "daemon")]
+pub mod config;
+#[cfg(feature = "daemon")]
+pub mod daemon;
+#[cfg(feature = "daemon")]
+pub mod fs;
+#[cfg(feature = "daemon")]
+pub mod fuse;
+#[cfg(feature = "daemon")]
+pub mod telemetry;

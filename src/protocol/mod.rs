@@ -1,0 +1,191 @@
+//! Messages between launcher, daemon and agent, and their framing over unix sockets.
+//!
+//! Three parties speak on two kinds of connection:
+//! - control socket: `odfs-launch` (or the admin CLI) → daemon: one [`Request`],
+//!   answered by one [`Response`];
+//! - agent socket: daemon → `odfs-agent`: an [`AgentRequest::Spawn`], answered by
+//!   [`AgentEvent::Started`]; the daemon then hands that very connection to the
+//!   launcher, which sends [`AgentRequest::Signal`]s and receives the final
+//!   [`AgentEvent::Exited`] / [`AgentEvent::Signaled`].
+//!
+//! Byte strings (`Vec<u8>`) carry arguments, paths and environment because
+//! none of them is guaranteed to be UTF-8.
+
+mod framing;
+
+pub use framing::{read_frame, write_frame, FrameError, MAX_FDS, MAX_FRAME};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape; both ends check it on connect.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Exit status of the launcher when odfs itself (not the tool) failed, like a
+/// shell's "found but could not be executed".
+pub const EXIT_ODFS_ERROR: i32 = 126;
+/// Exit status when the command does not exist in its image, like a shell's
+/// "command not found".
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// First message on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a command. The fds listed in `fds` travel with this frame.
+    Exec(ExecRequest),
+    /// Describe the daemon's containers (admin CLI).
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub version: u32,
+    /// Command name (basename of the shim).
+    pub command: String,
+    /// Arguments after the command name.
+    pub args: Vec<Vec<u8>>,
+    /// The launcher's environment as `KEY=VALUE` strings; the daemon filters it.
+    pub env: Vec<Vec<u8>>,
+    /// Fd numbers in the caller that the attached fds stand for, in order.
+    pub fds: Vec<i32>,
+}
+
+/// The daemon's answer on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The tool runs; the attached fd is the agent connection to follow.
+    Handoff { pid: i32 },
+    /// odfs could not run the tool: print `odfs: CMD: message`, exit `exit_code`.
+    Error { message: String, exit_code: i32 },
+    Status(Vec<ContainerStatus>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub image: String,
+    pub container: String,
+    pub state: String,
+    pub running_tools: u32,
+    pub idle_ms: u64,
+}
+
+/// Who the tool runs as, and the passwd/group lines that make that user known
+/// inside the image (`id -un`, `whoami`, git and ssh look it up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// `/etc/passwd` line to add when the image lacks this uid.
+    pub passwd_line: Option<String>,
+    /// `/etc/group` line to add when the image lacks this gid.
+    pub group_line: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub version: u32,
+    /// Program: an absolute path, or a name looked up on the agent's own PATH
+    /// (the image's PATH).
+    pub program: Vec<u8>,
+    /// argv, including argv[0].
+    pub argv: Vec<Vec<u8>>,
+    /// Complete environment of the tool (`KEY=VALUE`), except PATH, which the
+    /// agent sets to the image's own.
+    pub env: Vec<Vec<u8>>,
+    pub cwd: Vec<u8>,
+    pub identity: Identity,
+    /// Target fd numbers of the attached fds, in order.
+    pub fds: Vec<i32>,
+}
+
+/// Messages to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    Spawn(SpawnRequest),
+    /// Deliver this signal to the tool of this connection.
+    Signal(i32),
+    /// How busy is the agent (for keep-alive: never remove a busy container).
+    Status,
+}
+
+/// Messages from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    Started { pid: i32 },
+    /// The tool could not be started; `exit_code` is what the caller should see.
+    Failed { message: String, exit_code: i32 },
+    Exited(i32),
+    Signaled(i32),
+    Status { running: u32, idle_ms: u64 },
+}
+
+/// Encode a message body (framing adds the length).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    postcard::to_stdvec(msg).map_err(|e| FrameError::Encode(e.to_string()))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(bytes).map_err(|e| FrameError::Decode(e.to_string()))
+}
+
+/// Send one message with optional fds.
+pub fn send<T: Serialize>(
+    sock: &std::os::unix::net::UnixStream,
+    msg: &T,
+    fds: &[std::os::fd::RawFd],
+) -> Result<(), FrameError> {
+    write_frame(sock, &encode(msg)?, fds)
+}
+
+/// Receive one message and the fds that came with it. `Ok(None)` on a clean EOF.
+pub fn recv<T: for<'a> Deserialize<'a>>(
+    sock: &std::os::unix::net::UnixStream,
+) -> Result<Option<(T, Vec<std::os::fd::OwnedFd>)>, FrameError> {
+    match read_frame(sock)? {
+        None => Ok(None),
+        Some((body, fds)) => Ok(Some((decode(&body)?, fds))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..64)
+    }
+
+    proptest! {
+        #[test]
+        fn exec_request_round_trips(command in "[a-z0-9._+-]{1,40}",
+                                    args in proptest::collection::vec(bytes(), 0..8),
+                                    env in proptest::collection::vec(bytes(), 0..8),
+                                    fds in proptest::collection::vec(0i32..1024, 0..4)) {
+            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, fds });
+            let back: Request = decode(&encode(&req).unwrap()).unwrap();
+            prop_assert_eq!(back, req);
+        }
+
+        #[test]
+        fn spawn_round_trips_through_a_socket(program in bytes(), argv in proptest::collection::vec(bytes(), 0..6),
+                                              uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..5)) {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            let msg = AgentRequest::Spawn(SpawnRequest {
+                version: PROTOCOL_VERSION, program, argv, env: vec![], cwd: b"/tmp".to_vec(),
+                identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None },
+                fds: vec![0],
+            });
+            send(&a, &msg, &[0]).unwrap();
+            send(&a, &AgentRequest::Signal(15), &[]).unwrap();
+            let (got, fds) = recv::<AgentRequest>(&b).unwrap().unwrap();
+            prop_assert_eq!(got, msg);
+            prop_assert_eq!(fds.len(), 1);
+            let (second, fds) = recv::<AgentRequest>(&b).unwrap().unwrap();
+            prop_assert_eq!(second, AgentRequest::Signal(15));
+            prop_assert!(fds.is_empty());
+            drop(a);
+            prop_assert!(recv::<AgentRequest>(&b).unwrap().is_none());
+        }
+    }
+}
