@@ -123,6 +123,16 @@ impl CommandSpec {
     pub fn program(&self) -> &str {
         self.path.as_deref().unwrap_or(self.name.as_str())
     }
+
+    /// argv[0] of the tool: the basename of `path` when one is given, so
+    /// multiplexers (`path = "/bin/busybox"`, `args = ["tr"]`) see their own
+    /// name; otherwise the command name.
+    pub fn argv0(&self) -> &str {
+        match &self.path {
+            Some(p) => p.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or(self.name.as_str()),
+            None => self.name.as_str(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

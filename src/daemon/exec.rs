@@ -162,7 +162,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 Identity { uid: caller.uid, gid: caller.gid, groups, passwd_line, group_line }
             }
         };
-        let mut argv = vec![entry.command.name.as_str().as_bytes().to_vec()];
+        let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
         argv.extend(req.args);
         let spawn = SpawnRequest {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 
 use crate::fs::{Attr, FsError, Kind, ShimFs};
@@ -95,6 +95,14 @@ impl Filesystem for FuseFs {
         }
     }
 
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        self.no_xattrs(ino, reply, false)
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.no_xattrs(ino, reply, true)
+    }
+
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.0.readdir(ino.0, offset) {
             Ok(entries) => {
@@ -106,6 +114,18 @@ impl Filesystem for FuseFs {
                 }
                 reply.ok()
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}
+
+impl FuseFs {
+    /// Shims carry no extended attributes (yet); say so instead of ENOSYS,
+    /// which tools like `ls` would otherwise ask about on every listing.
+    fn no_xattrs(&self, ino: INodeNo, reply: ReplyXattr, list: bool) {
+        match self.0.getattr(ino.0) {
+            Ok(_) if list => reply.size(0),
+            Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -1,0 +1,256 @@
+//! Test harness: a real `odfs mount` with its own mountpoint, state dir,
+//! socket and catalog, against the real Docker engine. Everything it creates
+//! is labelled by the mount id and removed on drop, even when a test fails.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const TEST_IMAGE: &str = "odfs-test/busybox:latest";
+
+/// A catalog of busybox applets in the offline test image (no libc in it).
+pub const BUSYBOX_CATALOG: &str = r#"
+[image.bb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+commands = ["sh", "cat", "ls", "sleep", "true", "false", "touch", "id", "pwd", "env",
+            "wc", "head", "yes", "echo", "stat", "tr"]
+
+# Names no host has: a multiplexer binary with fixed leading arguments.
+[command.odfs-upper]
+image = "bb"
+path = "/bin/busybox"
+args = ["tr", "a-z", "A-Z"]
+
+[command.odfs-echo]
+image = "bb"
+path = "/bin/busybox"
+args = ["echo", "odfs:"]
+"#;
+
+static PREPARE: Once = Once::new();
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The static agent, built once per test run in its own target dir (the
+/// tests' own build of it is dynamic and could not run in the test image).
+pub fn agent() -> PathBuf {
+    manifest().join("target/agent/release/odfs-agent")
+}
+
+/// Engine up, static agent built, test image present; once per process.
+pub fn prepare() {
+    PREPARE.call_once(|| {
+        let ok = Command::new("docker").args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "the Docker engine does not answer: run scripts/setup first");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .current_dir(manifest())
+            .args(["rustc", "--release", "--no-default-features", "--bin", "odfs-agent", "--target-dir", "target/agent"])
+            .args(["--", "-C", "target-feature=+crt-static"])
+            .status()
+            .expect("run cargo to build the static agent");
+        assert!(built.success(), "building the static agent failed");
+        let images = Command::new(manifest().join("scripts/build-images")).status().expect("run scripts/build-images");
+        assert!(images.success(), "scripts/build-images failed");
+    });
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("run docker")
+}
+
+pub struct TestMount {
+    pub root: PathBuf,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub catalog: PathBuf,
+    /// A directory every user may write, under shared /tmp.
+    pub work: PathBuf,
+    pub id: String,
+    pub log: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl TestMount {
+    /// A mount serving one catalog file.
+    pub fn new(catalog: &str) -> TestMount {
+        Self::with_files(&[("test.toml", catalog)], &[])
+    }
+
+    pub fn with_files(files: &[(&str, &str)], extra_args: &[&str]) -> TestMount {
+        prepare();
+        let root = PathBuf::from(format!("/tmp/odfs-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&root);
+        let (mnt, state, catalog, work) = (root.join("mnt"), root.join("state"), root.join("catalog"), root.join("work"));
+        for d in [&mnt, &state, &catalog, &work] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for d in [&root, &work] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        for (name, text) in files {
+            std::fs::write(catalog.join(name), text).unwrap();
+        }
+        let id = odfs::daemon::mount_id(&mnt);
+        let socket = state.join("odfs.sock");
+        let log = root.join("daemon.log");
+        let mut m = TestMount { root, mnt, state, socket, catalog, work, id, log, daemon: None };
+        m.start(extra_args);
+        m
+    }
+
+    /// Start the daemon and wait until the mount serves.
+    pub fn start(&mut self, extra_args: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_odfs"))
+            .arg("mount")
+            .args(["--catalog".as_ref(), self.catalog.as_os_str()])
+            .args(["--state".as_ref(), self.state.as_os_str()])
+            .args(["--agent".as_ref(), agent().as_os_str()])
+            .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
+            .args(extra_args)
+            .arg(&self.mnt)
+            .env("ODFS_LOG", "odfs=debug,info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start odfs mount");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.mounted() || !self.socket.exists() {
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("odfs mount exited with {status}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "mount did not come up:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let target = format!(" {} fuse", self.mnt.display());
+        mounts.lines().any(|l| l.contains(&target))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn daemon_pid(&self) -> i32 {
+        self.daemon.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// SIGTERM the daemon and wait for it; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("daemon running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("daemon ignored SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn shim(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    /// Ids of this mount's containers on the engine, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        let out = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", self.id)]);
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+    }
+
+    /// Processes inside a container, as `ps` there prints them.
+    pub fn ps(&self, container: &str) -> String {
+        String::from_utf8_lossy(&docker(&["exec", container, "ps", "-o", "pid,comm"]).stdout).into_owned()
+    }
+
+    /// A host shell command with `$M` set to the mountpoint, run in the work dir.
+    pub fn sh(&self, script: &str) -> Output {
+        self.sh_cmd(script).output().expect("run sh")
+    }
+
+    pub fn sh_cmd(&self, script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script).env("M", &self.mnt).current_dir(&self.work);
+        c
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        if self.mounted() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        } else {
+            eprintln!("kept {} for inspection; daemon log:\n{}", self.root.display(), self.log_text());
+        }
+    }
+}
+
+/// Wait until `f` holds, up to `limit`.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit status as a shell reports it: code, or 128 + signal.
+pub fn shell_status(o: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
+}
+
+pub fn path_exists_in(dir: &Path, name: &str) -> bool {
+    dir.join(name).exists()
+}
