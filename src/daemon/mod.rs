@@ -193,6 +193,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
     let session = crate::fuse::mount(fs, &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let connection = crate::fuse::connection_id(&mountpoint);
     tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, "serving");
 
     let d = daemon.clone();
@@ -239,6 +240,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     drop(listener);
     let _ = std::fs::remove_file(&cfg.socket);
     drop(session);
+    if let Some(id) = connection {
+        crate::fuse::abort_connection(id);
+    }
     daemon.pool.shutdown().await;
     Ok(())
 }

@@ -160,3 +160,20 @@ pub fn clear_stale_mount(mountpoint: &Path) -> std::io::Result<bool> {
         _ => Ok(false),
     }
 }
+
+/// The kernel's id of the FUSE connection behind a mount (its device minor),
+/// as listed in `/sys/fs/fuse/connections`.
+pub fn connection_id(mountpoint: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(mountpoint).ok().map(|m| nix::sys::stat::minor(m.dev()))
+}
+
+/// Abort a FUSE connection that outlived its unmount (something still holds
+/// a copy of the mount, e.g. a recursive bind into a container), so nothing
+/// hangs on it. Needs fusectl mounted; a no-op when the connection is gone.
+pub fn abort_connection(id: u64) {
+    let abort = Path::new("/sys/fs/fuse/connections").join(id.to_string()).join("abort");
+    if abort.exists() && std::fs::write(&abort, "1").is_ok() {
+        tracing::warn!(connection = id, "aborted a FUSE connection that outlived its unmount");
+    }
+}
