@@ -306,3 +306,39 @@ print(r.stdout.decode().strip(), r.returncode)"#;
     let o = m.sh_cmd(r#"PATH="/usr/bin:/bin:$M" exec python3 -c "$SCRIPT""#).env("SCRIPT", script).output().unwrap();
     assert_eq!(stdout(&o), "PIPED 0\n", "{}", stderr(&o));
 }
+
+#[test]
+fn a_daemon_crash_spares_running_tools_and_the_restart_adopts_their_container() {
+    let mut m = TestMount::new(BUSYBOX_CATALOG);
+    let child = Command::new(m.shim("sh"))
+        .args(["-c", "echo started; sleep 2; echo survived; exit 3"])
+        .current_dir(&m.work)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let before = m.containers();
+    assert!(eventually(Duration::from_secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.crash();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!((stdout(&o).as_str(), o.status.code()), ("started\nsurvived\n", Some(3)));
+
+    // The crashed daemon's mount answers ENOTCONN until the next start clears it.
+    m.start(&[]);
+    assert!(m.log_text().contains("cleared a stale mount"), "{}", m.log_text());
+    assert!(m.log_text().contains("adopted"), "{}", m.log_text());
+    let o = m.sh(r#""$M/echo" after-restart"#);
+    assert_eq!(stdout(&o), "after-restart\n", "{}", stderr(&o));
+    assert_eq!(m.containers(), before, "the container was not adopted");
+}
+
+#[test]
+fn an_unreachable_engine_is_reported_and_the_mount_still_lists() {
+    let m = TestMount::with_env(&[("t.toml", BUSYBOX_CATALOG)], &[], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    assert!(m.shim("cat").exists());
+    let o = m.sh(r#""$M/cat" </dev/null"#);
+    assert_eq!(shell_status(&o), 126);
+    let err = stderr(&o);
+    assert!(err.starts_with("odfs: cat: container engine not reachable at unix:///nonexistent/docker.sock"), "{err}");
+    assert!(err.trim_end().ends_with("(is dockerd running?)"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

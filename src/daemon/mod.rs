@@ -136,6 +136,17 @@ fn bind_control(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::Un
     Ok(listener)
 }
 
+/// The mountpoint as an absolute path with its parent resolved, without
+/// touching the mountpoint itself (it may be a dead mount answering ENOTCONN).
+fn absolute_mountpoint(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        bail!("cannot mount on {}", abs.display());
+    };
+    let parent = std::fs::canonicalize(parent).with_context(|| format!("mountpoint parent {}", parent.display()))?;
+    Ok(parent.join(name))
+}
+
 /// Run `odfs mount` until SIGTERM or SIGINT.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     check_binaries(&cfg)?;
@@ -159,14 +170,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let snapshot = Arc::new(Snapshot::new(&catalog));
     tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
 
-    let mountpoint = std::fs::canonicalize(&cfg.mountpoint).or_else(|_| {
-        crate::fuse::clear_stale_mount(&cfg.mountpoint)?;
-        std::fs::create_dir_all(&cfg.mountpoint)?;
-        std::fs::canonicalize(&cfg.mountpoint)
-    })?;
+    let mountpoint = absolute_mountpoint(&cfg.mountpoint)?;
     if crate::fuse::clear_stale_mount(&mountpoint)? {
         tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
     }
+    std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
     let id = mount_id(&mountpoint);
     let shared: Vec<PathBuf> = cfg.shared.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
     let pool = Pool::new(

@@ -61,7 +61,8 @@ impl Served {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Absent,
-    Warm { id: String },
+    /// Running since `since`.
+    Warm { id: String, since: Instant },
 }
 
 /// One image profile's container.
@@ -149,16 +150,20 @@ impl<B: ContainerBackend> Pool<B> {
     /// A running container for this image, started if needed. Concurrent
     /// callers of one profile wait for the same start.
     pub async fn ensure(&self, image: &Arc<ImageSpec>) -> Result<Ready, PoolError> {
+        let arrived = Instant::now();
         let slot = self.slot(image);
         let mut state = slot.state.lock().await;
         slot.pending.fetch_add(1, Ordering::SeqCst);
         let ready = |id: String, served| Ready { socket: slot.socket(&self.cfg.run_dir), served, id, slot: slot.clone() };
-        if let State::Warm { id } = &*state {
-            return Ok(ready(id.clone(), Served::Warm));
+        if let State::Warm { id, since } = &*state {
+            // Started while this call waited (prewarm on open): the caller
+            // paid for a start, if only part of it.
+            let served = if *since > arrived { Served::Cold } else { Served::Warm };
+            return Ok(ready(id.clone(), served));
         }
         match self.create(&slot).await {
             Ok(id) => {
-                *state = State::Warm { id: id.clone() };
+                *state = State::Warm { id: id.clone(), since: Instant::now() };
                 Ok(ready(id, Served::Cold))
             }
             Err(e) => {
@@ -172,7 +177,7 @@ impl<B: ContainerBackend> Pool<B> {
     /// so the next `ensure` starts a fresh one.
     pub async fn discard(&self, ready: &Ready) {
         let mut state = ready.slot.state.lock().await;
-        if *state == (State::Warm { id: ready.id.clone() }) {
+        if matches!(&*state, State::Warm { id, .. } if *id == ready.id) {
             tracing::warn!(container = ready.slot.name, "agent unreachable; replacing the container");
             let _ = self.backend.remove(&ready.id).await;
             *state = State::Absent;
@@ -241,7 +246,7 @@ impl<B: ContainerBackend> Pool<B> {
                 continue;
             }
             let Ok(mut state) = slot.state.try_lock() else { continue };
-            let State::Warm { id } = state.clone() else { continue };
+            let State::Warm { id, .. } = state.clone() else { continue };
             if slot.pending.load(Ordering::SeqCst) > 0 {
                 continue;
             }
@@ -275,7 +280,7 @@ impl<B: ContainerBackend> Pool<B> {
                     && tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.is_ok_and(|r| r.is_ok())
                 {
                     tracing::info!(container = found.name, "adopted");
-                    *state = State::Warm { id: found.id };
+                    *state = State::Warm { id: found.id, since: Instant::now() };
                     continue;
                 }
             }
@@ -291,7 +296,7 @@ impl<B: ContainerBackend> Pool<B> {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
             let mut state = slot.state.lock().await;
-            let State::Warm { id } = state.clone() else { continue };
+            let State::Warm { id, .. } = state.clone() else { continue };
             let socket = slot.socket(&self.cfg.run_dir);
             if let Ok(Ok((running, _))) = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await {
                 if running > 0 {
@@ -389,7 +394,9 @@ mod tests {
                 cold += 1;
             }
         }
-        assert_eq!((fake.starts.load(Ordering::SeqCst), cold), (1, 1));
+        // Every caller waited for the one start, so each counts as cold.
+        assert_eq!((fake.starts.load(Ordering::SeqCst), cold), (1, 50));
+        assert_eq!(pool.ensure(&img).await.unwrap().served, Served::Warm);
         let spec = &fake.live.lock().unwrap()[0].0;
         assert_eq!(spec.labels[LABEL_MOUNT], "m1");
         assert!(spec.binds.iter().any(|b| b.target == Path::new("/tmp")));

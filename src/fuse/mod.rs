@@ -149,15 +149,38 @@ pub fn mount(fs: Arc<ShimFs>, mountpoint: &Path) -> std::io::Result<fuser::Backg
     fuser::spawn_mount(FuseFs(fs), mountpoint, &cfg)
 }
 
-/// A mount left by a crashed daemon answers ENOTCONN to everything; detach it
-/// so a fresh one can take its place.
+/// Whether `/proc/self/mountinfo` shows a FUSE mount at exactly this path.
+fn is_fuse_mountpoint(mountpoint: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = mountpoint.to_string_lossy();
+    info.lines().any(|line| {
+        let mut halves = line.splitn(2, " - ");
+        let (left, right) = (halves.next().unwrap_or(""), halves.next().unwrap_or(""));
+        // Field 5 is the mount point, with blanks escaped as octal.
+        let point = left.split(' ').nth(4).unwrap_or("").replace("\\040", " ");
+        point == want && right.starts_with("fuse")
+    })
+}
+
+/// A mount left by a crashed daemon answers ENOTCONN; detach it so a fresh
+/// one can take its place. Returns whether one was cleared. A mount that a
+/// live process still serves is an error: two daemons must not stack.
+/// `statfs` is used because FUSE never answers it from the kernel's caches
+/// (a plain `stat` can succeed on a dead mount for the attribute TTL).
 pub fn clear_stale_mount(mountpoint: &Path) -> std::io::Result<bool> {
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    if !is_fuse_mountpoint(mountpoint) {
+        return Ok(false);
+    }
+    match nix::sys::statfs::statfs(mountpoint) {
+        Err(nix::Error::ENOTCONN) | Err(nix::Error::ECONNABORTED) => {
             nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)?;
             Ok(true)
         }
-        _ => Ok(false),
+        Ok(_) => Err(std::io::Error::other(format!(
+            "{} is already a FUSE mount served by a live process (unmount it or stop its daemon first)",
+            mountpoint.display()
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

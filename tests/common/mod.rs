@@ -77,6 +77,7 @@ pub struct TestMount {
     pub work: PathBuf,
     pub id: String,
     pub log: PathBuf,
+    env: Vec<(String, String)>,
     daemon: Option<Child>,
 }
 
@@ -87,6 +88,11 @@ impl TestMount {
     }
 
     pub fn with_files(files: &[(&str, &str)], extra_args: &[&str]) -> TestMount {
+        Self::with_env(files, extra_args, &[])
+    }
+
+    /// Also set environment variables of the daemon.
+    pub fn with_env(files: &[(&str, &str)], extra_args: &[&str], env: &[(&str, &str)]) -> TestMount {
         prepare();
         let root = PathBuf::from(format!("/tmp/odfs-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&root);
@@ -103,7 +109,8 @@ impl TestMount {
         let id = odfs::daemon::mount_id(&mnt);
         let socket = state.join("odfs.sock");
         let log = root.join("daemon.log");
-        let mut m = TestMount { root, mnt, state, socket, catalog, work, id, log, daemon: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut m = TestMount { root, mnt, state, socket, catalog, work, id, log, env, daemon: None };
         m.start(extra_args);
         m
     }
@@ -120,19 +127,30 @@ impl TestMount {
             .args(extra_args)
             .arg(&self.mnt)
             .env("ODFS_LOG", "odfs=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start odfs mount");
         self.daemon = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.mounted() || !self.socket.exists() {
+        // A crashed daemon leaves its socket file and a stale mount behind:
+        // only a socket that accepts proves the new daemon is serving (it
+        // clears the stale mount before binding and mounts right after).
+        while !(std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.mounted()) {
             if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
                 panic!("odfs mount exited with {status}:\n{}", self.log_text());
             }
             assert!(Instant::now() < deadline, "mount did not come up:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL the daemon, as a crash would; its mount is left stale.
+    pub fn crash(&mut self) {
+        let mut child = self.daemon.take().expect("daemon running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     pub fn mounted(&self) -> bool {
