@@ -210,7 +210,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             let Some(entry) = d.snapshot().get(&name).cloned() else { continue };
             let d = d.clone();
             tokio::spawn(async move {
-                if let Err(e) = d.pool.ensure(&entry.image).await {
+                if let Err(e) = d.pool.prewarm(&entry.image).await {
                     tracing::debug!(command = name, "prewarm failed: {e}");
                 }
             });

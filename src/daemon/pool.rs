@@ -173,6 +173,19 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    /// Start the image's container ahead of a call that is probably coming
+    /// (its shim was opened). Costs nothing when it is already warm, which is
+    /// the common case: every exec opens its shim.
+    pub async fn prewarm(&self, image: &Arc<ImageSpec>) -> Result<(), PoolError> {
+        let slot = self.slot(image);
+        if let Ok(state) = slot.state.try_lock() {
+            if matches!(*state, State::Warm { .. }) {
+                return Ok(());
+            }
+        }
+        self.ensure(image).await.map(drop)
+    }
+
     /// The container behind `ready` stopped answering: forget and remove it
     /// so the next `ensure` starts a fresh one.
     pub async fn discard(&self, ready: &Ready) {
@@ -229,6 +242,12 @@ impl<B: ContainerBackend> Pool<B> {
         Ok(id)
     }
 
+    /// The agent's (running tools, idle ms), or why it does not answer.
+    async fn agent_status(&self, slot: &Slot) -> std::io::Result<(u32, u64)> {
+        let socket = slot.socket(&self.cfg.run_dir);
+        tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.map_err(std::io::Error::other)?
+    }
+
     fn keep_alive(&self, image: &ImageSpec) -> Duration {
         match image.keep_alive {
             KeepAlive::Auto => self.cfg.auto_keep_alive,
@@ -250,11 +269,9 @@ impl<B: ContainerBackend> Pool<B> {
             if slot.pending.load(Ordering::SeqCst) > 0 {
                 continue;
             }
-            let socket = slot.socket(&self.cfg.run_dir);
-            let busy = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await;
-            match busy {
-                Ok(Ok((running, idle_ms))) if running > 0 || Duration::from_millis(idle_ms) < keep => continue,
-                Ok(Ok(_)) => tracing::info!(container = slot.name, keep_alive = ?keep, "idle past keep-alive; removing"),
+            match self.agent_status(&slot).await {
+                Ok((running, idle_ms)) if running > 0 || Duration::from_millis(idle_ms) < keep => continue,
+                Ok(_) => tracing::info!(container = slot.name, keep_alive = ?keep, "idle past keep-alive; removing"),
                 _ => tracing::warn!(container = slot.name, "agent unreachable; removing the container"),
             }
             if let Err(e) = self.backend.remove(&id).await {
@@ -273,12 +290,8 @@ impl<B: ContainerBackend> Pool<B> {
         for found in self.backend.list(&self.cfg.mount_id).await? {
             if let (true, Some(image)) = (found.running, by_key.get(&found.profile)) {
                 let slot = self.slot(image);
-                let socket = slot.socket(&self.cfg.run_dir);
                 let mut state = slot.state.lock().await;
-                if *state == State::Absent
-                    && found.name == slot.name
-                    && tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.is_ok_and(|r| r.is_ok())
-                {
+                if *state == State::Absent && found.name == slot.name && self.agent_status(&slot).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
                     *state = State::Warm { id: found.id, since: Instant::now() };
                     continue;
@@ -297,8 +310,7 @@ impl<B: ContainerBackend> Pool<B> {
         for slot in slots {
             let mut state = slot.state.lock().await;
             let State::Warm { id, .. } = state.clone() else { continue };
-            let socket = slot.socket(&self.cfg.run_dir);
-            if let Ok(Ok((running, _))) = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await {
+            if let Ok((running, _)) = self.agent_status(&slot).await {
                 if running > 0 {
                     tracing::info!(container = slot.name, running, "tools still running; leaving the container for the next start");
                     continue;
@@ -318,13 +330,10 @@ impl<B: ContainerBackend> Pool<B> {
             let state = slot.state.lock().await.clone();
             let (state, running, idle_ms) = match state {
                 State::Absent => ("absent", 0, 0),
-                State::Warm { .. } => {
-                    let socket = slot.socket(&self.cfg.run_dir);
-                    match tokio::task::spawn_blocking(move || agent_client::status(&socket)).await {
-                        Ok(Ok((r, i))) => ("warm", r, i),
-                        _ => ("unreachable", 0, 0),
-                    }
-                }
+                State::Warm { .. } => match self.agent_status(&slot).await {
+                    Ok((r, i)) => ("warm", r, i),
+                    Err(_) => ("unreachable", 0, 0),
+                },
             };
             out.push(ContainerStatus {
                 image: slot.image.name.clone(),
