@@ -316,8 +316,8 @@ fn a_daemon_crash_spares_running_tools_and_the_restart_adopts_their_container() 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let before = m.containers();
     assert!(eventually(Duration::from_secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    let before = m.containers();
     m.crash();
     let o = child.wait_with_output().unwrap();
     assert_eq!((stdout(&o).as_str(), o.status.code()), ("started\nsurvived\n", Some(3)));

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, PROTOCOL_VERSION};
@@ -35,9 +35,11 @@ pub struct AgentConfig {
     pub allow_local_peers: bool,
 }
 
-/// What the reaper tells a connection about its tool.
+/// What the reaper and the connection reader tell a connection's thread.
 enum ToolEvent {
-    Ended(WaitStatus),
+    /// Exit, death or stop of the tool.
+    Wait(WaitStatus),
+    Continue,
     Signal(i32),
     Hangup,
 }
@@ -118,7 +120,15 @@ impl Agent {
     /// their connections.
     fn reap(&self) {
         loop {
-            match waitpid(Pid::from_raw(-1), None) {
+            // WUNTRACED: a stopped tool (Ctrl-Z) is reported so the launcher
+            // can stop too, as a native job would.
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WUNTRACED)) {
+                Ok(status @ WaitStatus::Stopped(pid, _)) => {
+                    let reg = self.registry.lock().unwrap();
+                    if let Some(tx) = reg.waiting.get(&pid.as_raw()) {
+                        let _ = tx.send(ToolEvent::Wait(status));
+                    }
+                }
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
                     let mut reg = self.registry.lock().unwrap();
@@ -127,7 +137,7 @@ impl Agent {
                         if reg.running == 0 {
                             reg.idle_since = Instant::now();
                         }
-                        let _ = tx.send(ToolEvent::Ended(status));
+                        let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
                 Err(nix::Error::ECHILD) => {
@@ -169,7 +179,7 @@ impl Agent {
                 let _ = protocol::send(&stream, &AgentEvent::Status { running, idle_ms }, &[]);
             }
             (AgentRequest::Spawn(req), fds) => self.run_tool(stream, req, fds),
-            (AgentRequest::Signal(_), _) => {
+            (AgentRequest::Signal(_) | AgentRequest::Continue, _) => {
                 eprintln!("odfs-agent: signal before spawn ignored");
             }
         }
@@ -185,18 +195,23 @@ impl Agent {
             return;
         }
         identity::ensure_known(&req.identity);
+        let pty = req.tty.is_some();
         let (tx, rx) = mpsc::channel();
-        let pid = match spawn::spawn(self, &req, &fds, tx.clone()) {
-            Ok(pid) => pid,
+        let (pid, master) = match spawn::spawn(self, &req, &fds, tx.clone()) {
+            Ok(started) => started,
             Err(failure) => {
                 let _ = protocol::send(&stream, &failure, &[]);
                 return;
             }
         };
         drop(fds);
-        if protocol::send(&stream, &AgentEvent::Started { pid }, &[]).is_err() {
+        // The pty master goes to the launcher; the agent keeps no copy, so
+        // when the launcher goes away the tool's terminal hangs up.
+        let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
+        if protocol::send(&stream, &AgentEvent::Started { pid }, &master_fd).is_err() {
             let _ = tx.send(ToolEvent::Hangup);
         }
+        drop(master);
 
         let reader = stream.try_clone();
         if let Ok(reader) = reader {
@@ -205,6 +220,11 @@ impl Agent {
                 match protocol::recv::<AgentRequest>(&reader) {
                     Ok(Some((AgentRequest::Signal(sig), _))) => {
                         if tx.send(ToolEvent::Signal(sig)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some((AgentRequest::Continue, _))) => {
+                        if tx.send(ToolEvent::Continue).is_err() {
                             return;
                         }
                     }
@@ -222,33 +242,72 @@ impl Agent {
         while let Ok(ev) = rx.recv() {
             match ev {
                 ToolEvent::Signal(sig) => {
-                    // SAFETY: plain kill(2) on the tool we started.
+                    // Without a pty the tool leads its own session, an
+                    // orphaned process group where the kernel discards
+                    // SIGTSTP and friends: stop it for real instead.
+                    let sig = match sig {
+                        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !pty => libc::SIGSTOP,
+                        s => s,
+                    };
+                    // SAFETY: plain kill(2) on the tool we started (in pty
+                    // mode, its session holder, which passes it on).
                     unsafe { libc::kill(pid, sig) };
                 }
                 ToolEvent::Hangup => {
                     if !hung_up {
                         hung_up = true;
                         // The launcher is gone (killed): nobody will see this
-                        // tool's output or status, so end its whole group.
-                        // SAFETY: plain kill(2) on the tool's process group.
-                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        // tool's output or status, so end all it started.
+                        kill_session(pid);
                     }
                 }
-                ToolEvent::Ended(status) => {
-                    let ev = match status {
-                        WaitStatus::Exited(_, code) => AgentEvent::Exited(code),
-                        WaitStatus::Signaled(_, sig, _) => AgentEvent::Signaled(sig as i32),
+                ToolEvent::Continue => {
+                    // SAFETY: plain kill(2) on the tool's process group.
+                    unsafe { libc::kill(-pid, libc::SIGCONT) };
+                }
+                ToolEvent::Wait(status) => {
+                    let (ev, last) = match status {
+                        WaitStatus::Exited(_, code) => (AgentEvent::Exited(code), true),
+                        WaitStatus::Signaled(_, sig, _) => (AgentEvent::Signaled(sig as i32), true),
+                        WaitStatus::Stopped(_, sig) => (AgentEvent::Stopped(sig as i32), false),
                         _ => continue,
                     };
-                    if !hung_up {
+                    if hung_up {
+                        if !last {
+                            // Nobody can continue it: let the kill take effect.
+                            // SAFETY: plain kill(2) on the tool's process group.
+                            unsafe { libc::kill(-pid, libc::SIGCONT) };
+                        }
+                    } else {
                         let _ = protocol::send(&stream, &ev, &[]);
                     }
-                    break;
+                    if last {
+                        break;
+                    }
                 }
             }
         }
         // Wake the reader thread, which holds a clone of this socket.
         let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+}
+
+/// SIGKILL every process of session `sid` (the tool's session: the tool,
+/// its process group, its background jobs). The agent is PID 1 of the
+/// container, so `/proc` lists exactly the container's processes.
+fn kill_session(sid: i32) {
+    // SAFETY: plain kill(2); the session leader first, then the rest.
+    unsafe { libc::kill(-sid, libc::SIGKILL) };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the parenthesised command: state ppid pgrp session …
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        if after.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
     }
 }
 

@@ -3,17 +3,18 @@
 //! it only async-signal-safe calls are allowed (the agent is multithreaded).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::mpsc;
 
 use super::{Agent, ToolEvent};
-use crate::protocol::{AgentEvent, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
+use crate::protocol::{AgentEvent, SpawnRequest, TtyRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
 
 /// Where the child failed, reported through the exec-error pipe.
 const STAGE_IDENTITY: u8 = 1;
 const STAGE_CWD: u8 = 2;
 const STAGE_FDS: u8 = 3;
 const STAGE_EXEC: u8 = 4;
+const STAGE_TTY: u8 = 5;
 
 /// Fds are first parked above this so that moving them onto their targets
 /// cannot clobber one another.
@@ -42,14 +43,46 @@ fn candidates(program: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Fork, register the child with the reaper, exec. Returns the tool's pid, or
-/// the `Failed` event to send back.
+/// A pty for the tool, shaped like the caller's terminal. The slave belongs
+/// to the caller, as a login terminal would.
+fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), AgentEvent> {
+    let ws = libc::winsize { ws_row: tty.rows, ws_col: tty.cols, ws_xpixel: tty.xpixel, ws_ypixel: tty.ypixel };
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty fills two fds; the termios pointer is only used when the
+    // bytes are exactly one `struct termios`.
+    let rc = unsafe {
+        let mut term: libc::termios = std::mem::zeroed();
+        let term_ptr = if tty.termios.len() == std::mem::size_of::<libc::termios>() {
+            std::ptr::copy_nonoverlapping(tty.termios.as_ptr(), (&mut term as *mut libc::termios).cast(), tty.termios.len());
+            &term as *const libc::termios
+        } else {
+            std::ptr::null()
+        };
+        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), term_ptr, &ws)
+    };
+    if rc != 0 {
+        return Err(failed(format!("cannot allocate a pty in the container: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: fresh fds from openpty, owned here from now on.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: plain syscalls on fds we own.
+    unsafe {
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fcntl(slave.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        libc::fchown(slave.as_raw_fd(), uid, gid);
+        libc::fchmod(slave.as_raw_fd(), 0o620);
+    }
+    Ok((master, slave))
+}
+
+/// Fork, register the child with the reaper, exec. Returns the tool's pid and,
+/// in pty mode, the pty master; or the `Failed` event to send back.
 pub(super) fn spawn(
     agent: &Agent,
     req: &SpawnRequest,
     fds: &[OwnedFd],
     events: mpsc::Sender<ToolEvent>,
-) -> Result<i32, AgentEvent> {
+) -> Result<(i32, Option<OwnedFd>), AgentEvent> {
     if fds.len() != req.fds.len() {
         return Err(AgentEvent::Failed {
             message: format!("{} fds announced, {} received", req.fds.len(), fds.len()),
@@ -74,9 +107,24 @@ pub(super) fn spawn(
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let groups: Vec<libc::gid_t> = req.identity.groups.clone();
-    let sources: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let targets = req.fds.clone();
     let (uid, gid) = (req.identity.uid, req.identity.gid);
+    let pty = match &req.tty {
+        Some(tty) => Some(open_pty(tty, uid, gid)?),
+        None => None,
+    };
+    // The pty slave stands in for each fd that was a terminal in the caller.
+    let mut sources: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut targets = req.fds.clone();
+    let slave = pty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd());
+    if let (Some(tty), true) = (&req.tty, slave >= 0) {
+        for &t in &tty.targets {
+            sources.push(slave);
+            targets.push(t);
+        }
+    }
+    if sources.len() > crate::protocol::MAX_FDS {
+        return Err(failed("too many file descriptors".into()));
+    }
 
     let mut pipe = [0i32; 2];
     // SAFETY: pipe2 fills the two-element array.
@@ -92,7 +140,7 @@ pub(super) fn spawn(
         if pid == 0 {
             // SAFETY: in the child, with everything prepared above.
             unsafe {
-                child(err_w, uid, gid, &groups, &cwd, &sources, &targets, &progs, &argv_ptrs, &env_ptrs)
+                child(err_w, uid, gid, &groups, &cwd, slave, &sources, &targets, &progs, &argv_ptrs, &env_ptrs)
             }
         }
         if pid > 0 {
@@ -126,7 +174,8 @@ pub(super) fn spawn(
     // SAFETY: closing the read end we own.
     unsafe { libc::close(err_r) };
     if got == 0 {
-        return Ok(pid); // the pipe closed on exec: the tool runs
+        // The pipe closed on exec: the tool runs. Our slave copy goes now.
+        return Ok((pid, pty.map(|(master, _slave)| master)));
     }
     let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let err = std::io::Error::from_raw_os_error(errno);
@@ -136,6 +185,7 @@ pub(super) fn spawn(
         STAGE_IDENTITY => failed(format!("cannot switch to uid {uid} gid {gid}: {err}")),
         STAGE_CWD => failed(format!("cannot enter working directory {cwd}: {err}")),
         STAGE_FDS => failed(format!("cannot pass file descriptors: {err}")),
+        STAGE_TTY => failed(format!("cannot make the pty the controlling terminal: {err}")),
         _ if errno == libc::ENOENT => AgentEvent::Failed {
             message: format!("{prog} not found in the image (searched {})", String::from_utf8_lossy(&agent.path)),
             exit_code: EXIT_NOT_FOUND,
@@ -156,6 +206,7 @@ unsafe fn child(
     gid: u32,
     groups: &[libc::gid_t],
     cwd: &CString,
+    pty_slave: i32,
     sources: &[i32],
     targets: &[i32],
     progs: &[CString],
@@ -170,9 +221,38 @@ unsafe fn child(
         libc::_exit(EXIT_ODFS_ERROR);
     };
 
-    // A session of its own: the tool leads its process group, so the group
-    // can be signalled as a whole when the caller disappears.
+    // A session of its own, so everything the tool starts can be found and
+    // ended as a whole when the caller disappears.
     libc::setsid();
+    if pty_slave >= 0 {
+        // The pty becomes the session's controlling terminal: /dev/tty works,
+        // Ctrl-C, Ctrl-Z and window changes reach the tool.
+        if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
+            fail(STAGE_TTY);
+        }
+        // Like a shell, this process stays as session leader and runs the
+        // tool in its own foreground process group. A tool that led the
+        // session itself would sit in an orphaned process group (its parent,
+        // the agent, is in another session), and the kernel discards Ctrl-Z
+        // (SIGTSTP) for those.
+        let tool = libc::fork();
+        if tool < 0 {
+            fail(STAGE_TTY);
+        }
+        if tool > 0 {
+            session_holder(tool, err_w);
+        }
+        // The tool: its own group, in the terminal's foreground. SIGTTOU is
+        // blocked for tcsetpgrp (the mask is reset before exec).
+        let mut ttou: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut ttou);
+        libc::sigaddset(&mut ttou, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+        libc::setpgid(0, 0);
+        if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
+            fail(STAGE_TTY);
+        }
+    }
 
     if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
         fail(STAGE_IDENTITY);
@@ -226,6 +306,66 @@ unsafe fn child(
     }
     *libc::__errno_location() = last_errno;
     fail(STAGE_EXEC)
+}
+
+/// Pid of the tool, for the session holder's signal handlers.
+static TOOL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn pass_to_tool(sig: libc::c_int) {
+    let tool = TOOL.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: kill(2) is async-signal-safe.
+    unsafe {
+        if sig == libc::SIGCONT {
+            libc::kill(-tool, libc::SIGCONT);
+        } else {
+            libc::kill(tool, sig);
+        }
+    }
+}
+
+/// The session leader of a pty-mode tool (a child of the agent, so the
+/// agent's reaper sees it in the tool's place). Forwards signals to the tool,
+/// mirrors its stops by stopping itself (SIGSTOP: stop signals are discarded
+/// in its own orphaned group) and ends exactly as the tool ended.
+/// Only raw syscalls: it runs in a fork of the multithreaded agent.
+unsafe fn session_holder(tool: i32, err_w: i32) -> ! {
+    TOOL.store(tool, std::sync::atomic::Ordering::Relaxed);
+    // The tool reports exec errors itself; this copy must not hold the pipe
+    // open, nor any of the caller's fds.
+    libc::close(err_w);
+    libc::close_range(3, u32::MAX, 0);
+    libc::setpgid(tool, tool);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT] {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = pass_to_tool as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    loop {
+        let mut status = 0;
+        if libc::waitpid(tool, &mut status, libc::WUNTRACED) < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(EXIT_ODFS_ERROR);
+        }
+        if libc::WIFSTOPPED(status) {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        } else if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        } else if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+    }
 }
 
 #[cfg(test)]

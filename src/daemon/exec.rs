@@ -121,13 +121,17 @@ impl<B: ContainerBackend> Daemon<B> {
         let command = req.command.clone();
         let outcome = self.clone().run(req, fds, caller).await;
         let (image, served, outcome_text) = match &outcome {
-            Ok((_, _, image, served)) => (image.clone(), served.as_str(), "started".to_string()),
+            Ok((_, image, served)) => (image.clone(), served.as_str(), "started".to_string()),
             Err(r) => (String::new(), "none", r.message.clone()),
         };
         let setup_us = started.elapsed().as_micros() as i64;
         tokio::task::spawn_blocking(move || {
             let sent = match outcome {
-                Ok((agent, pid, _, _)) => protocol::send(&control, &Response::Handoff { pid }, &[agent.as_raw_fd()]),
+                Ok((started, _, _)) => {
+                    let mut fds = vec![started.agent.as_raw_fd()];
+                    fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
+                    protocol::send(&control, &Response::Handoff { pid: started.pid }, &fds)
+                }
                 Err(r) => protocol::send(&control, &Response::Error { message: r.message, exit_code: r.exit_code }, &[]),
             };
             // If the launcher vanished, dropping the agent connection here
@@ -141,7 +145,7 @@ impl<B: ContainerBackend> Daemon<B> {
         self.store.record(Invocation { command, image, uid: caller.uid, started_ms, setup_us, served, outcome: outcome_text });
     }
 
-    async fn run(self: Arc<Self>, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) -> Result<(UnixStream, i32, String, Served), Refusal> {
+    async fn run(self: Arc<Self>, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) -> Result<(Started, String, Served), Refusal> {
         if req.version != PROTOCOL_VERSION {
             return Err(refuse(format!(
                 "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
@@ -173,6 +177,7 @@ impl<B: ContainerBackend> Daemon<B> {
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
             fds: req.fds,
+            tty: req.tty,
         };
         let fds = Arc::new(fds);
         // A container that vanished under us (removed by hand, crashed) is
@@ -182,7 +187,7 @@ impl<B: ContainerBackend> Daemon<B> {
             let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
             let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2)).await.map_err(|e| refuse(e.to_string()))?;
             match result {
-                Ok((conn, pid)) => return Ok((conn, pid, entry.image.name.clone(), ready.served)),
+                Ok(started) => return Ok((started, entry.image.name.clone(), ready.served)),
                 Err(StartError::Refused(r)) => return Err(r),
                 Err(StartError::Unreachable(e)) if attempt == 0 => {
                     tracing::warn!(image = entry.image.name, "agent unreachable ({e}); replacing its container");
@@ -195,19 +200,27 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 }
 
+/// A tool the agent started: its connection (handed to the launcher), pid
+/// and, in pty mode, the pty master.
+struct Started {
+    agent: UnixStream,
+    pid: i32,
+    pty_master: Option<OwnedFd>,
+}
+
 enum StartError {
     Unreachable(String),
     Refused(Refusal),
 }
 
 /// Ask the agent to start the tool with the caller's fds; blocking.
-fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd]) -> Result<(UnixStream, i32), StartError> {
+fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd]) -> Result<Started, StartError> {
     let unreachable = |e: String| StartError::Unreachable(e);
     let conn = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     protocol::send(&conn, &AgentRequest::Spawn(spawn), &raw).map_err(|e| unreachable(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn) {
-        Ok(Some((AgentEvent::Started { pid }, _))) => Ok((conn, pid)),
+        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, pty_master: got.pop() }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(unreachable("the agent closed the connection".into())),

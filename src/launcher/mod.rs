@@ -14,10 +14,16 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+mod tty;
+
 use crate::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Request, Response, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
+use tty::Relay;
 
 /// Signals the launcher passes on to the tool instead of acting on them.
-const FORWARDED: [i32; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
+const FORWARDED: [i32; 7] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGTSTP];
+/// Signals the launcher acts on itself: terminal size, and resuming after a stop.
+const HANDLED: [i32; 2] = [libc::SIGWINCH, libc::SIGCONT];
 
 /// Write end of the self-pipe the signal handler writes signal numbers to.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
@@ -90,6 +96,27 @@ fn inherited_fds() -> Vec<RawFd> {
     fds
 }
 
+fn set_handler(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: installs an async-signal-safe handler (or a default).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Stop the launcher itself, as the shell expects of a job whose tool
+/// stopped: by SIGTSTP with its default action, so the shell reports it as
+/// stopped and `fg`/`bg` continue it.
+fn stop_self() {
+    set_handler(libc::SIGTSTP, libc::SIG_DFL);
+    // SAFETY: raise(2); execution resumes here on SIGCONT.
+    unsafe { libc::raise(libc::SIGTSTP) };
+    set_handler(libc::SIGTSTP, on_signal as extern "C" fn(libc::c_int) as usize);
+}
+
 fn install_signal_forwarding() -> Result<OwnedFd, Failure> {
     let mut p = [0; 2];
     // SAFETY: pipe2 fills the array.
@@ -97,22 +124,22 @@ fn install_signal_forwarding() -> Result<OwnedFd, Failure> {
         return Err(fail(format!("cannot create a pipe: {}", std::io::Error::last_os_error())));
     }
     SIGNAL_PIPE.store(p[1], Ordering::Relaxed);
-    for sig in FORWARDED {
-        // SAFETY: installs an async-signal-safe handler.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+    for sig in FORWARDED.into_iter().chain(HANDLED) {
+        set_handler(sig, on_signal as extern "C" fn(libc::c_int) as usize);
     }
     // SAFETY: p[0] is a fresh fd we own.
     Ok(unsafe { OwnedFd::from_raw_fd(p[0]) })
 }
 
 fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failure> {
-    let fds = inherited_fds();
+    let mut fds = inherited_fds();
+    // Terminal fds are not passed: the tool gets a pty of its own in their
+    // place (a real controlling terminal in its container); every other fd
+    // goes straight to the tool.
+    let terminals: Vec<i32> = fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect();
+    fds.retain(|fd| !terminals.contains(fd));
+    let term = terminals.iter().copied().find(|&fd| fd == 0).or(terminals.first().copied());
+    let tty = term.map(|t| tty::request(t, terminals.clone()));
     // Handlers first: a signal that arrives while the daemon starts the
     // container is kept and delivered to the tool once it runs.
     let signals = install_signal_forwarding()?;
@@ -133,45 +160,110 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         args: args.iter().map(|a| a.clone().into_vec()).collect(),
         env,
         fds: fds.clone(),
+        tty,
     });
     protocol::send(&control, &req, &fds).map_err(|e| fail(format!("cannot send the request to the daemon: {e}")))?;
-    let agent = match protocol::recv::<Response>(&control) {
-        Ok(Some((Response::Handoff { .. }, mut got))) if got.len() == 1 => UnixStream::from(got.remove(0)),
+    let (agent, relay) = match protocol::recv::<Response>(&control) {
+        Ok(Some((Response::Handoff { .. }, mut got))) if !got.is_empty() => {
+            let agent = UnixStream::from(got.remove(0));
+            let relay = match (term, got.pop()) {
+                (Some(t), Some(master)) => Some(Relay::new(t, master)),
+                _ => None,
+            };
+            (agent, relay)
+        }
         Ok(Some((Response::Error { message, exit_code }, _))) => return Err(Failure { message, code: exit_code }),
         Ok(Some(other)) => return Err(fail(format!("unexpected answer from the daemon: {other:?}"))),
         Ok(None) => return Err(fail("the daemon closed the connection without an answer (see its log)")),
         Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
-    follow(&agent, &signals)
+    follow(&agent, &signals, relay)
+    // The relay, if any, has restored the terminal by now.
 }
 
-/// Relay signals to the tool until the agent reports its end.
-fn follow(agent: &UnixStream, signals: &OwnedFd) -> Result<Outcome, Failure> {
+/// Relay signals (and, in pty mode, terminal bytes) until the agent reports
+/// the tool's end.
+fn follow(agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>) -> Result<Outcome, Failure> {
     use std::os::fd::AsFd;
+    let mut master_open = relay.is_some();
     loop {
-        let mut pfds = [PollFd::new(agent.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let reading_input = relay.as_ref().is_some_and(|r| r.reading_input());
+        let mut pfds = vec![PollFd::new(agent.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(r) = &relay {
+            if master_open {
+                pfds.push(PollFd::new(r.master.as_fd(), PollFlags::POLLIN));
+            }
+            if reading_input {
+                // SAFETY: the terminal fd stays open for the launcher's lifetime.
+                pfds.push(PollFd::new(unsafe { std::os::fd::BorrowedFd::borrow_raw(r.term()) }, PollFlags::POLLIN));
+            }
+        }
         match poll(&mut pfds, PollTimeout::NONE) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(fail(format!("poll: {e}"))),
         }
-        let sig_ready = pfds[1].revents().is_some_and(|r| !r.is_empty());
-        let agent_ready = pfds[0].revents().is_some_and(|r| !r.is_empty());
-        if sig_ready {
+        let ready: Vec<bool> = pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(pfds);
+        if let Some(r) = &relay {
+            let mut k = 2;
+            if master_open {
+                if ready[k] {
+                    master_open = Relay::pump(r.master.as_raw_fd(), r.term());
+                }
+                k += 1;
+            }
+            if reading_input && ready[k] {
+                Relay::pump(r.term(), r.master.as_raw_fd());
+            }
+        }
+        if ready[1] {
             let mut buf = [0u8; 64];
             // SAFETY: reading into a local buffer from our own pipe.
             let n = unsafe { libc::read(signals.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             for &sig in &buf[..n.max(0) as usize] {
-                // A failed send means the agent is gone; the read below says how.
-                let _ = protocol::send(agent, &AgentRequest::Signal(sig as i32), &[]);
+                let sig = sig as i32;
+                match sig {
+                    libc::SIGWINCH => {
+                        if let Some(r) = &relay {
+                            r.sync_size();
+                        }
+                    }
+                    libc::SIGCONT => {
+                        // Resumed (`fg` or `bg`): take the terminal back if
+                        // we are in the foreground now, and resume the tool.
+                        if let Some(r) = relay.as_mut() {
+                            r.enter();
+                        }
+                        let _ = protocol::send(agent, &AgentRequest::Continue, &[]);
+                    }
+                    // A failed send means the agent is gone; the read below says how.
+                    _ => {
+                        let _ = protocol::send(agent, &AgentRequest::Signal(sig), &[]);
+                    }
+                }
             }
         }
-        if agent_ready {
-            return match protocol::recv::<AgentEvent>(agent) {
+        if ready[0] {
+            let event = protocol::recv::<AgentEvent>(agent);
+            if let Ok(Some((AgentEvent::Stopped(_), _))) = event {
+                if let Some(r) = relay.as_mut() {
+                    r.leave();
+                }
+                stop_self();
+                continue;
+            }
+            if let Some(r) = &relay {
+                if master_open {
+                    r.drain(std::time::Duration::from_secs(2));
+                }
+            }
+            drop(relay);
+            return match event {
                 Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
                 Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
                 Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(Failure { message, code: exit_code }),
-                Ok(Some(_)) => continue,
+                Ok(Some((other, _))) => Err(fail(format!("unexpected message from the agent: {other:?}"))),
                 Ok(None) | Err(_) => Err(Failure {
                     message: "the tool's container stopped while the tool ran (removed or killed?)".into(),
                     code: 128 + libc::SIGKILL,

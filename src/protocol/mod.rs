@@ -18,7 +18,7 @@ pub use framing::{read_frame, write_frame, FrameError, MAX_FDS, MAX_FRAME};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -46,13 +46,32 @@ pub struct ExecRequest {
     /// The launcher's environment as `KEY=VALUE` strings; the daemon filters it.
     pub env: Vec<Vec<u8>>,
     /// Fd numbers in the caller that the attached fds stand for, in order.
+    /// Terminal fds are not among them: see `tty`.
     pub fds: Vec<i32>,
+    /// Set when the caller has a terminal: the tool gets a pty of its own.
+    pub tty: Option<TtyRequest>,
+}
+
+/// The caller's terminal, for a pty inside the container that looks the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRequest {
+    /// Fd numbers of the tool to connect to the pty (those that were
+    /// terminals in the caller).
+    pub targets: Vec<i32>,
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+    /// The caller's terminal settings (`struct termios`, as bytes), so erase,
+    /// interrupt and the other special characters stay the user's.
+    pub termios: Vec<u8>,
 }
 
 /// The daemon's answer on the control socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// The tool runs; the attached fd is the agent connection to follow.
+    /// The tool runs; the attached fds are the agent connection to follow
+    /// and, in pty mode, the pty master.
     Handoff { pid: i32 },
     /// odfs could not run the tool: print `odfs: CMD: message`, exit `exit_code`.
     Error { message: String, exit_code: i32 },
@@ -96,6 +115,7 @@ pub struct SpawnRequest {
     pub identity: Identity,
     /// Target fd numbers of the attached fds, in order.
     pub fds: Vec<i32>,
+    pub tty: Option<TtyRequest>,
 }
 
 /// Messages to the agent.
@@ -104,6 +124,8 @@ pub enum AgentRequest {
     Spawn(SpawnRequest),
     /// Deliver this signal to the tool of this connection.
     Signal(i32),
+    /// Continue the tool's process group after a stop (job control `fg`/`bg`).
+    Continue,
     /// How busy is the agent (for keep-alive: never remove a busy container).
     Status,
 }
@@ -111,7 +133,10 @@ pub enum AgentRequest {
 /// Messages from the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentEvent {
+    /// In pty mode the pty master is attached.
     Started { pid: i32 },
+    /// The tool stopped (Ctrl-Z, SIGTSTP…): the launcher stops too.
+    Stopped(i32),
     /// The tool could not be started; `exit_code` is what the caller should see.
     Failed { message: String, exit_code: i32 },
     Exited(i32),
@@ -162,7 +187,8 @@ mod tests {
                                     args in proptest::collection::vec(bytes(), 0..8),
                                     env in proptest::collection::vec(bytes(), 0..8),
                                     fds in proptest::collection::vec(0i32..1024, 0..4)) {
-            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, fds });
+            let tty = (fds.len() % 2 == 0).then(|| TtyRequest { targets: vec![0, 1], rows: 24, cols: 80, xpixel: 0, ypixel: 0, termios: vec![1; 60] });
+            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, fds, tty });
             let back: Request = decode(&encode(&req).unwrap()).unwrap();
             prop_assert_eq!(back, req);
         }
@@ -175,6 +201,7 @@ mod tests {
                 version: PROTOCOL_VERSION, program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None },
                 fds: vec![0],
+                tty: None,
             });
             send(&a, &msg, &[0]).unwrap();
             send(&a, &AgentRequest::Signal(15), &[]).unwrap();

@@ -272,3 +272,113 @@ pub fn shell_status(o: &Output) -> i32 {
 pub fn path_exists_in(dir: &Path, name: &str) -> bool {
     dir.join(name).exists()
 }
+
+static TMUX_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A real terminal: a tmux server of its own (own socket), one window with
+/// an interactive bash in the mount's work dir, `$M` set to the mountpoint.
+pub struct Tmux {
+    socket: String,
+    pub before: PathBuf,
+    work: PathBuf,
+}
+
+impl Tmux {
+    /// `run_as`: prefix such as `setpriv --reuid=65534 …` to make the
+    /// terminal's user someone other than root.
+    pub fn new(m: &TestMount, run_as: &str) -> Tmux {
+        let socket = format!("odfs-test-{}-{}", std::process::id(), TMUX_SEQ.fetch_add(1, Ordering::SeqCst));
+        let shell = format!(
+            "cd {work} && exec env -i TERM=xterm-256color HOME=/tmp LANG=C PATH=/usr/bin:/bin M={mnt} PS1='term$ ' {run_as} bash --norc --noprofile -i",
+            work = m.work.display(),
+            mnt = m.mnt.display()
+        );
+        let ok = Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-x", "100", "-y", "30", "-s", "t", &shell])
+            .status()
+            .expect("run tmux");
+        assert!(ok.success(), "tmux did not start");
+        let t = Tmux { socket, before: m.work.join(".stty-before"), work: m.work.clone() };
+        assert!(t.wait_for("term$", Duration::from_secs(10)), "no prompt:\n{}", t.screen());
+        // The terminal's settings before any tool ran, to compare after each.
+        t.line(&format!("stty -a > {}", t.before.display()));
+        assert!(eventually(Duration::from_secs(5), || t.before.exists()));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("run tmux")
+    }
+
+    /// Type keys (tmux key names: `C-c`, `Escape`, `Enter`…).
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+
+    /// Type text literally.
+    pub fn text(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "t", "-l", text]);
+    }
+
+    /// Type a line literally, then Enter.
+    pub fn line(&self, text: &str) {
+        self.text(text);
+        self.keys(&["Enter"]);
+    }
+
+    pub fn screen(&self) -> String {
+        stdout(&self.tmux(&["capture-pane", "-p", "-t", "t"]))
+    }
+
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> bool {
+        eventually(limit, || self.screen().contains(needle))
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.tmux(&["resize-window", "-t", "t", "-x", &cols.to_string(), "-y", &rows.to_string()]);
+    }
+
+    /// Wait until the shell prompt is back on the last line, as a person
+    /// would before typing: keys typed while a tool still owns the terminal
+    /// go to that tool.
+    pub fn wait_prompt(&self) {
+        let back = eventually(Duration::from_secs(20), || {
+            self.screen().lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_end() == "term$")
+        });
+        assert!(back, "the prompt did not come back:\n{}", self.screen());
+    }
+
+    /// Run a shell line at the prompt and wait for the marker it prints. The
+    /// marker must not appear in the line itself (compute it: `echo x-$((1+1))`).
+    pub fn run(&self, text: &str, marker: &str) {
+        self.wait_prompt();
+        self.line(text);
+        assert!(self.wait_for(marker, Duration::from_secs(20)), "never saw {marker:?}:\n{}", self.screen());
+    }
+
+    /// The terminal's settings are exactly what they were before (its size
+    /// is the window's, not a setting, and tests change it).
+    pub fn assert_sane(&self) {
+        let settings = |p: &Path| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.lines().skip(1).collect::<Vec<_>>().join("\n")
+        };
+        let after = self.work.join(format!(".stty-after-{}", TMUX_SEQ.fetch_add(1, Ordering::SeqCst)));
+        self.wait_prompt();
+        self.line(&format!("stty -a > {}", after.display()));
+        assert!(eventually(Duration::from_secs(5), || std::fs::metadata(&after).is_ok_and(|m| m.len() > 0)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(settings(&self.before), settings(&after), "terminal settings changed");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("terminal at failure:\n{}", self.screen());
+        }
+        self.tmux(&["kill-server"]);
+    }
+}
