@@ -1,0 +1,97 @@
+//! Process semantics without a terminal: fds, pipes, closed stdio and exit
+//! statuses of a shim, compared with the same busybox binary run natively.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CATALOG: &str = r#"
+[image.bb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+commands = ["sh", "cat", "diff", "yes", "echo", "true"]
+
+[command.odfs-echo]
+image = "bb"
+path = "/bin/busybox"
+args = ["echo", "odfs:"]
+"#;
+
+/// A directory of native busybox applets under the same names as the
+/// shims, so both print the same program names in their messages.
+fn native(m: &TestMount) -> std::path::PathBuf {
+    let dir = m.work.join("native");
+    std::fs::create_dir_all(&dir).unwrap();
+    for applet in ["sh", "cat", "diff", "yes", "echo", "true"] {
+        let _ = std::os::unix::fs::symlink("/bin/busybox", dir.join(applet));
+    }
+    dir
+}
+
+#[test]
+fn every_open_fd_reaches_the_tool() {
+    let m = TestMount::new(CATALOG);
+    std::fs::write(m.work.join("f.txt"), "from fd\n").unwrap();
+    let o = m.sh(r#""$M/cat" /dev/fd/3 3<f.txt; "$M/cat" /dev/fd/7 7<f.txt"#);
+    assert_eq!(stdout(&o), "from fd\nfrom fd\n", "{}", stderr(&o));
+    let o = m.sh_cmd(r#"exec bash -c '"$M/diff" <(echo a) <(echo b); echo "status $?"'"#).output().unwrap();
+    let out = stdout(&o);
+    assert!(out.contains("-a\n+b\n") && out.ends_with("status 1\n"), "{out}{}", stderr(&o));
+}
+
+#[test]
+fn a_reader_that_stops_ends_the_writer_at_once() {
+    let m = TestMount::new(CATALOG);
+    assert!(m.sh(r#""$M/true""#).status.success());
+    let start = Instant::now();
+    let o = m.sh_cmd(r#"exec bash -c '"$M/yes" | head -1; echo "${PIPESTATUS[@]}"'"#).output().unwrap();
+    assert_eq!(stdout(&o), "y\n141 0\n", "{}", stderr(&o));
+    assert!(start.elapsed() < Duration::from_secs(10), "yes ran on: {:?}", start.elapsed());
+}
+
+#[test]
+fn closed_stdin_stdout_and_stderr_behave_as_natively() {
+    let m = TestMount::new(CATALOG);
+    let n = native(&m);
+    for case in [r#"{T}/echo hi >&-"#, r#"{T}/cat <&-"#, r#"{T}/sh -c 'echo out; echo err >&2' 2>&-"#, r#"{T}/cat <&- >&- 2>&-"#] {
+        let shim = m.sh(&case.replace("{T}", "$M"));
+        let nat = m.sh(&case.replace("{T}", &n.display().to_string()));
+        assert_eq!(
+            (stdout(&shim), stderr(&shim), shell_status(&shim)),
+            (stdout(&nat), stderr(&nat), shell_status(&nat)),
+            "case {case}"
+        );
+    }
+}
+
+#[test]
+fn exit_statuses_match_the_native_tool_for_every_code_and_signal() {
+    let m = TestMount::new(CATALOG);
+    let n = native(&m);
+    // Stop signals are left out: they would stop the test's own shell job.
+    let script = r#"
+        for code in $(seq 0 255); do "$T/sh" -c "exit $code"; echo "exit $code -> $?"; done
+        for sig in $(seq 1 31); do
+            case $sig in 19|20|21|22) continue;; esac
+            "$T/sh" -c "kill -$sig \$\$"; echo "signal $sig -> $?"
+        done"#;
+    let shim = m.sh_cmd(script).env("T", &m.mnt).output().unwrap();
+    let nat = m.sh_cmd(script).env("T", &n).output().unwrap();
+    assert_eq!(stdout(&shim).lines().count(), 256 + 27, "{}", stderr(&shim));
+    for (s, n) in stdout(&shim).lines().zip(stdout(&nat).lines()) {
+        assert_eq!(s, n);
+    }
+}
+
+#[test]
+fn make_runs_shims_in_parallel_from_path() {
+    let m = TestMount::new(CATALOG);
+    std::fs::write(m.work.join("Makefile"), "all: a b c d\na b c d:\n\todfs-echo $@ > $@.out\n").unwrap();
+    let o = m.sh(r#"PATH="/usr/bin:/bin:$M" make -s -j4"#);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    for t in ["a", "b", "c", "d"] {
+        assert_eq!(std::fs::read_to_string(m.work.join(format!("{t}.out"))).unwrap(), format!("odfs: {t}\n"));
+    }
+}
