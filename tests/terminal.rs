@@ -135,3 +135,15 @@ fn closing_the_terminal_hangs_up_the_tool() {
     let c = m.containers()[0].clone();
     assert!(eventually(secs(5), || !m.ps(&c).contains("sh -c")), "{}", m.ps(&c));
 }
+
+#[test]
+fn a_container_killed_under_a_terminal_tool_leaves_the_terminal_sane() {
+    let m = TestMount::new(CATALOG);
+    let t = Tmux::new(&m, "");
+    t.line("$M/sleep 100");
+    assert!(eventually(secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    docker(&["rm", "-f", &m.containers()[0]]);
+    t.run("echo gone-rc=$?", "gone-rc=137");
+    assert!(t.screen().contains("odfs: sleep: the tool's container stopped while the tool ran"), "{}", t.screen());
+    t.assert_sane();
+}
