@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod launcher;
+pub mod policy;
 pub mod protocol;
 
 #[cfg(feature = "daemon")]

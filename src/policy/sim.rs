@@ -1,0 +1,428 @@
+//! `odfs simulate`: replay an invocation trace against a policy in virtual
+//! time, with the measured costs of a cold start, a resume and a warm call.
+//!
+//! Discrete events: calls from the trace, and the pause, removal, pre-warm
+//! and ready steps the policy plans. Each container carries an epoch; a new
+//! call bumps it, which cancels whatever was planned for the idle period.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
+use super::{plan, Call, Costs, Policy, Secs};
+
+/// A predicted container nobody uses is frozen after this…
+pub const PREDICTED_PAUSE: Secs = 30.0;
+/// …and removed after this.
+pub const PREDICTED_KEEP: Secs = 120.0;
+
+/// One line of a trace: `time,command,session,run_time[,profile]` (seconds).
+/// Without a profile column each command is its own image profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceCall {
+    pub at: Secs,
+    pub command: String,
+    pub session: String,
+    pub run: Secs,
+    pub profile: String,
+}
+
+pub fn parse_trace(text: &str) -> Result<Vec<TraceCall>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with("time")) {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = |what: &str| format!("line {}: {what} in {line:?}", i + 1);
+        if f.len() < 4 {
+            return Err(bad("expected time,command,session,run_time[,profile]"));
+        }
+        let at: Secs = f[0].parse().map_err(|_| bad("bad time"))?;
+        let run: Secs = f[3].parse().map_err(|_| bad("bad run time"))?;
+        if !at.is_finite() || !run.is_finite() || run < 0.0 {
+            return Err(bad("times must be finite, run time not negative"));
+        }
+        let profile = f.get(4).filter(|p| !p.is_empty()).unwrap_or(&f[1]).to_string();
+        out.push(TraceCall { at, command: f[1].into(), session: f[2].into(), run, profile });
+    }
+    out.sort_by(|a, b| a.at.total_cmp(&b.at));
+    Ok(out)
+}
+
+/// What a policy did on a trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub policy: String,
+    pub calls: u32,
+    pub cold: u32,
+    pub paused: u32,
+    pub warm: u32,
+    /// Container starts, including pre-warms and predictions.
+    pub starts: u32,
+    /// Seconds containers sat running with nothing to do.
+    pub idle_warm: Secs,
+    /// Seconds containers sat frozen.
+    pub idle_paused: Secs,
+    /// Sum of added latency over all calls.
+    pub latency: Secs,
+    /// Calls B right after A in a session with P(B|A) ≥ threshold, and how
+    /// many of them found a warm or paused container.
+    pub sequence_calls: u32,
+    pub sequence_hits: u32,
+}
+
+impl Report {
+    fn pct(n: u32, d: u32) -> f64 {
+        if d == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / d as f64
+        }
+    }
+    pub fn cold_pct(&self) -> f64 {
+        Self::pct(self.cold, self.calls)
+    }
+    pub fn paused_pct(&self) -> f64 {
+        Self::pct(self.paused, self.calls)
+    }
+    pub fn idle(&self) -> Secs {
+        self.idle_warm + self.idle_paused
+    }
+    pub fn mean_latency_ms(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            1000.0 * self.latency / self.calls as f64
+        }
+    }
+    pub fn sequence_hit_pct(&self) -> f64 {
+        Self::pct(self.sequence_hits, self.sequence_calls)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Absent,
+    Starting { ready: Secs },
+    Warm,
+    Paused,
+}
+
+#[derive(Debug)]
+struct Container {
+    state: State,
+    epoch: u64,
+    busy: u32,
+    idle_since: Secs,
+    predicted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call(usize),
+    End,
+    Pause(u64),
+    Remove(u64),
+    Prewarm(u64),
+    Ready(u64),
+}
+
+struct Event {
+    at: Secs,
+    seq: u64,
+    profile: usize,
+    kind: Kind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    /// Earliest first (BinaryHeap is a max-heap); ties in insertion order.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.at.total_cmp(&self.at).then(o.seq.cmp(&self.seq))
+    }
+}
+
+struct Sim<'a> {
+    trace: &'a [TraceCall],
+    policy: Policy,
+    costs: Costs,
+    predict: bool,
+    queue: BinaryHeap<Event>,
+    seq: u64,
+    boxes: Vec<Container>,
+    history: Vec<Vec<Call>>,
+    profile_of: HashMap<String, usize>,
+    transitions: Transitions,
+    report: Report,
+}
+
+impl Sim<'_> {
+    fn push(&mut self, at: Secs, profile: usize, kind: Kind) {
+        self.seq += 1;
+        self.queue.push(Event { at, seq: self.seq, profile, kind });
+    }
+
+    /// Count the idle time of a container up to `now`.
+    fn settle(&mut self, p: usize, now: Secs) {
+        let b = &mut self.boxes[p];
+        if b.busy == 0 {
+            match b.state {
+                State::Warm => self.report.idle_warm += now - b.idle_since,
+                State::Paused => self.report.idle_paused += now - b.idle_since,
+                _ => {}
+            }
+        }
+        b.idle_since = now;
+    }
+
+    fn start(&mut self, p: usize, now: Secs, epoch: u64) {
+        self.boxes[p].state = State::Starting { ready: now + self.costs.cold };
+        self.report.starts += 1;
+        self.push(now + self.costs.cold, p, Kind::Ready(epoch));
+    }
+
+    fn call(&mut self, i: usize, now: Secs) {
+        let c = &self.trace[i];
+        let p = self.profile_of[&c.profile];
+        let (command, session, run) = (c.command.clone(), c.session.clone(), c.run);
+        self.settle(p, now);
+        let b = &mut self.boxes[p];
+        let latency = match b.state {
+            State::Warm => {
+                self.report.warm += 1;
+                self.costs.warm
+            }
+            State::Paused => {
+                self.report.paused += 1;
+                self.costs.paused
+            }
+            State::Starting { ready } => {
+                // A start already under way (pre-warm, prediction): the call
+                // waits for the rest of it.
+                self.report.cold += 1;
+                ready - now + self.costs.warm
+            }
+            State::Absent => {
+                self.report.cold += 1;
+                self.report.starts += 1;
+                self.costs.cold
+            }
+        };
+        let hit = matches!(b.state, State::Warm | State::Paused);
+        b.state = State::Warm;
+        b.epoch += 1;
+        b.busy += 1;
+        b.predicted = false;
+        self.report.calls += 1;
+        self.report.latency += latency;
+        self.history[p].push(Call { at: now, setup: latency, run });
+        self.push(now + latency + run, p, Kind::End);
+
+        if self.sequence_predictable(&session, &command, now) {
+            self.report.sequence_calls += 1;
+            self.report.sequence_hits += hit as u32;
+        }
+        self.transitions.observe(&session, &command, now);
+        if self.predict {
+            for (next, _) in self.transitions.likely_next(&command) {
+                let Some(q) = self.trace.iter().find(|t| t.command == next).map(|t| self.profile_of[&t.profile]) else {
+                    continue;
+                };
+                if self.boxes[q].state == State::Absent {
+                    self.boxes[q].epoch += 1;
+                    self.boxes[q].predicted = true;
+                    let epoch = self.boxes[q].epoch;
+                    self.start(q, now, epoch);
+                }
+            }
+        }
+    }
+
+    /// Whether this call is a B that followed A in its session with P(B|A)
+    /// already at the threshold (learned from earlier calls only).
+    fn sequence_predictable(&self, session: &str, command: &str, now: Secs) -> bool {
+        let Some((prev, t)) = self.transitions.last(session) else { return false };
+        let (p, support) = self.transitions.probability(prev, command);
+        now - t <= SEQUENCE_GAP && p >= SEQUENCE_THRESHOLD && support >= SEQUENCE_MIN_SUPPORT
+    }
+
+    fn end(&mut self, p: usize, now: Secs) {
+        let b = &mut self.boxes[p];
+        b.busy -= 1;
+        if b.busy > 0 {
+            return;
+        }
+        b.idle_since = now;
+        b.epoch += 1;
+        let epoch = b.epoch;
+        let plan = plan(self.policy, &self.history[p], now, &self.costs);
+        if let Some(at) = plan.prewarm_at {
+            self.boxes[p].state = State::Absent;
+            self.push(at, p, Kind::Prewarm(epoch));
+        } else if plan.remove_at <= now {
+            self.boxes[p].state = State::Absent;
+            return;
+        }
+        if let Some(at) = plan.pause_at {
+            self.push(at, p, Kind::Pause(epoch));
+        }
+        self.push(plan.remove_at, p, Kind::Remove(epoch));
+    }
+
+    fn run(mut self) -> Report {
+        for (i, c) in self.trace.iter().enumerate() {
+            self.seq += 1;
+            self.queue.push(Event { at: c.at, seq: self.seq, profile: self.profile_of[&c.profile], kind: Kind::Call(i) });
+        }
+        let last = self.trace.last().map_or(0.0, |c| c.at);
+        while let Some(ev) = self.queue.pop() {
+            let (p, now) = (ev.profile, ev.at);
+            let current = self.boxes[p].epoch;
+            match ev.kind {
+                Kind::Call(i) => self.call(i, now),
+                Kind::End => self.end(p, now),
+                Kind::Pause(e) if e == current && self.boxes[p].busy == 0 && self.boxes[p].state == State::Warm => {
+                    self.settle(p, now);
+                    self.boxes[p].state = State::Paused;
+                }
+                Kind::Remove(e) if e == current && self.boxes[p].busy == 0 => {
+                    self.settle(p, now);
+                    self.boxes[p].state = State::Absent;
+                }
+                // Past the trace's last call nothing can use a pre-warm.
+                Kind::Prewarm(e) if e == current && self.boxes[p].state == State::Absent && now <= last => {
+                    self.start(p, now, e)
+                }
+                Kind::Ready(e) if e == current => {
+                    if let State::Starting { .. } = self.boxes[p].state {
+                        self.boxes[p].state = State::Warm;
+                        self.boxes[p].idle_since = now;
+                        if self.boxes[p].predicted {
+                            self.push(now + PREDICTED_PAUSE, p, Kind::Pause(e));
+                            self.push(now + PREDICTED_KEEP, p, Kind::Remove(e));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.report
+    }
+}
+
+/// Replay `trace` under `policy`. Prediction (sequence prefetch) belongs to
+/// `auto`; the other policies are the baselines as published.
+pub fn simulate(trace: &[TraceCall], policy: Policy, costs: &Costs) -> Report {
+    let mut profile_of = HashMap::new();
+    for c in trace {
+        let n = profile_of.len();
+        profile_of.entry(c.profile.clone()).or_insert(n);
+    }
+    let n = profile_of.len();
+    let sim = Sim {
+        trace,
+        policy,
+        costs: *costs,
+        predict: policy == Policy::Auto,
+        queue: BinaryHeap::new(),
+        seq: 0,
+        boxes: (0..n).map(|_| Container { state: State::Absent, epoch: 0, busy: 0, idle_since: 0.0, predicted: false }).collect(),
+        history: vec![Vec::new(); n],
+        profile_of,
+        transitions: Transitions::default(),
+        report: Report { policy: policy.to_string(), ..Default::default() },
+    };
+    sim.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(lines: &str) -> Vec<TraceCall> {
+        parse_trace(lines).unwrap()
+    }
+
+    const COSTS: Costs = Costs { cold: 1.0, paused: 0.1, warm: 0.0 };
+
+    #[test]
+    fn fixed_window_by_hand() {
+        // Calls at 0, 5, 100 (run 1 s), fixed 10 s: cold, warm, cold.
+        let t = trace("time,command,session,run_time\n0,jq,a,1\n5,jq,a,1\n100,jq,a,1\n");
+        let r = simulate(&t, Policy::Fixed(10.0), &COSTS);
+        assert_eq!((r.calls, r.cold, r.warm, r.paused), (3, 2, 1, 0));
+        // Ends at 2 (0+1 cold+1 run); warm idle 2→5 = 3 s; second ends at 6,
+        // idle 10 s to its removal at 16; third ends at 102 and idles 10 s.
+        assert!((r.idle_warm - 23.0).abs() < 1e-9, "{r:?}");
+        assert!((r.latency - 2.0).abs() < 1e-9);
+        assert_eq!(r.starts, 2);
+    }
+
+    #[test]
+    fn zero_keep_alive_is_cold_every_time_with_no_idle() {
+        let t = trace("0,jq,a,1\n5,jq,a,1\n6,jq,a,1\n");
+        let r = simulate(&t, Policy::Fixed(0.0), &COSTS);
+        // The third call overlaps the second's run (ends at 7): warm.
+        assert_eq!((r.cold, r.warm), (2, 1));
+        assert_eq!(r.idle(), 0.0);
+    }
+
+    #[test]
+    fn auto_pauses_then_removes_and_resumes_from_paused() {
+        // Steady gaps of ~60 s: auto keeps, frozen after PAUSE_AFTER.
+        let lines: String = (0..12).map(|i| format!("{},jq,a,0\n", i * 60)).collect();
+        let r = simulate(&trace(&lines), Policy::Auto, &Costs { cold: 1.0, paused: 0.1, warm: 0.0 });
+        assert!(r.paused >= 5, "{r:?}");
+        assert!(r.idle_paused > 0.0);
+    }
+
+    #[test]
+    fn sequences_are_prefetched_by_auto_only() {
+        // Ten sessions, each: tcpdump then traceroute 10 s later; sessions 1 h apart.
+        let lines: String = (0..10).map(|i| format!("{},tcpdump,s{i},2\n{},traceroute,s{i},1\n", i * 3600, i * 3600 + 10)).collect();
+        let t = trace(&lines);
+        let auto = simulate(&t, Policy::Auto, &COSTS);
+        let fixed = simulate(&t, Policy::Fixed(5.0), &COSTS);
+        // Predictable from the 4th session on (support 3): 7 calls.
+        assert_eq!(auto.sequence_calls, 7);
+        assert_eq!(auto.sequence_hits, 7, "{auto:?}");
+        assert_eq!(fixed.sequence_hits, 0);
+    }
+
+    #[test]
+    fn periodic_calls_are_prewarmed_by_auto() {
+        let lines: String = (0..40).map(|i| format!("{},backup,cron,3\n", i * 900)).collect();
+        let t = trace(&lines);
+        let auto = simulate(&t, Policy::Auto, &COSTS);
+        let fixed = simulate(&t, Policy::Fixed(600.0), &COSTS);
+        assert_eq!(fixed.cold, 40);
+        // A period shows after 5 starts; until then the fallback window
+        // (frozen after 30 s) still misses the 15-minute gaps.
+        assert_eq!((auto.cold, auto.warm), (5, 35), "{auto:?}");
+        // Each later call: ready 5 s + 1 s cold before it, 6 s of warm idle
+        // (none after the last call, whose pre-warm would come after the trace).
+        assert!((auto.idle_warm - (30.0 * 4.0 + 34.0 * 6.0 - 29.0)).abs() < 30.0, "{auto:?}");
+        assert!(auto.idle() < fixed.idle() / 5.0, "{auto:?} vs {fixed:?}");
+    }
+
+    #[test]
+    fn traces_parse_with_optional_profile_and_report_errors() {
+        let t = trace("# comment\n1.5,tcpdump,s,2,net\n0,jq,s,0.1\n");
+        assert_eq!(t[0].command, "jq");
+        assert_eq!(t[1].profile, "net");
+        assert!(parse_trace("x,jq,s,1\n").unwrap_err().contains("line 1"));
+        assert!(parse_trace("1,jq\n").is_err());
+    }
+}
