@@ -47,6 +47,27 @@ enum Command {
         keep_alive: Duration,
         mountpoint: PathBuf,
     },
+    /// Replay an invocation trace (CSV: time,command,session,run_time[,profile])
+    /// against keep-alive policies and compare them.
+    Simulate {
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// Policy to replay: fixed(DURATION), epsilon, histogram, auto; repeat
+        /// for several (default: fixed(0s) fixed(10m) epsilon histogram auto).
+        #[arg(long = "policy", value_name = "POLICY")]
+        policies: Vec<odfs::policy::Policy>,
+        /// Seconds a cold start adds (container start to agent ready).
+        #[arg(long, default_value_t = odfs::policy::Costs::default().cold)]
+        cold: f64,
+        /// Seconds a call to a paused container adds (unpause).
+        #[arg(long, default_value_t = odfs::policy::Costs::default().paused)]
+        paused: f64,
+        /// Seconds a warm call adds.
+        #[arg(long, default_value_t = odfs::policy::Costs::default().warm)]
+        warm: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the containers of a running mount.
     Status {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -88,6 +109,9 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(odfs::daemon::run(cfg)))
         }
         Command::Status { socket, json } => status(&socket, json),
+        Command::Simulate { trace, policies, cold, paused, warm, json } => {
+            simulate(&trace, policies, odfs::policy::Costs { cold, paused, warm }, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +141,44 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
         for c in list {
             println!("{:<16} {:<12} {:>7} {:>8}s  {}", c.image, c.state, c.running_tools, c.idle_ms / 1000, c.container);
         }
+    }
+    Ok(())
+}
+
+fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, costs: odfs::policy::Costs, json: bool) -> anyhow::Result<()> {
+    use odfs::policy::{sim, Policy};
+    let text = std::fs::read_to_string(trace).with_context(|| format!("cannot read trace {}", trace.display()))?;
+    let calls = sim::parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
+    if policies.is_empty() {
+        policies = vec![Policy::Fixed(0.0), Policy::Fixed(600.0), Policy::Epsilon, Policy::Histogram, Policy::Auto];
+    }
+    let reports: Vec<sim::Report> = policies.iter().map(|p| sim::simulate(&calls, *p, &costs)).collect();
+    if json {
+        let rows: Vec<_> = reports
+            .iter()
+            .map(|r| serde_json::json!({
+                "policy": r.policy, "calls": r.calls, "cold": r.cold, "paused": r.paused, "warm": r.warm,
+                "starts": r.starts, "cold_pct": r.cold_pct(), "paused_pct": r.paused_pct(),
+                "idle_warm_s": r.idle_warm, "idle_paused_s": r.idle_paused, "idle_s": r.idle(),
+                "mean_added_latency_ms": r.mean_latency_ms(),
+                "sequence_calls": r.sequence_calls, "sequence_hits": r.sequence_hits,
+            }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("trace {}: {} calls; costs cold {}s, paused {}s, warm {}s", trace.display(), calls.len(), costs.cold, costs.paused, costs.warm);
+    println!(
+        "| {:<12} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>13} | {:>10} | {:>12} | {:>9} |",
+        "policy", "calls", "cold %", "paused %", "starts", "idle warm h", "idle paused h", "idle all h", "mean add ms", "seq hit %"
+    );
+    println!("|{:-<14}|{:-<8}|{:-<9}|{:-<11}|{:-<8}|{:-<13}|{:-<15}|{:-<12}|{:-<14}|{:-<11}|", "", "", "", "", "", "", "", "", "", "");
+    for r in &reports {
+        let seq = if r.sequence_calls == 0 { "-".to_string() } else { format!("{:.0} ({}/{})", r.sequence_hit_pct(), r.sequence_hits, r.sequence_calls) };
+        println!(
+            "| {:<12} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.2} | {:>13.2} | {:>10.2} | {:>12.1} | {:>9} |",
+            r.policy, r.calls, r.cold_pct(), r.paused_pct(), r.starts, r.idle_warm / 3600.0, r.idle_paused / 3600.0, r.idle() / 3600.0, r.mean_latency_ms(), seq
+        );
     }
     Ok(())
 }
