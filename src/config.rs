@@ -1,7 +1,6 @@
 //! Daemon settings: where things live and how long idle containers stay.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Host directories shared with every container at the same path, so the
 /// caller's cwd and relative paths work inside.
@@ -19,8 +18,8 @@ pub struct DaemonConfig {
     pub launcher: PathBuf,
     pub agent: PathBuf,
     pub shared: Vec<PathBuf>,
-    /// Keep-alive of images whose catalog entry says `auto`.
-    pub auto_keep_alive: Duration,
+    /// Keep-alive policy of images whose catalog entry says `auto`.
+    pub policy: crate::policy::Policy,
 }
 
 /// Default locations of the helper binaries: next to the running `odfs`

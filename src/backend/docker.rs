@@ -147,6 +147,14 @@ impl ContainerBackend for Docker {
         }
     }
 
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        self.client().await?.pause_container(id).await.map_err(|e| self.classify(e))
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), BackendError> {
+        self.client().await?.unpause_container(id).await.map_err(|e| self.classify(e))
+    }
+
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MOUNT}={mount_id}")])]);
         let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
@@ -157,7 +165,8 @@ impl ContainerBackend for Docker {
                 id: c.id.unwrap_or_default(),
                 name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
                 profile: c.labels.unwrap_or_default().get(LABEL_PROFILE).cloned().unwrap_or_default(),
-                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                running: c.state.as_ref().is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused")),
+                paused: c.state.is_some_and(|s| s.to_string() == "paused"),
             })
             .collect())
     }

@@ -13,6 +13,7 @@ use crate::protocol::{self, AgentEvent, AgentRequest};
 pub struct Fake {
     pub starts: AtomicUsize,
     pub removed: Mutex<Vec<String>>,
+    pub paused: Mutex<Vec<String>>,
     pub live: Mutex<Vec<(ContainerSpec, String)>>,
     /// Reported busy tools, for keep-alive tests.
     pub running: Arc<AtomicU32>,
@@ -49,6 +50,16 @@ impl ContainerBackend for Fake {
         Ok(())
     }
 
+    async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        self.paused.lock().unwrap().push(id.to_string());
+        Ok(())
+    }
+
+    async fn unpause(&self, id: &str) -> Result<(), BackendError> {
+        self.paused.lock().unwrap().retain(|i| i != id);
+        Ok(())
+    }
+
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         Ok(self
             .live
@@ -56,7 +67,7 @@ impl ContainerBackend for Fake {
             .unwrap()
             .iter()
             .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
-            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true })
+            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false })
             .collect())
     }
 }

@@ -43,6 +43,7 @@ pub struct Managed {
     pub name: String,
     pub profile: String,
     pub running: bool,
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -62,6 +63,9 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn start(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// Remove a container, killing what still runs in it. Absent is fine.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Freeze every process of a container (cgroup freezer), and thaw it.
+    fn pause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    fn unpause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Containers labelled with this mount id.
     fn list(&self, mount_id: &str) -> impl Future<Output = Result<Vec<Managed>, BackendError>> + Send;
 }

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -42,9 +41,10 @@ enum Command {
         /// several (default: /home /tmp /var/tmp /root /srv /mnt /media).
         #[arg(long = "share", value_name = "DIR")]
         shared: Vec<PathBuf>,
-        /// Keep-alive for images that say "auto".
-        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
-        keep_alive: Duration,
+        /// Keep-alive policy for images that say `keep_alive = "auto"`:
+        /// auto, histogram, epsilon or fixed(DURATION).
+        #[arg(long, value_name = "POLICY", default_value = "auto")]
+        policy: odfs::policy::Policy,
         mountpoint: PathBuf,
     },
     /// Replay an invocation trace (CSV: time,command,session,run_time[,profile])
@@ -68,8 +68,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the containers of a running mount.
+    /// Show the containers of a running mount: state, idle time, next step and why.
     Status {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show call figures per command: warm/paused/cold, MTBC, MTTS, MTTE, ε, keep-alive.
+    Stats {
+        /// Only this command.
+        command: Option<String>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
@@ -80,7 +89,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount { catalogs, state, socket, launcher, agent, shared, keep_alive, mountpoint } => {
+        Command::Mount { catalogs, state, socket, launcher, agent, shared, policy, mountpoint } => {
             odfs::telemetry::init();
             let (state_dir, run_dir) = match &state {
                 Some(s) => (s.clone(), s.join("run")),
@@ -100,7 +109,7 @@ fn main() -> ExitCode {
                 launcher: launcher.unwrap_or_else(|| sibling("odfs-launch")),
                 agent: agent.unwrap_or_else(|| sibling("odfs-agent")),
                 shared,
-                auto_keep_alive: keep_alive,
+                policy,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -109,6 +118,7 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(odfs::daemon::run(cfg)))
         }
         Command::Status { socket, json } => status(&socket, json),
+        Command::Stats { command, socket, json } => stats(&socket, command.as_deref(), json),
         Command::Simulate { trace, policies, cold, paused, warm, json } => {
             simulate(&trace, policies, odfs::policy::Costs { cold, paused, warm }, json)
         }
@@ -122,25 +132,58 @@ fn main() -> ExitCode {
     }
 }
 
-fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// One request to a running daemon, one answer.
+fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;
-    protocol::send(&conn, &Request::Status, &[])?;
-    let Some((Response::Status(list), _)) = protocol::recv::<Response>(&conn)? else {
-        anyhow::bail!("unexpected answer from the daemon");
-    };
+    protocol::send(&conn, &req, &[])?;
+    match protocol::recv::<Response>(&conn)? {
+        Some((r, _)) => Ok(r),
+        None => anyhow::bail!("the daemon closed the connection without an answer"),
+    }
+}
+
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let Response::Status(list) = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
     if json {
         let rows: Vec<_> = list
             .iter()
             .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state,
-                                        "running_tools": c.running_tools, "idle_ms": c.idle_ms}))
+                                        "running_tools": c.running_tools, "idle_ms": c.idle_ms, "next": c.next}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<16} {:<12} {:>7} {:>9}  CONTAINER", "IMAGE", "STATE", "RUNNING", "IDLE");
+        println!("{:<16} {:<12} {:>7} {:>7}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "CONTAINER");
         for c in list {
-            println!("{:<16} {:<12} {:>7} {:>8}s  {}", c.image, c.state, c.running_tools, c.idle_ms / 1000, c.container);
+            let idle = format!("{}s", c.idle_ms / 1000);
+            println!("{:<16} {:<12} {:>7} {:>7}  {:<40} {}", c.image, c.state, c.running_tools, idle, c.container, c.next);
         }
+    }
+    Ok(())
+}
+
+fn stats(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let Response::Stats(mut list) = ask(socket, Request::Stats)? else { anyhow::bail!("unexpected answer from the daemon") };
+    if let Some(cmd) = only {
+        list.retain(|s| s.command == cmd);
+        if list.is_empty() {
+            anyhow::bail!("{cmd}: no calls recorded since the daemon started");
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list.iter().map(|s| serde_json::json!({
+            "command": s.command, "image": s.image, "calls": s.calls, "warm": s.warm, "paused": s.paused, "cold": s.cold,
+            "mtbc_s": s.mtbc, "mtts_s": s.mtts, "mtte_s": s.mtte, "epsilon_s": s.epsilon, "keep_alive": s.window,
+        })).collect::<Vec<_>>())?);
+        return Ok(());
+    }
+    let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+    println!("{:<16} {:<12} {:>6} {:>5} {:>6} {:>5} {:>9} {:>8} {:>8} {:>9}  KEEP-ALIVE", "COMMAND", "IMAGE", "CALLS", "WARM", "PAUSED", "COLD", "MTBC s", "MTTS s", "MTTE s", "EPSILON s");
+    for s in list {
+        println!(
+            "{:<16} {:<12} {:>6} {:>5} {:>6} {:>5} {:>9} {:>8} {:>8} {:>9}  {}",
+            s.command, s.image, s.calls, s.warm, s.paused, s.cold, f(s.mtbc), f(s.mtts), f(s.mtte), f(s.epsilon), s.window
+        );
     }
     Ok(())
 }

@@ -46,6 +46,7 @@ struct RawImage {
     cap_add: Vec<String>,
     #[serde(default = "auto")]
     keep_alive: String,
+    pause_after: Option<String>,
     #[serde(default)]
     allow_groups: Vec<String>,
     #[serde(default)]
@@ -103,6 +104,14 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 continue;
             }
         };
+        let pause_after = match img.pause_after.as_deref().map(humantime::parse_duration) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                errors.push(err(line, format!("image {name}: pause_after is not a duration like \"30s\": {e}")));
+                continue;
+            }
+        };
         for cap in &img.cap_add {
             if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                 errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
@@ -128,6 +137,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 user: img.user,
                 cap_add: img.cap_add,
                 keep_alive,
+                pause_after,
                 allow_groups: img.allow_groups,
                 origin,
             },

@@ -100,6 +100,8 @@ pub struct ImageSpec {
     pub user: RunAs,
     pub cap_add: Vec<String>,
     pub keep_alive: KeepAlive,
+    /// Freeze the container when idle this long (before its keep-alive ends).
+    pub pause_after: Option<Duration>,
     pub allow_groups: Vec<String>,
     /// `file:line` where it was defined.
     pub origin: String,

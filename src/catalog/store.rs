@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS commands (
     name TEXT PRIMARY KEY, image TEXT NOT NULL, path TEXT, args TEXT NOT NULL, env TEXT NOT NULL, origin TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS invocations (
     id INTEGER PRIMARY KEY, command TEXT NOT NULL, image TEXT NOT NULL, uid INTEGER NOT NULL,
-    started_ms INTEGER NOT NULL, setup_us INTEGER NOT NULL, served TEXT NOT NULL, outcome TEXT NOT NULL);
+    started_ms INTEGER NOT NULL, setup_us INTEGER NOT NULL, served TEXT NOT NULL, outcome TEXT NOT NULL,
+    session INTEGER);
 ";
 
 /// Invocations kept; older ones are dropped so the file stays bounded.
@@ -34,6 +35,8 @@ pub struct Invocation {
     pub setup_us: i64,
     /// warm | cold
     pub served: &'static str,
+    /// The caller's session id (sequences are learned per session).
+    pub session: Option<i32>,
     /// started | the error the caller saw
     pub outcome: String,
 }
@@ -53,6 +56,8 @@ impl Store {
     pub fn open(path: &Path) -> rusqlite::Result<Store> {
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
+        // Databases from before the session column gain it (an error means it is there).
+        let _ = conn.execute("ALTER TABLE invocations ADD COLUMN session INTEGER", []);
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("odfs-store".into())
@@ -78,8 +83,8 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
             Write::Invocation(i) => {
                 since_trim += 1;
                 let r = conn.execute(
-                    "INSERT INTO invocations (command, image, uid, started_ms, setup_us, served, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome],
+                    "INSERT INTO invocations (command, image, uid, started_ms, setup_us, served, outcome, session) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome, i.session],
                 );
                 if since_trim >= 1000 {
                     since_trim = 0;
@@ -155,6 +160,7 @@ mod tests {
             started_ms: 1,
             setup_us: 2,
             served: "cold",
+            session: Some(7),
             outcome: "started".into(),
         });
         drop(store); // the writer drains its queue, then stops

@@ -82,7 +82,48 @@ fn identity_lines(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
     (passwd, group)
 }
 
+/// The session id of a process (`/proc/PID/stat`, field 6): calls from one
+/// shell session form the sequences prediction learns.
+pub fn proc_session(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// A predicted container nobody calls is frozen after this and removed after that.
+const PREDICTED_PAUSE: f64 = 30.0;
+const PREDICTED_KEEP: f64 = 120.0;
+
 impl<B: ContainerBackend> Daemon<B> {
+    /// Learn from this call, and warm what usually follows it in a session
+    /// (`tcpdump` → `traceroute`). A wrong guess costs a container frozen
+    /// after 30 s and removed after 2 min.
+    fn predict_next(self: &Arc<Self>, command: &str, pid: i32) {
+        let session = proc_session(pid).map_or_else(|| format!("pid{pid}"), |s| s.to_string());
+        let now = self.pool.now();
+        let next = {
+            let mut t = self.transitions.lock().unwrap();
+            t.observe(&session, command, now);
+            t.likely_next(command)
+        };
+        let snapshot = self.snapshot();
+        for (cmd, p) in next {
+            let Some(entry) = snapshot.get(&cmd).cloned() else { continue };
+            let d = self.clone();
+            let reason = format!("predicted after {command} (P = {p:.2})");
+            tokio::spawn(async move {
+                let plan = crate::policy::Plan {
+                    prewarm_at: None,
+                    pause_at: Some(now + PREDICTED_PAUSE),
+                    remove_at: now + PREDICTED_KEEP,
+                    reason,
+                };
+                if let Err(e) = d.pool.warm_up(&entry.image, Some(plan)).await {
+                    tracing::debug!(command = cmd, "prediction could not warm: {e}");
+                }
+            });
+        }
+    }
+
     fn authorize(&self, entry: &Resolved, caller: &Caller, groups: &[u32]) -> Result<(), Refusal> {
         let allowed = &entry.image.allow_groups;
         if allowed.is_empty() || caller.uid == 0 {
@@ -142,7 +183,8 @@ impl<B: ContainerBackend> Daemon<B> {
         });
         let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         tracing::debug!(command, served, setup_us, "exec");
-        self.store.record(Invocation { command, image, uid: caller.uid, started_ms, setup_us, served, outcome: outcome_text });
+        let session = proc_session(caller.pid);
+        self.store.record(Invocation { command, image, uid: caller.uid, started_ms, setup_us, served, session, outcome: outcome_text });
     }
 
     async fn run(self: Arc<Self>, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) -> Result<(Started, String, Served), Refusal> {
@@ -168,7 +210,7 @@ impl<B: ContainerBackend> Daemon<B> {
         };
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
-        argv.extend(req.args);
+        argv.extend(req.args.iter().cloned());
         let spawn = SpawnRequest {
             version: PROTOCOL_VERSION,
             program: entry.command.program().as_bytes().to_vec(),
@@ -176,18 +218,21 @@ impl<B: ContainerBackend> Daemon<B> {
             env: filter_env(&req.env, &entry.command.env),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
-            fds: req.fds,
-            tty: req.tty,
+            fds: req.fds.clone(),
+            tty: req.tty.clone(),
         };
         let fds = Arc::new(fds);
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
         for attempt in 0..2 {
-            let ready = self.pool.ensure(&entry.image).await.map_err(|e| refuse(e.to_string()))?;
+            let ready = self.pool.ensure(&entry.image, &req.command).await.map_err(|e| refuse(e.to_string()))?;
             let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
             let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2)).await.map_err(|e| refuse(e.to_string()))?;
             match result {
-                Ok(started) => return Ok((started, entry.image.name.clone(), ready.served)),
+                Ok(started) => {
+                    self.predict_next(&req.command, caller.pid);
+                    return Ok((started, entry.image.name.clone(), ready.served));
+                }
                 Err(StartError::Refused(r)) => return Err(r),
                 Err(StartError::Unreachable(e)) if attempt == 0 => {
                     tracing::warn!(image = entry.image.name, "agent unreachable ({e}); replacing its container");

@@ -29,6 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Daemon<B> {
     pool: Pool<B>,
+    /// Command sequences within sessions, for prefetch.
+    transitions: std::sync::Mutex<crate::policy::predict::Transitions>,
     snapshot: RwLock<Arc<Snapshot>>,
     store: Store,
     shared: Vec<PathBuf>,
@@ -37,6 +39,42 @@ pub struct Daemon<B> {
 impl<B: ContainerBackend> Daemon<B> {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap().clone()
+    }
+
+    /// Figures per command from the pool's history.
+    fn stats(&self) -> Vec<crate::protocol::CommandStats> {
+        use crate::policy::{epsilon, format_secs, Call};
+        let mut out = Vec::new();
+        for (image, seen, plan) in self.pool.history() {
+            let mut commands: Vec<&str> = seen.iter().map(|s| s.command.as_str()).collect();
+            commands.sort();
+            commands.dedup();
+            for cmd in commands {
+                let mine: Vec<_> = seen.iter().filter(|s| s.command == cmd).collect();
+                let calls: Vec<Call> = mine.iter().map(|s| s.call.clone()).collect();
+                let count = |w: pool::Served| mine.iter().filter(|s| s.served == w).count() as u32;
+                let e = epsilon(&calls);
+                let window = match &plan {
+                    Some(p) => format!("{}s left ({})", format_secs(((p.remove_at - self.pool.now()).max(0.0)).round()), p.reason),
+                    None => "decided when the container goes idle".into(),
+                };
+                out.push(crate::protocol::CommandStats {
+                    command: cmd.to_string(),
+                    image: image.clone(),
+                    calls: mine.len() as u32,
+                    warm: count(pool::Served::Warm),
+                    paused: count(pool::Served::Paused),
+                    cold: count(pool::Served::Cold),
+                    mtbc: e.map(|e| e.mtbc),
+                    mtts: e.map(|e| e.mtts).or_else(|| calls.first().map(|c| c.setup)),
+                    mtte: e.map(|e| e.mtte).or_else(|| calls.first().map(|c| c.run)),
+                    epsilon: e.map(|e| e.epsilon),
+                    window: window.replace("ss left", "s left"),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.command.cmp(&b.command));
+        out
     }
 
     async fn handle(self: Arc<Self>, conn: UnixStream) {
@@ -58,6 +96,10 @@ impl<B: ContainerBackend> Daemon<B> {
             Ok(Some((Request::Status, _))) => {
                 let status = self.pool.status().await;
                 tokio::task::spawn_blocking(move || protocol::send(&conn, &Response::Status(status), &[]));
+            }
+            Ok(Some((Request::Stats, _))) => {
+                let stats = self.stats();
+                tokio::task::spawn_blocking(move || protocol::send(&conn, &Response::Stats(stats), &[]));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(pid = caller.pid, "bad request: {e}"),
@@ -184,14 +226,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             run_dir: containers_dir,
             agent: std::fs::canonicalize(&cfg.agent)?,
             shared: shared.clone(),
-            auto_keep_alive: cfg.auto_keep_alive,
+            policy: cfg.policy,
+            costs: crate::policy::Costs::default(),
         },
     );
     let images: Vec<_> = snapshot.images.values().cloned().collect();
     if let Err(e) = pool.adopt(&images).await {
         tracing::warn!("cannot look for containers of an earlier run: {e}");
     }
-    let daemon = Arc::new(Daemon { pool, snapshot: RwLock::new(snapshot.clone()), store, shared });
+    let daemon = Arc::new(Daemon { pool, transitions: Default::default(), snapshot: RwLock::new(snapshot.clone()), store, shared });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 
@@ -210,7 +253,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             let Some(entry) = d.snapshot().get(&name).cloned() else { continue };
             let d = d.clone();
             tokio::spawn(async move {
-                if let Err(e) = d.pool.prewarm(&entry.image).await {
+                if let Err(e) = d.pool.warm_up(&entry.image, None).await {
                     tracing::debug!(command = name, "prewarm failed: {e}");
                 }
             });

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::agent_client;
 use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE};
 use crate::catalog::{ImageSpec, KeepAlive, RunAs};
+use crate::policy::{self, Call, Costs, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
 
 /// Where the agent lives inside every container.
@@ -31,8 +32,9 @@ pub struct PoolConfig {
     pub agent: PathBuf,
     /// Host directories mounted at the same path in every container.
     pub shared: Vec<PathBuf>,
-    /// Keep-alive of images that say `auto`.
-    pub auto_keep_alive: Duration,
+    /// Policy for images whose `keep_alive` is `auto`.
+    pub policy: Policy,
+    pub costs: Costs,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,6 +48,7 @@ pub enum PoolError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
     Warm,
+    Paused,
     Cold,
 }
 
@@ -53,6 +56,7 @@ impl Served {
     pub fn as_str(self) -> &'static str {
         match self {
             Served::Warm => "warm",
+            Served::Paused => "paused",
             Served::Cold => "cold",
         }
     }
@@ -63,7 +67,29 @@ enum State {
     Absent,
     /// Running since `since`.
     Warm { id: String, since: Instant },
+    /// Frozen by the engine (cgroup freezer): no CPU, resumes in milliseconds.
+    Paused { id: String },
 }
+
+/// A call as the pool saw it, for the policies and `odfs stats`.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub command: String,
+    pub served: Served,
+    pub call: Call,
+}
+
+/// A profile's history and what the policy decided for its idle period.
+#[derive(Debug, Default)]
+struct Life {
+    calls: std::collections::VecDeque<Seen>,
+    /// The last call's end is not known yet (the agent reports it idle).
+    open: bool,
+    plan: Option<Plan>,
+}
+
+/// Calls remembered per profile.
+const HISTORY: usize = 500;
 
 /// One image profile's container.
 pub struct Slot {
@@ -71,7 +97,7 @@ pub struct Slot {
     pub name: String,
     key: String,
     state: tokio::sync::Mutex<State>,
-    last_used: Mutex<Instant>,
+    life: Mutex<Life>,
     /// Exec requests between "container ready" and "tool started": the agent
     /// does not count them yet, so the reaper must not remove the container.
     pending: AtomicU32,
@@ -93,7 +119,6 @@ pub struct Ready {
 
 impl Drop for Ready {
     fn drop(&mut self) {
-        *self.slot.last_used.lock().unwrap() = Instant::now();
         self.slot.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -102,11 +127,18 @@ pub struct Pool<B> {
     backend: Arc<B>,
     cfg: PoolConfig,
     slots: DashMap<String, Arc<Slot>>,
+    /// Origin of the policies' clock.
+    epoch: Instant,
 }
 
 impl<B: ContainerBackend> Pool<B> {
     pub fn new(backend: Arc<B>, cfg: PoolConfig) -> Pool<B> {
-        Pool { backend, cfg, slots: DashMap::new() }
+        Pool { backend, cfg, slots: DashMap::new(), epoch: Instant::now() }
+    }
+
+    /// Seconds on the policies' clock.
+    pub fn now(&self) -> Secs {
+        self.epoch.elapsed().as_secs_f64()
     }
 
     /// Everything that makes two containers interchangeable.
@@ -140,50 +172,93 @@ impl<B: ContainerBackend> Pool<B> {
                     name: format!("odfs-{}-{}-{}", self.cfg.mount_id, image.name, &key[..8]),
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
-                    last_used: Mutex::new(Instant::now()),
+                    life: Mutex::new(Life::default()),
                     pending: AtomicU32::new(0),
                 })
             })
             .clone()
     }
 
-    /// A running container for this image, started if needed. Concurrent
-    /// callers of one profile wait for the same start.
-    pub async fn ensure(&self, image: &Arc<ImageSpec>) -> Result<Ready, PoolError> {
+    /// A running container for this image for a call of `command`: resumed
+    /// if paused, started if absent. Concurrent callers of one profile wait
+    /// for the same start.
+    pub async fn ensure(&self, image: &Arc<ImageSpec>, command: &str) -> Result<Ready, PoolError> {
         let arrived = Instant::now();
+        let at = self.now();
         let slot = self.slot(image);
         let mut state = slot.state.lock().await;
         slot.pending.fetch_add(1, Ordering::SeqCst);
-        let ready = |id: String, served| Ready { socket: slot.socket(&self.cfg.run_dir), served, id, slot: slot.clone() };
-        if let State::Warm { id, since } = &*state {
-            // Started while this call waited (prewarm on open): the caller
-            // paid for a start, if only part of it.
-            let served = if *since > arrived { Served::Cold } else { Served::Warm };
-            return Ok(ready(id.clone(), served));
-        }
-        match self.create(&slot).await {
-            Ok(id) => {
-                *state = State::Warm { id: id.clone(), since: Instant::now() };
-                Ok(ready(id, Served::Cold))
-            }
+        let result = self.bring_up(&slot, &mut state, arrived).await;
+        let (id, served) = match result {
+            Ok(x) => x,
             Err(e) => {
                 slot.pending.fetch_sub(1, Ordering::SeqCst);
-                Err(e)
+                return Err(e);
+            }
+        };
+        let setup = arrived.elapsed().as_secs_f64();
+        let mut life = slot.life.lock().unwrap();
+        if life.calls.len() >= HISTORY {
+            life.calls.pop_front();
+        }
+        life.calls.push_back(Seen { command: command.to_string(), served, call: Call { at, setup, run: 0.0 } });
+        life.open = true;
+        life.plan = None;
+        drop(life);
+        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), served, id, slot: slot.clone() })
+    }
+
+    /// Make the slot's container run; returns its id and how it was found.
+    async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(String, Served), PoolError> {
+        match state.clone() {
+            State::Warm { id, since } => {
+                // Started while this call waited (prewarm on open): the caller
+                // paid for a start, if only part of it.
+                Ok((id, if since > arrived { Served::Cold } else { Served::Warm }))
+            }
+            State::Paused { id } => match self.backend.unpause(&id).await {
+                Ok(()) => {
+                    *state = State::Warm { id: id.clone(), since: arrived };
+                    Ok((id, Served::Paused))
+                }
+                Err(e) => {
+                    tracing::warn!(container = slot.name, "cannot resume ({e}); replacing the container");
+                    let _ = self.backend.remove(&id).await;
+                    *state = State::Absent;
+                    let id = self.create(slot).await?;
+                    *state = State::Warm { id: id.clone(), since: Instant::now() };
+                    Ok((id, Served::Cold))
+                }
+            },
+            State::Absent => {
+                let id = self.create(slot).await?;
+                *state = State::Warm { id: id.clone(), since: Instant::now() };
+                Ok((id, Served::Cold))
             }
         }
     }
 
-    /// Start the image's container ahead of a call that is probably coming
-    /// (its shim was opened). Costs nothing when it is already warm, which is
-    /// the common case: every exec opens its shim.
-    pub async fn prewarm(&self, image: &Arc<ImageSpec>) -> Result<(), PoolError> {
+    /// Warm a profile ahead of a call that is probably coming, without
+    /// counting a call. `plan` (for predictions) bounds what a wrong guess
+    /// costs; `None` lets the policy decide once it is idle.
+    pub async fn warm_up(&self, image: &Arc<ImageSpec>, plan: Option<Plan>) -> Result<(), PoolError> {
         let slot = self.slot(image);
+        // Every exec opens its shim: the warm path must not wait on the lock.
         if let Ok(state) = slot.state.try_lock() {
-            if matches!(*state, State::Warm { .. }) {
+            if !matches!(*state, State::Absent) {
                 return Ok(());
             }
         }
-        self.ensure(image).await.map(drop)
+        let mut state = slot.state.lock().await;
+        if !matches!(*state, State::Absent) {
+            return Ok(());
+        }
+        let id = self.create(&slot).await?;
+        *state = State::Warm { id, since: Instant::now() };
+        // Without a plan of its own, the policy decides afresh once it is
+        // idle (an old plan may have expired already).
+        slot.life.lock().unwrap().plan = plan;
+        Ok(())
     }
 
     /// The container behind `ready` stopped answering: forget and remove it
@@ -248,38 +323,101 @@ impl<B: ContainerBackend> Pool<B> {
         tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.map_err(std::io::Error::other)?
     }
 
-    fn keep_alive(&self, image: &ImageSpec) -> Duration {
+    /// The policy for an image: its catalog `keep_alive`, or the daemon's.
+    pub fn policy_for(&self, image: &ImageSpec) -> Policy {
         match image.keep_alive {
-            KeepAlive::Auto => self.cfg.auto_keep_alive,
-            KeepAlive::Fixed(d) => d,
+            KeepAlive::Auto => self.cfg.policy,
+            KeepAlive::Fixed(d) => Policy::Fixed(d.as_secs_f64()),
         }
     }
 
-    /// Remove containers idle past their keep-alive. A container with a tool
-    /// running, or an exec on its way in, is never touched.
+    /// One step of the lifecycle for every profile, as its plan says:
+    /// freeze, remove, unload before a pre-warm, pre-warm. A container with
+    /// a tool running, or an exec on its way in, is never touched.
     pub async fn reap(&self) {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
-            let keep = self.keep_alive(&slot.image);
-            if slot.pending.load(Ordering::SeqCst) > 0 || slot.last_used.lock().unwrap().elapsed() < keep {
-                continue;
-            }
-            let Ok(mut state) = slot.state.try_lock() else { continue };
-            let State::Warm { id, .. } = state.clone() else { continue };
             if slot.pending.load(Ordering::SeqCst) > 0 {
                 continue;
             }
-            match self.agent_status(&slot).await {
-                Ok((running, idle_ms)) if running > 0 || Duration::from_millis(idle_ms) < keep => continue,
-                Ok(_) => tracing::info!(container = slot.name, keep_alive = ?keep, "idle past keep-alive; removing"),
-                _ => tracing::warn!(container = slot.name, "agent unreachable; removing the container"),
+            let Ok(mut state) = slot.state.try_lock() else { continue };
+            if let Err(e) = self.step(&slot, &mut state).await {
+                tracing::warn!(container = slot.name, "lifecycle step failed: {e}");
             }
-            if let Err(e) = self.backend.remove(&id).await {
-                tracing::warn!(container = slot.name, "cannot remove: {e}");
-                continue;
-            }
-            *state = State::Absent;
         }
+    }
+
+    async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
+        let now = self.now();
+        match state.clone() {
+            State::Warm { id, .. } => {
+                let (running, idle_ms) = match self.agent_status(slot).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tracing::warn!(container = slot.name, "agent unreachable; removing the container");
+                        self.backend.remove(&id).await?;
+                        *state = State::Absent;
+                        return Ok(());
+                    }
+                };
+                if running > 0 || slot.pending.load(Ordering::SeqCst) > 0 {
+                    return Ok(());
+                }
+                let plan = self.idle_plan(slot, now - idle_ms as f64 / 1000.0);
+                if now >= plan.remove_at || plan.prewarm_at.is_some_and(|p| now < p) {
+                    tracing::info!(container = slot.name, reason = plan.reason, "removing idle container");
+                    self.backend.remove(&id).await?;
+                    *state = State::Absent;
+                } else if plan.pause_at.is_some_and(|p| now >= p) {
+                    tracing::info!(container = slot.name, reason = plan.reason, "pausing idle container");
+                    self.backend.pause(&id).await?;
+                    *state = State::Paused { id };
+                }
+            }
+            State::Paused { id } => {
+                let plan = slot.life.lock().unwrap().plan.clone();
+                if plan.is_none_or(|p| now >= p.remove_at) {
+                    tracing::info!(container = slot.name, "removing paused container past its keep-alive");
+                    self.backend.remove(&id).await?;
+                    *state = State::Absent;
+                }
+            }
+            State::Absent => {
+                let due = slot.life.lock().unwrap().plan.as_ref().and_then(|p| p.prewarm_at.filter(|&at| now >= at && now < p.remove_at));
+                if due.is_some() {
+                    tracing::info!(container = slot.name, "pre-warming before the next expected call");
+                    let id = self.create(slot).await?;
+                    *state = State::Warm { id, since: Instant::now() };
+                    if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
+                        p.prewarm_at = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan for an idle container whose last tool ended at `end`: made
+    /// when a call has just finished (or none exists yet), kept otherwise.
+    fn idle_plan(&self, slot: &Slot, end: Secs) -> Plan {
+        let mut life = slot.life.lock().unwrap();
+        if life.open {
+            life.open = false;
+            if let Some(last) = life.calls.back_mut() {
+                last.call.run = (end - last.call.at - last.call.setup).max(0.0);
+            }
+            life.plan = None;
+        }
+        if life.plan.is_none() {
+            let calls: Vec<Call> = life.calls.iter().map(|s| s.call.clone()).collect();
+            let mut plan = policy::plan(self.policy_for(&slot.image), &calls, end, &self.cfg.costs);
+            // The catalog's pause_after overrides the policy's pause tier.
+            if let Some(pa) = slot.image.pause_after {
+                plan.pause_at = Some(end + pa.as_secs_f64()).filter(|&t| t < plan.remove_at);
+            }
+            life.plan = Some(plan);
+        }
+        life.plan.clone().expect("set above")
     }
 
     /// Take over this mount's containers left by an earlier daemon: keep the
@@ -288,7 +426,7 @@ impl<B: ContainerBackend> Pool<B> {
     pub async fn adopt(&self, images: &[Arc<ImageSpec>]) -> Result<(), PoolError> {
         let by_key: HashMap<String, &Arc<ImageSpec>> = images.iter().map(|i| (self.profile_key(i), i)).collect();
         for found in self.backend.list(&self.cfg.mount_id).await? {
-            if let (true, Some(image)) = (found.running, by_key.get(&found.profile)) {
+            if let (true, false, Some(image)) = (found.running, found.paused, by_key.get(&found.profile)) {
                 let slot = self.slot(image);
                 let mut state = slot.state.lock().await;
                 if *state == State::Absent && found.name == slot.name && self.agent_status(&slot).await.is_ok() {
@@ -309,7 +447,15 @@ impl<B: ContainerBackend> Pool<B> {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
             let mut state = slot.state.lock().await;
-            let State::Warm { id, .. } = state.clone() else { continue };
+            let id = match state.clone() {
+                State::Absent => continue,
+                State::Paused { id } => {
+                    let _ = self.backend.remove(&id).await;
+                    *state = State::Absent;
+                    continue;
+                }
+                State::Warm { id, .. } => id,
+            };
             if let Ok((running, _)) = self.agent_status(&slot).await {
                 if running > 0 {
                     tracing::info!(container = slot.name, running, "tools still running; leaving the container for the next start");
@@ -325,15 +471,24 @@ impl<B: ContainerBackend> Pool<B> {
 
     pub async fn status(&self) -> Vec<ContainerStatus> {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        let now = self.now();
         let mut out = Vec::new();
         for slot in slots {
             let state = slot.state.lock().await.clone();
             let (state, running, idle_ms) = match state {
                 State::Absent => ("absent", 0, 0),
+                State::Paused { .. } => ("paused", 0, 0),
                 State::Warm { .. } => match self.agent_status(&slot).await {
                     Ok((r, i)) => ("warm", r, i),
                     Err(_) => ("unreachable", 0, 0),
                 },
+            };
+            let plan = slot.life.lock().unwrap().plan.clone();
+            let next = match (&plan, state, running) {
+                (_, _, r) if r > 0 => "busy: kept while tools run".to_string(),
+                (None, "absent", _) => "none: starts on the next call".to_string(),
+                (None, _, _) => "planned once the current call ends".to_string(),
+                (Some(p), st, _) => next_action(p, st, now),
             };
             out.push(ContainerStatus {
                 image: slot.image.name.clone(),
@@ -341,10 +496,39 @@ impl<B: ContainerBackend> Pool<B> {
                 state: state.into(),
                 running_tools: running,
                 idle_ms,
+                next,
             });
         }
         out
     }
+
+    /// Every remembered call, by profile image, for `odfs stats`.
+    pub fn history(&self) -> Vec<(String, Vec<Seen>, Option<Plan>)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let life = s.life.lock().unwrap();
+                (s.image.name.clone(), life.calls.iter().cloned().collect(), life.plan.clone())
+            })
+            .collect()
+    }
+}
+
+/// "pause in 25s (idle p5 …)" for `odfs status`.
+fn next_action(p: &Plan, state: &str, now: Secs) -> String {
+    let inn = |t: Secs| format!("{:.0}s", (t - now).max(0.0));
+    let step = match state {
+        "absent" => match p.prewarm_at {
+            Some(t) if t < p.remove_at => format!("pre-warm in {}", inn(t)),
+            _ => "none: starts on the next call".into(),
+        },
+        "paused" => format!("remove in {}", inn(p.remove_at)),
+        _ => match p.pause_at {
+            Some(t) if t < p.remove_at && t > now => format!("pause in {}", inn(t)),
+            _ => format!("remove in {}", inn(p.remove_at)),
+        },
+    };
+    format!("{step} ({})", p.reason)
 }
 
 fn make_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -367,6 +551,7 @@ mod tests {
             user: RunAs::Caller,
             cap_add: vec![],
             keep_alive: keep,
+            pause_after: None,
             allow_groups: vec![],
             origin: "t.toml:1".into(),
         })
@@ -380,7 +565,8 @@ mod tests {
                 run_dir: dir.to_path_buf(),
                 agent: "/bin/true".into(),
                 shared: vec!["/tmp".into()],
-                auto_keep_alive: Duration::from_secs(600),
+                policy: Policy::Auto,
+                costs: Costs::default(),
             },
         ))
     }
@@ -394,7 +580,7 @@ mod tests {
         let calls: Vec<_> = (0..50)
             .map(|_| {
                 let (pool, img) = (pool.clone(), img.clone());
-                tokio::spawn(async move { pool.ensure(&img).await.map(|r| r.served) })
+                tokio::spawn(async move { pool.ensure(&img, "sh").await.map(|r| r.served) })
             })
             .collect();
         let mut cold = 0;
@@ -405,7 +591,7 @@ mod tests {
         }
         // Every caller waited for the one start, so each counts as cold.
         assert_eq!((fake.starts.load(Ordering::SeqCst), cold), (1, 50));
-        assert_eq!(pool.ensure(&img).await.unwrap().served, Served::Warm);
+        assert_eq!(pool.ensure(&img, "sh").await.unwrap().served, Served::Warm);
         let spec = &fake.live.lock().unwrap()[0].0;
         assert_eq!(spec.labels[LABEL_MOUNT], "m1");
         assert!(spec.binds.iter().any(|b| b.target == Path::new("/tmp")));
@@ -417,7 +603,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let pool = pool(fake.clone(), dir.path());
         let img = image("b", KeepAlive::Fixed(Duration::ZERO));
-        let claim = pool.ensure(&img).await.unwrap();
+        let claim = pool.ensure(&img, "sh").await.unwrap();
         pool.reap().await;
         assert!(fake.removed.lock().unwrap().is_empty(), "removed while an exec was on its way in");
         drop(claim);
@@ -427,7 +613,29 @@ mod tests {
         fake.running.store(0, Ordering::SeqCst);
         pool.reap().await;
         assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
-        assert_eq!(pool.ensure(&img).await.unwrap().served, Served::Cold);
+        assert_eq!(pool.ensure(&img, "sh").await.unwrap().served, Served::Cold);
+    }
+
+    #[tokio::test]
+    async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let pool = pool(fake.clone(), dir.path());
+        let img = image("b", KeepAlive::Auto);
+        let now = pool.now();
+        let plan = Plan { prewarm_at: None, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
+        pool.warm_up(&img, Some(plan)).await.unwrap();
+        fake.running.store(1, Ordering::SeqCst);
+        pool.reap().await;
+        assert!(fake.paused.lock().unwrap().is_empty(), "paused while a tool ran");
+        fake.running.store(0, Ordering::SeqCst);
+        pool.reap().await;
+        assert_eq!(*fake.paused.lock().unwrap(), ["fake-0"]);
+        assert_eq!(pool.status().await[0].state, "paused");
+        let call = pool.ensure(&img, "sh").await.unwrap();
+        assert_eq!(call.served, Served::Paused);
+        assert!(fake.paused.lock().unwrap().is_empty(), "not resumed");
+        assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -436,13 +644,13 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let (a, b) = (image("a", KeepAlive::Auto), image("b", KeepAlive::Auto));
         let first = pool(fake.clone(), dir.path());
-        drop(first.ensure(&a).await.unwrap());
-        drop(first.ensure(&b).await.unwrap());
+        drop(first.ensure(&a, "x").await.unwrap());
+        drop(first.ensure(&b, "y").await.unwrap());
         // The next daemon's catalog no longer has image b.
         let second = pool(fake.clone(), dir.path());
         second.adopt(&[a.clone()]).await.unwrap();
         assert_eq!(*fake.removed.lock().unwrap(), ["fake-1"]);
-        assert_eq!(second.ensure(&a).await.unwrap().served, Served::Warm);
+        assert_eq!(second.ensure(&a, "x").await.unwrap().served, Served::Warm);
         assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
     }
 }

@@ -34,6 +34,8 @@ pub enum Request {
     Exec(ExecRequest),
     /// Describe the daemon's containers (admin CLI).
     Status,
+    /// Call figures per command (admin CLI).
+    Stats,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +70,7 @@ pub struct TtyRequest {
 }
 
 /// The daemon's answer on the control socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     /// The tool runs; the attached fds are the agent connection to follow
     /// and, in pty mode, the pty master.
@@ -76,6 +78,7 @@ pub enum Response {
     /// odfs could not run the tool: print `odfs: CMD: message`, exit `exit_code`.
     Error { message: String, exit_code: i32 },
     Status(Vec<ContainerStatus>),
+    Stats(Vec<CommandStats>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,25 @@ pub struct ContainerStatus {
     pub state: String,
     pub running_tools: u32,
     pub idle_ms: u64,
+    /// The next lifecycle step and why.
+    pub next: String,
+}
+
+/// Per-command figures for `odfs stats` (seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStats {
+    pub command: String,
+    pub image: String,
+    pub calls: u32,
+    pub warm: u32,
+    pub paused: u32,
+    pub cold: u32,
+    pub mtbc: Option<f64>,
+    pub mtts: Option<f64>,
+    pub mtte: Option<f64>,
+    pub epsilon: Option<f64>,
+    /// The keep-alive its profile currently follows, and why.
+    pub window: String,
 }
 
 /// Who the tool runs as, and the passwd/group lines that make that user known

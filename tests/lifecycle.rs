@@ -1,0 +1,106 @@
+//! Container lifecycle against the real engine: pause tier, resume, removal
+//! by keep-alive, nothing touched while a tool runs, sequence prefetch, and
+//! the admin views of it all.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn paused(container: &str) -> bool {
+    stdout(&docker(&["inspect", "-f", "{{.State.Paused}}", container])).trim() == "true"
+}
+
+fn admin(m: &TestMount, args: &[&str]) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(args).arg("--socket").arg(&m.socket).arg("--json").output().unwrap();
+    assert!(o.status.success(), "odfs {args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn containers_of(m: &TestMount, image: &str) -> Vec<String> {
+    let out = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", m.id), "--filter", &format!("label=io.odfs.image={image}")]);
+    stdout(&out).split_whitespace().map(String::from).collect()
+}
+
+const SHORT: &str = r#"
+[image.bb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+keep_alive = "8s"
+pause_after = "1s"
+commands = ["true", "sleep", "echo"]
+"#;
+
+#[test]
+fn idle_containers_pause_resume_on_the_next_call_and_go_after_keep_alive() {
+    let m = TestMount::new(SHORT);
+    assert!(m.sh(r#""$M/true""#).status.success());
+    let c = m.containers()[0].clone();
+    assert!(eventually(Duration::from_secs(10), || paused(&c)), "never paused");
+    let status = admin(&m, &["status"]);
+    assert_eq!(status[0]["state"], "paused", "{status}");
+    assert!(status[0]["next"].as_str().unwrap().starts_with("remove in"), "{status}");
+
+    let o = m.sh(r#""$M/echo" resumed"#);
+    assert_eq!(stdout(&o), "resumed\n", "{}", stderr(&o));
+    assert_eq!(m.containers(), vec![c.clone()], "a new container instead of a resume");
+    let stats = admin(&m, &["stats"]);
+    let echo = stats.as_array().unwrap().iter().find(|s| s["command"] == "echo").unwrap();
+    assert_eq!((echo["calls"].as_u64(), echo["paused"].as_u64()), (Some(1), Some(1)), "{stats}");
+    let t = stats.as_array().unwrap().iter().find(|s| s["command"] == "true").unwrap();
+    assert_eq!(t["cold"].as_u64(), Some(1), "{stats}");
+
+    assert!(eventually(Duration::from_secs(30), || m.containers().is_empty()), "not removed after its keep-alive");
+    assert!(m.sh(r#""$M/true""#).status.success(), "the next call after removal failed");
+}
+
+#[test]
+fn a_container_with_a_running_tool_is_never_paused_or_removed() {
+    let m = TestMount::new(&SHORT.replace("keep_alive = \"8s\"", "keep_alive = \"2s\""));
+    let child = Command::new(m.shim("sleep")).arg("6").current_dir(&m.work).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(20), || !m.containers().is_empty()));
+    let c = m.containers()[0].clone();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!paused(&c), "paused while sleep ran");
+        assert_eq!(m.containers(), vec![c.clone()], "removed while sleep ran");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(eventually(Duration::from_secs(20), || m.containers().is_empty()), "not removed once idle");
+}
+
+#[test]
+fn a_learned_sequence_warms_the_next_commands_container() {
+    // b's own keep-alive is 0s: only the prediction can have it warm.
+    let catalog = r#"
+[image.a]
+ref = "odfs-test/busybox:latest"
+network = "none"
+commands = ["true"]
+
+[image.b]
+ref = "odfs-test/busybox:latest"
+network = "bridge"
+keep_alive = "0s"
+commands = ["echo"]
+"#;
+    let m = TestMount::new(catalog);
+    // One session: a then b, three times; b's container goes after each call.
+    let o = m.sh(r#"for i in 1 2 3; do "$M/true" && "$M/echo" b >/dev/null || exit 1; sleep 1.5; done"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(Duration::from_secs(10), || containers_of(&m, "b").is_empty()), "b stayed");
+    // Now only a: b's container comes up by itself.
+    assert!(m.sh(r#""$M/true""#).status.success());
+    assert!(eventually(Duration::from_secs(10), || !containers_of(&m, "b").is_empty()), "b was not prefetched");
+    let status = admin(&m, &["status"]);
+    let b = status.as_array().unwrap().iter().find(|s| s["image"] == "b").unwrap();
+    assert!(b["next"].as_str().unwrap().contains("predicted after true"), "{status}");
+    // And the predicted container serves the call warm.
+    let o = m.sh(r#""$M/echo" hit"#);
+    assert_eq!(stdout(&o), "hit\n");
+    let stats = admin(&m, &["stats", "echo"]);
+    assert_eq!(stats[0]["warm"].as_u64(), Some(1), "{stats}");
+}
