@@ -104,3 +104,25 @@ commands = ["echo"]
     let stats = admin(&m, &["stats", "echo"]);
     assert_eq!(stats[0]["warm"].as_u64(), Some(1), "{stats}");
 }
+
+#[test]
+fn invocations_record_how_each_call_was_served_and_how_it_ended() {
+    let m = TestMount::new(SHORT);
+    let o = m.sh(r#""$M/sleep" 1; "$M/echo" hi; "$M/sleep" 0 & wait"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db = rusqlite::Connection::open(m.state.join("odfs.db")).unwrap();
+    let rows = || -> Vec<(String, String, Option<i64>, Option<i64>, Option<i64>)> {
+        let mut q = db.prepare("SELECT command, served, exit, run_ms, session FROM invocations ORDER BY id").unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(|r| r.unwrap()).collect()
+    };
+    assert!(eventually(Duration::from_secs(10), || rows().len() == 3 && rows().iter().all(|r| r.2.is_some())), "{:?}", rows());
+    let r = rows();
+    assert_eq!((r[0].0.as_str(), r[0].1.as_str(), r[0].2), ("sleep", "cold", Some(0)));
+    assert!(r[0].3.unwrap() >= 900, "run time {:?}", r[0].3);
+    assert_eq!((r[1].0.as_str(), r[1].1.as_str()), ("echo", "warm"));
+    assert!(r.iter().all(|x| x.4.is_some() && x.4 == r[0].4), "one shell session: {r:?}");
+    // A tool that dies of a signal is recorded as 128 + N.
+    let o = m.sh(r#""$M/sleep" 5 & sleep 1; kill -TERM $!; wait $!"#);
+    assert_eq!(shell_status(&o), 143);
+    assert!(eventually(Duration::from_secs(10), || rows().last().is_some_and(|x| x.2 == Some(143))), "{:?}", rows());
+}

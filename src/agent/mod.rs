@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub allow_local_peers: bool,
 }
 
+/// Tool ends kept for the daemon between two status requests.
+const FINISHED_KEPT: usize = 1000;
+
 /// What the reaper and the connection reader tell a connection's thread.
 enum ToolEvent {
     /// Exit, death or stop of the tool.
@@ -47,7 +50,9 @@ enum ToolEvent {
 /// Tools in flight. Held across `fork` so the reaper can never see a child's
 /// end before the child is registered here.
 struct Registry {
-    waiting: HashMap<i32, mpsc::Sender<ToolEvent>>,
+    waiting: HashMap<i32, (mpsc::Sender<ToolEvent>, Instant)>,
+    /// Ends not yet reported to the daemon (bounded).
+    finished: std::collections::VecDeque<crate::protocol::Finished>,
     running: u32,
     idle_since: Instant,
 }
@@ -74,7 +79,7 @@ pub fn run(config: AgentConfig) -> ! {
         .map(|p| p.into_encoded_bytes())
         .unwrap_or_else(|| b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec());
     let agent = Arc::new(Agent {
-        registry: Mutex::new(Registry { waiting: HashMap::new(), running: 0, idle_since: Instant::now() }),
+        registry: Mutex::new(Registry { waiting: HashMap::new(), finished: Default::default(), running: 0, idle_since: Instant::now() }),
         children: Condvar::new(),
         path,
         allow_local_peers: config.allow_local_peers,
@@ -125,18 +130,28 @@ impl Agent {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WUNTRACED)) {
                 Ok(status @ WaitStatus::Stopped(pid, _)) => {
                     let reg = self.registry.lock().unwrap();
-                    if let Some(tx) = reg.waiting.get(&pid.as_raw()) {
+                    if let Some((tx, _)) = reg.waiting.get(&pid.as_raw()) {
                         let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
                 Ok(status) => {
                     let Some(pid) = status.pid() else { continue };
                     let mut reg = self.registry.lock().unwrap();
-                    if let Some(tx) = reg.waiting.remove(&pid.as_raw()) {
+                    if let Some((tx, started)) = reg.waiting.remove(&pid.as_raw()) {
                         reg.running -= 1;
                         if reg.running == 0 {
                             reg.idle_since = Instant::now();
                         }
+                        let code = match status {
+                            WaitStatus::Exited(_, c) => c,
+                            WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+                            _ => -1,
+                        };
+                        if reg.finished.len() >= FINISHED_KEPT {
+                            reg.finished.pop_front();
+                        }
+                        let run_ms = started.elapsed().as_millis() as u64;
+                        reg.finished.push_back(crate::protocol::Finished { pid: pid.as_raw(), status: code, run_ms });
                         let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
@@ -171,12 +186,12 @@ impl Agent {
         };
         match first {
             (AgentRequest::Status, _) => {
-                let (running, idle_ms) = {
-                    let reg = self.registry.lock().unwrap();
-                    let idle = if reg.running == 0 { reg.idle_since.elapsed().as_millis() as u64 } else { 0 };
-                    (reg.running, idle)
+                let status = {
+                    let mut reg = self.registry.lock().unwrap();
+                    let idle_ms = if reg.running == 0 { reg.idle_since.elapsed().as_millis() as u64 } else { 0 };
+                    AgentEvent::Status { running: reg.running, idle_ms, finished: reg.finished.drain(..).collect() }
                 };
-                let _ = protocol::send(&stream, &AgentEvent::Status { running, idle_ms }, &[]);
+                let _ = protocol::send(&stream, &status, &[]);
             }
             (AgentRequest::Spawn(req), fds) => self.run_tool(stream, req, fds),
             (AgentRequest::Signal(_) | AgentRequest::Continue, _) => {

@@ -144,7 +144,7 @@ pub(super) fn spawn(
             }
         }
         if pid > 0 {
-            reg.waiting.insert(pid, events);
+            reg.waiting.insert(pid, (events, std::time::Instant::now()));
             reg.running += 1;
             agent.children.notify_all();
         }

@@ -63,9 +63,9 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl ContainerBackend for Docker {
-    async fn ensure_image(&self, reference: &str) -> Result<(), BackendError> {
+    async fn ensure_image(&self, reference: &str) -> Result<bool, BackendError> {
         match self.client().await?.inspect_image(reference).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(false),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(self.classify(e)),
         }
@@ -82,7 +82,7 @@ impl ContainerBackend for Docker {
                 return Err(BackendError::ImageMissing { reference: reference.to_string(), reason });
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {

@@ -21,8 +21,8 @@ pub struct Fake {
 }
 
 impl ContainerBackend for Fake {
-    async fn ensure_image(&self, _reference: &str) -> Result<(), BackendError> {
-        Ok(())
+    async fn ensure_image(&self, _reference: &str) -> Result<bool, BackendError> {
+        Ok(false)
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
@@ -35,7 +35,7 @@ impl ContainerBackend for Fake {
             for conn in listener.incoming().flatten() {
                 if let Ok(Some((AgentRequest::Status, _))) = protocol::recv::<AgentRequest>(&conn) {
                     let busy = running.load(Ordering::SeqCst);
-                    let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000 }, &[]);
+                    let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000, finished: vec![] }, &[]);
                 }
             }
         });

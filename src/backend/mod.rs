@@ -58,7 +58,8 @@ pub enum BackendError {
 
 pub trait ContainerBackend: Send + Sync + 'static {
     /// Make sure the image exists locally, pulling it if it does not.
-    fn ensure_image(&self, reference: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Returns whether it had to be pulled.
+    fn ensure_image(&self, reference: &str) -> impl Future<Output = Result<bool, BackendError>> + Send;
     /// Create and start a container; returns its id.
     fn start(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// Remove a container, killing what still runs in it. Absent is fine.

@@ -19,7 +19,7 @@ CREATE TABLE IF NOT EXISTS commands (
 CREATE TABLE IF NOT EXISTS invocations (
     id INTEGER PRIMARY KEY, command TEXT NOT NULL, image TEXT NOT NULL, uid INTEGER NOT NULL,
     started_ms INTEGER NOT NULL, setup_us INTEGER NOT NULL, served TEXT NOT NULL, outcome TEXT NOT NULL,
-    session INTEGER);
+    session INTEGER, container TEXT, pid INTEGER, exit INTEGER, run_ms INTEGER);
 ";
 
 /// Invocations kept; older ones are dropped so the file stays bounded.
@@ -37,6 +37,9 @@ pub struct Invocation {
     pub served: &'static str,
     /// The caller's session id (sequences are learned per session).
     pub session: Option<i32>,
+    /// Where and as which pid the tool ran, to attach its end later.
+    pub container: String,
+    pub pid: i32,
     /// started | the error the caller saw
     pub outcome: String,
 }
@@ -44,6 +47,7 @@ pub struct Invocation {
 enum Write {
     Catalog(Box<Catalog>),
     Invocation(Invocation),
+    Finish { container: String, pid: i32, status: i32, run_ms: u64 },
 }
 
 /// Handle to the database writer thread.
@@ -56,8 +60,10 @@ impl Store {
     pub fn open(path: &Path) -> rusqlite::Result<Store> {
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
-        // Databases from before the session column gain it (an error means it is there).
-        let _ = conn.execute("ALTER TABLE invocations ADD COLUMN session INTEGER", []);
+        // Older databases gain the newer columns (an error means it is there).
+        for col in ["session INTEGER", "container TEXT", "pid INTEGER", "exit INTEGER", "run_ms INTEGER"] {
+            let _ = conn.execute(&format!("ALTER TABLE invocations ADD COLUMN {col}"), []);
+        }
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("odfs-store".into())
@@ -73,6 +79,12 @@ impl Store {
     pub fn record(&self, inv: Invocation) {
         let _ = self.tx.send(Write::Invocation(inv));
     }
+
+    /// A tool's end, as its agent reported it: exit status (128 + signal
+    /// for a death) and run time, attached to its invocation.
+    pub fn finish(&self, container: &str, pid: i32, status: i32, run_ms: u64) {
+        let _ = self.tx.send(Write::Finish { container: container.to_string(), pid, status, run_ms });
+    }
 }
 
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
@@ -80,11 +92,19 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     while let Ok(w) = rx.recv() {
         let result = match w {
             Write::Catalog(c) => write_catalog(&mut conn, &c),
+            Write::Finish { container, pid, status, run_ms } => conn
+                .execute(
+                    "UPDATE invocations SET exit = ?1, run_ms = ?2 WHERE id = (SELECT MAX(id) FROM invocations \
+                     WHERE container = ?3 AND pid = ?4 AND exit IS NULL)",
+                    params![status, run_ms as i64, container, pid],
+                )
+                .map(|_| ()),
             Write::Invocation(i) => {
                 since_trim += 1;
                 let r = conn.execute(
-                    "INSERT INTO invocations (command, image, uid, started_ms, setup_us, served, outcome, session) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome, i.session],
+                    "INSERT INTO invocations (command, image, uid, started_ms, setup_us, served, outcome, session, container, pid) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome, i.session, i.container, i.pid],
                 );
                 if since_trim >= 1000 {
                     since_trim = 0;
@@ -161,8 +181,11 @@ mod tests {
             setup_us: 2,
             served: "cold",
             session: Some(7),
+            container: "c1".into(),
+            pid: 42,
             outcome: "started".into(),
         });
+        store.finish("c1", 42, 3, 1500);
         drop(store); // the writer drains its queue, then stops
         let conn = Connection::open(&db).unwrap();
         for _ in 0..100 {
@@ -173,7 +196,15 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let cmds: i64 = conn.query_row("SELECT COUNT(*) FROM commands WHERE image = 'b'", [], |r| r.get(0)).unwrap();
-        let served: String = conn.query_row("SELECT served FROM invocations", [], |r| r.get(0)).unwrap();
-        assert_eq!((cmds, served.as_str()), (2, "cold"));
+        for _ in 0..100 {
+            let done: Option<i64> = conn.query_row("SELECT exit FROM invocations", [], |r| r.get(0)).unwrap();
+            if done.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (served, exit, run): (String, i64, i64) =
+            conn.query_row("SELECT served, exit, run_ms FROM invocations", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        assert_eq!((cmds, served.as_str(), exit, run), (2, "cold", 3, 1500));
     }
 }

@@ -4,18 +4,26 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::protocol::{self, AgentEvent, AgentRequest};
+use crate::protocol::{self, AgentEvent, AgentRequest, Finished};
+
+/// What an agent says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub running: u32,
+    pub idle_ms: u64,
+    pub finished: Vec<Finished>,
+}
 
 /// Ask an agent how many tools it runs and how long it has been idle.
 /// Blocking; bounded by a short timeout so a frozen container cannot hang us.
-pub fn status(socket: &Path) -> std::io::Result<(u32, u64)> {
+pub fn status(socket: &Path) -> std::io::Result<AgentStatus> {
     let conn = UnixStream::connect(socket)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
     let bad = |m: String| std::io::Error::other(m);
     protocol::send(&conn, &AgentRequest::Status, &[]).map_err(|e| bad(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
-        Some((AgentEvent::Status { running, idle_ms }, _)) => Ok((running, idle_ms)),
+        Some((AgentEvent::Status { running, idle_ms, finished }, _)) => Ok(AgentStatus { running, idle_ms, finished }),
         other => Err(bad(format!("unexpected agent answer {other:?}"))),
     }
 }

@@ -97,8 +97,7 @@ impl<B: ContainerBackend> Daemon<B> {
     /// Learn from this call, and warm what usually follows it in a session
     /// (`tcpdump` → `traceroute`). A wrong guess costs a container frozen
     /// after 30 s and removed after 2 min.
-    fn predict_next(self: &Arc<Self>, command: &str, pid: i32) {
-        let session = proc_session(pid).map_or_else(|| format!("pid{pid}"), |s| s.to_string());
+    fn predict_next(self: &Arc<Self>, command: &str, session: String) {
         let now = self.pool.now();
         let next = {
             let mut t = self.transitions.lock().unwrap();
@@ -159,11 +158,13 @@ impl<B: ContainerBackend> Daemon<B> {
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
     pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) {
         let started = Instant::now();
+        // Read now: the launcher is certainly alive while it waits for us.
+        let session = proc_session(caller.pid);
         let command = req.command.clone();
-        let outcome = self.clone().run(req, fds, caller).await;
-        let (image, served, outcome_text) = match &outcome {
-            Ok((_, image, served)) => (image.clone(), served.as_str(), "started".to_string()),
-            Err(r) => (String::new(), "none", r.message.clone()),
+        let outcome = self.clone().run(req, fds, caller, session).await;
+        let (image, served, outcome_text, container, pid) = match &outcome {
+            Ok((started, image, served)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid),
+            Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0),
         };
         let setup_us = started.elapsed().as_micros() as i64;
         tokio::task::spawn_blocking(move || {
@@ -183,11 +184,27 @@ impl<B: ContainerBackend> Daemon<B> {
         });
         let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         tracing::debug!(command, served, setup_us, "exec");
-        let session = proc_session(caller.pid);
-        self.store.record(Invocation { command, image, uid: caller.uid, started_ms, setup_us, served, session, outcome: outcome_text });
+        self.store.record(Invocation {
+            command,
+            image,
+            uid: caller.uid,
+            started_ms,
+            setup_us,
+            served,
+            session,
+            container,
+            pid,
+            outcome: outcome_text,
+        });
     }
 
-    async fn run(self: Arc<Self>, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) -> Result<(Started, String, Served), Refusal> {
+    async fn run(
+        self: Arc<Self>,
+        req: ExecRequest,
+        fds: Vec<OwnedFd>,
+        caller: Caller,
+        session: Option<i32>,
+    ) -> Result<(Started, String, Served), Refusal> {
         if req.version != PROTOCOL_VERSION {
             return Err(refuse(format!(
                 "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
@@ -227,10 +244,13 @@ impl<B: ContainerBackend> Daemon<B> {
         for attempt in 0..2 {
             let ready = self.pool.ensure(&entry.image, &req.command).await.map_err(|e| refuse(e.to_string()))?;
             let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
-            let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2)).await.map_err(|e| refuse(e.to_string()))?;
+            let container = ready.container.clone();
+            let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))
+                .await
+                .map_err(|e| refuse(e.to_string()))?;
             match result {
                 Ok(started) => {
-                    self.predict_next(&req.command, caller.pid);
+                    self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
                     return Ok((started, entry.image.name.clone(), ready.served));
                 }
                 Err(StartError::Refused(r)) => return Err(r),
@@ -250,6 +270,7 @@ impl<B: ContainerBackend> Daemon<B> {
 struct Started {
     agent: UnixStream,
     pid: i32,
+    container: String,
     pty_master: Option<OwnedFd>,
 }
 
@@ -259,13 +280,13 @@ enum StartError {
 }
 
 /// Ask the agent to start the tool with the caller's fds; blocking.
-fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd]) -> Result<Started, StartError> {
+fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: String) -> Result<Started, StartError> {
     let unreachable = |e: String| StartError::Unreachable(e);
     let conn = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     protocol::send(&conn, &AgentRequest::Spawn(spawn), &raw).map_err(|e| unreachable(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn) {
-        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, pty_master: got.pop() }),
+        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop() }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(unreachable("the agent closed the connection".into())),

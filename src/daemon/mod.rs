@@ -64,7 +64,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     calls: mine.len() as u32,
                     warm: count(pool::Served::Warm),
                     paused: count(pool::Served::Paused),
-                    cold: count(pool::Served::Cold),
+                    cold: count(pool::Served::Cold) + count(pool::Served::Pulled),
                     mtbc: e.map(|e| e.mtbc),
                     mtts: e.map(|e| e.mtts).or_else(|| calls.first().map(|c| c.setup)),
                     mtte: e.map(|e| e.mtte).or_else(|| calls.first().map(|c| c.run)),
@@ -229,6 +229,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             policy: cfg.policy,
             costs: crate::policy::Costs::default(),
         },
+        Some(store.clone()),
     );
     let images: Vec<_> = snapshot.images.values().cloned().collect();
     if let Err(e) = pool.adopt(&images).await {

@@ -50,6 +50,8 @@ pub enum Served {
     Warm,
     Paused,
     Cold,
+    /// Cold, and the image had to be pulled first.
+    Pulled,
 }
 
 impl Served {
@@ -58,6 +60,7 @@ impl Served {
             Served::Warm => "warm",
             Served::Paused => "paused",
             Served::Cold => "cold",
+            Served::Pulled => "pulled",
         }
     }
 }
@@ -112,6 +115,8 @@ impl Slot {
 /// A container ready for one exec. Dropping it ends the request's claim.
 pub struct Ready {
     pub socket: PathBuf,
+    /// The container's name (invocations record it).
+    pub container: String,
     pub served: Served,
     pub id: String,
     slot: Arc<Slot>,
@@ -125,6 +130,8 @@ impl Drop for Ready {
 
 pub struct Pool<B> {
     backend: Arc<B>,
+    /// Where tool ends are recorded (none in logic tests).
+    store: Option<crate::catalog::Store>,
     cfg: PoolConfig,
     slots: DashMap<String, Arc<Slot>>,
     /// Origin of the policies' clock.
@@ -132,8 +139,8 @@ pub struct Pool<B> {
 }
 
 impl<B: ContainerBackend> Pool<B> {
-    pub fn new(backend: Arc<B>, cfg: PoolConfig) -> Pool<B> {
-        Pool { backend, cfg, slots: DashMap::new(), epoch: Instant::now() }
+    pub fn new(backend: Arc<B>, cfg: PoolConfig, store: Option<crate::catalog::Store>) -> Pool<B> {
+        Pool { backend, store, cfg, slots: DashMap::new(), epoch: Instant::now() }
     }
 
     /// Seconds on the policies' clock.
@@ -205,7 +212,7 @@ impl<B: ContainerBackend> Pool<B> {
         life.open = true;
         life.plan = None;
         drop(life);
-        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), served, id, slot: slot.clone() })
+        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), container: slot.name.clone(), served, id, slot: slot.clone() })
     }
 
     /// Make the slot's container run; returns its id and how it was found.
@@ -225,15 +232,15 @@ impl<B: ContainerBackend> Pool<B> {
                     tracing::warn!(container = slot.name, "cannot resume ({e}); replacing the container");
                     let _ = self.backend.remove(&id).await;
                     *state = State::Absent;
-                    let id = self.create(slot).await?;
+                    let (id, pulled) = self.create(slot).await?;
                     *state = State::Warm { id: id.clone(), since: Instant::now() };
-                    Ok((id, Served::Cold))
+                    Ok((id, if pulled { Served::Pulled } else { Served::Cold }))
                 }
             },
             State::Absent => {
-                let id = self.create(slot).await?;
+                let (id, pulled) = self.create(slot).await?;
                 *state = State::Warm { id: id.clone(), since: Instant::now() };
-                Ok((id, Served::Cold))
+                Ok((id, if pulled { Served::Pulled } else { Served::Cold }))
             }
         }
     }
@@ -253,7 +260,7 @@ impl<B: ContainerBackend> Pool<B> {
         if !matches!(*state, State::Absent) {
             return Ok(());
         }
-        let id = self.create(&slot).await?;
+        let (id, _) = self.create(&slot).await?;
         *state = State::Warm { id, since: Instant::now() };
         // Without a plan of its own, the policy decides afresh once it is
         // idle (an old plan may have expired already).
@@ -272,9 +279,10 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
-    async fn create(&self, slot: &Slot) -> Result<String, PoolError> {
+    /// Start the slot's container; returns its id and whether the image was pulled.
+    async fn create(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
         let image = &slot.image;
-        self.backend.ensure_image(&image.reference).await?;
+        let pulled = self.backend.ensure_image(&image.reference).await?;
         let run = self.cfg.run_dir.join(&slot.name);
         make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
         let socket = run.join("agent.sock");
@@ -314,13 +322,20 @@ impl<B: ContainerBackend> Pool<B> {
             )));
         }
         tracing::info!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "container started");
-        Ok(id)
+        Ok((id, pulled))
     }
 
     /// The agent's (running tools, idle ms), or why it does not answer.
+    /// Tool ends it reports go to the store.
     async fn agent_status(&self, slot: &Slot) -> std::io::Result<(u32, u64)> {
         let socket = slot.socket(&self.cfg.run_dir);
-        tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.map_err(std::io::Error::other)?
+        let s = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.map_err(std::io::Error::other)??;
+        if let Some(store) = &self.store {
+            for f in s.finished {
+                store.finish(&slot.name, f.pid, f.status, f.run_ms);
+            }
+        }
+        Ok((s.running, s.idle_ms))
     }
 
     /// The policy for an image: its catalog `keep_alive`, or the daemon's.
@@ -386,7 +401,7 @@ impl<B: ContainerBackend> Pool<B> {
                 let due = slot.life.lock().unwrap().plan.as_ref().and_then(|p| p.prewarm_at.filter(|&at| now >= at && now < p.remove_at));
                 if due.is_some() {
                     tracing::info!(container = slot.name, "pre-warming before the next expected call");
-                    let id = self.create(slot).await?;
+                    let (id, _) = self.create(slot).await?;
                     *state = State::Warm { id, since: Instant::now() };
                     if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
                         p.prewarm_at = None;
@@ -568,6 +583,7 @@ mod tests {
                 policy: Policy::Auto,
                 costs: Costs::default(),
             },
+            None,
         ))
     }
 

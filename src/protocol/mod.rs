@@ -163,7 +163,18 @@ pub enum AgentEvent {
     Failed { message: String, exit_code: i32 },
     Exited(i32),
     Signaled(i32),
-    Status { running: u32, idle_ms: u64 },
+    /// Busy tools, idle time, and the tools that ended since the last
+    /// status request (each reported once).
+    Status { running: u32, idle_ms: u64, finished: Vec<Finished> },
+}
+
+/// A tool's end, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub pid: i32,
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    pub run_ms: u64,
 }
 
 /// Encode a message body (framing adds the length).
