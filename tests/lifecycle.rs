@@ -111,7 +111,8 @@ fn invocations_record_how_each_call_was_served_and_how_it_ended() {
     let o = m.sh(r#""$M/sleep" 1; "$M/echo" hi; "$M/sleep" 0 & wait"#);
     assert!(o.status.success(), "{}", stderr(&o));
     let db = rusqlite::Connection::open(m.state.join("odfs.db")).unwrap();
-    let rows = || -> Vec<(String, String, Option<i64>, Option<i64>, Option<i64>)> {
+    type Row = (String, String, Option<i64>, Option<i64>, Option<i64>);
+    let rows = || -> Vec<Row> {
         let mut q = db.prepare("SELECT command, served, exit, run_ms, session FROM invocations ORDER BY id").unwrap();
         q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))).unwrap().map(|r| r.unwrap()).collect()
     };

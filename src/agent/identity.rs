@@ -26,7 +26,7 @@ fn ensure_line(file: &str, id: u32, line: &Option<String>) {
     let _ = std::fs::create_dir_all("/etc");
     let result = std::fs::OpenOptions::new().create(true).append(true).open(file).and_then(|mut f| {
         let sep = if content.is_empty() || content.ends_with('\n') { "" } else { "\n" };
-        write!(f, "{sep}{line}\n")
+        writeln!(f, "{sep}{line}")
     });
     if let Err(e) = result {
         eprintln!("odfs-agent: cannot add uid/gid {id} to {file}: {e}");

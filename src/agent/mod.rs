@@ -193,7 +193,7 @@ impl Agent {
                 };
                 let _ = protocol::send(&stream, &status, &[]);
             }
-            (AgentRequest::Spawn(req), fds) => self.run_tool(stream, req, fds),
+            (AgentRequest::Spawn(req), fds) => self.run_tool(stream, *req, fds),
             (AgentRequest::Signal(_) | AgentRequest::Continue, _) => {
                 eprintln!("odfs-agent: signal before spawn ignored");
             }

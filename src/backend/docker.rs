@@ -17,6 +17,12 @@ pub struct Docker {
     endpoint: String,
 }
 
+impl Default for Docker {
+    fn default() -> Docker {
+        Docker::new()
+    }
+}
+
 impl Docker {
     /// The local engine (`DOCKER_HOST` when it is a unix socket).
     pub fn new() -> Docker {

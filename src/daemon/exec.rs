@@ -284,7 +284,7 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: St
     let unreachable = |e: String| StartError::Unreachable(e);
     let conn = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    protocol::send(&conn, &AgentRequest::Spawn(spawn), &raw).map_err(|e| unreachable(e.to_string()))?;
+    protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &raw).map_err(|e| unreachable(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn) {
         Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop() }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),

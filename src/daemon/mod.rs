@@ -107,6 +107,72 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 }
 
+/// How often catalog directories are checked for changes.
+const RELOAD_POLL: Duration = Duration::from_millis(400);
+
+/// What the FUSE side asks the daemon, answered from memory.
+struct FsHooks<B> {
+    daemon: std::sync::Weak<Daemon<B>>,
+    prewarm: mpsc::UnboundedSender<String>,
+}
+
+impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
+    fn opened(&self, command: &str) {
+        let _ = self.prewarm.send(command.to_string());
+    }
+
+    fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
+        let d = self.daemon.upgrade()?;
+        let entry = d.snapshot().get(command).cloned()?;
+        match name {
+            "user.odfs.image" => Some(entry.image.reference.clone().into_bytes()),
+            "user.odfs.state" => Some(d.pool.state_name(&entry.image).as_bytes().to_vec()),
+            _ => None,
+        }
+    }
+}
+
+/// Names, sizes and times of every catalog file: a change in any means reload.
+fn catalog_fingerprint(dirs: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let meta = std::fs::metadata(&p).ok();
+                out.push((p, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    /// Load the catalog again and serve it: new commands appear, removed ones
+    /// vanish (the kernel's cached entries for them are dropped), running
+    /// tools are not touched.
+    fn reload(&self, dirs: &[PathBuf], fs: &ShimFs, notifier: &fuser::Notifier) {
+        let (catalog, errors) = catalog::load_dirs(dirs);
+        for e in &errors {
+            tracing::error!("catalog: {e} (file skipped)");
+        }
+        self.store.save_catalog(&catalog);
+        let snapshot = Arc::new(Snapshot::new(&catalog));
+        *self.snapshot.write().unwrap() = snapshot.clone();
+        let changed = fs.set_commands(snapshot.commands.keys().map(String::as_str));
+        let root = fuser::INodeNo(crate::fs::ROOT_INO);
+        for name in &changed {
+            if let Err(e) = notifier.inval_entry(root, std::ffi::OsStr::new(name)) {
+                tracing::debug!(name, "cache invalidation: {e}");
+            }
+        }
+        let _ = notifier.inval_inode(root, 0, 0);
+        tracing::info!(commands = snapshot.commands.len(), changed = changed.len(), "catalog reloaded");
+    }
+}
+
 /// A stable short id for a mountpoint: names and labels of its containers.
 pub fn mount_id(mountpoint: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
@@ -240,12 +306,26 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 
     let (prewarm_tx, mut prewarm_rx) = mpsc::unbounded_channel::<String>();
-    let fs = Arc::new(ShimFs::new(text, Box::new(move |name| {
-        let _ = prewarm_tx.send(name.to_string());
-    })));
+    let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
-    let session = crate::fuse::mount(fs, &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let session =
+        crate::fuse::mount(fs.clone(), &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
     let connection = crate::fuse::connection_id(&mountpoint);
+    let notifier = session.notifier();
+    let d = daemon.clone();
+    let catalogs = cfg.catalogs.clone();
+    tokio::spawn(async move {
+        let mut seen = catalog_fingerprint(&catalogs);
+        let mut tick = tokio::time::interval(RELOAD_POLL);
+        loop {
+            tick.tick().await;
+            let now = catalog_fingerprint(&catalogs);
+            if now != seen {
+                seen = now;
+                d.reload(&catalogs, &fs, &notifier);
+            }
+        }
+    });
     tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, "serving");
 
     let d = daemon.clone();

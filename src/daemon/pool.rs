@@ -517,6 +517,21 @@ impl<B: ContainerBackend> Pool<B> {
         out
     }
 
+    /// The state of an image's container, without waiting (FUSE threads ask):
+    /// `starting` while someone holds its lock to start or change it.
+    pub fn state_name(&self, image: &ImageSpec) -> &'static str {
+        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return "absent" };
+        let name = match slot.state.try_lock() {
+            Ok(s) => match *s {
+                State::Absent => "absent",
+                State::Warm { .. } => "warm",
+                State::Paused { .. } => "paused",
+            },
+            Err(_) => "starting",
+        };
+        name
+    }
+
     /// Every remembered call, by profile image, for `odfs stats`.
     pub fn history(&self) -> Vec<(String, Vec<Seen>, Option<Plan>)> {
         self.slots
@@ -664,7 +679,7 @@ mod tests {
         drop(first.ensure(&b, "y").await.unwrap());
         // The next daemon's catalog no longer has image b.
         let second = pool(fake.clone(), dir.path());
-        second.adopt(&[a.clone()]).await.unwrap();
+        second.adopt(std::slice::from_ref(&a)).await.unwrap();
         assert_eq!(*fake.removed.lock().unwrap(), ["fake-1"]);
         assert_eq!(second.ensure(&a, "x").await.unwrap().served, Served::Warm);
         assert_eq!(fake.starts.load(Ordering::SeqCst), 2);

@@ -34,6 +34,8 @@ pub enum FsError {
     NotDir,
     #[error("is a directory")]
     IsDir,
+    #[error("no such attribute")]
+    NoData,
 }
 
 impl FsError {
@@ -43,6 +45,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
+            FsError::NoData => libc::ENODATA,
         }
     }
 }
@@ -57,24 +60,37 @@ struct Table {
     next: u64,
 }
 
+/// What the shim directory asks of the daemon. Both are answered from
+/// memory, without waiting: they run on FUSE threads.
+pub trait Hooks: Send + Sync {
+    /// A shim was opened: an exec is probably on its way, so its container
+    /// can start warming now.
+    fn opened(&self, command: &str);
+    /// Extended attribute `name` of a command's shim, if it has one.
+    fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>>;
+}
+
+/// The extended attributes every shim has.
+pub const XATTRS: [&str; 2] = ["user.odfs.image", "user.odfs.state"];
+
 pub struct ShimFs {
     table: RwLock<Table>,
     /// `#!LAUNCHER SOCKET\n`, the same for every shim.
     text: Vec<u8>,
     mtime: SystemTime,
-    /// Called with the command name when a shim is opened: an exec is
-    /// probably on its way, so its container can start warming now.
-    on_open: Box<dyn Fn(&str) + Send + Sync>,
+    hooks: Box<dyn Hooks>,
 }
 
 impl ShimFs {
-    pub fn new(text: Vec<u8>, on_open: Box<dyn Fn(&str) + Send + Sync>) -> ShimFs {
-        ShimFs { table: RwLock::new(Table { next: ROOT_INO + 1, ..Default::default() }), text, mtime: SystemTime::now(), on_open }
+    pub fn new(text: Vec<u8>, hooks: Box<dyn Hooks>) -> ShimFs {
+        ShimFs { table: RwLock::new(Table { next: ROOT_INO + 1, ..Default::default() }), text, mtime: SystemTime::now(), hooks }
     }
 
-    /// Replace the listed commands (catalog load or reload).
-    pub fn set_commands<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+    /// Replace the listed commands (catalog load or reload). Returns the
+    /// names that appeared or disappeared, whose kernel cache entries must go.
+    pub fn set_commands<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut t = self.table.write().unwrap();
+        let before: std::collections::BTreeSet<String> = t.by_name.keys().cloned().collect();
         t.by_name.clear();
         t.by_ino.clear();
         for name in names {
@@ -90,6 +106,8 @@ impl ShimFs {
             t.by_name.insert(name.to_string(), ino);
             t.by_ino.insert(ino, name.to_string());
         }
+        let after: std::collections::BTreeSet<String> = t.by_name.keys().cloned().collect();
+        before.symmetric_difference(&after).cloned().collect()
     }
 
     fn dir_attr(&self) -> Attr {
@@ -136,8 +154,33 @@ impl ShimFs {
             return Err(FsError::IsDir);
         }
         let name = self.table.read().unwrap().by_ino.get(&ino).cloned().ok_or(FsError::NotFound)?;
-        (self.on_open)(&name);
+        self.hooks.opened(&name);
         Ok(())
+    }
+
+    fn name_of(&self, ino: u64) -> Result<Option<String>, FsError> {
+        if ino == ROOT_INO {
+            return Ok(None);
+        }
+        self.table.read().unwrap().by_ino.get(&ino).cloned().map(Some).ok_or(FsError::NotFound)
+    }
+
+    /// Value of an extended attribute (`user.odfs.image`, `user.odfs.state`).
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, FsError> {
+        let command = self.name_of(ino)?.ok_or(FsError::NoData)?;
+        let name = std::str::from_utf8(name).map_err(|_| FsError::NoData)?;
+        if !XATTRS.contains(&name) {
+            return Err(FsError::NoData);
+        }
+        self.hooks.xattr(&command, name).ok_or(FsError::NoData)
+    }
+
+    /// Attribute names, NUL-terminated each, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        Ok(match self.name_of(ino)? {
+            None => Vec::new(),
+            Some(_) => XATTRS.iter().flat_map(|n| n.bytes().chain(std::iter::once(0))).collect(),
+        })
     }
 
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<&[u8], FsError> {
@@ -149,11 +192,6 @@ impl ShimFs {
         let end = start.saturating_add(size as usize).min(self.text.len());
         Ok(&self.text[start..end])
     }
-
-    /// Shim names (for tests and admin listings).
-    pub fn names(&self) -> Vec<String> {
-        self.table.read().unwrap().by_name.keys().cloned().collect()
-    }
 }
 
 #[cfg(test)]
@@ -161,12 +199,34 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Hooks for Recorder {
+        fn opened(&self, command: &str) {
+            self.0.lock().unwrap().push(command.to_string());
+        }
+        fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
+            Some(format!("{command}:{name}").into_bytes())
+        }
+    }
+
     fn fs() -> (ShimFs, Arc<Mutex<Vec<String>>>) {
         let opened = Arc::new(Mutex::new(Vec::new()));
-        let o = opened.clone();
-        let fs = ShimFs::new(b"#!/l /s\n".to_vec(), Box::new(move |n| o.lock().unwrap().push(n.to_string())));
+        let fs = ShimFs::new(b"#!/l /s\n".to_vec(), Box::new(Recorder(opened.clone())));
         fs.set_commands(["jq", "cat", "sh"]);
         (fs, opened)
+    }
+
+    #[test]
+    fn shims_carry_the_odfs_xattrs_and_nothing_else() {
+        let (fs, _) = fs();
+        let jq = fs.lookup(ROOT_INO, b"jq").unwrap().ino;
+        assert_eq!(fs.getxattr(jq, b"user.odfs.image").unwrap(), b"jq:user.odfs.image");
+        assert_eq!(fs.getxattr(jq, b"security.selinux"), Err(FsError::NoData));
+        assert_eq!(fs.getxattr(ROOT_INO, b"user.odfs.image"), Err(FsError::NoData));
+        assert_eq!(fs.listxattr(jq).unwrap(), b"user.odfs.image\0user.odfs.state\0");
+        assert_eq!(fs.listxattr(ROOT_INO).unwrap(), b"");
+        assert_eq!(fs.getxattr(999, b"user.odfs.image"), Err(FsError::NotFound));
     }
 
     #[test]
@@ -191,7 +251,9 @@ mod tests {
         let (fs, _) = fs();
         let jq = fs.lookup(ROOT_INO, b"jq").unwrap().ino;
         let sh = fs.lookup(ROOT_INO, b"sh").unwrap().ino;
-        fs.set_commands(["jq", "awk"]);
+        let mut changed = fs.set_commands(["jq", "awk"]);
+        changed.sort();
+        assert_eq!(changed, ["awk", "cat", "sh"]);
         assert_eq!(fs.lookup(ROOT_INO, b"jq").unwrap().ino, jq);
         assert_eq!(fs.getattr(sh), Err(FsError::NotFound));
         let awk = fs.lookup(ROOT_INO, b"awk").unwrap().ino;

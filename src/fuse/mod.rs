@@ -95,12 +95,13 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        self.no_xattrs(ino, reply, false)
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        use std::os::unix::ffi::OsStrExt;
+        reply_xattr(self.0.getxattr(ino.0, name.as_bytes()), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        self.no_xattrs(ino, reply, true)
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.0.listxattr(ino.0), size, reply)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -119,15 +120,14 @@ impl Filesystem for FuseFs {
     }
 }
 
-impl FuseFs {
-    /// Shims carry no extended attributes (yet); say so instead of ENOSYS,
-    /// which tools like `ls` would otherwise ask about on every listing.
-    fn no_xattrs(&self, ino: INodeNo, reply: ReplyXattr, list: bool) {
-        match self.0.getattr(ino.0) {
-            Ok(_) if list => reply.size(0),
-            Ok(_) => reply.error(Errno::from_i32(libc::ENODATA)),
-            Err(e) => reply.error(errno(e)),
-        }
+/// Answer an xattr request: the size when asked for it (size 0), ERANGE
+/// when the caller's buffer is too small, else the bytes.
+fn reply_xattr(value: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+    match value {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(e)),
     }
 }
 

@@ -68,8 +68,11 @@ pub fn write_frame(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> Result<(), 
     Ok(())
 }
 
+/// A frame's body and the fds that came with it.
+pub type Frame = (Vec<u8>, Vec<OwnedFd>);
+
 /// Read one frame; `Ok(None)` on EOF before its first byte.
-pub fn read_frame(sock: &UnixStream) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, FrameError> {
+pub fn read_frame(sock: &UnixStream) -> Result<Option<Frame>, FrameError> {
     let mut fds = Vec::new();
     let mut len = [0u8; 4];
     if !read_exact(sock, &mut len, &mut fds)? {

@@ -143,7 +143,7 @@ pub struct SpawnRequest {
 /// Messages to the agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AgentRequest {
-    Spawn(SpawnRequest),
+    Spawn(Box<SpawnRequest>),
     /// Deliver this signal to the tool of this connection.
     Signal(i32),
     /// Continue the tool's process group after a stop (job control `fg`/`bg`).
@@ -230,12 +230,12 @@ mod tests {
         fn spawn_round_trips_through_a_socket(program in bytes(), argv in proptest::collection::vec(bytes(), 0..6),
                                               uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..5)) {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            let msg = AgentRequest::Spawn(SpawnRequest {
+            let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
                 version: PROTOCOL_VERSION, program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None },
                 fds: vec![0],
                 tty: None,
-            });
+            }));
             send(&a, &msg, &[0]).unwrap();
             send(&a, &AgentRequest::Signal(15), &[]).unwrap();
             let (got, fds) = recv::<AgentRequest>(&b).unwrap().unwrap();

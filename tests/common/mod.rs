@@ -269,10 +269,6 @@ pub fn shell_status(o: &Output) -> i32 {
     o.status.code().unwrap_or_else(|| 128 + o.status.signal().unwrap_or(0))
 }
 
-pub fn path_exists_in(dir: &Path, name: &str) -> bool {
-    dir.join(name).exists()
-}
-
 static TMUX_SEQ: AtomicUsize = AtomicUsize::new(0);
 
 /// A real terminal: a tmux server of its own (own socket), one window with
