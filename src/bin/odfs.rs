@@ -47,6 +47,72 @@ enum Command {
         policy: odfs::policy::Policy,
         mountpoint: PathBuf,
     },
+    /// List every command: image, state, where it is defined.
+    Ls {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one command.
+    Show {
+        command: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Map a command to an image (recorded in the last catalog directory).
+    Add {
+        command: String,
+        /// Image reference, e.g. localhost:5000/tools/jq:1.7
+        #[arg(long)]
+        image: String,
+        /// Absolute path in the image (default: first match on its PATH).
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Unmap a command added with `odfs add`.
+    Rm {
+        command: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Remove containers now: one command's, or all with --all.
+    Stop {
+        #[arg(required_unless_present = "all")]
+        command: Option<String>,
+        #[arg(long, conflicts_with = "command")]
+        all: bool,
+        /// Also kill tools still running in them.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Start a command's container now, ahead of its first call.
+    Prewarm {
+        command: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Make sure the images of these commands (default: all) are on this machine.
+    Pull {
+        commands: Vec<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Check the engine, FUSE, the daemon, stale mounts, PATH order and shadowed commands.
+    Doctor {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print shell completions (bash, zsh, fish, …).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Replay an invocation trace (CSV: time,command,session,run_time[,profile])
     /// against keep-alive policies and compare them.
     Simulate {
@@ -118,6 +184,21 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(odfs::daemon::run(cfg)))
         }
         Command::Status { socket, json } => status(&socket, json),
+        Command::Ls { socket, json } => list(&socket, None, json),
+        Command::Show { command, socket, json } => list(&socket, Some(&command), json),
+        Command::Add { command, image, path, socket } => done(ask(&socket, Request::Add { command, image, path })),
+        Command::Rm { command, socket } => done(ask(&socket, Request::Remove { command })),
+        Command::Stop { command, all: _, force, socket } => done(ask(&socket, Request::Stop { command, force })),
+        Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
+        Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
+        Command::Doctor { socket } => doctor(&socket),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "odfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("cannot write the man page"),
         Command::Stats { command, socket, json } => stats(&socket, command.as_deref(), json),
         Command::Simulate { trace, policies, cold, paused, warm, json } => {
             simulate(&trace, policies, odfs::policy::Costs { cold, paused, warm }, json)
@@ -130,6 +211,109 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Print what an admin change did, or fail with the daemon's reason.
+fn done(r: anyhow::Result<Response>) -> anyhow::Result<()> {
+    match r? {
+        Response::Done(text) => {
+            println!("{text}");
+            Ok(())
+        }
+        Response::Error { message, .. } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    }
+}
+
+fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let Response::Commands(mut list) = ask(socket, Request::List)? else { anyhow::bail!("unexpected answer from the daemon") };
+    if let Some(c) = only {
+        list.retain(|i| i.command == c);
+        if list.is_empty() {
+            anyhow::bail!("{c} is not in the catalog (odfs ls lists what is)");
+        }
+    }
+    if json {
+        let rows: Vec<_> = list
+            .iter()
+            .map(|i| serde_json::json!({"command": i.command, "image": i.image, "ref": i.reference, "program": i.program,
+                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&if only.is_some() { rows[0].clone() } else { serde_json::Value::Array(rows) })?);
+    } else if let (Some(_), Some(i)) = (only, list.first()) {
+        let args = if i.args.is_empty() { String::new() } else { format!(" {}", i.args.join(" ")) };
+        println!("command:    {}\nimage:      {} ({})\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
+            i.command, i.image, i.reference, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
+    } else {
+        println!("{:<20} {:<16} {:<10} REF", "COMMAND", "IMAGE", "STATE");
+        for i in list {
+            println!("{:<20} {:<16} {:<10} {}", i.command, i.image, i.state, i.reference);
+        }
+    }
+    Ok(())
+}
+
+/// Checks from the user's side; exit status 1 when something is broken.
+fn doctor(socket: &std::path::Path) -> anyhow::Result<()> {
+    let mut broken = 0;
+    let mut report = |ok: Option<bool>, what: String| {
+        let tag = match ok {
+            Some(true) => "ok  ",
+            Some(false) => {
+                broken += 1;
+                "FAIL"
+            }
+            None => "note",
+        };
+        println!("{tag} {what}");
+    };
+    report(Some(std::path::Path::new("/dev/fuse").exists()), "FUSE device /dev/fuse".into());
+    let engine = std::os::unix::net::UnixStream::connect("/var/run/docker.sock");
+    report(Some(engine.is_ok()), format!("container engine socket /var/run/docker.sock{}", engine.err().map(|e| format!(": {e} (start dockerd)")).unwrap_or_default()));
+    let commands = match ask(socket, Request::List) {
+        Ok(Response::Commands(c)) => {
+            report(Some(true), format!("daemon at {} serves {} commands", socket.display(), c.len()));
+            c
+        }
+        _ => {
+            report(Some(false), format!("daemon not reachable at {} (odfs mount, or systemctl start odfs)", socket.display()));
+            vec![]
+        }
+    };
+    // Mounts of odfs in this namespace; a dead one answers ENOTCONN.
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("odfs ") || l.split_whitespace().nth(2) == Some("fuse.odfs"))
+        .filter_map(|l| l.split_whitespace().nth(1).map(|m| m.replace("\\040", " ")))
+        .collect();
+    for m in &mounts {
+        match std::fs::read_dir(m) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                report(Some(false), format!("stale mount at {m}: its daemon died (restarting odfs clears it, or umount -l {m})"))
+            }
+            _ => report(Some(true), format!("mount at {m}")),
+        }
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    let dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
+    match dirs.iter().position(|d| mounts.iter().any(|m| m == d)) {
+        Some(i) if i + 1 == dirs.len() => report(Some(true), format!("{} is last on PATH: installed tools win", dirs[i])),
+        Some(i) => report(None, format!("{} is on PATH before {}: shims hide installed tools there", dirs[i], dirs[i + 1..].join(":"))),
+        None => report(None, "no odfs mount on PATH (source /etc/profile.d/odfs.sh, or log in again)".into()),
+    }
+    let shadowed: Vec<String> = commands
+        .iter()
+        .filter(|c| dirs.iter().filter(|d| !mounts.iter().any(|m| m == *d)).any(|d| std::path::Path::new(d).join(&c.command).exists()))
+        .map(|c| c.command.clone())
+        .collect();
+    if !shadowed.is_empty() {
+        report(None, format!("{} catalog command(s) are installed natively and run natively: {}", shadowed.len(), shadowed.join(" ")));
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} check(s) failed");
+    }
+    Ok(())
 }
 
 /// One request to a running daemon, one answer.

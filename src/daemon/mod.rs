@@ -1,6 +1,7 @@
 //! The daemon behind `odfs mount`: control socket, FUSE mount, container
 //! pool and its reaper, from start-up to a clean shutdown.
 
+mod admin;
 mod agent_client;
 mod exec;
 pub mod pool;
@@ -29,6 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Daemon<B> {
     pool: Pool<B>,
+    /// The catalog file `odfs add`/`odfs rm` manage (in the last catalog dir).
+    cli_catalog: Option<PathBuf>,
     /// Command sequences within sessions, for prefetch.
     transitions: std::sync::Mutex<crate::policy::predict::Transitions>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -77,6 +80,11 @@ impl<B: ContainerBackend> Daemon<B> {
         out
     }
 
+    /// Send an admin answer from the blocking pool.
+    fn answer(&self, conn: UnixStream, r: Response) {
+        tokio::task::spawn_blocking(move || protocol::send(&conn, &r, &[]));
+    }
+
     async fn handle(self: Arc<Self>, conn: UnixStream) {
         let read = tokio::task::spawn_blocking(move || {
             let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
@@ -95,11 +103,29 @@ impl<B: ContainerBackend> Daemon<B> {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {
                 let status = self.pool.status().await;
-                tokio::task::spawn_blocking(move || protocol::send(&conn, &Response::Status(status), &[]));
+                self.answer(conn, Response::Status(status));
             }
-            Ok(Some((Request::Stats, _))) => {
-                let stats = self.stats();
-                tokio::task::spawn_blocking(move || protocol::send(&conn, &Response::Stats(stats), &[]));
+            Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
+            Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),
+            Ok(Some((Request::Add { command, image, path }, _))) => {
+                let r = self.add(&caller, &command, &image, path.as_deref());
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Remove { command }, _))) => {
+                let r = self.remove(&caller, &command);
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Stop { command, force }, _))) => {
+                let r = self.stop(&caller, command.as_deref(), force).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Prewarm { command }, _))) => {
+                let r = self.prewarm(&command).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Pull { commands }, _))) => {
+                let r = self.pull(&caller, &commands).await;
+                self.answer(conn, r)
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(pid = caller.pid, "bad request: {e}"),
@@ -301,7 +327,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     if let Err(e) = pool.adopt(&images).await {
         tracing::warn!("cannot look for containers of an earlier run: {e}");
     }
-    let daemon = Arc::new(Daemon { pool, transitions: Default::default(), snapshot: RwLock::new(snapshot.clone()), store, shared });
+    let cli_catalog = cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG));
+    let daemon = Arc::new(Daemon { pool, cli_catalog, transitions: Default::default(), snapshot: RwLock::new(snapshot.clone()), store, shared });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 

@@ -517,6 +517,37 @@ impl<B: ContainerBackend> Pool<B> {
         out
     }
 
+    /// Remove an image's container now (`odfs stop`). One running tools is
+    /// left alone unless `force`. Returns whether there was one.
+    pub async fn stop(&self, image: &ImageSpec, force: bool) -> Result<bool, PoolError> {
+        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return Ok(false) };
+        let mut state = slot.state.lock().await;
+        let id = match state.clone() {
+            State::Absent => return Ok(false),
+            State::Paused { id } => id,
+            State::Warm { id, .. } => {
+                if let Ok((running, _)) = self.agent_status(&slot).await {
+                    if running > 0 && !force {
+                        return Err(PoolError::Start(format!(
+                            "{running} tool(s) still run in the container of image {} (wait, or stop with --force to kill them)",
+                            image.name
+                        )));
+                    }
+                }
+                id
+            }
+        };
+        self.backend.remove(&id).await?;
+        *state = State::Absent;
+        slot.life.lock().unwrap().plan = None;
+        Ok(true)
+    }
+
+    /// Make sure an image is present, pulling it if not; true if pulled.
+    pub async fn pull(&self, reference: &str) -> Result<bool, PoolError> {
+        Ok(self.backend.ensure_image(reference).await?)
+    }
+
     /// The state of an image's container, without waiting (FUSE threads ask):
     /// `starting` while someone holds its lock to start or change it.
     pub fn state_name(&self, image: &ImageSpec) -> &'static str {

@@ -36,6 +36,35 @@ pub enum Request {
     Status,
     /// Call figures per command (admin CLI).
     Stats,
+    /// Every command with its image and state.
+    List,
+    /// Map a command to an image (root only).
+    Add { command: String, image: String, path: Option<String> },
+    /// Unmap a command added with `Add` (root only).
+    Remove { command: String },
+    /// Remove containers now: one command's, or all (root only). Containers
+    /// running tools are left alone unless `force`.
+    Stop { command: Option<String>, force: bool },
+    /// Start a command's container ahead of use.
+    Prewarm { command: String },
+    /// Pull the images of these commands (all when empty) (root only).
+    Pull { commands: Vec<String> },
+}
+
+/// One command as `odfs ls` and `odfs show` describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    pub command: String,
+    pub image: String,
+    pub reference: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub network: String,
+    pub user: String,
+    pub keep_alive: String,
+    pub state: String,
+    /// `file:line` of its definition.
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +108,9 @@ pub enum Response {
     Error { message: String, exit_code: i32 },
     Status(Vec<ContainerStatus>),
     Stats(Vec<CommandStats>),
+    Commands(Vec<CommandInfo>),
+    /// A change was made; the text says what.
+    Done(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

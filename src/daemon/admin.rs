@@ -1,0 +1,234 @@
+//! Admin requests on the control socket: list, add and remove commands,
+//! stop, prewarm and pull. Changes to the catalog go to one CLI-managed file
+//! in the last catalog directory, so live reload serves them like any edit.
+
+use std::path::{Path, PathBuf};
+
+use super::exec::Caller;
+use super::Daemon;
+use crate::backend::ContainerBackend;
+use crate::catalog::{validate_name, RunAs};
+use crate::protocol::{CommandInfo, Response, EXIT_ODFS_ERROR};
+
+/// Name of the file `odfs add` and `odfs rm` manage.
+pub const CLI_CATALOG: &str = "zz-odfs-cli.toml";
+
+fn error(message: impl Into<String>) -> Response {
+    Response::Error { message: message.into(), exit_code: 1 }
+}
+
+/// Write a file by rename, so the live reload never reads half of it.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// An image name for a reference: `localhost:5000/tools/jq:1.7` → `cli-tools-jq-1-7`.
+fn image_name_for(reference: &str) -> String {
+    let tail = reference.rsplit('/').next().unwrap_or(reference);
+    let mut name: String = tail.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    name.truncate(60);
+    format!("cli-{}", name.trim_matches('-'))
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    fn require_root(caller: &Caller, what: &str) -> Result<(), Response> {
+        if caller.uid == 0 {
+            Ok(())
+        } else {
+            Err(Response::Error { message: format!("{what} changes the system and needs root (sudo odfs {what} …)"), exit_code: EXIT_ODFS_ERROR })
+        }
+    }
+
+    pub(super) fn list(&self) -> Vec<CommandInfo> {
+        let snapshot = self.snapshot();
+        snapshot
+            .commands
+            .values()
+            .map(|r| CommandInfo {
+                command: r.command.name.to_string(),
+                image: r.image.name.clone(),
+                reference: r.image.reference.clone(),
+                program: r.command.program().to_string(),
+                args: r.command.args.clone(),
+                network: r.image.network.as_str().to_string(),
+                user: match r.image.user {
+                    RunAs::Caller => "caller".into(),
+                    RunAs::Root => "root".into(),
+                },
+                keep_alive: match r.image.keep_alive {
+                    crate::catalog::KeepAlive::Auto => format!("auto ({})", self.pool.policy_for(&r.image)),
+                    crate::catalog::KeepAlive::Fixed(d) => humantime::format_duration(d).to_string(),
+                },
+                state: self.pool.state_name(&r.image).to_string(),
+                origin: r.command.origin.clone(),
+            })
+            .collect()
+    }
+
+    fn cli_file(&self) -> Result<PathBuf, Response> {
+        self.cli_catalog
+            .clone()
+            .ok_or_else(|| error("this mount has no catalog directory to record changes in (start it with --catalog DIR)"))
+    }
+
+    pub(super) fn add(&self, caller: &Caller, command: &str, reference: &str, path: Option<&str>) -> Response {
+        if let Err(r) = Self::require_root(caller, "add") {
+            return r;
+        }
+        if let Err(e) = validate_name(command) {
+            return error(format!("add: command {e}"));
+        }
+        if reference.trim().is_empty() || reference.contains(char::is_whitespace) {
+            return error(format!("add: {reference:?} is not an image reference"));
+        }
+        if let Some(p) = path.filter(|p| !p.starts_with('/')) {
+            return error(format!("add: --path {p:?} must be absolute"));
+        }
+        let file = match self.cli_file() {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        if let Some(existing) = self.snapshot().get(command) {
+            if !existing.command.origin.starts_with(&file.display().to_string()) {
+                return error(format!("{command} is already defined at {} (edit that file instead)", existing.command.origin));
+            }
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut doc: toml::Table = match toml::from_str(&text) {
+            Ok(d) => d,
+            Err(e) => return error(format!("{} is not valid TOML ({e}); fix or remove it", file.display())),
+        };
+        let image = image_name_for(reference);
+        let images = doc.entry("image").or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(t) = images.as_table_mut() {
+            let mut img = toml::Table::new();
+            img.insert("ref".into(), reference.into());
+            t.entry(image.clone()).or_insert(toml::Value::Table(img));
+        }
+        let commands = doc.entry("command").or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(t) = commands.as_table_mut() {
+            let mut cmd = toml::Table::new();
+            cmd.insert("image".into(), image.clone().into());
+            if let Some(p) = path {
+                cmd.insert("path".into(), p.into());
+            }
+            t.insert(command.to_string(), toml::Value::Table(cmd));
+        }
+        let header = "# Managed by `odfs add` and `odfs rm`.\n";
+        match write_atomically(&file, &format!("{header}{}", toml::to_string(&doc).unwrap_or_default())) {
+            Ok(()) => Response::Done(format!("{command} → {reference} (recorded in {})", file.display())),
+            Err(e) => error(format!("cannot write {}: {e}", file.display())),
+        }
+    }
+
+    pub(super) fn remove(&self, caller: &Caller, command: &str) -> Response {
+        if let Err(r) = Self::require_root(caller, "rm") {
+            return r;
+        }
+        let file = match self.cli_file() {
+            Ok(f) => f,
+            Err(r) => return r,
+        };
+        let Some(existing) = self.snapshot().get(command).cloned() else {
+            return error(format!("{command} is not in the catalog"));
+        };
+        if !existing.command.origin.starts_with(&file.display().to_string()) {
+            return error(format!("{command} is defined at {} (remove it there; odfs rm removes only what odfs add added)", existing.command.origin));
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut doc: toml::Table = toml::from_str(&text).unwrap_or_default();
+        if let Some(t) = doc.get_mut("command").and_then(|c| c.as_table_mut()) {
+            t.remove(command);
+        }
+        let header = "# Managed by `odfs add` and `odfs rm`.\n";
+        match write_atomically(&file, &format!("{header}{}", toml::to_string(&doc).unwrap_or_default())) {
+            Ok(()) => Response::Done(format!("{command} removed")),
+            Err(e) => error(format!("cannot write {}: {e}", file.display())),
+        }
+    }
+
+    pub(super) async fn stop(&self, caller: &Caller, command: Option<&str>, force: bool) -> Response {
+        if let Err(r) = Self::require_root(caller, "stop") {
+            return r;
+        }
+        let snapshot = self.snapshot();
+        let images: Vec<_> = match command {
+            Some(c) => match snapshot.get(c) {
+                Some(r) => vec![r.image.clone()],
+                None => return error(format!("{c} is not in the catalog")),
+            },
+            None => snapshot.images.values().cloned().collect(),
+        };
+        let mut stopped = Vec::new();
+        for image in images {
+            match self.pool.stop(&image, force).await {
+                Ok(true) => stopped.push(image.name.clone()),
+                Ok(false) => {}
+                Err(e) => return error(e.to_string()),
+            }
+        }
+        Response::Done(if stopped.is_empty() { "nothing was running".into() } else { format!("stopped: {}", stopped.join(", ")) })
+    }
+
+    pub(super) async fn prewarm(&self, command: &str) -> Response {
+        let Some(entry) = self.snapshot().get(command).cloned() else {
+            return error(format!("{command} is not in the catalog"));
+        };
+        match self.pool.warm_up(&entry.image, None).await {
+            Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.state_name(&entry.image))),
+            Err(e) => error(format!("{command}: {e}")),
+        }
+    }
+
+    pub(super) async fn pull(&self, caller: &Caller, commands: &[String]) -> Response {
+        if let Err(r) = Self::require_root(caller, "pull") {
+            return r;
+        }
+        let snapshot = self.snapshot();
+        let mut refs: Vec<String> = if commands.is_empty() {
+            snapshot.images.values().map(|i| i.reference.clone()).collect()
+        } else {
+            let mut v = Vec::new();
+            for c in commands {
+                match snapshot.get(c) {
+                    Some(r) => v.push(r.image.reference.clone()),
+                    None => return error(format!("{c} is not in the catalog")),
+                }
+            }
+            v
+        };
+        refs.sort();
+        refs.dedup();
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for r in refs {
+            match self.pool.pull(&r).await {
+                Ok(true) => lines.push(format!("{r}: pulled")),
+                Ok(false) => lines.push(format!("{r}: present")),
+                Err(e) => {
+                    failed = true;
+                    lines.push(format!("{r}: {e}"));
+                }
+            }
+        }
+        if failed {
+            Response::Error { message: lines.join("\n"), exit_code: 1 }
+        } else {
+            Response::Done(lines.join("\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_name_for;
+
+    #[test]
+    fn image_names_for_references_are_catalog_safe() {
+        assert_eq!(image_name_for("localhost:5000/tools/jq:1.7"), "cli-jq-1-7");
+        assert_eq!(image_name_for("odfs-test/busybox:latest"), "cli-busybox-latest");
+        crate::catalog::validate_name(&image_name_for("a/b/c@sha256:abc")).unwrap();
+    }
+}

@@ -1,0 +1,116 @@
+//! The admin CLI against a running mount: ls, show, add, rm, stop, prewarm,
+//! pull, doctor, completions and man page.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn odfs(m: &TestMount, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_odfs")).args(args).arg("--socket").arg(&m.socket).output().unwrap()
+}
+
+fn odfs_as_nobody(m: &TestMount, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_odfs")])
+        .args(args)
+        .arg("--socket")
+        .arg(&m.socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ls_and_show_describe_the_catalog() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let o = odfs(&m, &["ls"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).lines().any(|l| l.starts_with("cat ") && l.contains("bb") && l.contains("absent")), "{}", stdout(&o));
+    let o = odfs(&m, &["show", "odfs-upper", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["program"].as_str(), v["args"][0].as_str()), (Some("/bin/busybox"), Some("tr")));
+    assert!(v["origin"].as_str().unwrap().contains("test.toml:"), "{v}");
+    let o = odfs(&m, &["show", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope is not in the catalog"), "{}", stderr(&o));
+}
+
+#[test]
+fn add_and_rm_change_the_mount_within_a_second() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let o = odfs(&m, &["add", "odfs-date", "--image", TEST_IMAGE, "--path", "/bin/date"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(Duration::from_secs(1), || m.shim("odfs-date").exists()), "not in the mount after 1 s");
+    let o = m.sh(r#""$M/odfs-date" +%Y"#);
+    assert!(o.status.success() && stdout(&o).trim().len() == 4, "{}{}", stdout(&o), stderr(&o));
+    // Only root may change the catalog; only what `add` added can be removed.
+    let o = odfs_as_nobody(&m, &["add", "x", "--image", TEST_IMAGE]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    let o = odfs(&m, &["rm", "cat"]);
+    assert!(stderr(&o).contains("is defined at") && stderr(&o).contains("test.toml"), "{}", stderr(&o));
+    let o = odfs(&m, &["add", "cat", "--image", TEST_IMAGE]);
+    assert!(stderr(&o).contains("already defined"), "{}", stderr(&o));
+    let o = odfs(&m, &["rm", "odfs-date"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(Duration::from_secs(1), || !m.shim("odfs-date").exists()), "still in the mount after 1 s");
+}
+
+#[test]
+fn prewarm_and_stop_manage_containers() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let o = odfs(&m, &["prewarm", "cat"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(m.containers().len(), 1, "prewarm started nothing");
+    let o = odfs(&m, &["stop", "cat"]);
+    assert!(o.status.success() && stdout(&o).contains("stopped: bb"), "{}", stderr(&o));
+    assert!(m.containers().is_empty());
+    // A container with a running tool is kept unless forced.
+    let mut child = Command::new(m.shim("sleep")).arg("30").current_dir(&m.work).stdout(Stdio::null()).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    let o = odfs(&m, &["stop", "--all"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("still run") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    let o = odfs(&m, &["stop", "--all", "--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the forced stop did not end the tool");
+    assert!(m.containers().is_empty());
+}
+
+#[test]
+fn pull_reports_present_and_unpullable_images() {
+    let catalog = format!("{BUSYBOX_CATALOG}\n[image.gone]\nref = \"localhost:5999/odfs-test/none:1\"\ncommands = [\"ghost\"]\n");
+    let m = TestMount::new(&catalog);
+    let o = odfs(&m, &["pull", "cat"]);
+    assert!(o.status.success() && stdout(&o).contains("odfs-test/busybox:latest: present"), "{}", stderr(&o));
+    let o = odfs(&m, &["pull"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("localhost:5999/odfs-test/none:1: image"), "{}", stderr(&o));
+}
+
+#[test]
+fn doctor_checks_the_setup_and_finds_stale_mounts() {
+    let mut m = TestMount::new(BUSYBOX_CATALOG);
+    let o = m.sh_cmd(&format!("PATH=/usr/bin:/bin:$M exec {} doctor --socket {}", env!("CARGO_BIN_EXE_odfs"), m.socket.display())).output().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("ok   mount at {}", m.mnt.display())), "{out}");
+    assert!(out.contains("is last on PATH"), "{out}");
+    assert!(out.contains("installed natively"), "{out}");
+    m.crash();
+    let o = odfs(&m, &["doctor"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains(&format!("FAIL stale mount at {}", m.mnt.display())), "{}", stdout(&o));
+    m.start(&[]);
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["completions", "bash"]).output().unwrap();
+    assert!(o.status.success() && stdout(&o).contains("prewarm"), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).arg("man").output().unwrap();
+    assert!(o.status.success() && stdout(&o).contains(".TH odfs"), "{}", stdout(&o));
+}
