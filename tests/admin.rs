@@ -114,3 +114,30 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let o = Command::new(env!("CARGO_BIN_EXE_odfs")).arg("man").output().unwrap();
     assert!(o.status.success() && stdout(&o).contains(".TH odfs"), "{}", stdout(&o));
 }
+
+#[test]
+fn scan_lists_an_images_executables_without_running_it_and_can_map_them() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let o = odfs(&m, &["scan", TEST_IMAGE]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let paths: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    for p in ["/bin/sh", "/bin/busybox", "/usr/bin/awk"] {
+        assert!(paths.contains(&p.to_string()), "{p} missing from {paths:?}");
+    }
+    // First PATH match only: `sh` is listed once.
+    assert_eq!(paths.iter().filter(|p| p.ends_with("/sh")).count(), 1);
+    let left = stdout(&docker(&["ps", "-aq", "--filter", "label=io.odfs.scan=true"]));
+    assert!(left.trim().is_empty(), "the scan left containers: {left}");
+    assert!(!m.shim("awk").exists());
+    let o = odfs(&m, &["scan", TEST_IMAGE, "--add"]);
+    assert!(o.status.success() && stdout(&o).contains("already defined elsewhere"), "{}", stderr(&o));
+    assert!(eventually(Duration::from_secs(1), || m.shim("awk").exists()));
+    assert_eq!(stdout(&m.sh(r#""$M/awk" 'BEGIN{print 6*7}'"#)), "42\n");
+    // Commands of the test catalog stay as that file defines them.
+    let o = odfs(&m, &["show", "cat", "--json"]);
+    assert!(stdout(&o).contains("test.toml"), "{}", stdout(&o));
+    let o = odfs(&m, &["provides", "wc"]);
+    assert!(stdout(&o).lines().any(|l| l == format!("{TEST_IMAGE} /usr/bin/wc")), "{}{}", stdout(&o), stderr(&o));
+    let o = odfs(&m, &["provides", "definitely-not-a-tool"]);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -10,6 +10,9 @@ use futures_util::StreamExt;
 
 use super::{BackendError, ContainerBackend, ContainerSpec, Managed, LABEL_MOUNT, LABEL_PROFILE};
 
+/// Label of the never-started containers `executables` exports.
+pub const LABEL_SCAN: &str = "io.odfs.scan";
+
 pub struct Docker {
     /// Connected on first use and kept; a failed connection is retried on the
     /// next call, so odfs survives starting before the engine.
@@ -161,6 +164,60 @@ impl ContainerBackend for Docker {
         self.client().await?.unpause_container(id).await.map_err(|e| self.classify(e))
     }
 
+    async fn executables(&self, reference: &str) -> Result<Vec<String>, BackendError> {
+        let client = self.client().await?;
+        let image = client.inspect_image(reference).await.map_err(|e| self.classify(e))?;
+        let path = image
+            .config
+            .and_then(|c| c.env)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|e| e.strip_prefix("PATH=").map(String::from))
+            .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        // A container that is created, exported and removed, never started:
+        // nothing from the image runs.
+        let body = ContainerCreateBody {
+            image: Some(reference.to_string()),
+            entrypoint: Some(vec!["/.odfs-scan-never-runs".into()]),
+            labels: Some(HashMap::from([
+                (super::LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_SCAN.to_string(), "true".to_string()),
+            ])),
+            ..Default::default()
+        };
+        let created = client.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.map_err(|e| self.classify(e))?;
+        let tmp = std::env::temp_dir().join(format!("odfs-scan-{}.tar", created.id));
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+            let mut stream = client.export_container(&created.id);
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.classify(e))?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+            }
+            let tar = tmp.clone();
+            tokio::task::spawn_blocking(move || executables_in(&tar, &path))
+                .await
+                .map_err(|e| BackendError::Engine(e.to_string()))?
+                .map_err(|e| BackendError::Engine(format!("reading the image's files: {e}")))
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = self.remove(&created.id).await;
+        result
+    }
+
+    async fn local_images(&self) -> Result<Vec<String>, BackendError> {
+        let images = self
+            .client()
+            .await?
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .map_err(|e| self.classify(e))?;
+        let mut refs: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
+        refs.sort();
+        Ok(refs)
+    }
+
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MOUNT}={mount_id}")])]);
         let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
@@ -176,4 +233,32 @@ impl ContainerBackend for Docker {
             })
             .collect())
     }
+}
+
+/// Executables in the PATH directories of an exported filesystem: regular
+/// files with an execute bit, and symlinks (busybox applets), by the first
+/// PATH directory that has each name.
+pub fn executables_in(tar_file: &std::path::Path, path: &str) -> std::io::Result<Vec<String>> {
+    let dirs: Vec<&str> = path.split(':').filter(|d| d.starts_with('/')).collect();
+    let mut found: Vec<(usize, String, String)> = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(tar_file)?);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let executable = (kind.is_file() && header.mode().unwrap_or(0) & 0o111 != 0) || kind.is_symlink();
+        if !executable {
+            continue;
+        }
+        let full = format!("/{}", entry.path()?.to_string_lossy().trim_start_matches("./").trim_start_matches('/'));
+        let Some((dir, name)) = full.rsplit_once('/') else { continue };
+        if let Some(rank) = dirs.iter().position(|d| d.trim_end_matches('/') == dir) {
+            found.push((rank, name.to_string(), full.clone()));
+        }
+    }
+    found.sort();
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<String> = found.into_iter().filter(|(_, name, _)| seen.insert(name.clone())).map(|(_, _, full)| full).collect();
+    out.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+    Ok(out)
 }

@@ -60,6 +60,14 @@ impl ContainerBackend for Fake {
         Ok(())
     }
 
+    async fn executables(&self, _reference: &str) -> Result<Vec<String>, BackendError> {
+        Ok(vec!["/bin/sh".into(), "/usr/bin/jq".into()])
+    }
+
+    async fn local_images(&self) -> Result<Vec<String>, BackendError> {
+        Ok(vec!["test/b".into()])
+    }
+
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         Ok(self
             .live

@@ -67,6 +67,11 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// Freeze every process of a container (cgroup freezer), and thaw it.
     fn pause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn unpause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Executables on the image's PATH (absolute paths, first PATH match of
+    /// each name), found without running anything from the image.
+    fn executables(&self, reference: &str) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    /// References (repo:tag) of the images on this machine.
+    fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.
     fn list(&self, mount_id: &str) -> impl Future<Output = Result<Vec<Managed>, BackendError>> + Send;
 }

@@ -104,6 +104,21 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// List the executables on an image's PATH, without running anything
+    /// from it; with --add, map them all as commands.
+    Scan {
+        image: String,
+        #[arg(long)]
+        add: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Which images on this machine have a command on their PATH.
+    Provides {
+        command: String,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Check the engine, FUSE, the daemon, stale mounts, PATH order and shadowed commands.
     Doctor {
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -192,6 +207,8 @@ fn main() -> ExitCode {
         Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
         Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
         Command::Doctor { socket } => doctor(&socket),
+        Command::Scan { image, add, socket } => done(ask(&socket, Request::Scan { image, add })),
+        Command::Provides { command, socket } => done(ask(&socket, Request::Provides { command })),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "odfs", &mut std::io::stdout());
             Ok(())

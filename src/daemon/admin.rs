@@ -17,11 +17,13 @@ fn error(message: impl Into<String>) -> Response {
     Response::Error { message: message.into(), exit_code: 1 }
 }
 
-/// Write a file by rename, so the live reload never reads half of it.
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// Write the CLI catalog by rename, so the live reload never reads half of it.
+fn write_cli_catalog(path: &Path, doc: &toml::Table) -> Result<(), Response> {
+    let text = format!("# Managed by `odfs add`, `odfs rm` and `odfs scan --add`.\n{}", toml::to_string(doc).unwrap_or_default());
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| error(format!("cannot write {}: {e}", path.display())))
 }
 
 /// An image name for a reference: `localhost:5000/tools/jq:1.7` → `cli-tools-jq-1-7`.
@@ -80,46 +82,102 @@ impl<B: ContainerBackend> Daemon<B> {
         if let Err(e) = validate_name(command) {
             return error(format!("add: command {e}"));
         }
-        if reference.trim().is_empty() || reference.contains(char::is_whitespace) {
-            return error(format!("add: {reference:?} is not an image reference"));
-        }
         if let Some(p) = path.filter(|p| !p.starts_with('/')) {
             return error(format!("add: --path {p:?} must be absolute"));
         }
-        let file = match self.cli_file() {
-            Ok(f) => f,
-            Err(r) => return r,
-        };
         if let Some(existing) = self.snapshot().get(command) {
-            if !existing.command.origin.starts_with(&file.display().to_string()) {
+            if !self.cli_defined(&existing.command.origin) {
                 return error(format!("{command} is already defined at {} (edit that file instead)", existing.command.origin));
             }
         }
+        match self.add_entries(reference, &[(command.to_string(), path.map(String::from))]) {
+            Ok(file) => Response::Done(format!("{command} → {reference} (recorded in {})", file.display())),
+            Err(r) => r,
+        }
+    }
+
+    fn cli_defined(&self, origin: &str) -> bool {
+        self.cli_catalog.as_ref().is_some_and(|f| origin.starts_with(&f.display().to_string()))
+    }
+
+    /// Record commands of one image in the CLI catalog file, by atomic rename.
+    fn add_entries(&self, reference: &str, entries: &[(String, Option<String>)]) -> Result<PathBuf, Response> {
+        if reference.trim().is_empty() || reference.contains(char::is_whitespace) {
+            return Err(error(format!("{reference:?} is not an image reference")));
+        }
+        let file = self.cli_file()?;
         let text = std::fs::read_to_string(&file).unwrap_or_default();
-        let mut doc: toml::Table = match toml::from_str(&text) {
-            Ok(d) => d,
-            Err(e) => return error(format!("{} is not valid TOML ({e}); fix or remove it", file.display())),
-        };
+        let mut doc: toml::Table = toml::from_str(&text)
+            .map_err(|e| error(format!("{} is not valid TOML ({e}); fix or remove it", file.display())))?;
         let image = image_name_for(reference);
-        let images = doc.entry("image").or_insert_with(|| toml::Value::Table(Default::default()));
-        if let Some(t) = images.as_table_mut() {
+        if let Some(t) = doc.entry("image").or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut() {
             let mut img = toml::Table::new();
             img.insert("ref".into(), reference.into());
             t.entry(image.clone()).or_insert(toml::Value::Table(img));
         }
-        let commands = doc.entry("command").or_insert_with(|| toml::Value::Table(Default::default()));
-        if let Some(t) = commands.as_table_mut() {
-            let mut cmd = toml::Table::new();
-            cmd.insert("image".into(), image.clone().into());
-            if let Some(p) = path {
-                cmd.insert("path".into(), p.into());
+        if let Some(t) = doc.entry("command").or_insert_with(|| toml::Value::Table(Default::default())).as_table_mut() {
+            for (command, path) in entries {
+                let mut cmd = toml::Table::new();
+                cmd.insert("image".into(), image.clone().into());
+                if let Some(p) = path {
+                    cmd.insert("path".into(), p.clone().into());
+                }
+                t.insert(command.clone(), toml::Value::Table(cmd));
             }
-            t.insert(command.to_string(), toml::Value::Table(cmd));
         }
-        let header = "# Managed by `odfs add` and `odfs rm`.\n";
-        match write_atomically(&file, &format!("{header}{}", toml::to_string(&doc).unwrap_or_default())) {
-            Ok(()) => Response::Done(format!("{command} → {reference} (recorded in {})", file.display())),
-            Err(e) => error(format!("cannot write {}: {e}", file.display())),
+        write_cli_catalog(&file, &doc)?;
+        Ok(file)
+    }
+
+    pub(super) async fn scan(&self, caller: &Caller, reference: &str, add: bool) -> Response {
+        if add {
+            if let Err(r) = Self::require_root(caller, "scan --add") {
+                return r;
+            }
+        }
+        let paths = match self.pool.executables(reference).await {
+            Ok(p) => p,
+            Err(e) => return error(format!("scan {reference}: {e}")),
+        };
+        let mut text = paths.join("\n");
+        if add {
+            let snapshot = self.snapshot();
+            let entries: Vec<(String, Option<String>)> = paths
+                .iter()
+                .filter_map(|p| {
+                    let name = p.rsplit('/').next()?.to_string();
+                    let free = snapshot.get(&name).is_none_or(|e| self.cli_defined(&e.command.origin));
+                    (validate_name(&name).is_ok() && free).then(|| (name, Some(p.clone())))
+                })
+                .collect();
+            if let Err(r) = self.add_entries(reference, &entries) {
+                return r;
+            }
+            text.push_str(&format!(
+                "\nadded {} command(s); {} already defined elsewhere were left as they are",
+                entries.len(),
+                paths.len() - entries.len()
+            ));
+        }
+        Response::Done(text)
+    }
+
+    pub(super) async fn provides(&self, command: &str) -> Response {
+        let images = match self.pool.local_images().await {
+            Ok(i) => i,
+            Err(e) => return error(e.to_string()),
+        };
+        let mut lines = Vec::new();
+        for image in images {
+            match self.pool.executables(&image).await {
+                Ok(paths) => lines.extend(paths.into_iter().filter(|p| p.rsplit('/').next() == Some(command)).map(|p| format!("{image} {p}"))),
+                Err(e) => tracing::debug!(image, "cannot scan: {e}"),
+            }
+        }
+        if lines.is_empty() {
+            error(format!("no image on this machine has {command} on its PATH"))
+        } else {
+            Response::Done(lines.join("\n"))
         }
     }
 
@@ -134,7 +192,7 @@ impl<B: ContainerBackend> Daemon<B> {
         let Some(existing) = self.snapshot().get(command).cloned() else {
             return error(format!("{command} is not in the catalog"));
         };
-        if !existing.command.origin.starts_with(&file.display().to_string()) {
+        if !self.cli_defined(&existing.command.origin) {
             return error(format!("{command} is defined at {} (remove it there; odfs rm removes only what odfs add added)", existing.command.origin));
         }
         let text = std::fs::read_to_string(&file).unwrap_or_default();
@@ -142,10 +200,9 @@ impl<B: ContainerBackend> Daemon<B> {
         if let Some(t) = doc.get_mut("command").and_then(|c| c.as_table_mut()) {
             t.remove(command);
         }
-        let header = "# Managed by `odfs add` and `odfs rm`.\n";
-        match write_atomically(&file, &format!("{header}{}", toml::to_string(&doc).unwrap_or_default())) {
+        match write_cli_catalog(&file, &doc) {
             Ok(()) => Response::Done(format!("{command} removed")),
-            Err(e) => error(format!("cannot write {}: {e}", file.display())),
+            Err(r) => r,
         }
     }
 

@@ -123,6 +123,14 @@ impl<B: ContainerBackend> Daemon<B> {
                 let r = self.prewarm(&command).await;
                 self.answer(conn, r)
             }
+            Ok(Some((Request::Scan { image, add }, _))) => {
+                let r = self.scan(&caller, &image, add).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Provides { command }, _))) => {
+                let r = self.provides(&command).await;
+                self.answer(conn, r)
+            }
             Ok(Some((Request::Pull { commands }, _))) => {
                 let r = self.pull(&caller, &commands).await;
                 self.answer(conn, r)

@@ -543,6 +543,15 @@ impl<B: ContainerBackend> Pool<B> {
         Ok(true)
     }
 
+    /// Executables on an image's PATH (see `ContainerBackend::executables`).
+    pub async fn executables(&self, reference: &str) -> Result<Vec<String>, PoolError> {
+        Ok(self.backend.executables(reference).await?)
+    }
+
+    pub async fn local_images(&self) -> Result<Vec<String>, PoolError> {
+        Ok(self.backend.local_images().await?)
+    }
+
     /// Make sure an image is present, pulling it if not; true if pulled.
     pub async fn pull(&self, reference: &str) -> Result<bool, PoolError> {
         Ok(self.backend.ensure_image(reference).await?)

@@ -49,6 +49,11 @@ pub enum Request {
     Prewarm { command: String },
     /// Pull the images of these commands (all when empty) (root only).
     Pull { commands: Vec<String> },
+    /// List the executables on an image's PATH without running it; with
+    /// `add`, map them all as commands (root only).
+    Scan { image: String, add: bool },
+    /// Which local images have this command on their PATH.
+    Provides { command: String },
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
