@@ -265,6 +265,11 @@ commands = ["ghost"]
     let err = stderr(&o);
     assert!(err.starts_with("odfs: ghost: image localhost:5999/odfs-test/not-there:1 is not on this machine"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // A failed pull is not tried again on every call, and says when it will be.
+    let o = m.sh(r#""$M/ghost""#);
+    assert_eq!(shell_status(&o), 126);
+    assert!(stderr(&o).contains("(next pull attempt in "), "{}", stderr(&o));
+    assert_eq!(m.log_text().matches("image missing, pulling").count(), 1, "{}", m.log_text());
 }
 
 #[test]

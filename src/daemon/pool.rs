@@ -91,6 +91,18 @@ struct Life {
     plan: Option<Plan>,
 }
 
+#[derive(Debug, Clone)]
+struct PullFailure {
+    retry_at: Instant,
+    message: String,
+    attempts: u32,
+}
+
+/// Wait after a failed pull: 5 s, doubling per failure, at most 5 min.
+fn pull_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(5u64 << attempts.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(300))
+}
+
 /// Calls remembered per profile.
 const HISTORY: usize = 500;
 
@@ -101,6 +113,8 @@ pub struct Slot {
     key: String,
     state: tokio::sync::Mutex<State>,
     life: Mutex<Life>,
+    /// The last failed pull: until when not to try again, why, how often.
+    pull_failure: Mutex<Option<PullFailure>>,
     /// Exec requests between "container ready" and "tool started": the agent
     /// does not count them yet, so the reaper must not remove the container.
     pending: AtomicU32,
@@ -181,6 +195,7 @@ impl<B: ContainerBackend> Pool<B> {
                     state: tokio::sync::Mutex::new(State::Absent),
                     life: Mutex::new(Life::default()),
                     pending: AtomicU32::new(0),
+                    pull_failure: Mutex::new(None),
                 })
             })
             .clone()
@@ -245,6 +260,33 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    /// Start the slot's container; returns its id and whether the image was
+    /// pulled. An image that just failed to pull is not pulled again on every
+    /// call (or shim open): callers get the same error until the backoff ends.
+    async fn create(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
+        if let Some(f) = slot.pull_failure.lock().unwrap().clone() {
+            let now = Instant::now();
+            if now < f.retry_at {
+                let wait = (f.retry_at - now).as_secs() + 1;
+                return Err(PoolError::Start(format!("{} (next pull attempt in {wait}s)", f.message)));
+            }
+        }
+        match self.start_container(slot).await {
+            Err(PoolError::Backend(e @ crate::backend::BackendError::ImageMissing { .. })) => {
+                let mut failure = slot.pull_failure.lock().unwrap();
+                let attempts = failure.as_ref().map_or(0, |f| f.attempts) + 1;
+                *failure = Some(PullFailure { retry_at: Instant::now() + pull_backoff(attempts), message: e.to_string(), attempts });
+                Err(PoolError::Backend(e))
+            }
+            other => {
+                if other.is_ok() {
+                    *slot.pull_failure.lock().unwrap() = None;
+                }
+                other
+            }
+        }
+    }
+
     /// Warm a profile ahead of a call that is probably coming, without
     /// counting a call. `plan` (for predictions) bounds what a wrong guess
     /// costs; `None` lets the policy decide once it is idle.
@@ -279,8 +321,7 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
-    /// Start the slot's container; returns its id and whether the image was pulled.
-    async fn create(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
+    async fn start_container(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
         let image = &slot.image;
         let pulled = self.backend.ensure_image(&image.reference).await?;
         let run = self.cfg.run_dir.join(&slot.name);
@@ -707,6 +748,12 @@ mod tests {
         assert_eq!(call.served, Served::Paused);
         assert!(fake.paused.lock().unwrap().is_empty(), "not resumed");
         assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn pull_backoff_doubles_from_5s_up_to_5min() {
+        let secs: Vec<u64> = (1..=9).map(|a| pull_backoff(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 
     #[tokio::test]
