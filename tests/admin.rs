@@ -13,8 +13,7 @@ fn odfs(m: &TestMount, args: &[&str]) -> Output {
 }
 
 fn odfs_as_nobody(m: &TestMount, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_odfs")])
+    as_nobody(env!("CARGO_BIN_EXE_odfs"))
         .args(args)
         .arg("--socket")
         .arg(&m.socket)

@@ -138,9 +138,7 @@ fn cwd_and_relative_paths_are_the_callers() {
 #[test]
 fn files_created_by_a_non_root_caller_are_theirs() {
     let m = TestMount::new(BUSYBOX_CATALOG);
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(m.shim("sh"))
+    let o = as_nobody(m.shim("sh"))
         .args(["-c", "id -u; id -g; id -un; echo data > owned.txt"])
         .current_dir(&m.work)
         .output()
@@ -245,9 +243,7 @@ ref = "localhost:5999/odfs-test/not-there:1"
 commands = ["ghost"]
 "#;
     let m = TestMount::new(catalog);
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(m.shim("id"))
+    let o = as_nobody(m.shim("id"))
         .current_dir(&m.work)
         .output()
         .unwrap();

@@ -4,7 +4,6 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::process::Command;
 
 use common::*;
 
@@ -40,9 +39,7 @@ fn data_tools_work_on_the_callers_files_as_the_caller() {
     let m = shipped();
     let o = m.sh(r#"echo '{"a":{"b":[1,2,3]}}' | "$M/jq" -c '.a.b | map(.*2)'"#);
     assert_eq!(stdout(&o), "[2,4,6]\n", "{}", stderr(&o));
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(m.shim("sqlite3"))
+    let o = as_nobody(m.shim("sqlite3"))
         .args(["t.db", "create table t(x); insert into t values (42); select x from t;"])
         .current_dir(&m.work)
         .output()
@@ -60,9 +57,7 @@ fn data_tools_work_on_the_callers_files_as_the_caller() {
 #[test]
 fn capture_tools_are_for_netadmin_and_root_only() {
     let m = shipped();
-    let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(m.shim("tcpdump"))
+    let o = as_nobody(m.shim("tcpdump"))
         .arg("--version")
         .current_dir(&m.work)
         .output()

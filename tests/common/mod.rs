@@ -63,6 +63,13 @@ pub fn prepare() {
     });
 }
 
+/// `program` run as nobody (uid and gid 65534, no supplementary groups).
+pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(program);
+    c
+}
+
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("run docker")
 }
