@@ -68,7 +68,7 @@ fn prewarm_and_stop_manage_containers() {
     assert!(m.containers().is_empty());
     // A container with a running tool is kept unless forced.
     let mut child = Command::new(m.shim("sleep")).arg("30").current_dir(&m.work).stdout(Stdio::null()).spawn().unwrap();
-    assert!(eventually(Duration::from_secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.wait_running("sleep");
     let o = odfs(&m, &["stop", "--all"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("still run") && stderr(&o).contains("--force"), "{}", stderr(&o));

@@ -112,10 +112,7 @@ fn killing_the_launcher_kills_the_tools_process_group() {
         .current_dir(&m.work)
         .spawn()
         .unwrap();
-    let found = eventually(Duration::from_secs(20), || {
-        m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))
-    });
-    assert!(found, "tool never started");
+    m.wait_running("sleep");
     child.kill().unwrap();
     child.wait().unwrap();
     let c = m.containers()[0].clone();
@@ -317,7 +314,7 @@ fn a_daemon_crash_spares_running_tools_and_the_restart_adopts_their_container() 
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.wait_running("sleep");
     let before = m.containers();
     m.crash();
     let o = child.wait_with_output().unwrap();

@@ -86,7 +86,7 @@ fn ctrl_c_interrupts_and_ctrl_z_then_fg_resumes() {
     let m = TestMount::new(CATALOG);
     let t = Tmux::new(&m, "");
     t.line("$M/sleep 100");
-    assert!(eventually(secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.wait_running("sleep");
     t.keys(&["C-c"]);
     t.run("echo int-rc=$?", "int-rc=130");
     let c = m.containers()[0].clone();
@@ -129,7 +129,7 @@ fn closing_the_terminal_hangs_up_the_tool() {
     let m = TestMount::new(CATALOG);
     let t = Tmux::new(&m, "");
     t.line("$M/sh -c 'trap \"echo hup > hup.txt; exit 1\" HUP; while :; do sleep 0.1; done'");
-    assert!(eventually(secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.wait_running("sleep");
     drop(t); // kill-server: the terminal goes away, as when a window closes
     assert!(eventually(secs(10), || m.work.join("hup.txt").exists()), "the tool never saw SIGHUP");
     let c = m.containers()[0].clone();
@@ -141,7 +141,7 @@ fn a_container_killed_under_a_terminal_tool_leaves_the_terminal_sane() {
     let m = TestMount::new(CATALOG);
     let t = Tmux::new(&m, "");
     t.line("$M/sleep 100");
-    assert!(eventually(secs(20), || m.containers().first().is_some_and(|c| m.ps(c).contains("sleep"))));
+    m.wait_running("sleep");
     docker(&["rm", "-f", &m.containers()[0]]);
     t.run("echo gone-rc=$?", "gone-rc=137");
     assert!(t.screen().contains("odfs: sleep: the tool's container stopped while the tool ran"), "{}", t.screen());

@@ -207,6 +207,18 @@ impl TestMount {
         String::from_utf8_lossy(&docker(&["exec", container, "ps", "-o", "pid,comm"]).stdout).into_owned()
     }
 
+    /// Wait until a process named `name` runs in this mount's container;
+    /// returns the container's id.
+    pub fn wait_running(&self, name: &str) -> String {
+        let mut found = None;
+        let ok = eventually(Duration::from_secs(20), || {
+            found = self.containers().first().filter(|c| self.ps(c).contains(name)).cloned();
+            found.is_some()
+        });
+        assert!(ok, "{name} never ran in a container of this mount:\n{}", self.log_text());
+        found.unwrap()
+    }
+
     /// A host shell command with `$M` set to the mountpoint, run in the work dir.
     pub fn sh(&self, script: &str) -> Output {
         self.sh_cmd(script).output().expect("run sh")
