@@ -303,6 +303,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&containers_dir)?;
     std::fs::set_permissions(&containers_dir, std::fs::Permissions::from_mode(0o700))?;
 
+    // Fingerprint before loading: an edit made while we load or mount is then
+    // seen by the first poll instead of being lost.
+    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs);
     let (catalog, errors) = catalog::load_dirs(&cfg.catalogs);
     for e in &errors {
         tracing::error!("catalog: {e} (file skipped)");
@@ -350,7 +353,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let d = daemon.clone();
     let catalogs = cfg.catalogs.clone();
     tokio::spawn(async move {
-        let mut seen = catalog_fingerprint(&catalogs);
+        let mut seen = loaded_fingerprint;
         let mut tick = tokio::time::interval(RELOAD_POLL);
         loop {
             tick.tick().await;
