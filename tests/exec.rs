@@ -157,9 +157,18 @@ fn files_created_by_a_non_root_caller_are_theirs() {
 #[test]
 fn sequential_calls_reuse_one_container() {
     let m = TestMount::new(BUSYBOX_CATALOG);
-    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do "$M/true" || exit 1; i=$((i+1)); done; echo done"#);
-    assert_eq!(stdout(&o).trim(), "done", "{}", stderr(&o));
-    assert_eq!(m.containers().len(), 1);
+    // Each call names the container it ran in (its hostname is the
+    // container id): one name for all 100 calls, not just one at the end.
+    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do "$M/cat" /etc/hostname || exit 1; i=$((i+1)); done"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(names.len(), 100);
+    let mut distinct = names.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 1, "calls ran in several containers: {distinct:?}");
+    let containers = m.containers();
+    assert_eq!(containers.len(), 1);
+    assert!(containers[0].starts_with(&distinct[0]), "{containers:?} vs {distinct:?}");
 }
 
 #[test]

@@ -99,8 +99,14 @@ fn ctrl_c_interrupts_and_ctrl_z_then_fg_resumes() {
     t.keys(&["C-z"]);
     assert!(t.wait_for("Stopped", secs(10)), "the job did not stop:\n{}", t.screen());
     // The tool is stopped too (state T), not merely its launcher.
-    assert!(m.ps(&c).lines().any(|l| l.contains("sleep")), "{}", m.ps(&c));
+    assert!(eventually(secs(5), || m.state_of(&c, "sleep 100") == Some('T')), "{}", m.ps(&c));
     t.assert_sane();
+    // bg resumes it in the background, the terminal stays the shell's…
+    t.wait_prompt();
+    t.line("bg");
+    assert!(eventually(secs(5), || matches!(m.state_of(&c, "sleep 100"), Some('S' | 'R'))), "bg did not resume:\n{}", m.ps(&c));
+    t.assert_sane();
+    // …and fg brings it back to the foreground, where Ctrl-C reaches it.
     t.wait_prompt();
     t.line("fg");
     std::thread::sleep(Duration::from_millis(500));
@@ -133,7 +139,7 @@ fn closing_the_terminal_hangs_up_the_tool() {
     drop(t); // kill-server: the terminal goes away, as when a window closes
     assert!(eventually(secs(10), || m.work.join("hup.txt").exists()), "the tool never saw SIGHUP");
     let c = m.containers()[0].clone();
-    assert!(eventually(secs(5), || !m.ps(&c).contains("sh -c")), "{}", m.ps(&c));
+    assert!(eventually(secs(5), || !m.ps(&c).contains("trap")), "{}", m.ps(&c));
 }
 
 #[test]
@@ -145,5 +151,26 @@ fn a_container_killed_under_a_terminal_tool_leaves_the_terminal_sane() {
     docker(&["rm", "-f", &m.containers()[0]]);
     t.run("echo gone-rc=$?", "gone-rc=137");
     assert!(t.screen().contains("odfs: sleep: the tool's container stopped while the tool ran"), "{}", t.screen());
+    t.assert_sane();
+}
+
+#[test]
+fn a_tool_without_a_terminal_stdin_leaves_the_terminal_alone() {
+    let m = TestMount::new(CATALOG);
+    let t = Tmux::new(&m, "");
+    let pane = stdout(&t.tmux(&["display", "-p", "-t", "t", "#{pane_tty}"])).trim().to_string();
+    // stdin from a file, stdout and stderr the terminal (`jq . < f`, maybe
+    // piped to a pager): no pty, no raw mode, keys stay with the shell.
+    t.line("$M/sleep 3 < /dev/null; echo nopty-$((6*7))");
+    m.wait_running("sleep 3");
+    let settings = stdout(&std::process::Command::new("stty").args(["-a", "-F", &pane]).output().unwrap());
+    assert!(settings.split_whitespace().any(|w| w == "icanon"), "the terminal went raw:\n{settings}");
+    assert!(t.wait_for("nopty-42", secs(10)), "{}", t.screen());
+    // A terminal stdin with stdout to a pipe: a pty for the tool, the pipe kept.
+    t.run("$M/tty | $M/cat; echo piped-$((6*7))", "piped-42");
+    assert!(t.screen().contains("/dev/pts/"), "{}", t.screen());
+    // stderr alone to the terminal, written straight through.
+    t.run("echo abc | $M/sh -c 'cat >&2' >/dev/null; echo err-$((6*7))", "err-42");
+    assert!(t.screen().lines().any(|l| l.trim_end() == "abc"), "{}", t.screen());
     t.assert_sane();
 }

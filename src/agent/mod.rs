@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, PROTOCOL_VERSION};
 
@@ -38,10 +36,45 @@ pub struct AgentConfig {
 /// Tool ends kept for the daemon between two status requests.
 const FINISHED_KEPT: usize = 1000;
 
+/// How a child changed, from `waitpid`. Not nix's `WaitStatus`: that one
+/// cannot represent a death by a real-time signal (34–64), and a child
+/// reaped into an error would be lost with its caller waiting forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Exited(i32, i32),
+    Signaled(i32, i32),
+    Stopped(i32, i32),
+}
+
+impl Wait {
+    fn pid(self) -> i32 {
+        match self {
+            Wait::Exited(p, _) | Wait::Signaled(p, _) | Wait::Stopped(p, _) => p,
+        }
+    }
+}
+
+/// Wait for any child, stops included; `None` when there is none.
+fn wait_any() -> Option<Wait> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our local.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WUNTRACED) };
+    if pid < 0 {
+        return None;
+    }
+    Some(if libc::WIFEXITED(status) {
+        Wait::Exited(pid, libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Wait::Signaled(pid, libc::WTERMSIG(status))
+    } else {
+        Wait::Stopped(pid, libc::WSTOPSIG(status))
+    })
+}
+
 /// What the reaper and the connection reader tell a connection's thread.
 enum ToolEvent {
     /// Exit, death or stop of the tool.
-    Wait(WaitStatus),
+    Wait(Wait),
     Continue,
     Signal(i32),
     Hangup,
@@ -127,39 +160,39 @@ impl Agent {
         loop {
             // WUNTRACED: a stopped tool (Ctrl-Z) is reported so the launcher
             // can stop too, as a native job would.
-            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WUNTRACED)) {
-                Ok(status @ WaitStatus::Stopped(pid, _)) => {
+            match wait_any() {
+                Some(status @ Wait::Stopped(pid, _)) => {
                     let reg = self.registry.lock().unwrap();
-                    if let Some((tx, _)) = reg.waiting.get(&pid.as_raw()) {
+                    if let Some((tx, _)) = reg.waiting.get(&pid) {
                         let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
-                Ok(status) => {
-                    let Some(pid) = status.pid() else { continue };
+                Some(status) => {
+                    let pid = status.pid();
                     let mut reg = self.registry.lock().unwrap();
-                    if let Some((tx, started)) = reg.waiting.remove(&pid.as_raw()) {
+                    if let Some((tx, started)) = reg.waiting.remove(&pid) {
                         reg.running -= 1;
                         if reg.running == 0 {
                             reg.idle_since = Instant::now();
                         }
                         let code = match status {
-                            WaitStatus::Exited(_, c) => c,
-                            WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
-                            _ => -1,
+                            Wait::Exited(_, c) => c,
+                            Wait::Signaled(_, sig) => 128 + sig,
+                            Wait::Stopped(..) => -1,
                         };
                         if reg.finished.len() >= FINISHED_KEPT {
                             reg.finished.pop_front();
                         }
                         let run_ms = started.elapsed().as_millis() as u64;
-                        reg.finished.push_back(crate::protocol::Finished { pid: pid.as_raw(), status: code, run_ms });
+                        reg.finished.push_back(crate::protocol::Finished { pid, status: code, run_ms });
                         let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
-                Err(nix::Error::ECHILD) => {
+                None => {
+                    // No child yet (ECHILD): sleep until a spawn says so.
                     let reg = self.registry.lock().unwrap();
                     let _ = self.children.wait_timeout(reg, Duration::from_millis(500)).unwrap();
                 }
-                Err(_) => {}
             }
         }
     }
@@ -282,10 +315,9 @@ impl Agent {
                 }
                 ToolEvent::Wait(status) => {
                     let (ev, last) = match status {
-                        WaitStatus::Exited(_, code) => (AgentEvent::Exited(code), true),
-                        WaitStatus::Signaled(_, sig, _) => (AgentEvent::Signaled(sig as i32), true),
-                        WaitStatus::Stopped(_, sig) => (AgentEvent::Stopped(sig as i32), false),
-                        _ => continue,
+                        Wait::Exited(_, code) => (AgentEvent::Exited(code), true),
+                        Wait::Signaled(_, sig) => (AgentEvent::Signaled(sig), true),
+                        Wait::Stopped(_, sig) => (AgentEvent::Stopped(sig), false),
                     };
                     if hung_up {
                         if !last {

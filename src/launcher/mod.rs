@@ -133,12 +133,16 @@ fn install_signal_forwarding() -> Result<OwnedFd, Failure> {
 
 fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failure> {
     let mut fds = inherited_fds();
-    // Terminal fds are not passed: the tool gets a pty of its own in their
-    // place (a real controlling terminal in its container); every other fd
-    // goes straight to the tool.
-    let terminals: Vec<i32> = fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect();
+    // Pty mode when stdin is a terminal, as for an interactive program: the
+    // terminal fds are not passed, the tool gets a pty of its own in their
+    // place (a real controlling terminal in its container), and every other
+    // fd goes straight to the tool. With stdin elsewhere (`jq . < f | less`)
+    // even a terminal stderr is passed as it is: the launcher must not put
+    // the terminal in raw mode and read keys another program is waiting for.
+    let terminals: Vec<i32> =
+        if tty::isatty(0) { fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect() } else { Vec::new() };
     fds.retain(|fd| !terminals.contains(fd));
-    let term = terminals.iter().copied().find(|&fd| fd == 0).or(terminals.first().copied());
+    let term = terminals.first().copied();
     let tty = term.map(|t| tty::request(t, terminals.clone()));
     // Handlers first: a signal that arrives while the daemon starts the
     // container is kept and delivered to the tool once it runs.

@@ -202,9 +202,18 @@ impl TestMount {
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
     }
 
-    /// Processes inside a container, as `ps` there prints them.
+    /// Processes inside a container, as `ps` there prints them: pid, state
+    /// (`T` when stopped) and command line.
     pub fn ps(&self, container: &str) -> String {
-        String::from_utf8_lossy(&docker(&["exec", container, "ps", "-o", "pid,comm"]).stdout).into_owned()
+        String::from_utf8_lossy(&docker(&["exec", container, "ps", "-o", "pid,stat,args"]).stdout).into_owned()
+    }
+
+    /// The state letter (`S`, `R`, `T`…) of the first process in the container
+    /// whose command line contains `needle`.
+    pub fn state_of(&self, container: &str, needle: &str) -> Option<char> {
+        let ps = self.ps(container);
+        let line = ps.lines().skip(1).find(|l| l.contains(needle))?;
+        line.split_whitespace().nth(1)?.chars().next()
     }
 
     /// Wait until a process named `name` runs in this mount's container;
@@ -321,7 +330,7 @@ impl Tmux {
         t
     }
 
-    fn tmux(&self, args: &[&str]) -> Output {
+    pub fn tmux(&self, args: &[&str]) -> Output {
         Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("run tmux")
     }
 
