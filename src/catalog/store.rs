@@ -54,6 +54,21 @@ enum Write {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Write>,
+    path: std::path::PathBuf,
+}
+
+/// A past call, read back at start-up so the policies and the predictors do
+/// not start from nothing after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastCall {
+    pub command: String,
+    pub image: String,
+    pub session: Option<i32>,
+    pub started_ms: i64,
+    pub setup_us: i64,
+    /// Known once the agent reported the tool's end.
+    pub run_ms: Option<i64>,
+    pub served: String,
 }
 
 impl Store {
@@ -69,7 +84,31 @@ impl Store {
             .name("odfs-store".into())
             .spawn(move || writer(conn, rx))
             .expect("spawn store thread");
-        Ok(Store { tx })
+        Ok(Store { tx, path: path.to_path_buf() })
+    }
+
+    /// The newest `limit` calls that started a tool, oldest first, read on a
+    /// connection of its own (WAL lets it read beside the writer).
+    pub fn recent_calls(&self, limit: usize) -> rusqlite::Result<Vec<PastCall>> {
+        let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare(
+            "SELECT command, image, session, started_ms, setup_us, run_ms, served FROM invocations \
+             WHERE outcome = 'started' ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(PastCall {
+                command: r.get(0)?,
+                image: r.get(1)?,
+                session: r.get(2)?,
+                started_ms: r.get(3)?,
+                setup_us: r.get(4)?,
+                run_ms: r.get(5)?,
+                served: r.get(6)?,
+            })
+        })?;
+        let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     pub fn save_catalog(&self, catalog: &Catalog) {
@@ -206,5 +245,19 @@ mod tests {
         let (served, exit, run): (String, i64, i64) =
             conn.query_row("SELECT served, exit, run_ms FROM invocations", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
         assert_eq!((cmds, served.as_str(), exit, run), (2, "cold", 3, 1500));
+        let again = Store::open(&db).unwrap();
+        let past = again.recent_calls(10).unwrap();
+        assert_eq!(
+            past,
+            [PastCall {
+                command: "sh".into(),
+                image: "b".into(),
+                session: Some(7),
+                started_ms: 1,
+                setup_us: 2,
+                run_ms: Some(1500),
+                served: "cold".into()
+            }]
+        );
     }
 }

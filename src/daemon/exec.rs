@@ -89,14 +89,11 @@ pub fn proc_session(pid: i32) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// A predicted container nobody calls is frozen after this and removed after that.
-const PREDICTED_PAUSE: f64 = 30.0;
-const PREDICTED_KEEP: f64 = 120.0;
-
 impl<B: ContainerBackend> Daemon<B> {
     /// Learn from this call, and warm what usually follows it in a session
-    /// (`tcpdump` → `traceroute`). A wrong guess costs a container frozen
-    /// after 30 s and removed after 2 min.
+    /// (`tcpdump` → `traceroute`). Prediction belongs to the `auto` policy:
+    /// only images under it are warmed, and a wrong guess costs what
+    /// [`crate::policy::predicted_plan`] bounds.
     fn predict_next(self: &Arc<Self>, command: &str, session: String) {
         let now = self.pool.now();
         let next = {
@@ -107,15 +104,12 @@ impl<B: ContainerBackend> Daemon<B> {
         let snapshot = self.snapshot();
         for (cmd, p) in next {
             let Some(entry) = snapshot.get(&cmd).cloned() else { continue };
+            if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto {
+                continue;
+            }
             let d = self.clone();
-            let reason = format!("predicted after {command} (P = {p:.2})");
+            let plan = crate::policy::predicted_plan(now, format!("predicted after {command} (P = {p:.2})"));
             tokio::spawn(async move {
-                let plan = crate::policy::Plan {
-                    prewarm_at: None,
-                    pause_at: Some(now + PREDICTED_PAUSE),
-                    remove_at: now + PREDICTED_KEEP,
-                    reason,
-                };
                 if let Err(e) = d.pool.warm_up(&entry.image, Some(plan)).await {
                     tracing::debug!(command = cmd, "prediction could not warm: {e}");
                 }

@@ -207,6 +207,39 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 }
 
+/// Calls an earlier run recorded in `odfs.db`, fed to the pool (each
+/// profile's history) and to a fresh sequence model, so a restart keeps what
+/// was learned. Calls of images no longer in the catalog are left out.
+fn learn_from_earlier_runs<B: ContainerBackend>(
+    pool: &Pool<B>,
+    store: &Store,
+    snapshot: &Snapshot,
+) -> crate::policy::predict::Transitions {
+    let mut transitions = crate::policy::predict::Transitions::default();
+    let past = match store.recent_calls(HISTORY_ON_START) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot read the call history: {e}");
+            return transitions;
+        }
+    };
+    let wall_now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = pool.now();
+    let known: Vec<_> = past.into_iter().filter_map(|p| Some((snapshot.images.get(&p.image)?.clone(), p))).collect();
+    for (_, p) in &known {
+        let at = now - (wall_now_ms - p.started_ms) as f64 / 1000.0;
+        let session = p.session.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        transitions.observe(&session, &p.command, at);
+    }
+    pool.seed(&known, wall_now_ms);
+    tracing::info!(calls = known.len(), "history of earlier runs loaded");
+    transitions
+}
+
+/// Calls read back from `odfs.db` at start-up.
+const HISTORY_ON_START: usize = 20_000;
+
 /// A stable short id for a mountpoint: names and labels of its containers.
 pub fn mount_id(mountpoint: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
@@ -334,12 +367,20 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         },
         Some(store.clone()),
     );
+    let transitions = learn_from_earlier_runs(&pool, &store, &snapshot);
     let images: Vec<_> = snapshot.images.values().cloned().collect();
     if let Err(e) = pool.adopt(&images).await {
         tracing::warn!("cannot look for containers of an earlier run: {e}");
     }
     let cli_catalog = cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG));
-    let daemon = Arc::new(Daemon { pool, cli_catalog, transitions: Default::default(), snapshot: RwLock::new(snapshot.clone()), store, shared });
+    let daemon = Arc::new(Daemon {
+        pool,
+        cli_catalog,
+        transitions: std::sync::Mutex::new(transitions),
+        snapshot: RwLock::new(snapshot.clone()),
+        store,
+        shared,
+    });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 

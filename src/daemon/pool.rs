@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::agent_client;
 use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE};
 use crate::catalog::{ImageSpec, KeepAlive, RunAs};
-use crate::policy::{self, Call, Costs, Plan, Policy, Secs};
+use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
 
 /// Where the agent lives inside every container.
@@ -199,6 +199,29 @@ impl<B: ContainerBackend> Pool<B> {
                 })
             })
             .clone()
+    }
+
+    /// Learn from calls of an earlier run (oldest first): each profile's
+    /// history, so its plan is the one it had before a restart. Times are
+    /// moved from the wall clock onto the pool's clock.
+    pub fn seed(&self, past: &[(Arc<ImageSpec>, crate::catalog::PastCall)], wall_now_ms: i64) {
+        let now = self.now();
+        for (image, p) in past {
+            let served = match p.served.as_str() {
+                "warm" => Served::Warm,
+                "paused" => Served::Paused,
+                "pulled" => Served::Pulled,
+                _ => Served::Cold,
+            };
+            let at = now - (wall_now_ms - p.started_ms) as f64 / 1000.0;
+            let call = Call { at, setup: p.setup_us as f64 / 1e6, run: p.run_ms.unwrap_or(0) as f64 / 1000.0 };
+            let slot = self.slot(image);
+            let mut life = slot.life.lock().unwrap();
+            if life.calls.len() >= HISTORY {
+                life.calls.pop_front();
+            }
+            life.calls.push_back(Seen { command: p.command.clone(), served, call });
+        }
     }
 
     /// A running container for this image for a call of `command`: resumed
@@ -405,7 +428,7 @@ impl<B: ContainerBackend> Pool<B> {
 
     async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
         let now = self.now();
-        match state.clone() {
+        let (phase, plan) = match state.clone() {
             State::Warm { id, .. } => {
                 let (running, idle_ms) = match self.agent_status(slot).await {
                     Ok(s) => s,
@@ -417,38 +440,35 @@ impl<B: ContainerBackend> Pool<B> {
                     }
                 };
                 if running > 0 || slot.pending.load(Ordering::SeqCst) > 0 {
-                    return Ok(());
-                }
-                let plan = self.idle_plan(slot, now - idle_ms as f64 / 1000.0);
-                if now >= plan.remove_at || plan.prewarm_at.is_some_and(|p| now < p) {
-                    tracing::info!(container = slot.name, reason = plan.reason, "removing idle container");
-                    self.backend.remove(&id).await?;
-                    *state = State::Absent;
-                } else if plan.pause_at.is_some_and(|p| now >= p) {
-                    tracing::info!(container = slot.name, reason = plan.reason, "pausing idle container");
-                    self.backend.pause(&id).await?;
-                    *state = State::Paused { id };
+                    (Phase::Busy, None)
+                } else {
+                    (Phase::Idle, Some(self.idle_plan(slot, now - idle_ms as f64 / 1000.0)))
                 }
             }
-            State::Paused { id } => {
-                let plan = slot.life.lock().unwrap().plan.clone();
-                if plan.is_none_or(|p| now >= p.remove_at) {
-                    tracing::info!(container = slot.name, "removing paused container past its keep-alive");
-                    self.backend.remove(&id).await?;
-                    *state = State::Absent;
+            State::Paused { .. } => (Phase::Paused, slot.life.lock().unwrap().plan.clone()),
+            State::Absent => (Phase::Absent, slot.life.lock().unwrap().plan.clone()),
+        };
+        let reason = plan.as_ref().map_or("no plan", |p| p.reason.as_str());
+        match (policy::decide(phase, plan.as_ref(), now), state.clone()) {
+            (Action::Pause, State::Warm { id, .. }) => {
+                tracing::info!(container = slot.name, reason, "pausing idle container");
+                self.backend.pause(&id).await?;
+                *state = State::Paused { id };
+            }
+            (Action::Remove, State::Warm { id, .. } | State::Paused { id }) => {
+                tracing::info!(container = slot.name, reason, "removing idle container");
+                self.backend.remove(&id).await?;
+                *state = State::Absent;
+            }
+            (Action::Prewarm, State::Absent) => {
+                tracing::info!(container = slot.name, reason, "pre-warming before the next expected call");
+                let (id, _) = self.create(slot).await?;
+                *state = State::Warm { id, since: Instant::now() };
+                if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
+                    p.prewarm_at = None;
                 }
             }
-            State::Absent => {
-                let due = slot.life.lock().unwrap().plan.as_ref().and_then(|p| p.prewarm_at.filter(|&at| now >= at && now < p.remove_at));
-                if due.is_some() {
-                    tracing::info!(container = slot.name, "pre-warming before the next expected call");
-                    let (id, _) = self.create(slot).await?;
-                    *state = State::Warm { id, since: Instant::now() };
-                    if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
-                        p.prewarm_at = None;
-                    }
-                }
-            }
+            _ => {}
         }
         Ok(())
     }
@@ -533,7 +553,11 @@ impl<B: ContainerBackend> Pool<B> {
             let state = slot.state.lock().await.clone();
             let (state, running, idle_ms) = match state {
                 State::Absent => ("absent", 0, 0),
-                State::Paused { .. } => ("paused", 0, 0),
+                State::Paused { .. } => {
+                    // Idle since its last call ended (or it was warmed).
+                    let end = slot.life.lock().unwrap().calls.back().map(|s| s.call.end());
+                    ("paused", 0, end.map_or(0, |e| ((now - e).max(0.0) * 1000.0) as u64))
+                }
                 State::Warm { .. } => match self.agent_status(&slot).await {
                     Ok((r, i)) => ("warm", r, i),
                     Err(_) => ("unreachable", 0, 0),

@@ -348,12 +348,161 @@ pub fn plan(policy: Policy, calls: &[Call], end: Secs, costs: &Costs) -> Plan {
 /// How long before a periodic call its container should be ready.
 pub const PERIODIC_LEAD: Secs = 5.0;
 
+/// A predicted container nobody calls is frozen after this (as `auto`
+/// freezes any idle container)…
+pub const PREDICTED_PAUSE: Secs = PAUSE_AFTER;
+/// …and removed after this: what a wrong guess can cost.
+pub const PREDICTED_KEEP: Secs = 120.0;
+
+/// The plan for a container warmed by a prediction at `now`.
+pub fn predicted_plan(now: Secs, reason: String) -> Plan {
+    Plan { prewarm_at: None, pause_at: Some(now + PREDICTED_PAUSE), remove_at: now + PREDICTED_KEEP, reason }
+}
+
+/// A container as the lifecycle sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Absent,
+    /// Running, no tool in it and none on its way in.
+    Idle,
+    /// Running a tool, or about to: never touched.
+    Busy,
+    Paused,
+}
+
+/// One lifecycle step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    Pause,
+    Remove,
+    Prewarm,
+}
+
+/// The lifecycle rule, applied by the daemon's reaper and by `odfs
+/// simulate` alike: what to do now with a container in `phase` under `plan`
+/// (made by [`plan`] when its last call ended, or by a prediction).
+pub fn decide(phase: Phase, plan: Option<&Plan>, now: Secs) -> Action {
+    match (phase, plan) {
+        (Phase::Busy, _) | (Phase::Idle, None) | (Phase::Absent, None) => Action::Nothing,
+        // A paused container nobody planned for is never resumed by a call
+        // the policy expects: remove it.
+        (Phase::Paused, None) => Action::Remove,
+        (Phase::Idle, Some(p)) => {
+            // Past the window, or unloading ahead of a pre-warm.
+            if now >= p.remove_at || p.prewarm_at.is_some_and(|t| now < t) {
+                Action::Remove
+            } else if p.pause_at.is_some_and(|t| now >= t) {
+                Action::Pause
+            } else {
+                Action::Nothing
+            }
+        }
+        (Phase::Paused, Some(p)) => {
+            if now >= p.remove_at {
+                Action::Remove
+            } else {
+                Action::Nothing
+            }
+        }
+        (Phase::Absent, Some(p)) => {
+            if p.prewarm_at.is_some_and(|t| now >= t && now < p.remove_at) {
+                Action::Prewarm
+            } else {
+                Action::Nothing
+            }
+        }
+    }
+}
+
+/// The times at which [`decide`] may answer differently under `plan`: where
+/// an event-driven caller (the simulator) must look again.
+pub fn plan_times(plan: &Plan) -> impl Iterator<Item = Secs> {
+    [plan.prewarm_at, plan.pause_at, Some(plan.remove_at)].into_iter().flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn calls(starts: &[Secs], run: Secs) -> Vec<Call> {
         starts.iter().map(|&at| Call { at, setup: 0.0, run }).collect()
+    }
+
+    fn at(prewarm: Option<Secs>, pause: Option<Secs>, remove: Secs) -> Plan {
+        Plan { prewarm_at: prewarm, pause_at: pause, remove_at: remove, reason: String::new() }
+    }
+
+    #[test]
+    fn decide_freezes_then_removes_an_idle_container_on_the_plans_clock() {
+        let p = at(None, Some(30.0), 600.0);
+        assert_eq!(decide(Phase::Idle, Some(&p), 29.9), Action::Nothing);
+        assert_eq!(decide(Phase::Idle, Some(&p), 30.0), Action::Pause);
+        assert_eq!(decide(Phase::Paused, Some(&p), 599.0), Action::Nothing);
+        assert_eq!(decide(Phase::Paused, Some(&p), 600.0), Action::Remove);
+        // A busy container is never touched, whatever its plan says.
+        assert_eq!(decide(Phase::Busy, Some(&p), 10_000.0), Action::Nothing);
+        // Without a plan an idle one waits for one; a paused one goes.
+        assert_eq!(decide(Phase::Idle, None, 10_000.0), Action::Nothing);
+        assert_eq!(decide(Phase::Paused, None, 0.0), Action::Remove);
+    }
+
+    #[test]
+    fn decide_unloads_before_a_prewarm_and_starts_again_in_time() {
+        let p = at(Some(270.0), None, 330.0);
+        assert_eq!(decide(Phase::Idle, Some(&p), 1.0), Action::Remove);
+        assert_eq!(decide(Phase::Absent, Some(&p), 269.0), Action::Nothing);
+        assert_eq!(decide(Phase::Absent, Some(&p), 270.0), Action::Prewarm);
+        // Started and still unused: kept until the window ends.
+        let started = Plan { prewarm_at: None, ..p.clone() };
+        assert_eq!(decide(Phase::Idle, Some(&started), 300.0), Action::Nothing);
+        assert_eq!(decide(Phase::Idle, Some(&started), 330.0), Action::Remove);
+        // A pre-warm whose window has passed does not happen.
+        assert_eq!(decide(Phase::Absent, Some(&p), 330.0), Action::Nothing);
+        assert_eq!(plan_times(&p).collect::<Vec<_>>(), [270.0, 330.0]);
+    }
+
+    #[test]
+    fn a_wrong_prediction_costs_a_bounded_plan() {
+        let p = predicted_plan(100.0, "guess".into());
+        assert_eq!(decide(Phase::Idle, Some(&p), 100.0 + PREDICTED_PAUSE), Action::Pause);
+        assert_eq!(decide(Phase::Paused, Some(&p), 100.0 + PREDICTED_KEEP), Action::Remove);
+    }
+
+    #[test]
+    fn fixed_windows_plan_exactly_their_duration_and_zero_removes_at_once() {
+        let c = calls(&[0.0, 50.0], 1.0);
+        let p = plan(Policy::Fixed(600.0), &c, 51.0, &Costs::default());
+        assert_eq!((p.prewarm_at, p.pause_at, p.remove_at), (None, None, 651.0));
+        let p = plan(Policy::Fixed(0.0), &c, 51.0, &Costs::default());
+        assert_eq!(decide(Phase::Idle, Some(&p), 51.0), Action::Remove);
+    }
+
+    #[test]
+    fn epsilon_keeps_one_and_a_half_times_the_expected_idle_time() {
+        // Calls every 100 s, no setup, 10 s runs: ε = 90 s, window 135 s.
+        let c = calls(&(0..10).map(|i| i as f64 * 100.0).collect::<Vec<_>>(), 10.0);
+        let w = window(Policy::Epsilon, &c, &Costs::default());
+        assert!((w.keep - 135.0).abs() < 1e-9, "{w:?}");
+        assert_eq!((w.prewarm_after, w.pause_after), (None, None));
+        // Too few calls: the fallback window.
+        assert_eq!(window(Policy::Epsilon, &c[..3], &Costs::default()).keep, FALLBACK);
+        // Calls closer than their own run time: at least a cold start's worth.
+        let busy = calls(&(0..10).map(|i| i as f64).collect::<Vec<_>>(), 5.0);
+        assert_eq!(window(Policy::Epsilon, &busy, &Costs::default()).keep, Costs::default().cold);
+    }
+
+    #[test]
+    fn auto_follows_a_period_and_warms_just_before_the_next_call() {
+        // Every 15 minutes, 3 s runs (cron).
+        let c = calls(&(0..10).map(|i| i as f64 * 900.0).collect::<Vec<_>>(), 3.0);
+        let end = 8100.0 + 3.0;
+        let p = plan(Policy::Auto, &c, end, &Costs::default());
+        let next = 9000.0;
+        assert_eq!(p.prewarm_at, Some(next - Costs::default().cold - PERIODIC_LEAD));
+        assert!((p.remove_at - (8100.0 + 1.1 * 900.0)).abs() < 1e-9, "{p:?}");
+        assert_eq!(decide(Phase::Idle, Some(&p), end), Action::Remove);
+        assert_eq!(decide(Phase::Absent, Some(&p), next - 1.0), Action::Prewarm);
     }
 
     #[test]

@@ -1,20 +1,17 @@
 //! `odfs simulate`: replay an invocation trace against a policy in virtual
 //! time, with the measured costs of a cold start, a resume and a warm call.
 //!
-//! Discrete events: calls from the trace, and the pause, removal, pre-warm
-//! and ready steps the policy plans. Each container carries an epoch; a new
-//! call bumps it, which cancels whatever was planned for the idle period.
+//! Discrete events: calls from the trace, call ends, container starts
+//! finishing, and wake-ups at the times of a container's plan, where
+//! [`decide`] (the daemon's own lifecycle rule) says what to do. Each
+//! container carries an epoch; a new call bumps it, which cancels whatever
+//! was planned for the idle period.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
-use super::{plan, Call, Costs, Policy, Secs};
-
-/// A predicted container nobody uses is frozen after this…
-pub const PREDICTED_PAUSE: Secs = 30.0;
-/// …and removed after this.
-pub const PREDICTED_KEEP: Secs = 120.0;
+use super::{decide, plan, plan_times, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
 
 /// One line of a trace: `time,command,session,run_time[,profile]` (seconds).
 /// Without a profile column each command is its own image profile.
@@ -117,15 +114,15 @@ struct Container {
     busy: u32,
     idle_since: Secs,
     predicted: bool,
+    plan: Option<Plan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Call(usize),
     End,
-    Pause(u64),
-    Remove(u64),
-    Prewarm(u64),
+    /// Look at the container again under its plan.
+    Wake(u64),
     Ready(u64),
 }
 
@@ -166,6 +163,7 @@ struct Sim<'a> {
     profile_of: HashMap<String, usize>,
     transitions: Transitions,
     report: Report,
+    last_call: Secs,
 }
 
 impl Sim<'_> {
@@ -225,6 +223,7 @@ impl Sim<'_> {
         b.epoch += 1;
         b.busy += 1;
         b.predicted = false;
+        b.plan = None;
         self.report.calls += 1;
         self.report.latency += latency;
         self.history[p].push(Call { at: now, setup: latency, run });
@@ -266,19 +265,51 @@ impl Sim<'_> {
         }
         b.idle_since = now;
         b.epoch += 1;
-        let epoch = b.epoch;
         let plan = plan(self.policy, &self.history[p], now, &self.costs);
-        if let Some(at) = plan.prewarm_at {
-            self.boxes[p].state = State::Absent;
-            self.push(at, p, Kind::Prewarm(epoch));
-        } else if plan.remove_at <= now {
-            self.boxes[p].state = State::Absent;
-            return;
+        self.follow(p, now, plan);
+    }
+
+    /// Give a container a plan: act on it now, and wake up at its times.
+    fn follow(&mut self, p: usize, now: Secs, plan: Plan) {
+        let epoch = self.boxes[p].epoch;
+        for at in plan_times(&plan).filter(|&t| t > now) {
+            self.push(at, p, Kind::Wake(epoch));
         }
-        if let Some(at) = plan.pause_at {
-            self.push(at, p, Kind::Pause(epoch));
+        self.boxes[p].plan = Some(plan);
+        self.wake(p, now);
+    }
+
+    /// Apply [`decide`] to a container, as the daemon's reaper does.
+    fn wake(&mut self, p: usize, now: Secs) {
+        let b = &self.boxes[p];
+        let phase = match b.state {
+            _ if b.busy > 0 => Phase::Busy,
+            State::Starting { .. } => Phase::Busy,
+            State::Warm => Phase::Idle,
+            State::Paused => Phase::Paused,
+            State::Absent => Phase::Absent,
+        };
+        match decide(phase, b.plan.as_ref(), now) {
+            Action::Nothing => {}
+            Action::Pause => {
+                self.settle(p, now);
+                self.boxes[p].state = State::Paused;
+            }
+            Action::Remove => {
+                self.settle(p, now);
+                self.boxes[p].state = State::Absent;
+            }
+            Action::Prewarm => {
+                if let Some(plan) = self.boxes[p].plan.as_mut() {
+                    plan.prewarm_at = None;
+                }
+                // Past the trace's last call nothing can use a pre-warm.
+                if now <= self.last_call {
+                    let epoch = self.boxes[p].epoch;
+                    self.start(p, now, epoch);
+                }
+            }
         }
-        self.push(plan.remove_at, p, Kind::Remove(epoch));
     }
 
     fn run(mut self) -> Report {
@@ -286,32 +317,19 @@ impl Sim<'_> {
             self.seq += 1;
             self.queue.push(Event { at: c.at, seq: self.seq, profile: self.profile_of[&c.profile], kind: Kind::Call(i) });
         }
-        let last = self.trace.last().map_or(0.0, |c| c.at);
         while let Some(ev) = self.queue.pop() {
             let (p, now) = (ev.profile, ev.at);
             let current = self.boxes[p].epoch;
             match ev.kind {
                 Kind::Call(i) => self.call(i, now),
                 Kind::End => self.end(p, now),
-                Kind::Pause(e) if e == current && self.boxes[p].busy == 0 && self.boxes[p].state == State::Warm => {
-                    self.settle(p, now);
-                    self.boxes[p].state = State::Paused;
-                }
-                Kind::Remove(e) if e == current && self.boxes[p].busy == 0 => {
-                    self.settle(p, now);
-                    self.boxes[p].state = State::Absent;
-                }
-                // Past the trace's last call nothing can use a pre-warm.
-                Kind::Prewarm(e) if e == current && self.boxes[p].state == State::Absent && now <= last => {
-                    self.start(p, now, e)
-                }
+                Kind::Wake(e) if e == current => self.wake(p, now),
                 Kind::Ready(e) if e == current => {
                     if let State::Starting { .. } = self.boxes[p].state {
                         self.boxes[p].state = State::Warm;
                         self.boxes[p].idle_since = now;
                         if self.boxes[p].predicted {
-                            self.push(now + PREDICTED_PAUSE, p, Kind::Pause(e));
-                            self.push(now + PREDICTED_KEEP, p, Kind::Remove(e));
+                            self.follow(p, now, predicted_plan(now, "predicted".into()));
                         }
                     }
                 }
@@ -338,7 +356,8 @@ pub fn simulate(trace: &[TraceCall], policy: Policy, costs: &Costs) -> Report {
         predict: policy == Policy::Auto,
         queue: BinaryHeap::new(),
         seq: 0,
-        boxes: (0..n).map(|_| Container { state: State::Absent, epoch: 0, busy: 0, idle_since: 0.0, predicted: false }).collect(),
+        boxes: (0..n).map(|_| Container { state: State::Absent, epoch: 0, busy: 0, idle_since: 0.0, predicted: false, plan: None }).collect(),
+        last_call: trace.last().map_or(0.0, |c| c.at),
         history: vec![Vec::new(); n],
         profile_of,
         transitions: Transitions::default(),
