@@ -140,3 +140,54 @@ fn scan_lists_an_images_executables_without_running_it_and_can_map_them() {
     let o = odfs(&m, &["provides", "definitely-not-a-tool"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn whalebrew_and_shpc_packages_import_into_a_catalog_the_mount_serves() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    // A whalebrew image whose labels and entry point say how it runs.
+    let ctx = m.root.join("whalebrew-image");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM odfs-test/busybox:latest\nLABEL io.whalebrew.config.networks='[\"host\"]'\nENTRYPOINT [\"/bin/busybox\", \"echo\", \"hello\"]\n",
+    )
+    .unwrap();
+    let built = docker(&["build", "-q", "-t", "odfs-test/whalebrew-hello:latest", ctx.to_str().unwrap()]);
+    assert!(built.status.success(), "{}", stderr(&built));
+
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let out = m.catalog.join("whalebrew.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs"))
+        .args(["import", "whalebrew"])
+        .arg(data.join("whalebrew"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let notes = stderr(&o);
+    assert!(notes.contains("volume \"~/.config/shout:/config\" is not mounted"), "{notes}");
+    assert!(notes.contains("2 command(s)"), "{notes}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("network = \"host\""), "the image's label was not read:\n{text}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs"))
+        .args(["import", "shpc"])
+        .arg(data.join("shpc/registry"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no `docker:` image"), "{}", stderr(&o));
+    std::fs::write(m.catalog.join("shpc.toml"), &o.stdout).unwrap();
+
+    // The live catalog serves them: entry point, fixed args, mapped aliases.
+    assert!(eventually(Duration::from_secs(5), || m.shim("hello").exists() && m.shim("shpc-wc").exists()), "{}", m.log_text());
+    assert_eq!(stdout(&m.sh(r#""$M/hello" world"#)), "hello world\n");
+    assert_eq!(stdout(&m.sh(r#"echo quiet | "$M/shout""#)), "QUIET\n");
+    assert_eq!(stdout(&m.sh(r#"printf 'a b c' | "$M/shpc-wc" -w"#)).trim(), "3");
+    // Nothing was found to import: a clear failure, nothing written.
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["import", "shpc"]).arg(&m.work).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no packages found"), "{}", stderr(&o));
+    docker(&["rmi", "odfs-test/whalebrew-hello:latest"]);
+}

@@ -37,6 +37,21 @@ impl Docker {
         &self.endpoint
     }
 
+    /// Labels and entry point of a local image; `None` when it is not here.
+    pub async fn image_facts(&self, reference: &str) -> Result<Option<crate::catalog::import::ImageFacts>, BackendError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(img) => {
+                let config = img.config.unwrap_or_default();
+                Ok(Some(crate::catalog::import::ImageFacts {
+                    labels: config.labels.unwrap_or_default(),
+                    entrypoint: config.entrypoint.unwrap_or_default(),
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
     /// The client, after agreeing on an API version: Debian's dockerd speaks
     /// 1.41, older than bollard's default.
     async fn client(&self) -> Result<&bollard::Docker, BackendError> {

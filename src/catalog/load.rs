@@ -154,8 +154,13 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
             }
         };
         if let Some(p) = &cmd.path {
-            if !p.starts_with('/') {
-                errors.push(err(line, format!("command {name}: path {p:?} must be absolute (or left out to search the image's PATH)")));
+            // Absolute, or a bare name searched on the image's PATH (an
+            // alias such as `python-venv` running `python -m venv`).
+            if !p.starts_with('/') && (p.contains('/') || validate_name(p).is_err()) {
+                errors.push(err(
+                    line,
+                    format!("command {name}: path {p:?} must be absolute or a bare name to search on the image's PATH"),
+                ));
             }
         }
         for var in &cmd.env {

@@ -4,6 +4,7 @@
 //! [`load`], gathered into a [`Catalog`], and turned into an immutable
 //! [`Snapshot`] that FUSE callbacks and exec requests read without locks or I/O.
 
+pub mod import;
 mod load;
 mod model;
 mod store;
