@@ -191,3 +191,43 @@ fn whalebrew_and_shpc_packages_import_into_a_catalog_the_mount_serves() {
     assert!(stderr(&o).contains("no packages found"), "{}", stderr(&o));
     docker(&["rmi", "odfs-test/whalebrew-hello:latest"]);
 }
+
+#[test]
+fn the_command_not_found_hook_names_the_image_or_the_mount_at_once() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let hook = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-units/profile.d/odfs-command-not-found.sh");
+    let odfs_dir = std::path::Path::new(env!("CARGO_BIN_EXE_odfs")).parent().unwrap().to_path_buf();
+    // A bash whose PATH holds odfs when the hook is sourced, and nothing after.
+    let run = |line: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(". {}; PATH=/nonexistent; {line}", hook.display()))
+            .env("PATH", format!("{}:/usr/bin:/bin", odfs_dir.display()))
+            .env("ODFS_SOCKET", &m.socket)
+            .env("ODFS_MOUNT", &m.mnt)
+            .output()
+            .unwrap()
+    };
+    // An image on this machine has it (indexed in the background at start).
+    let found = eventually(Duration::from_secs(30), || stderr(&run("rev")).contains(&format!("is in image {TEST_IMAGE}")));
+    let o = run("rev");
+    assert!(found, "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(127));
+    assert!(stderr(&o).contains("sudo odfs add rev --image odfs-test/busybox:latest --path /"), "{}", stderr(&o));
+    assert!(stderr(&o).ends_with("rev: command not found\n"), "{}", stderr(&o));
+    // The catalog has it, but the mount is not on PATH.
+    let o = run("odfs-echo hi");
+    assert!(stderr(&o).contains(&format!("odfs-echo is served by odfs (image {TEST_IMAGE}) at {}/odfs-echo", m.mnt.display())), "{}", stderr(&o));
+    // Nobody has it: only the shell's usual line, and 127.
+    let o = run("odfs-no-such-tool");
+    assert_eq!((o.status.code(), stderr(&o)), (Some(127), "odfs-no-such-tool: command not found\n".to_string()));
+    // No daemon: the same, at once.
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(format!(". {}; PATH=/nonexistent; rev", hook.display()))
+        .env("PATH", format!("{}:/usr/bin:/bin", odfs_dir.display()))
+        .env("ODFS_SOCKET", m.root.join("nothing.sock"))
+        .output()
+        .unwrap();
+    assert_eq!((o.status.code(), stderr(&o)), (Some(127), "rev: command not found\n".to_string()));
+}

@@ -124,6 +124,17 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// For shells' command-not-found hooks: say at once, from the daemon's
+    /// index and without any network, how to get a missing command. Prints
+    /// nothing and exits 1 when nothing is known.
+    Hint {
+        command: String,
+        #[arg(long, env = "ODFS_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The mount to point to when the catalog has the command.
+        #[arg(long, env = "ODFS_MOUNT", default_value = "/opt/od/bin", value_name = "DIR")]
+        mount: PathBuf,
+    },
     /// Which images on this machine have a command on their PATH.
     Provides {
         command: String,
@@ -308,6 +319,7 @@ fn main() -> ExitCode {
         Command::Doctor { socket } => doctor(&socket),
         Command::Scan { image, add, socket } => done(ask(&socket, Request::Scan { image, add })),
         Command::Import { format, dir, output } => import(format, &dir, output.as_deref()),
+        Command::Hint { command, socket, mount } => return hint(&socket, &command, &mount),
         Command::Provides { command, socket } => done(ask(&socket, Request::Provides { command })),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "odfs", &mut std::io::stdout());
@@ -434,6 +446,32 @@ fn doctor(socket: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// One request to a running daemon, one answer.
+/// `odfs hint`: one suggestion per provider on stderr, or silence and 1.
+fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> ExitCode {
+    let answer = (|| -> anyhow::Result<Response> {
+        let conn = std::os::unix::net::UnixStream::connect(socket)?;
+        // A hook must never hang the shell: answer within a second or not at all.
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+        protocol::send(&conn, &Request::Hint { command: command.to_string() }, &[])?;
+        protocol::recv::<Response>(&conn)?.map(|(r, _)| r).ok_or_else(|| anyhow::anyhow!("no answer"))
+    })();
+    let Ok(Response::Done(text)) = answer else { return ExitCode::from(1) };
+    for line in text.lines() {
+        let mut f = line.splitn(3, ' ');
+        match (f.next(), f.next(), f.next()) {
+            (Some("catalog"), Some(image), _) => eprintln!(
+                "odfs: {command} is served by odfs (image {image}) at {}; add it to the end of PATH: . /etc/profile.d/odfs.sh",
+                mount.join(command).display()
+            ),
+            (Some(image), Some(path), None) => eprintln!(
+                "odfs: {command} is in image {image} ({path}) on this machine; to use it: sudo odfs add {command} --image {image} --path {path}"
+            ),
+            _ => {}
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;

@@ -162,20 +162,72 @@ impl<B: ContainerBackend> Daemon<B> {
         Response::Done(text)
     }
 
+    /// Executables of an image, from the index or scanned (and indexed).
+    async fn indexed_executables(&self, image: &str) -> Result<Vec<String>, crate::daemon::pool::PoolError> {
+        if let Some(paths) = self.index.get(image) {
+            return Ok(paths.clone());
+        }
+        let paths = self.pool.executables(image).await?;
+        self.index.insert(image.to_string(), paths.clone());
+        Ok(paths)
+    }
+
+    /// Scan every local image not indexed yet.
+    pub(super) async fn index_local_images(&self) {
+        match self.pool.local_images().await {
+            Ok(images) => {
+                for image in images {
+                    if let Err(e) = self.indexed_executables(&image).await {
+                        tracing::debug!(image, "cannot index: {e}");
+                    }
+                }
+                tracing::debug!(images = self.index.len(), "local images indexed");
+            }
+            Err(e) => tracing::debug!("cannot list local images to index: {e}"),
+        }
+    }
+
+    fn providers(&self, command: &str) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .index
+            .iter()
+            .flat_map(|e| {
+                let image = e.key().clone();
+                e.value().iter().filter(|p| p.rsplit('/').next() == Some(command)).map(move |p| format!("{image} {p}")).collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     pub(super) async fn provides(&self, command: &str) -> Response {
         let images = match self.pool.local_images().await {
             Ok(i) => i,
             Err(e) => return error(e.to_string()),
         };
-        let mut lines = Vec::new();
+        // Forget images that are gone; scan the new ones.
+        self.index.retain(|k, _| images.contains(k));
         for image in images {
-            match self.pool.executables(&image).await {
-                Ok(paths) => lines.extend(paths.into_iter().filter(|p| p.rsplit('/').next() == Some(command)).map(|p| format!("{image} {p}"))),
-                Err(e) => tracing::debug!(image, "cannot scan: {e}"),
+            if let Err(e) = self.indexed_executables(&image).await {
+                tracing::debug!(image, "cannot scan: {e}");
             }
         }
+        let lines = self.providers(command);
         if lines.is_empty() {
             error(format!("no image on this machine has {command} on its PATH"))
+        } else {
+            Response::Done(lines.join("\n"))
+        }
+    }
+
+    /// `provides` from the index alone: never waits on the engine.
+    pub(super) fn hint(&self, command: &str) -> Response {
+        if let Some(e) = self.snapshot().get(command) {
+            return Response::Done(format!("catalog {} {}", e.image.reference, e.command.program()));
+        }
+        let lines = self.providers(command);
+        if lines.is_empty() {
+            error(format!("no indexed image has {command}"))
         } else {
             Response::Done(lines.join("\n"))
         }

@@ -37,6 +37,9 @@ pub struct Daemon<B> {
     snapshot: RwLock<Arc<Snapshot>>,
     store: Store,
     shared: Vec<PathBuf>,
+    /// Executables on the PATH of each local image (by reference), for
+    /// `odfs provides` and the command-not-found hint.
+    index: dashmap::DashMap<String, Vec<String>>,
 }
 
 impl<B: ContainerBackend> Daemon<B> {
@@ -129,6 +132,10 @@ impl<B: ContainerBackend> Daemon<B> {
             }
             Ok(Some((Request::Provides { command }, _))) => {
                 let r = self.provides(&command).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Hint { command }, _))) => {
+                let r = self.hint(&command);
                 self.answer(conn, r)
             }
             Ok(Some((Request::Pull { commands }, _))) => {
@@ -380,7 +387,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         snapshot: RwLock::new(snapshot.clone()),
         store,
         shared,
+        index: Default::default(),
     });
+    // Index what local images provide in the background, so the
+    // command-not-found hint answers at once.
+    let d = daemon.clone();
+    tokio::spawn(async move { d.index_local_images().await });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 

@@ -54,6 +54,9 @@ pub enum Request {
     Scan { image: String, add: bool },
     /// Which local images have this command on their PATH.
     Provides { command: String },
+    /// The same, from what the daemon has already indexed only: an instant
+    /// answer for a shell's command-not-found hook.
+    Hint { command: String },
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
