@@ -172,21 +172,6 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(paths)
     }
 
-    /// Scan every local image not indexed yet.
-    pub(super) async fn index_local_images(&self) {
-        match self.pool.local_images().await {
-            Ok(images) => {
-                for image in images {
-                    if let Err(e) = self.indexed_executables(&image).await {
-                        tracing::debug!(image, "cannot index: {e}");
-                    }
-                }
-                tracing::debug!(images = self.index.len(), "local images indexed");
-            }
-            Err(e) => tracing::debug!("cannot list local images to index: {e}"),
-        }
-    }
-
     fn providers(&self, command: &str) -> Vec<String> {
         let mut lines: Vec<String> = self
             .index

@@ -389,10 +389,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         shared,
         index: Default::default(),
     });
-    // Index what local images provide in the background, so the
-    // command-not-found hint answers at once.
-    let d = daemon.clone();
-    tokio::spawn(async move { d.index_local_images().await });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
 
