@@ -72,9 +72,8 @@ fn a_container_with_a_running_tool_is_never_paused_or_removed() {
     assert!(eventually(Duration::from_secs(20), || m.containers().is_empty()), "not removed once idle");
 }
 
-#[test]
-fn a_learned_sequence_warms_the_next_commands_container_even_after_a_restart() {
-    let catalog = r#"
+/// Two images: a's command `true`, then b's `echo`, make the sequence.
+const A_THEN_B: &str = r#"
 [image.a]
 ref = "odfs-test/busybox:latest"
 network = "none"
@@ -85,7 +84,10 @@ ref = "odfs-test/busybox:latest"
 network = "bridge"
 commands = ["echo"]
 "#;
-    let mut m = TestMount::new(catalog);
+
+#[test]
+fn a_learned_sequence_warms_the_next_commands_container_even_after_a_restart() {
+    let mut m = TestMount::new(A_THEN_B);
     // One session: a then b, three times.
     let o = m.sh(r#"for i in 1 2 3; do "$M/true" && "$M/echo" b >/dev/null || exit 1; sleep 0.5; done"#);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -116,19 +118,7 @@ commands = ["echo"]
 fn a_fixed_keep_alive_image_is_never_warmed_by_prediction() {
     // keep_alive = "0s" is the paper's baseline: remove after each call,
     // nothing kept or guessed.
-    let catalog = r#"
-[image.a]
-ref = "odfs-test/busybox:latest"
-network = "none"
-commands = ["true"]
-
-[image.b]
-ref = "odfs-test/busybox:latest"
-network = "bridge"
-keep_alive = "0s"
-commands = ["echo"]
-"#;
-    let m = TestMount::new(catalog);
+    let m = TestMount::new(&A_THEN_B.replace("network = \"bridge\"\n", "network = \"bridge\"\nkeep_alive = \"0s\"\n"));
     let o = m.sh(r#"for i in 1 2 3 4; do "$M/true" && "$M/echo" b >/dev/null || exit 1; sleep 0.3; done"#);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(eventually(Duration::from_secs(10), || containers_of(&m, "b").is_empty()), "b stayed after a 0s call");
