@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 
 fn odfs(m: &TestMount, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_odfs")).args(args).arg("--socket").arg(&m.socket).output().unwrap()
+    m.odfs(args)
 }
 
 fn odfs_as_nobody(m: &TestMount, args: &[&str]) -> Output {

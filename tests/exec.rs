@@ -265,12 +265,15 @@ commands = ["ghost"]
     let o = m.sh(r#""$M/ghost""#);
     assert_eq!(shell_status(&o), 126);
     let err = stderr(&o);
-    assert!(err.starts_with("odfs: ghost: image localhost:5999/odfs-test/not-there:1 is not on this machine"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    // One line when the pull starts, one when it ends: here, the error.
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines[0], "odfs: ghost: pulling localhost:5999/odfs-test/not-there:1 (not on this machine)");
+    assert!(lines[1].starts_with("odfs: ghost: image localhost:5999/odfs-test/not-there:1 is not on this machine"), "{err}");
     // A failed pull is not tried again on every call, and says when it will be.
     let o = m.sh(r#""$M/ghost""#);
     assert_eq!(shell_status(&o), 126);
-    assert!(stderr(&o).contains("(next pull attempt in "), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(next attempt in "), "{}", stderr(&o));
     assert_eq!(m.log_text().matches("image missing, pulling").count(), 1, "{}", m.log_text());
 }
 

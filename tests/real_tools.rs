@@ -7,13 +7,22 @@ use std::os::unix::fs::MetadataExt;
 
 use common::*;
 
+fn catalog_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog")
+}
+
+/// A mount of a copy of the shipped catalog: its files and its recipes.
 fn shipped() -> TestMount {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalog");
-    let files: Vec<(String, String)> = std::fs::read_dir(&root)
+    let root = catalog_dir();
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    paths.extend(std::fs::read_dir(root.join("images")).unwrap().map(|e| e.unwrap().path().join("Dockerfile")));
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| (p.strip_prefix(&root).unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(p).unwrap()))
         .collect();
     let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     TestMount::with_files(&refs, &[])
@@ -32,6 +41,23 @@ fn the_shipped_catalog_lists_at_least_25_real_tools_in_5_images() {
     }
     let commands = debian.lines().filter(|l| l.starts_with("commands")).map(|l| l.matches('"').count() / 2).sum::<usize>();
     assert!(images >= 5 && commands >= 25, "{images} images, {commands} commands");
+}
+
+#[test]
+fn every_shipped_image_has_a_recipe_or_is_on_this_machine() {
+    let (catalog, errors) = odfs::catalog::load_dirs(&[catalog_dir()]);
+    assert!(errors.is_empty(), "{errors:?}");
+    for image in catalog.images.values() {
+        match &image.build {
+            Some(recipe) => assert!(recipe.join("Dockerfile").is_file(), "{}: {}", image.name, recipe.display()),
+            None => assert!(docker(&["image", "inspect", &image.reference]).status.success(), "{} is missing", image.reference),
+        }
+    }
+    // Every recipe is used by an image.
+    for recipe in std::fs::read_dir(catalog_dir().join("images")).unwrap() {
+        let recipe = recipe.unwrap().path();
+        assert!(catalog.images.values().any(|i| i.build.as_ref() == Some(&recipe)), "{} is unused", recipe.display());
+    }
 }
 
 #[test]

@@ -4,11 +4,14 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountTypeEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use std::path::Path;
 
-use super::{BackendError, ContainerBackend, ContainerSpec, Managed, LABEL_MOUNT, LABEL_PROFILE};
+use super::progress::{BuildTracker, PullTracker};
+use super::{BackendError, ContainerBackend, ContainerSpec, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
+use crate::protocol::ImageProgress;
 
 /// Label of the never-started containers `executables` exports.
 pub const LABEL_SCAN: &str = "io.odfs.scan";
@@ -82,31 +85,105 @@ impl Docker {
     }
 }
 
+/// The last word of a fetch: everyone waiting sees how it ended.
+fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
+    progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
+}
+
 fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
 impl ContainerBackend for Docker {
-    async fn ensure_image(&self, reference: &str) -> Result<bool, BackendError> {
+    async fn ensure_image(&self, reference: &str, progress: &ProgressTx) -> Result<bool, BackendError> {
         match self.client().await?.inspect_image(reference).await {
             Ok(_) => return Ok(false),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(self.classify(e)),
         }
         tracing::info!(image = reference, "image missing, pulling");
+        let mut tracker = PullTracker::new(reference);
+        progress.send_replace(Some(tracker.observe(None, "pulling", None, None).clone()));
         let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
         let mut pull = self.client().await?.create_image(Some(opts), None, None);
         while let Some(item) = pull.next().await {
-            if let Err(e) = item {
-                let reason = match e {
-                    bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-                    bollard::errors::Error::DockerStreamError { error } => error,
-                    other => return Err(self.classify(other)),
-                };
-                return Err(BackendError::ImageMissing { reference: reference.to_string(), reason });
+            let reason = match item {
+                Ok(info) if info.error_detail.is_none() && info.error.is_none() => {
+                    let detail = info.progress_detail.unwrap_or_default();
+                    let p = tracker.observe(info.id.as_deref(), info.status.as_deref().unwrap_or(""), detail.current, detail.total);
+                    progress.send_replace(Some(p.clone()));
+                    continue;
+                }
+                Ok(info) => info.error_detail.and_then(|d| d.message).or(info.error).unwrap_or_default(),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
+                Err(bollard::errors::Error::DockerStreamError { error }) => error,
+                Err(other) => {
+                    let e = self.classify(other);
+                    finish(progress, tracker.observe(None, &e.to_string(), None, None), false);
+                    return Err(e);
+                }
+            };
+            finish(progress, tracker.observe(None, &reason, None, None), false);
+            return Err(BackendError::ImageMissing { reference: reference.to_string(), reason });
+        }
+        finish(progress, tracker.observe(None, "pulled", None, None), true);
+        Ok(true)
+    }
+
+    async fn build_image(&self, reference: &str, recipe: &Path, progress: &ProgressTx) -> Result<(), BackendError> {
+        let failed = |reason: String| BackendError::BuildFailed {
+            reference: reference.to_string(),
+            recipe: recipe.display().to_string(),
+            reason,
+        };
+        tracing::info!(image = reference, recipe = %recipe.display(), "building image from its recipe");
+        let mut tracker = BuildTracker::new(reference);
+        progress.send_replace(Some(ImageProgress { step: format!("building from {}", recipe.display()), ..tracker.progress().clone() }));
+        let dir = recipe.to_path_buf();
+        let context = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut tar = tar::Builder::new(Vec::new());
+            tar.append_dir_all(".", &dir)?;
+            tar.into_inner()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(format!("cannot read the recipe: {e}")))?;
+        let opts = BuildImageOptionsBuilder::new().t(reference).networkmode("host").rm(true).forcerm(true).build();
+        let client = self.client().await?;
+        let mut build = client.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
+        let mut error = None;
+        while let Some(item) = build.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message).or(info.error) {
+                        error = Some(e);
+                    } else if let Some(p) = info.stream.as_deref().and_then(|line| tracker.observe(line)) {
+                        progress.send_replace(Some(p.clone()));
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error: e }) => error = Some(e),
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => error = Some(message),
+                Err(other) => error = Some(self.classify(other).to_string()),
+            }
+            if error.is_some() {
+                break;
             }
         }
-        Ok(true)
+        let Some(reason) = error else {
+            finish(progress, tracker.progress(), true);
+            return Ok(());
+        };
+        finish(progress, &ImageProgress { step: reason.clone(), ..tracker.progress().clone() }, false);
+        // The usual cause offline: the recipe's base image was never made.
+        let dockerfile = std::fs::read_to_string(recipe.join("Dockerfile")).unwrap_or_default();
+        for base in super::progress::base_images(&dockerfile) {
+            if matches!(client.inspect_image(&base).await, Err(ref e) if is_not_found(e)) {
+                return Err(failed(format!(
+                    "its base image {base} is not on this machine (pull it, or make it offline with scripts/build-base)"
+                )));
+            }
+        }
+        Err(failed(reason.trim().to_string()))
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {

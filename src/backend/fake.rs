@@ -21,8 +21,12 @@ pub struct Fake {
 }
 
 impl ContainerBackend for Fake {
-    async fn ensure_image(&self, _reference: &str) -> Result<bool, BackendError> {
+    async fn ensure_image(&self, _reference: &str, _progress: &super::ProgressTx) -> Result<bool, BackendError> {
         Ok(false)
+    }
+
+    async fn build_image(&self, _reference: &str, _recipe: &std::path::Path, _progress: &super::ProgressTx) -> Result<(), BackendError> {
+        Ok(())
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {

@@ -5,10 +5,13 @@
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod progress;
+
+pub use progress::ProgressTx;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Labels every odfs container carries.
 pub const LABEL_MANAGED: &str = "io.odfs.managed";
@@ -50,16 +53,21 @@ pub struct Managed {
 pub enum BackendError {
     #[error("container engine not reachable at {endpoint}: {reason} (is dockerd running?)")]
     Unreachable { endpoint: String, reason: String },
-    #[error("image {reference} is not on this machine and could not be pulled: {reason} (build or pull it, e.g. scripts/build-images)")]
+    #[error("image {reference} is not on this machine and could not be pulled: {reason} (check its registry, or give it a `build` recipe in the catalog)")]
     ImageMissing { reference: String, reason: String },
+    #[error("image {reference} could not be built from its recipe {recipe}: {reason}")]
+    BuildFailed { reference: String, recipe: String, reason: String },
     #[error("container engine error: {0}")]
     Engine(String),
 }
 
 pub trait ContainerBackend: Send + Sync + 'static {
-    /// Make sure the image exists locally, pulling it if it does not.
-    /// Returns whether it had to be pulled.
-    fn ensure_image(&self, reference: &str) -> impl Future<Output = Result<bool, BackendError>> + Send;
+    /// Make sure the image exists locally, pulling it if it does not, with
+    /// progress on `progress`. Returns whether it had to be pulled.
+    fn ensure_image(&self, reference: &str, progress: &ProgressTx) -> impl Future<Output = Result<bool, BackendError>> + Send;
+    /// Build an image from a recipe (a directory with a Dockerfile), with
+    /// host networking so package managers reach their mirrors.
+    fn build_image(&self, reference: &str, recipe: &Path, progress: &ProgressTx) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Create and start a container; returns its id.
     fn start(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// Remove a container, killing what still runs in it. Absent is fine.

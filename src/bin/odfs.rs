@@ -1,6 +1,7 @@
 //! `odfs`: `odfs mount` runs the daemon; the other subcommands are the admin
 //! CLI, talking to a daemon over its control socket.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -445,7 +446,6 @@ fn doctor(socket: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One request to a running daemon, one answer.
 /// `odfs hint`: one suggestion per provider on stderr, or silence and 1.
 fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> ExitCode {
     let answer = (|| -> anyhow::Result<Response> {
@@ -472,13 +472,24 @@ fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> Exi
     ExitCode::SUCCESS
 }
 
+/// One request to a running daemon, one answer.
 fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;
     protocol::send(&conn, &req, &[])?;
-    match protocol::recv::<Response>(&conn)? {
-        Some((r, _)) => Ok(r),
-        None => anyhow::bail!("the daemon closed the connection without an answer"),
+    // An image fetched on the way (pull, prewarm) is shown as a call shows it.
+    let subcommand = match req {
+        Request::Pull { .. } => "pull",
+        Request::Prewarm { .. } => "prewarm",
+        _ => "odfs",
+    };
+    let mut fetching = odfs::launcher::progress::Fetching::new(subcommand, std::io::stderr().is_terminal());
+    loop {
+        match protocol::recv::<Response>(&conn)? {
+            Some((Response::Progress(p), _)) => fetching.show(&p),
+            Some((r, _)) => return Ok(r),
+            None => anyhow::bail!("the daemon closed the connection without an answer"),
+        }
     }
 }
 

@@ -49,6 +49,8 @@ struct RawImage {
     pause_after: Option<String>,
     #[serde(default)]
     allow_groups: Vec<String>,
+    /// A directory with a Dockerfile, relative to this file's directory.
+    build: Option<String>,
     #[serde(default)]
     commands: Vec<String>,
 }
@@ -112,6 +114,14 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 continue;
             }
         };
+        // The recipe is checked now, so a typo shows at load, not at the
+        // first call on a machine without the image.
+        let build = img.build.as_deref().map(|b| file.parent().unwrap_or(Path::new(".")).join(b));
+        if let Some(dir) = &build {
+            if !dir.join("Dockerfile").is_file() {
+                errors.push(err(line, format!("image {name}: build recipe {} has no Dockerfile", dir.display())));
+            }
+        }
         for cap in &img.cap_add {
             if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                 errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
@@ -139,6 +149,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 keep_alive,
                 pause_after,
                 allow_groups: img.allow_groups,
+                build,
                 origin,
             },
         );

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,9 @@ pub struct ImageSpec {
     /// Freeze the container when idle this long (before its keep-alive ends).
     pub pause_after: Option<Duration>,
     pub allow_groups: Vec<String>,
+    /// Recipe (a directory with a Dockerfile) to build `reference` from when
+    /// it is missing and cannot be pulled.
+    pub build: Option<PathBuf>,
     /// `file:line` where it was defined.
     pub origin: String,
 }

@@ -2,12 +2,14 @@
 //! stop, prewarm and pull. Changes to the catalog go to one CLI-managed file
 //! in the last catalog directory, so live reload serves them like any edit.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::exec::Caller;
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{validate_name, RunAs};
+use crate::catalog::{validate_name, ImageSpec, RunAs};
 use crate::protocol::{CommandInfo, Response, EXIT_ODFS_ERROR};
 
 /// Name of the file `odfs add` and `odfs rm` manage.
@@ -266,40 +268,43 @@ impl<B: ContainerBackend> Daemon<B> {
         Response::Done(if stopped.is_empty() { "nothing was running".into() } else { format!("stopped: {}", stopped.join(", ")) })
     }
 
-    pub(super) async fn prewarm(&self, command: &str) -> Response {
+    pub(super) async fn prewarm(&self, command: &str, client: &UnixStream) -> Response {
         let Some(entry) = self.snapshot().get(command).cloned() else {
             return error(format!("{command} is not in the catalog"));
         };
-        match self.pool.warm_up(&entry.image, None).await {
+        match self.with_progress(client, &entry.image, self.pool.warm_up(&entry.image, None)).await {
             Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.state_name(&entry.image))),
             Err(e) => error(format!("{command}: {e}")),
         }
     }
 
-    pub(super) async fn pull(&self, caller: &Caller, commands: &[String]) -> Response {
+    /// `odfs pull`: fetch the images of these commands (all when empty),
+    /// with progress frames to the client as a call would get.
+    pub(super) async fn pull(&self, caller: &Caller, commands: &[String], client: &UnixStream) -> Response {
         if let Err(r) = Self::require_root(caller, "pull") {
             return r;
         }
         let snapshot = self.snapshot();
-        let mut refs: Vec<String> = if commands.is_empty() {
-            snapshot.images.values().map(|i| i.reference.clone()).collect()
+        let mut images: Vec<Arc<ImageSpec>> = if commands.is_empty() {
+            snapshot.images.values().cloned().collect()
         } else {
             let mut v = Vec::new();
             for c in commands {
                 match snapshot.get(c) {
-                    Some(r) => v.push(r.image.reference.clone()),
+                    Some(r) => v.push(r.image.clone()),
                     None => return error(format!("{c} is not in the catalog")),
                 }
             }
             v
         };
-        refs.sort();
-        refs.dedup();
+        images.sort_by(|a, b| a.reference.cmp(&b.reference));
+        images.dedup_by(|a, b| a.reference == b.reference);
         let mut lines = Vec::new();
         let mut failed = false;
-        for r in refs {
-            match self.pool.pull(&r).await {
-                Ok(true) => lines.push(format!("{r}: pulled")),
+        for image in images {
+            let r = &image.reference;
+            match self.with_progress(client, &image, self.pool.pull(&image)).await {
+                Ok(true) => lines.push(format!("{r}: fetched")),
                 Ok(false) => lines.push(format!("{r}: present")),
                 Err(e) => {
                     failed = true;

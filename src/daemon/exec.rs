@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,9 +12,9 @@ use std::time::Instant;
 use super::pool::Served;
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{Invocation, Resolved, RunAs};
+use crate::catalog::{ImageSpec, Invocation, Resolved, RunAs};
 use crate::protocol::{
-    self, AgentEvent, AgentRequest, ExecRequest, Identity, Response, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR,
+    self, AgentEvent, AgentRequest, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR,
     PROTOCOL_VERSION,
 };
 
@@ -35,6 +36,9 @@ pub struct Refusal {
 fn refuse(message: impl Into<String>) -> Refusal {
     Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
 }
+
+/// How often a waiting client hears of a fetch's progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Environment variables a tool gets from its caller, besides the entry's own
 /// `env` list. PATH is the image's; `LD_*` never passes.
@@ -117,6 +121,44 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
+    /// Run `work`, which may fetch `image`, while every change in that
+    /// fetch's progress goes to `client` as a [`Response::Progress`] frame:
+    /// at most ten a second, and never without the one that says it is done.
+    /// A fetch already under way (a prewarm's, another caller's) is shown
+    /// from where it is.
+    pub(super) async fn with_progress<T>(&self, client: &UnixStream, image: &Arc<ImageSpec>, work: impl Future<Output = T>) -> T {
+        let mut rx = self.pool.progress(image);
+        if rx.borrow().as_ref().is_some_and(|p| !p.done) {
+            rx.mark_changed();
+        }
+        // Small frames on a socket the client reads: sent in place.
+        let send = |p: ImageProgress| {
+            let _ = protocol::send(client, &Response::Progress(p), &[]);
+        };
+        let mut last_sent: Option<Instant> = None;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => {
+                    if rx.has_changed().unwrap_or(false) {
+                        if let Some(p) = rx.borrow_and_update().clone().filter(|p| p.done) {
+                            send(p);
+                        }
+                    }
+                    return out;
+                }
+                Ok(()) = rx.changed() => {
+                    let Some(p) = rx.borrow_and_update().clone() else { continue };
+                    if p.done || last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                        last_sent = Some(Instant::now());
+                        send(p);
+                    }
+                }
+            }
+        }
+    }
+
     fn authorize(&self, entry: &Resolved, caller: &Caller, groups: &[u32]) -> Result<(), Refusal> {
         let allowed = &entry.image.allow_groups;
         if allowed.is_empty() || caller.uid == 0 {
@@ -155,7 +197,7 @@ impl<B: ContainerBackend> Daemon<B> {
         // Read now: the launcher is certainly alive while it waits for us.
         let session = proc_session(caller.pid);
         let command = req.command.clone();
-        let outcome = self.clone().run(req, fds, caller, session).await;
+        let outcome = self.clone().run(&control, req, fds, caller, session).await;
         let (image, served, outcome_text, container, pid) = match &outcome {
             Ok((started, image, served)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid),
             Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0),
@@ -194,6 +236,7 @@ impl<B: ContainerBackend> Daemon<B> {
 
     async fn run(
         self: Arc<Self>,
+        control: &UnixStream,
         req: ExecRequest,
         fds: Vec<OwnedFd>,
         caller: Caller,
@@ -236,7 +279,10 @@ impl<B: ContainerBackend> Daemon<B> {
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
         for attempt in 0..2 {
-            let ready = self.pool.ensure(&entry.image, &req.command).await.map_err(|e| refuse(e.to_string()))?;
+            let ready = self
+                .with_progress(control, &entry.image, self.pool.ensure(&entry.image, &req.command))
+                .await
+                .map_err(|e| refuse(e.to_string()))?;
             let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
             let container = ready.container.clone();
             let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))

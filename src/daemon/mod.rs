@@ -123,7 +123,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(Some((Request::Prewarm { command }, _))) => {
-                let r = self.prewarm(&command).await;
+                let r = self.prewarm(&command, &conn).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Scan { image, add }, _))) => {
@@ -139,7 +139,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(Some((Request::Pull { commands }, _))) => {
-                let r = self.pull(&caller, &commands).await;
+                let r = self.pull(&caller, &commands, &conn).await;
                 self.answer(conn, r)
             }
             Ok(None) => {}

@@ -50,7 +50,8 @@ pub enum Served {
     Warm,
     Paused,
     Cold,
-    /// Cold, and the image had to be pulled first.
+    /// Cold, and the image had to be fetched first (pulled, or built from
+    /// its recipe).
     Pulled,
 }
 
@@ -68,8 +69,9 @@ impl Served {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Absent,
-    /// Running since `since`.
-    Warm { id: String, since: Instant },
+    /// Running since `since`; `fetched` if its image was pulled or built
+    /// to start it.
+    Warm { id: String, since: Instant, fetched: bool },
     /// Frozen by the engine (cgroup freezer): no CPU, resumes in milliseconds.
     Paused { id: String },
 }
@@ -118,6 +120,9 @@ pub struct Slot {
     /// Exec requests between "container ready" and "tool started": the agent
     /// does not count them yet, so the reaper must not remove the container.
     pending: AtomicU32,
+    /// The fetch of its image (pull or build) as it goes, for every caller
+    /// that waits on it.
+    progress: crate::backend::ProgressTx,
 }
 
 impl Slot {
@@ -196,6 +201,7 @@ impl<B: ContainerBackend> Pool<B> {
                     life: Mutex::new(Life::default()),
                     pending: AtomicU32::new(0),
                     pull_failure: Mutex::new(None),
+                    progress: tokio::sync::watch::Sender::new(None),
                 })
             })
             .clone()
@@ -255,47 +261,51 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// Make the slot's container run; returns its id and how it was found.
     async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(String, Served), PoolError> {
+        let served = |fetched| if fetched { Served::Pulled } else { Served::Cold };
         match state.clone() {
-            State::Warm { id, since } => {
+            State::Warm { id, since, fetched } => {
                 // Started while this call waited (prewarm on open): the caller
                 // paid for a start, if only part of it.
-                Ok((id, if since > arrived { Served::Cold } else { Served::Warm }))
+                Ok((id, if since > arrived { served(fetched) } else { Served::Warm }))
             }
             State::Paused { id } => match self.backend.unpause(&id).await {
                 Ok(()) => {
-                    *state = State::Warm { id: id.clone(), since: arrived };
+                    *state = State::Warm { id: id.clone(), since: arrived, fetched: false };
                     Ok((id, Served::Paused))
                 }
                 Err(e) => {
                     tracing::warn!(container = slot.name, "cannot resume ({e}); replacing the container");
                     let _ = self.backend.remove(&id).await;
                     *state = State::Absent;
-                    let (id, pulled) = self.create(slot).await?;
-                    *state = State::Warm { id: id.clone(), since: Instant::now() };
-                    Ok((id, if pulled { Served::Pulled } else { Served::Cold }))
+                    let (id, fetched) = self.create(slot).await?;
+                    *state = State::Warm { id: id.clone(), since: Instant::now(), fetched };
+                    Ok((id, served(fetched)))
                 }
             },
             State::Absent => {
-                let (id, pulled) = self.create(slot).await?;
-                *state = State::Warm { id: id.clone(), since: Instant::now() };
-                Ok((id, if pulled { Served::Pulled } else { Served::Cold }))
+                let (id, fetched) = self.create(slot).await?;
+                *state = State::Warm { id: id.clone(), since: Instant::now(), fetched };
+                Ok((id, served(fetched)))
             }
         }
     }
 
     /// Start the slot's container; returns its id and whether the image was
-    /// pulled. An image that just failed to pull is not pulled again on every
-    /// call (or shim open): callers get the same error until the backoff ends.
+    /// fetched. An image that just failed to pull (or build) is not tried
+    /// again on every call (or shim open): callers get the same error until
+    /// the backoff ends.
     async fn create(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
         if let Some(f) = slot.pull_failure.lock().unwrap().clone() {
             let now = Instant::now();
             if now < f.retry_at {
                 let wait = (f.retry_at - now).as_secs() + 1;
-                return Err(PoolError::Start(format!("{} (next pull attempt in {wait}s)", f.message)));
+                return Err(PoolError::Start(format!("{} (next attempt in {wait}s)", f.message)));
             }
         }
         match self.start_container(slot).await {
-            Err(PoolError::Backend(e @ crate::backend::BackendError::ImageMissing { .. })) => {
+            Err(PoolError::Backend(
+                e @ (crate::backend::BackendError::ImageMissing { .. } | crate::backend::BackendError::BuildFailed { .. }),
+            )) => {
                 let mut failure = slot.pull_failure.lock().unwrap();
                 let attempts = failure.as_ref().map_or(0, |f| f.attempts) + 1;
                 *failure = Some(PullFailure { retry_at: Instant::now() + pull_backoff(attempts), message: e.to_string(), attempts });
@@ -325,8 +335,8 @@ impl<B: ContainerBackend> Pool<B> {
         if !matches!(*state, State::Absent) {
             return Ok(());
         }
-        let (id, _) = self.create(&slot).await?;
-        *state = State::Warm { id, since: Instant::now() };
+        let (id, fetched) = self.create(&slot).await?;
+        *state = State::Warm { id, since: Instant::now(), fetched };
         // Without a plan of its own, the policy decides afresh once it is
         // idle (an old plan may have expired already).
         slot.life.lock().unwrap().plan = plan;
@@ -346,7 +356,7 @@ impl<B: ContainerBackend> Pool<B> {
 
     async fn start_container(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
         let image = &slot.image;
-        let pulled = self.backend.ensure_image(&image.reference).await?;
+        let pulled = self.fetch(image, &slot.progress).await?;
         let run = self.cfg.run_dir.join(&slot.name);
         make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
         let socket = run.join("agent.sock");
@@ -463,7 +473,7 @@ impl<B: ContainerBackend> Pool<B> {
             (Action::Prewarm, State::Absent) => {
                 tracing::info!(container = slot.name, reason, "pre-warming before the next expected call");
                 let (id, _) = self.create(slot).await?;
-                *state = State::Warm { id, since: Instant::now() };
+                *state = State::Warm { id, since: Instant::now(), fetched: false };
                 if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
                     p.prewarm_at = None;
                 }
@@ -507,7 +517,7 @@ impl<B: ContainerBackend> Pool<B> {
                 let mut state = slot.state.lock().await;
                 if *state == State::Absent && found.name == slot.name && self.agent_status(&slot).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
-                    *state = State::Warm { id: found.id, since: Instant::now() };
+                    *state = State::Warm { id: found.id, since: Instant::now(), fetched: false };
                     continue;
                 }
             }
@@ -617,9 +627,29 @@ impl<B: ContainerBackend> Pool<B> {
         Ok(self.backend.local_images().await?)
     }
 
-    /// Make sure an image is present, pulling it if not; true if pulled.
-    pub async fn pull(&self, reference: &str) -> Result<bool, PoolError> {
-        Ok(self.backend.ensure_image(reference).await?)
+    /// Make sure an image is present: pulled if it is not, built from its
+    /// recipe if it cannot be pulled. True if it had to be fetched.
+    async fn fetch(&self, image: &ImageSpec, progress: &crate::backend::ProgressTx) -> Result<bool, PoolError> {
+        match (self.backend.ensure_image(&image.reference, progress).await, &image.build) {
+            (Err(crate::backend::BackendError::ImageMissing { reason, .. }), Some(recipe)) => {
+                tracing::info!(image = image.reference, "cannot pull ({reason}); building it from its recipe");
+                self.backend.build_image(&image.reference, recipe, progress).await?;
+                Ok(true)
+            }
+            (result, _) => Ok(result?),
+        }
+    }
+
+    /// `odfs pull`: fetch an image now, with progress on its profile's
+    /// channel as when a call fetches it.
+    pub async fn pull(&self, image: &Arc<ImageSpec>) -> Result<bool, PoolError> {
+        let slot = self.slot(image);
+        self.fetch(image, &slot.progress).await
+    }
+
+    /// Follow the fetches of an image's profile (see [`Slot::progress`]).
+    pub fn progress(&self, image: &Arc<ImageSpec>) -> tokio::sync::watch::Receiver<Option<crate::protocol::ImageProgress>> {
+        self.slot(image).progress.subscribe()
     }
 
     /// The state of an image's container, without waiting (FUSE threads ask):
@@ -688,6 +718,7 @@ mod tests {
             keep_alive: keep,
             pause_after: None,
             allow_groups: vec![],
+            build: None,
             origin: "t.toml:1".into(),
         })
     }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+pub mod progress;
 mod tty;
 
 use crate::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Request, Response, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
@@ -167,7 +168,16 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         tty,
     });
     protocol::send(&control, &req, &fds).map_err(|e| fail(format!("cannot send the request to the daemon: {e}")))?;
-    let (agent, relay) = match protocol::recv::<Response>(&control) {
+    // Progress frames come first when the image has to be fetched.
+    let mut fetching = progress::Fetching::new(command, tty::isatty(2));
+    let answer = loop {
+        match protocol::recv::<Response>(&control) {
+            Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
+            other => break other,
+        }
+    };
+    drop(fetching);
+    let (agent, relay) = match answer {
         Ok(Some((Response::Handoff { .. }, mut got))) if !got.is_empty() => {
             let agent = UnixStream::from(got.remove(0));
             let relay = match (term, got.pop()) {

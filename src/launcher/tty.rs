@@ -12,7 +12,7 @@ pub fn isatty(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-fn winsize(fd: RawFd) -> Option<libc::winsize> {
+pub fn winsize(fd: RawFd) -> Option<libc::winsize> {
     // SAFETY: TIOCGWINSZ fills the struct.
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();

@@ -18,7 +18,7 @@ pub use framing::{read_frame, write_frame, FrameError, MAX_FDS, MAX_FRAME};
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -109,6 +109,9 @@ pub struct TtyRequest {
 /// The daemon's answer on the control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
+    /// The image is being fetched (pulled or built) before the answer: any
+    /// number of these may come first, the last one with `done` set.
+    Progress(ImageProgress),
     /// The tool runs; the attached fds are the agent connection to follow
     /// and, in pty mode, the pty master.
     Handoff { pid: i32 },
@@ -119,6 +122,23 @@ pub enum Response {
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.
     Done(String),
+}
+
+/// How far the fetch of a missing image has come, for everyone waiting on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProgress {
+    pub reference: String,
+    /// Built from the catalog's recipe (its steps are the "layers"), not pulled.
+    pub building: bool,
+    pub layers_done: u32,
+    pub layers_total: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The engine's latest status line (a build step, an error).
+    pub step: String,
+    /// The fetch is over; `ok` says how it ended.
+    pub done: bool,
+    pub ok: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

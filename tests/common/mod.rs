@@ -111,7 +111,9 @@ impl TestMount {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
         }
         for (name, text) in files {
-            std::fs::write(catalog.join(name), text).unwrap();
+            let path = catalog.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let id = odfs::daemon::mount_id(&mnt);
         let socket = state.join("odfs.sock");
@@ -190,6 +192,11 @@ impl TestMount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The admin CLI against this mount's daemon.
+    pub fn odfs(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_odfs")).args(args).arg("--socket").arg(&self.socket).output().unwrap()
     }
 
     pub fn shim(&self, name: &str) -> PathBuf {
