@@ -158,32 +158,20 @@ fn a_terminal_sees_a_progress_bar_that_ends_on_its_own_line() {
 
 #[test]
 fn an_image_that_cannot_be_pulled_is_built_from_its_recipe() {
-    let reference = format!("odfs-test/built-{}:1", std::process::id());
-    let _cleanup = RemoveImage(reference.clone());
-    let files = [
-        ("test.toml", format!("[image.built]\nref = \"{reference}\"\nbuild = \"images/built\"\nnetwork = \"none\"\n\n[command.cat]\nimage = \"built\"\npath = \"/bin/cat\"\n")),
-        ("images/built/Dockerfile", "FROM odfs-test/busybox:latest\nCOPY marker /marker\nRUN echo built-by-recipe >> /marker\n".to_string()),
-        ("images/built/marker", "from-the-context\n".to_string()),
-    ];
-    let m = mount_of(&files);
-    let o = m.sh(r#""$M/cat" /marker"#);
+    let dockerfile = "FROM odfs-test/busybox:latest\nCOPY marker /marker\nRUN echo built-by-recipe >> /marker\n";
+    let (m, reference, _cleanup) = recipe_mount("built", "/bin/cat", dockerfile, &[("marker", "from-the-context\n")]);
+    let o = m.sh(r#""$M/tool" /marker"#);
     assert_eq!(stdout(&o), "from-the-context\nbuilt-by-recipe\n", "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains(&format!("odfs: cat: pulling {reference} (not on this machine)")), "{err}");
-    assert!(err.contains(&format!("odfs: cat: building {reference} (cannot be pulled)")), "{err}");
-    assert!(err.contains(&format!("odfs: cat: built {reference} step 3/3 in ")), "{err}");
+    assert!(err.contains(&format!("odfs: tool: pulling {reference} (not on this machine)")), "{err}");
+    assert!(err.contains(&format!("odfs: tool: building {reference} (cannot be pulled)")), "{err}");
+    assert!(err.contains(&format!("odfs: tool: built {reference} step 3/3 in ")), "{err}");
     assert!(m.log_text().contains("building image from its recipe"), "{}", m.log_text());
 }
 
 #[test]
 fn a_recipe_whose_base_is_missing_says_how_to_make_the_base_and_is_not_retried_at_once() {
-    let reference = format!("odfs-test/unbuildable-{}:1", std::process::id());
-    let _cleanup = RemoveImage(reference.clone());
-    let files = [
-        ("test.toml", format!("[image.nobase]\nref = \"{reference}\"\nbuild = \"images/nobase\"\n\n[command.tool]\nimage = \"nobase\"\npath = \"/bin/true\"\n")),
-        ("images/nobase/Dockerfile", "FROM odfs-test/no-such-base:1\nRUN true\n".to_string()),
-    ];
-    let m = mount_of(&files);
+    let (m, reference, _cleanup) = recipe_mount("nobase", "/bin/true", "FROM odfs-test/no-such-base:1\nRUN true\n", &[]);
     let o = m.sh(r#""$M/tool""#);
     assert_eq!(shell_status(&o), 126, "{}", stderr(&o));
     let last = stderr(&o).lines().last().unwrap_or_default().to_string();
@@ -206,9 +194,19 @@ fn a_catalog_recipe_without_a_dockerfile_is_an_error_at_load() {
     assert!(!m.mnt.join("x").exists());
 }
 
-fn mount_of(files: &[(&str, String)]) -> TestMount {
-    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    TestMount::with_files(&refs, &[])
+/// A mount whose image `name` is not on the machine and has a recipe (the
+/// Dockerfile and `context` files); its command `tool` runs `path`. Returns
+/// the mount, the image's reference and the guard that removes the image.
+fn recipe_mount(name: &str, path: &str, dockerfile: &str, context: &[(&str, &str)]) -> (TestMount, String, RemoveImage) {
+    let reference = format!("odfs-test/{name}-{}:1", std::process::id());
+    let guard = RemoveImage(reference.clone());
+    let toml = format!(
+        "[image.{name}]\nref = \"{reference}\"\nbuild = \"images/{name}\"\nnetwork = \"none\"\n\n[command.tool]\nimage = \"{name}\"\npath = \"{path}\"\n"
+    );
+    let mut files = vec![("test.toml".to_string(), toml), (format!("images/{name}/Dockerfile"), dockerfile.to_string())];
+    files.extend(context.iter().map(|(f, text)| (format!("images/{name}/{f}"), text.to_string())));
+    let refs: Vec<(&str, &str)> = files.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    (TestMount::with_files(&refs, &[]), reference, guard)
 }
 
 /// Removes an image the test made, even when the test fails.
