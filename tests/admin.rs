@@ -55,6 +55,14 @@ fn add_and_rm_change_the_mount_within_a_second() {
     let o = odfs(&m, &["rm", "odfs-date"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(eventually(Duration::from_secs(1), || !m.shim("odfs-date").exists()), "still in the mount after 1 s");
+    // A bare --path is searched on the image's PATH, as in catalog files.
+    let o = odfs(&m, &["add", "odfs-upcase", "--image", TEST_IMAGE, "--path", "tr"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(eventually(Duration::from_secs(1), || m.shim("odfs-upcase").exists()));
+    assert_eq!(stdout(&m.sh(r#"echo abc | "$M/odfs-upcase" a-z A-Z"#)), "ABC\n");
+    let o = odfs(&m, &["add", "odfs-bad", "--image", TEST_IMAGE, "--path", "bin/tr"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--path \"bin/tr\" must be absolute or a bare name"), "{}", stderr(&o));
 }
 
 #[test]
@@ -115,6 +123,22 @@ fn completions_and_man_page_come_from_the_cli_definition() {
 }
 
 #[test]
+fn a_scan_container_left_by_a_crash_is_removed_at_the_next_start() {
+    let mut m = TestMount::new(BUSYBOX_CATALOG);
+    let name = format!("odfs-test-scan-left-{}", m.id);
+    let mount_label = format!("io.odfs.mount={}", m.id);
+    let o = docker(&[
+        "create", "--name", &name, "--label", "io.odfs.managed=true", "--label", "io.odfs.scan=true", "--label", &mount_label,
+        TEST_IMAGE, "/.odfs-scan-never-runs",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    m.crash();
+    m.start(&[]);
+    let left = || stdout(&docker(&["ps", "-aq", "--filter", &format!("name={name}")]));
+    assert!(eventually(Duration::from_secs(10), || left().trim().is_empty()), "still there: {}", left());
+}
+
+#[test]
 fn scan_lists_an_images_executables_without_running_it_and_can_map_them() {
     let m = TestMount::new(BUSYBOX_CATALOG);
     let o = odfs(&m, &["scan", TEST_IMAGE]);
@@ -130,6 +154,9 @@ fn scan_lists_an_images_executables_without_running_it_and_can_map_them() {
     let left = || stdout(&docker(&["ps", "-aq", "--filter", "label=io.odfs.scan=true"]));
     assert!(eventually(Duration::from_secs(60), || left().trim().is_empty()), "the scan left containers: {}", left());
     assert!(!m.shim("awk").exists());
+    // The scan fed the index the command-not-found hook reads.
+    let o = odfs(&m, &["hint", "awk"]);
+    assert!(stderr(&o).contains(&format!("awk is in image {TEST_IMAGE} (/usr/bin/awk)")), "{}", stderr(&o));
     let o = odfs(&m, &["scan", TEST_IMAGE, "--add"]);
     assert!(o.status.success() && stdout(&o).contains("already defined elsewhere"), "{}", stderr(&o));
     assert!(eventually(Duration::from_secs(1), || m.shim("awk").exists()));

@@ -256,7 +256,7 @@ impl ContainerBackend for Docker {
         self.client().await?.unpause_container(id).await.map_err(|e| self.classify(e))
     }
 
-    async fn executables(&self, reference: &str) -> Result<Vec<String>, BackendError> {
+    async fn executables(&self, reference: &str, mount_id: &str) -> Result<Vec<String>, BackendError> {
         let client = self.client().await?;
         let image = client.inspect_image(reference).await.map_err(|e| self.classify(e))?;
         let path = image
@@ -274,6 +274,7 @@ impl ContainerBackend for Docker {
             labels: Some(HashMap::from([
                 (super::LABEL_MANAGED.to_string(), "true".to_string()),
                 (LABEL_SCAN.to_string(), "true".to_string()),
+                (LABEL_MOUNT.to_string(), mount_id.to_string()),
             ])),
             ..Default::default()
         };

@@ -64,7 +64,7 @@ impl ContainerBackend for Fake {
         Ok(())
     }
 
-    async fn executables(&self, _reference: &str) -> Result<Vec<String>, BackendError> {
+    async fn executables(&self, _reference: &str, _mount_id: &str) -> Result<Vec<String>, BackendError> {
         Ok(vec!["/bin/sh".into(), "/usr/bin/jq".into()])
     }
 

@@ -76,8 +76,10 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn pause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     fn unpause(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Executables on the image's PATH (absolute paths, first PATH match of
-    /// each name), found without running anything from the image.
-    fn executables(&self, reference: &str) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    /// each name), found without running anything from the image. The
+    /// scratch container carries the mount's label, so one left behind by a
+    /// crash is removed at the next start.
+    fn executables(&self, reference: &str, mount_id: &str) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// References (repo:tag) of the images on this machine.
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{validate_name, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Network, RunAs};
+use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Network, RunAs};
 
 /// One problem in one catalog file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,15 +164,8 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 continue;
             }
         };
-        if let Some(p) = &cmd.path {
-            // Absolute, or a bare name searched on the image's PATH (an
-            // alias such as `python-venv` running `python -m venv`).
-            if !p.starts_with('/') && (p.contains('/') || validate_name(p).is_err()) {
-                errors.push(err(
-                    line,
-                    format!("command {name}: path {p:?} must be absolute or a bare name to search on the image's PATH"),
-                ));
-            }
+        if let Some(Err(e)) = cmd.path.as_deref().map(validate_path) {
+            errors.push(err(line, format!("command {name}: {e}")));
         }
         for var in &cmd.env {
             if var.is_empty() || var.contains('=') || var.starts_with("LD_") {

@@ -27,6 +27,16 @@ impl fmt::Display for CommandName {
     }
 }
 
+/// A command's `path`: absolute, or a bare name searched on the image's
+/// PATH (an alias such as `python-venv` running `python -m venv`).
+pub fn validate_path(p: &str) -> Result<(), String> {
+    if p.starts_with('/') || (!p.contains('/') && validate_name(p).is_ok()) {
+        Ok(())
+    } else {
+        Err(format!("path {p:?} must be absolute or a bare name to search on the image's PATH"))
+    }
+}
+
 /// Names become directory entries: no `/`, no NUL, not `.` or `..`, at most
 /// 255 bytes (NAME_MAX), and nothing invisible or shell-hostile.
 pub fn validate_name(name: &str) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::exec::Caller;
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{validate_name, ImageSpec, RunAs};
+use crate::catalog::{validate_name, validate_path, ImageSpec, RunAs};
 use crate::protocol::{CommandInfo, Response, EXIT_ODFS_ERROR};
 
 /// Name of the file `odfs add` and `odfs rm` manage.
@@ -84,8 +84,8 @@ impl<B: ContainerBackend> Daemon<B> {
         if let Err(e) = validate_name(command) {
             return error(format!("add: command {e}"));
         }
-        if let Some(p) = path.filter(|p| !p.starts_with('/')) {
-            return error(format!("add: --path {p:?} must be absolute"));
+        if let Some(Err(e)) = path.map(validate_path) {
+            return error(format!("add: --{e}"));
         }
         if let Some(existing) = self.snapshot().get(command) {
             if !self.cli_defined(&existing.command.origin) {
@@ -137,10 +137,13 @@ impl<B: ContainerBackend> Daemon<B> {
                 return r;
             }
         }
+        // Always scanned afresh (the image may have been rebuilt), and the
+        // index the command-not-found hook reads is refreshed with it.
         let paths = match self.pool.executables(reference).await {
             Ok(p) => p,
             Err(e) => return error(format!("scan {reference}: {e}")),
         };
+        self.index.insert(reference.to_string(), paths.clone());
         let mut text = paths.join("\n");
         if add {
             let snapshot = self.snapshot();

@@ -620,7 +620,7 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// Executables on an image's PATH (see `ContainerBackend::executables`).
     pub async fn executables(&self, reference: &str) -> Result<Vec<String>, PoolError> {
-        Ok(self.backend.executables(reference).await?)
+        Ok(self.backend.executables(reference, &self.cfg.mount_id).await?)
     }
 
     pub async fn local_images(&self) -> Result<Vec<String>, PoolError> {
