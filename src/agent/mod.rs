@@ -6,6 +6,7 @@
 //! static and touches nothing in the image except `/etc/passwd` and
 //! `/etc/group` (to make the caller known there).
 
+mod cgroup;
 mod identity;
 mod spawn;
 
@@ -244,6 +245,7 @@ impl Agent {
         }
         identity::ensure_known(&req.identity);
         let pty = req.tty.is_some();
+        let oom_before = cgroup::oom_kills();
         let (tx, rx) = mpsc::channel();
         let (pid, master) = match spawn::spawn(self, &req, &fds, tx.clone()) {
             Ok(started) => started,
@@ -316,6 +318,10 @@ impl Agent {
                 ToolEvent::Wait(status) => {
                     let (ev, last) = match status {
                         Wait::Exited(_, code) => (AgentEvent::Exited(code), true),
+                        Wait::Signaled(_, libc::SIGKILL) => match cgroup::oom_reason(oom_before) {
+                            Some(reason) => (AgentEvent::Killed { signal: libc::SIGKILL, reason }, true),
+                            None => (AgentEvent::Signaled(libc::SIGKILL), true),
+                        },
                         Wait::Signaled(_, sig) => (AgentEvent::Signaled(sig), true),
                         Wait::Stopped(_, sig) => (AgentEvent::Stopped(sig), false),
                     };

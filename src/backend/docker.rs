@@ -215,6 +215,12 @@ impl ContainerBackend for Docker {
                 network_mode: Some(spec.network.clone()),
                 cap_add: Some(spec.cap_add.clone()),
                 init: Some(false),
+                memory: spec.limits.memory.map(|m| m as i64),
+                // Swap counts against the same limit, so a tool over it is
+                // stopped, not slowed to a crawl.
+                memory_swap: spec.limits.memory.map(|m| m as i64),
+                nano_cpus: spec.limits.nano_cpus.map(|c| c as i64),
+                pids_limit: spec.limits.pids.map(|p| p as i64),
                 ..Default::default()
             }),
             ..Default::default()

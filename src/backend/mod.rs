@@ -37,6 +37,7 @@ pub struct ContainerSpec {
     pub cap_add: Vec<String>,
     pub binds: Vec<Bind>,
     pub env: Vec<String>,
+    pub limits: crate::catalog::Limits,
 }
 
 /// A container found on the engine with this mount's label.

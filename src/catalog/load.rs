@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Network, RunAs};
+use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, RunAs};
 
 /// One problem in one catalog file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,9 @@ struct RawImage {
     allow_groups: Vec<String>,
     /// A directory with a Dockerfile, relative to this file's directory.
     build: Option<String>,
+    memory: Option<String>,
+    cpus: Option<f64>,
+    pids: Option<u64>,
     #[serde(default)]
     commands: Vec<String>,
 }
@@ -114,6 +117,13 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 continue;
             }
         };
+        let limits = match Limits::parse(img.memory.as_deref(), img.cpus, img.pids) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(err(line, format!("image {name}: {e}")));
+                continue;
+            }
+        };
         // The recipe is checked now, so a typo shows at load, not at the
         // first call on a machine without the image.
         let build = img.build.as_deref().map(|b| file.parent().unwrap_or(Path::new(".")).join(b));
@@ -149,6 +159,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 keep_alive,
                 pause_after,
                 allow_groups: img.allow_groups,
+                limits,
                 build,
                 origin,
             },

@@ -103,6 +103,50 @@ impl KeepAlive {
     }
 }
 
+/// What one container of an image may use (cgroup limits); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// Bytes of memory, swap included: beyond it the kernel's OOM killer
+    /// ends a process of the container.
+    pub memory: Option<u64>,
+    /// CPUs, in billionths (Docker's NanoCpus).
+    pub nano_cpus: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+}
+
+/// The smallest limits a container can work with: the engine refuses less
+/// than 6 MiB, and the agent and a tool need a few processes.
+const MIN_MEMORY: u64 = 6 << 20;
+const MIN_PIDS: u64 = 8;
+
+impl Limits {
+    pub fn parse(memory: Option<&str>, cpus: Option<f64>, pids: Option<u64>) -> Result<Limits, String> {
+        let memory = match memory {
+            None => None,
+            Some(m) => {
+                let bytes = parse_size::Config::new()
+                    .with_binary()
+                    .parse_size(m)
+                    .map_err(|e| format!("memory {m:?} is not a size like \"512m\" or \"2g\": {e}"))?;
+                if bytes < MIN_MEMORY {
+                    return Err(format!("memory {m:?} is below the engine's minimum of 6m"));
+                }
+                Some(bytes)
+            }
+        };
+        let nano_cpus = match cpus {
+            None => None,
+            Some(c) if c.is_finite() && c >= 0.01 => Some((c * 1e9).round() as u64),
+            Some(c) => return Err(format!("cpus {c} must be a number of CPUs of at least 0.01, like 1.5")),
+        };
+        if let Some(p) = pids.filter(|&p| p < MIN_PIDS) {
+            return Err(format!("pids {p} is below {MIN_PIDS} (the agent and a tool need a few processes)"));
+        }
+        Ok(Limits { memory, nano_cpus, pids })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub name: String,
@@ -114,6 +158,7 @@ pub struct ImageSpec {
     /// Freeze the container when idle this long (before its keep-alive ends).
     pub pause_after: Option<Duration>,
     pub allow_groups: Vec<String>,
+    pub limits: Limits,
     /// Recipe (a directory with a Dockerfile) to build `reference` from when
     /// it is missing and cannot be pulled.
     pub build: Option<PathBuf>,
@@ -178,5 +223,18 @@ mod tests {
         assert_eq!(KeepAlive::parse("0s"), Ok(KeepAlive::Fixed(Duration::ZERO)));
         assert_eq!(KeepAlive::parse("10m"), Ok(KeepAlive::Fixed(Duration::from_secs(600))));
         assert!(KeepAlive::parse("forever").is_err());
+    }
+
+    #[test]
+    fn limits_take_engine_style_sizes_and_refuse_what_cannot_work() {
+        let l = Limits::parse(Some("512m"), Some(1.5), Some(64)).unwrap();
+        assert_eq!(l, Limits { memory: Some(512 << 20), nano_cpus: Some(1_500_000_000), pids: Some(64) });
+        assert_eq!(Limits::parse(Some("2g"), None, None).unwrap().memory, Some(2 << 30));
+        assert_eq!(Limits::parse(None, None, None).unwrap(), Limits::default());
+        assert!(Limits::parse(Some("1m"), None, None).unwrap_err().contains("minimum"));
+        assert!(Limits::parse(Some("lots"), None, None).is_err());
+        assert!(Limits::parse(None, Some(0.0), None).is_err());
+        assert!(Limits::parse(None, Some(f64::NAN), None).is_err());
+        assert!(Limits::parse(None, None, Some(2)).is_err());
     }
 }

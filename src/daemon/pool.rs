@@ -178,11 +178,12 @@ impl<B: ContainerBackend> Pool<B> {
         };
         let shared: Vec<_> = self.cfg.shared.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         let text = format!(
-            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}",
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}",
             image.reference,
             image.network.as_str(),
             caps.join(","),
-            shared.join(":")
+            shared.join(":"),
+            image.limits
         );
         h.update(text.as_bytes());
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -382,6 +383,7 @@ impl<B: ContainerBackend> Pool<B> {
             cap_add: image.cap_add.clone(),
             binds,
             env: vec![],
+            limits: image.limits,
         };
         let started = Instant::now();
         let id = self.backend.start(&spec).await?;
@@ -718,6 +720,7 @@ mod tests {
             keep_alive: keep,
             pause_after: None,
             allow_groups: vec![],
+            limits: Default::default(),
             build: None,
             origin: "t.toml:1".into(),
         })

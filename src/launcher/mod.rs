@@ -192,13 +192,13 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
-    follow(&agent, &signals, relay)
+    follow(command, &agent, &signals, relay)
     // The relay, if any, has restored the terminal by now.
 }
 
 /// Relay signals (and, in pty mode, terminal bytes) until the agent reports
 /// the tool's end.
-fn follow(agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>) -> Result<Outcome, Failure> {
+fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>) -> Result<Outcome, Failure> {
     use std::os::fd::AsFd;
     let mut master_open = relay.is_some();
     loop {
@@ -276,6 +276,10 @@ fn follow(agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>) -> Re
             return match event {
                 Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
                 Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
+                Ok(Some((AgentEvent::Killed { signal, reason }, _))) => {
+                    eprintln!("odfs: {command}: {reason}");
+                    Ok(Outcome::Signal(signal))
+                }
                 Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(Failure { message, code: exit_code }),
                 Ok(Some((other, _))) => Err(fail(format!("unexpected message from the agent: {other:?}"))),
                 Ok(None) | Err(_) => Err(Failure {

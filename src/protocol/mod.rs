@@ -223,6 +223,8 @@ pub enum AgentEvent {
     Failed { message: String, exit_code: i32 },
     Exited(i32),
     Signaled(i32),
+    /// Died of `signal` for a reason the caller should hear (the OOM killer).
+    Killed { signal: i32, reason: String },
     /// Busy tools, idle time, and the tools that ended since the last
     /// status request (each reported once).
     Status { running: u32, idle_ms: u64, finished: Vec<Finished> },

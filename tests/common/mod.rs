@@ -413,3 +413,105 @@ impl Drop for Tmux {
         self.tmux(&["kill-server"]);
     }
 }
+
+static ENGINE_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A Docker engine of its own (own data root, exec root, socket and
+/// bridge), for tests that stop, freeze or restart the engine without
+/// touching the machine's. It holds the busybox test image. Stopped, and
+/// its files deleted, on drop.
+pub struct TestEngine {
+    pub dir: PathBuf,
+    /// `unix://…` for DOCKER_HOST.
+    pub host: String,
+    bridge: String,
+    child: Option<Child>,
+}
+
+impl TestEngine {
+    pub fn start() -> TestEngine {
+        prepare();
+        let seq = ENGINE_SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from(format!("/var/lib/odfs-test-engine-{}-{seq}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = format!("unix://{}", dir.join("docker.sock").display());
+        // A bridge of its own: with `--bridge=none` dockerd deletes docker0,
+        // the machine engine's bridge.
+        let bridge = format!("odfs{}b{seq}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
+        let o = Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]).output().unwrap();
+        assert!(o.status.success(), "ip link add: {}", stderr(&o));
+        let mut e = TestEngine { dir, host, bridge, child: None };
+        e.run();
+        let save = Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().unwrap();
+        let load = Command::new("docker").args(["-H", &e.host, "load", "-q"]).stdin(save.stdout.unwrap()).output().unwrap();
+        assert!(load.status.success(), "load: {}", stderr(&load));
+        e
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("dockerd.pid"))
+            .args(["-H", &self.host, "--bridge", &self.bridge, "--iptables=false", "--ip6tables=false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        self.child = Some(child);
+        let up = eventually(Duration::from_secs(30), || self.docker(&["info"]).status.success());
+        assert!(up, "test engine did not start: {}", std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default());
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker").args(["-H", &self.host]).args(args).output().unwrap()
+    }
+
+    /// Stop the engine as an admin would (its containers stop with it).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Freeze (`true`) or thaw the engine's process: its API hangs.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("engine running").id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
+    }
+
+    /// Ids of the containers of a mount on this engine.
+    pub fn containers(&self, m: &TestMount) -> Vec<String> {
+        let o = self.docker(&["ps", "-q", "--filter", &format!("label=io.odfs.mount={}", m.id)]);
+        stdout(&o).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.freeze(false);
+            let o = self.docker(&["ps", "-aq"]);
+            for id in stdout(&o).lines() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        self.stop();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

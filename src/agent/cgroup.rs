@@ -1,0 +1,56 @@
+//! What the container's memory cgroup says about a tool's death: whether the
+//! kernel's out-of-memory killer struck, and under which limit.
+
+/// Kills by the OOM killer in this container so far (cgroup v2
+/// `memory.events`, v1 `memory.oom_control`); `None` if neither is readable.
+pub fn oom_kills() -> Option<u64> {
+    ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .and_then(|text| oom_kill_count(&text))
+}
+
+fn oom_kill_count(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+}
+
+/// The container's memory limit in bytes, if it has one.
+fn memory_limit() -> Option<u64> {
+    ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .and_then(|text| limit_of(&text))
+}
+
+/// v2 says `max`, v1 a huge page-rounded number, when there is no limit.
+fn limit_of(text: &str) -> Option<u64> {
+    text.trim().parse().ok().filter(|&b: &u64| b < 1 << 60)
+}
+
+/// Why a tool that died of SIGKILL died, when the OOM killer struck while
+/// it ran (`before`: the count when it started).
+pub fn oom_reason(before: Option<u64>) -> Option<String> {
+    let (before, now) = (before?, oom_kills()?);
+    (now > before).then(|| match memory_limit() {
+        Some(limit) => format!(
+            "killed by the out-of-memory killer: its container's memory limit is {} MiB (raise `memory` for its image in the catalog)",
+            limit >> 20
+        ),
+        None => "killed by the out-of-memory killer: the machine ran out of memory".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_limits_read_from_both_cgroup_versions() {
+        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), Some(3));
+        assert_eq!(oom_kill_count("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\noom_group_kill 0\n"), Some(1));
+        assert_eq!(oom_kill_count("low 0\n"), None);
+        assert_eq!(limit_of("67108864\n"), Some(64 << 20));
+        assert_eq!(limit_of("max\n"), None);
+        assert_eq!(limit_of("9223372036854771712\n"), None);
+    }
+}
