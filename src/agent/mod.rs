@@ -32,7 +32,15 @@ pub struct AgentConfig {
     /// agent outside a container in tests; inside a container it would let any
     /// tool ask the agent to start processes.
     pub allow_local_peers: bool,
+    /// The secret every request must carry (from `ODFS_AGENT_TOKEN`, which
+    /// the daemon sets per container); `None` accepts any (tests only).
+    pub token: Option<String>,
 }
+
+/// The environment variable the daemon passes the agent's token in. The
+/// environment of PID 1 is readable only by root inside its own container
+/// (a command line would be readable by every user there).
+pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
 
 /// Tool ends kept for the daemon between two status requests.
 const FINISHED_KEPT: usize = 1000;
@@ -97,6 +105,7 @@ struct Agent {
     /// The image's PATH: tools are looked up on it and get it as their PATH.
     path: Vec<u8>,
     allow_local_peers: bool,
+    token: Option<String>,
 }
 
 /// Run the agent until SIGTERM/SIGINT; never returns.
@@ -117,6 +126,7 @@ pub fn run(config: AgentConfig) -> ! {
         children: Condvar::new(),
         path,
         allow_local_peers: config.allow_local_peers,
+        token: config.token,
     });
 
     std::thread::spawn(move || {
@@ -218,8 +228,17 @@ impl Agent {
                 return;
             }
         };
+        let token = match &first.0 {
+            AgentRequest::Status { token } => Some(token.as_str()),
+            AgentRequest::Spawn(req) => Some(req.token.as_str()),
+            _ => None,
+        };
+        if !self.token.as_deref().is_none_or(|ours| token.is_some_and(|t| same_secret(t, ours))) {
+            eprintln!("odfs-agent: refused a request without this container's token");
+            return;
+        }
         match first {
-            (AgentRequest::Status, _) => {
+            (AgentRequest::Status { .. }, _) => {
                 let status = {
                     let mut reg = self.registry.lock().unwrap();
                     let idle_ms = if reg.running == 0 { reg.idle_since.elapsed().as_millis() as u64 } else { 0 };
@@ -364,7 +383,13 @@ fn kill_session(sid: i32) {
     }
 }
 
-/// Parse the agent's command line: `odfs-agent --socket PATH [--allow-local-peers]`.
+/// Compare secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parse the agent's command line: `odfs-agent --socket PATH [--allow-local-peers]`;
+/// the token comes from the environment, which is then cleared of it.
 pub fn parse_args(args: impl Iterator<Item = String>) -> Result<AgentConfig, String> {
     let mut socket = None;
     let mut allow_local_peers = false;
@@ -377,5 +402,8 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<AgentConfig, Str
         }
     }
     let socket = socket.ok_or("missing --socket PATH")?;
-    Ok(AgentConfig { socket, allow_local_peers })
+    let token = std::env::var(TOKEN_ENV).ok();
+    // SAFETY: called at start-up, before any thread exists.
+    unsafe { std::env::remove_var(TOKEN_ENV) };
+    Ok(AgentConfig { socket, allow_local_peers, token })
 }

@@ -326,7 +326,8 @@ impl ContainerBackend for Docker {
             .map(|c| Managed {
                 id: c.id.unwrap_or_default(),
                 name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
-                profile: c.labels.unwrap_or_default().get(LABEL_PROFILE).cloned().unwrap_or_default(),
+                profile: c.labels.as_ref().and_then(|l| l.get(LABEL_PROFILE)).cloned().unwrap_or_default(),
+                token: c.labels.as_ref().and_then(|l| l.get(super::LABEL_TOKEN)).cloned().unwrap_or_default(),
                 running: c.state.as_ref().is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused")),
                 paused: c.state.is_some_and(|s| s.to_string() == "paused"),
             })

@@ -37,7 +37,7 @@ impl ContainerBackend for Fake {
         let running = self.running.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                if let Ok(Some((AgentRequest::Status, _))) = protocol::recv::<AgentRequest>(&conn) {
+                if let Ok(Some((AgentRequest::Status { .. }, _))) = protocol::recv::<AgentRequest>(&conn) {
                     let busy = running.load(Ordering::SeqCst);
                     let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000, finished: vec![] }, &[]);
                 }
@@ -79,7 +79,7 @@ impl ContainerBackend for Fake {
             .unwrap()
             .iter()
             .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
-            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false })
+            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default() })
             .collect())
     }
 }

@@ -18,6 +18,9 @@ pub const LABEL_MANAGED: &str = "io.odfs.managed";
 pub const LABEL_MOUNT: &str = "io.odfs.mount";
 pub const LABEL_PROFILE: &str = "io.odfs.profile";
 pub const LABEL_IMAGE: &str = "io.odfs.image";
+/// The agent's token, so a restarted daemon can talk to adopted containers
+/// (labels are visible only through the engine's API, that is, to root).
+pub const LABEL_TOKEN: &str = "io.odfs.token";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
@@ -48,6 +51,7 @@ pub struct Managed {
     pub profile: String,
     pub running: bool,
     pub paused: bool,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

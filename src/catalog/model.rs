@@ -44,7 +44,8 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("name is empty".into());
     }
     if name.len() > 255 {
-        return Err(format!("name {:?}… is longer than 255 bytes", &name[..16]));
+        let start: String = name.chars().take(16).collect();
+        return Err(format!("name {start:?}… is longer than 255 bytes"));
     }
     if name == "." || name == ".." {
         return Err(format!("name {name:?} is reserved"));
@@ -223,6 +224,17 @@ mod tests {
         assert_eq!(KeepAlive::parse("0s"), Ok(KeepAlive::Fixed(Duration::ZERO)));
         assert_eq!(KeepAlive::parse("10m"), Ok(KeepAlive::Fixed(Duration::from_secs(600))));
         assert!(KeepAlive::parse("forever").is_err());
+    }
+
+    #[test]
+    fn hostile_names_are_refused_without_panicking() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b", "tab\tname", "new\nline", "\u{7f}del"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&"x".repeat(4096)).unwrap_err().contains("longer than 255 bytes"));
+        // Multi-byte characters across the cut of the message.
+        assert!(validate_name(&"é".repeat(200)).unwrap_err().contains("longer than 255 bytes"));
+        assert!(validate_name(&"é".repeat(127)).is_ok());
     }
 
     #[test]

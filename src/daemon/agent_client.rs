@@ -16,12 +16,12 @@ pub struct AgentStatus {
 
 /// Ask an agent how many tools it runs and how long it has been idle.
 /// Blocking; bounded by a short timeout so a frozen container cannot hang us.
-pub fn status(socket: &Path) -> std::io::Result<AgentStatus> {
+pub fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
     let conn = UnixStream::connect(socket)?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
     let bad = |m: String| std::io::Error::other(m);
-    protocol::send(&conn, &AgentRequest::Status, &[]).map_err(|e| bad(e.to_string()))?;
+    protocol::send(&conn, &AgentRequest::Status { token: token.to_string() }, &[]).map_err(|e| bad(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
         Some((AgentEvent::Status { running, idle_ms, finished }, _)) => Ok(AgentStatus { running, idle_ms, finished }),
         other => Err(bad(format!("unexpected agent answer {other:?}"))),
@@ -29,10 +29,10 @@ pub fn status(socket: &Path) -> std::io::Result<AgentStatus> {
 }
 
 /// Wait until the agent at `socket` answers, up to `limit`.
-pub fn wait_ready(socket: &Path, limit: Duration) -> std::io::Result<()> {
+pub fn wait_ready(socket: &Path, token: &str, limit: Duration) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     loop {
-        match status(socket) {
+        match status(socket, token) {
             Ok(_) => return Ok(()),
             Err(e) if start.elapsed() >= limit => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),

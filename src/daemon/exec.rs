@@ -265,8 +265,9 @@ impl<B: ContainerBackend> Daemon<B> {
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
         argv.extend(req.args.iter().cloned());
-        let spawn = SpawnRequest {
+        let mut spawn = SpawnRequest {
             version: PROTOCOL_VERSION,
+            token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,
             env: filter_env(&req.env, &entry.command.env),
@@ -283,6 +284,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 .with_progress(control, &entry.image, self.pool.ensure(&entry.image, &req.command))
                 .await
                 .map_err(|e| refuse(e.to_string()))?;
+            spawn.token = ready.token.clone();
             let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
             let container = ready.container.clone();
             let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))

@@ -21,7 +21,7 @@ use crate::backend::ContainerBackend;
 use crate::catalog::{self, Snapshot, Store};
 use crate::config::DaemonConfig;
 use crate::fs::ShimFs;
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{self, Request, Response, EXIT_ODFS_ERROR};
 use exec::Caller;
 use pool::{Pool, PoolConfig};
 
@@ -102,6 +102,13 @@ impl<B: ContainerBackend> Daemon<B> {
             Ok(c) => Caller { pid: c.pid(), uid: c.uid(), gid: c.gid() },
             Err(e) => return tracing::warn!("no peer credentials: {e}"),
         };
+        // A tool in a container that can see this socket (a shared /tmp
+        // holding a state dir) must not ask for tools as other users.
+        if !in_our_pid_namespace(caller.pid) {
+            tracing::warn!(pid = caller.pid, uid = caller.uid, "refused a request from another pid namespace");
+            let message = "requests from inside a container are refused (run odfs tools on the host)".to_string();
+            return self.answer(conn, Response::Error { message, exit_code: EXIT_ODFS_ERROR });
+        }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {
@@ -146,6 +153,14 @@ impl<B: ContainerBackend> Daemon<B> {
             Err(e) => tracing::warn!(pid = caller.pid, "bad request: {e}"),
         }
     }
+}
+
+/// Whether a peer runs in the daemon's pid namespace (the host's): a peer in
+/// a container's shows there with pid 0 or with another namespace link.
+fn in_our_pid_namespace(pid: i32) -> bool {
+    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/pid").ok());
+    pid > 0 && ours.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == *ours
 }
 
 /// How often catalog directories are checked for changes.

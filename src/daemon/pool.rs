@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use super::agent_client;
-use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE};
+use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN};
 use crate::catalog::{ImageSpec, KeepAlive, RunAs};
 use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
@@ -105,6 +105,14 @@ fn pull_backoff(attempts: u32) -> Duration {
     Duration::from_secs(5u64 << attempts.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(300))
 }
 
+/// A fresh agent token: 128 random bits, hex.
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Calls remembered per profile.
 const HISTORY: usize = 500;
 
@@ -123,6 +131,8 @@ pub struct Slot {
     /// The fetch of its image (pull or build) as it goes, for every caller
     /// that waits on it.
     progress: crate::backend::ProgressTx,
+    /// Its container's agent token (see [`crate::agent::TOKEN_ENV`]).
+    token: Mutex<String>,
 }
 
 impl Slot {
@@ -134,6 +144,8 @@ impl Slot {
 /// A container ready for one exec. Dropping it ends the request's claim.
 pub struct Ready {
     pub socket: PathBuf,
+    /// The agent's token, for the spawn request.
+    pub token: String,
     /// The container's name (invocations record it).
     pub container: String,
     pub served: Served,
@@ -203,6 +215,7 @@ impl<B: ContainerBackend> Pool<B> {
                     pending: AtomicU32::new(0),
                     pull_failure: Mutex::new(None),
                     progress: tokio::sync::watch::Sender::new(None),
+                    token: Mutex::new(String::new()),
                 })
             })
             .clone()
@@ -257,7 +270,8 @@ impl<B: ContainerBackend> Pool<B> {
         life.open = true;
         life.plan = None;
         drop(life);
-        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), container: slot.name.clone(), served, id, slot: slot.clone() })
+        let token = slot.token.lock().unwrap().clone();
+        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), token, container: slot.name.clone(), served, id, slot: slot.clone() })
     }
 
     /// Make the slot's container run; returns its id and how it was found.
@@ -368,7 +382,9 @@ impl<B: ContainerBackend> Pool<B> {
             Bind { source: run.clone(), target: RUN_IN_CONTAINER.into(), read_only: false },
         ];
         binds.extend(self.cfg.shared.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }));
+        let token = new_token().map_err(|e| PoolError::Start(format!("cannot make an agent token: {e}")))?;
         let labels = HashMap::from([
+            (LABEL_TOKEN.to_string(), token.clone()),
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_MOUNT.to_string(), self.cfg.mount_id.clone()),
             (LABEL_PROFILE.to_string(), slot.key.clone()),
@@ -382,12 +398,13 @@ impl<B: ContainerBackend> Pool<B> {
             network: image.network.as_str().to_string(),
             cap_add: image.cap_add.clone(),
             binds,
-            env: vec![],
+            env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
             limits: image.limits,
         };
         let started = Instant::now();
         let id = self.backend.start(&spec).await?;
-        let waited = tokio::task::spawn_blocking(move || agent_client::wait_ready(&socket, AGENT_START_LIMIT)).await;
+        *slot.token.lock().unwrap() = token.clone();
+        let waited = tokio::task::spawn_blocking(move || agent_client::wait_ready(&socket, &token, AGENT_START_LIMIT)).await;
         if !matches!(waited, Ok(Ok(()))) {
             let _ = self.backend.remove(&id).await;
             return Err(PoolError::Start(format!(
@@ -405,7 +422,8 @@ impl<B: ContainerBackend> Pool<B> {
     /// Tool ends it reports go to the store.
     async fn agent_status(&self, slot: &Slot) -> std::io::Result<(u32, u64)> {
         let socket = slot.socket(&self.cfg.run_dir);
-        let s = tokio::task::spawn_blocking(move || agent_client::status(&socket)).await.map_err(std::io::Error::other)??;
+        let token = slot.token.lock().unwrap().clone();
+        let s = tokio::task::spawn_blocking(move || agent_client::status(&socket, &token)).await.map_err(std::io::Error::other)??;
         if let Some(store) = &self.store {
             for f in s.finished {
                 store.finish(&slot.name, f.pid, f.status, f.run_ms);
@@ -517,6 +535,7 @@ impl<B: ContainerBackend> Pool<B> {
             if let (true, false, Some(image)) = (found.running, found.paused, by_key.get(&found.profile)) {
                 let slot = self.slot(image);
                 let mut state = slot.state.lock().await;
+                *slot.token.lock().unwrap() = found.token.clone();
                 if *state == State::Absent && found.name == slot.name && self.agent_status(&slot).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
                     *state = State::Warm { id: found.id, since: Instant::now(), fetched: false };

@@ -185,6 +185,8 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub version: u32,
+    /// The container's agent token: only the daemon knows it.
+    pub token: String,
     /// Program: an absolute path, or a name looked up on the agent's own PATH
     /// (the image's PATH).
     pub program: Vec<u8>,
@@ -209,7 +211,7 @@ pub enum AgentRequest {
     /// Continue the tool's process group after a stop (job control `fg`/`bg`).
     Continue,
     /// How busy is the agent (for keep-alive: never remove a busy container).
-    Status,
+    Status { token: String },
 }
 
 /// Messages from the agent.
@@ -293,7 +295,7 @@ mod tests {
                                               uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..5)) {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
             let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
-                version: PROTOCOL_VERSION, program, argv, env: vec![], cwd: b"/tmp".to_vec(),
+                version: PROTOCOL_VERSION, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None },
                 fds: vec![0],
                 tty: None,

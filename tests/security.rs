@@ -1,0 +1,213 @@
+//! The privilege boundary and hostile input: only the daemon may use an
+//! agent, nothing inside a container may use the control socket, and
+//! malformed names, frames and working directories are refused without
+//! harm to the mount.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use odfs::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Request, Response, PROTOCOL_VERSION};
+
+/// A frame as the protocol writes it: little-endian length, then the body.
+fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let body = protocol::encode(msg).unwrap();
+    let mut out = (body.len() as u32).to_le_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+/// Catalog of socat from the shipped netutils image, as the calling user
+/// (root here, like a `user = "root"` image's tools).
+const SOCAT_CATALOG: &str = "[image.nu]\nref = \"odfs/netutils:latest\"\nnetwork = \"none\"\ncommands = [\"socat\"]\n";
+
+/// Send `bytes` to a unix socket from inside a container (socat through the
+/// mount) and return what came back.
+fn from_a_container(m: &TestMount, socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    std::fs::write(m.work.join("request.bin"), bytes).unwrap();
+    let o = m.sh(&format!(r#""$M/socat" -t 3 - UNIX-CONNECT:{} < request.bin > answer.bin"#, socket.display()));
+    assert!(o.status.success(), "socat: {}", stderr(&o));
+    std::fs::read(m.work.join("answer.bin")).unwrap()
+}
+
+fn decode_response(bytes: &[u8]) -> Response {
+    assert!(bytes.len() >= 4, "no answer: {bytes:?}");
+    protocol::decode(&bytes[4..]).unwrap()
+}
+
+#[test]
+fn a_tool_inside_a_container_cannot_use_the_control_socket() {
+    // The test state dir is under /tmp, which containers share: the
+    // socket is reachable from inside, and must refuse.
+    let m = TestMount::new(SOCAT_CATALOG);
+    let answer = from_a_container(&m, &m.socket, &frame(&Request::List));
+    match decode_response(&answer) {
+        Response::Error { message, exit_code } => {
+            assert_eq!(exit_code, 126);
+            assert!(message.contains("requests from inside a container are refused"), "{message}");
+        }
+        other => panic!("answered {other:?}"),
+    }
+    assert!(m.log_text().contains("refused a request from another pid namespace"), "{}", m.log_text());
+}
+
+#[test]
+fn a_tool_inside_a_container_cannot_use_another_containers_agent() {
+    let mut catalog = BUSYBOX_CATALOG.to_string();
+    catalog.push_str(SOCAT_CATALOG);
+    let m = TestMount::new(&catalog);
+    // The busybox container, and its agent's socket (its run dir is in the
+    // shared /tmp here, so the other container can reach it).
+    assert!(m.sh(r#""$M/true""#).status.success());
+    let agent = agent_sockets(&m.state);
+    assert_eq!(agent.len(), 1, "{agent:?}");
+    let guess = AgentRequest::Status { token: "0".repeat(32) };
+    let answer = from_a_container(&m, &agent[0], &frame(&guess));
+    assert!(answer.is_empty(), "the agent answered a request without its token: {answer:?}");
+    // And it still serves the daemon.
+    assert_eq!(stdout(&m.sh(r#""$M/echo" served"#)), "served\n");
+}
+
+fn agent_sockets(state: &Path) -> Vec<PathBuf> {
+    let dir = state.join("run/containers");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path().join("agent.sock"))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn the_agent_answers_only_requests_with_its_token() {
+    let dir = tempdir("agent-token");
+    let socket = dir.join("agent.sock");
+    let mut agent = Command::new(agent())
+        .args(["--socket", socket.to_str().unwrap(), "--allow-local-peers"])
+        .env(odfs::agent::TOKEN_ENV, "right-token")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || UnixStream::connect(&socket).is_ok()));
+    let ask = |token: &str| {
+        let conn = UnixStream::connect(&socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        protocol::send(&conn, &AgentRequest::Status { token: token.into() }, &[]).unwrap();
+        protocol::recv::<AgentEvent>(&conn).unwrap().map(|(e, _)| e)
+    };
+    assert_eq!(ask("wrong-token"), None);
+    assert_eq!(ask("right-tokem"), None);
+    assert!(matches!(ask("right-token"), Some(AgentEvent::Status { .. })));
+    // A spawn with a wrong token starts nothing.
+    let conn = UnixStream::connect(&socket).unwrap();
+    let spawn = odfs::protocol::SpawnRequest {
+        version: PROTOCOL_VERSION,
+        token: "wrong-token".into(),
+        program: b"/bin/touch".to_vec(),
+        argv: vec![b"touch".to_vec(), dir.join("pwned").into_os_string().into_encoded_bytes()],
+        env: vec![],
+        cwd: b"/".to_vec(),
+        identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
+        fds: vec![],
+        tty: None,
+    };
+    protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &[]).unwrap();
+    assert!(protocol::recv::<AgentEvent>(&conn).unwrap().is_none());
+    assert!(!dir.join("pwned").exists());
+    agent.kill().unwrap();
+    let mut err = String::new();
+    agent.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    agent.wait().unwrap();
+    assert!(err.contains("refused a request without this container's token"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!("/tmp/odfs-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn hostile_names_in_the_mount_are_just_not_there() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let long = "x".repeat(4096);
+    let script = format!(
+        r#"for n in ... ../cat 'a b' "$(printf 'caf\351')" "$(printf 'ca\001t')" {long}; do
+             if [ -e "$M/$n" ]; then echo "exists: $n"; fi
+           done"#
+    );
+    let o = m.sh(&script);
+    assert_eq!(stdout(&o), "", "{}", stderr(&o));
+    let names: Vec<String> = std::fs::read_dir(&m.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 18, "{names:?}");
+    // Nothing can be created in the mount, under any name.
+    let o = m.sh(r#"touch "$M/new" 2>&1; mkdir "$M/d" 2>&1; ln -s /bin/sh "$M/sh2" 2>&1; true"#);
+    assert_eq!(stdout(&o).lines().count(), 3, "{}", stdout(&o));
+    assert!(stdout(&o).lines().all(|l| l.contains("Read-only file system")), "{}", stdout(&o));
+    assert_eq!(stdout(&m.sh(r#""$M/echo" still-fine"#)), "still-fine\n");
+}
+
+#[test]
+fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let send_raw = |bytes: &[u8]| -> Vec<u8> {
+        let mut conn = UnixStream::connect(&m.socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = conn.write_all(bytes);
+        let _ = conn.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        answer
+    };
+    // A length far beyond the limit, garbage inside a sane length, a
+    // truncated frame, an empty connection: each is dropped unanswered.
+    assert!(send_raw(&u32::MAX.to_le_bytes()).is_empty());
+    let mut garbage = 64u32.to_le_bytes().to_vec();
+    garbage.extend((0..64).map(|i| (i * 37 % 251) as u8));
+    assert!(send_raw(&garbage).is_empty());
+    assert!(send_raw(&100u32.to_le_bytes()[..]).is_empty());
+    assert!(send_raw(&[]).is_empty());
+    // Well-formed requests for names that cannot exist are refused as unknown.
+    for command in ["../../bin/sh", "a/b", "nul\0byte", &"y".repeat(4096), ""] {
+        let req = Request::Exec(ExecRequest {
+            version: PROTOCOL_VERSION,
+            command: command.to_string(),
+            args: vec![],
+            env: vec![],
+            fds: vec![],
+            tty: None,
+        });
+        match decode_response(&send_raw(&frame(&req))) {
+            Response::Error { exit_code: 127, .. } => {}
+            other => panic!("{command:?}: {other:?}"),
+        }
+    }
+    // A frame that claims the largest size allowed and then stalls does not
+    // hold up anyone else.
+    let mut stalled = UnixStream::connect(&m.socket).unwrap();
+    stalled.write_all(&(protocol::MAX_FRAME as u32).to_le_bytes()).unwrap();
+    let o = m.sh(r#""$M/echo" served"#);
+    assert_eq!(stdout(&o), "served\n", "{}", stderr(&o));
+    drop(stalled);
+    assert!(m.log_text().contains("bad request"), "{}", m.log_text());
+}
+
+#[test]
+fn a_working_directory_reached_through_a_symlink_counts_where_it_really_is() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    // /tmp is shared with containers, /etc is not: a link in /tmp to /etc
+    // does not make /etc shared.
+    let link = m.work.join("etc-link");
+    std::os::unix::fs::symlink("/etc", &link).unwrap();
+    let o = m.sh(r#"cd etc-link && "$M/cat" hostname"#);
+    assert_eq!(shell_status(&o), 126);
+    assert!(stderr(&o).starts_with("odfs: cat: working directory /etc is not shared with image bb"), "{}", stderr(&o));
+}
