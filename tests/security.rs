@@ -201,6 +201,16 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
 }
 
 #[test]
+fn tools_get_an_allowlisted_environment_and_never_ld_variables() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let o = m.sh(r#"LD_PRELOAD=/tmp/evil.so LD_LIBRARY_PATH=/tmp SECRET_TOKEN=1 TERM=xterm LC_ALL=C PATH="/evil:$PATH" "$M/env""#);
+    let env = stdout(&o);
+    assert!(env.lines().any(|l| l == "TERM=xterm") && env.lines().any(|l| l == "LC_ALL=C"), "{env}");
+    assert!(!env.contains("LD_") && !env.contains("SECRET_TOKEN") && !env.contains("/evil"), "{env}");
+    assert!(env.lines().any(|l| l == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), "{env}");
+}
+
+#[test]
 fn a_working_directory_reached_through_a_symlink_counts_where_it_really_is() {
     let m = TestMount::new(BUSYBOX_CATALOG);
     // /tmp is shared with containers, /etc is not: a link in /tmp to /etc

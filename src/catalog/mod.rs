@@ -9,7 +9,7 @@ mod load;
 mod model;
 mod store;
 
-pub use load::{load_dirs, CatalogError};
+pub use load::{load_dirs, parse_file, CatalogError};
 pub use model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, RunAs};
 pub use store::{Invocation, PastCall, Store};
 
