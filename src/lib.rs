@@ -16,11 +16,14 @@
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
 //! - [`daemon`]: control socket, exec handling, container pool and reaper.
 //! - [`config`], [`telemetry`]: daemon settings and logging.
+//! - `bench`: `odfs-bench`, the side-by-side benchmark (feature `bench`).
 //!
 //! The `daemon` feature (default) gates everything only the host daemon
 //! needs, so the launcher and agent build without tokio, fuser or SQLite.
 
 pub mod agent;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod launcher;
 pub mod policy;
 pub mod protocol;

@@ -1,0 +1,12 @@
+//! `odfs-bench`: odfs against native execution, `docker exec` and `docker
+//! run --rm`, on one machine in one run (see docs/performance.md).
+//!
+//! - [`run`]: the measurements, against the real engine and mounts of its own;
+//! - [`stats`]: medians, percentiles, ratios, tables (pure);
+//! - [`parse`]: what it reads from valgrind and /proc (pure);
+//! - [`report`]: the Markdown report and the latency plot.
+
+pub mod parse;
+pub mod report;
+pub mod run;
+pub mod stats;

@@ -1,0 +1,466 @@
+//! The benchmark's measurements, against the real engine and a mount of its
+//! own: each section alternates its candidates round by round, so drift on
+//! a shared machine hits them all alike.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::stats::Summary;
+
+/// How many samples each section takes.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    pub warm_rounds: usize,
+    /// Every how many warm rounds `docker run --rm` joins (it is slow).
+    pub docker_run_every: usize,
+    pub paused: usize,
+    pub cold: usize,
+    pub stdio_bytes: u64,
+    pub stdio_rounds: usize,
+    pub burst: usize,
+    pub catalog_size: usize,
+    pub ls_runs: usize,
+    pub miss_runs: usize,
+    pub launcher_runs: usize,
+}
+
+impl Counts {
+    pub fn full() -> Counts {
+        Counts {
+            warm_rounds: 300,
+            docker_run_every: 10,
+            paused: 20,
+            cold: 15,
+            stdio_bytes: 1 << 30,
+            stdio_rounds: 3,
+            burst: 256,
+            catalog_size: 10_000,
+            ls_runs: 30,
+            miss_runs: 200,
+            launcher_runs: 5,
+        }
+    }
+
+    /// Tiny counts: every code path, in seconds (the test command runs it).
+    pub fn smoke() -> Counts {
+        Counts {
+            warm_rounds: 4,
+            docker_run_every: 2,
+            paused: 1,
+            cold: 1,
+            stdio_bytes: 4 << 20,
+            stdio_rounds: 1,
+            burst: 8,
+            catalog_size: 200,
+            ls_runs: 2,
+            miss_runs: 3,
+            launcher_runs: 1,
+        }
+    }
+}
+
+/// One measured candidate: a name, its samples (ms, or MB/s for
+/// throughput) and their summary.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub name: String,
+    pub samples: Vec<f64>,
+    pub summary: Summary,
+}
+
+impl Measured {
+    fn new(name: &str, samples: Vec<f64>) -> Measured {
+        let summary = Summary::of(&samples).unwrap_or(Summary { n: 0, median: f64::NAN, p90: f64::NAN, min: f64::NAN, max: f64::NAN });
+        Measured { name: name.to_string(), samples, summary }
+    }
+}
+
+/// Everything one run found.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub warm: Vec<Measured>,
+    pub paused: Measured,
+    pub cold: Vec<Measured>,
+    /// MB/s.
+    pub stdio: Vec<Measured>,
+    pub burst: Burst,
+    pub discovery: Discovery,
+    /// Instructions per warm call of the launcher, if valgrind is here.
+    pub launcher_instructions: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Burst {
+    pub callers: usize,
+    pub wall_ms: f64,
+    pub containers: usize,
+    pub failures: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub commands: usize,
+    pub ls: Measured,
+    pub miss_mount: Measured,
+    pub miss_empty: Measured,
+    pub rss_kib: u64,
+}
+
+/// Paths of the binaries under test.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub odfs: PathBuf,
+    pub launcher: PathBuf,
+    pub agent: PathBuf,
+}
+
+pub const IMAGE: &str = "odfs-test/busybox:latest";
+/// Label on the containers the benchmark starts itself, for clean-up.
+const LABEL: &str = "io.odfs.bench=true";
+
+/// A mount of its own: temp dir, catalog, daemon; gone on drop.
+pub struct Mount {
+    pub root: PathBuf,
+    pub mnt: PathBuf,
+    pub id: String,
+    daemon: Child,
+}
+
+impl Mount {
+    pub fn start(bins: &Binaries, name: &str, catalog: &str) -> std::io::Result<Mount> {
+        let root = PathBuf::from(format!("/tmp/odfs-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["mnt", "state", "catalog", "work"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::write(root.join("catalog/bench.toml"), catalog)?;
+        let mnt = root.join("mnt");
+        let log = std::fs::File::create(root.join("daemon.log"))?;
+        let daemon = Command::new(&bins.odfs)
+            .arg("mount")
+            .arg("--catalog")
+            .arg(root.join("catalog"))
+            .arg("--state")
+            .arg(root.join("state"))
+            .arg("--agent")
+            .arg(&bins.agent)
+            .arg("--launcher")
+            .arg(&bins.launcher)
+            .arg(&mnt)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let id = crate::daemon::mount_id(&mnt);
+        let m = Mount { root, mnt, id, daemon };
+        let socket = m.root.join("state/odfs.sock");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(std::os::unix::net::UnixStream::connect(&socket).is_ok() && std::fs::read_dir(&m.mnt)?.next().is_some()) {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!("the bench mount did not come up; see {}/daemon.log", m.root.display())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(m)
+    }
+
+    pub fn shim(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    /// Containers of this mount's `image` that exist now.
+    fn containers_of(&self, image: &str) -> usize {
+        let o = docker(&["ps", "-q", "--filter", &format!("label=io.odfs.mount={}", self.id), "--filter", &format!("label=io.odfs.image={image}")]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    }
+
+    /// Whether the named image's container is frozen.
+    fn paused(&self, image: &str) -> bool {
+        let o = docker(&[
+            "ps", "-q", "--filter", &format!("label=io.odfs.mount={}", self.id), "--filter", &format!("label=io.odfs.image={image}"),
+            "--filter", "status=paused",
+        ]);
+        !o.stdout.is_empty()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let o = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", self.id)]);
+        for id in String::from_utf8_lossy(&o.stdout).lines() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+/// Wall time of one run of a command with stdio to /dev/null, in ms; a
+/// failure is an error (a benchmark of failures measures nothing).
+fn time_ms(cmd: &mut Command) -> std::io::Result<f64> {
+    let start = Instant::now();
+    let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("{cmd:?} failed: {status}")));
+    }
+    Ok(ms)
+}
+
+/// The main mount's catalog: one warm profile, one that freezes after 1 s,
+/// one removed after every call, one for the burst. Profiles differ by
+/// their `pids` limit, so each has a container of its own.
+fn catalog() -> String {
+    format!(
+        r#"[image.warm]
+ref = "{IMAGE}"
+network = "none"
+keep_alive = "1h"
+commands = ["true", "cat"]
+
+[image.frozen]
+ref = "{IMAGE}"
+network = "none"
+keep_alive = "1h"
+pause_after = "1s"
+pids = 4097
+
+[command.paused-true]
+image = "frozen"
+path = "/bin/true"
+
+[image.cold]
+ref = "{IMAGE}"
+network = "none"
+keep_alive = "0s"
+pids = 4098
+
+[command.cold-true]
+image = "cold"
+path = "/bin/true"
+
+[image.burst]
+ref = "{IMAGE}"
+network = "none"
+keep_alive = "1h"
+pids = 4099
+
+[command.burst-true]
+image = "burst"
+path = "/bin/true"
+"#
+    )
+}
+
+/// A plain container of the test image for `docker exec` (what distrobox
+/// and toolbox do per call).
+struct ExecTarget(String);
+
+impl ExecTarget {
+    fn start() -> std::io::Result<ExecTarget> {
+        let name = format!("odfs-bench-exec-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let o = docker(&["run", "-d", "--name", &name, "--label", LABEL, "--network", "none", IMAGE, "sleep", "1d"]);
+        if !o.status.success() {
+            return Err(std::io::Error::other(format!("docker run: {}", String::from_utf8_lossy(&o.stderr))));
+        }
+        Ok(ExecTarget(name))
+    }
+}
+
+impl Drop for ExecTarget {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// Run every section; `progress` hears what is being measured.
+pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> std::io::Result<Results> {
+    let main = Mount::start(bins, "main", &catalog())?;
+    let exec = ExecTarget::start()?;
+    let work = main.work();
+    let native = |cmd: &str| {
+        let mut c = Command::new(cmd);
+        c.current_dir(&work);
+        c
+    };
+
+    progress("warm calls of true: native, odfs, docker exec, docker run --rm");
+    time_ms(&mut native(main.shim("true").to_str().unwrap()))?;
+    let mut warm: [Vec<f64>; 4] = Default::default();
+    for round in 0..counts.warm_rounds {
+        // Rotate the order each round.
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let ms = match i {
+                0 => time_ms(&mut native("/bin/true"))?,
+                1 => time_ms(&mut native(main.shim("true").to_str().unwrap()))?,
+                _ => time_ms(native("docker").args(["exec", &exec.0, "true"]))?,
+            };
+            warm[i].push(ms);
+        }
+        if round % counts.docker_run_every == 0 {
+            warm[3].push(time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]))?);
+        }
+    }
+    let warm = vec![
+        Measured::new("native /bin/true", std::mem::take(&mut warm[0])),
+        Measured::new("odfs shim (warm)", std::mem::take(&mut warm[1])),
+        Measured::new("docker exec", std::mem::take(&mut warm[2])),
+        Measured::new("docker run --rm", std::mem::take(&mut warm[3])),
+    ];
+
+    progress("paused calls");
+    let mut paused = Vec::new();
+    time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?;
+    for _ in 0..counts.paused {
+        wait_until(Duration::from_secs(10), || main.paused("frozen"))?;
+        paused.push(time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?);
+    }
+    let paused = Measured::new("odfs shim (paused)", paused);
+
+    progress("cold calls: odfs against docker run --rm");
+    let (mut cold_odfs, mut cold_run) = (Vec::new(), Vec::new());
+    for round in 0..counts.cold {
+        wait_until(Duration::from_secs(20), || main.containers_of("cold") == 0)?;
+        let odfs = || time_ms(&mut native(main.shim("cold-true").to_str().unwrap()));
+        let run = || time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]));
+        if round % 2 == 0 {
+            cold_odfs.push(odfs()?);
+            cold_run.push(run()?);
+        } else {
+            cold_run.push(run()?);
+            cold_odfs.push(odfs()?);
+        }
+    }
+    let cold = vec![Measured::new("odfs shim (cold)", cold_odfs), Measured::new("docker run --rm", cold_run)];
+
+    progress("stdio throughput through cat");
+    let mb = counts.stdio_bytes as f64 / 1e6;
+    let count = (counts.stdio_bytes >> 20).max(1);
+    let pipeline = |sink: String| {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(format!("dd if=/dev/zero bs=1M count={count} status=none | {sink} >/dev/null")).current_dir(&work);
+        c
+    };
+    let sinks = [
+        ("native cat", "cat".to_string()),
+        ("odfs shim cat", main.shim("cat").display().to_string()),
+        ("docker exec -i cat", format!("docker exec -i {} cat", exec.0)),
+    ];
+    let mut stdio: [Vec<f64>; 3] = Default::default();
+    for round in 0..counts.stdio_rounds {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let ms = time_ms(&mut pipeline(sinks[i].1.clone()))?;
+            stdio[i].push(mb / (ms / 1e3));
+        }
+    }
+    let stdio = sinks.iter().zip(stdio).map(|((name, _), s)| Measured::new(name, s)).collect();
+
+    progress("burst of first calls");
+    let start = Instant::now();
+    let children: Vec<Child> = (0..counts.burst)
+        .map(|_| native(main.shim("burst-true").to_str().unwrap()).stdout(Stdio::null()).stderr(Stdio::null()).spawn())
+        .collect::<Result<_, _>>()?;
+    let failures = children.into_iter().map(|mut c| c.wait()).filter(|s| !s.as_ref().is_ok_and(|s| s.success())).count();
+    let burst = Burst { callers: counts.burst, wall_ms: start.elapsed().as_secs_f64() * 1e3, containers: main.containers_of("burst"), failures };
+    drop(main);
+
+    progress("discovery in a large catalog");
+    let discovery = discovery(bins, counts)?;
+
+    progress("launcher instructions per warm call");
+    let launcher_instructions = launcher_instructions(bins, counts)?;
+    drop(exec);
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions })
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other("timed out waiting for a container state"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn discovery(bins: &Binaries, counts: &Counts) -> std::io::Result<Discovery> {
+    let names: Vec<String> = (0..counts.catalog_size).map(|i| format!("\"tool{i:05}\"")).collect();
+    let catalog = format!("[image.many]\nref = \"{IMAGE}\"\nnetwork = \"none\"\ncommands = [{}]\n", names.join(", "));
+    let m = Mount::start(bins, "many", &catalog)?;
+    let empty = m.root.join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let ls = (0..counts.ls_runs)
+        .map(|_| time_ms(Command::new("ls").arg(&m.mnt)))
+        .collect::<std::io::Result<Vec<f64>>>()?;
+    let miss = |dir: &Path| {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg("command -v nosuchtool || true").env("PATH", format!("/usr/bin:/bin:{}", dir.display()));
+        c
+    };
+    let (mut on_mount, mut on_empty) = (Vec::new(), Vec::new());
+    for round in 0..counts.miss_runs {
+        if round % 2 == 0 {
+            on_mount.push(time_ms(&mut miss(&m.mnt))?);
+            on_empty.push(time_ms(&mut miss(&empty))?);
+        } else {
+            on_empty.push(time_ms(&mut miss(&empty))?);
+            on_mount.push(time_ms(&mut miss(&m.mnt))?);
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", m.daemon_pid()))?;
+    Ok(Discovery {
+        commands: counts.catalog_size,
+        ls: Measured::new("ls of the mount", ls),
+        miss_mount: Measured::new("PATH miss, mount on PATH", on_mount),
+        miss_empty: Measured::new("PATH miss, empty dir on PATH", on_empty),
+        rss_kib: super::parse::rss_kib(&status).unwrap_or(0),
+    })
+}
+
+/// Instructions the launcher executes for one warm call (valgrind's
+/// callgrind, so the figure does not depend on the machine's load).
+fn launcher_instructions(bins: &Binaries, counts: &Counts) -> std::io::Result<Option<u64>> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let m = Mount::start(bins, "launcher", &format!("[image.warm]\nref = \"{IMAGE}\"\nnetwork = \"none\"\ncommands = [\"true\"]\n"))?;
+    let socket = m.root.join("state/odfs.sock");
+    time_ms(Command::new(m.shim("true")).current_dir(m.work()))?;
+    let mut counts_seen = Vec::new();
+    for _ in 0..counts.launcher_runs {
+        let o = Command::new("valgrind")
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(&bins.launcher)
+            .arg(&socket)
+            .arg(m.shim("true"))
+            .current_dir(m.work())
+            .output()?;
+        if let Some(n) = super::parse::callgrind_instructions(&String::from_utf8_lossy(&o.stderr)) {
+            counts_seen.push(n as f64);
+        }
+    }
+    Ok(Summary::of(&counts_seen).map(|s| s.median as u64))
+}

@@ -1,0 +1,62 @@
+//! `odfs-bench`: the benchmark command (see `odfs::bench`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use odfs::bench::{parse, report, run};
+
+/// Measure odfs side by side with native execution, `docker exec` and
+/// `docker run --rm`, and write docs/performance.md and its plot.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Tiny counts: every code path in seconds, figures meaningless.
+    #[arg(long)]
+    smoke: bool,
+    /// Where to write performance.md and performance.png.
+    #[arg(long, default_value = "docs", value_name = "DIR")]
+    out: PathBuf,
+    /// The odfs-agent to put in containers (default: built by scripts/build).
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let here = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+    let bins = run::Binaries {
+        odfs: here.join("odfs"),
+        launcher: here.join("odfs-launch"),
+        agent: args.agent.unwrap_or_else(|| here.join("../agent/release/odfs-agent")),
+    };
+    for b in [&bins.odfs, &bins.launcher, &bins.agent] {
+        anyhow::ensure!(b.exists(), "odfs-bench: {} is missing (build with scripts/build)", b.display());
+    }
+    let counts = if args.smoke { run::Counts::smoke() } else { run::Counts::full() };
+    let results = run::run(&bins, &counts, &mut |what| eprintln!("odfs-bench: {what}"))?;
+    let generated = report::markdown(&results, &machine());
+    print!("{generated}");
+    std::fs::create_dir_all(&args.out)?;
+    let doc_path = args.out.join("performance.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap_or_else(|_| "# Performance\n".into());
+    std::fs::write(&doc_path, report::splice(&doc, &generated))?;
+    let png = args.out.join("performance.png");
+    match report::plot(&results, &png) {
+        Ok(()) => eprintln!("odfs-bench: wrote {} and {}", doc_path.display(), png.display()),
+        Err(e) => eprintln!("odfs-bench: wrote {}; no plot: {e}", doc_path.display()),
+    }
+    Ok(())
+}
+
+/// CPU, cores, kernel and engine, for the report.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| parse::cpu_model(&c)).unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let docker = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}, Docker {docker}", kernel.trim())
+}

@@ -1,0 +1,53 @@
+//! A smoke run of `odfs-bench` with tiny counts, so the benchmark never
+//! rots: every section runs against the real engine and the report and
+//! plot are written. Its figures are not checked (timings belong in the
+//! benchmark, not in tests).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
+    prepare();
+    let out = std::path::PathBuf::from(format!("/tmp/odfs-test-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("performance.md"), "# Performance\n\nHand-written intro.\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs-bench"))
+        .args(["--smoke", "--out", out.to_str().unwrap(), "--agent", agent().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = stdout(&o);
+    for needle in [
+        "| native /bin/true ",
+        "| odfs shim (warm) ",
+        "| docker exec ",
+        "| docker run --rm ",
+        "| odfs shim (paused) ",
+        "| odfs shim (cold) ",
+        "| odfs shim cat ",
+        "| docker exec -i cat ",
+        "concurrent first calls",
+        "| PATH miss, mount on PATH ",
+        "Daemon RSS with 200 commands",
+        "instructions per warm call",
+        "| warm shim ≤ 2.5× native ",
+    ] {
+        assert!(report.contains(needle), "{needle:?} missing from:\n{report}");
+    }
+    // The burst must not fail even at smoke size.
+    assert!(report.contains("1 container(s) created, 0 failure(s)"), "{report}");
+    let doc = std::fs::read_to_string(out.join("performance.md")).unwrap();
+    assert!(doc.starts_with("# Performance\n\nHand-written intro.\n"), "{doc}");
+    assert!(doc.contains(odfs::bench::report::BEGIN) && doc.contains("| odfs shim (warm) "), "{doc}");
+    let png = std::fs::read(out.join("performance.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    // Nothing of the benchmark's is left on the engine.
+    let left = docker(&["ps", "-aq", "--filter", "label=io.odfs.bench=true"]);
+    assert!(left.stdout.is_empty(), "{}", stdout(&left));
+    let _ = std::fs::remove_dir_all(&out);
+}
