@@ -18,6 +18,7 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     std::fs::write(out.join("performance.md"), "# Performance\n\nHand-written intro.\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_odfs-bench"))
         .args(["--smoke", "--out", out.to_str().unwrap(), "--agent", agent().to_str().unwrap()])
+        .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

@@ -19,6 +19,9 @@ struct Args {
     /// The odfs-agent to put in containers (default: built by scripts/build).
     #[arg(long, value_name = "PATH")]
     agent: Option<PathBuf>,
+    /// The odfs-launch the shims name (default: the static one scripts/build makes).
+    #[arg(long, value_name = "PATH")]
+    launcher: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,8 +29,9 @@ fn main() -> anyhow::Result<()> {
     let here = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     let bins = run::Binaries {
         odfs: here.join("odfs"),
-        launcher: here.join("odfs-launch"),
-        agent: args.agent.unwrap_or_else(|| here.join("../agent/release/odfs-agent")),
+        // The launcher as installed: static (scripts/build).
+        launcher: args.launcher.unwrap_or_else(|| here.join("../static/release/odfs-launch")),
+        agent: args.agent.unwrap_or_else(|| here.join("../static/release/odfs-agent")),
     };
     for b in [&bins.odfs, &bins.launcher, &bins.agent] {
         anyhow::ensure!(b.exists(), "odfs-bench: {} is missing (build with scripts/build)", b.display());

@@ -42,7 +42,7 @@ fn manifest() -> PathBuf {
 /// The static agent, built once per test run in its own target dir (the
 /// tests' own build of it is dynamic and could not run in the test image).
 pub fn agent() -> PathBuf {
-    manifest().join("target/agent/release/odfs-agent")
+    manifest().join("target/static/release/odfs-agent")
 }
 
 /// Engine up, static agent built, test image present; once per process.
@@ -53,7 +53,7 @@ pub fn prepare() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = Command::new(cargo)
             .current_dir(manifest())
-            .args(["rustc", "--release", "--no-default-features", "--bin", "odfs-agent", "--target-dir", "target/agent"])
+            .args(["rustc", "--release", "--no-default-features", "--bin", "odfs-agent", "--target-dir", "target/static"])
             .args(["--", "-C", "target-feature=+crt-static"])
             .status()
             .expect("run cargo to build the static agent");
