@@ -129,4 +129,10 @@ fn a_tool_over_its_images_memory_limit_dies_with_the_reason_and_the_limits_apply
     let id = &m.containers()[0];
     let o = docker(&["inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}", id]);
     assert_eq!(stdout(&o).trim(), format!("{} {} 500000000 64", 16 << 20, 16 << 20));
+    // Open-file and process limits are explicit in every container, the
+    // daemon's own, so no engine default can exceed the machine's.
+    let o = docker(&["inspect", "-f", "{{range .HostConfig.Ulimits}}{{.Name}} {{end}}", id]);
+    assert_eq!(stdout(&o).trim(), "nofile nproc");
+    let o = m.sh(r#""$M/sh" -c 'ulimit -n'"#);
+    assert!(stdout(&o).trim().parse::<u64>().is_ok_and(|n| n >= 1024), "{}{}", stdout(&o), stderr(&o));
 }

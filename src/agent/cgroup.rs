@@ -30,8 +30,16 @@ fn limit_of(text: &str) -> Option<u64> {
 /// Why a tool that died of SIGKILL died, when the OOM killer struck while
 /// it ran (`before`: the count when it started).
 pub fn oom_reason(before: Option<u64>) -> Option<String> {
-    let (before, now) = (before?, oom_kills()?);
-    (now > before).then(|| match memory_limit() {
+    let before = before?;
+    // The kernel counts the kill after sending SIGKILL: the victim can be
+    // reaped before the count moves. Only SIGKILL deaths wait, 50 ms at most.
+    let struck = (0..10).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        oom_kills().is_some_and(|now| now > before)
+    });
+    struck.then(|| match memory_limit() {
         Some(limit) => format!(
             "killed by the out-of-memory killer: its container's memory limit is {} MiB (raise `memory` for its image in the catalog)",
             limit >> 20

@@ -85,6 +85,25 @@ impl Docker {
     }
 }
 
+/// Open files and processes for every container, set explicitly: an
+/// engine's defaults may exceed the machine's hard limits (Podman's do on
+/// this kind of VM, and the container then fails to start). The daemon's own
+/// limits are known to be within them.
+fn ulimits() -> Vec<bollard::models::ResourcesUlimits> {
+    [("nofile", libc::RLIMIT_NOFILE), ("nproc", libc::RLIMIT_NPROC)]
+        .into_iter()
+        .filter_map(|(name, resource)| {
+            let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit fills the struct.
+            if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
+                return None;
+            }
+            let clamp = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { -1 } else { v.min(i64::MAX as u64) as i64 };
+            Some(bollard::models::ResourcesUlimits { name: Some(name.into()), soft: Some(clamp(r.rlim_cur)), hard: Some(clamp(r.rlim_max)) })
+        })
+        .collect()
+}
+
 /// The last word of a fetch: everyone waiting sees how it ended.
 fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
     progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
@@ -221,6 +240,7 @@ impl ContainerBackend for Docker {
                 memory_swap: spec.limits.memory.map(|m| m as i64),
                 nano_cpus: spec.limits.nano_cpus.map(|c| c as i64),
                 pids_limit: spec.limits.pids.map(|p| p as i64),
+                ulimits: Some(ulimits()),
                 ..Default::default()
             }),
             ..Default::default()
