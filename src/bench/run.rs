@@ -176,19 +176,14 @@ impl Mount {
         self.daemon.id()
     }
 
-    /// Containers of this mount's `image` that exist now.
-    fn containers_of(&self, image: &str) -> usize {
-        let o = docker(&["ps", "-q", "--filter", &format!("label=io.odfs.mount={}", self.id), "--filter", &format!("label=io.odfs.image={image}")]);
+    /// Containers of this mount's `image` that exist now, with `status`
+    /// (`paused`…) if given.
+    fn containers_of(&self, image: &str, status: Option<&str>) -> usize {
+        let mut args = vec!["ps".to_string(), "-q".into(), "--filter".into(), format!("label=io.odfs.mount={}", self.id)];
+        args.extend(["--filter".into(), format!("label=io.odfs.image={image}")]);
+        args.extend(status.map(|s| ["--filter".to_string(), format!("status={s}")]).into_iter().flatten());
+        let o = Command::new("docker").args(&args).output().expect("docker");
         String::from_utf8_lossy(&o.stdout).lines().count()
-    }
-
-    /// Whether the named image's container is frozen.
-    fn paused(&self, image: &str) -> bool {
-        let o = docker(&[
-            "ps", "-q", "--filter", &format!("label=io.odfs.mount={}", self.id), "--filter", &format!("label=io.odfs.image={image}"),
-            "--filter", "status=paused",
-        ]);
-        !o.stdout.is_empty()
     }
 }
 
@@ -230,45 +225,21 @@ fn time_ms(cmd: &mut Command) -> std::io::Result<f64> {
 /// one removed after every call, one for the burst. Profiles differ by
 /// their `pids` limit, so each has a container of its own.
 fn catalog() -> String {
-    format!(
-        r#"[image.warm]
-ref = "{IMAGE}"
-network = "none"
-keep_alive = "1h"
-commands = ["true", "cat"]
+    let mut text = format!("[image.warm]\nref = \"{IMAGE}\"\nnetwork = \"none\"\nkeep_alive = \"1h\"\ncommands = [\"true\", \"cat\"]\n");
+    for (image, command, keep, pids) in
+        [("frozen", "paused-true", "keep_alive = \"1h\"\npause_after = \"1s\"", 4097), ("cold", "cold-true", "keep_alive = \"0s\"", 4098), ("burst", "burst-true", "keep_alive = \"1h\"", 4099)]
+    {
+        text += &format!(
+            "\n[image.{image}]\nref = \"{IMAGE}\"\nnetwork = \"none\"\n{keep}\npids = {pids}\n\n[command.{command}]\nimage = \"{image}\"\npath = \"/bin/true\"\n"
+        );
+    }
+    text
+}
 
-[image.frozen]
-ref = "{IMAGE}"
-network = "none"
-keep_alive = "1h"
-pause_after = "1s"
-pids = 4097
-
-[command.paused-true]
-image = "frozen"
-path = "/bin/true"
-
-[image.cold]
-ref = "{IMAGE}"
-network = "none"
-keep_alive = "0s"
-pids = 4098
-
-[command.cold-true]
-image = "cold"
-path = "/bin/true"
-
-[image.burst]
-ref = "{IMAGE}"
-network = "none"
-keep_alive = "1h"
-pids = 4099
-
-[command.burst-true]
-image = "burst"
-path = "/bin/true"
-"#
-    )
+/// Run candidates `0..n` once each, starting at a different one every
+/// round, so none is always first (or always after the same one).
+fn rotated(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Result<()>) -> std::io::Result<()> {
+    (0..n).try_for_each(|k| each((round + k) % n))
 }
 
 /// A plain container of the test image for `docker exec` (what distrobox
@@ -308,16 +279,15 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
     time_ms(&mut native(main.shim("true").to_str().unwrap()))?;
     let mut warm: [Vec<f64>; 4] = Default::default();
     for round in 0..counts.warm_rounds {
-        // Rotate the order each round.
-        for k in 0..3 {
-            let i = (round + k) % 3;
+        rotated(round, 3, |i| {
             let ms = match i {
                 0 => time_ms(&mut native("/bin/true"))?,
                 1 => time_ms(&mut native(main.shim("true").to_str().unwrap()))?,
                 _ => time_ms(native("docker").args(["exec", &exec.0, "true"]))?,
             };
             warm[i].push(ms);
-        }
+            Ok(())
+        })?;
         if round % counts.docker_run_every == 0 {
             warm[3].push(time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]))?);
         }
@@ -333,7 +303,7 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
     let mut paused = Vec::new();
     time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?;
     for _ in 0..counts.paused {
-        wait_until(Duration::from_secs(10), || main.paused("frozen"))?;
+        wait_until(Duration::from_secs(10), || main.containers_of("frozen", Some("paused")) == 1)?;
         paused.push(time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?);
     }
     let paused = Measured::new("odfs shim (paused)", paused);
@@ -341,16 +311,15 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
     progress("cold calls: odfs against docker run --rm");
     let (mut cold_odfs, mut cold_run) = (Vec::new(), Vec::new());
     for round in 0..counts.cold {
-        wait_until(Duration::from_secs(20), || main.containers_of("cold") == 0)?;
-        let odfs = || time_ms(&mut native(main.shim("cold-true").to_str().unwrap()));
-        let run = || time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]));
-        if round % 2 == 0 {
-            cold_odfs.push(odfs()?);
-            cold_run.push(run()?);
-        } else {
-            cold_run.push(run()?);
-            cold_odfs.push(odfs()?);
-        }
+        wait_until(Duration::from_secs(20), || main.containers_of("cold", None) == 0)?;
+        rotated(round, 2, |i| {
+            if i == 0 {
+                cold_odfs.push(time_ms(&mut native(main.shim("cold-true").to_str().unwrap()))?);
+            } else {
+                cold_run.push(time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]))?);
+            }
+            Ok(())
+        })?;
     }
     let cold = vec![Measured::new("odfs shim (cold)", cold_odfs), Measured::new("docker run --rm", cold_run)];
 
@@ -369,11 +338,11 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
     ];
     let mut stdio: [Vec<f64>; 3] = Default::default();
     for round in 0..counts.stdio_rounds {
-        for k in 0..3 {
-            let i = (round + k) % 3;
+        rotated(round, 3, |i| {
             let ms = time_ms(&mut pipeline(sinks[i].1.clone()))?;
             stdio[i].push(mb / (ms / 1e3));
-        }
+            Ok(())
+        })?;
     }
     let stdio = sinks.iter().zip(stdio).map(|((name, _), s)| Measured::new(name, s)).collect();
 
@@ -383,7 +352,7 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
         .map(|_| native(main.shim("burst-true").to_str().unwrap()).stdout(Stdio::null()).stderr(Stdio::null()).spawn())
         .collect::<Result<_, _>>()?;
     let failures = children.into_iter().map(|mut c| c.wait()).filter(|s| !s.as_ref().is_ok_and(|s| s.success())).count();
-    let burst = Burst { callers: counts.burst, wall_ms: start.elapsed().as_secs_f64() * 1e3, containers: main.containers_of("burst"), failures };
+    let burst = Burst { callers: counts.burst, wall_ms: start.elapsed().as_secs_f64() * 1e3, containers: main.containers_of("burst", None), failures };
     drop(main);
 
     progress("discovery in a large catalog");
@@ -422,13 +391,11 @@ fn discovery(bins: &Binaries, counts: &Counts) -> std::io::Result<Discovery> {
     };
     let (mut on_mount, mut on_empty) = (Vec::new(), Vec::new());
     for round in 0..counts.miss_runs {
-        if round % 2 == 0 {
-            on_mount.push(time_ms(&mut miss(&m.mnt))?);
-            on_empty.push(time_ms(&mut miss(&empty))?);
-        } else {
-            on_empty.push(time_ms(&mut miss(&empty))?);
-            on_mount.push(time_ms(&mut miss(&m.mnt))?);
-        }
+        rotated(round, 2, |i| {
+            let (dir, into) = if i == 0 { (&m.mnt, &mut on_mount) } else { (&empty, &mut on_empty) };
+            into.push(time_ms(&mut miss(dir))?);
+            Ok(())
+        })?;
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", m.daemon_pid()))?;
     Ok(Discovery {
