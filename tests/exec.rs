@@ -159,7 +159,8 @@ fn sequential_calls_reuse_one_container() {
     let m = TestMount::new(BUSYBOX_CATALOG);
     // Each call names the container it ran in (its hostname is the
     // container id): one name for all 100 calls, not just one at the end.
-    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do "$M/cat" /etc/hostname || exit 1; i=$((i+1)); done"#);
+    // One line per call: Podman writes the file without a final newline.
+    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do n=$("$M/cat" /etc/hostname) || exit 1; echo "$n"; i=$((i+1)); done"#);
     assert!(o.status.success(), "{}", stderr(&o));
     let names: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert_eq!(names.len(), 100);
