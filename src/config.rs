@@ -20,6 +20,41 @@ pub struct DaemonConfig {
     pub shared: Vec<PathBuf>,
     /// Keep-alive policy of images whose catalog entry says `auto`.
     pub policy: crate::policy::Policy,
+    pub engine: crate::backend::engine::Engine,
+}
+
+/// The config file (`/etc/odfs/odfs.toml`); every table is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub engine: crate::backend::engine::EngineSettings,
+}
+
+/// Where `odfs mount` and `odfs doctor` look for the config file.
+pub const DEFAULT_CONFIG: &str = "/etc/odfs/odfs.toml";
+
+impl FileConfig {
+    /// Read `path`; the default file may be absent, a named one may not.
+    pub fn load(path: Option<&std::path::Path>) -> Result<FileConfig, String> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+            Err(e) => return Err(format!("cannot read the config file {}: {e}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| format!("config file {}: {}", path.display(), e.message()))
+    }
+}
+
+/// The engine for this invocation: `--engine`, the config file, the
+/// environment, the local sockets (see [`crate::backend::engine::Engine::resolve`]).
+pub fn engine(cli: Option<&str>, config: Option<&std::path::Path>) -> Result<crate::backend::engine::Engine, String> {
+    let file = FileConfig::load(config)?;
+    crate::backend::engine::Engine::resolve(cli, &file.engine, &crate::backend::engine::EngineEnv::from_process(), |p| p.exists())
 }
 
 /// Default locations of the helper binaries: next to the running `odfs`

@@ -40,7 +40,10 @@ fn idle_containers_pause_resume_on_the_next_call_and_go_after_keep_alive() {
     let c = m.containers()[0].clone();
     assert!(eventually(Duration::from_secs(10), || paused(&c)), "never paused");
     let status = admin(&m, &["status"]);
+    assert_eq!(status["engine"]["exec_path"], "fd", "{status}");
+    let status = &status["containers"];
     assert_eq!(status[0]["state"], "paused", "{status}");
+    assert_eq!(status[0]["exec_path"], "fd", "{status}");
     assert!(status[0]["next"].as_str().unwrap().starts_with("remove in"), "{status}");
 
     let o = m.sh(r#""$M/echo" resumed"#);
@@ -103,7 +106,7 @@ fn a_learned_sequence_warms_the_next_commands_container_even_after_a_restart() {
     // Now only a: b's container comes up by itself.
     assert!(m.sh(r#""$M/true""#).status.success());
     assert!(eventually(Duration::from_secs(10), || !containers_of(&m, "b").is_empty()), "b was not prefetched");
-    let status = admin(&m, &["status"]);
+    let status = admin(&m, &["status"])["containers"].clone();
     let b = status.as_array().unwrap().iter().find(|s| s["image"] == "b").unwrap();
     assert!(b["next"].as_str().unwrap().contains("predicted after true"), "{status}");
     // And the predicted container serves the call warm; stats count the

@@ -8,6 +8,7 @@
 
 mod cgroup;
 mod identity;
+pub mod relay;
 mod spawn;
 
 use std::collections::HashMap;
@@ -28,9 +29,11 @@ use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, PROTOCOL_VER
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub socket: PathBuf,
-    /// Accept peers inside the agent's own pid namespace. Only for running the
-    /// agent outside a container in tests; inside a container it would let any
-    /// tool ask the agent to start processes.
+    /// Accept peers inside the agent's own pid namespace: on remote engines,
+    /// where the relay (`odfs-agent relay`, run through the engine's exec
+    /// API) is such a peer and the token alone guards requests, and for
+    /// running the agent outside a container in tests. Locally it would let
+    /// a root tool that learned the token ask the agent to start processes.
     pub allow_local_peers: bool,
     /// The secret every request must carry (from `ODFS_AGENT_TOKEN`, which
     /// the daemon sets per container); `None` accepts any (tests only).
@@ -247,7 +250,7 @@ impl Agent {
                 let _ = protocol::send(&stream, &status, &[]);
             }
             (AgentRequest::Spawn(req), fds) => self.run_tool(stream, *req, fds),
-            (AgentRequest::Signal(_) | AgentRequest::Continue, _) => {
+            (AgentRequest::Signal(_) | AgentRequest::Continue | AgentRequest::Resize { .. }, _) => {
                 eprintln!("odfs-agent: signal before spawn ignored");
             }
         }
@@ -388,22 +391,40 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parse the agent's command line: `odfs-agent --socket PATH [--allow-local-peers]`;
-/// the token comes from the environment, which is then cleared of it.
-pub fn parse_args(args: impl Iterator<Item = String>) -> Result<AgentConfig, String> {
+/// What the agent binary was started to do.
+#[derive(Debug)]
+pub enum Mode {
+    /// PID 1 of a container: serve spawn requests.
+    Serve(AgentConfig),
+    /// One call on a remote engine, relayed over stdin/stdout ([`relay`]).
+    Relay { socket: PathBuf },
+}
+
+/// Parse the agent's command line: `odfs-agent [relay] --socket PATH
+/// [--allow-local-peers]`; the token comes from the environment, which is
+/// then cleared of it.
+pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut socket = None;
     let mut allow_local_peers = false;
-    let mut args = args.skip(1);
+    let mut relay = false;
+    let mut args = args.skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("relay") {
+        relay = true;
+        args.next();
+    }
     while let Some(a) = args.next() {
         match a.as_str() {
             "--socket" => socket = args.next().map(PathBuf::from),
-            "--allow-local-peers" => allow_local_peers = true,
+            "--allow-local-peers" if !relay => allow_local_peers = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let socket = socket.ok_or("missing --socket PATH")?;
+    if relay {
+        return Ok(Mode::Relay { socket });
+    }
     let token = std::env::var(TOKEN_ENV).ok();
     // SAFETY: called at start-up, before any thread exists.
     unsafe { std::env::remove_var(TOKEN_ENV) };
-    Ok(AgentConfig { socket, allow_local_peers, token })
+    Ok(Mode::Serve(AgentConfig { socket, allow_local_peers, token }))
 }

@@ -10,7 +10,8 @@ use futures_util::StreamExt;
 use std::path::Path;
 
 use super::progress::{BuildTracker, PullTracker};
-use super::{BackendError, ContainerBackend, ContainerSpec, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
+use super::engine::{Engine, EngineEnv, ExecPath};
+use super::{BackendError, ContainerBackend, ContainerSpec, ExecStream, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
 use crate::protocol::ImageProgress;
 
 /// Label of the never-started containers `executables` exports.
@@ -20,7 +21,7 @@ pub struct Docker {
     /// Connected on first use and kept; a failed connection is retried on the
     /// next call, so odfs survives starting before the engine.
     client: tokio::sync::OnceCell<bollard::Docker>,
-    endpoint: String,
+    engine: Engine,
 }
 
 impl Default for Docker {
@@ -29,15 +30,23 @@ impl Default for Docker {
     }
 }
 
+/// Seconds an engine request may take to answer (streams may then run on).
+const REQUEST_TIMEOUT: u64 = 120;
+
 impl Docker {
-    /// The local engine (`DOCKER_HOST` when it is a unix socket).
+    /// The engine Docker's clients would use here (see [`Engine::resolve`]).
     pub fn new() -> Docker {
-        let endpoint = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
-        Docker { client: tokio::sync::OnceCell::new(), endpoint }
+        let engine = Engine::resolve(None, &Default::default(), &EngineEnv::from_process(), |p| p.exists())
+            .unwrap_or_else(|_| Engine { host: format!("unix://{}", super::engine::LOCAL_SOCKETS[0]), tls: None, source: "default" });
+        Docker::with_engine(engine)
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+    pub fn with_engine(engine: Engine) -> Docker {
+        Docker { client: tokio::sync::OnceCell::new(), engine }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Labels and entry point of a local image; `None` when it is not here.
@@ -55,13 +64,44 @@ impl Docker {
         }
     }
 
+    /// The engine's version line, for `odfs doctor`.
+    pub async fn version(&self) -> Result<String, BackendError> {
+        let v = self.client().await?.version().await.map_err(|e| self.classify(e))?;
+        let product = v.components.unwrap_or_default().into_iter().map(|c| c.name).find(|n| n.contains("Podman")).unwrap_or_else(|| "Docker Engine".into());
+        Ok(format!("{product} {} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+
+    fn unreachable(&self, reason: String) -> BackendError {
+        let hint = match self.engine.scheme() {
+            "unix" if self.engine.host.contains("podman") => "is `podman system service` running?",
+            "unix" => "is dockerd running?",
+            _ => "is the remote engine up and reachable from here?",
+        };
+        BackendError::Unreachable { endpoint: self.engine.host.clone(), reason, hint }
+    }
+
     /// The client, after agreeing on an API version: Debian's dockerd speaks
     /// 1.41, older than bollard's default.
     async fn client(&self) -> Result<&bollard::Docker, BackendError> {
-        let unreachable = |e: bollard::errors::Error| BackendError::Unreachable { endpoint: self.endpoint.clone(), reason: e.to_string() };
+        let unreachable = |e: bollard::errors::Error| self.unreachable(e.to_string());
         self.client
             .get_or_try_init(|| async {
-                let client = bollard::Docker::connect_with_local_defaults().map_err(unreachable)?;
+                let e = &self.engine;
+                let version = bollard::API_DEFAULT_VERSION;
+                let client = match (e.scheme(), &e.tls) {
+                    ("tcp", Some(dir)) => bollard::Docker::connect_with_ssl(
+                        &e.host,
+                        &dir.join("key.pem"),
+                        &dir.join("cert.pem"),
+                        &dir.join("ca.pem"),
+                        REQUEST_TIMEOUT,
+                        version,
+                    ),
+                    ("tcp", None) => bollard::Docker::connect_with_http(&e.host, REQUEST_TIMEOUT, version),
+                    ("ssh", _) => bollard::Docker::connect_with_ssh(&e.host, REQUEST_TIMEOUT, version),
+                    _ => bollard::Docker::connect_with_unix(&e.host, REQUEST_TIMEOUT, version),
+                }
+                .map_err(unreachable)?;
                 client.negotiate_version().await.map_err(unreachable)
             })
             .await
@@ -76,7 +116,7 @@ impl Docker {
             other => {
                 let text = other.to_string();
                 if text.contains("onnect") || text.contains("No such file") || text.contains("refused") {
-                    BackendError::Unreachable { endpoint: self.endpoint.clone(), reason: text }
+                    self.unreachable(text)
                 } else {
                     BackendError::Engine(text)
                 }
@@ -88,18 +128,25 @@ impl Docker {
 /// Open files and processes for every container, set explicitly: an
 /// engine's defaults may exceed the machine's hard limits (Podman's do on
 /// this kind of VM, and the container then fails to start). The daemon's own
-/// limits are known to be within them.
+/// limits are known to be within them; nproc is also kept within the 32768
+/// Podman sets for itself, which its runtime cannot exceed without
+/// CAP_SYS_RESOURCE.
 fn ulimits() -> Vec<bollard::models::ResourcesUlimits> {
-    [("nofile", libc::RLIMIT_NOFILE), ("nproc", libc::RLIMIT_NPROC)]
+    // Podman lowers its own nproc limit to 32768 when it starts, and its
+    // runtime cannot give a container more where root lacks CAP_SYS_RESOURCE
+    // (this kind of VM): "error setting rlimit type 6: operation not permitted".
+    const PODMAN_NPROC: u64 = 32768;
+    [("nofile", libc::RLIMIT_NOFILE, u64::MAX), ("nproc", libc::RLIMIT_NPROC, PODMAN_NPROC)]
         .into_iter()
-        .filter_map(|(name, resource)| {
+        .filter_map(|(name, resource, most)| {
             let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: getrlimit fills the struct.
             if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
                 return None;
             }
+            let (cur, max) = (r.rlim_cur.min(most), r.rlim_max.min(most));
             let clamp = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { -1 } else { v.min(i64::MAX as u64) as i64 };
-            Some(bollard::models::ResourcesUlimits { name: Some(name.into()), soft: Some(clamp(r.rlim_cur)), hard: Some(clamp(r.rlim_max)) })
+            Some(bollard::models::ResourcesUlimits { name: Some(name.into()), soft: Some(clamp(cur)), hard: Some(clamp(max)) })
         })
         .collect()
 }
@@ -256,6 +303,13 @@ impl ContainerBackend for Docker {
             }
             Err(e) => return Err(self.classify(e)),
         };
+        if let Some(tar) = &spec.preload {
+            let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
+            if let Err(e) = client.upload_to_container(&created.id, Some(opts), bollard::body_full(tar.clone())).await {
+                let _ = self.remove(&created.id).await;
+                return Err(self.classify(e));
+            }
+        }
         if let Err(e) = client.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
             let _ = self.remove(&created.id).await;
             return Err(self.classify(e));
@@ -335,6 +389,50 @@ impl ContainerBackend for Docker {
         let mut refs: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
         refs.sort();
         Ok(refs)
+    }
+
+    async fn exec_stream(&self, id: &str, cmd: Vec<String>) -> Result<ExecStream, BackendError> {
+        use bollard::container::LogOutput;
+        let client = self.client().await?;
+        let config = bollard::exec::CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            user: Some("0:0".to_string()),
+            cmd: Some(cmd),
+            ..Default::default()
+        };
+        let exec = client.create_exec(id, config).await.map_err(|e| self.classify(e))?;
+        let opts = bollard::exec::StartExecOptions { detach: false, tty: false, output_capacity: Some(crate::protocol::relay::CHUNK * 2) };
+        match client.start_exec(&exec.id, Some(opts)).await.map_err(|e| self.classify(e))? {
+            bollard::exec::StartExecResults::Attached { output, input } => {
+                let output = output.filter_map(|item| async move {
+                    match item {
+                        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => Some(Ok((1, message))),
+                        Ok(LogOutput::StdErr { message }) => Some(Ok((2, message))),
+                        Ok(LogOutput::StdIn { .. }) => None,
+                        Err(e) => Some(Err(BackendError::Engine(format!("exec stream: {e}")))),
+                    }
+                });
+                Ok(ExecStream { output: Box::pin(output), input })
+            }
+            bollard::exec::StartExecResults::Detached => Err(BackendError::Engine("the engine detached an attached exec".into())),
+        }
+    }
+
+    fn exec_path(&self) -> ExecPath {
+        self.engine.exec_path()
+    }
+
+    async fn engine_info(&self) -> crate::protocol::EngineInfo {
+        crate::protocol::EngineInfo {
+            host: self.engine.host.clone(),
+            remote: !self.engine.is_local(),
+            exec_path: self.engine.exec_path().as_str().to_string(),
+            source: self.engine.source.to_string(),
+            version: self.version().await.map_err(|e| e.to_string()),
+        }
     }
 
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {

@@ -72,6 +72,24 @@ impl ContainerBackend for Fake {
         Ok(vec!["test/b".into()])
     }
 
+    async fn exec_stream(&self, _id: &str, _cmd: Vec<String>) -> Result<super::ExecStream, BackendError> {
+        Err(BackendError::Engine("the fake engine runs nothing".into()))
+    }
+
+    fn exec_path(&self) -> super::ExecPath {
+        super::ExecPath::Fd
+    }
+
+    async fn engine_info(&self) -> crate::protocol::EngineInfo {
+        crate::protocol::EngineInfo {
+            host: "fake://".into(),
+            remote: false,
+            exec_path: "fd".into(),
+            source: "test".into(),
+            version: Ok("fake".into()),
+        }
+    }
+
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         Ok(self
             .live

@@ -3,6 +3,7 @@
 //! the Docker Engine API; [`fake::Fake`] records calls for pool logic tests.
 
 pub mod docker;
+pub mod engine;
 #[cfg(test)]
 pub mod fake;
 pub mod progress;
@@ -12,6 +13,9 @@ pub use progress::ProgressTx;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+pub use engine::ExecPath;
 
 /// Labels every odfs container carries.
 pub const LABEL_MANAGED: &str = "io.odfs.managed";
@@ -41,6 +45,16 @@ pub struct ContainerSpec {
     pub binds: Vec<Bind>,
     pub env: Vec<String>,
     pub limits: crate::catalog::Limits,
+    /// A tar archive unpacked at `/` after the container is created and
+    /// before it starts: the agent, on engines that cannot bind host files.
+    pub preload: Option<bytes::Bytes>,
+}
+
+/// The attached streams of an exec: what it writes on stdout (1) and
+/// stderr (2), and its stdin.
+pub struct ExecStream {
+    pub output: Pin<Box<dyn futures_util::Stream<Item = Result<(u8, bytes::Bytes), BackendError>> + Send>>,
+    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
 /// A container found on the engine with this mount's label.
@@ -56,8 +70,8 @@ pub struct Managed {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
-    #[error("container engine not reachable at {endpoint}: {reason} (is dockerd running?)")]
-    Unreachable { endpoint: String, reason: String },
+    #[error("container engine not reachable at {endpoint}: {reason} ({hint})")]
+    Unreachable { endpoint: String, reason: String, hint: &'static str },
     #[error("image {reference} is not on this machine and could not be pulled: {reason} (check its registry, or give it a `build` recipe in the catalog)")]
     ImageMissing { reference: String, reason: String },
     #[error("image {reference} could not be built from its recipe {recipe}: {reason}")]
@@ -89,4 +103,11 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.
     fn list(&self, mount_id: &str) -> impl Future<Output = Result<Vec<Managed>, BackendError>> + Send;
+    /// Run `cmd` as root in a running container with stdin, stdout and
+    /// stderr attached (no tty): the relay of a call on a remote engine.
+    fn exec_stream(&self, id: &str, cmd: Vec<String>) -> impl Future<Output = Result<ExecStream, BackendError>> + Send;
+    /// How calls reach tools on this engine.
+    fn exec_path(&self) -> ExecPath;
+    /// The engine, and whether (and as what) it answers.
+    fn engine_info(&self) -> impl Future<Output = crate::protocol::EngineInfo> + Send;
 }

@@ -151,7 +151,7 @@ impl Mount {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let id = crate::daemon::mount_id(&mnt);
+        let id = crate::daemon::mount_id(&mnt, false);
         let m = Mount { root, mnt, id, daemon };
         let socket = m.root.join("state/odfs.sock");
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,10 +1,12 @@
-//! `odfs-agent`: PID 1 in every odfs container (see `odfs::agent`).
+//! `odfs-agent`: PID 1 in every odfs container, and the relay of a call on a
+//! remote engine (see `odfs::agent`).
 
 fn main() {
     match odfs::agent::parse_args(std::env::args()) {
-        Ok(config) => odfs::agent::run(config),
+        Ok(odfs::agent::Mode::Serve(config)) => odfs::agent::run(config),
+        Ok(odfs::agent::Mode::Relay { socket }) => std::process::exit(odfs::agent::relay::run(&socket)),
         Err(e) => {
-            eprintln!("odfs-agent: {e}; usage: odfs-agent --socket PATH [--allow-local-peers]");
+            eprintln!("odfs-agent: {e}; usage: odfs-agent [relay] --socket PATH [--allow-local-peers]");
             std::process::exit(2);
         }
     }

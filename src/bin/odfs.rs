@@ -46,6 +46,15 @@ enum Command {
         /// auto, histogram, epsilon or fixed(DURATION).
         #[arg(long, value_name = "POLICY", default_value = "auto")]
         policy: odfs::policy::Policy,
+        /// Container engine: unix:///PATH, tcp://HOST:PORT (TLS from the
+        /// config file or DOCKER_TLS_VERIFY/DOCKER_CERT_PATH) or
+        /// ssh://[USER@]HOST. Default: the config file's [engine] host, else
+        /// DOCKER_HOST, else the local Docker socket, else Podman's.
+        #[arg(long, value_name = "URL")]
+        engine: Option<String>,
+        /// Config file (default /etc/odfs/odfs.toml, if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
         mountpoint: PathBuf,
     },
     /// List every command: image, state, where it is defined.
@@ -146,6 +155,9 @@ enum Command {
     Doctor {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// Config file to read the engine from when no daemon answers.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Print shell completions (bash, zsh, fish, …).
     Completions { shell: clap_complete::Shell },
@@ -226,7 +238,7 @@ fn import(format: ImportFormat, dir: &std::path::Path, output: Option<&std::path
                 .collect();
             if !images.is_empty() {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let docker = odfs::backend::docker::Docker::new();
+                let docker = odfs::backend::docker::Docker::with_engine(odfs::config::engine(None, None).map_err(|e| anyhow::anyhow!(e))?);
                 for image in images {
                     match rt.block_on(docker.image_facts(&image)) {
                         Ok(Some(f)) => {
@@ -281,8 +293,15 @@ fn walk(dir: &std::path::Path, name: &str) -> std::io::Result<Vec<PathBuf>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount { catalogs, state, socket, launcher, agent, shared, policy, mountpoint } => {
+        Command::Mount { catalogs, state, socket, launcher, agent, shared, policy, engine, config, mountpoint } => {
             odfs::telemetry::init();
+            let engine = match odfs::config::engine(engine.as_deref(), config.as_deref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("odfs: mount: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let (state_dir, run_dir) = match &state {
                 Some(s) => (s.clone(), s.join("run")),
                 None => (PathBuf::from("/var/lib/odfs"), PathBuf::from("/run/odfs")),
@@ -302,6 +321,7 @@ fn main() -> ExitCode {
                 agent: agent.unwrap_or_else(|| sibling("odfs-agent")),
                 shared,
                 policy,
+                engine,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -317,7 +337,7 @@ fn main() -> ExitCode {
         Command::Stop { command, all: _, force, socket } => done(ask(&socket, Request::Stop { command, force })),
         Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
         Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
-        Command::Doctor { socket } => doctor(&socket),
+        Command::Doctor { socket, config } => doctor(&socket, config.as_deref()),
         Command::Scan { image, add, socket } => done(ask(&socket, Request::Scan { image, add })),
         Command::Import { format, dir, output } => import(format, &dir, output.as_deref()),
         Command::Hint { command, socket, mount } => return hint(&socket, &command, &mount),
@@ -384,7 +404,7 @@ fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Res
 }
 
 /// Checks from the user's side; exit status 1 when something is broken.
-fn doctor(socket: &std::path::Path) -> anyhow::Result<()> {
+fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<()> {
     let mut broken = 0;
     let mut report = |ok: Option<bool>, what: String| {
         let tag = match ok {
@@ -398,8 +418,28 @@ fn doctor(socket: &std::path::Path) -> anyhow::Result<()> {
         println!("{tag} {what}");
     };
     report(Some(std::path::Path::new("/dev/fuse").exists()), "FUSE device /dev/fuse".into());
-    let engine = std::os::unix::net::UnixStream::connect("/var/run/docker.sock");
-    report(Some(engine.is_ok()), format!("container engine socket /var/run/docker.sock{}", engine.err().map(|e| format!(": {e} (start dockerd)")).unwrap_or_default()));
+    // The running daemon's engine; without a daemon, the one it would use.
+    let engine = match ask(socket, Request::Status) {
+        Ok(Response::Status { engine, containers }) => Some((engine, containers)),
+        _ => None,
+    };
+    let (engine, containers) = match engine {
+        Some((e, c)) => (e, c),
+        None => {
+            let e = odfs::config::engine(None, config).map_err(|e| anyhow::anyhow!(e))?;
+            let docker = odfs::backend::docker::Docker::with_engine(e);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            (rt.block_on(odfs::backend::ContainerBackend::engine_info(&docker)), vec![])
+        }
+    };
+    let place = if engine.remote { "remote" } else { "local" };
+    match &engine.version {
+        Ok(v) => report(Some(true), format!("container engine {} ({place}, {v}, from {}): calls take the {} path", engine.host, engine.source, engine.exec_path)),
+        Err(e) => report(Some(false), format!("container engine {} ({place}, from {}): {e}", engine.host, engine.source)),
+    }
+    for c in &containers {
+        report(None, format!("image {} ({}): exec path {}", c.image, c.state, c.exec_path));
+    }
     let commands = match ask(socket, Request::List) {
         Ok(Response::Commands(c)) => {
             report(Some(true), format!("daemon at {} serves {} commands", socket.display(), c.len()));
@@ -494,19 +534,26 @@ fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
 }
 
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let Response::Status(list) = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
+    let Response::Status { engine, containers: list } = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
     if json {
         let rows: Vec<_> = list
             .iter()
             .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state,
-                                        "running_tools": c.running_tools, "idle_ms": c.idle_ms, "next": c.next}))
+                                        "running_tools": c.running_tools, "idle_ms": c.idle_ms, "next": c.next,
+                                        "exec_path": c.exec_path}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path,
+                                        "source": engine.source, "version": engine.version.as_ref().ok(),
+                                        "error": engine.version.as_ref().err()});
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows}))?);
     } else {
-        println!("{:<16} {:<12} {:>7} {:>7}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "CONTAINER");
+        let place = if engine.remote { "remote" } else { "local" };
+        let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
+        println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path, engine.source);
+        println!("{:<16} {:<12} {:>7} {:>7} {:<5}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "EXEC", "CONTAINER");
         for c in list {
             let idle = format!("{}s", c.idle_ms / 1000);
-            println!("{:<16} {:<12} {:>7} {:>7}  {:<40} {}", c.image, c.state, c.running_tools, idle, c.container, c.next);
+            println!("{:<16} {:<12} {:>7} {:>7} {:<5}  {:<40} {}", c.image, c.state, c.running_tools, idle, c.exec_path, c.container, c.next);
         }
     }
     Ok(())

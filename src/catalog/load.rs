@@ -51,6 +51,9 @@ struct RawImage {
     allow_groups: Vec<String>,
     /// A directory with a Dockerfile, relative to this file's directory.
     build: Option<String>,
+    /// Directories that exist at the same paths on a remote engine's host.
+    #[serde(default)]
+    remote_dirs: Vec<String>,
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<u64>,
@@ -132,6 +135,14 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 errors.push(err(line, format!("image {name}: build recipe {} has no Dockerfile", dir.display())));
             }
         }
+        let mut remote_dirs = Vec::new();
+        for dir in &img.remote_dirs {
+            if dir.starts_with('/') && !dir.split('/').any(|c| c == "..") {
+                remote_dirs.push(PathBuf::from(dir));
+            } else {
+                errors.push(err(line, format!("image {name}: remote_dirs entry {dir:?} is not an absolute path")));
+            }
+        }
         for cap in &img.cap_add {
             if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                 errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
@@ -161,6 +172,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 allow_groups: img.allow_groups,
                 limits,
                 build,
+                remote_dirs,
                 origin,
             },
         );

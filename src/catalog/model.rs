@@ -163,6 +163,10 @@ pub struct ImageSpec {
     /// Recipe (a directory with a Dockerfile) to build `reference` from when
     /// it is missing and cannot be pulled.
     pub build: Option<PathBuf>,
+    /// On a remote engine: directories of the remote host, at the same paths
+    /// as here (a shared or synced tree), mounted into the container; a
+    /// caller whose cwd is under one runs there, others in `/`.
+    pub remote_dirs: Vec<PathBuf>,
     /// `file:line` where it was defined.
     pub origin: String,
 }

@@ -29,11 +29,11 @@ pub fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
 }
 
 /// Wait until the agent at `socket` answers, up to `limit`.
-pub fn wait_ready(socket: &Path, token: &str, limit: Duration) -> std::io::Result<()> {
+pub fn wait_ready(socket: &Path, token: &str, limit: Duration) -> std::io::Result<AgentStatus> {
     let start = std::time::Instant::now();
     loop {
         match status(socket, token) {
-            Ok(_) => return Ok(()),
+            Ok(s) => return Ok(s),
             Err(e) if start.elapsed() >= limit => return Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }

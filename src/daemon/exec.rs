@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::pool::Served;
 use super::Daemon;
-use crate::backend::ContainerBackend;
+use crate::backend::{ContainerBackend, ExecPath};
 use crate::catalog::{ImageSpec, Invocation, Resolved, RunAs};
 use crate::protocol::{
     self, AgentEvent, AgentRequest, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR,
@@ -28,7 +28,7 @@ pub struct Caller {
 
 /// A refusal the caller sees as `odfs: CMD: message`.
 #[derive(Debug)]
-pub struct Refusal {
+pub(super) struct Refusal {
     pub message: String,
     pub exit_code: i32,
 }
@@ -191,6 +191,26 @@ impl<B: ContainerBackend> Daemon<B> {
         )))
     }
 
+    /// The working directory of a call on a remote engine: the caller's, when
+    /// it is under one of the image's `remote_dirs`; else `/`, and the caller
+    /// hears why once per user, image and directory.
+    fn remote_cwd(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec) -> PathBuf {
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).unwrap_or_else(|_| PathBuf::from("/"));
+        if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
+            return cwd;
+        }
+        if self.remote_notices.lock().unwrap().insert((caller.uid, image.name.clone(), cwd.clone())) {
+            let dirs = if image.remote_dirs.is_empty() {
+                "the image declares no remote_dirs".to_string()
+            } else {
+                format!("remote_dirs: {}", image.remote_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" "))
+            };
+            let text = format!("note: {} is not available on the remote engine ({dirs}); running in /", cwd.display());
+            let _ = protocol::send(client, &Response::Notice(text), &[]);
+        }
+        PathBuf::from("/")
+    }
+
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
     pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) {
         let started = Instant::now();
@@ -208,7 +228,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 Ok((started, _, _)) => {
                     let mut fds = vec![started.agent.as_raw_fd()];
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
-                    protocol::send(&control, &Response::Handoff { pid: started.pid }, &fds)
+                    protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed }, &fds)
                 }
                 Err(r) => protocol::send(&control, &Response::Error { message: r.message, exit_code: r.exit_code }, &[]),
             };
@@ -254,7 +274,10 @@ impl<B: ContainerBackend> Daemon<B> {
         })?;
         let groups = proc_groups(caller.pid);
         self.authorize(&entry, &caller, &groups)?;
-        let cwd = self.shared_cwd(&caller, &entry.image.name)?;
+        let cwd = match self.pool.exec_path() {
+            ExecPath::Fd => self.shared_cwd(&caller, &entry.image.name)?,
+            ExecPath::Relay => self.remote_cwd(control, &caller, &entry.image),
+        };
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
             RunAs::Caller => {
@@ -285,11 +308,20 @@ impl<B: ContainerBackend> Daemon<B> {
                 .await
                 .map_err(|e| refuse(e.to_string()))?;
             spawn.token = ready.token.clone();
-            let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
-            let container = ready.container.clone();
-            let result = tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))
-                .await
-                .map_err(|e| refuse(e.to_string()))?;
+            let result = match ready.exec_path {
+                ExecPath::Fd => {
+                    let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
+                    let container = ready.container.clone();
+                    tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))
+                        .await
+                        .map_err(|e| refuse(e.to_string()))?
+                }
+                ExecPath::Relay => {
+                    let standard = |n: i32| req.fds.iter().position(|&t| t == n).and_then(|i| fds[i].try_clone().ok());
+                    let caller_fds = super::remote::CallerFds { stdin: standard(0), stdout: standard(1), stderr: standard(2) };
+                    super::remote::start(self.pool.backend(), &ready, spawn.clone(), caller_fds).await
+                }
+            };
             match result {
                 Ok(started) => {
                     self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
@@ -308,15 +340,17 @@ impl<B: ContainerBackend> Daemon<B> {
 }
 
 /// A tool the agent started: its connection (handed to the launcher), pid
-/// and, in pty mode, the pty master.
-struct Started {
-    agent: UnixStream,
-    pid: i32,
-    container: String,
-    pty_master: Option<OwnedFd>,
+/// and, in pty mode, the pty master. `relayed`: the connection is served by
+/// the daemon for a call on a remote engine.
+pub(super) struct Started {
+    pub agent: UnixStream,
+    pub pid: i32,
+    pub container: String,
+    pub pty_master: Option<OwnedFd>,
+    pub relayed: bool,
 }
 
-enum StartError {
+pub(super) enum StartError {
     Unreachable(String),
     Refused(Refusal),
 }
@@ -328,7 +362,7 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: St
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &raw).map_err(|e| unreachable(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn) {
-        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop() }),
+        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(unreachable("the agent closed the connection".into())),

@@ -5,6 +5,7 @@ mod admin;
 mod agent_client;
 mod exec;
 pub mod pool;
+mod remote;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -40,6 +41,8 @@ pub struct Daemon<B> {
     /// Executables on the PATH of each local image (by reference), for
     /// `odfs provides` and the command-not-found hint.
     index: dashmap::DashMap<String, Vec<String>>,
+    /// (uid, image, cwd) already told their cwd is not on the remote engine.
+    remote_notices: std::sync::Mutex<std::collections::HashSet<(u32, String, PathBuf)>>,
 }
 
 impl<B: ContainerBackend> Daemon<B> {
@@ -112,8 +115,9 @@ impl<B: ContainerBackend> Daemon<B> {
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {
-                let status = self.pool.status().await;
-                self.answer(conn, Response::Status(status));
+                let containers = self.pool.status().await;
+                let engine = self.pool.backend().engine_info().await;
+                self.answer(conn, Response::Status { engine, containers });
             }
             Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
             Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),
@@ -263,9 +267,18 @@ fn learn_from_earlier_runs<B: ContainerBackend>(
 const HISTORY_ON_START: usize = 20_000;
 
 /// A stable short id for a mountpoint: names and labels of its containers.
-pub fn mount_id(mountpoint: &std::path::Path) -> String {
+///
+/// On a remote engine, which several hosts may share, the host name is part
+/// of it: two hosts mounting the same path must not adopt or remove each
+/// other's containers.
+pub fn mount_id(mountpoint: &std::path::Path, remote: bool) -> String {
     use sha2::{Digest, Sha256};
-    let h = Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+    let mut key = mountpoint.as_os_str().as_encoded_bytes().to_vec();
+    if remote {
+        key.push(0);
+        key.extend(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().as_bytes());
+    }
+    let h = Sha256::digest(&key);
     h.iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -375,10 +388,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
     }
     std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
-    let id = mount_id(&mountpoint);
+    let id = mount_id(&mountpoint, !cfg.engine.is_local());
+    tracing::info!(engine = cfg.engine.describe(), "container engine");
     let shared: Vec<PathBuf> = cfg.shared.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
     let pool = Pool::new(
-        Arc::new(Docker::new()),
+        Arc::new(Docker::with_engine(cfg.engine.clone())),
         PoolConfig {
             mount_id: id.clone(),
             run_dir: containers_dir,
@@ -403,6 +417,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         store,
         shared,
         index: Default::default(),
+        remote_notices: Default::default(),
     });
 
     let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;

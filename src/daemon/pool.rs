@@ -12,14 +12,16 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use super::agent_client;
-use crate::backend::{Bind, ContainerBackend, ContainerSpec, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN};
+use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN};
 use crate::catalog::{ImageSpec, KeepAlive, RunAs};
 use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
 
 /// Where the agent lives inside every container.
-const AGENT_IN_CONTAINER: &str = "/.odfs/odfs-agent";
+pub const AGENT_IN_CONTAINER: &str = "/.odfs/odfs-agent";
 const RUN_IN_CONTAINER: &str = "/.odfs/run";
+/// The agent's socket inside every container.
+pub const SOCKET_IN_CONTAINER: &str = "/.odfs/run/agent.sock";
 /// How long a new container's agent may take to answer.
 const AGENT_START_LIMIT: Duration = Duration::from_secs(20);
 
@@ -133,6 +135,53 @@ pub struct Slot {
     progress: crate::backend::ProgressTx,
     /// Its container's agent token (see [`crate::agent::TOKEN_ENV`]).
     token: Mutex<String>,
+    /// Calls relayed to a remote engine, counted by the daemon: the agent
+    /// there cannot be asked cheaply, and every call passes through here.
+    relayed: Mutex<Relayed>,
+}
+
+#[derive(Debug)]
+struct Relayed {
+    running: u32,
+    idle_since: Instant,
+    finished: Vec<crate::protocol::Finished>,
+}
+
+impl Default for Relayed {
+    fn default() -> Relayed {
+        Relayed { running: 0, idle_since: Instant::now(), finished: Vec::new() }
+    }
+}
+
+/// One relayed call in flight: counts as a running tool until dropped.
+pub struct RelayedCall {
+    slot: Arc<Slot>,
+    pid: i32,
+    started: Instant,
+    status: Option<i32>,
+}
+
+impl RelayedCall {
+    /// The tool ended with this status (exit code, or 128 + signal).
+    pub fn finish(&mut self, status: i32) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for RelayedCall {
+    fn drop(&mut self) {
+        let mut r = self.slot.relayed.lock().unwrap();
+        r.running -= 1;
+        if r.running == 0 {
+            r.idle_since = Instant::now();
+        }
+        let run_ms = self.started.elapsed().as_millis() as u64;
+        // A call cut off (daemon stopping, stream lost) counts as killed.
+        let status = self.status.unwrap_or(128 + libc::SIGKILL);
+        if r.finished.len() < 1000 {
+            r.finished.push(crate::protocol::Finished { pid: self.pid, status, run_ms });
+        }
+    }
 }
 
 impl Slot {
@@ -150,7 +199,16 @@ pub struct Ready {
     pub container: String,
     pub served: Served,
     pub id: String,
+    pub exec_path: ExecPath,
     slot: Arc<Slot>,
+}
+
+impl Ready {
+    /// A relayed call of pid `pid` (in the container) has started.
+    pub fn relayed_call(&self, pid: i32) -> RelayedCall {
+        self.slot.relayed.lock().unwrap().running += 1;
+        RelayedCall { slot: self.slot.clone(), pid, started: Instant::now(), status: None }
+    }
 }
 
 impl Drop for Ready {
@@ -167,11 +225,21 @@ pub struct Pool<B> {
     slots: DashMap<String, Arc<Slot>>,
     /// Origin of the policies' clock.
     epoch: Instant,
+    /// The agent as a tar, for engines it is copied into.
+    archive: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl<B: ContainerBackend> Pool<B> {
     pub fn new(backend: Arc<B>, cfg: PoolConfig, store: Option<crate::catalog::Store>) -> Pool<B> {
-        Pool { backend, store, cfg, slots: DashMap::new(), epoch: Instant::now() }
+        Pool { backend, store, cfg, slots: DashMap::new(), epoch: Instant::now(), archive: Default::default() }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn exec_path(&self) -> ExecPath {
+        self.backend.exec_path()
     }
 
     /// Seconds on the policies' clock.
@@ -190,12 +258,13 @@ impl<B: ContainerBackend> Pool<B> {
         };
         let shared: Vec<_> = self.cfg.shared.iter().map(|p| p.to_string_lossy().into_owned()).collect();
         let text = format!(
-            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}",
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}",
             image.reference,
             image.network.as_str(),
             caps.join(","),
             shared.join(":"),
-            image.limits
+            image.limits,
+            image.remote_dirs
         );
         h.update(text.as_bytes());
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -216,6 +285,7 @@ impl<B: ContainerBackend> Pool<B> {
                     pull_failure: Mutex::new(None),
                     progress: tokio::sync::watch::Sender::new(None),
                     token: Mutex::new(String::new()),
+                    relayed: Mutex::new(Relayed::default()),
                 })
             })
             .clone()
@@ -271,7 +341,15 @@ impl<B: ContainerBackend> Pool<B> {
         life.plan = None;
         drop(life);
         let token = slot.token.lock().unwrap().clone();
-        Ok(Ready { socket: slot.socket(&self.cfg.run_dir), token, container: slot.name.clone(), served, id, slot: slot.clone() })
+        Ok(Ready {
+            socket: slot.socket(&self.cfg.run_dir),
+            token,
+            container: slot.name.clone(),
+            served,
+            id,
+            exec_path: self.backend.exec_path(),
+            slot: slot.clone(),
+        })
     }
 
     /// Make the slot's container run; returns its id and how it was found.
@@ -372,16 +450,6 @@ impl<B: ContainerBackend> Pool<B> {
     async fn start_container(&self, slot: &Slot) -> Result<(String, bool), PoolError> {
         let image = &slot.image;
         let pulled = self.fetch(image, &slot.progress).await?;
-        let run = self.cfg.run_dir.join(&slot.name);
-        make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
-        let socket = run.join("agent.sock");
-        let _ = std::fs::remove_file(&socket);
-
-        let mut binds = vec![
-            Bind { source: self.cfg.agent.clone(), target: AGENT_IN_CONTAINER.into(), read_only: true },
-            Bind { source: run.clone(), target: RUN_IN_CONTAINER.into(), read_only: false },
-        ];
-        binds.extend(self.cfg.shared.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }));
         let token = new_token().map_err(|e| PoolError::Start(format!("cannot make an agent token: {e}")))?;
         let labels = HashMap::from([
             (LABEL_TOKEN.to_string(), token.clone()),
@@ -390,22 +458,41 @@ impl<B: ContainerBackend> Pool<B> {
             (LABEL_PROFILE.to_string(), slot.key.clone()),
             (LABEL_IMAGE.to_string(), image.name.clone()),
         ]);
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             name: slot.name.clone(),
             image: image.reference.clone(),
-            entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), format!("{RUN_IN_CONTAINER}/agent.sock")],
+            entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), SOCKET_IN_CONTAINER.into()],
             labels,
             network: image.network.as_str().to_string(),
             cap_add: image.cap_add.clone(),
-            binds,
+            binds: vec![],
             env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
             limits: image.limits,
+            preload: None,
         };
+        match self.backend.exec_path() {
+            ExecPath::Fd => {
+                let run = self.cfg.run_dir.join(&slot.name);
+                make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
+                let _ = std::fs::remove_file(run.join("agent.sock"));
+                spec.binds = vec![
+                    Bind { source: self.cfg.agent.clone(), target: AGENT_IN_CONTAINER.into(), read_only: true },
+                    Bind { source: run, target: RUN_IN_CONTAINER.into(), read_only: false },
+                ];
+                spec.binds.extend(self.cfg.shared.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }));
+            }
+            ExecPath::Relay => {
+                // Host files do not exist there: the agent is copied in, its
+                // socket stays inside, and the relay reaches it from inside.
+                spec.preload = Some(self.agent_archive().map_err(|e| PoolError::Start(format!("cannot read the agent {}: {e}", self.cfg.agent.display())))?);
+                spec.entrypoint.push("--allow-local-peers".into());
+                spec.binds = image.remote_dirs.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }).collect();
+            }
+        }
         let started = Instant::now();
         let id = self.backend.start(&spec).await?;
         *slot.token.lock().unwrap() = token.clone();
-        let waited = tokio::task::spawn_blocking(move || agent_client::wait_ready(&socket, &token, AGENT_START_LIMIT)).await;
-        if !matches!(waited, Ok(Ok(()))) {
+        if self.probe(slot, &id, AGENT_START_LIMIT).await.is_err() {
             let _ = self.backend.remove(&id).await;
             return Err(PoolError::Start(format!(
                 "the odfs agent did not come up in a container of image {} within {}s (its output: docker logs {})",
@@ -418,12 +505,60 @@ impl<B: ContainerBackend> Pool<B> {
         Ok((id, pulled))
     }
 
+    /// The agent binary as a tar for `/`: `.odfs/odfs-agent` and an empty,
+    /// root-only `.odfs/run` for its socket. Made once.
+    fn agent_archive(&self) -> std::io::Result<bytes::Bytes> {
+        if let Some(t) = self.archive.get() {
+            return Ok(t.clone());
+        }
+        let agent = std::fs::read(&self.cfg.agent)?;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, mode: u32, data: &[u8], kind: tar::EntryType| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            h.set_uid(0);
+            h.set_gid(0);
+            tar.append_data(&mut h, path, data)
+        };
+        add(".odfs/", 0o755, &[], tar::EntryType::Directory)?;
+        add(".odfs/run/", 0o700, &[], tar::EntryType::Directory)?;
+        add(".odfs/odfs-agent", 0o755, &agent, tar::EntryType::Regular)?;
+        let bytes = bytes::Bytes::from(tar.into_inner()?);
+        Ok(self.archive.get_or_init(|| bytes).clone())
+    }
+
+    /// Ask a container's agent directly how it is, waiting up to `limit`
+    /// for it to answer: over its socket, or through a relay exec.
+    async fn probe(&self, slot: &Slot, id: &str, limit: Duration) -> std::io::Result<agent_client::AgentStatus> {
+        let token = slot.token.lock().unwrap().clone();
+        match self.backend.exec_path() {
+            ExecPath::Fd => {
+                let socket = slot.socket(&self.cfg.run_dir);
+                tokio::task::spawn_blocking(move || agent_client::wait_ready(&socket, &token, limit)).await.map_err(std::io::Error::other)?
+            }
+            ExecPath::Relay => tokio::time::timeout(limit + Duration::from_secs(5), super::remote::status(&*self.backend, id, token))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer through the engine"))?,
+        }
+    }
+
     /// The agent's (running tools, idle ms), or why it does not answer.
     /// Tool ends it reports go to the store.
     async fn agent_status(&self, slot: &Slot) -> std::io::Result<(u32, u64)> {
-        let socket = slot.socket(&self.cfg.run_dir);
-        let token = slot.token.lock().unwrap().clone();
-        let s = tokio::task::spawn_blocking(move || agent_client::status(&socket, &token)).await.map_err(std::io::Error::other)??;
+        let s = match self.backend.exec_path() {
+            ExecPath::Fd => {
+                let socket = slot.socket(&self.cfg.run_dir);
+                let token = slot.token.lock().unwrap().clone();
+                tokio::task::spawn_blocking(move || agent_client::status(&socket, &token)).await.map_err(std::io::Error::other)??
+            }
+            ExecPath::Relay => {
+                let mut r = slot.relayed.lock().unwrap();
+                let idle_ms = if r.running == 0 { r.idle_since.elapsed().as_millis() as u64 } else { 0 };
+                agent_client::AgentStatus { running: r.running, idle_ms, finished: std::mem::take(&mut r.finished) }
+            }
+        };
         if let Some(store) = &self.store {
             for f in s.finished {
                 store.finish(&slot.name, f.pid, f.status, f.run_ms);
@@ -536,7 +671,7 @@ impl<B: ContainerBackend> Pool<B> {
                 let slot = self.slot(image);
                 let mut state = slot.state.lock().await;
                 *slot.token.lock().unwrap() = found.token.clone();
-                if *state == State::Absent && found.name == slot.name && self.agent_status(&slot).await.is_ok() {
+                if *state == State::Absent && found.name == slot.name && self.probe(&slot, &found.id, Duration::ZERO).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
                     *state = State::Warm { id: found.id, since: Instant::now(), fetched: false };
                     continue;
@@ -608,6 +743,7 @@ impl<B: ContainerBackend> Pool<B> {
                 running_tools: running,
                 idle_ms,
                 next,
+                exec_path: self.exec_path().as_str().to_string(),
             });
         }
         out
@@ -741,6 +877,7 @@ mod tests {
             allow_groups: vec![],
             limits: Default::default(),
             build: None,
+            remote_dirs: vec![],
             origin: "t.toml:1".into(),
         })
     }

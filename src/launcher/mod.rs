@@ -173,18 +173,19 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
     let answer = loop {
         match protocol::recv::<Response>(&control) {
             Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
+            Ok(Some((Response::Notice(text), _))) => eprintln!("odfs: {command}: {text}"),
             other => break other,
         }
     };
     drop(fetching);
-    let (agent, relay) = match answer {
-        Ok(Some((Response::Handoff { .. }, mut got))) if !got.is_empty() => {
+    let (agent, relay, relayed) = match answer {
+        Ok(Some((Response::Handoff { relayed, .. }, mut got))) if !got.is_empty() => {
             let agent = UnixStream::from(got.remove(0));
             let relay = match (term, got.pop()) {
                 (Some(t), Some(master)) => Some(Relay::new(t, master)),
                 _ => None,
             };
-            (agent, relay)
+            (agent, relay, relayed)
         }
         Ok(Some((Response::Error { message, exit_code }, _))) => return Err(Failure { message, code: exit_code }),
         Ok(Some(other)) => return Err(fail(format!("unexpected answer from the daemon: {other:?}"))),
@@ -192,13 +193,13 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
-    follow(command, &agent, &signals, relay)
+    follow(command, &agent, &signals, relay, relayed)
     // The relay, if any, has restored the terminal by now.
 }
 
 /// Relay signals (and, in pty mode, terminal bytes) until the agent reports
 /// the tool's end.
-fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>) -> Result<Outcome, Failure> {
+fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>, relayed: bool) -> Result<Outcome, Failure> {
     use std::os::fd::AsFd;
     let mut master_open = relay.is_some();
     loop {
@@ -239,8 +240,11 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
                 let sig = sig as i32;
                 match sig {
                     libc::SIGWINCH => {
-                        if let Some(r) = &relay {
-                            r.sync_size();
+                        if let Some(ws) = relay.as_ref().and_then(|r| r.sync_size()) {
+                            // A relayed call's pty is on another machine.
+                            if relayed {
+                                let _ = protocol::send(agent, &AgentRequest::Resize { rows: ws.ws_row, cols: ws.ws_col }, &[]);
+                            }
                         }
                     }
                     libc::SIGCONT => {
@@ -282,6 +286,10 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
                 }
                 Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(Failure { message, code: exit_code }),
                 Ok(Some((other, _))) => Err(fail(format!("unexpected message from the agent: {other:?}"))),
+                Ok(None) | Err(_) if relayed => Err(Failure {
+                    message: "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped".into(),
+                    code: 128 + libc::SIGKILL,
+                }),
                 Ok(None) | Err(_) => Err(Failure {
                     message: "the tool's container stopped while the tool ran (removed or killed?)".into(),
                     code: 128 + libc::SIGKILL,

@@ -100,11 +100,12 @@ impl Relay {
     }
 
     /// Give the pty the terminal's size; the kernel tells the tool (SIGWINCH).
-    pub fn sync_size(&self) {
-        if let Some(ws) = winsize(self.term) {
-            // SAFETY: TIOCSWINSZ reads the struct.
-            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-        }
+    /// Returns the size given.
+    pub fn sync_size(&self) -> Option<libc::winsize> {
+        let ws = winsize(self.term)?;
+        // SAFETY: TIOCSWINSZ reads the struct.
+        unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        Some(ws)
     }
 
     /// Copy what is readable on `from` to `to`. Returns false at end of input

@@ -12,13 +12,14 @@
 //! none of them is guaranteed to be UTF-8.
 
 mod framing;
+pub mod relay;
 
 pub use framing::{read_frame, write_frame, FrameError, MAX_FDS, MAX_FRAME};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -112,12 +113,16 @@ pub enum Response {
     /// The image is being fetched (pulled or built) before the answer: any
     /// number of these may come first, the last one with `done` set.
     Progress(ImageProgress),
+    /// Something the caller should know before the tool runs: printed as
+    /// `odfs: CMD: text`.
+    Notice(String),
     /// The tool runs; the attached fds are the agent connection to follow
-    /// and, in pty mode, the pty master.
-    Handoff { pid: i32 },
+    /// and, in pty mode, the pty master. `relayed`: the connection is the
+    /// daemon's, relaying a call on a remote engine.
+    Handoff { pid: i32, relayed: bool },
     /// odfs could not run the tool: print `odfs: CMD: message`, exit `exit_code`.
     Error { message: String, exit_code: i32 },
-    Status(Vec<ContainerStatus>),
+    Status { engine: EngineInfo, containers: Vec<ContainerStatus> },
     Stats(Vec<CommandStats>),
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.
@@ -141,6 +146,20 @@ pub struct ImageProgress {
     pub ok: bool,
 }
 
+/// The daemon's container engine, as `odfs status` and `odfs doctor` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `unix:///…`, `tcp://…`, `ssh://…`.
+    pub host: String,
+    pub remote: bool,
+    /// How calls reach tools: `fd` (local) or `relay` (remote).
+    pub exec_path: String,
+    /// Where the choice came from (`--engine`, config file, DOCKER_HOST…).
+    pub source: String,
+    /// Product and version, or why the engine does not answer.
+    pub version: Result<String, String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
     pub image: String,
@@ -150,6 +169,8 @@ pub struct ContainerStatus {
     pub idle_ms: u64,
     /// The next lifecycle step and why.
     pub next: String,
+    /// How calls reach its tools: `fd` or `relay`.
+    pub exec_path: String,
 }
 
 /// Per-command figures for `odfs stats` (seconds).
@@ -212,6 +233,9 @@ pub enum AgentRequest {
     Continue,
     /// How busy is the agent (for keep-alive: never remove a busy container).
     Status { token: String },
+    /// The caller's terminal changed size. A local agent needs nothing (the
+    /// launcher sizes the pty master itself); a relayed call passes it on.
+    Resize { rows: u16, cols: u16 },
 }
 
 /// Messages from the agent.

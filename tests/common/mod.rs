@@ -32,6 +32,30 @@ path = "/bin/busybox"
 args = ["echo", "odfs:"]
 "#;
 
+/// The Podman API service's socket (scripts/setup starts it).
+pub const PODMAN_HOST: &str = "unix:///run/odfs-podman/podman.sock";
+
+/// The engine the end-to-end tests use, by `ODFS_TEST_ENGINE`: `docker`
+/// (default: the machine's dockerd, as the environment names it) or `podman`
+/// (its Docker-compatible API): `DOCKER_HOST` of every test daemon and `-H`
+/// of every `docker` command of the helpers.
+pub fn engine_host() -> Option<&'static str> {
+    match std::env::var("ODFS_TEST_ENGINE").as_deref() {
+        Err(_) | Ok("" | "docker") => None,
+        Ok("podman") => Some(PODMAN_HOST),
+        Ok(other) => panic!("ODFS_TEST_ENGINE={other}: expected docker or podman"),
+    }
+}
+
+/// The docker CLI, talking to the engine under test.
+pub fn docker_cli() -> Command {
+    let mut c = Command::new("docker");
+    if let Some(host) = engine_host() {
+        c.args(["-H", host]);
+    }
+    c
+}
+
 static PREPARE: Once = Once::new();
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -48,8 +72,8 @@ pub fn agent() -> PathBuf {
 /// Engine up, static agent built, test image present; once per process.
 pub fn prepare() {
     PREPARE.call_once(|| {
-        let ok = Command::new("docker").args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        assert!(ok.is_ok_and(|s| s.success()), "the Docker engine does not answer: run scripts/setup first");
+        let ok = docker_cli().args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "the engine ({}) does not answer: run scripts/setup first", engine_host().unwrap_or("Docker"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = Command::new(cargo)
             .current_dir(manifest())
@@ -71,7 +95,7 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("run docker")
+    docker_cli().args(args).output().expect("run docker")
 }
 
 pub struct TestMount {
@@ -115,7 +139,7 @@ impl TestMount {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        let id = odfs::daemon::mount_id(&mnt);
+        let id = odfs::daemon::mount_id(&mnt, false);
         let socket = state.join("odfs.sock");
         let log = root.join("daemon.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -136,6 +160,7 @@ impl TestMount {
             .args(extra_args)
             .arg(&self.mnt)
             .env("ODFS_LOG", "odfs=debug,info")
+            .envs(engine_host().map(|h| ("DOCKER_HOST", h)))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -424,12 +449,47 @@ pub struct TestEngine {
     pub dir: PathBuf,
     /// `unix://…` for DOCKER_HOST.
     pub host: String,
+    /// `tcp://127.0.0.1:PORT` with TLS client certificates in `certs`, when
+    /// started with [`TestEngine::start_remote`].
+    pub tcp: Option<String>,
+    pub certs: PathBuf,
     bridge: String,
     child: Option<Child>,
 }
 
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
+/// Docker's TLS set-up wants them (`ca.pem`, `cert.pem`, `key.pem` for the
+/// client; `server-*.pem` for dockerd).
+fn make_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=odfs-test-ca -keyout ca-key.pem -out ca.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server-key.pem -out server.csr
+printf 'subjectAltName=IP:127.0.0.1
+extendedKeyUsage=serverAuth
+' > server.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server-cert.pem
+openssl req -newkey rsa:2048 -nodes -subj /CN=odfs-client -keyout key.pem -out client.csr
+printf 'extendedKeyUsage=clientAuth
+' > client.ext
+openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile client.ext -out cert.pem
+"#;
+    let o = Command::new("sh").args(["-c", script]).current_dir(dir).output().unwrap();
+    assert!(o.status.success(), "openssl: {}", stderr(&o));
+}
+
 impl TestEngine {
+    /// An engine reached over TCP with TLS client certificates, which odfs
+    /// treats as remote: no host path, no fd crosses to it.
+    pub fn start_remote() -> TestEngine {
+        Self::launch(true)
+    }
+
     pub fn start() -> TestEngine {
+        Self::launch(false)
+    }
+
+    fn launch(remote: bool) -> TestEngine {
         prepare();
         let seq = ENGINE_SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/var/lib/odfs-test-engine-{}-{seq}", std::process::id()));
@@ -442,7 +502,13 @@ impl TestEngine {
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         let o = Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]).output().unwrap();
         assert!(o.status.success(), "ip link add: {}", stderr(&o));
-        let mut e = TestEngine { dir, host, bridge, child: None };
+        let certs = dir.join("certs");
+        let tcp = remote.then(|| {
+            make_certs(&certs);
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            format!("tcp://127.0.0.1:{port}")
+        });
+        let mut e = TestEngine { dir, host, tcp, certs, bridge, child: None };
         e.run();
         let save = Command::new("docker").args(["save", TEST_IMAGE]).stdout(Stdio::piped()).spawn().unwrap();
         let load = Command::new("docker").args(["-H", &e.host, "load", "-q"]).stdin(save.stdout.unwrap()).output().unwrap();
@@ -460,6 +526,10 @@ impl TestEngine {
             .arg("--pidfile")
             .arg(self.dir.join("dockerd.pid"))
             .args(["-H", &self.host, "--bridge", &self.bridge, "--iptables=false", "--ip6tables=false"])
+            .args(self.tcp.iter().flat_map(|t| {
+                let c = |f: &str| self.certs.join(f).display().to_string();
+                ["-H".to_string(), t.clone(), "--tlsverify".into(), "--tlscacert".into(), c("ca.pem"), "--tlscert".into(), c("server-cert.pem"), "--tlskey".into(), c("server-key.pem")]
+            }))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -471,6 +541,16 @@ impl TestEngine {
 
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new("docker").args(["-H", &self.host]).args(args).output().unwrap()
+    }
+
+    /// A mount whose daemon uses this engine as a remote one (TLS from
+    /// Docker's variables, as a user would set them).
+    pub fn remote_mount(&self, files: &[(&str, &str)]) -> TestMount {
+        let tcp = self.tcp.as_deref().expect("an engine started with start_remote");
+        let certs = self.certs.display().to_string();
+        let mut m = TestMount::with_env(files, &["--engine", tcp], &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", &certs)]);
+        m.id = odfs::daemon::mount_id(&m.mnt, true);
+        m
     }
 
     /// Stop the engine as an admin would (its containers stop with it).
