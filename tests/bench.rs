@@ -12,6 +12,7 @@ use common::*;
 #[test]
 fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     prepare();
+    let remote = TestEngine::start_remote();
     let out = std::path::PathBuf::from(format!("/tmp/odfs-test-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
@@ -19,6 +20,7 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     let o = Command::new(env!("CARGO_BIN_EXE_odfs-bench"))
         .args(["--smoke", "--out", out.to_str().unwrap(), "--agent", agent().to_str().unwrap()])
         .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
+        .args(["--remote", remote.tcp.as_deref().unwrap(), "--remote-certs", remote.certs.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -37,6 +39,10 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
         "Daemon RSS with 200 commands",
         "instructions per warm call",
         "| warm shim ≤ 2.5× native ",
+        "| remote engine, relay path ",
+        "| docker exec on the remote engine ",
+        "| remote cat, relay path ",
+        "| remote (relay path) ",
     ] {
         assert!(report.contains(needle), "{needle:?} missing from:\n{report}");
     }
@@ -50,5 +56,7 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     // Nothing of the benchmark's is left on the engine.
     let left = docker(&["ps", "-aq", "--filter", "label=io.odfs.bench=true"]);
     assert!(left.stdout.is_empty(), "{}", stdout(&left));
+    let left = remote.docker(&["ps", "-aq"]);
+    assert!(left.stdout.is_empty(), "left on the remote engine: {}", stdout(&left));
     let _ = std::fs::remove_dir_all(&out);
 }

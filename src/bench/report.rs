@@ -71,6 +71,21 @@ pub fn markdown(r: &Results, machine: &str) -> String {
         None => "not measured: valgrind is not installed.\n".to_string(),
     };
 
+    out += "\n### 7. Remote engine: the relay path against the local fd path\n\n";
+    out += &match &r.remote {
+        Some(rr) => {
+            let mut t = format!("Remote engine: {} (loopback TCP with TLS).\n\nWarm call of `true` (ratio: to the local fd path):\n\n", rr.engine);
+            t += &markdown_table(&header, &rr.warm.iter().map(|m| row(m, "ms", Some(&rr.warm[0]))).collect::<Vec<_>>());
+            t += "\nStdio throughput through `cat` (MB/s; ratio: to the local fd path):\n\n";
+            t += &markdown_table(&header, &rr.stdio.iter().map(|m| row(m, "MB/s", Some(&rr.stdio[0]))).collect::<Vec<_>>());
+            t += &format!("\nCalls of `true` per second, {} concurrent callers:\n\n", rr.parallel);
+            let rows: Vec<Vec<String>> = rr.calls_per_s.iter().map(|(name, v)| vec![name.clone(), format!("{v:.0} calls/s")]).collect();
+            t += &markdown_table(&["path", "throughput"], &rows);
+            t
+        }
+        None => "not measured: no remote engine given (`--remote`).\n".to_string(),
+    };
+
     out += "\n### Targets\n\n";
     let med = |m: &Measured| m.summary.median;
     let targets = vec![

@@ -23,6 +23,9 @@ pub struct Counts {
     pub ls_runs: usize,
     pub miss_runs: usize,
     pub launcher_runs: usize,
+    /// Rounds of the remote-engine section, and calls per concurrent caller.
+    pub remote_rounds: usize,
+    pub remote_parallel_calls: usize,
 }
 
 impl Counts {
@@ -39,6 +42,8 @@ impl Counts {
             ls_runs: 30,
             miss_runs: 200,
             launcher_runs: 5,
+            remote_rounds: 100,
+            remote_parallel_calls: 50,
         }
     }
 
@@ -56,6 +61,8 @@ impl Counts {
             ls_runs: 2,
             miss_runs: 3,
             launcher_runs: 1,
+            remote_rounds: 2,
+            remote_parallel_calls: 2,
         }
     }
 }
@@ -88,6 +95,35 @@ pub struct Results {
     pub discovery: Discovery,
     /// Instructions per warm call of the launcher, if valgrind is here.
     pub launcher_instructions: Option<u64>,
+    /// The relay path against the local fd path, when a remote engine was given.
+    pub remote: Option<RemoteResults>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteResults {
+    pub engine: String,
+    /// Warm `true`: local fd path, remote relay path, `docker exec` on the remote engine.
+    pub warm: Vec<Measured>,
+    /// MB/s through `cat`: local, remote.
+    pub stdio: Vec<Measured>,
+    /// Calls per second with `parallel` callers: local, remote.
+    pub calls_per_s: Vec<(String, f64)>,
+    pub parallel: usize,
+}
+
+/// A remote engine to measure the relay path on: its URL and, for TLS, the
+/// directory of `ca.pem`, `cert.pem`, `key.pem`.
+#[derive(Debug, Clone)]
+pub struct RemoteEngine {
+    pub url: String,
+    pub certs: Option<PathBuf>,
+}
+
+impl RemoteEngine {
+    /// Environment that gives a daemon or the docker CLI this engine's TLS.
+    fn tls_env(&self) -> Vec<(&'static str, String)> {
+        self.certs.iter().flat_map(|c| [("DOCKER_TLS_VERIFY", "1".to_string()), ("DOCKER_CERT_PATH", c.display().to_string())]).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,10 +161,16 @@ pub struct Mount {
     pub mnt: PathBuf,
     pub id: String,
     daemon: Child,
+    remote: Option<RemoteEngine>,
 }
 
 impl Mount {
     pub fn start(bins: &Binaries, name: &str, catalog: &str) -> std::io::Result<Mount> {
+        Self::start_on(bins, name, catalog, None)
+    }
+
+    /// A mount whose daemon uses `remote` as its engine, or the local one.
+    fn start_on(bins: &Binaries, name: &str, catalog: &str, remote: Option<&RemoteEngine>) -> std::io::Result<Mount> {
         let root = PathBuf::from(format!("/tmp/odfs-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for d in ["mnt", "state", "catalog", "work"] {
@@ -147,12 +189,14 @@ impl Mount {
             .arg(&bins.agent)
             .arg("--launcher")
             .arg(&bins.launcher)
+            .args(remote.iter().flat_map(|r| ["--engine".to_string(), r.url.clone()]))
+            .envs(remote.map(RemoteEngine::tls_env).unwrap_or_default())
             .arg(&mnt)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let id = crate::daemon::mount_id(&mnt, false);
-        let m = Mount { root, mnt, id, daemon };
+        let id = crate::daemon::mount_id(&mnt, remote.is_some());
+        let m = Mount { root, mnt, id, daemon, remote: remote.cloned() };
         let socket = m.root.join("state/odfs.sock");
         let deadline = Instant::now() + Duration::from_secs(60);
         while !(std::os::unix::net::UnixStream::connect(&socket).is_ok() && std::fs::read_dir(&m.mnt)?.next().is_some()) {
@@ -182,7 +226,7 @@ impl Mount {
         let mut args = vec!["ps".to_string(), "-q".into(), "--filter".into(), format!("label=io.odfs.mount={}", self.id)];
         args.extend(["--filter".into(), format!("label=io.odfs.image={image}")]);
         args.extend(status.map(|s| ["--filter".to_string(), format!("status={s}")]).into_iter().flatten());
-        let o = Command::new("docker").args(&args).output().expect("docker");
+        let o = docker_on(self.remote.as_ref()).args(&args).output().expect("docker");
         String::from_utf8_lossy(&o.stdout).lines().count()
     }
 }
@@ -197,6 +241,7 @@ impl Drop for Mount {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        let docker = |args: &[&str]| docker_on(self.remote.as_ref()).args(args).output().expect("docker");
         let o = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", self.id)]);
         for id in String::from_utf8_lossy(&o.stdout).lines() {
             let _ = docker(&["rm", "-f", id]);
@@ -206,7 +251,16 @@ impl Drop for Mount {
 }
 
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("docker")
+    docker_on(None).args(args).output().expect("docker")
+}
+
+/// The docker CLI for the local engine, or for `remote` with its TLS.
+fn docker_on(remote: Option<&RemoteEngine>) -> Command {
+    let mut c = Command::new("docker");
+    if let Some(r) = remote {
+        c.args(["-H", &r.url]).envs(r.tls_env());
+    }
+    c
 }
 
 /// Wall time of one run of a command with stdio to /dev/null, in ms; a
@@ -265,7 +319,7 @@ impl Drop for ExecTarget {
 }
 
 /// Run every section; `progress` hears what is being measured.
-pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> std::io::Result<Results> {
+pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, progress: &mut dyn FnMut(&str)) -> std::io::Result<Results> {
     let main = Mount::start(bins, "main", &catalog())?;
     let exec = ExecTarget::start()?;
     let work = main.work();
@@ -361,7 +415,91 @@ pub fn run(bins: &Binaries, counts: &Counts, progress: &mut dyn FnMut(&str)) -> 
     progress("launcher instructions per warm call");
     let launcher_instructions = launcher_instructions(bins, counts)?;
     drop(exec);
-    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions })
+    let remote = match remote {
+        Some(r) => {
+            progress("remote engine: the relay path against the local fd path");
+            Some(remote_section(bins, counts, r)?)
+        }
+        None => None,
+    };
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote })
+}
+
+/// Warm latency, stdio throughput and concurrent calls per second of the
+/// same tools on a local mount (fd path) and a remote-engine mount (relay).
+fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> std::io::Result<RemoteResults> {
+    let catalog = format!("[image.warm]\nref = \"{IMAGE}\"\nnetwork = \"none\"\nkeep_alive = \"1h\"\ncommands = [\"true\", \"cat\"]\n");
+    let local = Mount::start(bins, "local", &catalog)?;
+    let remote = Mount::start_on(bins, "remote", &catalog, Some(engine))?;
+    let exec = {
+        let name = format!("odfs-bench-exec-{}", std::process::id());
+        let o = docker_on(Some(engine)).args(["run", "-d", "--name", &name, "--label", LABEL, "--network", "none", IMAGE, "sleep", "1d"]).output()?;
+        if !o.status.success() {
+            return Err(std::io::Error::other(format!("docker run on {}: {}", engine.url, String::from_utf8_lossy(&o.stderr))));
+        }
+        name
+    };
+    let mounts = [&local, &remote];
+    let run = |m: &Mount, tool: &str| {
+        let mut c = Command::new(m.shim(tool));
+        c.current_dir(m.work());
+        c
+    };
+    for m in mounts {
+        time_ms(&mut run(m, "true"))?;
+    }
+    let mut warm: [Vec<f64>; 3] = Default::default();
+    let result = (|| {
+        for round in 0..counts.remote_rounds {
+            rotated(round, 3, |i| {
+                warm[i].push(match i {
+                    2 => time_ms(docker_on(Some(engine)).args(["exec", &exec, "true"]))?,
+                    _ => time_ms(&mut run(mounts[i], "true"))?,
+                });
+                Ok(())
+            })?;
+        }
+        let count = (counts.stdio_bytes >> 20).max(1);
+        let mb = (count << 20) as f64 / 1e6;
+        let mut stdio: [Vec<f64>; 2] = Default::default();
+        for round in 0..counts.stdio_rounds {
+            rotated(round, 2, |i| {
+                let script = format!("dd if=/dev/zero bs=1M count={count} status=none | {} >/dev/null", mounts[i].shim("cat").display());
+                let ms = time_ms(Command::new("/bin/sh").args(["-c", &script]).current_dir(mounts[i].work()))?;
+                stdio[i].push(mb / (ms / 1e3));
+                Ok(())
+            })?;
+        }
+        let parallel = 8;
+        let mut calls_per_s = Vec::new();
+        for (name, m) in [("local (fd path)", &local), ("remote (relay path)", &remote)] {
+            let start = Instant::now();
+            let workers: Vec<_> = (0..parallel)
+                .map(|_| {
+                    let (shim, work) = (m.shim("true"), m.work());
+                    let n = counts.remote_parallel_calls;
+                    std::thread::spawn(move || (0..n).try_for_each(|_| time_ms(Command::new(&shim).current_dir(&work)).map(|_| ())))
+                })
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| std::io::Error::other("a caller thread panicked"))??;
+            }
+            calls_per_s.push((name.to_string(), (parallel * counts.remote_parallel_calls) as f64 / start.elapsed().as_secs_f64()));
+        }
+        Ok(RemoteResults {
+            engine: engine.url.clone(),
+            warm: vec![
+                Measured::new("local engine, fd path", std::mem::take(&mut warm[0])),
+                Measured::new("remote engine, relay path", std::mem::take(&mut warm[1])),
+                Measured::new("docker exec on the remote engine", std::mem::take(&mut warm[2])),
+            ],
+            stdio: vec![Measured::new("local cat, fd path", std::mem::take(&mut stdio[0])), Measured::new("remote cat, relay path", std::mem::take(&mut stdio[1]))],
+            calls_per_s,
+            parallel,
+        })
+    })();
+    let _ = docker_on(Some(engine)).args(["rm", "-f", &exec]).output();
+    result
 }
 
 fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> std::io::Result<()> {

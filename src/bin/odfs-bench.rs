@@ -22,6 +22,13 @@ struct Args {
     /// The odfs-launch the shims name (default: the static one scripts/build makes).
     #[arg(long, value_name = "PATH")]
     launcher: Option<PathBuf>,
+    /// Also measure the relay path on this remote engine (tcp://…), e.g. the
+    /// one scripts/remote-engine starts, against the local fd path.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// TLS client certificates of the remote engine (ca.pem, cert.pem, key.pem).
+    #[arg(long, value_name = "DIR", requires = "remote")]
+    remote_certs: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,7 +44,8 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(b.exists(), "odfs-bench: {} is missing (build with scripts/build)", b.display());
     }
     let counts = if args.smoke { run::Counts::smoke() } else { run::Counts::full() };
-    let results = run::run(&bins, &counts, &mut |what| eprintln!("odfs-bench: {what}"))?;
+    let remote = args.remote.map(|url| run::RemoteEngine { url, certs: args.remote_certs });
+    let results = run::run(&bins, &counts, remote.as_ref(), &mut |what| eprintln!("odfs-bench: {what}"))?;
     let generated = report::markdown(&results, &machine());
     print!("{generated}");
     std::fs::create_dir_all(&args.out)?;

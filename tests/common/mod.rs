@@ -457,25 +457,10 @@ pub struct TestEngine {
     child: Option<Child>,
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as
-/// Docker's TLS set-up wants them (`ca.pem`, `cert.pem`, `key.pem` for the
-/// client; `server-*.pem` for dockerd).
+/// Client and server certificates for 127.0.0.1 (scripts/remote-engine).
 fn make_certs(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=odfs-test-ca -keyout ca-key.pem -out ca.pem
-openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server-key.pem -out server.csr
-printf 'subjectAltName=IP:127.0.0.1
-extendedKeyUsage=serverAuth
-' > server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile server.ext -out server-cert.pem
-openssl req -newkey rsa:2048 -nodes -subj /CN=odfs-client -keyout key.pem -out client.csr
-printf 'extendedKeyUsage=clientAuth
-' > client.ext
-openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 -extfile client.ext -out cert.pem
-"#;
-    let o = Command::new("sh").args(["-c", script]).current_dir(dir).output().unwrap();
-    assert!(o.status.success(), "openssl: {}", stderr(&o));
+    let o = Command::new(manifest().join("scripts/remote-engine")).arg("certs").arg(dir).output().unwrap();
+    assert!(o.status.success(), "certificates: {}", stderr(&o));
 }
 
 impl TestEngine {
