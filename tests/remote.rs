@@ -64,7 +64,7 @@ fn pipes_exit_statuses_and_the_working_directory_through_a_remote_engine() {
     assert!(!stderr(&o).contains("note:"), "the notice comes once: {}", stderr(&o));
 
     // Megabytes both ways, byte for byte.
-    let o = m.sh(r#"head -c 8388608 /dev/urandom > big && "$M/cat" < big | cmp - big && echo same"#);
+    let o = m.sh(r#"head -c 67108864 /dev/urandom > big && "$M/cat" < big | cmp - big && echo same"#);
     assert_eq!(stdout(&o), "same\n", "{}", stderr(&o));
 
     // A declared remote dir: the tool runs in the caller's cwd, as the
@@ -166,4 +166,18 @@ fn status_and_doctor_show_the_remote_engine_and_the_relay_path() {
     assert!(status.lines().any(|l| l.starts_with("bb ") && l.contains(" relay ")), "{status}");
     let doctor = stdout(&m.odfs(&["doctor"]));
     assert!(doctor.contains(&format!("ok   container engine {tcp} (remote, Docker Engine")) && doctor.contains("calls take the relay path"), "{doctor}");
+}
+
+#[test]
+fn an_ssh_engine_serves_calls_through_the_system_ssh_client() {
+    let e = TestEngine::start();
+    let ssh = SshFront::start(&e);
+    let url = format!("ssh://root@{}", ssh.alias);
+    let mut m = TestMount::with_env(&[("test.toml", CATALOG)], &["--engine", &url], &[("PATH", &ssh.path())]);
+    m.id = odfs::daemon::mount_id(&m.mnt, true);
+    let o = m.sh(r#"printf 'x\n' | "$M/sh" -c 'cat; exit 4' 2>/dev/null; echo "rc=$?""#);
+    assert_eq!(stdout(&o), "x\nrc=4\n", "{}\n{}", stderr(&o), m.log_text());
+    assert_eq!(e.containers(&m).len(), 1, "one container, on the engine behind ssh");
+    let status = stdout(&m.odfs(&["status"]));
+    assert!(status.starts_with(&format!("engine: {url} (remote, exec path relay, from --engine): Docker Engine")), "{status}");
 }

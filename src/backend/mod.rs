@@ -50,11 +50,15 @@ pub struct ContainerSpec {
     pub preload: Option<bytes::Bytes>,
 }
 
-/// The attached streams of an exec: what it writes on stdout (1) and
-/// stderr (2), and its stdin.
+/// What an attached exec writes: (1 for stdout or 2 for stderr, bytes).
+pub type ExecOutput = Pin<Box<dyn futures_util::Stream<Item = Result<(u8, bytes::Bytes), BackendError>> + Send>>;
+/// An attached exec's stdin.
+pub type ExecInput = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// The attached streams of an exec.
 pub struct ExecStream {
-    pub output: Pin<Box<dyn futures_util::Stream<Item = Result<(u8, bytes::Bytes), BackendError>> + Send>>,
-    pub input: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub output: ExecOutput,
+    pub input: ExecInput,
 }
 
 /// A container found on the engine with this mount's label.

@@ -580,3 +580,74 @@ impl Drop for TestEngine {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// An sshd on loopback in front of a test engine, for `ssh://` engines:
+/// the daemon's `ssh` (a wrapper first on its PATH adds a client config of
+/// the test's own: key, port, known host) logs in as root, and a forced
+/// command in `authorized_keys` runs `docker system dial-stdio` against the
+/// engine, as a hardened remote account would. Stopped on drop.
+pub struct SshFront {
+    /// Put this first on the daemon's PATH.
+    pub bin: PathBuf,
+    /// Host alias for `ssh://root@ALIAS`.
+    pub alias: String,
+    child: Child,
+}
+
+impl SshFront {
+    pub fn start(engine: &TestEngine) -> SshFront {
+        let dir = engine.dir.join("ssh");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for key in ["host_key", "client_key"] {
+            let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(dir.join(key)).output().unwrap();
+            assert!(o.status.success(), "ssh-keygen: {}", stderr(&o));
+        }
+        let public = |key: &str| std::fs::read_to_string(dir.join(format!("{key}.pub"))).unwrap().trim().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let alias = format!("odfs-test-engine-{port}");
+        let d = dir.display();
+        let files = [
+            ("authorized_keys", format!("command=\"docker -H {} system dial-stdio\",restrict {}\n", engine.host, public("client_key"))),
+            ("known_hosts", format!("{alias} {}\n", public("host_key"))),
+            (
+                "sshd_config",
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
+                     PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                ),
+            ),
+            (
+                "ssh_config",
+                format!(
+                    "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n\
+                     \x20 UserKnownHostsFile {d}/known_hosts\n  HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                ),
+            ),
+            ("bin/ssh", format!("#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n")),
+        ];
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        std::fs::set_permissions(bin.join("ssh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // sshd's privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(dir.join("sshd_config")).stderr(log).spawn().expect("sshd");
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        assert!(up, "sshd did not start: {}", std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default());
+        SshFront { bin, alias, child }
+    }
+
+    /// PATH for a daemon that reaches the engine through this sshd.
+    pub fn path(&self) -> String {
+        format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default())
+    }
+}
+
+impl Drop for SshFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
