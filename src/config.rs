@@ -65,3 +65,22 @@ pub fn sibling(name: &str) -> PathBuf {
         .and_then(|p| p.parent().map(|d| d.join(name)))
         .unwrap_or_else(|| PathBuf::from("/usr/local/lib/odfs").join(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_names_the_engine_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odfs.toml");
+        std::fs::write(&path, "[engine]\nhost = \"tcp://build1:2376\"\ntls_verify = true\ncert_path = \"/etc/odfs/certs\"\n").unwrap();
+        let c = FileConfig::load(Some(&path)).unwrap();
+        assert_eq!(c.engine.host.as_deref(), Some("tcp://build1:2376"));
+        assert!(c.engine.tls_verify);
+        std::fs::write(&path, "[engine]\nhots = \"x\"\n").unwrap();
+        let e = FileConfig::load(Some(&path)).unwrap_err();
+        assert!(e.contains("odfs.toml") && e.contains("hots"), "{e}");
+        assert!(FileConfig::load(Some(&dir.path().join("absent.toml"))).is_err(), "a named file must exist");
+    }
+}

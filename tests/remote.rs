@@ -18,7 +18,7 @@ const CATALOG: &str = r#"
 [image.bb]
 ref = "odfs-test/busybox:latest"
 network = "none"
-commands = ["sh", "cat", "yes", "pwd", "stty", "tty"]
+commands = ["sh", "cat", "yes", "pwd", "stty", "tty", "sleep"]
 
 # /tmp is the same directory on this "remote" host.
 [image.bbdirs]
@@ -125,6 +125,31 @@ fn a_remote_tool_gets_a_terminal_that_follows_the_window() {
 }
 
 #[test]
+fn job_control_reaches_a_remote_tool() {
+    let (e, m) = remote();
+    let t = Tmux::new(&m, "");
+    t.line("$M/sleep 100");
+    let ps = |c: &str| String::from_utf8_lossy(&e.docker(&["exec", c, "ps", "-o", "pid,stat,args"]).stdout).into_owned();
+    assert!(eventually(Duration::from_secs(20), || e.containers(&m).len() == 1));
+    let c = e.containers(&m).pop().unwrap();
+    let state = |c: &str| ps(c).lines().find(|l| l.contains("sleep 100")).and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.chars().next());
+    assert!(eventually(Duration::from_secs(10), || state(&c).is_some()), "{}", ps(&c));
+    t.keys(&["C-z"]);
+    assert!(t.wait_for("Stopped", Duration::from_secs(10)), "the job did not stop:\n{}", t.screen());
+    assert!(eventually(Duration::from_secs(5), || state(&c) == Some('T')), "{}", ps(&c));
+    t.wait_prompt();
+    t.line("bg");
+    assert!(eventually(Duration::from_secs(5), || matches!(state(&c), Some('S' | 'R'))), "bg did not resume:\n{}", ps(&c));
+    t.wait_prompt();
+    t.line("fg");
+    std::thread::sleep(Duration::from_millis(500));
+    t.keys(&["C-c"]);
+    t.run("echo fg-rc=$?", "fg-rc=130");
+    assert!(eventually(Duration::from_secs(5), || state(&c).is_none()), "{}", ps(&c));
+    t.assert_sane();
+}
+
+#[test]
 fn a_daemon_restart_ends_a_remote_call_clearly_and_leaves_nothing_running_there() {
     let (mut e, mut m) = remote();
     let (child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; while :; do sleep 0.05; done"]);
@@ -157,15 +182,33 @@ fn a_daemon_restart_ends_a_remote_call_clearly_and_leaves_nothing_running_there(
 
 #[test]
 fn status_and_doctor_show_the_remote_engine_and_the_relay_path() {
-    let (_e, m) = remote();
+    let e = TestEngine::start_remote();
+    let tcp = e.tcp.clone().unwrap();
+    // The engine from a config file this time, TLS included.
+    let config = e.dir.join("odfs.toml");
+    std::fs::write(&config, format!("[engine]\nhost = \"{tcp}\"\ntls_verify = true\ncert_path = \"{}\"\n", e.certs.display())).unwrap();
+    let mut m = TestMount::with_files(&[("test.toml", CATALOG)], &["--config", config.to_str().unwrap()]);
+    m.id = odfs::daemon::mount_id(&m.mnt, true);
     let o = m.sh(r#""$M/sh" -c true"#);
     assert!(o.status.success(), "{}", stderr(&o));
-    let tcp = _e.tcp.clone().unwrap();
+    assert_eq!(e.containers(&m).len(), 1);
     let status = stdout(&m.odfs(&["status"]));
-    assert!(status.starts_with(&format!("engine: {tcp} (remote, exec path relay, from --engine): Docker Engine")), "{status}");
+    assert!(status.starts_with(&format!("engine: {tcp} (remote, exec path relay, from config file): Docker Engine")), "{status}");
     assert!(status.lines().any(|l| l.starts_with("bb ") && l.contains(" relay ")), "{status}");
     let doctor = stdout(&m.odfs(&["doctor"]));
     assert!(doctor.contains(&format!("ok   container engine {tcp} (remote, Docker Engine")) && doctor.contains("calls take the relay path"), "{doctor}");
+    assert!(doctor.contains("image bb (warm): exec path relay"), "{doctor}");
+}
+
+#[test]
+fn a_bad_engine_setting_stops_the_mount_with_one_line() {
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["mount", "--engine", "ssh://root@build1:2222", "/nonexistent"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.starts_with("odfs: mount: engine ssh://root@build1:2222: ssh:// takes no port;") && err.lines().count() == 1, "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["mount", "--config", "/nonexistent/odfs.toml", "/nonexistent"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).starts_with("odfs: mount: cannot read the config file /nonexistent/odfs.toml:"), "{}", stderr(&o));
 }
 
 #[test]

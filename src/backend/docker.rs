@@ -88,20 +88,11 @@ impl Docker {
             .get_or_try_init(|| async {
                 let e = &self.engine;
                 let version = bollard::API_DEFAULT_VERSION;
-                let client = match (e.scheme(), &e.tls) {
-                    ("tcp", Some(dir)) => bollard::Docker::connect_with_ssl(
-                        &e.host,
-                        &dir.join("key.pem"),
-                        &dir.join("cert.pem"),
-                        &dir.join("ca.pem"),
-                        REQUEST_TIMEOUT,
-                        version,
-                    ),
-                    ("tcp", None) => bollard::Docker::connect_with_http(&e.host, REQUEST_TIMEOUT, version),
-                    ("ssh", _) => bollard::Docker::connect_with_ssh(&e.host, REQUEST_TIMEOUT, version),
-                    _ => bollard::Docker::connect_with_unix(&e.host, REQUEST_TIMEOUT, version),
-                }
-                .map_err(unreachable)?;
+                let client = match e.scheme() {
+                    "tcp" => super::transport::connect(&e.host, e.tls.as_deref(), REQUEST_TIMEOUT).map_err(|r| self.unreachable(r))?,
+                    "ssh" => bollard::Docker::connect_with_ssh(&e.host, REQUEST_TIMEOUT, version).map_err(unreachable)?,
+                    _ => bollard::Docker::connect_with_unix(&e.host, REQUEST_TIMEOUT, version).map_err(unreachable)?,
+                };
                 client.negotiate_version().await.map_err(unreachable)
             })
             .await

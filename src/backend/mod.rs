@@ -7,6 +7,7 @@ pub mod engine;
 #[cfg(test)]
 pub mod fake;
 pub mod progress;
+mod transport;
 
 pub use progress::ProgressTx;
 

@@ -199,7 +199,15 @@ impl<B: ContainerBackend> Daemon<B> {
         if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
             return cwd;
         }
-        if self.remote_notices.lock().unwrap().insert((caller.uid, image.name.clone(), cwd.clone())) {
+        let first = {
+            let mut told = self.remote_notices.lock().unwrap();
+            // Bounded: after many directories, some callers hear it again.
+            if told.len() >= 10_000 {
+                told.clear();
+            }
+            told.insert((caller.uid, image.name.clone(), cwd.clone()))
+        };
+        if first {
             let dirs = if image.remote_dirs.is_empty() {
                 "the image declares no remote_dirs".to_string()
             } else {
