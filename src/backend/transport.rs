@@ -21,30 +21,29 @@ pub fn connect(host: &str, tls: Option<&Path>, timeout: u64) -> Result<bollard::
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
-    let version = bollard::API_DEFAULT_VERSION;
-    let Some(dir) = tls else {
-        let client = Client::builder(TokioExecutor::new()).build(http);
-        return bollard::Docker::connect_with_custom_transport(
-            move |req: bollard::BollardRequest| {
-                let client = client.clone();
-                async move { client.request(req).await.map_err(bollard::errors::Error::from) }
-            },
-            Some(format!("http://{addr}")),
-            timeout,
-            version,
-        )
-        .map_err(|e| e.to_string());
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(dir)?).https_only().enable_http1().wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new()).build(https);
+    match tls {
+        None => over(http, format!("http://{addr}"), timeout),
+        Some(dir) => {
+            let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(dir)?).https_only().enable_http1().wrap_connector(http);
+            over(https, format!("https://{addr}"), timeout)
+        }
+    }
+}
+
+/// bollard on a hyper client (which keeps connections alive) over `connector`.
+fn over<C>(connector: C, url: String, timeout: u64) -> Result<bollard::Docker, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let client = Client::builder(TokioExecutor::new()).build(connector);
     bollard::Docker::connect_with_custom_transport(
         move |req: bollard::BollardRequest| {
             let client = client.clone();
             async move { client.request(req).await.map_err(bollard::errors::Error::from) }
         },
-        Some(format!("https://{addr}")),
+        Some(url),
         timeout,
-        version,
+        bollard::API_DEFAULT_VERSION,
     )
     .map_err(|e| e.to_string())
 }
