@@ -391,6 +391,28 @@ fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Overwrite the value of `name` where the kernel shows the environment
+/// (`/proc/PID/environ` reads the original block, which `remove_var` does
+/// not touch), so root in the container cannot read the token there.
+fn scrub_env(name: &str) {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    // SAFETY: at start-up, before any thread exists; `environ` is the
+    // NUL-terminated array libc keeps, its strings NUL-terminated and
+    // writable (the initial block on the stack).
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if text.len() > name.len() && text.starts_with(name.as_bytes()) && text[name.len()] == b'=' {
+                std::ptr::write_bytes((*entry).add(name.len() + 1), b'0', text.len() - name.len() - 1);
+            }
+            entry = entry.add(1);
+        }
+    }
+}
+
 /// What the agent binary was started to do.
 #[derive(Debug)]
 pub enum Mode {
@@ -424,6 +446,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
         return Ok(Mode::Relay { socket });
     }
     let token = std::env::var(TOKEN_ENV).ok();
+    scrub_env(TOKEN_ENV);
     // SAFETY: called at start-up, before any thread exists.
     unsafe { std::env::remove_var(TOKEN_ENV) };
     Ok(Mode::Serve(AgentConfig { socket, allow_local_peers, token }))
