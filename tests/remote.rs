@@ -202,10 +202,10 @@ fn status_and_doctor_show_the_remote_engine_and_the_relay_path() {
 
 #[test]
 fn a_bad_engine_setting_stops_the_mount_with_one_line() {
-    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["mount", "--engine", "ssh://root@build1:2222", "/nonexistent"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["mount", "--engine", "http://build1:2375", "/nonexistent"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.starts_with("odfs: mount: engine ssh://root@build1:2222: ssh:// takes no port;") && err.lines().count() == 1, "{err}");
+    assert!(err.starts_with("odfs: mount: engine \"http://build1:2375\" is not unix:///PATH,") && err.lines().count() == 1, "{err}");
     let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["mount", "--config", "/nonexistent/odfs.toml", "/nonexistent"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).starts_with("odfs: mount: cannot read the config file /nonexistent/odfs.toml:"), "{}", stderr(&o));
@@ -215,12 +215,15 @@ fn a_bad_engine_setting_stops_the_mount_with_one_line() {
 fn an_ssh_engine_serves_calls_through_the_system_ssh_client() {
     let e = TestEngine::start();
     let ssh = SshFront::start(&e);
-    let url = format!("ssh://root@{}", ssh.alias);
+    let url = ssh.url.clone();
     let mut m = TestMount::with_env(&[("test.toml", CATALOG)], &["--engine", &url], &[("PATH", &ssh.path())]);
     m.id = odfs::daemon::mount_id(&m.mnt, true);
     let o = m.sh(r#"printf 'x\n' | "$M/sh" -c 'cat; exit 4' 2>/dev/null; echo "rc=$?""#);
     assert_eq!(stdout(&o), "x\nrc=4\n", "{}\n{}", stderr(&o), m.log_text());
     assert_eq!(e.containers(&m).len(), 1, "one container, on the engine behind ssh");
+    // Calls after the first share the ssh master connection.
+    let o = m.sh(r#"for i in 1 2 3; do "$M/sh" -c 'echo $0' again; done 2>/dev/null"#);
+    assert_eq!(stdout(&o), "again\nagain\nagain\n", "{}", stderr(&o));
     let status = stdout(&m.odfs(&["status"]));
     assert!(status.starts_with(&format!("engine: {url} (remote, exec path relay, from --engine): Docker Engine")), "{status}");
 }

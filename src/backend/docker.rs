@@ -90,7 +90,7 @@ impl Docker {
                 let version = bollard::API_DEFAULT_VERSION;
                 let client = match e.scheme() {
                     "tcp" => super::transport::connect(&e.host, e.tls.as_deref(), REQUEST_TIMEOUT).map_err(|r| self.unreachable(r))?,
-                    "ssh" => bollard::Docker::connect_with_ssh(&e.host, REQUEST_TIMEOUT, version).map_err(unreachable)?,
+                    "ssh" => super::transport::connect_ssh(&e.host, REQUEST_TIMEOUT).map_err(|r| self.unreachable(r))?,
                     _ => bollard::Docker::connect_with_unix(&e.host, REQUEST_TIMEOUT, version).map_err(unreachable)?,
                 };
                 client.negotiate_version().await.map_err(unreachable)
@@ -396,7 +396,17 @@ impl ContainerBackend for Docker {
         };
         let exec = client.create_exec(id, config).await.map_err(|e| self.classify(e))?;
         let opts = bollard::exec::StartExecOptions { detach: false, tty: false, output_capacity: Some(crate::protocol::relay::CHUNK * 2) };
-        match client.start_exec(&exec.id, Some(opts)).await.map_err(|e| self.classify(e))? {
+        let started = client.start_exec(&exec.id, Some(opts)).await.map_err(|e| self.classify(e))?;
+        if !self.engine.is_local() {
+            // The start took its connection over for the exec's streams:
+            // open the next call's now (a TLS or ssh handshake is most of a
+            // remote call's cost), and hand it back to the pool.
+            let client = client.clone();
+            tokio::spawn(async move {
+                let _ = client.ping().await;
+            });
+        }
+        match started {
             bollard::exec::StartExecResults::Attached { output, input } => {
                 let output = output.filter_map(|item| async move {
                     match item {

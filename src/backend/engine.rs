@@ -10,8 +10,7 @@ pub const LOCAL_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/podman/podma
 /// An engine endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Engine {
-    /// `unix:///path`, `tcp://host:port` or `ssh://[user@]host` (a port goes
-    /// in the ssh configuration).
+    /// `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`.
     pub host: String,
     /// Client certificates for `tcp://` with TLS: `ca.pem`, `cert.pem`,
     /// `key.pem` in this directory (Docker's `DOCKER_CERT_PATH` layout).
@@ -113,15 +112,7 @@ impl Engine {
             _ => false,
         };
         if !ok {
-            return Err(format!("engine {:?} is not unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST", self.host));
-        }
-        // The ssh client is given `[USER@]HOST` only: a port would be taken
-        // as part of the host name.
-        if self.scheme() == "ssh" && self.host.rsplit_once('@').map_or(&self.host[6..], |(_, h)| h).contains(':') {
-            return Err(format!(
-                "engine {}: ssh:// takes no port; name the host in root's ~/.ssh/config (Host ALIAS, HostName, Port) and use ssh://[USER@]ALIAS",
-                self.host
-            ));
+            return Err(format!("engine {:?} is not unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]", self.host));
         }
         Ok(())
     }
@@ -180,7 +171,7 @@ mod tests {
         assert_eq!(e("unix:///run/docker.sock").exec_path(), ExecPath::Fd);
         assert_eq!(e("tcp://127.0.0.1:2375").exec_path(), ExecPath::Relay);
         assert_eq!(e("ssh://root@build1").exec_path(), ExecPath::Relay);
-        for bad in ["http://x", "tcp://", "unix://", "docker.sock", "ssh://root@build1:2222", "ssh://build1:22"] {
+        for bad in ["http://x", "tcp://", "unix://", "docker.sock"] {
             assert!(resolve(Some(bad), EngineSettings::default(), EngineEnv::default(), &[]).is_err(), "{bad}");
         }
     }

@@ -583,14 +583,14 @@ impl Drop for TestEngine {
 
 /// An sshd on loopback in front of a test engine, for `ssh://` engines:
 /// the daemon's `ssh` (a wrapper first on its PATH adds a client config of
-/// the test's own: key, port, known host) logs in as root, and a forced
+/// the test's own: key and known host) logs in as root, and a forced
 /// command in `authorized_keys` runs `docker system dial-stdio` against the
 /// engine, as a hardened remote account would. Stopped on drop.
 pub struct SshFront {
     /// Put this first on the daemon's PATH.
     pub bin: PathBuf,
-    /// Host alias for `ssh://root@ALIAS`.
-    pub alias: String,
+    /// `ssh://root@127.0.0.1:PORT`.
+    pub url: String,
     child: Child,
 }
 
@@ -620,8 +620,8 @@ impl SshFront {
             (
                 "ssh_config",
                 format!(
-                    "Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n\
-                     \x20 UserKnownHostsFile {d}/known_hosts\n  HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                    "Host 127.0.0.1\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n\
+                     \x20 HostKeyAlias {alias}\n  StrictHostKeyChecking yes\n"
                 ),
             ),
             ("bin/ssh", format!("#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n")),
@@ -636,7 +636,7 @@ impl SshFront {
         let child = Command::new("/usr/sbin/sshd").args(["-D", "-e", "-f"]).arg(dir.join("sshd_config")).stderr(log).spawn().expect("sshd");
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "sshd did not start: {}", std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default());
-        SshFront { bin, alias, child }
+        SshFront { bin, url: format!("ssh://root@127.0.0.1:{port}"), child }
     }
 
     /// PATH for a daemon that reaches the engine through this sshd.
