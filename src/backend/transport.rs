@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -90,10 +91,21 @@ pub fn connect_ssh(host: &str, timeout: u64) -> Result<bollard::Docker, String> 
         Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), Some(p.to_string())),
         _ => (rest.to_string(), None),
     };
-    // The master's socket, in a directory only root can enter.
-    let dir = std::env::temp_dir().join(format!("odfs-ssh-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(|e| e.to_string())?;
+    // The masters' sockets, in one directory per user that only that user
+    // can enter (daemons of one user may share a master: the socket name is
+    // a hash of host, port and user). A directory someone else made is
+    // refused: a socket planted there would receive our connections.
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = std::env::temp_dir().join(format!("odfs-ssh-{uid}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!("{} is not a private directory of uid {uid} (remove it)", dir.display()));
+    }
     let mut args: Vec<String> = vec![
         "-o".into(),
         "ControlMaster=auto".into(),
