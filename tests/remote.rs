@@ -103,6 +103,55 @@ fn signals_and_a_closed_pipe_reach_a_remote_tool() {
 }
 
 #[test]
+fn input_output_and_signals_keep_flowing_whatever_the_tool_reads() {
+    let (e, m) = remote();
+    // A tool that ends without reading its input: its status, not a lost call.
+    let o = m.sh(r#"yes | "$M/sh" -c 'echo took-none; exit 3'; echo "rc=$?""#);
+    assert_eq!(stdout(&o), "took-none\nrc=3\n", "{}", stderr(&o));
+    // A tool that does not read its stdin still hears Ctrl-C at once, with
+    // a caller pouring input into it.
+    let mut yes = Command::new("yes").stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(m.shim("sh"))
+        .args(["-c", "echo ready; exec sleep 600"])
+        .current_dir(&m.work)
+        .stdin(yes.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child (the launcher).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let _ = yes.kill();
+    let _ = yes.wait();
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    // A tool that ignores SIGPIPE still learns its reader is gone: its
+    // write fails, as natively.
+    let ignoring = "trap '' PIPE; while echo y; do :; done; echo stopped-writing >&2";
+    let mut child = Command::new(m.shim("sh")).args(["-c", ignoring]).current_dir(&m.work).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(stderr(&o).contains("stopped-writing"), "{}", stderr(&o));
+    // A caller killed while nobody reads the tool's output: the tool is
+    // killed there too, and the container counts no running tool.
+    let mut child = Command::new(m.shim("yes")).current_dir(&m.work).stdout(Stdio::piped()).spawn().unwrap();
+    let c = e.containers(&m).pop().unwrap();
+    let yes_running = || String::from_utf8_lossy(&e.docker(&["exec", &c, "ps", "-o", "args"]).stdout).lines().any(|l| l.trim() == "yes");
+    assert!(eventually(Duration::from_secs(10), yes_running), "yes never ran");
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(eventually(Duration::from_secs(10), || !yes_running()), "yes still runs on the remote engine");
+    let status = stdout(&m.odfs(&["status"]));
+    assert!(eventually(Duration::from_secs(5), || stdout(&m.odfs(&["status"])).lines().any(|l| l.starts_with("bb ") && l.split_whitespace().nth(2) == Some("0"))), "{status}");
+}
+
+#[test]
 fn a_remote_tool_gets_a_terminal_that_follows_the_window() {
     let (_e, m) = remote();
     let t = Tmux::new(&m, "");

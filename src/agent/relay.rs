@@ -21,9 +21,8 @@ use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ER
 
 /// How long a new container's agent may take to listen.
 const CONNECT_LIMIT: Duration = Duration::from_secs(20);
-/// Input held for a tool that does not read it; beyond this the relay stops
-/// reading its stdin and the daemon's writes wait.
-const PENDING_LIMIT: usize = 4 << 20;
+/// Report input taken by the tool once this much has gone (or all of it).
+const CONSUMED_EVERY: u64 = 64 << 10;
 
 /// Run one relayed request; returns the relay's exit status.
 pub fn run(socket: &Path) -> i32 {
@@ -136,7 +135,10 @@ struct Call {
     /// Where input goes: the write end of the tool's stdin pipe, or the pty
     /// master; `None` once closed.
     input: Option<OwnedFd>,
+    /// Input not yet taken by the tool: at most the daemon's window, which
+    /// grows back as `consumed` is reported.
     pending: Vec<u8>,
+    consumed: u64,
     input_ended: bool,
     /// Read ends of the tool's stdout/stderr pipes, by target fd.
     outputs: Vec<(i32, OwnedFd)>,
@@ -184,24 +186,28 @@ fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input) -> i32 {
             input = Some(m.try_clone().expect("dup the pty master"));
         }
     }
-    let mut c = Call { conn, input, pending: Vec::new(), input_ended: false, outputs, master };
+    let mut c = Call { conn, input, pending: Vec::new(), consumed: 0, input_ended: false, outputs, master };
     c.follow(&mut stdin)
 }
 
 impl Call {
     fn follow(&mut self, stdin: &mut Input) -> i32 {
         loop {
-            let reading = !stdin.eof && self.pending.len() < PENDING_LIMIT;
+            // Always read: the daemon sends no more than its window, and
+            // signals and the stream's end must be seen at once.
+            let reading = !stdin.eof;
             let writing = !self.pending.is_empty() && self.input.is_some();
             // SAFETY: fd 0 stays open for the relay's lifetime.
             let fd0 = unsafe { BorrowedFd::borrow_raw(0) };
             let mut fds = vec![PollFd::new(self.conn.as_fd(), PollFlags::POLLIN)];
             fds.push(PollFd::new(fd0, if reading { PollFlags::POLLIN } else { PollFlags::empty() }));
-            let input_fd = self.input.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+            // The input fd only while there is something to write: a pipe
+            // whose reader is gone reports POLLERR for ever.
+            let input_fd = self.input.as_ref().filter(|_| writing).map(|f| f.as_raw_fd()).unwrap_or(-1);
             // SAFETY: `input`, when set, outlives this poll.
             let input_b = (input_fd >= 0).then(|| unsafe { BorrowedFd::borrow_raw(input_fd) });
             if let Some(b) = input_b {
-                fds.push(PollFd::new(b, if writing { PollFlags::POLLOUT } else { PollFlags::empty() }));
+                fds.push(PollFd::new(b, PollFlags::POLLOUT));
             }
             let outs: Vec<(i32, RawFd)> = self
                 .outputs
@@ -286,6 +292,7 @@ impl Call {
                     unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
                 }
             }
+            RelayIn::CloseOutput(fd) => self.outputs.retain(|(t, _)| *t != fd),
             RelayIn::Spawn(_) | RelayIn::Status { .. } => {}
         }
     }
@@ -297,25 +304,32 @@ impl Call {
             self.pending.clear();
             return;
         };
-        while !self.pending.is_empty() {
+        let mut taken = 0;
+        while taken < self.pending.len() {
             // SAFETY: writing from our own buffer.
-            let n = unsafe { libc::write(fd, self.pending.as_ptr().cast(), self.pending.len()) };
+            let n = unsafe { libc::write(fd, self.pending[taken..].as_ptr().cast(), self.pending.len() - taken) };
             if n < 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => return,
+                    Some(libc::EAGAIN) => break,
                     // The tool closed its stdin: what it did not read is
                     // dropped, as a pipe's writer would see.
                     _ => {
-                        self.pending.clear();
+                        taken = self.pending.len();
                         self.input = None;
-                        return;
+                        break;
                     }
                 }
+            } else {
+                taken += n as usize;
             }
-            self.pending.drain(..n as usize);
         }
-        if self.input_ended && self.master.is_none() {
+        self.pending.drain(..taken);
+        self.consumed += taken as u64;
+        if self.consumed >= CONSUMED_EVERY || (self.pending.is_empty() && self.consumed > 0) {
+            emit(&RelayOut::Consumed(std::mem::take(&mut self.consumed)));
+        }
+        if self.input_ended && self.pending.is_empty() && self.master.is_none() {
             self.input = None;
         }
     }

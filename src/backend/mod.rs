@@ -85,6 +85,14 @@ pub enum BackendError {
     Engine(String),
 }
 
+impl BackendError {
+    /// The engine says the container is not there or not running (HTTP 404
+    /// or 409): it must be replaced, as opposed to a passing failure.
+    pub fn container_gone(&self) -> bool {
+        matches!(self, BackendError::Engine(m) if m.ends_with("(HTTP 404)") || m.ends_with("(HTTP 409)"))
+    }
+}
+
 pub trait ContainerBackend: Send + Sync + 'static {
     /// Make sure the image exists locally, pulling it if it does not, with
     /// progress on `progress`. Returns whether it had to be pulled.

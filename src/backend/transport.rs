@@ -31,6 +31,9 @@ pub fn connect(host: &str, tls: Option<&Path>, timeout: u64) -> Result<bollard::
     let addr = host.strip_prefix("tcp://").unwrap_or(host);
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    // A quiet call (`tail -f`) must outlive NAT and firewall idle timeouts,
+    // and a dead peer must show.
+    http.set_keepalive(Some(std::time::Duration::from_secs(30)));
     http.enforce_http(false);
     match tls {
         None => over(http, format!("http://{addr}"), timeout),
@@ -95,8 +98,9 @@ pub fn connect_ssh(host: &str, timeout: u64) -> Result<bollard::Docker, String> 
     // can enter (daemons of one user may share a master: the socket name is
     // a hash of host, port and user). A directory someone else made is
     // refused: a socket planted there would receive our connections.
+    // Root's lives under /run, where other users cannot create it first.
     let uid = nix::unistd::getuid().as_raw();
-    let dir = std::env::temp_dir().join(format!("odfs-ssh-{uid}"));
+    let dir = if uid == 0 { std::path::PathBuf::from("/run/odfs-ssh") } else { std::env::temp_dir().join(format!("odfs-ssh-{uid}")) };
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -116,6 +120,11 @@ pub fn connect_ssh(host: &str, timeout: u64) -> Result<bollard::Docker, String> 
         // Nobody can answer a prompt.
         "-o".into(),
         "BatchMode=yes".into(),
+        // Quiet calls outlive idle timeouts; a dead peer shows in 45 s.
+        "-o".into(),
+        "ServerAliveInterval=15".into(),
+        "-o".into(),
+        "ServerAliveCountMax=3".into(),
     ];
     args.extend(port.into_iter().flat_map(|p| ["-p".to_string(), p]));
     args.extend(user.into_iter().flat_map(|u| ["-l".to_string(), u]));

@@ -325,7 +325,7 @@ impl<B: ContainerBackend> Daemon<B> {
                         .map_err(|e| refuse(e.to_string()))?
                 }
                 ExecPath::Relay => {
-                    let standard = |n: i32| req.fds.iter().position(|&t| t == n).and_then(|i| fds[i].try_clone().ok());
+                    let standard = |n: i32| req.fds.iter().position(|&t| t == n).and_then(|i| fds.get(i)?.try_clone().ok());
                     let caller_fds = super::remote::CallerFds { stdin: standard(0), stdout: standard(1), stderr: standard(2) };
                     super::remote::start(self.pool.backend(), &ready, spawn.clone(), caller_fds).await
                 }

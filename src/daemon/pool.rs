@@ -492,6 +492,9 @@ impl<B: ContainerBackend> Pool<B> {
         let started = Instant::now();
         let id = self.backend.start(&spec).await?;
         *slot.token.lock().unwrap() = token.clone();
+        // A new container has been idle since now (the relayed count; the
+        // agent's own starts at zero too).
+        slot.relayed.lock().unwrap().idle_since = Instant::now();
         if self.probe(slot, &id, AGENT_START_LIMIT).await.is_err() {
             let _ = self.backend.remove(&id).await;
             return Err(PoolError::Start(format!(
@@ -673,6 +676,7 @@ impl<B: ContainerBackend> Pool<B> {
                 *slot.token.lock().unwrap() = found.token.clone();
                 if *state == State::Absent && found.name == slot.name && self.probe(&slot, &found.id, Duration::ZERO).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
+                    slot.relayed.lock().unwrap().idle_since = Instant::now();
                     *state = State::Warm { id: found.id, since: Instant::now(), fetched: false };
                     continue;
                 }

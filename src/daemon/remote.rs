@@ -8,8 +8,7 @@
 //! Threads, not tasks, touch the caller's fds: they may be files, pipes or
 //! terminals in blocking mode, and their flags are shared with the caller.
 
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use futures_util::StreamExt;
@@ -23,6 +22,10 @@ use super::pool::{Ready, RelayedCall, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::backend::{ContainerBackend, ExecInput, ExecOutput};
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ERROR};
+
+/// How long the relay may take to start the tool (engine exec start, the
+/// agent's spawn).
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn relay_command() -> Vec<String> {
     [AGENT_IN_CONTAINER, "relay", "--socket", SOCKET_IN_CONTAINER].map(String::from).to_vec()
@@ -70,8 +73,14 @@ pub struct CallerFds {
 /// Start a call through the relay; on `Started`, the launcher's end of a
 /// connection the daemon serves until the tool ends.
 pub async fn start<B: ContainerBackend>(backend: &B, ready: &Ready, mut spawn: SpawnRequest, fds: CallerFds) -> Result<Started, StartError> {
-    let unreachable = |e: String| StartError::Unreachable(e);
-    let mut stream = backend.exec_stream(&ready.id, relay_command()).await.map_err(|e| unreachable(e.to_string()))?;
+    // Only a container the engine no longer has is replaced: any other
+    // failure may be passing, and the container serves other calls.
+    let refused = |message: String| StartError::Refused(Refusal { message, exit_code: EXIT_ODFS_ERROR });
+    let mut stream = match backend.exec_stream(&ready.id, relay_command()).await {
+        Ok(s) => s,
+        Err(e) if e.container_gone() => return Err(StartError::Unreachable(e.to_string())),
+        Err(e) => return Err(refused(e.to_string())),
+    };
     spawn.fds.retain(|fd| match fd {
         0 => fds.stdin.is_some(),
         1 => fds.stdout.is_some(),
@@ -79,13 +88,17 @@ pub async fn start<B: ContainerBackend>(backend: &B, ready: &Ready, mut spawn: S
         _ => false,
     });
     let tty = spawn.tty.clone();
-    send(&mut stream.input, &RelayIn::Spawn(Box::new(spawn))).await.map_err(|e| unreachable(e.to_string()))?;
     let mut decoder = Decoder::default();
-    let pid = match next_out(&mut stream.output, &mut decoder).await {
-        Ok(Some(RelayOut::Event(AgentEvent::Started { pid }))) => pid,
-        Ok(Some(RelayOut::Event(AgentEvent::Failed { message, exit_code }))) => return Err(StartError::Refused(Refusal { message, exit_code })),
-        Ok(other) => return Err(unreachable(format!("unexpected answer from the relay: {other:?}"))),
-        Err(e) => return Err(unreachable(e.to_string())),
+    let started = tokio::time::timeout(START_LIMIT, async {
+        send(&mut stream.input, &RelayIn::Spawn(Box::new(spawn))).await?;
+        next_out(&mut stream.output, &mut decoder).await
+    });
+    let pid = match started.await {
+        Ok(Ok(Some(RelayOut::Event(AgentEvent::Started { pid })))) => pid,
+        Ok(Ok(Some(RelayOut::Event(AgentEvent::Failed { message, exit_code })))) => return Err(StartError::Refused(Refusal { message, exit_code })),
+        Ok(Ok(other)) => return Err(refused(format!("the relay in the container answered {other:?} instead of starting the tool"))),
+        Ok(Err(e)) => return Err(refused(format!("lost the remote engine while starting the tool: {e}"))),
+        Err(_) => return Err(refused(format!("the remote engine did not start the tool within {}s", START_LIMIT.as_secs()))),
     };
     let fail = |e: std::io::Error| StartError::Refused(Refusal { message: format!("cannot set up the relay: {e}"), exit_code: EXIT_ODFS_ERROR });
     // In pty mode the launcher relays its terminal to a local pty; its
@@ -134,18 +147,37 @@ enum Out {
     Event(AgentEvent),
 }
 
+/// Input bytes the relay may hold not yet taken by the tool. The daemon
+/// sends more only as the relay reports what the tool took (`Consumed`), so
+/// a signal or a resize never queues behind more than this, and the relay
+/// can always read its stdin (also its lifeline).
+const WINDOW: usize = 1 << 20;
+
 /// Write what the call sends to the relay, control first. Its own task:
 /// while it waits for the relay to take input, output keeps flowing the
 /// other way (else a tool that reads and writes much, like `cat`, would
 /// deadlock with the relay).
-async fn write_input(mut input: ExecInput, mut control: mpsc::UnboundedReceiver<RelayIn>, mut data: mpsc::Receiver<RelayIn>) -> std::io::Error {
+async fn write_input(
+    mut input: ExecInput,
+    mut control: mpsc::UnboundedReceiver<RelayIn>,
+    mut data: mpsc::Receiver<RelayIn>,
+    mut credit: mpsc::UnboundedReceiver<u64>,
+) -> std::io::Error {
+    let mut outstanding = 0usize;
     loop {
         let msg = tokio::select! {
             biased;
             Some(m) = control.recv() => m,
-            Some(m) = data.recv() => m,
+            Some(n) = credit.recv() => {
+                outstanding = outstanding.saturating_sub(n as usize);
+                continue;
+            }
+            Some(m) = data.recv(), if outstanding < WINDOW => m,
             else => std::future::pending().await,
         };
+        if let RelayIn::Input(d) = &msg {
+            outstanding += d.len();
+        }
         if let Err(e) = send(&mut input, &msg).await {
             return e;
         }
@@ -182,47 +214,79 @@ async fn follow(
         std::thread::spawn(move || read_launcher(&conn, &stop, &tx));
     }
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);
-    let writer = {
+    // A thread, not the blocking pool: a call may last for days, and the
+    // pool's threads serve every request.
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    {
         let targets = [(1, fds.stdout), (2, fds.stderr), (PTY, slave)];
-        let tx = to_relay.clone();
-        tokio::task::spawn_blocking(move || write_output(out_rx, targets, launcher, tx))
-    };
+        let (tx, stop) = (to_relay.clone(), stop_r.clone());
+        std::thread::spawn(move || {
+            write_output(out_rx, targets, launcher, &stop, tx);
+            let _ = done_tx.send(());
+        });
+    }
     drop(to_relay);
-    let mut inputs = tokio::spawn(write_input(input, control_rx, data_rx));
+    let (credit_tx, credit_rx) = mpsc::unbounded_channel();
+    let mut inputs = tokio::spawn(write_input(input, control_rx, data_rx, credit_rx));
+    let mut input_open = true;
+    // Output waits for the writer, and the writer for the caller's reader:
+    // the launcher's end must still be heard meanwhile.
+    let deliver = |out: Out| {
+        let out_tx = out_tx.clone();
+        async move { out_tx.send(out).await.is_ok() }
+    };
     let end = loop {
         tokio::select! {
-            out = next_out(&mut output, &mut decoder) => match out {
-                Ok(Some(RelayOut::Output { fd, data })) => {
-                    if out_tx.send(Out::Data(fd, data.into())).await.is_err() {
-                        break None;
+            out = next_out(&mut output, &mut decoder) => {
+                let delivered = match out {
+                    Ok(Some(RelayOut::Output { fd, data })) => deliver(Out::Data(fd, data.into())),
+                    Ok(Some(RelayOut::Event(ev @ AgentEvent::Stopped(_)))) => deliver(Out::Event(ev)),
+                    Ok(Some(RelayOut::Consumed(n))) => {
+                        let _ = credit_tx.send(n);
+                        continue;
                     }
+                    Ok(Some(RelayOut::Event(ev))) => break Some(ev),
+                    Ok(None) => break Some(lost("the relay ended without the tool's status")),
+                    Err(e) => break Some(lost(&e.to_string())),
+                };
+                tokio::select! {
+                    ok = delivered => if !ok { break None },
+                    _ = gone.recv() => break None,
                 }
-                Ok(Some(RelayOut::Event(ev @ AgentEvent::Stopped(_)))) => {
-                    let _ = out_tx.send(Out::Event(ev)).await;
-                }
-                Ok(Some(RelayOut::Event(ev))) => break Some(ev),
-                Ok(None) => break Some(lost("the relay ended without the tool's status")),
-                Err(e) => break Some(lost(&e.to_string())),
-            },
-            failed = &mut inputs => break Some(lost(&failed.map_or_else(|e| e.to_string(), |e| e.to_string()))),
+            }
+            // The tool may end without reading all its input; the relay's
+            // last frames are still to come on the output side.
+            failed = &mut inputs, if input_open => {
+                input_open = false;
+                tracing::debug!("relay input closed: {}", failed.map_or_else(|e| e.to_string(), |e| e.to_string()));
+            }
             _ = gone.recv() => break None,
         }
     };
     inputs.abort();
-    if let Some(ev) = end {
-        call.finish(match ev {
-            AgentEvent::Exited(c) => c,
-            AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => 128 + s,
-            AgentEvent::Failed { exit_code, .. } => exit_code,
-            _ => EXIT_ODFS_ERROR,
-        });
-        let _ = out_tx.send(Out::Event(ev)).await;
+    match end {
+        Some(ev) => {
+            call.finish(match ev {
+                AgentEvent::Exited(c) => c,
+                AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => 128 + s,
+                AgentEvent::Failed { exit_code, .. } => exit_code,
+                _ => EXIT_ODFS_ERROR,
+            });
+            let _ = out_tx.send(Out::Event(ev)).await;
+            drop(out_tx);
+            let _ = done.await;
+            drop(stop_w);
+        }
+        None => {
+            // Nobody waits for the tool: close the exec now, so the relay
+            // kills it, and stop the writer even if it is stuck on a reader
+            // that reads no more.
+            drop(output);
+            drop(out_tx);
+            drop(stop_w);
+            let _ = done.await;
+        }
     }
-    drop(out_tx);
-    let _ = writer.await;
-    // Ends the reader threads; dropping the streams closes the exec, so a
-    // relay still running (its caller gone) kills the tool.
-    drop(stop_w);
 }
 
 fn lost(why: &str) -> AgentEvent {
@@ -248,11 +312,11 @@ fn read_input(fd: &OwnedFd, stop: &OwnedFd, tx: &ToRelay, ends: bool) {
     let mut buf = vec![0u8; CHUNK];
     while readable(fd.as_fd(), stop) {
         match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
             Ok(0) | Err(_) if ends => {
                 let _ = tx.data.blocking_send(RelayIn::InputEnd);
                 return;
             }
-            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if tx.data.blocking_send(RelayIn::Input(buf[..n].to_vec())).is_err() {
@@ -283,9 +347,10 @@ fn read_launcher(conn: &UnixStream, stop: &OwnedFd, tx: &ToRelay) {
 }
 
 /// The tool's output into the caller's fds, then its events to the
-/// launcher, in order. A reader that went away gets the tool a SIGPIPE, as
-/// its write would have natively.
-fn write_output(mut rx: mpsc::Receiver<Out>, targets: [(i32, Option<OwnedFd>); 3], launcher: UnixStream, tx: ToRelay) {
+/// launcher, in order. A reader that went away closes that output at the
+/// relay, so the tool's next write fails as it would natively (EPIPE, or
+/// SIGPIPE where not ignored). `stop` ends it even mid-write.
+fn write_output(mut rx: mpsc::Receiver<Out>, targets: [(i32, Option<OwnedFd>); 3], launcher: UnixStream, stop: &OwnedFd, tx: ToRelay) {
     let mut broken = Vec::new();
     while let Some(out) = rx.blocking_recv() {
         match out {
@@ -294,10 +359,14 @@ fn write_output(mut rx: mpsc::Receiver<Out>, targets: [(i32, Option<OwnedFd>); 3
                 if broken.contains(&fd) {
                     continue;
                 }
-                if let Err(e) = write_all(file.as_raw_fd(), &data) {
-                    broken.push(fd);
-                    if e.raw_os_error() == Some(libc::EPIPE) {
-                        let _ = tx.control.send(RelayIn::Signal(libc::SIGPIPE));
+                match write_all(file, &data, stop) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        broken.push(fd);
+                        if e.raw_os_error() == Some(libc::EPIPE) {
+                            let _ = tx.control.send(RelayIn::CloseOutput(fd));
+                        }
                     }
                 }
             }
@@ -311,9 +380,28 @@ fn write_output(mut rx: mpsc::Receiver<Out>, targets: [(i32, Option<OwnedFd>); 3
     }
 }
 
-fn write_all(fd: RawFd, data: &[u8]) -> std::io::Result<()> {
-    // SAFETY: the caller's fd stays open while the call runs; ManuallyDrop
-    // keeps the File from closing it.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    f.write_all(data)
+/// Write all of `data` to a caller's fd, which may be blocking or not, in
+/// pieces that fit when poll says there is room (a blocking pipe write of
+/// more than PIPE_BUF could wait forever on a reader that stopped reading).
+/// `Ok(false)`: told to stop.
+fn write_all(fd: &OwnedFd, mut data: &[u8], stop: &OwnedFd) -> std::io::Result<bool> {
+    let regular = nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    let piece = if regular { CHUNK } else { libc::PIPE_BUF };
+    while !data.is_empty() {
+        if !regular {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) if fds[1].revents().is_some_and(|r| !r.is_empty()) => return Ok(false),
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match nix::unistd::write(fd, &data[..data.len().min(piece)]) {
+            Ok(n) => data = &data[n..],
+            Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }

@@ -33,6 +33,9 @@ pub enum RelayIn {
     Continue,
     /// The caller's terminal changed size.
     Resize { rows: u16, cols: u16 },
+    /// Nobody reads output `fd` any more: close it, so the tool's next write
+    /// there fails as it would natively (EPIPE, or SIGPIPE).
+    CloseOutput(i32),
 }
 
 /// Relay → daemon, on the exec's stdout.
@@ -42,6 +45,9 @@ pub enum RelayOut {
     Output { fd: i32, data: Vec<u8> },
     /// What the agent said: `Started`, `Stopped`, the end, or `Status`.
     Event(AgentEvent),
+    /// The tool took this many more bytes of input: the daemon may send as
+    /// many more (flow control, see `daemon/remote.rs`).
+    Consumed(u64),
 }
 
 /// One frame as bytes: length (u32, little endian) and body.
