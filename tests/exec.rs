@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,19 +85,10 @@ fn signals_to_the_launcher_reach_the_tool() {
     let m = TestMount::new(BUSYBOX_CATALOG);
     for (sig, name) in [(libc::SIGUSR1, "USR1"), (libc::SIGUSR2, "USR2"), (libc::SIGHUP, "HUP"), (libc::SIGINT, "INT")] {
         let script = format!("trap 'echo got-{name}; exit 7' {name}; echo ready; while :; do sleep 0.05; done");
-        let mut child = Command::new(m.shim("sh"))
-            .args(["-c", &script])
-            .current_dir(&m.work)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n");
+        let (mut child, mut out) = spawn_until_ready(&m, "sh", &["-c", &script], Stdio::inherit());
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
-        line.clear();
+        let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert_eq!(line, format!("got-{name}\n"));
         assert_eq!(child.wait().unwrap().code(), Some(7));

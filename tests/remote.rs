@@ -37,17 +37,6 @@ fn remote() -> (TestEngine, TestMount) {
     (e, m)
 }
 
-/// Start a shim with its stdout piped and wait for its first line.
-fn spawn_until_ready(m: &TestMount, cmd: &str, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut child =
-        Command::new(m.shim(cmd)).args(args).current_dir(&m.work).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "{}", m.log_text());
-    (child, out)
-}
-
 #[test]
 fn pipes_exit_statuses_and_the_working_directory_through_a_remote_engine() {
     let (_e, m) = remote();
@@ -78,7 +67,7 @@ fn pipes_exit_statuses_and_the_working_directory_through_a_remote_engine() {
 fn signals_and_a_closed_pipe_reach_a_remote_tool() {
     let (_e, m) = remote();
     let trap = "trap 'echo got-TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
-    let (child, mut out) = spawn_until_ready(&m, "sh", &["-c", trap]);
+    let (child, mut out) = spawn_until_ready(&m, "sh", &["-c", trap], Stdio::inherit());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let mut rest = String::new();
@@ -87,7 +76,7 @@ fn signals_and_a_closed_pipe_reach_a_remote_tool() {
     assert_eq!((rest.as_str(), o.status.code()), ("got-TERM\n", Some(7)), "{}", stderr(&o));
 
     // Without a trap the tool dies of the signal, and so does its caller.
-    let (child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; while :; do sleep 0.05; done"]);
+    let (child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; while :; do sleep 0.05; done"], Stdio::inherit());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
@@ -111,17 +100,7 @@ fn input_output_and_signals_keep_flowing_whatever_the_tool_reads() {
     // A tool that does not read its stdin still hears Ctrl-C at once, with
     // a caller pouring input into it.
     let mut yes = Command::new("yes").stdout(Stdio::piped()).spawn().unwrap();
-    let mut child = Command::new(m.shim("sh"))
-        .args(["-c", "echo ready; exec sleep 600"])
-        .current_dir(&m.work)
-        .stdin(yes.stdout.take().unwrap())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    let (mut child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; exec sleep 600"], yes.stdout.take().unwrap().into());
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child (the launcher).
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -201,7 +180,7 @@ fn job_control_reaches_a_remote_tool() {
 #[test]
 fn a_daemon_restart_ends_a_remote_call_clearly_and_leaves_nothing_running_there() {
     let (mut e, mut m) = remote();
-    let (child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; while :; do sleep 0.05; done"]);
+    let (child, _out) = spawn_until_ready(&m, "sh", &["-c", "echo ready; while :; do sleep 0.05; done"], Stdio::inherit());
     let container = e.containers(&m).pop().expect("a container on the remote engine");
     m.crash();
     let o = child.wait_with_output().unwrap();

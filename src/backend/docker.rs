@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use std::path::Path;
 
 use super::progress::{BuildTracker, PullTracker};
-use super::engine::{Engine, EngineEnv, ExecPath};
+use super::engine::{Engine, ExecPath};
 use super::{BackendError, ContainerBackend, ContainerSpec, ExecStream, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
 use crate::protocol::ImageProgress;
 
@@ -24,29 +24,13 @@ pub struct Docker {
     engine: Engine,
 }
 
-impl Default for Docker {
-    fn default() -> Docker {
-        Docker::new()
-    }
-}
-
 /// Seconds an engine request may take to answer (streams may then run on).
 const REQUEST_TIMEOUT: u64 = 120;
 
 impl Docker {
-    /// The engine Docker's clients would use here (see [`Engine::resolve`]).
-    pub fn new() -> Docker {
-        let engine = Engine::resolve(None, &Default::default(), &EngineEnv::from_process(), |p| p.exists())
-            .unwrap_or_else(|_| Engine { host: format!("unix://{}", super::engine::LOCAL_SOCKETS[0]), tls: None, source: "default" });
-        Docker::with_engine(engine)
-    }
-
+    /// A client of `engine` (chosen by [`crate::config::engine`]).
     pub fn with_engine(engine: Engine) -> Docker {
         Docker { client: tokio::sync::OnceCell::new(), engine }
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     /// Labels and entry point of a local image; `None` when it is not here.

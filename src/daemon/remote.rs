@@ -229,18 +229,12 @@ async fn follow(
     let (credit_tx, credit_rx) = mpsc::unbounded_channel();
     let mut inputs = tokio::spawn(write_input(input, control_rx, data_rx, credit_rx));
     let mut input_open = true;
-    // Output waits for the writer, and the writer for the caller's reader:
-    // the launcher's end must still be heard meanwhile.
-    let deliver = |out: Out| {
-        let out_tx = out_tx.clone();
-        async move { out_tx.send(out).await.is_ok() }
-    };
     let end = loop {
         tokio::select! {
             out = next_out(&mut output, &mut decoder) => {
-                let delivered = match out {
-                    Ok(Some(RelayOut::Output { fd, data })) => deliver(Out::Data(fd, data.into())),
-                    Ok(Some(RelayOut::Event(ev @ AgentEvent::Stopped(_)))) => deliver(Out::Event(ev)),
+                let out = match out {
+                    Ok(Some(RelayOut::Output { fd, data })) => Out::Data(fd, data.into()),
+                    Ok(Some(RelayOut::Event(ev @ AgentEvent::Stopped(_)))) => Out::Event(ev),
                     Ok(Some(RelayOut::Consumed(n))) => {
                         let _ = credit_tx.send(n);
                         continue;
@@ -249,8 +243,10 @@ async fn follow(
                     Ok(None) => break Some(lost("the relay ended without the tool's status")),
                     Err(e) => break Some(lost(&e.to_string())),
                 };
+                // Output waits for the writer, and the writer for the
+                // caller's reader: the launcher's end must be heard meanwhile.
                 tokio::select! {
-                    ok = delivered => if !ok { break None },
+                    sent = out_tx.send(out) => if sent.is_err() { break None },
                     _ = gone.recv() => break None,
                 }
             }

@@ -98,7 +98,8 @@ impl Decoder {
     }
 
     /// Bytes of an incomplete frame are waiting.
-    pub fn partial(&self) -> bool {
+    #[cfg(test)]
+    fn partial(&self) -> bool {
         self.start < self.buf.len()
     }
 }

@@ -302,6 +302,19 @@ impl Drop for TestMount {
 }
 
 /// Wait until `f` holds, up to `limit`.
+/// Start a shim with `stdin`, its stdout and stderr piped, and wait for
+/// its first line, which must be `ready`.
+pub fn spawn_until_ready(m: &TestMount, cmd: &str, args: &[&str], stdin: Stdio) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::BufRead;
+    let mut child =
+        Command::new(m.shim(cmd)).args(args).current_dir(&m.work).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n", "{}", m.log_text());
+    (child, out)
+}
+
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
