@@ -2,10 +2,6 @@
 
 use std::path::PathBuf;
 
-/// Host directories shared with every container at the same path, so the
-/// caller's cwd and relative paths work inside.
-pub const DEFAULT_SHARED: [&str; 7] = ["/home", "/tmp", "/var/tmp", "/root", "/srv", "/mnt", "/media"];
-
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub mountpoint: PathBuf,
@@ -17,7 +13,9 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub launcher: PathBuf,
     pub agent: PathBuf,
-    pub shared: Vec<PathBuf>,
+    /// What tools see of the host beyond the default view (`--share`,
+    /// `--hide`, the config file's `[view]`).
+    pub view: crate::view::ViewSettings,
     /// Keep-alive policy of images whose catalog entry says `auto`.
     pub policy: crate::policy::Policy,
     pub engine: crate::backend::engine::Engine,
@@ -29,6 +27,8 @@ pub struct DaemonConfig {
 pub struct FileConfig {
     #[serde(default)]
     pub engine: crate::backend::engine::EngineSettings,
+    #[serde(default)]
+    pub view: crate::view::ViewSettings,
 }
 
 /// Where `odfs mount` and `odfs doctor` look for the config file.
@@ -57,6 +57,18 @@ pub fn engine(cli: Option<&str>, config: Option<&std::path::Path>) -> Result<cra
     crate::backend::engine::Engine::resolve(cli, &file.engine, &crate::backend::engine::EngineEnv::from_process(), |p| p.exists())
 }
 
+/// The host view's settings: the config file's `[view]`, with `--share`
+/// and `--hide` added.
+pub fn view(share: &[PathBuf], hide: &[PathBuf], config: Option<&std::path::Path>) -> Result<crate::view::ViewSettings, String> {
+    let mut v = FileConfig::load(config)?.view;
+    v.share.extend(share.iter().cloned());
+    v.hide.extend(hide.iter().cloned());
+    if let Some(p) = v.share.iter().chain(&v.hide).find(|p| !p.is_absolute()) {
+        return Err(format!("view path {} is not absolute (name it from /)", p.display()));
+    }
+    Ok(v)
+}
+
 /// Default locations of the helper binaries: next to the running `odfs`
 /// (a symlink to it is resolved), as installed in `/usr/local/lib/odfs`.
 pub fn sibling(name: &str) -> PathBuf {
@@ -78,6 +90,9 @@ mod tests {
         let c = FileConfig::load(Some(&path)).unwrap();
         assert_eq!(c.engine.host.as_deref(), Some("tcp://build1:2376"));
         assert!(c.engine.tls_verify);
+        std::fs::write(&path, "[view]\nshare = [\"/etc/ssl/certs\"]\nhide = [\"/data\"]\n").unwrap();
+        let c = FileConfig::load(Some(&path)).unwrap();
+        assert_eq!((c.view.share, c.view.hide), (vec![PathBuf::from("/etc/ssl/certs")], vec![PathBuf::from("/data")]));
         std::fs::write(&path, "[engine]\nhots = \"x\"\n").unwrap();
         let e = FileConfig::load(Some(&path)).unwrap_err();
         assert!(e.contains("odfs.toml") && e.contains("hots"), "{e}");

@@ -15,6 +15,7 @@
 //! - [`fs`]: the shim directory as plain logic; [`fuse`] translates fuser calls.
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
 //! - [`daemon`]: control socket, exec handling, container pool and reaper.
+//! - [`view`]: which host paths a tool sees, and the paths a caller names.
 //! - [`config`], [`telemetry`]: daemon settings and logging.
 //! - `bench`: `odfs-bench`, the side-by-side benchmark (feature `bench`).
 //!
@@ -42,3 +43,5 @@ pub mod fs;
 pub mod fuse;
 #[cfg(feature = "daemon")]
 pub mod telemetry;
+#[cfg(feature = "daemon")]
+pub mod view;

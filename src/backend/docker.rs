@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountTypeEnum};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountTypeEnum};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::progress::{BuildTracker, PullTracker};
 use super::engine::{Engine, ExecPath};
-use super::{BackendError, ContainerBackend, ContainerSpec, ExecStream, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
+use super::{BackendError, ContainerBackend, ContainerSpec, ExecStream, ImageFacts, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
 use crate::protocol::ImageProgress;
 
 /// Label of the never-started containers `executables` exports.
@@ -228,21 +228,39 @@ impl ContainerBackend for Docker {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+        // Host-view binds in the `Binds` form (`SRC:DST:rslave`): recursive
+        // on Docker and on Podman alike, where Podman's `Mounts` form binds
+        // only the top mount. Paths that form cannot spell go to `Mounts`.
+        let spelled = |b: &&super::Bind| b.follow_host && [&b.source, &b.target].iter().all(|p| !p.to_string_lossy().contains([':', ',']));
+        let host_binds: Vec<String> = spec
+            .binds
+            .iter()
+            .filter(spelled)
+            .map(|b| format!("{}:{}:{},rslave", b.source.display(), b.target.display(), if b.read_only { "ro" } else { "rw" }))
+            .collect();
         let mounts = spec
             .binds
             .iter()
+            .filter(|b| !spelled(b))
             .map(|b| Mount {
                 target: Some(b.target.to_string_lossy().into_owned()),
                 source: Some(b.source.to_string_lossy().into_owned()),
                 typ: Some(MountTypeEnum::BIND),
                 read_only: Some(b.read_only),
-                // Non-recursive: a recursive bind of /tmp would copy every FUSE
-                // mount below it (test mounts included) into the container and
-                // keep their connections alive after the host unmounts them.
-                bind_options: Some(MountBindOptions { non_recursive: Some(true), ..Default::default() }),
+                // A recursive bind that is not a slave of the host's mounts
+                // would keep copies of every mount below it (an odfs FUSE
+                // mount under /tmp) alive after the host unmounts them; so a
+                // bind is either recursive and rslave, or single.
+                bind_options: Some(if b.follow_host {
+                    MountBindOptions { propagation: Some(MountBindOptionsPropagationEnum::RSLAVE), ..Default::default() }
+                } else {
+                    MountBindOptions { non_recursive: Some(true), ..Default::default() }
+                }),
                 ..Default::default()
             })
             .collect();
+        let tmpfs: HashMap<String, String> =
+            spec.tmpfs.iter().map(|p| (p.to_string_lossy().into_owned(), "rw,nosuid,nodev,mode=1777".to_string())).collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(spec.entrypoint.clone()),
@@ -251,8 +269,12 @@ impl ContainerBackend for Docker {
             env: Some(spec.env.clone()),
             user: Some("0:0".into()),
             working_dir: Some("/".into()),
+            hostname: spec.hostname.clone(),
             host_config: Some(HostConfig {
+                binds: Some(host_binds),
                 mounts: Some(mounts),
+                readonly_rootfs: Some(spec.read_only_root),
+                tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
                 network_mode: Some(spec.network.clone()),
                 cap_add: Some(spec.cap_add.clone()),
                 init: Some(false),
@@ -321,23 +343,11 @@ impl ContainerBackend for Docker {
             .into_iter()
             .find_map(|e| e.strip_prefix("PATH=").map(String::from))
             .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        // A container that is created, exported and removed, never started:
-        // nothing from the image runs.
-        let body = ContainerCreateBody {
-            image: Some(reference.to_string()),
-            entrypoint: Some(vec!["/.odfs-scan-never-runs".into()]),
-            labels: Some(HashMap::from([
-                (super::LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_SCAN.to_string(), "true".to_string()),
-                (LABEL_MOUNT.to_string(), mount_id.to_string()),
-            ])),
-            ..Default::default()
-        };
-        let created = client.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.map_err(|e| self.classify(e))?;
-        let tmp = std::env::temp_dir().join(format!("odfs-scan-{}.tar", created.id));
+        let created = self.scratch(reference, mount_id).await?;
+        let tmp = std::env::temp_dir().join(format!("odfs-scan-{created}.tar"));
         let result = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| BackendError::Engine(e.to_string()))?;
-            let mut stream = client.export_container(&created.id);
+            let mut stream = client.export_container(&created);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.classify(e))?;
                 tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|e| BackendError::Engine(e.to_string()))?;
@@ -350,7 +360,39 @@ impl ContainerBackend for Docker {
         }
         .await;
         let _ = tokio::fs::remove_file(&tmp).await;
-        let _ = self.remove(&created.id).await;
+        let _ = self.remove(&created).await;
+        result
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, BackendError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(img) => Ok(img.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.classify(e)),
+        }
+    }
+
+    async fn image_facts(&self, reference: &str, dirs: &[String], mount_id: &str) -> Result<ImageFacts, BackendError> {
+        let id = self.image_id(reference).await?.unwrap_or_default();
+        let created = self.scratch(reference, mount_id).await?;
+        let result = async {
+            let mut facts = ImageFacts { id, asked: dirs.to_vec(), ..Default::default() };
+            // A file's archive is a tar of that one file; a directory's is
+            // the whole tree, of which the first two entries tell enough.
+            for (path, out) in [("/etc/passwd", &mut facts.passwd), ("/etc/group", &mut facts.group)] {
+                let entries = self.archive_head(&created, path, MAX_ACCOUNTS_FILE).await?;
+                *out = entries.into_iter().next().map(|(_, data)| String::from_utf8_lossy(&data).into_owned()).unwrap_or_default();
+            }
+            for dir in dirs {
+                let entries = self.archive_head(&created, &format!("/{dir}"), 16 << 10).await?;
+                if entries.len() >= 2 {
+                    facts.filled.push(dir.clone());
+                }
+            }
+            Ok(facts)
+        }
+        .await;
+        let _ = self.remove(&created).await;
         result
     }
 
@@ -434,11 +476,73 @@ impl ContainerBackend for Docker {
                 name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
                 profile: c.labels.as_ref().and_then(|l| l.get(LABEL_PROFILE)).cloned().unwrap_or_default(),
                 token: c.labels.as_ref().and_then(|l| l.get(super::LABEL_TOKEN)).cloned().unwrap_or_default(),
+                view: c.labels.as_ref().and_then(|l| l.get(super::LABEL_VIEW)).cloned().unwrap_or_default(),
                 running: c.state.as_ref().is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused")),
                 paused: c.state.is_some_and(|s| s.to_string() == "paused"),
             })
             .collect())
     }
+}
+
+/// Bytes of an image's passwd or group file odfs reads.
+const MAX_ACCOUNTS_FILE: usize = 1 << 20;
+
+impl Docker {
+    /// A container of `reference` that is created to be read and removed,
+    /// never started: nothing from the image runs. It carries the mount's
+    /// label, so one left behind by a crash is removed at the next start.
+    async fn scratch(&self, reference: &str, mount_id: &str) -> Result<String, BackendError> {
+        let body = ContainerCreateBody {
+            image: Some(reference.to_string()),
+            entrypoint: Some(vec!["/.odfs-scan-never-runs".into()]),
+            labels: Some(HashMap::from([
+                (super::LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_SCAN.to_string(), "true".to_string()),
+                (LABEL_MOUNT.to_string(), mount_id.to_string()),
+            ])),
+            ..Default::default()
+        };
+        let client = self.client().await?;
+        let created = client.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.map_err(|e| self.classify(e))?;
+        Ok(created.id)
+    }
+
+    /// The first entries (path, content) of the archive of `path` in a
+    /// container, reading at most `limit` bytes of it; no entries when the
+    /// path is absent.
+    async fn archive_head(&self, container: &str, path: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
+        let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let mut stream = self.client().await?.download_from_container(container, Some(opts));
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => buf.extend_from_slice(&bytes),
+                Err(e) if is_not_found(&e) => return Ok(vec![]),
+                Err(e) => return Err(self.classify(e)),
+            }
+            if buf.len() >= limit {
+                break;
+            }
+        }
+        Ok(tar_entries(&buf))
+    }
+}
+
+/// The entries of a tar archive that may be cut short: as many as it
+/// holds whole headers for (content cut to what is there).
+fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(buf);
+    let Ok(entries) = archive.entries() else { return out };
+    for entry in entries {
+        let Ok(mut entry) = entry else { break };
+        let path = entry.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut data = Vec::new();
+        let _ = entry.read_to_end(&mut data);
+        out.push((path, data));
+    }
+    out
 }
 
 /// Executables in the PATH directories of an exported filesystem: regular

@@ -18,6 +18,8 @@ pub struct Fake {
     /// Reported busy tools, for keep-alive tests.
     pub running: Arc<AtomicU32>,
     pub start_delay: Duration,
+    /// Image facts asked for.
+    pub facts: AtomicUsize,
 }
 
 impl ContainerBackend for Fake {
@@ -68,6 +70,20 @@ impl ContainerBackend for Fake {
         Ok(vec!["/bin/sh".into(), "/usr/bin/jq".into()])
     }
 
+    async fn image_id(&self, _reference: &str) -> Result<Option<String>, BackendError> {
+        Ok(Some("sha256:fake".into()))
+    }
+
+    async fn image_facts(&self, _reference: &str, dirs: &[String], _mount_id: &str) -> Result<super::ImageFacts, BackendError> {
+        self.facts.fetch_add(1, Ordering::SeqCst);
+        Ok(super::ImageFacts {
+            id: "sha256:fake".into(),
+            asked: dirs.to_vec(),
+            passwd: "root:x:0:0:root:/root:/bin/sh\n".into(),
+            ..Default::default()
+        })
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         Ok(vec!["test/b".into()])
     }
@@ -97,7 +113,7 @@ impl ContainerBackend for Fake {
             .unwrap()
             .iter()
             .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
-            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default() })
+            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default(), view: s.labels.get(super::LABEL_VIEW).cloned().unwrap_or_default() })
             .collect())
     }
 }

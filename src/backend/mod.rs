@@ -26,12 +26,40 @@ pub const LABEL_IMAGE: &str = "io.odfs.image";
 /// The agent's token, so a restarted daemon can talk to adopted containers
 /// (labels are visible only through the engine's API, that is, to root).
 pub const LABEL_TOKEN: &str = "io.odfs.token";
+/// What the container's tools see of the host (see [`crate::view::View`]).
+pub const LABEL_VIEW: &str = "io.odfs.view";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub source: PathBuf,
     pub target: PathBuf,
     pub read_only: bool,
+    /// Part of the host view: recursive, and a slave of the host's mounts
+    /// (`rslave`), so submounts come along, later mounts appear and host
+    /// unmounts go through. Needs the source's mount to be shared. Other
+    /// binds are single, private mounts.
+    pub follow_host: bool,
+}
+
+impl Bind {
+    /// A single, private bind at the same path.
+    pub fn plain(source: impl Into<PathBuf>, target: impl Into<PathBuf>, read_only: bool) -> Bind {
+        Bind { source: source.into(), target: target.into(), read_only, follow_host: false }
+    }
+}
+
+/// What a local image holds where the host view would cover it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageFacts {
+    /// The image's id: facts are kept per id.
+    pub id: String,
+    /// The top-level directories asked about that the image fills.
+    pub filled: Vec<String>,
+    /// Which top-level directories were asked about.
+    pub asked: Vec<String>,
+    /// The image's own `/etc/passwd` and `/etc/group` (empty when absent).
+    pub passwd: String,
+    pub group: String,
 }
 
 /// Everything needed to create one backing container.
@@ -49,6 +77,13 @@ pub struct ContainerSpec {
     /// A tar archive unpacked at `/` after the container is created and
     /// before it starts: the agent, on engines that cannot bind host files.
     pub preload: Option<bytes::Bytes>,
+    /// The image's root is mounted read-only: a write outside the binds
+    /// fails (EROFS) instead of landing in a container that will be removed.
+    pub read_only_root: bool,
+    /// Empty tmpfs mounts (`/run`, an image's declared scratch).
+    pub tmpfs: Vec<PathBuf>,
+    /// The container's host name (the host's own, so tools see the caller's).
+    pub hostname: Option<String>,
 }
 
 /// What an attached exec writes: (1 for stdout or 2 for stderr, bytes).
@@ -71,6 +106,8 @@ pub struct Managed {
     pub running: bool,
     pub paused: bool,
     pub token: String,
+    /// Its host view, as labelled at creation ([`crate::view::View::to_label`]).
+    pub view: String,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -112,6 +149,12 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// scratch container carries the mount's label, so one left behind by a
     /// crash is removed at the next start.
     fn executables(&self, reference: &str, mount_id: &str) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
+    /// The id of a local image; `None` when it is not here.
+    fn image_id(&self, reference: &str) -> impl Future<Output = Result<Option<String>, BackendError>> + Send;
+    /// Which of the top-level directories `dirs` (names) a local image
+    /// fills, and its own passwd and group files, found without running
+    /// anything from it (like [`ContainerBackend::executables`]).
+    fn image_facts(&self, reference: &str, dirs: &[String], mount_id: &str) -> impl Future<Output = Result<ImageFacts, BackendError>> + Send;
     /// References (repo:tag) of the images on this machine.
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.

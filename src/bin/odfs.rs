@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use odfs::config::{sibling, DaemonConfig, DEFAULT_SHARED};
+use odfs::config::{sibling, DaemonConfig};
 use odfs::protocol::{self, Request, Response};
 
 const DEFAULT_SOCKET: &str = "/run/odfs/odfs.sock";
@@ -38,10 +38,15 @@ enum Command {
         /// The static agent bind-mounted into every container.
         #[arg(long, value_name = "PATH")]
         agent: Option<PathBuf>,
-        /// Host directory shared with containers at the same path; repeat for
-        /// several (default: /home /tmp /var/tmp /root /srv /mnt /media).
-        #[arg(long = "share", value_name = "DIR")]
+        /// Also share this host path at the same path, even inside a
+        /// directory the image keeps (/etc/ssl/certs); repeat for several.
+        /// Tools see every other host top-level directory by default.
+        #[arg(long = "share", value_name = "PATH")]
         shared: Vec<PathBuf>,
+        /// Keep this host top-level directory out of every container; repeat
+        /// for several.
+        #[arg(long = "hide", value_name = "DIR")]
+        hidden: Vec<PathBuf>,
         /// Keep-alive policy for images that say `keep_alive = "auto"`:
         /// auto, histogram, epsilon or fixed(DURATION).
         #[arg(long, value_name = "POLICY", default_value = "auto")]
@@ -293,9 +298,11 @@ fn walk(dir: &std::path::Path, name: &str) -> std::io::Result<Vec<PathBuf>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount { catalogs, state, socket, launcher, agent, shared, policy, engine, config, mountpoint } => {
+        Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, mountpoint } => {
             odfs::telemetry::init();
-            let engine = match odfs::config::engine(engine.as_deref(), config.as_deref()) {
+            let settings = odfs::config::engine(engine.as_deref(), config.as_deref())
+                .and_then(|e| Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?)));
+            let (engine, view) = match settings {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("odfs: mount: {e}");
@@ -310,7 +317,6 @@ fn main() -> ExitCode {
                 Some(s) => s.join("odfs.sock"),
                 None => PathBuf::from(DEFAULT_SOCKET),
             });
-            let shared = if shared.is_empty() { DEFAULT_SHARED.iter().map(PathBuf::from).collect() } else { shared };
             let cfg = DaemonConfig {
                 mountpoint,
                 catalogs,
@@ -319,7 +325,7 @@ fn main() -> ExitCode {
                 socket,
                 launcher: launcher.unwrap_or_else(|| sibling("odfs-launch")),
                 agent: agent.unwrap_or_else(|| sibling("odfs-agent")),
-                shared,
+                view,
                 policy,
                 engine,
             };
@@ -394,11 +400,33 @@ fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Res
         let args = if i.args.is_empty() { String::new() } else { format!(" {}", i.args.join(" ")) };
         println!("command:    {}\nimage:      {} ({})\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
             i.command, i.image, i.reference, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
+        print_view(socket, &i.command)?;
     } else {
         println!("{:<20} {:<16} {:<10} REF", "COMMAND", "IMAGE", "STATE");
         for i in list {
             println!("{:<20} {:<16} {:<10} {}", i.command, i.image, i.state, i.reference);
         }
+    }
+    Ok(())
+}
+
+/// `odfs show`'s lines on what the tool sees of the host.
+fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    let v = match ask(socket, Request::View { command: command.to_string() })? {
+        Response::View(v) => v,
+        Response::Error { message, .. } => anyhow::bail!(message),
+        _ => anyhow::bail!("unexpected answer from the daemon"),
+    };
+    let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };
+    if v.remote {
+        println!("host view:  {} (the remote host's remote_dirs; nothing else of this host)", list(&v.host));
+        return Ok(());
+    }
+    println!("host view:  {} (same paths, the caller's permissions)", list(&v.host));
+    let filled = if v.filled.is_empty() { String::new() } else { format!("; the image fills {}", v.filled.join(" ")) };
+    println!("image's own: {} (read-only; a host path named there is refused{filled})", list(&v.image));
+    if !v.private.is_empty() {
+        println!("note: later mounts under {} do not reach the tool: their host mount is private (mount --make-rshared /)", v.private.join(" "));
     }
     Ok(())
 }
@@ -463,6 +491,28 @@ fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow:
                 report(Some(false), format!("stale mount at {m}: its daemon died (restarting odfs clears it, or umount -l {m})"))
             }
             _ => report(Some(true), format!("mount at {m}")),
+        }
+    }
+    if !engine.remote {
+        let top = odfs::view::host_top_level(std::path::Path::new("/"));
+        let (image, host): (Vec<String>, Vec<String>) =
+            top.into_iter().map(|n| format!("/{n}")).partition(|p| odfs::view::IMAGE_OWNED.contains(&&p[1..]));
+        report(None, format!(
+            "tools see the host's {} {} at the same paths (but a top-level directory an image fills; odfs show CMD tells); the image keeps {} read-only",
+            host.join(" "),
+            odfs::view::HOST_INSIDE_IMAGE.join(" "),
+            image.join(" ")
+        ));
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let private: Vec<&String> = host.iter().filter(|p| !odfs::view::follows_host(&mountinfo, std::path::Path::new(p))).collect();
+        if private.is_empty() {
+            report(Some(true), "host mounts are shared: mounts and unmounts on the host reach running tools".into());
+        } else {
+            let private: Vec<&str> = private.iter().map(|s| s.as_str()).collect();
+            report(Some(false), format!(
+                "host mounts holding {} are private: later mounts and submounts there do not reach tools (mount --make-rshared /, as systemd does at boot)",
+                private.join(" ")
+            ));
         }
     }
     let path = std::env::var("PATH").unwrap_or_default();

@@ -190,6 +190,29 @@ impl<B: ContainerBackend> Daemon<B> {
         lines
     }
 
+    /// What a command's tool sees of the host: the view of its container,
+    /// or the one it would get now.
+    pub(super) async fn view(&self, command: &str) -> Response {
+        let Some(entry) = self.snapshot().get(command).cloned() else {
+            return error(format!("{command} is not in the catalog (odfs ls lists what is)"));
+        };
+        let view = match self.pool.view_of(&entry.image).await {
+            Ok(v) => v,
+            Err(e) => return error(format!("cannot tell what image {} has: {e}", entry.image.name)),
+        };
+        let remote = self.pool.exec_path() == crate::backend::ExecPath::Relay;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let shown = |p: &PathBuf| p.display().to_string();
+        let image = self.pool.host_top().iter().map(|n| PathBuf::from("/").join(n)).filter(|p| !view.sees_host(p)).map(|p| shown(&p)).collect();
+        Response::View(crate::protocol::ViewInfo {
+            host: view.host.iter().map(shown).collect(),
+            image: if remote { vec![] } else { image },
+            filled: view.filled.iter().map(|f| format!("/{f}")).collect(),
+            private: if remote { vec![] } else { view.host.iter().filter(|p| !crate::view::follows_host(&mountinfo, p)).map(shown).collect() },
+            remote,
+        })
+    }
+
     pub(super) async fn provides(&self, command: &str) -> Response {
         let images = match self.pool.local_images().await {
             Ok(i) => i,

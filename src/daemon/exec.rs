@@ -69,20 +69,19 @@ pub fn proc_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// The caller's passwd and group lines, so the tool can look them up.
+/// The caller's passwd and group lines, so the tool can look them up. An
+/// entry with a field that would break the file (a `:` or a line end, which
+/// NSS sources other than the files may hold) is left out.
 fn identity_lines(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
-    let passwd = nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| {
-        format!(
-            "{}:x:{}:{}:{}:{}:{}",
-            u.name,
-            uid,
-            u.gid,
-            u.gecos.to_string_lossy(),
-            u.dir.display(),
-            u.shell.display()
-        )
+    use super::accounts::valid_field;
+    let passwd = nix::unistd::User::from_uid(uid.into()).ok().flatten().and_then(|u| {
+        let (gecos, dir, shell) = (u.gecos.to_string_lossy().into_owned(), u.dir.display().to_string(), u.shell.display().to_string());
+        [&u.name, &gecos, &dir, &shell]
+            .iter()
+            .all(|f| valid_field(f))
+            .then(|| format!("{}:x:{uid}:{}:{gecos}:{dir}:{shell}", u.name, u.gid))
     });
-    let group = nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| format!("{}:x:{}:", g.name, gid));
+    let group = nix::unistd::Group::from_gid(gid.into()).ok().flatten().filter(|g| valid_field(&g.name)).map(|g| format!("{}:x:{gid}:", g.name));
     (passwd, group)
 }
 
@@ -177,18 +176,10 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
-    fn shared_cwd(&self, caller: &Caller, image: &str) -> Result<PathBuf, Refusal> {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid))
-            .map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))?;
-        if self.shared.iter().any(|p| cwd.starts_with(p)) {
-            return Ok(cwd);
-        }
-        let shared: Vec<String> = self.shared.iter().map(|p| p.display().to_string()).collect();
-        Err(refuse(format!(
-            "working directory {} is not shared with image {image} (shared: {}; cd into one of them)",
-            cwd.display(),
-            shared.join(" ")
-        )))
+    /// The caller's working directory, as the kernel has it (whether the
+    /// tool may run there is for its container's view: [`check_view`]).
+    fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Refusal> {
+        std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))
     }
 
     /// The working directory of a call on a remote engine: the caller's, when
@@ -283,15 +274,25 @@ impl<B: ContainerBackend> Daemon<B> {
         let groups = proc_groups(caller.pid);
         self.authorize(&entry, &caller, &groups)?;
         let cwd = match self.pool.exec_path() {
-            ExecPath::Fd => self.shared_cwd(&caller, &entry.image.name)?,
+            ExecPath::Fd => self.local_cwd(&caller)?,
             ExecPath::Relay => self.remote_cwd(control, &caller, &entry.image),
         };
+        let accounts = match entry.image.user {
+            RunAs::Root => (None, None),
+            RunAs::Caller => identity_lines(caller.uid, caller.gid),
+        };
+        // On the fd path the account files are the daemon's (the image's
+        // root is read-only); the agent appends them only on remote engines.
+        let relayed = self.pool.exec_path() == ExecPath::Relay;
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
-            RunAs::Caller => {
-                let (passwd_line, group_line) = identity_lines(caller.uid, caller.gid);
-                Identity { uid: caller.uid, gid: caller.gid, groups, passwd_line, group_line }
-            }
+            RunAs::Caller => Identity {
+                uid: caller.uid,
+                gid: caller.gid,
+                groups,
+                passwd_line: accounts.0.clone().filter(|_| relayed),
+                group_line: accounts.1.clone().filter(|_| relayed),
+            },
         };
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
@@ -319,10 +320,19 @@ impl<B: ContainerBackend> Daemon<B> {
             let result = match ready.exec_path {
                 ExecPath::Fd => {
                     let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
-                    let container = ready.container.clone();
-                    tokio::task::spawn_blocking(move || start_tool(&socket, spawn, &fds2, container))
-                        .await
-                        .map_err(|e| refuse(e.to_string()))?
+                    let (container, view, accounts) = (ready.container.clone(), ready.view.clone(), accounts.clone());
+                    let (args, image) = (req.args.clone(), entry.image.name.clone());
+                    tokio::task::spawn_blocking(move || {
+                        check_view(&view, &image, Path::new(std::ffi::OsStr::from_bytes(&spawn.cwd)), &args).map_err(StartError::Refused)?;
+                        let run = socket.parent().unwrap_or(Path::new("/"));
+                        let id = &spawn.identity;
+                        if let Err(e) = super::accounts::ensure_known(run, id.uid, id.gid, accounts.0.as_deref(), accounts.1.as_deref()) {
+                            tracing::warn!(container, "cannot add uid {} to the container's account files: {e}", id.uid);
+                        }
+                        start_tool(&socket, spawn, &fds2, container)
+                    })
+                    .await
+                    .map_err(|e| refuse(e.to_string()))?
                 }
                 ExecPath::Relay => {
                     let standard = |n: i32| req.fds.iter().position(|&t| t == n).and_then(|i| fds.get(i)?.try_clone().ok());
@@ -345,6 +355,19 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         unreachable!("the loop returns on its second attempt")
     }
+}
+
+/// Refuse a call whose tool would not see, at a path the caller names (its
+/// cwd, its arguments), the host's file the caller means.
+fn check_view(view: &crate::view::View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Refusal> {
+    if let Err(c) = view.check_cwd(cwd) {
+        return Err(refuse(format!(
+            "working directory {} is not shared with image {image} (the tool would see the image's own {}; cd into a shared directory or add it to shared)",
+            cwd.display(),
+            c.image_dir
+        )));
+    }
+    view.check_args(cwd, args, &crate::view::RealFs).map_err(|c| refuse(c.message(image)))
 }
 
 /// A tool the agent started: its connection (handed to the launcher), pid

@@ -2,6 +2,7 @@
 //! pool and its reaper, from start-up to a clean shutdown.
 
 mod admin;
+mod accounts;
 mod agent_client;
 mod exec;
 pub mod pool;
@@ -37,7 +38,6 @@ pub struct Daemon<B> {
     transitions: std::sync::Mutex<crate::policy::predict::Transitions>,
     snapshot: RwLock<Arc<Snapshot>>,
     store: Store,
-    shared: Vec<PathBuf>,
     /// Executables on the PATH of each local image (by reference), for
     /// `odfs provides` and the command-not-found hint.
     index: dashmap::DashMap<String, Vec<String>>,
@@ -147,6 +147,10 @@ impl<B: ContainerBackend> Daemon<B> {
             }
             Ok(Some((Request::Hint { command }, _))) => {
                 let r = self.hint(&command);
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::View { command }, _))) => {
+                let r = self.view(&command).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Pull { commands }, _))) => {
@@ -390,14 +394,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
     let id = mount_id(&mountpoint, !cfg.engine.is_local());
     tracing::info!(engine = cfg.engine.describe(), "container engine");
-    let shared: Vec<PathBuf> = cfg.shared.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
     let pool = Pool::new(
         Arc::new(Docker::with_engine(cfg.engine.clone())),
         PoolConfig {
             mount_id: id.clone(),
             run_dir: containers_dir,
             agent: std::fs::canonicalize(&cfg.agent)?,
-            shared: shared.clone(),
+            view: cfg.view.clone(),
             policy: cfg.policy,
             costs: crate::policy::Costs::default(),
         },
@@ -415,7 +418,6 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         transitions: std::sync::Mutex::new(transitions),
         snapshot: RwLock::new(snapshot.clone()),
         store,
-        shared,
         index: Default::default(),
         remote_notices: Default::default(),
     });

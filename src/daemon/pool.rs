@@ -12,7 +12,10 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use super::agent_client;
-use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN};
+use crate::backend::{
+    Bind, ContainerBackend, ContainerSpec, ExecPath, ImageFacts, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW,
+};
+use crate::view::{RealFs, View};
 use crate::catalog::{ImageSpec, KeepAlive, RunAs};
 use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
@@ -32,8 +35,8 @@ pub struct PoolConfig {
     /// Parent of the per-container run dirs (root-only).
     pub run_dir: PathBuf,
     pub agent: PathBuf,
-    /// Host directories mounted at the same path in every container.
-    pub shared: Vec<PathBuf>,
+    /// How the admin narrows or extends the host view.
+    pub view: crate::view::ViewSettings,
     /// Policy for images whose `keep_alive` is `auto`.
     pub policy: Policy,
     pub costs: Costs,
@@ -138,6 +141,8 @@ pub struct Slot {
     /// Calls relayed to a remote engine, counted by the daemon: the agent
     /// there cannot be asked cheaply, and every call passes through here.
     relayed: Mutex<Relayed>,
+    /// What its container's tools see of the host.
+    view: Mutex<Arc<View>>,
 }
 
 #[derive(Debug)]
@@ -200,6 +205,8 @@ pub struct Ready {
     pub served: Served,
     pub id: String,
     pub exec_path: ExecPath,
+    /// What the container's tools see of the host.
+    pub view: Arc<View>,
     slot: Arc<Slot>,
 }
 
@@ -227,11 +234,29 @@ pub struct Pool<B> {
     epoch: Instant,
     /// The agent as a tar, for engines it is copied into.
     archive: std::sync::OnceLock<bytes::Bytes>,
+    /// The host's top-level directories, and the mtime of `/` they were read at.
+    host_top: Mutex<(Option<std::time::SystemTime>, Arc<Vec<String>>)>,
+    /// [`ImageFacts`] by image reference.
+    facts: Mutex<HashMap<String, Arc<ImageFacts>>>,
+}
+
+/// The host's name, for containers that do not share its network.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty())
 }
 
 impl<B: ContainerBackend> Pool<B> {
     pub fn new(backend: Arc<B>, cfg: PoolConfig, store: Option<crate::catalog::Store>) -> Pool<B> {
-        Pool { backend, store, cfg, slots: DashMap::new(), epoch: Instant::now(), archive: Default::default() }
+        Pool {
+            backend,
+            store,
+            cfg,
+            slots: DashMap::new(),
+            epoch: Instant::now(),
+            archive: Default::default(),
+            host_top: Mutex::new((None, Arc::new(vec![]))),
+            facts: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -256,13 +281,15 @@ impl<B: ContainerBackend> Pool<B> {
             RunAs::Caller => "caller",
             RunAs::Root => "root",
         };
-        let shared: Vec<_> = self.cfg.shared.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        // The host's top-level directories are part of the view: when one
+        // appears or goes, new calls get a container that has it.
         let text = format!(
-            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}",
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}",
             image.reference,
             image.network.as_str(),
             caps.join(","),
-            shared.join(":"),
+            self.host_top().join(":"),
+            self.cfg.view,
             image.limits,
             image.remote_dirs
         );
@@ -286,6 +313,7 @@ impl<B: ContainerBackend> Pool<B> {
                     progress: tokio::sync::watch::Sender::new(None),
                     token: Mutex::new(String::new()),
                     relayed: Mutex::new(Relayed::default()),
+                    view: Mutex::new(Arc::new(View::default())),
                 })
             })
             .clone()
@@ -341,6 +369,7 @@ impl<B: ContainerBackend> Pool<B> {
         life.plan = None;
         drop(life);
         let token = slot.token.lock().unwrap().clone();
+        let view = slot.view.lock().unwrap().clone();
         Ok(Ready {
             socket: slot.socket(&self.cfg.run_dir),
             token,
@@ -348,6 +377,7 @@ impl<B: ContainerBackend> Pool<B> {
             served,
             id,
             exec_path: self.backend.exec_path(),
+            view,
             slot: slot.clone(),
         })
     }
@@ -469,29 +499,61 @@ impl<B: ContainerBackend> Pool<B> {
             env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
             limits: image.limits,
             preload: None,
+            read_only_root: false,
+            tmpfs: vec![],
+            hostname: None,
         };
-        match self.backend.exec_path() {
+        let view = match self.backend.exec_path() {
             ExecPath::Fd => {
                 let run = self.cfg.run_dir.join(&slot.name);
                 make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
                 let _ = std::fs::remove_file(run.join("agent.sock"));
+                let host_top = self.host_top();
+                let facts = self.image_facts(image, &host_top).await?;
+                let view = View::plan(&host_top, &facts.filled, &self.cfg.view, &RealFs);
+                // The caller's identity reaches the image without writing it:
+                // generated account files, bound over the image's.
+                let (passwd, group) = super::accounts::seed(&run, &facts)
+                    .map_err(|e| PoolError::Start(format!("cannot write the account files in {}: {e}", run.display())))?;
                 spec.binds = vec![
-                    Bind { source: self.cfg.agent.clone(), target: AGENT_IN_CONTAINER.into(), read_only: true },
-                    Bind { source: run, target: RUN_IN_CONTAINER.into(), read_only: false },
+                    Bind::plain(self.cfg.agent.clone(), AGENT_IN_CONTAINER, true),
+                    Bind::plain(run, RUN_IN_CONTAINER, false),
+                    Bind::plain(passwd, "/etc/passwd", true),
+                    Bind::plain(group, "/etc/group", true),
                 ];
-                spec.binds.extend(self.cfg.shared.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }));
+                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                for p in &view.host {
+                    let follow_host = crate::view::follows_host(&mountinfo, p);
+                    if !follow_host {
+                        tracing::warn!(
+                            path = %p.display(),
+                            "the host mount holding this path is private: its submounts and later mounts stay out of containers (make it shared: mount --make-rshared /)"
+                        );
+                    }
+                    spec.binds.push(Bind { source: p.clone(), target: p.clone(), read_only: false, follow_host });
+                }
+                spec.read_only_root = true;
+                spec.tmpfs = vec!["/run".into()];
+                // On the host's network the engine gives the host's name itself.
+                if image.network != crate::catalog::Network::Host {
+                    spec.hostname = host_name();
+                }
+                view
             }
             ExecPath::Relay => {
                 // Host files do not exist there: the agent is copied in, its
                 // socket stays inside, and the relay reaches it from inside.
                 spec.preload = Some(self.agent_archive().map_err(|e| PoolError::Start(format!("cannot read the agent {}: {e}", self.cfg.agent.display())))?);
                 spec.entrypoint.push("--allow-local-peers".into());
-                spec.binds = image.remote_dirs.iter().map(|p| Bind { source: p.clone(), target: p.clone(), read_only: false }).collect();
+                spec.binds = image.remote_dirs.iter().map(|p| Bind::plain(p.clone(), p.clone(), false)).collect();
+                View { host: image.remote_dirs.clone(), filled: vec![] }
             }
-        }
+        };
+        spec.labels.insert(LABEL_VIEW.to_string(), view.to_label());
         let started = Instant::now();
         let id = self.backend.start(&spec).await?;
         *slot.token.lock().unwrap() = token.clone();
+        *slot.view.lock().unwrap() = Arc::new(view);
         // A new container has been idle since now (the relayed count; the
         // agent's own starts at zero too).
         slot.relayed.lock().unwrap().idle_since = Instant::now();
@@ -506,6 +568,51 @@ impl<B: ContainerBackend> Pool<B> {
         }
         tracing::info!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "container started");
         Ok((id, pulled))
+    }
+
+    /// The host's top-level directories, read again only when `/` changed.
+    pub fn host_top(&self) -> Arc<Vec<String>> {
+        let mtime = std::fs::metadata("/").and_then(|m| m.modified()).ok();
+        let mut cached = self.host_top.lock().unwrap();
+        if cached.0.is_none() || cached.0 != mtime {
+            *cached = (mtime, Arc::new(crate::view::host_top_level(Path::new("/"))));
+        }
+        cached.1.clone()
+    }
+
+    /// What an image fills of the host's top-level directories, and its
+    /// account files: asked once per image id (a never-started container
+    /// is read), then kept.
+    async fn image_facts(&self, image: &ImageSpec, host_top: &[String]) -> Result<Arc<ImageFacts>, PoolError> {
+        let asked = crate::view::candidates(host_top, &self.cfg.view);
+        let id = self.backend.image_id(&image.reference).await?;
+        if let Some(f) = self.facts.lock().unwrap().get(&image.reference) {
+            if Some(&f.id) == id.as_ref() && asked.iter().all(|d| f.asked.contains(d)) {
+                return Ok(f.clone());
+            }
+        }
+        let facts = Arc::new(self.backend.image_facts(&image.reference, &asked, &self.cfg.mount_id).await?);
+        self.facts.lock().unwrap().insert(image.reference.clone(), facts.clone());
+        Ok(facts)
+    }
+
+    /// What a profile's tools see of the host, for `odfs show`: its
+    /// container's view, else the one a container would get now (asking
+    /// the image, when it is here, what it fills).
+    pub async fn view_of(&self, image: &Arc<ImageSpec>) -> Result<Arc<View>, PoolError> {
+        let slot = self.slot(image);
+        if !matches!(*slot.state.lock().await, State::Absent) {
+            return Ok(slot.view.lock().unwrap().clone());
+        }
+        if self.backend.exec_path() == ExecPath::Relay {
+            return Ok(Arc::new(View { host: image.remote_dirs.clone(), filled: vec![] }));
+        }
+        let host_top = self.host_top();
+        let filled = match self.backend.image_id(&image.reference).await? {
+            Some(_) => self.image_facts(image, &host_top).await?.filled.clone(),
+            None => vec![],
+        };
+        Ok(Arc::new(View::plan(&host_top, &filled, &self.cfg.view, &RealFs)))
     }
 
     /// The agent binary as a tar for `/`: `.odfs/odfs-agent` and an empty,
@@ -674,6 +781,7 @@ impl<B: ContainerBackend> Pool<B> {
                 let slot = self.slot(image);
                 let mut state = slot.state.lock().await;
                 *slot.token.lock().unwrap() = found.token.clone();
+                *slot.view.lock().unwrap() = Arc::new(View::from_label(&found.view));
                 if *state == State::Absent && found.name == slot.name && self.probe(&slot, &found.id, Duration::ZERO).await.is_ok() {
                     tracing::info!(container = found.name, "adopted");
                     slot.relayed.lock().unwrap().idle_since = Instant::now();
@@ -893,7 +1001,7 @@ mod tests {
                 mount_id: "m1".into(),
                 run_dir: dir.to_path_buf(),
                 agent: "/bin/true".into(),
-                shared: vec!["/tmp".into()],
+                view: Default::default(),
                 policy: Policy::Auto,
                 costs: Costs::default(),
             },

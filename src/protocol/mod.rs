@@ -58,6 +58,24 @@ pub enum Request {
     /// The same, from what the daemon has already indexed only: an instant
     /// answer for a shell's command-not-found hook.
     Hint { command: String },
+    /// What a command's tool sees of the host.
+    View { command: String },
+}
+
+/// What a tool sees of the host (`odfs show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewInfo {
+    /// Host paths it sees at the same path.
+    pub host: Vec<String>,
+    /// Top-level directories that are the image's own (read-only).
+    pub image: Vec<String>,
+    /// Of those, the ones the host has too but the image fills.
+    pub filled: Vec<String>,
+    /// Host paths whose later mounts and unmounts do not reach the container
+    /// (their host mount is private).
+    pub private: Vec<String>,
+    /// The tools run on a remote engine: the paths are the remote host's.
+    pub remote: bool,
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
@@ -127,6 +145,7 @@ pub enum Response {
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.
     Done(String),
+    View(ViewInfo),
 }
 
 /// How far the fetch of a missing image has come, for everyone waiting on it.

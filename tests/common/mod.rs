@@ -664,3 +664,45 @@ impl Drop for SshFront {
         let _ = self.child.wait();
     }
 }
+
+static USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static USER_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A real unprivileged user of the machine, made for one test (`useradd`,
+/// with a home under /home) and deleted with its home on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl TestUser {
+    pub fn new() -> TestUser {
+        // useradd locks /etc/passwd: one at a time within this process.
+        let _guard = USERS.lock().unwrap_or_else(|e| e.into_inner());
+        let name = format!("odfs-t{}-{}", std::process::id() % 100_000, USER_SEQ.fetch_add(1, Ordering::SeqCst));
+        let _ = Command::new("userdel").args(["-r", &name]).output();
+        let o = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", "-c", "odfs test user", &name]).output().expect("run useradd");
+        assert!(o.status.success(), "useradd {name}: {}", stderr(&o));
+        let id = |flag: &str| -> u32 { stdout(&Command::new("id").args([flag, &name]).output().unwrap()).trim().parse().unwrap() };
+        let (uid, gid) = (id("-u"), id("-g"));
+        TestUser { home: PathBuf::from("/home").join(&name), name, uid, gid }
+    }
+
+    /// `program` run as this user (its uid, gid and groups).
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={}", self.uid)).arg(format!("--regid={}", self.gid)).arg("--init-groups").arg(program);
+        c.env("HOME", &self.home).env("USER", &self.name);
+        c
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _guard = USERS.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.name]).output();
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}
