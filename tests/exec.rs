@@ -154,10 +154,10 @@ fn files_created_by_a_non_root_caller_are_theirs() {
 #[test]
 fn sequential_calls_reuse_one_container() {
     let m = TestMount::new(BUSYBOX_CATALOG);
-    // Each call names the container it ran in (its hostname is the
-    // container id): one name for all 100 calls, not just one at the end.
-    // One line per call: Podman writes the file without a final newline.
-    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do n=$("$M/cat" /etc/hostname) || exit 1; echo "$n"; i=$((i+1)); done"#);
+    // Each call names the container it ran in (when its PID 1, the agent,
+    // started: field 22 of /proc/1/stat): one for all 100 calls, not just
+    // one at the end.
+    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do n=$("$M/sh" -c 'set -- $(cat /proc/1/stat); echo ${22}') || exit 1; echo "$n"; i=$((i+1)); done"#);
     assert!(o.status.success(), "{}", stderr(&o));
     let names: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert_eq!(names.len(), 100);
@@ -166,7 +166,8 @@ fn sequential_calls_reuse_one_container() {
     assert_eq!(distinct.len(), 1, "calls ran in several containers: {distinct:?}");
     let containers = m.containers();
     assert_eq!(containers.len(), 1);
-    assert!(containers[0].starts_with(&distinct[0]), "{containers:?} vs {distinct:?}");
+    let started = docker(&["exec", &containers[0], "sh", "-c", "set -- $(cat /proc/1/stat); echo ${22}"]);
+    assert_eq!(stdout(&started).trim(), distinct[0], "{containers:?}");
 }
 
 #[test]

@@ -19,6 +19,7 @@ commands = ["sh", "cat", "ls", "touch", "id", "whoami", "true", "sleep", "stat",
 [image.data]
 ref = "odfs/data:latest"
 network = "none"
+scratch = ["/var/cache/odfs-scratch"]
 commands = ["sqlite3"]
 
 # Debian's shell, in an image with a full /usr and /var.
@@ -126,9 +127,31 @@ fn the_image_root_is_read_only_even_for_root() {
     assert_eq!(out.matches("Read-only file system").count(), 3, "{out}");
     let o = m.sh(&format!(r#""$M/dsh" -c 'ls /usr/local/{tag} /etc/{tag} /var/lib/{tag}' 2>&1"#));
     assert_eq!(stdout(&o).matches("No such file").count(), 3, "{}", stdout(&o));
-    // The runtime directory is a tmpfs of the container's own.
+    // The runtime directory is a tmpfs of the container's own, and so is
+    // the scratch directory the catalog names.
     let o = m.sh(&format!(r#""$M/sh" -c 'touch /run/{tag} && echo ok'"#));
     assert_eq!(stdout(&o), "ok\n", "{}", stderr(&o));
+    let o = m.sh(r#""$M/dsh" -c 'echo x > /var/cache/odfs-scratch/f && cat /var/cache/odfs-scratch/f'"#);
+    assert_eq!(stdout(&o), "x\n", "{}", stderr(&o));
+}
+
+#[test]
+fn share_and_hide_extend_and_narrow_the_view() {
+    let shared = HostPath::dir(format!("/etc/odfs-test-share-{}", pid()), None);
+    std::fs::write(shared.0.join("f"), "shared\n").unwrap();
+    let _top = TOP_LEVEL.read().unwrap_or_else(|e| e.into_inner());
+    let hidden = HostPath::dir(format!("/srv/odfs-test-hide-{}", pid()), None);
+    std::fs::write(hidden.0.join("f"), "hidden\n").unwrap();
+    let m = TestMount::with_files(&[("t.toml", CATALOG)], &["--share", shared.0.to_str().unwrap(), "--hide", "/srv"]);
+    let o = Command::new(m.shim("cat")).arg(shared.0.join("f")).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), "shared\n", "{}", stderr(&o));
+    let o = Command::new(m.shim("cat")).arg(hidden.0.join("f")).current_dir(&m.work).output().unwrap();
+    assert_eq!(o.status.code(), Some(126));
+    assert!(stderr(&o).contains("(the tool would see the image's own /srv)"), "{}", stderr(&o));
+    let o = m.odfs(&["show", "cat"]);
+    let out = stdout(&o);
+    let host = out.lines().find(|l| l.starts_with("host view:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(host.contains(&shared.0.display().to_string()) && !host.split_whitespace().any(|w| w == "/srv"), "{out}");
 }
 
 #[test]

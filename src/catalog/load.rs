@@ -54,6 +54,9 @@ struct RawImage {
     /// Directories that exist at the same paths on a remote engine's host.
     #[serde(default)]
     remote_dirs: Vec<String>,
+    /// Directories of the image it writes at run time: empty tmpfs mounts.
+    #[serde(default)]
+    scratch: Vec<String>,
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<u64>,
@@ -135,14 +138,19 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 errors.push(err(line, format!("image {name}: build recipe {} has no Dockerfile", dir.display())));
             }
         }
-        let mut remote_dirs = Vec::new();
-        for dir in &img.remote_dirs {
-            if dir.starts_with('/') && !dir.split('/').any(|c| c == "..") {
-                remote_dirs.push(PathBuf::from(dir));
-            } else {
-                errors.push(err(line, format!("image {name}: remote_dirs entry {dir:?} is not an absolute path")));
+        let mut absolute = |key: &str, dirs: &[String]| -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            for dir in dirs {
+                if dir.starts_with('/') && dir != "/" && !dir.split('/').any(|c| c == "..") {
+                    out.push(PathBuf::from(dir));
+                } else {
+                    errors.push(err(line, format!("image {name}: {key} entry {dir:?} is not an absolute path below /")));
+                }
             }
-        }
+            out
+        };
+        let remote_dirs = absolute("remote_dirs", &img.remote_dirs);
+        let scratch = absolute("scratch", &img.scratch);
         for cap in &img.cap_add {
             if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
                 errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
@@ -173,6 +181,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 limits,
                 build,
                 remote_dirs,
+                scratch,
                 origin,
             },
         );

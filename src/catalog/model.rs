@@ -167,6 +167,9 @@ pub struct ImageSpec {
     /// as here (a shared or synced tree), mounted into the container; a
     /// caller whose cwd is under one runs there, others in `/`.
     pub remote_dirs: Vec<PathBuf>,
+    /// Directories the image writes at run time (its root is read-only):
+    /// an empty tmpfs each, gone with the container.
+    pub scratch: Vec<PathBuf>,
     /// `file:line` where it was defined.
     pub origin: String,
 }

@@ -284,14 +284,15 @@ impl<B: ContainerBackend> Pool<B> {
         // The host's top-level directories are part of the view: when one
         // appears or goes, new calls get a container that has it.
         let text = format!(
-            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}",
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}",
             image.reference,
             image.network.as_str(),
             caps.join(","),
             self.host_top().join(":"),
             self.cfg.view,
             image.limits,
-            image.remote_dirs
+            image.remote_dirs,
+            image.scratch
         );
         h.update(text.as_bytes());
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -534,6 +535,7 @@ impl<B: ContainerBackend> Pool<B> {
                 }
                 spec.read_only_root = true;
                 spec.tmpfs = vec!["/run".into()];
+                spec.tmpfs.extend(image.scratch.iter().cloned());
                 // On the host's network the engine gives the host's name itself.
                 if image.network != crate::catalog::Network::Host {
                     spec.hostname = host_name();
@@ -990,6 +992,7 @@ mod tests {
             limits: Default::default(),
             build: None,
             remote_dirs: vec![],
+            scratch: vec![],
             origin: "t.toml:1".into(),
         })
     }

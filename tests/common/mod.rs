@@ -228,9 +228,21 @@ impl TestMount {
         self.mnt.join(name)
     }
 
-    /// Ids of this mount's containers on the engine, running or not.
+    /// Ids of this mount's containers on the engine, running or not; not
+    /// the never-started ones it reads images through (`odfs scan`, what an
+    /// image fills of the host view).
     pub fn containers(&self) -> Vec<String> {
-        let out = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", self.id)]);
+        let scratch = self.labelled(&["io.odfs.scan"]);
+        self.labelled(&[]).into_iter().filter(|c| !scratch.contains(c)).collect()
+    }
+
+    /// Ids of this mount's containers that also carry these labels.
+    fn labelled(&self, labels: &[&str]) -> Vec<String> {
+        let mut args = vec!["ps".to_string(), "-aq".into(), "--filter".into(), format!("label=io.odfs.mount={}", self.id)];
+        for l in labels {
+            args.extend(["--filter".to_string(), format!("label={l}")]);
+        }
+        let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
         String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
     }
 
@@ -284,7 +296,7 @@ impl Drop for TestMount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let ids = self.containers();
+        let ids = self.labelled(&[]);
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(ids.iter().map(String::as_str));
