@@ -122,7 +122,7 @@ fn the_agent_answers_only_requests_with_its_token() {
         argv: vec![b"touch".to_vec(), dir.join("pwned").into_os_string().into_encoded_bytes()],
         env: vec![],
         cwd: b"/".to_vec(),
-        identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
+        identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
         fds: vec![],
         tty: None,
     };

@@ -16,9 +16,6 @@ const STAGE_FDS: u8 = 3;
 const STAGE_EXEC: u8 = 4;
 const STAGE_TTY: u8 = 5;
 
-/// Fds are first parked above this so that moving them onto their targets
-/// cannot clobber one another.
-const PARK_BASE: i32 = 1024;
 
 fn cstring(bytes: &[u8]) -> Result<CString, AgentEvent> {
     CString::new(bytes.to_vec()).map_err(|_| AgentEvent::Failed {
@@ -44,35 +41,38 @@ fn candidates(program: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// A pty for the tool, shaped like the caller's terminal. The slave belongs
-/// to the caller, as a login terminal would.
+/// to the caller, as a login terminal would. Both fds are close-on-exec from
+/// birth (`O_CLOEXEC`, `TIOCGPTPEER`): another caller's spawn may fork at any
+/// moment, and its tool must never inherit this one.
 fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), AgentEvent> {
-    let ws = libc::winsize { ws_row: tty.rows, ws_col: tty.cols, ws_xpixel: tty.xpixel, ws_ypixel: tty.ypixel };
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty fills two fds; the termios pointer is only used when the
-    // bytes are exactly one `struct termios`.
-    let rc = unsafe {
-        let mut term: libc::termios = std::mem::zeroed();
-        let term_ptr = if tty.termios.len() == std::mem::size_of::<libc::termios>() {
-            std::ptr::copy_nonoverlapping(tty.termios.as_ptr(), (&mut term as *mut libc::termios).cast(), tty.termios.len());
-            &term as *const libc::termios
-        } else {
-            std::ptr::null()
-        };
-        libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), term_ptr, &ws)
-    };
-    if rc != 0 {
-        return Err(failed(format!("cannot allocate a pty in the container: {}", std::io::Error::last_os_error())));
-    }
-    // SAFETY: fresh fds from openpty, owned here from now on.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // SAFETY: plain syscalls on fds we own.
+    let err = |what: &str| failed(format!("cannot allocate a pty in the container: {what}: {}", std::io::Error::last_os_error()));
+    // SAFETY: plain syscalls; every fd returned is owned right away.
     unsafe {
-        libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fcntl(slave.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
-        libc::fchown(slave.as_raw_fd(), uid, gid);
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(err("posix_openpt"));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        if libc::unlockpt(master.as_raw_fd()) != 0 {
+            return Err(err("unlockpt"));
+        }
+        let sl = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if sl < 0 {
+            return Err(err("TIOCGPTPEER"));
+        }
+        let slave = OwnedFd::from_raw_fd(sl);
+        if tty.termios.len() == std::mem::size_of::<libc::termios>() {
+            let mut term: libc::termios = std::mem::zeroed();
+            std::ptr::copy_nonoverlapping(tty.termios.as_ptr(), (&mut term as *mut libc::termios).cast(), tty.termios.len());
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &term);
+        }
+        let ws = libc::winsize { ws_row: tty.rows, ws_col: tty.cols, ws_xpixel: tty.xpixel, ws_ypixel: tty.ypixel };
+        libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+        // Mode first: once the caller owns it, changing it would need CAP_FOWNER.
         libc::fchmod(slave.as_raw_fd(), 0o620);
+        libc::fchown(slave.as_raw_fd(), uid, gid);
+        Ok((master, slave))
     }
-    Ok((master, slave))
 }
 
 /// Fork, register the child with the reaper, exec. Returns the tool's pid and,
@@ -107,7 +107,7 @@ pub(super) fn spawn(
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let groups: Vec<libc::gid_t> = req.identity.groups.clone();
-    let (uid, gid) = (req.identity.uid, req.identity.gid);
+    let (uid, gid, caps) = (req.identity.uid, req.identity.gid, req.identity.caps);
     let pty = match &req.tty {
         Some(tty) => Some(open_pty(tty, uid, gid)?),
         None => None,
@@ -125,6 +125,10 @@ pub(super) fn spawn(
     if sources.len() > crate::protocol::MAX_FDS {
         return Err(failed("too many file descriptors".into()));
     }
+    // Fds are first parked above every target, so that moving them onto
+    // their targets cannot clobber one another; as low as that allows, to
+    // stay within the container's open-files limit.
+    let park_base = targets.iter().copied().max().unwrap_or(2).max(2) + 1;
 
     let mut pipe = [0i32; 2];
     // SAFETY: pipe2 fills the two-element array.
@@ -140,7 +144,7 @@ pub(super) fn spawn(
         if pid == 0 {
             // SAFETY: in the child, with everything prepared above.
             unsafe {
-                child(err_w, uid, gid, &groups, &cwd, slave, &sources, &targets, &progs, &argv_ptrs, &env_ptrs)
+                child(err_w, Ids { uid, gid, groups: &groups, caps }, &cwd, slave, &sources, &targets, park_base, &progs, &argv_ptrs, &env_ptrs)
             }
         }
         if pid > 0 {
@@ -198,17 +202,83 @@ fn failed(message: String) -> AgentEvent {
     AgentEvent::Failed { message, exit_code: EXIT_ODFS_ERROR }
 }
 
+/// Who the tool runs as.
+struct Ids<'a> {
+    uid: u32,
+    gid: u32,
+    groups: &'a [libc::gid_t],
+    /// Capabilities it keeps (bit N: capability N).
+    caps: u64,
+}
+
+/// Become the caller, holding exactly `ids.caps` and nothing that exec
+/// could add: the bounding set emptied of every other capability (while
+/// root still has CAP_SETPCAP), the ids switched keeping the permitted
+/// set, then permitted = effective = inheritable = ambient = `caps`, and
+/// no_new_privs, so a setuid or file-capability program runs with the
+/// caller's privileges (as under `nosuid`). Raw syscalls only.
+unsafe fn become_caller(ids: &Ids) -> Result<(), ()> {
+    const LAST_CAP: u32 = 63;
+    for cap in 0..=LAST_CAP {
+        if ids.caps & (1u64 << cap) == 0
+            && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+            && *libc::__errno_location() != libc::EINVAL
+        {
+            return Err(());
+        }
+    }
+    if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+        || libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
+        || libc::setresgid(ids.gid, ids.gid, ids.gid) != 0
+        || libc::setresuid(ids.uid, ids.uid, ids.uid) != 0
+    {
+        return Err(());
+    }
+    // struct __user_cap_header_struct / __user_cap_data_struct, version 3.
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header { version: 0x2008_0522, pid: 0 };
+    let half = |shift: u32| {
+        let bits = (ids.caps >> shift) as u32;
+        Data { effective: bits, permitted: bits, inheritable: bits }
+    };
+    let data = [half(0), half(32)];
+    if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+        return Err(());
+    }
+    for cap in 0..=LAST_CAP {
+        if ids.caps & (1u64 << cap) != 0
+            && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0) != 0
+        {
+            return Err(());
+        }
+    }
+    if libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
 /// The child between fork and exec. Only raw syscalls: no allocation, no locks.
 #[allow(clippy::too_many_arguments)]
 unsafe fn child(
     err_w: i32,
-    uid: u32,
-    gid: u32,
-    groups: &[libc::gid_t],
+    ids: Ids,
     cwd: &CString,
     pty_slave: i32,
     sources: &[i32],
     targets: &[i32],
+    park_base: i32,
     progs: &[CString],
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
@@ -254,7 +324,7 @@ unsafe fn child(
         }
     }
 
-    if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+    if become_caller(&ids).is_err() {
         fail(STAGE_IDENTITY);
     }
     // After dropping privileges, so the caller's own rights decide.
@@ -265,7 +335,7 @@ unsafe fn child(
     // Park every received fd high (close-on-exec), then place each on its target.
     let mut parked = [0i32; crate::protocol::MAX_FDS];
     for (i, &src) in sources.iter().enumerate() {
-        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, PARK_BASE);
+        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, park_base);
         if fd < 0 {
             fail(STAGE_FDS);
         }

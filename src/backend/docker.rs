@@ -107,6 +107,7 @@ impl Docker {
 /// Podman sets for itself, which its runtime cannot exceed without
 /// CAP_SYS_RESOURCE.
 fn ulimits() -> Vec<bollard::models::ResourcesUlimits> {
+    let started = started_limits();
     // Podman lowers its own nproc limit to 32768 when it starts, and its
     // runtime cannot give a container more where root lacks CAP_SYS_RESOURCE
     // (this kind of VM): "error setting rlimit type 6: operation not permitted".
@@ -114,16 +115,35 @@ fn ulimits() -> Vec<bollard::models::ResourcesUlimits> {
     [("nofile", libc::RLIMIT_NOFILE, u64::MAX), ("nproc", libc::RLIMIT_NPROC, PODMAN_NPROC)]
         .into_iter()
         .filter_map(|(name, resource, most)| {
-            let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit fills the struct.
-            if unsafe { libc::getrlimit(resource, &mut r) } != 0 {
-                return None;
-            }
+            let r = if resource == libc::RLIMIT_NOFILE { started? } else { rlimit(resource)? };
             let (cur, max) = (r.rlim_cur.min(most), r.rlim_max.min(most));
             let clamp = |v: libc::rlim_t| if v == libc::RLIM_INFINITY { -1 } else { v.min(i64::MAX as u64) as i64 };
             Some(bollard::models::ResourcesUlimits { name: Some(name.into()), soft: Some(clamp(cur)), hard: Some(clamp(max)) })
         })
         .collect()
+}
+
+fn rlimit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct.
+    (unsafe { libc::getrlimit(resource, &mut r) } == 0).then_some(r)
+}
+
+/// The daemon's open-files limit as it started, before
+/// [`raise_nofile`]: what tools get, as they would from a login.
+fn started_limits() -> Option<libc::rlimit> {
+    static STARTED: std::sync::OnceLock<Option<libc::rlimit>> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| rlimit(libc::RLIMIT_NOFILE))
+}
+
+/// Raise the daemon's own soft open-files limit to its hard one: it holds a
+/// socket (and the callers' fds) per request in flight. Tools keep the
+/// limit the daemon started with.
+pub fn raise_nofile() {
+    let Some(r) = started_limits() else { return };
+    let raised = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+    // SAFETY: setrlimit reads the struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
 }
 
 /// The last word of a fetch: everyone waiting sees how it ended.
@@ -276,7 +296,9 @@ impl ContainerBackend for Docker {
                 readonly_rootfs: Some(spec.read_only_root),
                 tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
                 network_mode: Some(spec.network.clone()),
+                cap_drop: Some(vec!["ALL".into()]),
                 cap_add: Some(spec.cap_add.clone()),
+                security_opt: Some(vec!["no-new-privileges".into()]),
                 init: Some(false),
                 memory: spec.limits.memory.map(|m| m as i64),
                 // Swap counts against the same limit, so a tool over it is
@@ -343,23 +365,27 @@ impl ContainerBackend for Docker {
             .into_iter()
             .find_map(|e| e.strip_prefix("PATH=").map(String::from))
             .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        // Any user may ask (`odfs provides`): exports take disk and time,
+        // so a few at once, each into a file no one else can open.
+        static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _permit = EXPORTS.acquire().await.map_err(|e| BackendError::Engine(e.to_string()))?;
         let created = self.scratch(reference, mount_id).await?;
-        let tmp = std::env::temp_dir().join(format!("odfs-scan-{created}.tar"));
         let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+            let io = |e: std::io::Error| BackendError::Engine(format!("cannot keep the image's export: {e}"));
+            let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(io)?);
             let mut stream = client.export_container(&created);
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.classify(e))?;
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(io)?;
             }
-            let tar = tmp.clone();
-            tokio::task::spawn_blocking(move || executables_in(&tar, &path))
+            tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io)?;
+            let file = file.into_std().await;
+            tokio::task::spawn_blocking(move || executables_in(file, &path))
                 .await
                 .map_err(|e| BackendError::Engine(e.to_string()))?
                 .map_err(|e| BackendError::Engine(format!("reading the image's files: {e}")))
         }
         .await;
-        let _ = tokio::fs::remove_file(&tmp).await;
         let _ = self.remove(&created).await;
         result
     }
@@ -548,10 +574,10 @@ fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// Executables in the PATH directories of an exported filesystem: regular
 /// files with an execute bit, and symlinks (busybox applets), by the first
 /// PATH directory that has each name.
-pub fn executables_in(tar_file: &std::path::Path, path: &str) -> std::io::Result<Vec<String>> {
+pub fn executables_in(tar_file: std::fs::File, path: &str) -> std::io::Result<Vec<String>> {
     let dirs: Vec<&str> = path.split(':').filter(|d| d.starts_with('/')).collect();
     let mut found: Vec<(usize, String, String)> = Vec::new();
-    let mut archive = tar::Archive::new(std::fs::File::open(tar_file)?);
+    let mut archive = tar::Archive::new(std::io::BufReader::new(tar_file));
     for entry in archive.entries()? {
         let entry = entry?;
         let header = entry.header();

@@ -70,6 +70,8 @@ pub struct ContainerSpec {
     pub entrypoint: Vec<String>,
     pub labels: HashMap<String, String>,
     pub network: String,
+    /// The only capabilities the container holds (every other is dropped,
+    /// and no process in it gains privileges by exec: no-new-privileges).
     pub cap_add: Vec<String>,
     pub binds: Vec<Bind>,
     pub env: Vec<String>,

@@ -180,9 +180,13 @@ pub fn import_whalebrew(files: &[(String, String)], facts: &HashMap<String, Imag
                 other => out.notes.push(format!("{origin}: network {other:?} is not supported; using {network}")),
             }
         }
-        let user = pkg.keep_container_user.then_some("root");
-        if user.is_some() {
-            out.notes.push(format!("{origin}: keep_container_user: runs as root in the container, as the image's user"));
+        // Never a root entry: `user = "root"` is root for everyone its
+        // `allow_groups` names, a choice for an admin to make by hand.
+        let user: Option<&str> = None;
+        if pkg.keep_container_user {
+            out.notes.push(format!(
+                "{origin}: keep_container_user is not carried over: the tool runs as the caller (if it truly needs root, add user = \"root\" with allow_groups by hand)"
+            ));
         }
         let mut env = Vec::new();
         for e in &pkg.environment {

@@ -152,9 +152,17 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
         let remote_dirs = absolute("remote_dirs", &img.remote_dirs);
         let scratch = absolute("scratch", &img.scratch);
         for cap in &img.cap_add {
-            if !cap.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
-                errors.push(err(line, format!("image {name}: capability {cap:?} is not a name like NET_RAW")));
+            if super::model::capability(cap).is_none() {
+                errors.push(err(line, format!("image {name}: capability {cap:?} is not a Linux capability name like NET_RAW")));
             }
+        }
+        if img.user == RunAs::Root && img.allow_groups.is_empty() {
+            errors.push(err(
+                line,
+                format!(
+                    "image {name}: user = \"root\" gives every caller root in its container (and as root in every host directory it sees): name the groups that may have it in allow_groups, or grant capabilities with cap_add to tools that run as the caller"
+                ),
+            ));
         }
         for cmd in &img.commands {
             match CommandName::new(cmd) {
@@ -200,8 +208,13 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
             errors.push(err(line, format!("command {name}: {e}")));
         }
         for var in &cmd.env {
-            if var.is_empty() || var.contains('=') || var.starts_with("LD_") {
-                errors.push(err(line, format!("command {name}: env entry {var:?} must be a variable name (LD_* is never passed)")));
+            if var.is_empty() || var.contains('=') {
+                errors.push(err(line, format!("command {name}: env entry {var:?} must be a variable name")));
+            } else if super::model::code_loading_variable(var) {
+                errors.push(err(
+                    line,
+                    format!("command {name}: env entry {var} makes the loader or an interpreter run other code and is never passed"),
+                ));
             }
         }
         catalog.commands.insert(

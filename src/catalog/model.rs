@@ -148,6 +148,64 @@ impl Limits {
     }
 }
 
+/// The kernel's number of a capability named as the engine names it
+/// (`NET_RAW`, or `CAP_NET_RAW`).
+pub fn capability(name: &str) -> Option<u8> {
+    let full = if name.starts_with("CAP_") { name.to_string() } else { format!("CAP_{name}") };
+    full.parse::<caps::Capability>().ok().map(|c| c.index())
+}
+
+/// A set of capabilities as the kernel's bit mask.
+pub fn capability_mask(names: &[String]) -> u64 {
+    names.iter().filter_map(|n| capability(n)).fold(0, |m, c| m | 1u64 << c)
+}
+
+/// Variables that make the dynamic loader, libc or an interpreter load or
+/// run other code: never passed to a tool, whatever a catalog entry says
+/// (a tool may hold capabilities its caller lacks).
+pub fn code_loading_variable(name: &str) -> bool {
+    const NAMES: [&str; 24] = [
+        "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES", "RES_OPTIONS", "MALLOC_CHECK_", "BASH_ENV", "ENV", "SHELLOPTS",
+        "BASHOPTS", "PS4", "PERL5LIB", "PERL5OPT", "PERLLIB", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "RUBYLIB", "RUBYOPT",
+        "NODE_OPTIONS", "NODE_PATH", "LUA_PATH", "LUA_INIT",
+    ];
+    name.starts_with("LD_") || name.starts_with("MALLOC_") || name.starts_with("BASH_FUNC_") || name.starts_with("LUA_") || NAMES.contains(&name)
+}
+
+/// What a root tool holds besides its image's `cap_add` (a root caller's
+/// tool, or any tool of a `user = "root"` image): the engine's default set
+/// for a root process in a container. The agent needs a part of it
+/// (SETUID, SETGID, CHOWN, KILL, SETPCAP) to start tools as their callers.
+pub const ROOT_CAPS: [&str; 14] = [
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP", "NET_BIND_SERVICE", "SYS_CHROOT",
+    "KILL", "AUDIT_WRITE",
+];
+
+impl ImageSpec {
+    /// The capabilities (as a mask) a tool of this image holds when `uid`
+    /// calls it: its `cap_add`, and when it runs as root the root set too.
+    /// A caller's tool holds nothing else, whatever its programs' setuid
+    /// bits or file capabilities say.
+    pub fn tool_caps(&self, uid: u32) -> u64 {
+        let granted = capability_mask(&self.cap_add);
+        if self.user == RunAs::Root || uid == 0 {
+            granted | capability_mask(&ROOT_CAPS.map(String::from))
+        } else {
+            granted
+        }
+    }
+
+    /// The capabilities its container holds, by name without `CAP_`: the
+    /// root set and `cap_add`; every other one is dropped.
+    pub fn container_caps(&self) -> Vec<String> {
+        let mut caps: Vec<String> = ROOT_CAPS.iter().map(|c| c.to_string()).collect();
+        caps.extend(self.cap_add.iter().map(|c| c.trim_start_matches("CAP_").to_string()));
+        caps.sort();
+        caps.dedup();
+        caps
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
     pub name: String,

@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS invocations (
 
 /// Invocations kept; older ones are dropped so the file stays bounded.
 const KEEP_INVOCATIONS: i64 = 100_000;
+/// Writes waiting for the writer thread; past it new ones are dropped.
+const WRITE_QUEUE: usize = 10_000;
 
 /// One finished exec request, as the daemon saw it.
 #[derive(Debug, Clone)]
@@ -53,7 +55,7 @@ enum Write {
 /// Handle to the database writer thread.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Write>,
+    tx: mpsc::SyncSender<Write>,
     path: std::path::PathBuf,
 }
 
@@ -79,7 +81,8 @@ impl Store {
         for col in ["session INTEGER", "container TEXT", "pid INTEGER", "exit INTEGER", "run_ms INTEGER"] {
             let _ = conn.execute(&format!("ALTER TABLE invocations ADD COLUMN {col}"), []);
         }
-        let (tx, rx) = mpsc::channel();
+        // Bounded: a flood of requests drops history rows, never grows memory.
+        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("odfs-store".into())
             .spawn(move || writer(conn, rx))
@@ -112,17 +115,17 @@ impl Store {
     }
 
     pub fn save_catalog(&self, catalog: &Catalog) {
-        let _ = self.tx.send(Write::Catalog(Box::new(catalog.clone())));
+        let _ = self.tx.try_send(Write::Catalog(Box::new(catalog.clone())));
     }
 
     pub fn record(&self, inv: Invocation) {
-        let _ = self.tx.send(Write::Invocation(inv));
+        let _ = self.tx.try_send(Write::Invocation(inv));
     }
 
     /// A tool's end, as its agent reported it: exit status (128 + signal
     /// for a death) and run time, attached to its invocation.
     pub fn finish(&self, container: &str, pid: i32, status: i32, run_ms: u64) {
-        let _ = self.tx.send(Write::Finish { container: container.to_string(), pid, status, run_ms });
+        let _ = self.tx.try_send(Write::Finish { container: container.to_string(), pid, status, run_ms });
     }
 }
 

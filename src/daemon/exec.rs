@@ -18,12 +18,29 @@ use crate::protocol::{
     PROTOCOL_VERSION,
 };
 
-/// The caller as the kernel reports it (SO_PEERCRED), never as it claims.
-#[derive(Debug, Clone, Copy)]
+/// The caller as the kernel reported it when it connected (SO_PEERCRED,
+/// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
+#[derive(Debug, Clone)]
 pub struct Caller {
     pub pid: i32,
     pub uid: u32,
     pub gid: u32,
+    pub groups: Vec<u32>,
+    peer: Arc<super::listener::Peer>,
+}
+
+impl From<super::listener::Peer> for Caller {
+    fn from(p: super::listener::Peer) -> Caller {
+        Caller { pid: p.pid, uid: p.uid, gid: p.gid, groups: p.groups.clone(), peer: Arc::new(p) }
+    }
+}
+
+impl Caller {
+    /// Whether the caller still lives, so what was read from `/proc/PID`
+    /// before was its own (see [`super::listener::Peer::alive`]).
+    pub fn alive(&self) -> bool {
+        self.peer.alive()
+    }
 }
 
 /// A refusal the caller sees as `odfs: CMD: message`.
@@ -36,6 +53,9 @@ pub(super) struct Refusal {
 fn refuse(message: impl Into<String>) -> Refusal {
     Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
 }
+
+/// Bytes of a call's outcome kept in the history.
+const MAX_OUTCOME: usize = 300;
 
 /// How often a waiting client hears of a fetch's progress.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
@@ -50,7 +70,7 @@ pub fn filter_env(env: &[Vec<u8>], extra: &[String]) -> Vec<Vec<u8>> {
         .filter(|kv| {
             let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
             let key = &kv[..eq];
-            if key.starts_with(b"LD_") {
+            if std::str::from_utf8(key).map_or(true, crate::catalog::code_loading_variable) {
                 return false;
             }
             key.starts_with(b"LC_")
@@ -59,14 +79,6 @@ pub fn filter_env(env: &[Vec<u8>], extra: &[String]) -> Vec<Vec<u8>> {
         })
         .cloned()
         .collect()
-}
-
-/// Supplementary groups of a process, from `/proc/PID/status` (no NSS).
-pub fn proc_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Groups:").map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())))
-        .unwrap_or_default()
 }
 
 /// The caller's passwd and group lines, so the tool can look them up. An
@@ -179,14 +191,21 @@ impl<B: ContainerBackend> Daemon<B> {
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
     fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Refusal> {
-        std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))?;
+        if !caller.alive() {
+            return Err(refuse("the caller exited before its request was served"));
+        }
+        Ok(cwd)
     }
 
     /// The working directory of a call on a remote engine: the caller's, when
     /// it is under one of the image's `remote_dirs`; else `/`, and the caller
     /// hears why once per user, image and directory.
     fn remote_cwd(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec) -> PathBuf {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).unwrap_or_else(|_| PathBuf::from("/"));
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid))
+            .ok()
+            .filter(|_| caller.alive())
+            .unwrap_or_else(|| PathBuf::from("/"));
         if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
             return cwd;
         }
@@ -214,9 +233,9 @@ impl<B: ContainerBackend> Daemon<B> {
     pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) {
         let started = Instant::now();
         // Read now: the launcher is certainly alive while it waits for us.
-        let session = proc_session(caller.pid);
+        let session = proc_session(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
-        let outcome = self.clone().run(&control, req, fds, caller, session).await;
+        let outcome = self.clone().run(&control, req, fds, caller.clone(), session).await;
         let (image, served, outcome_text, container, pid) = match &outcome {
             Ok((started, image, served)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid),
             Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0),
@@ -239,6 +258,17 @@ impl<B: ContainerBackend> Daemon<B> {
         });
         let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
         tracing::debug!(command, served, setup_us, "exec");
+        // Only what is bounded goes to the history: a refused request may
+        // carry any bytes as its command, and refusals quote paths.
+        let command = if crate::catalog::validate_name(&command).is_ok() { command } else { "(invalid name)".to_string() };
+        let mut outcome_text = outcome_text;
+        if outcome_text.len() > MAX_OUTCOME {
+            let mut cut = MAX_OUTCOME;
+            while !outcome_text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            outcome_text.truncate(cut);
+        }
         self.store.record(Invocation {
             command,
             image,
@@ -271,7 +301,7 @@ impl<B: ContainerBackend> Daemon<B> {
             message: "not in the catalog of this mount (odfs status shows what runs)".into(),
             exit_code: EXIT_NOT_FOUND,
         })?;
-        let groups = proc_groups(caller.pid);
+        let groups = caller.groups.clone();
         self.authorize(&entry, &caller, &groups)?;
         let cwd = match self.pool.exec_path() {
             ExecPath::Fd => self.local_cwd(&caller)?,
@@ -284,14 +314,16 @@ impl<B: ContainerBackend> Daemon<B> {
         // On the fd path the account files are the daemon's (the image's
         // root is read-only); the agent appends them only on remote engines.
         let relayed = self.pool.exec_path() == ExecPath::Relay;
+        let caps = entry.image.tool_caps(caller.uid);
         let identity = match entry.image.user {
-            RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None },
+            RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
             RunAs::Caller => Identity {
                 uid: caller.uid,
                 gid: caller.gid,
                 groups,
                 passwd_line: accounts.0.clone().filter(|_| relayed),
                 group_line: accounts.1.clone().filter(|_| relayed),
+                caps,
             },
         };
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
@@ -386,18 +418,45 @@ pub(super) enum StartError {
     Refused(Refusal),
 }
 
-/// Ask the agent to start the tool with the caller's fds; blocking.
+/// Whether a failure talking to an agent means the agent is gone (its
+/// socket refuses, the connection breaks or ends), as opposed to something
+/// about this one request (too large, malformed), which is the caller's.
+fn agent_gone(e: &protocol::FrameError) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        protocol::FrameError::Io(io) => {
+            matches!(io.kind(), K::ConnectionRefused | K::NotFound | K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof)
+        }
+        protocol::FrameError::Truncated => true,
+        _ => false,
+    }
+}
+
+/// Ask the agent to start the tool with the caller's fds; blocking. Only an
+/// agent that is gone makes the container be replaced: the container serves
+/// other callers, so a request that fails on its own merits is refused to
+/// its caller alone.
 fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: String) -> Result<Started, StartError> {
-    let unreachable = |e: String| StartError::Unreachable(e);
-    let conn = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
+    let classify = |e: protocol::FrameError| {
+        if agent_gone(&e) {
+            StartError::Unreachable(e.to_string())
+        } else {
+            StartError::Refused(refuse(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
+        }
+    };
+    let body = protocol::encode(&AgentRequest::Spawn(Box::new(spawn))).map_err(classify)?;
+    if body.len() > protocol::MAX_FRAME {
+        return Err(classify(protocol::FrameError::TooLarge(body.len())));
+    }
+    let conn = UnixStream::connect(socket).map_err(|e| classify(e.into()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &raw).map_err(|e| unreachable(e.to_string()))?;
+    protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
     match protocol::recv::<AgentEvent>(&conn) {
         Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
-        Ok(None) => Err(unreachable("the agent closed the connection".into())),
-        Err(e) => Err(unreachable(e.to_string())),
+        Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
+        Err(e) => Err(classify(e)),
     }
 }
 
@@ -417,10 +476,4 @@ mod tests {
         assert!(!out.iter().any(|v| v.starts_with(b"LD_")));
     }
 
-    #[test]
-    fn groups_come_from_proc() {
-        let me = proc_groups(std::process::id() as i32);
-        let expected: Vec<u32> = nix::unistd::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
-        assert_eq!(me, expected);
-    }
 }

@@ -4,6 +4,7 @@
 mod admin;
 mod accounts;
 mod agent_client;
+mod listener;
 mod exec;
 pub mod pool;
 mod remote;
@@ -15,7 +16,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use tokio::sync::mpsc;
 
 use crate::backend::docker::Docker;
@@ -26,9 +26,6 @@ use crate::fs::ShimFs;
 use crate::protocol::{self, Request, Response, EXIT_ODFS_ERROR};
 use exec::Caller;
 use pool::{Pool, PoolConfig};
-
-/// Bound on how long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Daemon<B> {
     pool: Pool<B>,
@@ -91,24 +88,44 @@ impl<B: ContainerBackend> Daemon<B> {
         tokio::task::spawn_blocking(move || protocol::send(&conn, &r, &[]));
     }
 
-    async fn handle(self: Arc<Self>, conn: UnixStream) {
-        let read = tokio::task::spawn_blocking(move || {
-            let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
-            let cred = getsockopt(&conn, PeerCredentials);
-            let msg = protocol::recv::<Request>(&conn);
-            let _ = conn.set_read_timeout(None);
-            (conn, cred, msg)
-        })
-        .await;
-        let Ok((conn, cred, msg)) = read else { return };
-        let caller = match cred {
-            Ok(c) => Caller { pid: c.pid(), uid: c.uid(), gid: c.gid() },
+    /// One control connection: the peer fixed now, the request read within
+    /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
+    /// user's few places for requests being read.
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, gate: Arc<listener::Gate>) {
+        let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+            Ok(p) => p,
             Err(e) => return tracing::warn!("no peer credentials: {e}"),
         };
+        let Some(ticket) = gate.enter(peer.uid) else {
+            tracing::debug!(uid = peer.uid, "refused a connection: too many requests of this user being read");
+            let message = format!(
+                "too many requests of uid {} are being read at once (at most {}); try again",
+                peer.uid,
+                listener::READING_PER_UID
+            );
+            // Best effort, never waiting: this peer may be the one flooding.
+            if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
+                let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                let _ = stream.try_write(&frame);
+            }
+            return;
+        };
+        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream)).await {
+            Ok(m) => m,
+            Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
+        };
+        drop(ticket);
+        let msg = msg.and_then(|f| f.map(|(body, fds)| protocol::decode::<Request>(&body).map(|r| (r, fds))).transpose());
+        let Ok(conn) = stream.into_std() else { return };
+        if conn.set_nonblocking(false).is_err() {
+            return;
+        }
+        let caller = Caller::from(peer);
         // A tool in a container that can see this socket (a shared /tmp
         // holding a state dir) must not ask for tools as other users.
-        if !in_our_pid_namespace(caller.pid) {
-            tracing::warn!(pid = caller.pid, uid = caller.uid, "refused a request from another pid namespace");
+        if !in_our_pid_namespace(caller.pid) || !caller.alive() {
+            tracing::warn!(pid = caller.pid, uid = caller.uid, "refused a request from another pid namespace (or a caller already gone)");
             let message = "requests from inside a container are refused (run odfs tools on the host)".to_string();
             return self.answer(conn, Response::Error { message, exit_code: EXIT_ODFS_ERROR });
         }
@@ -422,7 +439,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         remote_notices: Default::default(),
     });
 
-    let listener = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
+    crate::backend::docker::raise_nofile();
+    let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
+    let gate = Arc::new(listener::Gate::default());
+    let mut last_accept_warning = None;
 
     let (prewarm_tx, mut prewarm_rx) = mpsc::unbounded_channel::<String>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
@@ -471,24 +491,27 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let d = daemon.clone();
-                    tokio::spawn(async move {
-                        let Ok(std) = stream.into_std() else { return };
-                        if std.set_nonblocking(false).is_ok() {
-                            d.handle(std).await;
-                        }
-                    });
+                    let (d, gate) = (daemon.clone(), gate.clone());
+                    tokio::spawn(d.handle(stream, gate));
                 }
-                Err(e) => tracing::warn!("accept: {e}"),
+                Err(e) => {
+                    // Out of fds, most likely: wait instead of spinning on
+                    // the same error, and say so once a second at most.
+                    if last_accept_warning.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!("accept: {e} (waiting before the next connection)");
+                        last_accept_warning = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             },
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("stopping: unmounting and removing idle containers");
-    drop(listener);
+    drop(control);
     let _ = std::fs::remove_file(&cfg.socket);
     drop(session);
     if let Some(id) = connection {

@@ -495,7 +495,7 @@ impl<B: ContainerBackend> Pool<B> {
             entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), SOCKET_IN_CONTAINER.into()],
             labels,
             network: image.network.as_str().to_string(),
-            cap_add: image.cap_add.clone(),
+            cap_add: image.container_caps(),
             binds: vec![],
             env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
             limits: image.limits,

@@ -89,20 +89,17 @@ pub fn read_frame(sock: &UnixStream) -> Result<Option<Frame>, FrameError> {
     Ok(Some((body, fds)))
 }
 
-/// Fill `buf` exactly, collecting any fds. Reads never go past `buf`, so a
-/// following frame and its fds stay in the socket. Returns false on EOF before
-/// the first byte.
-fn read_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<bool, FrameError> {
-    let mut got = 0;
-    while got < buf.len() {
+/// One `recvmsg` into `buf`, collecting any fds: the bytes read (0 at EOF).
+/// A non-blocking socket with nothing to read gives `Io(WouldBlock)`.
+pub fn recv_some(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, FrameError> {
+    loop {
         let mut space = cmsg_space!([RawFd; MAX_FDS]);
-        let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let mut iov = [IoSliceMut::new(buf)];
+        let msg = match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Ok(m) => m,
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
         };
-        let n = msg.bytes;
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel just installed these fds in our table for us;
@@ -113,6 +110,17 @@ fn read_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Resu
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
             return Err(FrameError::TooManyFds);
         }
+        return Ok(msg.bytes);
+    }
+}
+
+/// Fill `buf` exactly, collecting any fds. Reads never go past `buf`, so a
+/// following frame and its fds stay in the socket. Returns false on EOF before
+/// the first byte.
+fn read_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<bool, FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = recv_some(sock.as_raw_fd(), &mut buf[got..], fds)?;
         if n == 0 {
             if got == 0 {
                 return Ok(false);

@@ -14,12 +14,12 @@
 mod framing;
 pub mod relay;
 
-pub use framing::{read_frame, write_frame, FrameError, MAX_FDS, MAX_FRAME};
+pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS, MAX_FRAME};
 
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -220,6 +220,9 @@ pub struct Identity {
     pub passwd_line: Option<String>,
     /// `/etc/group` line to add when the image lacks this gid.
     pub group_line: Option<String>,
+    /// Capabilities the tool holds (bit N: capability N), as ambient
+    /// capabilities under its uid; every other one leaves its bounding set.
+    pub caps: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,7 +342,7 @@ mod tests {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
             let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
                 version: PROTOCOL_VERSION, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
-                identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None },
+                identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None, caps: 0 },
                 fds: vec![0],
                 tty: None,
             }));

@@ -1,0 +1,286 @@
+//! The control socket's edge: who the peer is, fixed when it connects
+//! (`SO_PEERCRED`, `SO_PEERGROUPS`, `SO_PEERPIDFD`); how many connections
+//! one user may have whose request is still being read; and the request
+//! itself, read without a thread per connection under one deadline counted
+//! from accept. A frame that fits the socket buffer is taken only once it
+//! is there whole, so its fds stay queued in the socket, charged to the
+//! sender, while a slow client dawdles.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::Interest;
+
+use crate::protocol::{recv_some, FrameError, MAX_FRAME};
+
+/// A request must be complete within this long after its connection is accepted.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections of one user (root excepted) whose request is still being read.
+pub const READING_PER_UID: usize = 16;
+/// Connections of everyone whose request is still being read.
+pub const READING_TOTAL: usize = 512;
+/// Frames up to this size are taken only once they are in the socket whole.
+const WHOLE_FRAME: usize = 64 << 10;
+
+/// The peer as the kernel saw it when it connected.
+#[derive(Debug)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The peer process itself, so a pid read now cannot be another's later.
+    pub pidfd: Option<OwnedFd>,
+}
+
+fn getsockopt_raw(fd: RawFd, opt: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `buf`.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, buf.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(len as usize)
+}
+
+/// `SO_PEERPIDFD` (Linux 6.5).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// Who is at the other end of `fd`.
+pub fn peer(fd: RawFd) -> std::io::Result<Peer> {
+    let mut cred = [0u8; std::mem::size_of::<libc::ucred>()];
+    getsockopt_raw(fd, libc::SO_PEERCRED, &mut cred)?;
+    // SAFETY: the kernel filled a `struct ucred`.
+    let cred: libc::ucred = unsafe { std::ptr::read_unaligned(cred.as_ptr().cast()) };
+    // At most NGROUPS_MAX (65536) groups.
+    let mut buf = vec![0u8; 4 * 256];
+    let groups = loop {
+        match getsockopt_raw(fd, libc::SO_PEERGROUPS, &mut buf) {
+            Ok(n) => break buf[..n].chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 4 * 65536 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut raw = [0u8; 4];
+    let pidfd = match getsockopt_raw(fd, SO_PEERPIDFD, &mut raw) {
+        // SAFETY: a new pidfd the kernel installed for us.
+        Ok(4) => Some(unsafe { OwnedFd::from_raw_fd(i32::from_ne_bytes(raw)) }),
+        // An older kernel: the pid as it is now, still far earlier than the request.
+        _ => {
+            // SAFETY: pidfd_open returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid, 0) } as i32;
+            // SAFETY: as above.
+            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+    };
+    Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd })
+}
+
+impl Peer {
+    /// Whether the peer process still exists: what was read from
+    /// `/proc/PID` before this said true was the peer's own, since a pid is
+    /// not reused while its process (or its zombie) is there.
+    pub fn alive(&self) -> bool {
+        match &self.pidfd {
+            // SAFETY: signal 0 only checks; the pidfd is ours.
+            Some(fd) => unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 },
+            None => false,
+        }
+    }
+}
+
+/// Places for connections whose request is being read.
+#[derive(Default)]
+pub struct Gate {
+    counts: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// A place held in the [`Gate`], given back on drop.
+pub struct Ticket {
+    gate: Arc<Gate>,
+    uid: u32,
+}
+
+impl Gate {
+    /// A place for a connection of `uid`, unless that user (or everyone) has
+    /// as many requests being read as allowed.
+    pub fn enter(self: &Arc<Self>, uid: u32) -> Option<Ticket> {
+        let mut c = self.counts.lock().unwrap();
+        let mine = c.1.get(&uid).copied().unwrap_or(0);
+        if c.0 >= READING_TOTAL || (uid != 0 && mine >= READING_PER_UID) {
+            return None;
+        }
+        c.0 += 1;
+        c.1.insert(uid, mine + 1);
+        Some(Ticket { gate: self.clone(), uid })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut c = self.gate.counts.lock().unwrap();
+        c.0 -= 1;
+        if let Some(n) = c.1.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Peek at up to `buf.len()` bytes without taking them (nor their fds).
+fn peek(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes; no control
+    // buffer, so attached fds stay queued.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Bytes queued in the socket.
+fn queued(fd: RawFd) -> std::io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n.max(0) as usize)
+}
+
+/// Forget the readiness already seen: the next [`closed`] waits for new
+/// bytes or the end. Done before looking, so nothing arriving in between
+/// is missed (readiness is edge-triggered).
+fn forget(stream: &tokio::net::UnixStream) {
+    let _ = stream.try_io(Interest::READABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+}
+
+/// Wait for new bytes or the end; true when the peer is done writing.
+async fn closed(stream: &tokio::net::UnixStream) -> std::io::Result<bool> {
+    Ok(stream.ready(Interest::READABLE).await?.is_read_closed())
+}
+
+/// Read one frame: `Ok(None)` when the peer closes before its first byte.
+pub async fn read_frame(stream: &tokio::net::UnixStream) -> Result<Option<crate::protocol::Frame>, FrameError> {
+    let fd = stream.as_raw_fd();
+    let mut len = [0u8; 4];
+    loop {
+        forget(stream);
+        match peek(fd, &mut len) {
+            Ok(0) => return Ok(None),
+            Ok(4) => break,
+            Ok(_) => {
+                if closed(stream).await? && peek(fd, &mut len)? < 4 {
+                    return Err(FrameError::Truncated);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                closed(stream).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let n = u32::from_le_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(FrameError::TooLarge(n));
+    }
+    if n + 4 <= WHOLE_FRAME {
+        loop {
+            forget(stream);
+            if queued(fd)? >= n + 4 {
+                break;
+            }
+            if closed(stream).await? && queued(fd)? < n + 4 {
+                return Err(FrameError::Truncated);
+            }
+        }
+    }
+    let mut fds = Vec::new();
+    read_exact(stream, &mut len, &mut fds).await?;
+    let mut body = vec![0u8; n];
+    read_exact(stream, &mut body, &mut fds).await?;
+    Ok(Some((body, fds)))
+}
+
+async fn read_exact(stream: &tokio::net::UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), FrameError> {
+    let fd = stream.as_raw_fd();
+    let mut got = 0;
+    while got < buf.len() {
+        forget(stream);
+        match recv_some(fd, &mut buf[got..], fds) {
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                stream.ready(Interest::READABLE).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_is_read_from_the_kernel_with_a_live_pidfd() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let p = peer(a.as_raw_fd()).unwrap();
+        assert_eq!((p.pid, p.uid, p.gid), (std::process::id() as i32, nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()));
+        let groups: Vec<u32> = nix::unistd::getgroups().unwrap().into_iter().map(|g| g.as_raw()).collect();
+        assert_eq!(p.groups, groups);
+        assert!(p.alive());
+    }
+
+    #[test]
+    fn the_gate_bounds_each_user_and_everyone() {
+        let gate = Arc::new(Gate::default());
+        let mine: Vec<Ticket> = (0..READING_PER_UID).map(|_| gate.enter(1000).unwrap()).collect();
+        assert!(gate.enter(1000).is_none(), "one user past the bound");
+        let other = gate.enter(1001).expect("another user still gets in");
+        drop(mine);
+        assert!(gate.enter(1000).is_some(), "places come back");
+        drop(other);
+        let root: Vec<Ticket> = (0..READING_TOTAL).map(|_| gate.enter(0).unwrap()).collect();
+        assert!(gate.enter(1002).is_none(), "everyone past the total");
+        drop(root);
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_taken_only_whole_and_its_fds_with_it() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let b = tokio::net::UnixStream::from_std(b).unwrap();
+        let body = b"hello frame".to_vec();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // The header and the fd first, the rest later: nothing is taken yet.
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(&frame[..6])],
+            &[nix::sys::socket::ControlMessage::ScmRights(&[file.as_raw_fd()])],
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let reader = tokio::spawn(async move { read_frame(&b).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!reader.is_finished());
+        std::io::Write::write_all(&mut &a, &frame[6..]).unwrap();
+        let (got, fds) = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!((got, fds.len()), (body, 1));
+        // A frame cut short by its writer is an error, not a wait.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let b = tokio::net::UnixStream::from_std(b).unwrap();
+        std::io::Write::write_all(&mut &a, &frame[..6]).unwrap();
+        drop(a);
+        assert!(matches!(read_frame(&b).await, Err(FrameError::Truncated)));
+    }
+}

@@ -1,0 +1,279 @@
+//! No more than the caller's privileges, and no user can stall or break
+//! another's tools: each test is an attack by one unprivileged user (made
+//! by the test), and asserts the defence. Hostile clients are this test
+//! binary itself, run as that user (`helper`, below).
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use odfs::protocol::{self, ExecRequest, Request, Response, PROTOCOL_VERSION};
+
+const CATALOG: &str = r#"
+[image.bb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+commands = ["cat", "sleep", "true", "sh"]
+
+[image.suid]
+ref = "odfs-test/setuid:latest"
+network = "none"
+commands = ["euid"]
+"#;
+
+/// An image with a setuid-root program that prints its effective uid.
+const SETUID_IMAGE: &str = "odfs-test/setuid:latest";
+
+fn setuid_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = std::env::temp_dir().join(format!("odfs-test-setuid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("euid.c"), "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"%d\\n\",(int)geteuid());return 0;}\n").unwrap();
+        let o = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(dir.join("euid")).arg(dir.join("euid.c")).output().unwrap();
+        assert!(o.status.success(), "gcc: {}", stderr(&o));
+        std::fs::write(dir.join("Dockerfile"), format!("FROM {TEST_IMAGE}\nCOPY euid /bin/euid\nRUN chmod 4755 /bin/euid\n")).unwrap();
+        let o = docker(&["build", "-q", "-t", SETUID_IMAGE, dir.to_str().unwrap()]);
+        assert!(o.status.success(), "docker build: {}", stderr(&o));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A group made for one test, deleted on drop.
+struct TestGroup(String);
+
+impl TestGroup {
+    fn new() -> TestGroup {
+        let name = format!("odfs-g{}", std::process::id() % 100_000);
+        let _ = Command::new("groupdel").arg(&name).output();
+        let o = Command::new("groupadd").arg(&name).output().unwrap();
+        assert!(o.status.success(), "groupadd: {}", stderr(&o));
+        TestGroup(name)
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.0).output();
+    }
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status.lines().find_map(|l| l.strip_prefix(field)).map(str::trim).unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+#[test]
+fn a_caller_s_tool_holds_no_privilege_and_setuid_programs_give_none() {
+    setuid_image();
+    let m = TestMount::new(CATALOG);
+    let u = TestUser::new();
+    let o = u.cmd(m.shim("cat")).arg("/proc/self/status").current_dir("/tmp").output().unwrap();
+    let status = stdout(&o);
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1", "{}", stderr(&o));
+    for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(&status, field), "0000000000000000", "{field}");
+    }
+    let o = u.cmd(m.shim("euid")).current_dir("/tmp").output().unwrap();
+    assert_eq!(stdout(&o).trim(), u.uid.to_string(), "a setuid-root program ran as root: {}", stderr(&o));
+    // Root calls as root: the engine's root set, and still no_new_privs.
+    let o = Command::new(m.shim("cat")).arg("/proc/self/status").current_dir("/tmp").output().unwrap();
+    let status = stdout(&o);
+    assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(&status, "CapBnd:"), "00000000a80425fb", "{status}");
+}
+
+#[test]
+fn a_granted_capability_is_held_as_the_caller_who_writes_only_where_they_may() {
+    let group = TestGroup::new();
+    let m = TestMount::new(&format!(
+        r#"
+[image.netcap]
+ref = "odfs/netcap:latest"
+network = "host"
+cap_add = ["NET_RAW", "NET_ADMIN"]
+allow_groups = ["{}"]
+commands = ["tcpdump", "ping"]
+
+[command.netcap-cat]
+image = "netcap"
+path = "/bin/cat"
+"#,
+        group.0
+    ));
+    let member = TestUser::new();
+    let o = Command::new("usermod").args(["-aG", &group.0, &member.name]).output().unwrap();
+    assert!(o.status.success(), "usermod: {}", stderr(&o));
+    let o = member.cmd(m.shim("netcap-cat")).arg("/proc/self/status").current_dir("/tmp").output().unwrap();
+    let status = stdout(&o);
+    // NET_ADMIN (12) and NET_RAW (13), nothing else, ambient under the caller's uid.
+    for field in ["CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(&status, field), "0000000000003000", "{field}: {}", stderr(&o));
+    }
+    assert_eq!(status_field(&status, "Uid:").split_whitespace().next(), Some(member.uid.to_string().as_str()));
+    // It captures...
+    let script = format!(
+        r#"( sleep 2; "{ping}" -c 4 -i 0.3 127.0.0.1 >/dev/null ) & timeout 30 "{tcpdump}" -n -c 2 -i lo icmp 2>/dev/null"#,
+        ping = m.shim("ping").display(),
+        tcpdump = m.shim("tcpdump").display()
+    );
+    let o = member.cmd("/bin/sh").args(["-c", &script]).current_dir("/tmp").output().unwrap();
+    assert_eq!(stdout(&o).lines().count(), 2, "{}{}", stdout(&o), stderr(&o));
+    // ...but writes only where the member may.
+    let target = PathBuf::from(format!("/root/odfs-test-capture-{}", std::process::id()));
+    let o = member.cmd(m.shim("tcpdump")).args(["-i", "lo", "-c", "1", "-w"]).arg(&target).current_dir("/tmp").output().unwrap();
+    assert!(!o.status.success(), "tcpdump wrote into /root");
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    assert!(!target.exists());
+}
+
+/// Run this test binary's `helper` as `user`, acting out `mode` against `socket`.
+fn hostile(user: &TestUser, mode: &str, socket: &Path) -> std::process::Child {
+    user.cmd(std::env::current_exe().unwrap())
+        .args(["--exact", "helper", "--nocapture", "--test-threads=1"])
+        .env("ODFS_HOSTILE", mode)
+        .env("ODFS_HOSTILE_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Not a test: the hostile client, when `hostile` runs it.
+#[test]
+fn helper() {
+    let (Ok(mode), Ok(socket)) = (std::env::var("ODFS_HOSTILE"), std::env::var("ODFS_HOSTILE_SOCKET")) else { return };
+    let parts: Vec<&str> = mode.split(':').collect();
+    let n = |i: usize| parts[i].parse::<usize>().unwrap();
+    let exec = |command: String, args: Vec<Vec<u8>>| {
+        Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env: vec![], fds: vec![], tty: None })
+    };
+    match parts[0] {
+        // N connections that say nothing, held SECS seconds.
+        "idle" => {
+            let held: Vec<UnixStream> = (0..n(1)).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
+            println!("held {}", held.len());
+            std::thread::sleep(Duration::from_secs(n(2) as u64));
+        }
+        // N connections, each a frame header and K fds, and no body.
+        "fds" => {
+            let files: Vec<std::fs::File> = (0..n(2)).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+            let raw: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+            let mut held = vec![];
+            for _ in 0..n(1) {
+                let Ok(s) = UnixStream::connect(&socket) else { continue };
+                let header = 1000u32.to_le_bytes();
+                let rights = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+                let _ = nix::sys::socket::sendmsg::<()>(s.as_raw_fd(), &[std::io::IoSlice::new(&header)], &rights, nix::sys::socket::MsgFlags::empty(), None);
+                held.push(s);
+            }
+            println!("held {}", held.len());
+            std::thread::sleep(Duration::from_secs(n(3) as u64));
+        }
+        // One exec request just under the frame limit; prints the answer.
+        "oversized" => {
+            let arg = vec![b'x'; protocol::MAX_FRAME - 1024];
+            let s = UnixStream::connect(&socket).unwrap();
+            protocol::send(&s, &exec("sleep".into(), vec![arg]), &[]).unwrap();
+            match protocol::recv::<Response>(&s).unwrap() {
+                Some((Response::Error { message, exit_code }, _)) => println!("error {exit_code}: {message}"),
+                other => println!("answer {other:?}"),
+            }
+        }
+        // N requests for commands with huge names (refused).
+        "names" => {
+            for _ in 0..n(1) {
+                let s = UnixStream::connect(&socket).unwrap();
+                protocol::send(&s, &exec("x".repeat(1 << 20), vec![]), &[]).unwrap();
+                let _ = protocol::recv::<Response>(&s);
+            }
+            println!("sent");
+        }
+        other => panic!("unknown mode {other}"),
+    }
+    std::io::stdout().flush().unwrap();
+}
+
+#[test]
+fn an_oversized_request_is_refused_to_its_caller_alone() {
+    let m = TestMount::new(CATALOG);
+    let (victim, attacker) = (TestUser::new(), TestUser::new());
+    let mut tool = victim.cmd(m.shim("sleep")).arg("60").current_dir("/tmp").spawn().unwrap();
+    let container = m.wait_running("sleep");
+    let o = hostile(&attacker, "oversized", &m.socket).wait_with_output().unwrap();
+    let answer = stdout(&o);
+    assert!(answer.starts_with("error 126: the request cannot be passed to the tool"), "{answer}{}", stderr(&o));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tool.try_wait().unwrap().is_none(), "the victim's tool died:\n{}", m.log_text());
+    assert_eq!(m.containers(), vec![container.clone()], "the shared container was replaced");
+    assert!(m.ps(&container).contains("sleep 60"));
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn idle_and_fd_holding_connections_of_one_user_do_not_stall_another() {
+    let m = TestMount::new(CATALOG);
+    let (victim, attacker) = (TestUser::new(), TestUser::new());
+    assert!(victim.cmd(m.shim("true")).current_dir("/tmp").status().unwrap().success());
+    let before = open_fds(m.daemon_pid());
+    let idle = hostile(&attacker, "idle:600:20", &m.socket);
+    let fds = hostile(&attacker, "fds:30:40:20", &m.socket);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut slowest = Duration::ZERO;
+    let mut most_fds = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        let o = victim.cmd(m.shim("true")).current_dir("/tmp").output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        slowest = slowest.max(t.elapsed());
+        most_fds = most_fds.max(open_fds(m.daemon_pid()));
+    }
+    assert!(slowest < Duration::from_secs(2), "a call took {slowest:?} under the flood");
+    // The daemon holds at most its per-user places' worth of the flood.
+    assert!(most_fds < before + 16 * 41 + 64, "the daemon held {most_fds} fds (before: {before})");
+    for mut c in [idle, fds] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(eventually(Duration::from_secs(5), || open_fds(m.daemon_pid()) <= before + 8), "fds left: {}", open_fds(m.daemon_pid()));
+}
+
+#[test]
+fn refused_requests_keep_the_history_small() {
+    let m = TestMount::new(CATALOG);
+    let attacker = TestUser::new();
+    let o = hostile(&attacker, "names:200", &m.socket).wait_with_output().unwrap();
+    assert_eq!(stdout(&o).trim(), "sent", "{}", stderr(&o));
+    let size: u64 = ["odfs.db", "odfs.db-wal"].iter().filter_map(|f| std::fs::metadata(m.state.join(f)).ok()).map(|md| md.len()).sum();
+    assert!(size < 4 << 20, "the history grew to {size} bytes");
+}
+
+#[test]
+fn a_scan_by_any_user_exports_nothing_others_can_read() {
+    let m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    let mut provides = user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["provides", "sh", "--socket"]).arg(&m.socket).stdout(Stdio::piped()).spawn().unwrap();
+    let mut seen = vec![];
+    while provides.try_wait().unwrap().is_none() {
+        for e in std::fs::read_dir("/tmp").unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("odfs-scan") {
+                seen.push(e.file_name());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(seen.is_empty(), "exports visible in /tmp: {seen:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(provides.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains(TEST_IMAGE), "{out}");
+}
