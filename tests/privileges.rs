@@ -144,6 +144,11 @@ fn hostile(user: &TestUser, mode: &str, socket: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// What the hostile client answered (its `ANSWER` line).
+fn answer(o: &std::process::Output) -> String {
+    stdout(o).lines().find_map(|l| l.strip_prefix("ANSWER ")).unwrap_or_default().to_string()
+}
+
 /// Not a test: the hostile client, when `hostile` runs it.
 #[test]
 fn helper() {
@@ -157,7 +162,7 @@ fn helper() {
         // N connections that say nothing, held SECS seconds.
         "idle" => {
             let held: Vec<UnixStream> = (0..n(1)).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
-            println!("held {}", held.len());
+            println!("\nANSWER held {}", held.len());
             std::thread::sleep(Duration::from_secs(n(2) as u64));
         }
         // N connections, each a frame header and K fds, and no body.
@@ -172,17 +177,19 @@ fn helper() {
                 let _ = nix::sys::socket::sendmsg::<()>(s.as_raw_fd(), &[std::io::IoSlice::new(&header)], &rights, nix::sys::socket::MsgFlags::empty(), None);
                 held.push(s);
             }
-            println!("held {}", held.len());
+            println!("\nANSWER held {}", held.len());
             std::thread::sleep(Duration::from_secs(n(3) as u64));
         }
         // One exec request just under the frame limit; prints the answer.
         "oversized" => {
-            let arg = vec![b'x'; protocol::MAX_FRAME - 1024];
+            // Fits the control socket's frame; the spawn request the daemon
+            // makes of it (with the program, cwd, identity) does not.
+            let arg = vec![b'x'; protocol::MAX_FRAME - 40];
             let s = UnixStream::connect(&socket).unwrap();
             protocol::send(&s, &exec("sleep".into(), vec![arg]), &[]).unwrap();
             match protocol::recv::<Response>(&s).unwrap() {
-                Some((Response::Error { message, exit_code }, _)) => println!("error {exit_code}: {message}"),
-                other => println!("answer {other:?}"),
+                Some((Response::Error { message, exit_code }, _)) => println!("\nANSWER error {exit_code}: {message}"),
+                other => println!("\nANSWER {other:?}"),
             }
         }
         // N requests for commands with huge names (refused).
@@ -192,7 +199,7 @@ fn helper() {
                 protocol::send(&s, &exec("x".repeat(1 << 20), vec![]), &[]).unwrap();
                 let _ = protocol::recv::<Response>(&s);
             }
-            println!("sent");
+            println!("\nANSWER sent");
         }
         other => panic!("unknown mode {other}"),
     }
@@ -206,8 +213,8 @@ fn an_oversized_request_is_refused_to_its_caller_alone() {
     let mut tool = victim.cmd(m.shim("sleep")).arg("60").current_dir("/tmp").spawn().unwrap();
     let container = m.wait_running("sleep");
     let o = hostile(&attacker, "oversized", &m.socket).wait_with_output().unwrap();
-    let answer = stdout(&o);
-    assert!(answer.starts_with("error 126: the request cannot be passed to the tool"), "{answer}{}", stderr(&o));
+    let answer = answer(&o);
+    assert!(answer.starts_with("error 126: the request cannot be passed to the tool"), "{answer}{}{}", stdout(&o), stderr(&o));
     std::thread::sleep(Duration::from_millis(500));
     assert!(tool.try_wait().unwrap().is_none(), "the victim's tool died:\n{}", m.log_text());
     assert_eq!(m.containers(), vec![container.clone()], "the shared container was replaced");
@@ -253,7 +260,7 @@ fn refused_requests_keep_the_history_small() {
     let m = TestMount::new(CATALOG);
     let attacker = TestUser::new();
     let o = hostile(&attacker, "names:200", &m.socket).wait_with_output().unwrap();
-    assert_eq!(stdout(&o).trim(), "sent", "{}", stderr(&o));
+    assert_eq!(answer(&o), "sent", "{}{}", stdout(&o), stderr(&o));
     let size: u64 = ["odfs.db", "odfs.db-wal"].iter().filter_map(|f| std::fs::metadata(m.state.join(f)).ok()).map(|md| md.len()).sum();
     assert!(size < 4 << 20, "the history grew to {size} bytes");
 }

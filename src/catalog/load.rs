@@ -322,6 +322,21 @@ env = ["JQ_COLORS"]
 "#;
 
     #[test]
+    fn root_needs_allow_groups_and_code_loading_variables_never_pass() {
+        let root = "[image.r]\nref = \"x\"\nuser = \"root\"\ncommands = [\"sh\"]\n";
+        let errors = parse_file(Path::new("r.toml"), root).unwrap_err();
+        assert!(errors.iter().any(|e| e.to_string().contains("allow_groups")), "{errors:?}");
+        assert!(parse_file(Path::new("r.toml"), &format!("{root}allow_groups = [\"wheel\"]\n")).is_ok());
+        for var in ["GCONV_PATH", "GLIBC_TUNABLES", "BASH_ENV", "LD_PRELOAD", "PYTHONPATH", "BASH_FUNC_x%%"] {
+            let text = format!("[image.b]\nref = \"x\"\n[command.c]\nimage = \"b\"\nenv = [\"{var}\"]\n");
+            assert!(parse_file(Path::new("e.toml"), &text).is_err(), "{var} accepted");
+        }
+        let caps = "[image.c]\nref = \"x\"\ncap_add = [\"NET_RAW\", \"CAP_NET_ADMIN\"]\n";
+        assert_eq!(parse_file(Path::new("c.toml"), caps).unwrap().images["c"].tool_caps(1000), 0x3000);
+        assert!(parse_file(Path::new("c.toml"), &caps.replace("NET_RAW", "NET_RAWR")).is_err());
+    }
+
+    #[test]
     fn a_good_file_gives_images_and_commands() {
         let c = parse_file(Path::new("a.toml"), GOOD).unwrap();
         let img = &c.images["busybox"];
