@@ -232,18 +232,21 @@ impl TestMount {
     /// the never-started ones it reads images through (`odfs scan`, what an
     /// image fills of the host view).
     pub fn containers(&self) -> Vec<String> {
-        let scratch = self.labelled(&["io.odfs.scan"]);
-        self.labelled(&[]).into_iter().filter(|c| !scratch.contains(c)).collect()
+        self.labelled().into_iter().filter(|(_, scratch)| !scratch).map(|(id, _)| id).collect()
     }
 
-    /// Ids of this mount's containers that also carry these labels.
-    fn labelled(&self, labels: &[&str]) -> Vec<String> {
-        let mut args = vec!["ps".to_string(), "-aq".into(), "--filter".into(), format!("label=io.odfs.mount={}", self.id)];
-        for l in labels {
-            args.extend(["--filter".to_string(), format!("label={l}")]);
-        }
-        let out = docker(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect()
+    /// Ids of all this mount's containers, and whether each is a scratch
+    /// one (told by its label here: Podman ORs several label filters).
+    fn labelled(&self) -> Vec<(String, bool)> {
+        let filter = format!("label=io.odfs.mount={}", self.id);
+        let out = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.ID}} {{.Label \"io.odfs.scan\"}}"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.to_string(), f.next() == Some("true")))
+            })
+            .collect()
     }
 
     /// Processes inside a container, as `ps` there prints them: pid, state
@@ -296,7 +299,7 @@ impl Drop for TestMount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let ids = self.labelled(&[]);
+        let ids: Vec<String> = self.labelled().into_iter().map(|(id, _)| id).collect();
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(ids.iter().map(String::as_str));
