@@ -111,7 +111,10 @@ impl View {
             .map(|n| Path::new("/").join(n))
             .collect();
         host.extend(HOST_INSIDE_IMAGE.iter().map(PathBuf::from).filter(|p| fs.exists(p)));
-        host.extend(settings.share.iter().filter(|p| p.is_absolute() && fs.exists(p)).cloned());
+        // The account files are the daemon's to bind (a share of them would
+        // be a second mount at the same place).
+        let accounts = |p: &PathBuf| p.as_path() == Path::new("/etc/passwd") || p.as_path() == Path::new("/etc/group");
+        host.extend(settings.share.iter().filter(|p| p.is_absolute() && fs.exists(p) && !accounts(p)).cloned());
         host.sort();
         host.dedup();
         // A path below another one is already part of it.
@@ -223,33 +226,38 @@ fn top_of(path: &Path) -> String {
     }
 }
 
-/// The strings within one argument that may name a path: the argument
-/// itself, the value of `--opt=VALUE` or `key=VALUE`, and the value glued
-/// to a short option (`-o/var/log/x`, `-I../include`).
+/// The strings within one argument that may name a path, each taken
+/// relative to the cwd unless absolute: the argument itself, the value of
+/// `--opt=VALUE` or `key=VALUE`, and the value glued to a short option
+/// (`-o/var/log/x`, `-Ibuild/include`).
 fn named_in(arg: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let pathish = |v: &[u8]| v.first().is_some_and(|&b| b == b'/' || b == b'.');
+    let eq = arg.iter().position(|&b| b == b'=');
     if let Some(rest) = arg.strip_prefix(b"-") {
-        if let Some(eq) = arg.iter().position(|&b| b == b'=') {
+        if let Some(eq) = eq {
             out.push(&arg[eq + 1..]);
         } else if rest.first().is_some_and(|b| b.is_ascii_alphanumeric()) {
-            if pathish(&rest[1..]) {
-                out.push(&rest[1..]);
-            } else if let Some(slash) = rest.iter().position(|&b| b == b'/') {
-                if rest[..slash].iter().all(|b| b.is_ascii_alphanumeric()) {
-                    out.push(&rest[slash..]);
-                }
-            }
+            out.push(&rest[1..]);
         }
-        return out.into_iter().filter(|v| !v.is_empty()).collect();
-    }
-    out.push(arg);
-    if let Some(eq) = arg.iter().position(|&b| b == b'=') {
-        if pathish(&arg[eq + 1..]) {
+    } else {
+        out.push(arg);
+        if let Some(eq) = eq {
             out.push(&arg[eq + 1..]);
         }
     }
     out.into_iter().filter(|v| !v.is_empty()).collect()
+}
+
+/// A path through a process's own root (`/proc/self/root/etc/x`): the
+/// path it names from the root, which inside is the image's.
+fn through_proc_root(path: &Path) -> Option<PathBuf> {
+    let mut c = path.strip_prefix("/proc").ok()?.components();
+    let who = c.next()?.as_os_str().as_bytes().to_vec();
+    let is_process = who == b"self" || who == b"thread-self" || who.iter().all(u8::is_ascii_digit);
+    if is_process && c.next()?.as_os_str() == "root" {
+        return Some(Path::new("/").join(c.as_path()));
+    }
+    None
 }
 
 impl View {
@@ -271,6 +279,14 @@ impl View {
     fn check_path(&self, cwd: &Path, named: &Path, fs: &impl HostFs) -> Result<(), Collision> {
         let raw = cwd.join(named);
         let lexical = normalize(&raw);
+        if let Some(from_root) = through_proc_root(&lexical) {
+            // The tool's root is the container's: outside the view, even a
+            // path the host lacks is the image's.
+            if self.sees_host(&from_root) {
+                return Ok(());
+            }
+            return Err(Collision { path: lexical.clone(), image_dir: top_of(&from_root) });
+        }
         if kernel_same(&lexical) {
             return Ok(());
         }
@@ -439,6 +455,9 @@ mod tests {
             (vec!["/etc/new-file"], "/etc/new-file", "/etc"),
             (vec!["../etc-link/passwd"], "/home/u/etc-link/passwd", "/etc"),
             (vec!["/proc/1234/status"], "/proc/1234/status", "/proc/1234"),
+            (vec!["/proc/self/root/etc/hostname"], "/proc/self/root/etc/hostname", "/etc"),
+            (vec!["-o../etc-link/x"], "/home/u/etc-link/x", "/etc"),
+            (vec!["if=../etc-link/passwd"], "/home/u/etc-link/passwd", "/etc"),
         ] {
             let e = v.check_args(cwd, &args(&a), &host).expect_err(&format!("{a:?} passed"));
             assert_eq!((e.path.to_str().unwrap(), e.image_dir.as_str()), (path, dir), "{a:?}");
@@ -457,7 +476,8 @@ mod tests {
         let fine = [
             "/opt/data/h.json", "/opt/new.db", ".a", "select(.x > 1)", "s/etc/x/", "-la", "--raw-output", "-F/", "/dev/null",
             "/dev/stdin", "/dev/fd/63", "/proc/self/status", "/proc/cpuinfo", "/home/u/null", "/usr/lib/python3/x.py", "/nonexistent/x", "../p/file",
-            "/", "-", "--", "key=value", "/work/project/../project",
+            "/", "-", "--", "key=value", "/work/project/../project", "-Lbuild/lib", "-Isrc/etc", "-Ivendor/usr/include",
+            "/proc/self/root/home/u/p",
         ];
         for a in fine {
             assert_eq!(v.check_args(cwd, &args(&[a]), &host), Ok(()), "{a:?}");
@@ -484,9 +504,10 @@ mod tests {
         assert_eq!(s("--config=/etc/x"), ["/etc/x"]);
         assert_eq!(s("-o/var/x"), ["/var/x"]);
         assert_eq!(s("-I../include"), ["../include"]);
-        assert_eq!(s("-xvf/etc/x.tar"), ["/etc/x.tar"]);
-        assert_eq!(s("-la"), Vec::<String>::new());
+        assert_eq!(s("-Lbuild/lib"), ["build/lib"]);
+        assert_eq!(s("-la"), ["a"]);
         assert_eq!(s("of=/etc/x"), ["of=/etc/x", "/etc/x"]);
+        assert_eq!(s("if=link/x"), ["if=link/x", "link/x"]);
         assert_eq!(s("plain"), ["plain"]);
         assert_eq!(s("--opt="), Vec::<String>::new());
     }

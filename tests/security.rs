@@ -49,11 +49,11 @@ fn a_tool_inside_a_container_cannot_use_the_control_socket() {
     match decode_response(&answer) {
         Response::Error { message, exit_code } => {
             assert_eq!(exit_code, 126);
-            assert!(message.contains("requests from inside a container are refused"), "{message}");
+            assert!(message.contains("requests from inside a container or another user namespace are refused"), "{message}");
         }
         other => panic!("answered {other:?}"),
     }
-    assert!(m.log_text().contains("refused a request from another pid namespace"), "{}", m.log_text());
+    assert!(m.log_text().contains("refused a request from another pid or user namespace"), "{}", m.log_text());
 }
 
 #[test]

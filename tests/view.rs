@@ -231,6 +231,11 @@ fn the_caller_s_names_are_known_with_a_read_only_root() {
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, [u.name.as_str(); 5], "{out}\n{}", stderr(&o));
+    // The container's /run is root's, as on the host: no caller can plant
+    // a socket there for the next one.
+    let o = u.cmd(m.shim("sh")).args(["-c", "touch /run/planted 2>&1; ls -ld /run"]).current_dir(&u.home).output().unwrap();
+    let out = stdout(&o);
+    assert!(out.contains("Permission denied") && out.contains("drwxr-xr-x"), "{out}");
     // The image's own accounts stay first; the root it runs on is read-only.
     let o = m.sh(r#""$M/sh" -c 'head -1 /etc/passwd; echo x >> /etc/passwd' 2>&1"#);
     let out = stdout(&o);

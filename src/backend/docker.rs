@@ -279,8 +279,17 @@ impl ContainerBackend for Docker {
                 ..Default::default()
             })
             .collect();
-        let tmpfs: HashMap<String, String> =
-            spec.tmpfs.iter().map(|p| (p.to_string_lossy().into_owned(), "rw,nosuid,nodev,mode=1777".to_string())).collect();
+        // `/run` is root's, as on the host (a world-writable one would let
+        // one caller plant sockets, nscd's or D-Bus's, for the next); a
+        // scratch directory is the image's callers' to share.
+        let tmpfs: HashMap<String, String> = spec
+            .tmpfs
+            .iter()
+            .map(|p| {
+                let mode = if p.as_path() == std::path::Path::new("/run") { "0755" } else { "1777" };
+                (p.to_string_lossy().into_owned(), format!("rw,nosuid,nodev,mode={mode}"))
+            })
+            .collect();
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(spec.entrypoint.clone()),

@@ -54,6 +54,9 @@ fn refuse(message: impl Into<String>) -> Refusal {
     Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
 }
 
+/// How long the agent may take to report a tool started.
+const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Bytes of a call's outcome kept in the history.
 const MAX_OUTCOME: usize = 300;
 
@@ -65,11 +68,19 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100
 const PASSED_ENV: [&str; 12] =
     ["TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "COLUMNS", "LINES", "TMPDIR"];
 
-pub fn filter_env(env: &[Vec<u8>], extra: &[String]) -> Vec<Vec<u8>> {
+/// The caller's environment as the tool gets it. For a tool that holds
+/// capabilities its caller lacks (`privileged`), the locale and time zone
+/// may not name files (`LC_ALL=/x`, `TZ=/x` make libc read them): no
+/// secure-execution mode protects such a tool.
+pub fn filter_env(env: &[Vec<u8>], extra: &[String], privileged: bool) -> Vec<Vec<u8>> {
     env.iter()
         .filter(|kv| {
             let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
             let key = &kv[..eq];
+            let names_a_file = kv[eq + 1..].contains(&b'/');
+            if privileged && names_a_file && (key.starts_with(b"LC_") || key == b"LANG" || key == b"LANGUAGE" || key == b"TZ") {
+                return false;
+            }
             if std::str::from_utf8(key).map_or(true, crate::catalog::code_loading_variable) {
                 return false;
             }
@@ -79,6 +90,17 @@ pub fn filter_env(env: &[Vec<u8>], extra: &[String]) -> Vec<Vec<u8>> {
         })
         .cloned()
         .collect()
+}
+
+/// Send a small frame in place, from an async worker, only when the socket
+/// has room: a client that does not read loses such frames (progress,
+/// notices), and never holds the worker.
+fn send_if_room(client: &UnixStream, r: &Response) {
+    let mut pfd = libc::pollfd { fd: client.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one pollfd, no wait.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLOUT != 0 {
+        let _ = protocol::send(client, r, &[]);
+    }
 }
 
 /// The caller's passwd and group lines, so the tool can look them up. An
@@ -142,10 +164,7 @@ impl<B: ContainerBackend> Daemon<B> {
         if rx.borrow().as_ref().is_some_and(|p| !p.done) {
             rx.mark_changed();
         }
-        // Small frames on a socket the client reads: sent in place.
-        let send = |p: ImageProgress| {
-            let _ = protocol::send(client, &Response::Progress(p), &[]);
-        };
+        let send = |p: ImageProgress| send_if_room(client, &Response::Progress(p));
         let mut last_sent: Option<Instant> = None;
         tokio::pin!(work);
         loop {
@@ -224,7 +243,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 format!("remote_dirs: {}", image.remote_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" "))
             };
             let text = format!("note: {} is not available on the remote engine ({dirs}); running in /", cwd.display());
-            let _ = protocol::send(client, &Response::Notice(text), &[]);
+            send_if_room(client, &Response::Notice(text));
         }
         PathBuf::from("/")
     }
@@ -334,7 +353,7 @@ impl<B: ContainerBackend> Daemon<B> {
             token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,
-            env: filter_env(&req.env, &entry.command.env),
+            env: filter_env(&req.env, &entry.command.env, caps != 0 && caller.uid != 0),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
             fds: req.fds.clone(),
@@ -449,9 +468,20 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: St
         return Err(classify(protocol::FrameError::TooLarge(body.len())));
     }
     let conn = UnixStream::connect(socket).map_err(|e| classify(e.into()))?;
+    // The tool's start (its cwd, its program) may sit on a file system that
+    // never answers: the caller is told, and this thread is not held.
+    conn.set_read_timeout(Some(START_LIMIT)).map_err(|e| classify(e.into()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
     protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
-    match protocol::recv::<AgentEvent>(&conn) {
+    let answer = protocol::recv::<AgentEvent>(&conn);
+    let _ = conn.set_read_timeout(None);
+    match answer {
+        Err(protocol::FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(StartError::Refused(refuse(format!(
+                "the tool did not start within {}s (its working directory or a file system it needs does not answer)",
+                START_LIMIT.as_secs()
+            ))))
+        }
         Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
         Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
@@ -470,10 +500,13 @@ mod tests {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        let out: Vec<String> = filter_env(&env, &["JQ_COLORS".into()]).into_iter().map(|v| String::from_utf8(v).unwrap()).collect();
+        let out: Vec<String> = filter_env(&env, &["JQ_COLORS".into()], false).into_iter().map(|v| String::from_utf8(v).unwrap()).collect();
         assert_eq!(out, ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root"]);
-        let out = filter_env(&env, &["LD_PRELOAD".into()]);
+        let out = filter_env(&env, &["LD_PRELOAD".into()], false);
         assert!(!out.iter().any(|v| v.starts_with(b"LD_")));
+        let files: Vec<Vec<u8>> = ["LC_ALL=/tmp/x", "TZ=/etc/shadow", "LANG=C.UTF-8", "TZ=UTC"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(filter_env(&files, &[], true), [b"LANG=C.UTF-8".to_vec(), b"TZ=UTC".to_vec()]);
+        assert_eq!(filter_env(&files, &[], false).len(), 4);
     }
 
 }

@@ -67,8 +67,12 @@ pub fn peer(fd: RawFd) -> std::io::Result<Peer> {
     let pidfd = match getsockopt_raw(fd, SO_PEERPIDFD, &mut raw) {
         // SAFETY: a new pidfd the kernel installed for us.
         Ok(4) => Some(unsafe { OwnedFd::from_raw_fd(i32::from_ne_bytes(raw)) }),
+        // The peer is gone already (ESRCH), or anything else: no pidfd, and
+        // the caller counts as gone.
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EINVAL)) => None,
+        Ok(_) => None,
         // An older kernel: the pid as it is now, still far earlier than the request.
-        _ => {
+        Err(_) => {
             // SAFETY: pidfd_open returns a new fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid, 0) } as i32;
             // SAFETY: as above.
@@ -83,19 +87,32 @@ impl Peer {
     /// `/proc/PID` before this said true was the peer's own, since a pid is
     /// not reused while its process (or its zombie) is there.
     pub fn alive(&self) -> bool {
-        match &self.pidfd {
-            // SAFETY: signal 0 only checks; the pidfd is ours.
-            Some(fd) => unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), 0, std::ptr::null::<libc::siginfo_t>(), 0) == 0 },
-            None => false,
-        }
+        let Some(fd) = &self.pidfd else { return false };
+        // A pidfd turns readable when its process exits; polling it needs no
+        // permission over the process (signal 0 would need CAP_KILL).
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, no wait.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
     }
 }
 
-/// Places for connections whose request is being read.
-#[derive(Default)]
+/// Places for connections whose request is being read: so many per user
+/// (root excepted) and so many in all.
 pub struct Gate {
+    per_uid: usize,
+    total: usize,
     counts: Mutex<(usize, HashMap<u32, usize>)>,
 }
+
+/// Requests of one user (root excepted) being served at once, from accept
+/// to the answer (a cold start or a pull may take long), and of everyone.
+pub const IN_FLIGHT_PER_UID: usize = 256;
+const IN_FLIGHT_TOTAL: usize = 4096;
+
+/// Requests over [`WHOLE_FRAME`] of one user read at once: their fds are
+/// held while the rest arrives.
+pub const LARGE_PER_UID: usize = 2;
+const LARGE_TOTAL: usize = 32;
 
 /// A place held in the [`Gate`], given back on drop.
 pub struct Ticket {
@@ -104,12 +121,31 @@ pub struct Ticket {
 }
 
 impl Gate {
+    pub fn new(per_uid: usize, total: usize) -> Arc<Gate> {
+        Arc::new(Gate { per_uid, total, counts: Mutex::default() })
+    }
+
+    /// The places for requests being read.
+    pub fn reading() -> Arc<Gate> {
+        Gate::new(READING_PER_UID, READING_TOTAL)
+    }
+
+    /// The places for requests being served (see [`IN_FLIGHT_PER_UID`]).
+    pub fn in_flight() -> Arc<Gate> {
+        Gate::new(IN_FLIGHT_PER_UID, IN_FLIGHT_TOTAL)
+    }
+
+    /// The places for large requests being read (see [`LARGE_PER_UID`]).
+    pub fn large() -> Arc<Gate> {
+        Gate::new(LARGE_PER_UID, LARGE_TOTAL)
+    }
+
     /// A place for a connection of `uid`, unless that user (or everyone) has
-    /// as many requests being read as allowed.
+    /// as many as allowed.
     pub fn enter(self: &Arc<Self>, uid: u32) -> Option<Ticket> {
         let mut c = self.counts.lock().unwrap();
         let mine = c.1.get(&uid).copied().unwrap_or(0);
-        if c.0 >= READING_TOTAL || (uid != 0 && mine >= READING_PER_UID) {
+        if c.0 >= self.total || (uid != 0 && mine >= self.per_uid) {
             return None;
         }
         c.0 += 1;
@@ -164,8 +200,10 @@ async fn closed(stream: &tokio::net::UnixStream) -> std::io::Result<bool> {
     Ok(stream.ready(Interest::READABLE).await?.is_read_closed())
 }
 
-/// Read one frame: `Ok(None)` when the peer closes before its first byte.
-pub async fn read_frame(stream: &tokio::net::UnixStream) -> Result<Option<crate::protocol::Frame>, FrameError> {
+/// Read one frame of a peer of `uid`: `Ok(None)` when the peer closes
+/// before its first byte. A frame over [`WHOLE_FRAME`] needs a place in
+/// `large`.
+pub async fn read_frame(stream: &tokio::net::UnixStream, uid: u32, large: &Arc<Gate>) -> Result<Option<crate::protocol::Frame>, FrameError> {
     let fd = stream.as_raw_fd();
     let mut len = [0u8; 4];
     loop {
@@ -188,7 +226,12 @@ pub async fn read_frame(stream: &tokio::net::UnixStream) -> Result<Option<crate:
     if n > MAX_FRAME {
         return Err(FrameError::TooLarge(n));
     }
-    if n + 4 <= WHOLE_FRAME {
+    let _large = if n + 4 > WHOLE_FRAME {
+        let ticket = large.enter(uid).ok_or_else(|| {
+            FrameError::Io(std::io::Error::other(format!("more than {LARGE_PER_UID} requests over {WHOLE_FRAME} bytes of one user at once")))
+        })?;
+        Some(ticket)
+    } else {
         loop {
             forget(stream);
             if queued(fd)? >= n + 4 {
@@ -198,7 +241,8 @@ pub async fn read_frame(stream: &tokio::net::UnixStream) -> Result<Option<crate:
                 return Err(FrameError::Truncated);
             }
         }
-    }
+        None
+    };
     let mut fds = Vec::new();
     read_exact(stream, &mut len, &mut fds).await?;
     let mut body = vec![0u8; n];
@@ -212,6 +256,7 @@ async fn read_exact(stream: &tokio::net::UnixStream, buf: &mut [u8], fds: &mut V
     while got < buf.len() {
         forget(stream);
         match recv_some(fd, &mut buf[got..], fds) {
+            Ok(_) if fds.len() > crate::protocol::MAX_FDS => return Err(FrameError::TooManyFds),
             Ok(0) => return Err(FrameError::Truncated),
             Ok(n) => got += n,
             Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -239,7 +284,7 @@ mod tests {
 
     #[test]
     fn the_gate_bounds_each_user_and_everyone() {
-        let gate = Arc::new(Gate::default());
+        let gate = Gate::reading();
         let mine: Vec<Ticket> = (0..READING_PER_UID).map(|_| gate.enter(1000).unwrap()).collect();
         assert!(gate.enter(1000).is_none(), "one user past the bound");
         let other = gate.enter(1001).expect("another user still gets in");
@@ -269,7 +314,8 @@ mod tests {
             None,
         )
         .unwrap();
-        let reader = tokio::spawn(async move { read_frame(&b).await });
+        let large = Gate::large();
+        let reader = tokio::spawn(async move { read_frame(&b, 1000, &large).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!reader.is_finished());
         std::io::Write::write_all(&mut &a, &frame[6..]).unwrap();
@@ -281,6 +327,27 @@ mod tests {
         let b = tokio::net::UnixStream::from_std(b).unwrap();
         std::io::Write::write_all(&mut &a, &frame[..6]).unwrap();
         drop(a);
-        assert!(matches!(read_frame(&b).await, Err(FrameError::Truncated)));
+        assert!(matches!(read_frame(&b, 1000, &Gate::large()).await, Err(FrameError::Truncated)));
+    }
+
+    #[tokio::test]
+    async fn a_frame_in_many_pieces_brings_no_more_fds_than_one() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let b = tokio::net::UnixStream::from_std(b).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fds = vec![file.as_raw_fd(); 200];
+        let mut frame = 40u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0u8; 40]);
+        let writer = std::thread::spawn(move || {
+            // Four pieces of 200 fds each, in one small frame.
+            for piece in frame.chunks(11) {
+                let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                let _ = nix::sys::socket::sendmsg::<()>(a.as_raw_fd(), &[std::io::IoSlice::new(piece)], &rights, nix::sys::socket::MsgFlags::empty(), None);
+            }
+            a
+        });
+        let _a = writer.join().unwrap();
+        assert!(matches!(read_frame(&b, 1000, &Gate::large()).await, Err(FrameError::TooManyFds)));
     }
 }

@@ -91,17 +91,29 @@ impl<B: ContainerBackend> Daemon<B> {
     /// One control connection: the peer fixed now, the request read within
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
-    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, gate: Arc<listener::Gate>) {
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, gates: Arc<Gates>) {
         let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
             Ok(p) => p,
             Err(e) => return tracing::warn!("no peer credentials: {e}"),
         };
-        let Some(ticket) = gate.enter(peer.uid) else {
+        // A tool in a container that can see this socket (a shared /tmp
+        // holding a state dir) must not ask for tools as other users; nor
+        // may a user namespace's many uids take many users' places. Judged
+        // before any place is taken.
+        if !in_our_namespaces(peer.pid) || !peer.alive() {
+            tracing::warn!(pid = peer.pid, uid = peer.uid, "refused a request from another pid or user namespace (or a caller already gone)");
+            let message = "requests from inside a container or another user namespace are refused (run odfs tools on the host)".to_string();
+            let Ok(conn) = stream.into_std() else { return };
+            let _ = conn.set_nonblocking(false);
+            return self.answer(conn, Response::Error { message, exit_code: EXIT_ODFS_ERROR });
+        }
+        let (Some(_serving), Some(ticket)) = (gates.in_flight.enter(peer.uid), gates.reading.enter(peer.uid)) else {
             tracing::debug!(uid = peer.uid, "refused a connection: too many requests of this user being read");
             let message = format!(
-                "too many requests of uid {} are being read at once (at most {}); try again",
+                "too many requests of uid {} at once (at most {} being read, {} being served); try again",
                 peer.uid,
-                listener::READING_PER_UID
+                listener::READING_PER_UID,
+                listener::IN_FLIGHT_PER_UID
             );
             // Best effort, never waiting: this peer may be the one flooding.
             if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
@@ -111,24 +123,24 @@ impl<B: ContainerBackend> Daemon<B> {
             }
             return;
         };
-        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream)).await {
+        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &gates.large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
         };
         drop(ticket);
-        let msg = msg.and_then(|f| f.map(|(body, fds)| protocol::decode::<Request>(&body).map(|r| (r, fds))).transpose());
+        // Only an exec request carries fds worth keeping.
+        let msg = msg.and_then(|f| {
+            f.map(|(body, fds)| protocol::decode::<Request>(&body).map(|r| {
+                let fds = if matches!(r, Request::Exec(_)) { fds } else { vec![] };
+                (r, fds)
+            }))
+            .transpose()
+        });
         let Ok(conn) = stream.into_std() else { return };
         if conn.set_nonblocking(false).is_err() {
             return;
         }
         let caller = Caller::from(peer);
-        // A tool in a container that can see this socket (a shared /tmp
-        // holding a state dir) must not ask for tools as other users.
-        if !in_our_pid_namespace(caller.pid) || !caller.alive() {
-            tracing::warn!(pid = caller.pid, uid = caller.uid, "refused a request from another pid namespace (or a caller already gone)");
-            let message = "requests from inside a container are refused (run odfs tools on the host)".to_string();
-            return self.answer(conn, Response::Error { message, exit_code: EXIT_ODFS_ERROR });
-        }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {
@@ -180,12 +192,21 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 }
 
-/// Whether a peer runs in the daemon's pid namespace (the host's): a peer in
-/// a container's shows there with pid 0 or with another namespace link.
-fn in_our_pid_namespace(pid: i32) -> bool {
-    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let ours = OURS.get_or_init(|| std::fs::read_link("/proc/self/ns/pid").ok());
-    pid > 0 && ours.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == *ours
+/// Whether a peer runs in the daemon's pid and user namespaces (the
+/// host's): a peer in a container's shows with pid 0 or another namespace
+/// link. Valid only if the peer is still alive afterwards.
+fn in_our_namespaces(pid: i32) -> bool {
+    static OURS: std::sync::OnceLock<Option<(PathBuf, PathBuf)>> = std::sync::OnceLock::new();
+    let ns = |p: &str| Some((std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()?, std::fs::read_link(format!("/proc/{p}/ns/user")).ok()?));
+    let ours = OURS.get_or_init(|| ns("self"));
+    pid > 0 && ours.is_some() && ns(&pid.to_string()) == *ours
+}
+
+/// The control socket's places (see [`listener`]).
+struct Gates {
+    in_flight: Arc<listener::Gate>,
+    reading: Arc<listener::Gate>,
+    large: Arc<listener::Gate>,
 }
 
 /// How often catalog directories are checked for changes.
@@ -441,7 +462,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     crate::backend::docker::raise_nofile();
     let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
-    let gate = Arc::new(listener::Gate::default());
+    let gates = Arc::new(Gates { in_flight: listener::Gate::in_flight(), reading: listener::Gate::reading(), large: listener::Gate::large() });
     let mut last_accept_warning = None;
 
     let (prewarm_tx, mut prewarm_rx) = mpsc::unbounded_channel::<String>();
@@ -493,8 +514,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tokio::select! {
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (d, gate) = (daemon.clone(), gate.clone());
-                    tokio::spawn(d.handle(stream, gate));
+                    let (d, gates) = (daemon.clone(), gates.clone());
+                    tokio::spawn(d.handle(stream, gates));
                 }
                 Err(e) => {
                     // Out of fds, most likely: wait instead of spinning on

@@ -535,7 +535,8 @@ impl<B: ContainerBackend> Pool<B> {
                 }
                 spec.read_only_root = true;
                 spec.tmpfs = vec!["/run".into()];
-                spec.tmpfs.extend(image.scratch.iter().cloned());
+                // A scratch directory the host view already binds is the host's.
+                spec.tmpfs.extend(image.scratch.iter().filter(|p| !view.sees_host(p) && p.as_path() != Path::new("/run")).cloned());
                 // On the host's network the engine gives the host's name itself.
                 if image.network != crate::catalog::Network::Host {
                     spec.hostname = host_name();

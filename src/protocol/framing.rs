@@ -121,6 +121,11 @@ fn read_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Resu
     let mut got = 0;
     while got < buf.len() {
         let n = recv_some(sock.as_raw_fd(), &mut buf[got..], fds)?;
+        // Each recvmsg may bring up to MAX_FDS: a frame in many pieces must
+        // not bring more in all.
+        if fds.len() > MAX_FDS {
+            return Err(FrameError::TooManyFds);
+        }
         if n == 0 {
             if got == 0 {
                 return Ok(false);
