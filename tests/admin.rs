@@ -149,9 +149,10 @@ fn scan_lists_an_images_executables_without_running_it_and_can_map_them() {
     }
     // First PATH match only: `sh` is listed once.
     assert_eq!(paths.iter().filter(|p| p.ends_with("/sh")).count(), 1);
-    // Other mounts of this run index their local images meanwhile, each
-    // scan with a short-lived container: a leak is one that stays.
-    let left = || stdout(&docker(&["ps", "-aq", "--filter", "label=io.odfs.scan=true"]));
+    // This mount goes on indexing its local images meanwhile, each scan
+    // with a short-lived container: a leak is one that stays.
+    let mine = format!("label=io.odfs.mount={}", m.id);
+    let left = || stdout(&docker(&["ps", "-aq", "--filter", &mine, "--filter", "label=io.odfs.scan=true"]));
     assert!(eventually(Duration::from_secs(60), || left().trim().is_empty()), "the scan left containers: {}", left());
     assert!(!m.shim("awk").exists());
     // The scan fed the index the command-not-found hook reads.

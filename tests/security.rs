@@ -53,7 +53,7 @@ fn a_tool_inside_a_container_cannot_use_the_control_socket() {
         }
         other => panic!("answered {other:?}"),
     }
-    assert!(m.log_text().contains("refused a request from another pid or user namespace"), "{}", m.log_text());
+    assert!(m.log_text().contains("requests from inside a container or another user namespace are refused"), "{}", m.log_text());
 }
 
 #[test]

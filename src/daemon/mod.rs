@@ -91,38 +91,8 @@ impl<B: ContainerBackend> Daemon<B> {
     /// One control connection: the peer fixed now, the request read within
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
-    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, gates: Arc<Gates>) {
-        let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
-            Ok(p) => p,
-            Err(e) => return tracing::warn!("no peer credentials: {e}"),
-        };
-        // A tool in a container that can see this socket (a shared /tmp
-        // holding a state dir) must not ask for tools as other users; nor
-        // may a user namespace's many uids take many users' places. Judged
-        // before any place is taken.
-        if !in_our_namespaces(peer.pid) || !peer.alive() {
-            tracing::warn!(pid = peer.pid, uid = peer.uid, "refused a request from another pid or user namespace (or a caller already gone)");
-            let message = "requests from inside a container or another user namespace are refused (run odfs tools on the host)".to_string();
-            let Ok(conn) = stream.into_std() else { return };
-            let _ = conn.set_nonblocking(false);
-            return self.answer(conn, Response::Error { message, exit_code: EXIT_ODFS_ERROR });
-        }
-        let (Some(_serving), Some(ticket)) = (gates.in_flight.enter(peer.uid), gates.reading.enter(peer.uid)) else {
-            tracing::debug!(uid = peer.uid, "refused a connection: too many requests of this user being read");
-            let message = format!(
-                "too many requests of uid {} at once (at most {} being read, {} being served); try again",
-                peer.uid,
-                listener::READING_PER_UID,
-                listener::IN_FLIGHT_PER_UID
-            );
-            // Best effort, never waiting: this peer may be the one flooding.
-            if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
-                let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-                frame.extend_from_slice(&body);
-                let _ = stream.try_write(&frame);
-            }
-            return;
-        };
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, gates: Arc<Gates>) {
+        let Admitted { peer, serving: _serving, reading: ticket } = admitted;
         let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &gates.large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
@@ -187,7 +157,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(pid = caller.pid, "bad request: {e}"),
+            Err(e) => REFUSALS.note(caller.uid, &format!("bad request: {e}")),
         }
     }
 }
@@ -200,6 +170,73 @@ fn in_our_namespaces(pid: i32) -> bool {
     let ns = |p: &str| Some((std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()?, std::fs::read_link(format!("/proc/{p}/ns/user")).ok()?));
     let ours = OURS.get_or_init(|| ns("self"));
     pid > 0 && ours.is_some() && ns(&pid.to_string()) == *ours
+}
+
+/// A connection let in: its peer, and its places.
+struct Admitted {
+    peer: listener::Peer,
+    serving: listener::Ticket,
+    reading: listener::Ticket,
+}
+
+/// Decide at once, in the accept loop, whether a connection may be served,
+/// so that a flood of connections costs a few syscalls each and holds no
+/// fd past this: the peer's credentials, its namespaces (a tool in a
+/// container that sees this socket through a shared /tmp must not ask for
+/// tools as other users, nor a user namespace's many uids take many users'
+/// places), then its user's places. A refused peer gets one line if its
+/// socket has room.
+fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
+    let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
+        Ok(p) => p,
+        Err(e) => {
+            REFUSALS.note(u32::MAX, &format!("no peer credentials: {e}"));
+            return None;
+        }
+    };
+    let refuse = |message: String| {
+        REFUSALS.note(peer.uid, &message);
+        if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
+            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&body);
+            let _ = stream.try_write(&frame);
+        }
+        None
+    };
+    if !in_our_namespaces(peer.pid) || !peer.alive() {
+        return refuse("requests from inside a container or another user namespace are refused (run odfs tools on the host)".into());
+    }
+    let (Some(serving), Some(reading)) = (gates.in_flight.enter(peer.uid), gates.reading.enter(peer.uid)) else {
+        return refuse(format!(
+            "too many requests of uid {} at once (at most {} being read, {} being served); try again",
+            peer.uid,
+            listener::READING_PER_UID,
+            listener::IN_FLIGHT_PER_UID
+        ));
+    };
+    Some(Admitted { peer, serving, reading })
+}
+
+/// Refused connections and bad requests, logged at most every 10 s (a
+/// flood must not fill the log).
+struct Refusals {
+    /// When the last line was written, and refusals since.
+    since: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+static REFUSALS: Refusals = Refusals { since: std::sync::Mutex::new((None, 0)) };
+
+impl Refusals {
+    fn note(&self, uid: u32, why: &str) {
+        let mut s = self.since.lock().unwrap();
+        s.1 += 1;
+        if s.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(uid, refused = s.1, "refused a connection or request: {why} (refusals since the last such line)");
+            *s = (Some(std::time::Instant::now()), 0);
+        } else {
+            tracing::debug!(uid, "refused: {why}");
+        }
+    }
 }
 
 /// The control socket's places (see [`listener`]).
@@ -514,8 +551,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tokio::select! {
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (d, gates) = (daemon.clone(), gates.clone());
-                    tokio::spawn(d.handle(stream, gates));
+                    if let Some(admitted) = admit(&stream, &gates) {
+                        let (d, gates) = (daemon.clone(), gates.clone());
+                        tokio::spawn(d.handle(stream, admitted, gates));
+                    }
                 }
                 Err(e) => {
                     // Out of fds, most likely: wait instead of spinning on

@@ -801,6 +801,14 @@ impl<B: ContainerBackend> Pool<B> {
     /// At shutdown: remove idle containers; leave busy ones running (their
     /// tools finish, and the next daemon adopts them).
     pub async fn shutdown(&self) {
+        // Never-started scratch containers (scans, image facts) still under
+        // way when the daemon stops: nothing will remove them later but the
+        // next start, which may never come.
+        if let Ok(found) = self.backend.list(&self.cfg.mount_id).await {
+            for c in found.iter().filter(|c| c.profile.is_empty()) {
+                let _ = self.backend.remove(&c.id).await;
+            }
+        }
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
             let mut state = slot.state.lock().await;
