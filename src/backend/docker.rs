@@ -408,10 +408,9 @@ impl ContainerBackend for Docker {
     }
 
     async fn image_facts(&self, reference: &str, dirs: &[String], mount_id: &str) -> Result<ImageFacts, BackendError> {
-        let id = self.image_id(reference).await?.unwrap_or_default();
         let created = self.scratch(reference, mount_id).await?;
         let result = async {
-            let mut facts = ImageFacts { id, asked: dirs.to_vec(), ..Default::default() };
+            let mut facts = ImageFacts { asked: dirs.to_vec(), ..Default::default() };
             // A file's archive is a tar of that one file; a directory's is
             // the whole tree, of which the first two entries tell enough.
             for (path, out) in [("/etc/passwd", &mut facts.passwd), ("/etc/group", &mut facts.group)] {

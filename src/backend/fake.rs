@@ -77,7 +77,6 @@ impl ContainerBackend for Fake {
     async fn image_facts(&self, _reference: &str, dirs: &[String], _mount_id: &str) -> Result<super::ImageFacts, BackendError> {
         self.facts.fetch_add(1, Ordering::SeqCst);
         Ok(super::ImageFacts {
-            id: "sha256:fake".into(),
             asked: dirs.to_vec(),
             passwd: "root:x:0:0:root:/root:/bin/sh\n".into(),
             ..Default::default()

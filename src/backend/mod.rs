@@ -51,7 +51,7 @@ impl Bind {
 /// What a local image holds where the host view would cover it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFacts {
-    /// The image's id: facts are kept per id.
+    /// The image's id (filled in by whoever keeps facts per id).
     pub id: String,
     /// The top-level directories asked about that the image fills.
     pub filled: Vec<String>,

@@ -20,28 +20,7 @@ use crate::protocol::{
 
 /// The caller as the kernel reported it when it connected (SO_PEERCRED,
 /// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    peer: Arc<super::listener::Peer>,
-}
-
-impl From<super::listener::Peer> for Caller {
-    fn from(p: super::listener::Peer) -> Caller {
-        Caller { pid: p.pid, uid: p.uid, gid: p.gid, groups: p.groups.clone(), peer: Arc::new(p) }
-    }
-}
-
-impl Caller {
-    /// Whether the caller still lives, so what was read from `/proc/PID`
-    /// before was its own (see [`super::listener::Peer::alive`]).
-    pub fn alive(&self) -> bool {
-        self.peer.alive()
-    }
-}
+pub type Caller = Arc<super::listener::Peer>;
 
 /// A refusal the caller sees as `odfs: CMD: message`.
 #[derive(Debug)]

@@ -91,9 +91,9 @@ impl<B: ContainerBackend> Daemon<B> {
     /// One control connection: the peer fixed now, the request read within
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
-    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, gates: Arc<Gates>) {
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, large: Arc<listener::Gate>) {
         let Admitted { peer, serving: _serving, reading: ticket } = admitted;
-        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &gates.large)).await {
+        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
         };
@@ -110,7 +110,7 @@ impl<B: ContainerBackend> Daemon<B> {
         if conn.set_nonblocking(false).is_err() {
             return;
         }
-        let caller = Caller::from(peer);
+        let caller: Caller = Arc::new(peer);
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {
@@ -157,7 +157,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(None) => {}
-            Err(e) => REFUSALS.note(caller.uid, &format!("bad request: {e}")),
+            Err(e) => REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
         }
     }
 }
@@ -190,16 +190,21 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
         Ok(p) => p,
         Err(e) => {
-            REFUSALS.note(u32::MAX, &format!("no peer credentials: {e}"));
+            REFUSALS.note(u32::MAX, &format!("refused a connection: no peer credentials: {e}"));
             return None;
         }
     };
     let refuse = |message: String| {
-        REFUSALS.note(peer.uid, &message);
+        REFUSALS.note(peer.uid, &format!("refused a connection: {message}"));
         if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
             let mut frame = (body.len() as u32).to_le_bytes().to_vec();
             frame.extend_from_slice(&body);
-            let _ = stream.try_write(&frame);
+            // Straight to the socket, never waiting (tokio's try_write
+            // would give up on a socket it has not seen writable yet).
+            // SAFETY: sends from a buffer we own on a socket we own.
+            unsafe {
+                libc::send(std::os::fd::AsRawFd::as_raw_fd(stream), frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
         }
         None
     };
@@ -217,27 +222,34 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     Some(Admitted { peer, serving, reading })
 }
 
-/// Refused connections and bad requests, logged at most every 10 s (a
-/// flood must not fill the log).
-struct Refusals {
-    /// When the last line was written, and refusals since.
+/// A warning that a flood could repeat without end: written at most every
+/// 10 s, with how often it came meanwhile; the rest go to debug.
+struct Throttled {
+    /// When the last line was written, and notes since.
     since: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
-static REFUSALS: Refusals = Refusals { since: std::sync::Mutex::new((None, 0)) };
+impl Throttled {
+    const fn new() -> Throttled {
+        Throttled { since: std::sync::Mutex::new((None, 0)) }
+    }
 
-impl Refusals {
     fn note(&self, uid: u32, why: &str) {
         let mut s = self.since.lock().unwrap();
         s.1 += 1;
         if s.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            tracing::warn!(uid, refused = s.1, "refused a connection or request: {why} (refusals since the last such line)");
+            tracing::warn!(uid, times = s.1, "{why} (times since the last such line)");
             *s = (Some(std::time::Instant::now()), 0);
         } else {
-            tracing::debug!(uid, "refused: {why}");
+            tracing::debug!(uid, "{why}");
         }
     }
 }
+
+/// Refused connections and bad requests.
+static REFUSALS: Throttled = Throttled::new();
+/// Failed accepts (out of fds, most likely).
+static ACCEPT_ERRORS: Throttled = Throttled::new();
 
 /// The control socket's places (see [`listener`]).
 struct Gates {
@@ -499,8 +511,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     crate::backend::docker::raise_nofile();
     let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
-    let gates = Arc::new(Gates { in_flight: listener::Gate::in_flight(), reading: listener::Gate::reading(), large: listener::Gate::large() });
-    let mut last_accept_warning = None;
+    let gates = Gates { in_flight: listener::Gate::in_flight(), reading: listener::Gate::reading(), large: listener::Gate::large() };
 
     let (prewarm_tx, mut prewarm_rx) = mpsc::unbounded_channel::<String>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
@@ -552,17 +563,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
                     if let Some(admitted) = admit(&stream, &gates) {
-                        let (d, gates) = (daemon.clone(), gates.clone());
-                        tokio::spawn(d.handle(stream, admitted, gates));
+                        tokio::spawn(daemon.clone().handle(stream, admitted, gates.large.clone()));
                     }
                 }
                 Err(e) => {
-                    // Out of fds, most likely: wait instead of spinning on
-                    // the same error, and say so once a second at most.
-                    if last_accept_warning.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!("accept: {e} (waiting before the next connection)");
-                        last_accept_warning = Some(std::time::Instant::now());
-                    }
+                    // Wait instead of spinning on the same error.
+                    ACCEPT_ERRORS.note(0, &format!("accept: {e} (waiting before the next connection)"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

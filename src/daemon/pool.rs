@@ -510,7 +510,8 @@ impl<B: ContainerBackend> Pool<B> {
                 make_private_dir(&run).map_err(|e| PoolError::Start(format!("cannot create {}: {e}", run.display())))?;
                 let _ = std::fs::remove_file(run.join("agent.sock"));
                 let host_top = self.host_top();
-                let facts = self.image_facts(image, &host_top).await?;
+                // Fetched just now, so here (or gone again: nothing to keep).
+                let facts = self.image_facts(image, &host_top).await?.unwrap_or_default();
                 let view = View::plan(&host_top, &facts.filled, &self.cfg.view, &RealFs);
                 // The caller's identity reaches the image without writing it:
                 // generated account files, bound over the image's.
@@ -586,17 +587,18 @@ impl<B: ContainerBackend> Pool<B> {
     /// What an image fills of the host's top-level directories, and its
     /// account files: asked once per image id (a never-started container
     /// is read), then kept.
-    async fn image_facts(&self, image: &ImageSpec, host_top: &[String]) -> Result<Arc<ImageFacts>, PoolError> {
+    /// `None` when the image is not here.
+    async fn image_facts(&self, image: &ImageSpec, host_top: &[String]) -> Result<Option<Arc<ImageFacts>>, PoolError> {
         let asked = crate::view::candidates(host_top, &self.cfg.view);
-        let id = self.backend.image_id(&image.reference).await?;
+        let Some(id) = self.backend.image_id(&image.reference).await? else { return Ok(None) };
         if let Some(f) = self.facts.lock().unwrap().get(&image.reference) {
-            if Some(&f.id) == id.as_ref() && asked.iter().all(|d| f.asked.contains(d)) {
-                return Ok(f.clone());
+            if f.id == id && asked.iter().all(|d| f.asked.contains(d)) {
+                return Ok(Some(f.clone()));
             }
         }
-        let facts = Arc::new(self.backend.image_facts(&image.reference, &asked, &self.cfg.mount_id).await?);
+        let facts = Arc::new(ImageFacts { id, ..self.backend.image_facts(&image.reference, &asked, &self.cfg.mount_id).await? });
         self.facts.lock().unwrap().insert(image.reference.clone(), facts.clone());
-        Ok(facts)
+        Ok(Some(facts))
     }
 
     /// What a profile's tools see of the host, for `odfs show`: its
@@ -611,10 +613,7 @@ impl<B: ContainerBackend> Pool<B> {
             return Ok(Arc::new(View { host: image.remote_dirs.clone(), filled: vec![] }));
         }
         let host_top = self.host_top();
-        let filled = match self.backend.image_id(&image.reference).await? {
-            Some(_) => self.image_facts(image, &host_top).await?.filled.clone(),
-            None => vec![],
-        };
+        let filled = self.image_facts(image, &host_top).await?.map(|f| f.filled.clone()).unwrap_or_default();
         Ok(Arc::new(View::plan(&host_top, &filled, &self.cfg.view, &RealFs)))
     }
 

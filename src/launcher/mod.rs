@@ -167,7 +167,15 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         fds: fds.clone(),
         tty,
     });
-    protocol::send(&control, &req, &fds).map_err(|e| fail(format!("cannot send the request to the daemon: {e}")))?;
+    if let Err(e) = protocol::send(&control, &req, &fds) {
+        // The daemon may have refused this connection before reading it
+        // (too many requests of this user, another namespace): its one
+        // line is waiting to be read.
+        return Err(match protocol::recv::<Response>(&control) {
+            Ok(Some((Response::Error { message, exit_code }, _))) => Failure { message, code: exit_code },
+            _ => fail(format!("cannot send the request to the daemon: {e}")),
+        });
+    }
     // Progress frames come first when the image has to be fetched.
     let mut fetching = progress::Fetching::new(command, tty::isatty(2));
     let answer = loop {
