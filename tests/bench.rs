@@ -16,13 +16,24 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     let out = std::path::PathBuf::from(format!("/tmp/odfs-test-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
+    // A container left by a run that died (its pid is not a live bench)
+    // is removed by the next run.
+    let dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    let _ = dead.wait_with_output();
+    let leftover = docker(&["create", "--label", &format!("io.odfs.bench={dead_pid}"), "odfs-test/busybox:latest", "true"]);
+    assert!(leftover.status.success(), "{}", stderr(&leftover));
     std::fs::write(out.join("performance.md"), "# Performance\n\nHand-written intro.\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_odfs-bench"))
         .args(["--smoke", "--out", out.to_str().unwrap(), "--agent", agent().to_str().unwrap()])
         .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
         .args(["--remote", remote.tcp.as_deref().unwrap(), "--remote-certs", remote.certs.to_str().unwrap()])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let run = o.id();
+    let o = o.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let report = stdout(&o);
     for needle in [
@@ -53,9 +64,11 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     assert!(doc.contains(odfs::bench::report::BEGIN) && doc.contains("| odfs shim (warm) "), "{doc}");
     let png = std::fs::read(out.join("performance.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    // Nothing of the benchmark's is left on the engine.
-    let left = docker(&["ps", "-aq", "--filter", "label=io.odfs.bench=true"]);
+    // Nothing of this run's is left on the engine.
+    let left = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.bench={run}")]);
     assert!(left.stdout.is_empty(), "{}", stdout(&left));
+    let left = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.bench={dead_pid}")]);
+    assert!(left.stdout.is_empty(), "a dead run's container was left: {}", stdout(&left));
     let left = remote.docker(&["ps", "-aq"]);
     assert!(left.stdout.is_empty(), "left on the remote engine: {}", stdout(&left));
     let _ = std::fs::remove_dir_all(&out);

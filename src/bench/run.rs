@@ -152,8 +152,9 @@ pub struct Binaries {
 }
 
 pub const IMAGE: &str = "odfs-test/busybox:latest";
-/// Label on the containers the benchmark starts itself, for clean-up.
-const LABEL: &str = "io.odfs.bench=true";
+/// Label on the containers the benchmark starts itself, for clean-up; its
+/// value is the pid of the run that started them.
+const LABEL: &str = "io.odfs.bench";
 
 /// A mount of its own: temp dir, catalog, daemon; gone on drop.
 pub struct Mount {
@@ -250,10 +251,6 @@ impl Drop for Mount {
     }
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    docker_on(None).args(args).output().expect("docker")
-}
-
 /// The docker CLI for the local engine, or for `remote` with its TLS.
 fn docker_on(remote: Option<&RemoteEngine>) -> Command {
     let mut c = Command::new("docker");
@@ -297,31 +294,60 @@ fn rotated(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Resul
 }
 
 /// A plain container of the test image for `docker exec` (what distrobox
-/// and toolbox do per call).
-struct ExecTarget(String);
+/// and toolbox do per call), on the local engine or `remote`.
+struct ExecTarget {
+    name: String,
+    remote: Option<RemoteEngine>,
+}
 
 impl ExecTarget {
-    fn start() -> std::io::Result<ExecTarget> {
+    fn start(remote: Option<&RemoteEngine>) -> std::io::Result<ExecTarget> {
+        remove_leftovers(remote);
         let name = format!("odfs-bench-exec-{}", std::process::id());
+        let docker = |args: &[&str]| docker_on(remote).args(args).output();
         let _ = docker(&["rm", "-f", &name]);
-        let o = docker(&["run", "-d", "--name", &name, "--label", LABEL, "--network", "none", IMAGE, "sleep", "1d"]);
+        let label = format!("{LABEL}={}", std::process::id());
+        let o = docker(&["run", "-d", "--name", &name, "--label", &label, "--network", "none", IMAGE, "sleep", "1d"])?;
         if !o.status.success() {
             return Err(std::io::Error::other(format!("docker run: {}", String::from_utf8_lossy(&o.stderr))));
         }
-        Ok(ExecTarget(name))
+        Ok(ExecTarget { name, remote: remote.cloned() })
+    }
+
+    /// `docker exec` of `cmd` in it.
+    fn exec(&self, cmd: &str) -> Command {
+        let mut c = docker_on(self.remote.as_ref());
+        c.args(["exec", &self.name, cmd]);
+        c
+    }
+}
+
+/// Removes the containers of benchmark runs that died before their own
+/// clean-up (killed, or the machine stopped under them): a run's label
+/// names its pid, and a pid that is no longer an odfs-bench is dead.
+fn remove_leftovers(remote: Option<&RemoteEngine>) {
+    let Ok(o) = docker_on(remote).args(["ps", "-a", "--filter", &format!("label={LABEL}"), "--format", &format!("{{{{.ID}}}} {{{{.Label \"{LABEL}\"}}}}")]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let Some((id, pid)) = line.split_once(' ') else { continue };
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "odfs-bench");
+        if !alive {
+            let _ = docker_on(remote).args(["rm", "-f", id]).output();
+        }
     }
 }
 
 impl Drop for ExecTarget {
     fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
+        let _ = docker_on(self.remote.as_ref()).args(["rm", "-f", &self.name]).output();
     }
 }
 
 /// Run every section; `progress` hears what is being measured.
 pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, progress: &mut dyn FnMut(&str)) -> std::io::Result<Results> {
     let main = Mount::start(bins, "main", &catalog())?;
-    let exec = ExecTarget::start()?;
+    let exec = ExecTarget::start(None)?;
     let work = main.work();
     let native = |cmd: &str| {
         let mut c = Command::new(cmd);
@@ -337,7 +363,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
             let ms = match i {
                 0 => time_ms(&mut native("/bin/true"))?,
                 1 => time_ms(&mut native(main.shim("true").to_str().unwrap()))?,
-                _ => time_ms(native("docker").args(["exec", &exec.0, "true"]))?,
+                _ => time_ms(&mut exec.exec("true"))?,
             };
             warm[i].push(ms);
             Ok(())
@@ -388,7 +414,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     let sinks = [
         ("native cat", "cat".to_string()),
         ("odfs shim cat", main.shim("cat").display().to_string()),
-        ("docker exec -i cat", format!("docker exec -i {} cat", exec.0)),
+        ("docker exec -i cat", format!("docker exec -i {} cat", exec.name)),
     ];
     let mut stdio: [Vec<f64>; 3] = Default::default();
     for round in 0..counts.stdio_rounds {
@@ -431,14 +457,7 @@ fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> st
     let catalog = format!("[image.warm]\nref = \"{IMAGE}\"\nnetwork = \"none\"\nkeep_alive = \"1h\"\ncommands = [\"true\", \"cat\"]\n");
     let local = Mount::start(bins, "local", &catalog)?;
     let remote = Mount::start_on(bins, "remote", &catalog, Some(engine))?;
-    let exec = {
-        let name = format!("odfs-bench-exec-{}", std::process::id());
-        let o = docker_on(Some(engine)).args(["run", "-d", "--name", &name, "--label", LABEL, "--network", "none", IMAGE, "sleep", "1d"]).output()?;
-        if !o.status.success() {
-            return Err(std::io::Error::other(format!("docker run on {}: {}", engine.url, String::from_utf8_lossy(&o.stderr))));
-        }
-        name
-    };
+    let exec = ExecTarget::start(Some(engine))?;
     let mounts = [&local, &remote];
     let run = |m: &Mount, tool: &str| {
         let mut c = Command::new(m.shim(tool));
@@ -453,7 +472,7 @@ fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> st
         for round in 0..counts.remote_rounds {
             rotated(round, 3, |i| {
                 warm[i].push(match i {
-                    2 => time_ms(docker_on(Some(engine)).args(["exec", &exec, "true"]))?,
+                    2 => time_ms(&mut exec.exec("true"))?,
                     _ => time_ms(&mut run(mounts[i], "true"))?,
                 });
                 Ok(())
@@ -498,7 +517,7 @@ fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> st
             parallel,
         })
     })();
-    let _ = docker_on(Some(engine)).args(["rm", "-f", &exec]).output();
+    drop(exec);
     result
 }
 
