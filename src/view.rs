@@ -18,6 +18,10 @@ pub const ALWAYS_HOST: [&str; 5] = ["home", "root", "tmp", "mnt", "media"];
 /// Host directories below image-owned ones that still come from the host.
 pub const HOST_INSIDE_IMAGE: [&str; 2] = ["/var/tmp", "/run/user"];
 
+/// Host files below image-owned directories that come from the host
+/// read-only: where the machine is in time.
+pub const HOST_READ_ONLY: [&str; 2] = ["/etc/localtime", "/etc/timezone"];
+
 /// Paths that mean the same thing in every container of this kernel: the
 /// standard devices, the process's own fds and /proc entry.
 const KERNEL_SAME: [&str; 9] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/stdin", "/dev/stdout", "/dev/stderr"];
@@ -110,7 +114,7 @@ impl View {
             .filter(|n| ALWAYS_HOST.contains(&n.as_str()) || !filled.contains(n))
             .map(|n| Path::new("/").join(n))
             .collect();
-        host.extend(HOST_INSIDE_IMAGE.iter().map(PathBuf::from).filter(|p| fs.exists(p)));
+        host.extend(HOST_INSIDE_IMAGE.iter().chain(&HOST_READ_ONLY).map(PathBuf::from).filter(|p| fs.exists(p)));
         // The account files are the daemon's to bind (a share of them would
         // be a second mount at the same place).
         let accounts = |p: &PathBuf| p.as_path() == Path::new("/etc/passwd") || p.as_path() == Path::new("/etc/group");
@@ -288,6 +292,11 @@ impl View {
             return Err(Collision { path: lexical.clone(), image_dir: top_of(&from_root) });
         }
         if kernel_same(&lexical) {
+            return Ok(());
+        }
+        // A file bound by its name (the host's time zone): the container
+        // has at that name what the name resolves to on the host.
+        if HOST_READ_ONLY.iter().any(|f| lexical == Path::new(f)) && self.sees_host(&lexical) {
             return Ok(());
         }
         self.check_resolved(&lexical, &lexical, fs)?;

@@ -24,7 +24,7 @@ fn ls_lists_every_catalog_command_as_a_root_owned_executable() {
     let meta = std::fs::metadata(m.shim("cat")).unwrap();
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, 0, 0o755));
     let text = std::fs::read_to_string(m.shim("cat")).unwrap();
-    assert_eq!(text, format!("#!{} {}\n", env!("CARGO_BIN_EXE_odfs-launch"), m.socket.display()));
+    assert_eq!(text, format!("#!{} {}\n", launcher().display(), m.socket.display()));
     // Read-only: nothing can be created or changed.
     assert!(std::fs::write(m.mnt.join("new"), "x").is_err());
     assert!(std::fs::OpenOptions::new().write(true).open(m.shim("cat")).is_err());
@@ -154,10 +154,10 @@ fn files_created_by_a_non_root_caller_are_theirs() {
 #[test]
 fn sequential_calls_reuse_one_container() {
     let m = TestMount::new(BUSYBOX_CATALOG);
-    // Each call names the container it ran in (when its PID 1, the agent,
-    // started: field 22 of /proc/1/stat): one for all 100 calls, not just
-    // one at the end.
-    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do n=$("$M/sh" -c 'set -- $(cat /proc/1/stat); echo ${22}') || exit 1; echo "$n"; i=$((i+1)); done"#);
+    // Each call names the container it ran in: when its agent (the tool's
+    // parent) started, field 22 of its stat; one for all 100 calls, not
+    // just one at the end.
+    let o = m.sh(r#"i=0; while [ $i -lt 100 ]; do n=$("$M/sh" -c 'set -- $(cat /proc/$PPID/stat); echo ${22}') || exit 1; echo "$n"; i=$((i+1)); done"#);
     assert!(o.status.success(), "{}", stderr(&o));
     let names: Vec<String> = stdout(&o).lines().map(String::from).collect();
     assert_eq!(names.len(), 100);
@@ -166,8 +166,9 @@ fn sequential_calls_reuse_one_container() {
     assert_eq!(distinct.len(), 1, "calls ran in several containers: {distinct:?}");
     let containers = m.containers();
     assert_eq!(containers.len(), 1);
-    let started = docker(&["exec", &containers[0], "sh", "-c", "set -- $(cat /proc/1/stat); echo ${22}"]);
-    assert_eq!(stdout(&started).trim(), distinct[0], "{containers:?}");
+    let agent = agent_proc(&containers[0]);
+    let started = docker(&["exec", &containers[0], "sh", "-c", &format!("set -- $(cat {agent}/stat); echo ${{22}}")]);
+    assert_eq!(stdout(&started).trim(), distinct[0], "{containers:?}: {}", stderr(&started));
 }
 
 #[test]

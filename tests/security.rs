@@ -79,14 +79,14 @@ fn a_tool_inside_a_container_cannot_use_another_containers_agent() {
     // And it still serves the daemon.
     assert_eq!(stdout(&m.sh(r#""$M/echo" served"#)), "served\n");
     // The token is not left in the agent's environment block either, where
-    // root in the container could read it (/proc/1/environ).
+    // root in the container could read it (/proc/PID/environ).
     let c = m.containers()[0].clone();
     let token = stdout(&docker(&["inspect", "-f", "{{index .Config.Labels \"io.odfs.token\"}}", &c])).trim().to_string();
     assert_eq!(token.len(), 32, "{token:?}");
-    let environ = docker(&["exec", &c, "cat", "/proc/1/environ"]).stdout;
+    let environ = docker(&["exec", &c, "cat", &format!("{}/environ", agent_proc(&c))]).stdout;
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.contains("ODFS_AGENT_TOKEN=0000"), "not the agent's environment block: {environ:?}");
-    assert!(!environ.contains(&token), "the token is readable in /proc/1/environ");
+    assert!(!environ.contains(&token), "the token is readable in the agent's /proc/PID/environ");
 }
 
 fn agent_sockets(state: &Path) -> Vec<PathBuf> {

@@ -1,5 +1,34 @@
-//! What the container's memory cgroup says about a tool's death: whether the
-//! kernel's out-of-memory killer struck, and under which limit.
+//! The container's cgroup: which processes are the container's (in the
+//! host's pid namespace `/proc` lists the whole machine), and what its
+//! memory accounting says about a tool's death (whether the kernel's
+//! out-of-memory killer struck, and under which limit).
+
+/// This process's cgroup v2 path, as `/proc/PID/cgroup` shows it (`/` in a
+/// container with a cgroup namespace of its own).
+fn cgroup_of(pid: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+}
+
+/// Whether process `pid` is in the agent's own cgroup, that is, inside
+/// this container (a process outside shows another path, relative to ours
+/// with `..`). `None` when either cannot be read (gone, or cgroup v1).
+pub fn in_our_cgroup(pid: i32) -> Option<bool> {
+    Some(cgroup_of(&pid.to_string())? == cgroup_of("self")?)
+}
+
+/// The processes of this container, from its cgroup (every process of the
+/// container, wherever its parent is); from `/proc` when the cgroup file
+/// cannot be read (then the pid namespace must be the container's).
+pub fn container_pids() -> Vec<i32> {
+    let own = cgroup_of("self").and_then(|path| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.procs")).ok());
+    match own {
+        Some(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
+        None => std::fs::read_dir("/proc")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default(),
+    }
+}
 
 /// Kills by the OOM killer in this container so far (cgroup v2
 /// `memory.events`, v1 `memory.oom_control`); `None` if neither is readable.

@@ -1,4 +1,5 @@
-//! `odfs-agent`: PID 1 of every backing container. Accepts spawn requests on a
+//! `odfs-agent`: the first process of every backing container (PID 1, or a
+//! child subreaper in the host's pid namespace). Accepts spawn requests on a
 //! unix socket, starts tools as the caller with the caller's fds, reaps every
 //! child, and reports each tool's end to whoever holds the connection.
 //!
@@ -21,7 +22,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, PROTOCOL_VERSION};
 
@@ -38,6 +38,9 @@ pub struct AgentConfig {
     /// The secret every request must carry (from `ODFS_AGENT_TOKEN`, which
     /// the daemon sets per container); `None` accepts any (tests only).
     pub token: Option<String>,
+    /// Appended to the image's PATH in every tool's environment (the
+    /// mount's directory, so tools can run other catalog tools).
+    pub path_tail: Option<Vec<u8>>,
 }
 
 /// The environment variable the daemon passes the agent's token in. The
@@ -107,6 +110,7 @@ struct Agent {
     children: Condvar,
     /// The image's PATH: tools are looked up on it and get it as their PATH.
     path: Vec<u8>,
+    path_tail: Option<Vec<u8>>,
     allow_local_peers: bool,
     token: Option<String>,
 }
@@ -128,19 +132,28 @@ pub fn run(config: AgentConfig) -> ! {
         registry: Mutex::new(Registry { waiting: HashMap::new(), finished: Default::default(), running: 0, idle_since: Instant::now() }),
         children: Condvar::new(),
         path,
+        path_tail: config.path_tail,
         allow_local_peers: config.allow_local_peers,
         token: config.token,
     });
 
+    // In the host's pid namespace the agent is not PID 1: orphans of the
+    // tools come to it all the same, to be reaped.
+    // SAFETY: plain prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+
     std::thread::spawn(move || {
         let sig = term.wait().unwrap_or(Signal::SIGTERM);
         eprintln!("odfs-agent: {sig}: stopping every tool");
-        // SAFETY: kill(-1) from PID 1 of a pid namespace signals every other
-        // process of the namespace; plain syscalls.
-        unsafe {
-            libc::kill(-1, libc::SIGKILL);
-            libc::_exit(0);
+        // Only the container's processes: in the host's pid namespace
+        // kill(-1) would reach the whole machine.
+        let me = std::process::id() as i32;
+        for pid in cgroup::container_pids().into_iter().filter(|&p| p != me) {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // SAFETY: plain syscall.
+        unsafe { libc::_exit(0) };
     });
 
     let reaper = agent.clone();
@@ -212,16 +225,9 @@ impl Agent {
     }
 
     fn serve(&self, stream: UnixStream) {
-        if !self.allow_local_peers {
-            // A peer outside our pid namespace (the daemon on the host) shows
-            // as pid 0; anything inside the container has a real pid.
-            match getsockopt(&stream, PeerCredentials) {
-                Ok(cred) if cred.pid() == 0 => {}
-                _ => {
-                    eprintln!("odfs-agent: refused a connection from inside the container");
-                    return;
-                }
-            }
+        if !self.allow_local_peers && !peer_outside(&stream) {
+            eprintln!("odfs-agent: refused a connection from inside the container");
+            return;
         }
         let first = match protocol::recv::<AgentRequest>(&stream) {
             Ok(Some(m)) => m,
@@ -367,15 +373,22 @@ impl Agent {
     }
 }
 
+/// Whether the peer of a connection is outside this container (the daemon
+/// on the host), never one of its tools: a root tool that learned the token
+/// must not get processes started. Outside our pid namespace a peer shows
+/// as pid 0; in the host's, its cgroup is not the container's, and it must
+/// still be alive once that was read (its pid was not reused meanwhile).
+fn peer_outside(stream: &UnixStream) -> bool {
+    let Ok(peer) = protocol::peer::peer(stream.as_raw_fd()) else { return false };
+    peer.pid == 0 || (cgroup::in_our_cgroup(peer.pid) == Some(false) && peer.alive())
+}
+
 /// SIGKILL every process of session `sid` (the tool's session: the tool,
-/// its process group, its background jobs). The agent is PID 1 of the
-/// container, so `/proc` lists exactly the container's processes.
+/// its process group, its background jobs), among the container's.
 fn kill_session(sid: i32) {
     // SAFETY: plain kill(2); the session leader first, then the rest.
     unsafe { libc::kill(-sid, libc::SIGKILL) };
-    let Ok(dir) = std::fs::read_dir("/proc") else { return };
-    for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+    for pid in cgroup::container_pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // Fields after the parenthesised command: state ppid pgrp session …
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
@@ -423,10 +436,11 @@ pub enum Mode {
 }
 
 /// Parse the agent's command line: `odfs-agent [relay] --socket PATH
-/// [--allow-local-peers]`; the token comes from the environment, which is
+/// [--allow-local-peers] [--path-tail DIR]`; the token comes from the environment, which is
 /// then cleared of it.
 pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut socket = None;
+    let mut path_tail = None;
     let mut allow_local_peers = false;
     let mut relay = false;
     let mut args = args.skip(1).peekable();
@@ -437,6 +451,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--socket" => socket = args.next().map(PathBuf::from),
+            "--path-tail" if !relay => path_tail = args.next().map(String::into_bytes),
             "--allow-local-peers" if !relay => allow_local_peers = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -449,5 +464,5 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     scrub_env(TOKEN_ENV);
     // SAFETY: called at start-up, before any thread exists.
     unsafe { std::env::remove_var(TOKEN_ENV) };
-    Ok(Mode::Serve(AgentConfig { socket, allow_local_peers, token }))
+    Ok(Mode::Serve(AgentConfig { socket, allow_local_peers, token, path_tail }))
 }

@@ -96,8 +96,14 @@ pub(super) fn spawn(
         .filter(|kv| !kv.starts_with(b"PATH="))
         .map(|kv| cstring(kv))
         .collect::<Result<_, _>>()?;
+    // The image's PATH, then the mount's shims: a tool finds the image's
+    // own programs first, and every other catalog tool after them.
     let mut path_var = b"PATH=".to_vec();
     path_var.extend_from_slice(&agent.path);
+    if let Some(tail) = &agent.path_tail {
+        path_var.push(b':');
+        path_var.extend_from_slice(tail);
+    }
     env.push(cstring(&path_var)?);
     let progs: Vec<CString> =
         candidates(&req.program, &agent.path).iter().map(|p| cstring(p)).collect::<Result<_, _>>()?;

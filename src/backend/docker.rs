@@ -298,7 +298,7 @@ impl ContainerBackend for Docker {
             env: Some(spec.env.clone()),
             user: Some("0:0".into()),
             working_dir: Some("/".into()),
-            hostname: spec.hostname.clone(),
+            hostname: spec.hostname.clone().filter(|_| !spec.host_namespaces),
             host_config: Some(HostConfig {
                 binds: Some(host_binds),
                 mounts: Some(mounts),
@@ -316,6 +316,9 @@ impl ContainerBackend for Docker {
                 nano_cpus: spec.limits.nano_cpus.map(|c| c as i64),
                 pids_limit: spec.limits.pids.map(|p| p as i64),
                 ulimits: Some(ulimits()),
+                pid_mode: spec.host_namespaces.then(|| "host".into()),
+                ipc_mode: spec.host_namespaces.then(|| "host".into()),
+                uts_mode: spec.host_namespaces.then(|| "host".into()),
                 ..Default::default()
             }),
             ..Default::default()

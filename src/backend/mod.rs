@@ -84,8 +84,13 @@ pub struct ContainerSpec {
     pub read_only_root: bool,
     /// Empty tmpfs mounts (`/run`, an image's declared scratch).
     pub tmpfs: Vec<PathBuf>,
-    /// The container's host name (the host's own, so tools see the caller's).
+    /// The container's host name (the host's own, so tools see the caller's),
+    /// when it has a UTS namespace of its own.
     pub hostname: Option<String>,
+    /// Join the host's pid, IPC and UTS namespaces: tools see and may
+    /// signal the caller's processes, share its System V IPC and POSIX
+    /// shared memory, and have its host name.
+    pub host_namespaces: bool,
 }
 
 /// What an attached exec writes: (1 for stdout or 2 for stderr, bytes).

@@ -420,6 +420,8 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
     let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };
     if v.remote {
         println!("host view:  {} (the remote host's remote_dirs; nothing else of this host)", list(&v.host));
+        println!("processes:  {}", v.namespaces);
+        println!("environment: {}", v.environment);
         return Ok(());
     }
     println!("host view:  {} (same paths, the caller's permissions)", list(&v.host));
@@ -428,6 +430,8 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
     if !v.private.is_empty() {
         println!("note: later mounts under {} do not reach the tool: their host mount is private (mount --make-rshared /)", v.private.join(" "));
     }
+    println!("processes:  {}", v.namespaces);
+    println!("environment: {}", v.environment);
     Ok(())
 }
 

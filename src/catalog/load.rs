@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, RunAs};
+use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
 
 /// One problem in one catalog file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,8 @@ struct RawImage {
     /// Directories of the image it writes at run time: empty tmpfs mounts.
     #[serde(default)]
     scratch: Vec<String>,
+    /// Whose processes its tools see: "host" (the default) or "private".
+    pid: Option<PidMode>,
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<u64>,
@@ -164,6 +166,12 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 ),
             ));
         }
+        if img.pid == Some(PidMode::Host) && super::model::reaches_other_processes(img.user, &img.cap_add) {
+            errors.push(err(
+                line,
+                format!("image {name}: pid = \"host\" with user = \"root\" or a capability among KILL, SYS_PTRACE, IPC_OWNER, SYS_ADMIN would let its tools signal or trace other users' processes on the host: remove pid (such images get namespaces of their own)"),
+            ));
+        }
         for cmd in &img.commands {
             match CommandName::new(cmd) {
                 Ok(cname) => {
@@ -190,6 +198,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 build,
                 remote_dirs,
                 scratch,
+                pid: img.pid,
                 origin,
             },
         );

@@ -10,7 +10,7 @@ mod model;
 mod store;
 
 pub use load::{load_dirs, parse_file, CatalogError};
-pub use model::{capability, capability_mask, code_loading_variable, validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, RunAs};
+pub use model::{capability, capability_mask, code_loading_variable, validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
 pub use store::{Invocation, PastCall, Store};
 
 use std::collections::BTreeMap;

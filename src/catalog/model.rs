@@ -75,6 +75,27 @@ impl Network {
     }
 }
 
+/// Whose processes (and System V IPC, and host name) a tool sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PidMode {
+    /// The host's: `ps`, `kill`, `strace -p` act on the caller's machine.
+    Host,
+    /// The container's own: its tools see only each other.
+    Private,
+}
+
+/// Capabilities that reach other users' processes or IPC objects, or the
+/// host's name, within a shared namespace: a tool holding one gets
+/// namespaces of its own.
+const CROSS_PROCESS_CAPS: [&str; 4] = ["KILL", "SYS_PTRACE", "IPC_OWNER", "SYS_ADMIN"];
+
+/// Whether tools that run as `user` with `cap_add` are root or hold a
+/// capability in [`CROSS_PROCESS_CAPS`].
+pub fn reaches_other_processes(user: RunAs, cap_add: &[String]) -> bool {
+    user == RunAs::Root || capability_mask(cap_add) & capability_mask(&CROSS_PROCESS_CAPS.map(String::from)) != 0
+}
+
 /// Whom a tool runs as inside its container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,6 +216,14 @@ impl ImageSpec {
         }
     }
 
+    /// Whether its containers join the host's pid, IPC and UTS namespaces:
+    /// by default when its tools run as the caller without a capability
+    /// that reaches other users' processes (a root tool there could signal
+    /// every root process of the machine).
+    pub fn host_namespaces(&self) -> bool {
+        self.pid != Some(PidMode::Private) && !reaches_other_processes(self.user, &self.cap_add)
+    }
+
     /// The capabilities its container holds, by name without `CAP_`: the
     /// root set and `cap_add`; every other one is dropped.
     pub fn container_caps(&self) -> Vec<String> {
@@ -228,6 +257,8 @@ pub struct ImageSpec {
     /// Directories the image writes at run time (its root is read-only):
     /// an empty tmpfs each, gone with the container.
     pub scratch: Vec<PathBuf>,
+    /// `pid = "host"|"private"`; unset: [`ImageSpec::host_namespaces`] decides.
+    pub pid: Option<PidMode>,
     /// `file:line` where it was defined.
     pub origin: String,
 }

@@ -210,6 +210,8 @@ impl<B: ContainerBackend> Daemon<B> {
             filled: view.filled.iter().map(|f| format!("/{f}")).collect(),
             private: if remote { vec![] } else { view.host.iter().filter(|p| !crate::view::follows_host(&mountinfo, p)).map(shown).collect() },
             remote,
+            namespaces: namespaces_line(&entry.image, remote),
+            environment: environment_line(&entry, &self.pool.inner().mountpoint),
         })
     }
 
@@ -355,5 +357,31 @@ mod tests {
         assert_eq!(image_name_for("localhost:5000/tools/jq:1.7"), "cli-jq-1-7");
         assert_eq!(image_name_for("odfs-test/busybox:latest"), "cli-busybox-latest");
         crate::catalog::validate_name(&image_name_for("a/b/c@sha256:abc")).unwrap();
+    }
+}
+
+/// `odfs show`'s line on whose processes, IPC and host name a tool has.
+fn namespaces_line(image: &crate::catalog::ImageSpec, remote: bool) -> String {
+    if remote {
+        "the container's own processes and IPC (a remote engine)".into()
+    } else if image.host_namespaces() {
+        "the host's processes (ps, kill, strace -p act as the caller may), System V IPC and shared memory, and host name".into()
+    } else if image.pid == Some(crate::catalog::PidMode::Private) {
+        "the container's own processes and IPC (pid = \"private\"); the host's name".into()
+    } else {
+        "the container's own processes and IPC (its tools run as root or hold a capability that reaches other users' processes); the host's name"
+            .into()
+    }
+}
+
+/// `odfs show`'s line on which of the caller's environment a tool gets
+/// (see [`super::exec::tool_env`]).
+fn environment_line(entry: &crate::catalog::Resolved, mountpoint: &std::path::Path) -> String {
+    let path = format!("PATH is the image's, then {}", mountpoint.display());
+    if entry.image.user == crate::catalog::RunAs::Root || !entry.image.cap_add.is_empty() {
+        let extra = if entry.command.env.is_empty() { String::new() } else { format!(", {}", entry.command.env.join(" ")) };
+        format!("for callers other than root, an allowlist (the tool holds privileges they lack): TERM, the locale, TZ, HOME, USER and the like{extra}; never a loader or interpreter variable; {path}")
+    } else {
+        format!("the caller's, as it is; {path}")
     }
 }

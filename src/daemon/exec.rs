@@ -42,22 +42,33 @@ const MAX_OUTCOME: usize = 300;
 /// How often a waiting client hears of a fetch's progress.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Environment variables a tool gets from its caller, besides the entry's own
-/// `env` list. PATH is the image's; `LD_*` never passes.
+/// Environment variables a tool holding capabilities its caller lacks gets
+/// from the caller, besides the entry's own `env` list.
 const PASSED_ENV: [&str; 12] =
     ["TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "COLUMNS", "LINES", "TMPDIR"];
 
-/// The caller's environment as the tool gets it. For a tool that holds
-/// capabilities its caller lacks (`privileged`), the locale and time zone
-/// may not name files (`LC_ALL=/x`, `TZ=/x` make libc read them): no
-/// secure-execution mode protects such a tool.
-pub fn filter_env(env: &[Vec<u8>], extra: &[String], privileged: bool) -> Vec<Vec<u8>> {
-    env.iter()
+/// The caller's environment as the tool gets it, `stamp` (its caller, see
+/// [`super::calls`]) added. A tool that runs as its caller with nothing
+/// added gets the environment as it is: it could be run with it anyway.
+/// One that holds capabilities its caller lacks (`privileged`) gets an
+/// allowlist, as sudo's `env_reset`: no loader or interpreter variable,
+/// and no locale or time zone that names a file (`LC_ALL=/x`, `TZ=/x`
+/// make libc read them), since no secure-execution mode protects it. PATH
+/// is the image's, followed by the mount (the agent sets it).
+pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: &str) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = env
+        .iter()
         .filter(|kv| {
             let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
             let key = &kv[..eq];
+            if key == super::calls::CALLER_ENV.as_bytes() {
+                return false;
+            }
+            if !privileged {
+                return true;
+            }
             let names_a_file = kv[eq + 1..].contains(&b'/');
-            if privileged && names_a_file && (key.starts_with(b"LC_") || key == b"LANG" || key == b"LANGUAGE" || key == b"TZ") {
+            if names_a_file && (key.starts_with(b"LC_") || key == b"LANG" || key == b"LANGUAGE" || key == b"TZ") {
                 return false;
             }
             if std::str::from_utf8(key).map_or(true, crate::catalog::code_loading_variable) {
@@ -68,7 +79,9 @@ pub fn filter_env(env: &[Vec<u8>], extra: &[String], privileged: bool) -> Vec<Ve
                 || extra.iter().any(|k| k.as_bytes() == key)
         })
         .cloned()
-        .collect()
+        .collect();
+    out.push(format!("{}={stamp}", super::calls::CALLER_ENV).into_bytes());
+    out
 }
 
 /// Send a small frame in place, from an async worker, only when the socket
@@ -168,16 +181,16 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
-    fn authorize(&self, entry: &Resolved, caller: &Caller, groups: &[u32]) -> Result<(), Refusal> {
+    fn authorize(&self, entry: &Resolved, origin: &super::calls::Origin) -> Result<(), Refusal> {
         let allowed = &entry.image.allow_groups;
-        if allowed.is_empty() || caller.uid == 0 {
+        if allowed.is_empty() || origin.uid == 0 {
             return Ok(());
         }
         let member = allowed.iter().any(|name| {
             nix::unistd::Group::from_name(name)
                 .ok()
                 .flatten()
-                .is_some_and(|g| g.gid.as_raw() == caller.gid || groups.contains(&g.gid.as_raw()))
+                .is_some_and(|g| g.gid.as_raw() == origin.gid || origin.groups.contains(&g.gid.as_raw()))
         });
         if member {
             Ok(())
@@ -299,25 +312,28 @@ impl<B: ContainerBackend> Daemon<B> {
             message: "not in the catalog of this mount (odfs status shows what runs)".into(),
             exit_code: EXIT_NOT_FOUND,
         })?;
-        let groups = caller.groups.clone();
-        self.authorize(&entry, &caller, &groups)?;
+        // Whom the call is for: the peer, or the caller of the tool it came from.
+        let inside = super::in_a_container(caller.pid) && caller.alive();
+        let origin = self.stamps.origin((caller.uid, caller.gid, &caller.groups), &req.env, inside).map_err(refuse)?;
+        let groups = origin.groups.clone();
+        self.authorize(&entry, &origin)?;
         let cwd = match self.pool.exec_path() {
             ExecPath::Fd => self.local_cwd(&caller)?,
             ExecPath::Relay => self.remote_cwd(control, &caller, &entry.image),
         };
         let accounts = match entry.image.user {
             RunAs::Root => (None, None),
-            RunAs::Caller => identity_lines(caller.uid, caller.gid),
+            RunAs::Caller => identity_lines(origin.uid, origin.gid),
         };
         // On the fd path the account files are the daemon's (the image's
         // root is read-only); the agent appends them only on remote engines.
         let relayed = self.pool.exec_path() == ExecPath::Relay;
-        let caps = entry.image.tool_caps(caller.uid);
+        let caps = entry.image.tool_caps(origin.uid);
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
             RunAs::Caller => Identity {
-                uid: caller.uid,
-                gid: caller.gid,
+                uid: origin.uid,
+                gid: origin.gid,
                 groups,
                 passwd_line: accounts.0.clone().filter(|_| relayed),
                 group_line: accounts.1.clone().filter(|_| relayed),
@@ -332,7 +348,7 @@ impl<B: ContainerBackend> Daemon<B> {
             token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,
-            env: filter_env(&req.env, &entry.command.env, caps != 0 && caller.uid != 0),
+            env: tool_env(&req.env, &entry.command.env, caps != 0 && origin.uid != 0, &self.stamps.stamp(&origin)),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
             fds: req.fds.clone(),
@@ -474,18 +490,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn environment_is_an_allowlist_and_never_passes_ld_vars() {
-        let env: Vec<Vec<u8>> = ["TERM=xterm", "LC_ALL=C", "LD_PRELOAD=/evil.so", "SECRET=1", "JQ_COLORS=1", "PATH=/host", "HOME=/root", "NOEQ"]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
-        let out: Vec<String> = filter_env(&env, &["JQ_COLORS".into()], false).into_iter().map(|v| String::from_utf8(v).unwrap()).collect();
-        assert_eq!(out, ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root"]);
-        let out = filter_env(&env, &["LD_PRELOAD".into()], false);
-        assert!(!out.iter().any(|v| v.starts_with(b"LD_")));
-        let files: Vec<Vec<u8>> = ["LC_ALL=/tmp/x", "TZ=/etc/shadow", "LANG=C.UTF-8", "TZ=UTC"].iter().map(|s| s.as_bytes().to_vec()).collect();
-        assert_eq!(filter_env(&files, &[], true), [b"LANG=C.UTF-8".to_vec(), b"TZ=UTC".to_vec()]);
-        assert_eq!(filter_env(&files, &[], false).len(), 4);
+    fn caller_tools_get_the_environment_as_it_is_privileged_ones_an_allowlist() {
+        let env: Vec<Vec<u8>> =
+            ["TERM=xterm", "LC_ALL=C", "LD_PRELOAD=/x.so", "RIPGREP_CONFIG_PATH=/tmp/rgrc", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=forged", "NOEQ"]
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect();
+        let text = |v: Vec<Vec<u8>>| -> Vec<String> { v.into_iter().map(|v| String::from_utf8(v).unwrap()).collect() };
+        // As it is: only the stamp is ours, and a line without `=` is no variable.
+        assert_eq!(
+            text(tool_env(&env, &[], false, "S")),
+            ["TERM=xterm", "LC_ALL=C", "LD_PRELOAD=/x.so", "RIPGREP_CONFIG_PATH=/tmp/rgrc", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=S"]
+        );
+        // Privileged: the allowlist and the entry's own names, never a loader variable.
+        assert_eq!(text(tool_env(&env, &["JQ_COLORS".into(), "LD_PRELOAD".into()], true, "S")), ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=S"]);
+        let files: Vec<Vec<u8>> = ["LC_ALL=/tmp/x", "TZ=/etc/shadow", "LANG=C.UTF-8", "TZ=UTC", "GCONV_PATH=/tmp"].iter().map(|s| s.as_bytes().to_vec()).collect();
+        assert_eq!(text(tool_env(&files, &["GCONV_PATH".into()], true, "S")), ["LANG=C.UTF-8", "TZ=UTC", "ODFS_CALLER=S"]);
+        assert_eq!(tool_env(&files, &[], false, "S").len(), 6);
     }
 
 }

@@ -1,5 +1,5 @@
 //! The control socket's edge: who the peer is, fixed when it connects
-//! (`SO_PEERCRED`, `SO_PEERGROUPS`, `SO_PEERPIDFD`); how many connections
+//! ([`Peer`]); how many connections
 //! one user may have whose request is still being read; and the request
 //! itself, read without a thread per connection under one deadline counted
 //! from accept. A frame that fits the socket buffer is taken only once it
@@ -7,7 +7,7 @@
 //! sender, while a slow client dawdles.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,77 +24,7 @@ pub const READING_TOTAL: usize = 512;
 /// Frames up to this size are taken only once they are in the socket whole.
 const WHOLE_FRAME: usize = 64 << 10;
 
-/// The peer as the kernel saw it when it connected.
-#[derive(Debug)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    /// The peer process itself, so a pid read now cannot be another's later.
-    pub pidfd: Option<OwnedFd>,
-}
-
-fn getsockopt_raw(fd: RawFd, opt: libc::c_int, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `buf`.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, buf.as_mut_ptr().cast(), &mut len) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(len as usize)
-}
-
-/// `SO_PEERPIDFD` (Linux 6.5).
-const SO_PEERPIDFD: libc::c_int = 77;
-
-/// Who is at the other end of `fd`.
-pub fn peer(fd: RawFd) -> std::io::Result<Peer> {
-    let mut cred = [0u8; std::mem::size_of::<libc::ucred>()];
-    getsockopt_raw(fd, libc::SO_PEERCRED, &mut cred)?;
-    // SAFETY: the kernel filled a `struct ucred`.
-    let cred: libc::ucred = unsafe { std::ptr::read_unaligned(cred.as_ptr().cast()) };
-    // At most NGROUPS_MAX (65536) groups.
-    let mut buf = vec![0u8; 4 * 256];
-    let groups = loop {
-        match getsockopt_raw(fd, libc::SO_PEERGROUPS, &mut buf) {
-            Ok(n) => break buf[..n].chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 4 * 65536 => buf.resize(buf.len() * 4, 0),
-            Err(e) => return Err(e),
-        }
-    };
-    let mut raw = [0u8; 4];
-    let pidfd = match getsockopt_raw(fd, SO_PEERPIDFD, &mut raw) {
-        // SAFETY: a new pidfd the kernel installed for us.
-        Ok(4) => Some(unsafe { OwnedFd::from_raw_fd(i32::from_ne_bytes(raw)) }),
-        // The peer is gone already (ESRCH), or anything else: no pidfd, and
-        // the caller counts as gone.
-        Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EINVAL)) => None,
-        Ok(_) => None,
-        // An older kernel: the pid as it is now, still far earlier than the request.
-        Err(_) => {
-            // SAFETY: pidfd_open returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid, 0) } as i32;
-            // SAFETY: as above.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-    };
-    Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd })
-}
-
-impl Peer {
-    /// Whether the peer process still exists: what was read from
-    /// `/proc/PID` before this said true was the peer's own, since a pid is
-    /// not reused while its process (or its zombie) is there.
-    pub fn alive(&self) -> bool {
-        let Some(fd) = &self.pidfd else { return false };
-        // A pidfd turns readable when its process exits; polling it needs no
-        // permission over the process (signal 0 would need CAP_KILL).
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd, no wait.
-        unsafe { libc::poll(&mut p, 1, 0) == 0 }
-    }
-}
+pub use crate::protocol::peer::{peer, Peer};
 
 /// Places for connections whose request is being read: so many per user
 /// (root excepted) and so many in all.

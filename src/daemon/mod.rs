@@ -4,6 +4,7 @@
 mod admin;
 mod accounts;
 mod agent_client;
+mod calls;
 mod listener;
 mod exec;
 pub mod pool;
@@ -40,6 +41,8 @@ pub struct Daemon<B> {
     index: dashmap::DashMap<String, Vec<String>>,
     /// (uid, image, cwd) already told their cwd is not on the remote engine.
     remote_notices: std::sync::Mutex<std::collections::HashSet<(u32, String, PathBuf)>>,
+    /// Signs the caller into each tool's environment ([`calls`]).
+    stamps: calls::Stamps,
 }
 
 impl<B: ContainerBackend> Daemon<B> {
@@ -162,14 +165,22 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 }
 
-/// Whether a peer runs in the daemon's pid and user namespaces (the
-/// host's): a peer in a container's shows with pid 0 or another namespace
-/// link. Valid only if the peer is still alive afterwards.
-fn in_our_namespaces(pid: i32) -> bool {
-    static OURS: std::sync::OnceLock<Option<(PathBuf, PathBuf)>> = std::sync::OnceLock::new();
-    let ns = |p: &str| Some((std::fs::read_link(format!("/proc/{p}/ns/pid")).ok()?, std::fs::read_link(format!("/proc/{p}/ns/user")).ok()?));
-    let ours = OURS.get_or_init(|| ns("self"));
-    pid > 0 && ours.is_some() && ns(&pid.to_string()) == *ours
+/// Whether a peer runs in the daemon's user namespace (the host's): in
+/// another, uids mean other users, and one namespace's many uids would take
+/// many users' places. Valid only if the peer is still alive afterwards.
+fn in_our_user_namespace(pid: i32) -> bool {
+    pid > 0 && namespace("self", "user").is_some() && namespace(&pid.to_string(), "user") == namespace("self", "user")
+}
+
+/// Whether a peer runs in another mount namespace than the daemon: inside
+/// a container. Valid only if the peer is still alive afterwards.
+fn in_a_container(pid: i32) -> bool {
+    namespace(&pid.to_string(), "mnt") != namespace("self", "mnt")
+}
+
+/// A process's namespace of a kind, as `/proc/PID/ns/KIND` names it.
+fn namespace(pid: &str, kind: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
 }
 
 /// A connection let in: its peer, and its places.
@@ -181,10 +192,9 @@ struct Admitted {
 
 /// Decide at once, in the accept loop, whether a connection may be served,
 /// so that a flood of connections costs a few syscalls each and holds no
-/// fd past this: the peer's credentials, its namespaces (a tool in a
-/// container that sees this socket through a shared /tmp must not ask for
-/// tools as other users, nor a user namespace's many uids take many users'
-/// places), then its user's places. A refused peer gets one line if its
+/// fd past this: the peer's credentials, its user namespace (whose many
+/// uids must not take many users' places), then its user's places. Peers
+/// in containers are served: tools run tools (see [`calls`]). A refused peer gets one line if its
 /// socket has room.
 fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
@@ -208,8 +218,8 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
         }
         None
     };
-    if !in_our_namespaces(peer.pid) || !peer.alive() {
-        return refuse("requests from inside a container or another user namespace are refused (run odfs tools on the host)".into());
+    if !in_our_user_namespace(peer.pid) || !peer.alive() {
+        return refuse("requests from another user namespace are refused (run odfs tools as a user of the host)".into());
     }
     let (Some(serving), Some(reading)) = (gates.in_flight.enter(peer.uid), gates.reading.enter(peer.uid)) else {
         return refuse(format!(
@@ -414,6 +424,14 @@ fn check_binaries(cfg: &DaemonConfig) -> anyhow::Result<()> {
     if launcher.mode() & 0o001 == 0 {
         bail!("launcher {} is not executable by every user (chmod 755 it)", cfg.launcher.display());
     }
+    // Tools run other tools through the launcher, inside images that may
+    // have no libc or another one.
+    if needs_loader(&cfg.launcher).unwrap_or(false) {
+        tracing::warn!(
+            launcher = %cfg.launcher.display(),
+            "the launcher is dynamically linked: tools in images without a matching libc cannot run other odfs tools (build it static: scripts/build)"
+        );
+    }
     match needs_loader(&cfg.agent) {
         Ok(false) => Ok(()),
         Ok(true) => bail!(
@@ -490,6 +508,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             view: cfg.view.clone(),
             policy: cfg.policy,
             costs: crate::policy::Costs::default(),
+            inner: pool::InnerCalls { mountpoint: mountpoint.clone(), launcher: cfg.launcher.clone(), socket: cfg.socket.clone() },
         },
         Some(store.clone()),
     );
@@ -507,6 +526,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         store,
         index: Default::default(),
         remote_notices: Default::default(),
+        stamps: calls::Stamps::new(),
     });
 
     crate::backend::docker::raise_nofile();

@@ -40,7 +40,20 @@ pub struct PoolConfig {
     /// Policy for images whose `keep_alive` is `auto`.
     pub policy: Policy,
     pub costs: Costs,
+    /// What tools need to run this mount's tools themselves.
+    pub inner: InnerCalls,
 }
+
+/// The host paths a call from inside a container goes through, each at the
+/// same path there: the shims, the launcher their `#!` line names, and the
+/// control socket it names.
+#[derive(Debug, Clone, Default)]
+pub struct InnerCalls {
+    pub mountpoint: PathBuf,
+    pub launcher: PathBuf,
+    pub socket: PathBuf,
+}
+
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PoolError {
@@ -503,6 +516,7 @@ impl<B: ContainerBackend> Pool<B> {
             read_only_root: false,
             tmpfs: vec![],
             hostname: None,
+            host_namespaces: false,
         };
         let view = match self.backend.exec_path() {
             ExecPath::Fd => {
@@ -525,6 +539,10 @@ impl<B: ContainerBackend> Pool<B> {
                 ];
                 let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
                 for p in &view.host {
+                    if crate::view::HOST_READ_ONLY.iter().any(|f| p.as_path() == Path::new(f)) {
+                        spec.binds.push(Bind::plain(p.clone(), p.clone(), true));
+                        continue;
+                    }
                     let follow_host = crate::view::follows_host(&mountinfo, p);
                     if !follow_host {
                         tracing::warn!(
@@ -538,9 +556,25 @@ impl<B: ContainerBackend> Pool<B> {
                 spec.tmpfs = vec!["/run".into()];
                 // A scratch directory the host view already binds is the host's.
                 spec.tmpfs.extend(image.scratch.iter().filter(|p| !view.sees_host(p) && p.as_path() != Path::new("/run")).cloned());
-                // On the host's network the engine gives the host's name itself.
-                if image.network != crate::catalog::Network::Host {
+                // The host's processes, IPC and name; else at least its name
+                // (on the host's network the engine gives it itself).
+                spec.host_namespaces = image.host_namespaces();
+                if !spec.host_namespaces && image.network != crate::catalog::Network::Host {
                     spec.hostname = host_name();
+                }
+                // A tool runs the mount's tools as its caller does: through
+                // the shims on its PATH, the launcher and the socket.
+                let inner = &self.cfg.inner;
+                if !inner.mountpoint.as_os_str().is_empty() {
+                    spec.entrypoint.extend(["--path-tail".to_string(), inner.mountpoint.display().to_string()]);
+                    if !view.sees_host(&inner.mountpoint) {
+                        spec.binds.push(Bind { source: inner.mountpoint.clone(), target: inner.mountpoint.clone(), read_only: true, follow_host: true });
+                    }
+                    for file in [&inner.launcher, &inner.socket] {
+                        if !view.sees_host(file) {
+                            spec.binds.push(Bind::plain(file.clone(), file.clone(), file == &inner.launcher));
+                        }
+                    }
                 }
                 view
             }
@@ -572,6 +606,11 @@ impl<B: ContainerBackend> Pool<B> {
         }
         tracing::info!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "container started");
         Ok((id, pulled))
+    }
+
+    /// The paths tools run other tools through.
+    pub fn inner(&self) -> &InnerCalls {
+        &self.cfg.inner
     }
 
     /// The host's top-level directories, read again only when `/` changed.
@@ -1001,6 +1040,7 @@ mod tests {
             build: None,
             remote_dirs: vec![],
             scratch: vec![],
+            pid: None,
             origin: "t.toml:1".into(),
         })
     }
@@ -1015,6 +1055,7 @@ mod tests {
                 view: Default::default(),
                 policy: Policy::Auto,
                 costs: Costs::default(),
+                inner: Default::default(),
             },
             None,
         ))

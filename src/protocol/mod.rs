@@ -12,6 +12,7 @@
 //! none of them is guaranteed to be UTF-8.
 
 mod framing;
+pub mod peer;
 pub mod relay;
 
 pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS, MAX_FRAME};
@@ -19,7 +20,7 @@ pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -76,6 +77,10 @@ pub struct ViewInfo {
     pub private: Vec<String>,
     /// The tools run on a remote engine: the paths are the remote host's.
     pub remote: bool,
+    /// Whose processes, IPC and host name the tool has, in a line.
+    pub namespaces: String,
+    /// Which of the caller's environment it gets, in a line.
+    pub environment: String,
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.

@@ -69,19 +69,28 @@ pub fn agent() -> PathBuf {
     manifest().join("target/static/release/odfs-agent")
 }
 
+/// The static launcher (see [`prepare`]).
+pub fn launcher() -> PathBuf {
+    manifest().join("target/static/release/odfs-launch")
+}
+
 /// Engine up, static agent built, test image present; once per process.
 pub fn prepare() {
     PREPARE.call_once(|| {
         let ok = docker_cli().args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(ok.is_ok_and(|s| s.success()), "the engine ({}) does not answer: run scripts/setup first", engine_host().unwrap_or("Docker"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .current_dir(manifest())
-            .args(["rustc", "--release", "--no-default-features", "--bin", "odfs-agent", "--target-dir", "target/static"])
-            .args(["--", "-C", "target-feature=+crt-static"])
-            .status()
-            .expect("run cargo to build the static agent");
-        assert!(built.success(), "building the static agent failed");
+        // Static, as installed: the agent runs in every image, and so does
+        // the launcher when a tool runs another tool.
+        for bin in ["odfs-agent", "odfs-launch"] {
+            let built = Command::new(&cargo)
+                .current_dir(manifest())
+                .args(["rustc", "--release", "--no-default-features", "--bin", bin, "--target-dir", "target/static"])
+                .args(["--", "-C", "target-feature=+crt-static"])
+                .status()
+                .expect("run cargo to build the static binaries");
+            assert!(built.success(), "building the static {bin} failed");
+        }
         let images = Command::new(manifest().join("scripts/build-images")).status().expect("run scripts/build-images");
         assert!(images.success(), "scripts/build-images failed");
     });
@@ -96,6 +105,17 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
 
 pub fn docker(args: &[&str]) -> Output {
     docker_cli().args(args).output().expect("run docker")
+}
+
+/// The agent of `container` as its own processes see it: `/proc/PID` of
+/// its first process (PID 1 in a pid namespace of its own, its host pid in
+/// the host's).
+pub fn agent_proc(container: &str) -> String {
+    let o = docker(&["inspect", "-f", "{{.HostConfig.PidMode}} {{.State.Pid}}", container]);
+    match stdout(&o).split_whitespace().collect::<Vec<_>>()[..] {
+        ["host", pid] => format!("/proc/{pid}"),
+        _ => "/proc/1".to_string(),
+    }
 }
 
 pub struct TestMount {
@@ -156,7 +176,8 @@ impl TestMount {
             .args(["--catalog".as_ref(), self.catalog.as_os_str()])
             .args(["--state".as_ref(), self.state.as_os_str()])
             .args(["--agent".as_ref(), agent().as_os_str()])
-            .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
+            .arg("--launcher")
+            .arg(launcher())
             .args(extra_args)
             .arg(&self.mnt)
             .env("ODFS_LOG", "odfs=debug,info")

@@ -1,0 +1,249 @@
+//! The rest of the caller's view, beyond files: the host's processes, the
+//! caller's environment, the host's name and time zone, and tools that run
+//! other catalog tools, each checked through a real mount as a real user.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CATALOG: &str = r#"
+[image.bb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+commands = ["sh", "ps", "kill", "hostname", "env", "xargs", "id", "pwd", "cat", "sleep"]
+
+# Another image, so that calls from one to the other cross containers.
+[image.data]
+ref = "odfs/data:latest"
+network = "none"
+commands = ["jq"]
+
+[command.data-sh]
+image = "data"
+path = "/bin/sh"
+
+# Holds a capability its callers lack: an allowlisted environment, and
+# processes of its own (NET_RAW reaches no other process: still the host's).
+[image.capbb]
+ref = "odfs-test/busybox:latest"
+network = "none"
+cap_add = ["NET_RAW"]
+pids = 4101
+
+[command.cap-env]
+image = "capbb"
+path = "/bin/busybox"
+args = ["env"]
+
+[image.private]
+ref = "odfs-test/busybox:latest"
+network = "none"
+pid = "private"
+pids = 4102
+
+[command.private-ps]
+image = "private"
+path = "/bin/ps"
+
+# Runs itself: stopped at the depth limit.
+[command.loop]
+image = "bb"
+path = "/bin/sh"
+args = ["-c", "echo level; loop"]
+"#;
+
+/// A host `sleep` of `user` (root's, with `marker` as its argv[0], when
+/// `None`), killed on drop.
+struct HostProcess(std::process::Child);
+
+impl HostProcess {
+    fn start(user: Option<&TestUser>, marker: &str) -> HostProcess {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match user {
+            Some(u) => u.cmd("/bin/sleep"),
+            None => {
+                let mut c = Command::new("/bin/sleep");
+                c.arg0(marker);
+                c
+            }
+        };
+        HostProcess(cmd.arg("600").stdin(Stdio::null()).spawn().expect("start a host process"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to 10 s for it to end; whether it did.
+    fn ended(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ps_lists_the_host_s_processes_and_a_private_image_only_its_own() {
+    let m = TestMount::new(CATALOG);
+    let marker = format!("odfs-marker-{}", std::process::id());
+    let host = HostProcess::start(None, &marker);
+    let o = m.sh(r#""$M/ps" -o pid,args"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o).lines().find(|l| l.contains(&marker)).map(str::to_string);
+    let line = line.unwrap_or_else(|| panic!("{marker} not listed:\n{}", stdout(&o)));
+    assert_eq!(line.split_whitespace().next(), Some(host.pid().to_string().as_str()), "{line}");
+    // Its own pid is its host pid too: what `$$` says is what the host sees.
+    let o = m.sh(r#""$M/sh" -c 'echo $$; cat /proc/$$/stat' | { read pid; read stat; case "$stat" in "$pid "*) echo same;; *) echo "$pid / $stat";; esac; }"#);
+    assert_eq!(stdout(&o).trim(), "same", "{}", stderr(&o));
+    // pid = "private": the container's processes only.
+    let o = m.sh(r#""$M/private-ps" -o pid,args"#);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains(&marker), "a private image sees the host's processes:\n{}", stdout(&o));
+    assert!(stdout(&o).lines().count() < 10, "{}", stdout(&o));
+    assert!(m.sh(r#""$M/sleep" 0"#).status.success());
+}
+
+#[test]
+fn kill_stops_the_caller_s_own_process_and_not_another_user_s() {
+    let m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    let mut own = HostProcess::start(Some(&user), "own");
+    let mut roots = HostProcess::start(None, "root's");
+    let o = user.cmd(m.shim("kill")).arg(roots.pid().to_string()).current_dir(&m.work).output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "killed root's process: {}", stderr(&o));
+    assert!(stderr(&o).contains("not permitted"), "{}", stderr(&o));
+    assert!(roots.alive(), "root's process died");
+    let o = user.cmd(m.shim("kill")).arg(own.pid().to_string()).current_dir(&m.work).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(own.ended(), "the caller's own process was not stopped");
+}
+
+#[test]
+fn a_caller_tool_gets_the_environment_and_a_capability_tool_an_allowlist() {
+    let m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    let run = |cmd: &str| {
+        let o = user
+            .cmd(m.shim(cmd))
+            .current_dir(&m.work)
+            .env("RIPGREP_CONFIG_PATH", "/tmp/rgrc")
+            .env("SQLITE_HISTORY", "/tmp/h")
+            .env("LD_PRELOAD", "")
+            .env("GCONV_PATH", "/tmp/gconv")
+            .env("LANG", "C.UTF-8")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let env = run("env");
+    for var in ["RIPGREP_CONFIG_PATH=/tmp/rgrc", "SQLITE_HISTORY=/tmp/h", "LD_PRELOAD=", "GCONV_PATH=/tmp/gconv", "LANG=C.UTF-8"] {
+        assert!(env.lines().any(|l| l == var), "{var} missing for a caller tool:\n{env}");
+    }
+    // PATH: the image's, then the mount.
+    let path = env.lines().find_map(|l| l.strip_prefix("PATH=")).unwrap().to_string();
+    assert!(path.ends_with(&format!(":{}", m.mnt.display())), "{path}");
+    let env = run("cap-env");
+    assert!(env.lines().any(|l| l == "LANG=C.UTF-8"), "{env}");
+    for var in ["RIPGREP_CONFIG_PATH", "LD_PRELOAD", "GCONV_PATH"] {
+        assert!(!env.lines().any(|l| l.starts_with(&format!("{var}="))), "{var} reached a capability tool:\n{env}");
+    }
+}
+
+#[test]
+fn the_host_s_name_and_time_zone() {
+    let m = TestMount::new(CATALOG);
+    let o = m.sh(r#""$M/hostname""#);
+    assert_eq!(stdout(&o).trim(), std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(), "{}", stderr(&o));
+    if std::path::Path::new("/etc/localtime").exists() {
+        let o = m.sh(r#""$M/cat" /etc/localtime | cksum"#);
+        let host = m.sh("cat /etc/localtime | cksum");
+        assert_eq!(stdout(&o), stdout(&host), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn a_tool_runs_another_image_s_tool_as_the_same_caller_in_the_same_directory() {
+    let m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    std::fs::write(m.work.join("h.json"), r#"{"a":{"b":7}}"#).unwrap();
+    // busybox xargs, in the bb image, finds jq (odfs/data) on its PATH.
+    let o = user.cmd(m.shim("sh")).args(["-c", "echo h.json | xargs jq .a.b"]).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), "7\n", "{}", stderr(&o));
+    let o = user.cmd(m.shim("sh")).args(["-c", "echo x | xargs data-sh -c 'id -u; pwd'"]).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), format!("{}\n{}\n", user.uid, m.work.display()), "{}", stderr(&o));
+    assert_eq!(m.containers().len(), 2, "two images, two containers");
+}
+
+#[test]
+fn a_tool_that_runs_itself_stops_at_the_depth_limit_with_one_line() {
+    let m = TestMount::new(CATALOG);
+    let o = m.sh(r#""$M/loop""#);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 8, "{}", stdout(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("odfs: loop: calls nested 8 deep"), "{lines:?}");
+}
+
+#[test]
+fn a_root_tool_s_calls_are_its_caller_s_and_unstamped_root_inside_is_refused() {
+    let user = TestUser::new();
+    let catalog = format!(
+        "{CATALOG}\n[image.rootbb]\nref = \"odfs-test/busybox:latest\"\nnetwork = \"none\"\nuser = \"root\"\nallow_groups = [\"{}\"]\npids = 4103\n\n[command.rootsh]\nimage = \"rootbb\"\npath = \"/bin/sh\"\n",
+        user.name
+    );
+    let m = TestMount::new(&catalog);
+    let script = format!("id -u; {0}/id -u; unset ODFS_CALLER; {0}/id -u", m.mnt.display());
+    let o = user.cmd(m.shim("rootsh")).args(["-c", &script]).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), format!("0\n{}\n", user.uid), "{}", stderr(&o));
+    assert!(stderr(&o).contains("odfs: id: root inside a container may run odfs tools only from a tool odfs started"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(126));
+}
+
+#[test]
+fn strace_attaches_to_the_caller_s_own_host_process() {
+    let m = TestMount::with_files(
+        &[("debug.toml", "[image.debug]\nref = \"odfs/debug:latest\"\nnetwork = \"none\"\ncommands = [\"strace\", \"lsof\"]\n")],
+        &[],
+    );
+    if !docker(&["image", "inspect", "odfs/debug:latest"]).status.success() {
+        panic!("odfs/debug:latest is missing: run scripts/build-images");
+    }
+    let user = TestUser::new();
+    // The user's own process ends by itself after a while; strace, attached
+    // to it, reports its end.
+    let o = user
+        .cmd("/bin/sh")
+        .args(["-c", r#"sleep 3 & p=$!; "$M/lsof" -a -p $p -d cwd -Fn | grep -c "^n$PWD"; "$M/strace" -e trace=none -p $p 2>&1 | tail -1"#])
+        .env("M", &m.mnt)
+        .current_dir(&m.work)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "1\n+++ exited with 0 +++\n", "{}", stderr(&o));
+    // Another user's process: as on the host, not permitted.
+    let root = HostProcess::start(None, "root's");
+    let o = user.cmd(m.shim("strace")).args(["-p", &root.pid().to_string()]).current_dir(&m.work).output().unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("Operation not permitted"), "{}", stderr(&o));
+}
