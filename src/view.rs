@@ -177,6 +177,25 @@ pub fn follows_host(mountinfo: &str, path: &Path) -> bool {
     best.is_some_and(|(_, shared)| shared)
 }
 
+/// Whether the host's `/proc` hides other users' processes (`hidepid=1`
+/// or `2`, `invisible`, `noaccess`, or `subset=pid`): a container's own
+/// procfs would not, so tools then keep a pid namespace of their own
+/// rather than see more of the host than their caller.
+pub fn proc_hides_pids(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(4) != Some(&"/proc") {
+            return false;
+        }
+        let Some(dash) = fields.iter().position(|f| *f == "-") else { return false };
+        if fields.get(dash + 1) != Some(&"proc") {
+            return false;
+        }
+        let opts = fields.get(dash + 3).copied().unwrap_or("");
+        opts.split(',').any(|o| matches!(o, "hidepid=1" | "hidepid=2" | "hidepid=invisible" | "hidepid=noaccess" | "subset=pid"))
+    })
+}
+
 /// A path the caller names that the tool would not see as the host's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collision {
@@ -360,6 +379,17 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proc_that_hides_pids_is_seen_in_the_mount_options() {
+        let open = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw\n";
+        let hidden = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw,hidepid=invisible\n";
+        let elsewhere = "40 22 0:30 / /tmp/p rw - proc proc rw,hidepid=2\n";
+        assert!(!proc_hides_pids(open));
+        assert!(proc_hides_pids(hidden));
+        assert!(!proc_hides_pids(&format!("{open}{elsewhere}")));
+        assert!(proc_hides_pids("22 1 0:21 / /proc rw shared:12 - proc proc rw,hidepid=2,gid=10\n"));
+    }
     use std::collections::{HashMap, HashSet};
 
     /// A host of listed paths (directories and files alike) and symlinks.

@@ -48,19 +48,30 @@ fn decode_response(bytes: &[u8]) -> Response {
 }
 
 #[test]
-fn a_tool_inside_a_container_cannot_use_the_control_socket() {
-    // The test state dir is under /tmp, which containers share: the
-    // socket is reachable from inside, and must refuse.
+fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
+    // The test state dir is under /tmp, which containers share: the socket
+    // is reachable from inside. Root there (socat runs as this test's
+    // root) is not the host's root: refused, for an admin request and for
+    // a tool without its caller's stamp.
     let m = TestMount::new(SOCAT_CATALOG);
-    let answer = from_a_container(&m, &m.socket, &frame(&Request::List));
-    match decode_response(&answer) {
-        Response::Error { message, exit_code } => {
-            assert_eq!(exit_code, 126);
-            assert!(message.contains("requests from inside a container or another user namespace are refused"), "{message}");
+    let exec = Request::Exec(odfs::protocol::ExecRequest {
+        version: odfs::protocol::PROTOCOL_VERSION,
+        command: "socat".into(),
+        args: vec![b"-V".to_vec()],
+        env: vec![],
+        fds: vec![],
+        tty: None,
+    });
+    for request in [Request::List, exec] {
+        let answer = from_a_container(&m, &m.socket, &frame(&request));
+        match decode_response(&answer) {
+            Response::Error { message, exit_code } => {
+                assert_eq!(exit_code, 126);
+                assert!(message.contains("root inside a container may run odfs tools only from a tool odfs started"), "{message}");
+            }
+            other => panic!("answered {other:?}"),
         }
-        other => panic!("answered {other:?}"),
     }
-    assert!(m.log_text().contains("requests from inside a container or another user namespace are refused"), "{}", m.log_text());
 }
 
 #[test]
@@ -217,13 +228,16 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
 }
 
 #[test]
-fn tools_get_an_allowlisted_environment_and_never_ld_variables() {
+fn a_caller_tool_gets_the_environment_as_it_is_but_the_image_s_path() {
     let m = TestMount::new(BUSYBOX_CATALOG);
-    let o = m.sh(r#"LD_PRELOAD=/tmp/evil.so LD_LIBRARY_PATH=/tmp SECRET_TOKEN=1 TERM=xterm LC_ALL=C PATH="/evil:$PATH" "$M/env""#);
+    let o = m.sh(r#"LD_LIBRARY_PATH=/tmp SECRET_TOKEN=1 TERM=xterm LC_ALL=C ODFS_CALLER=forged PATH="/evil:$PATH" "$M/env""#);
     let env = stdout(&o);
-    assert!(env.lines().any(|l| l == "TERM=xterm") && env.lines().any(|l| l == "LC_ALL=C"), "{env}");
-    assert!(!env.contains("LD_") && !env.contains("SECRET_TOKEN") && !env.contains("/evil"), "{env}");
-    assert!(env.lines().any(|l| l == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), "{env}");
+    for var in ["TERM=xterm", "LC_ALL=C", "SECRET_TOKEN=1", "LD_LIBRARY_PATH=/tmp"] {
+        assert!(env.lines().any(|l| l == var), "{var} missing: {env}");
+    }
+    assert!(!env.contains("/evil") && !env.contains("ODFS_CALLER=forged"), "{env}");
+    let path = format!("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{}", m.mnt.display());
+    assert!(env.lines().any(|l| l == path), "{env}");
 }
 
 #[test]

@@ -14,6 +14,11 @@ use ring::hmac;
 /// The environment variable a tool's caller is stamped in.
 pub const CALLER_ENV: &str = "ODFS_CALLER";
 
+/// What root inside a container hears when it has no stamp, or asks for
+/// anything but a tool.
+pub const ROOT_INSIDE: &str =
+    "root inside a container may run odfs tools only from a tool odfs started (its caller is stamped in ODFS_CALLER), and may not manage odfs";
+
 /// Calls nested deeper than this are refused (a tool that runs itself).
 pub const MAX_DEPTH: u32 = 8;
 
@@ -81,9 +86,7 @@ impl Stamps {
             // A tool running as its caller: the caller's credentials as they
             // are now; another user's stamp lends nothing but its depth.
             Some(o) => own(o.depth + 1),
-            None if in_container && uid == 0 => {
-                return Err("root inside a container may run odfs tools only from a tool odfs started (its caller is stamped in ODFS_CALLER)".into())
-            }
+            None if in_container && uid == 0 => return Err(ROOT_INSIDE.into()),
             None => own(1),
         };
         if origin.depth > MAX_DEPTH {

@@ -114,6 +114,14 @@ impl<B: ContainerBackend> Daemon<B> {
             return;
         }
         let caller: Caller = Arc::new(peer);
+        // Root inside a container is root only there (a `user = "root"`
+        // tool): it may ask for a tool, as the caller its stamp names
+        // ([`calls`]), and for nothing else, the admin's requests least.
+        let is_exec = matches!(msg, Ok(Some((Request::Exec(_), _))));
+        if caller.uid == 0 && !is_exec && in_a_container(caller.pid) && caller.alive() {
+            REFUSALS.note(0, "refused a request of root inside a container");
+            return self.answer(conn, Response::Error { message: calls::ROOT_INSIDE.into(), exit_code: EXIT_ODFS_ERROR });
+        }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
             Ok(Some((Request::Status, _))) => {

@@ -558,7 +558,7 @@ impl<B: ContainerBackend> Pool<B> {
                 spec.tmpfs.extend(image.scratch.iter().filter(|p| !view.sees_host(p) && p.as_path() != Path::new("/run")).cloned());
                 // The host's processes, IPC and name; else at least its name
                 // (on the host's network the engine gives it itself).
-                spec.host_namespaces = image.host_namespaces();
+                spec.host_namespaces = image.host_namespaces() && !crate::view::proc_hides_pids(&mountinfo);
                 if !spec.host_namespaces && image.network != crate::catalog::Network::Host {
                     spec.hostname = host_name();
                 }
