@@ -153,7 +153,9 @@ fn files_created_by_a_non_root_caller_are_theirs() {
 
 #[test]
 fn sequential_calls_reuse_one_container() {
-    let m = TestMount::new(BUSYBOX_CATALOG);
+    // Kept alive: `auto` may remove it as soon as the loop ends, under the
+    // `docker exec` below.
+    let m = TestMount::new(&BUSYBOX_CATALOG.replacen("network = \"none\"", "network = \"none\"\nkeep_alive = \"1h\"", 1));
     // Each call names the container it ran in: when its agent (the tool's
     // parent) started, field 22 of its stat; one for all 100 calls, not
     // just one at the end.

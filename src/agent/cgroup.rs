@@ -1,33 +1,32 @@
-//! The container's cgroup: which processes are the container's (in the
+//! The container's cgroups: which processes are the container's (in the
 //! host's pid namespace `/proc` lists the whole machine), and what its
 //! memory accounting says about a tool's death (whether the kernel's
 //! out-of-memory killer struck, and under which limit).
 
-/// This process's cgroup v2 path, as `/proc/PID/cgroup` shows it (`/` in a
-/// container with a cgroup namespace of its own).
-fn cgroup_of(pid: &str) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
+/// A process's cgroups as `/proc/PID/cgroup` lists them, every hierarchy
+/// (v1 controllers and the unified one alike). Processes of one container
+/// list the same; a tool cannot change its own (the cgroup file systems are
+/// read-only in containers).
+fn cgroups_of(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().filter(|t| !t.is_empty())
 }
 
-/// Whether process `pid` is in the agent's own cgroup, that is, inside
-/// this container (a process outside shows another path, relative to ours
-/// with `..`). `None` when either cannot be read (gone, or cgroup v1).
+/// Whether process `pid` is in the agent's own cgroups, that is, inside
+/// this container. `None` when either cannot be read (gone).
 pub fn in_our_cgroup(pid: i32) -> Option<bool> {
-    Some(cgroup_of(&pid.to_string())? == cgroup_of("self")?)
+    Some(cgroups_of(&pid.to_string())? == cgroups_of("self")?)
 }
 
-/// The processes of this container, from its cgroup (every process of the
-/// container, wherever its parent is); from `/proc` when the cgroup file
-/// cannot be read (then the pid namespace must be the container's).
+/// The processes of this container: those in the agent's cgroups, wherever
+/// their parent is (in the host's pid namespace `/proc` lists the whole
+/// machine). None when the agent's own cgroups cannot be read.
 pub fn container_pids() -> Vec<i32> {
-    let own = cgroup_of("self").and_then(|path| std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.procs")).ok());
-    match own {
-        Some(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
-        None => std::fs::read_dir("/proc")
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default(),
-    }
+    let Some(own) = cgroups_of("self") else { return vec![] };
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| cgroups_of(&pid.to_string()).as_ref() == Some(&own))
+        .collect()
 }
 
 /// Kills by the OOM killer in this container so far (cgroup v2

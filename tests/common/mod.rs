@@ -272,8 +272,18 @@ impl TestMount {
 
     /// Processes inside a container, as `ps` there prints them: pid, state
     /// (`T` when stopped) and command line.
+    /// `ps` of the container's own processes (header first): in the host's
+    /// pid namespace `ps` lists the machine, so only the processes in the
+    /// container's cgroups are kept.
     pub fn ps(&self, container: &str) -> String {
-        String::from_utf8_lossy(&docker(&["exec", container, "ps", "-o", "pid,stat,args"]).stdout).into_owned()
+        let script = r#"own=$(cat /proc/self/cgroup); for p in /proc/[0-9]*; do [ "$(cat $p/cgroup 2>/dev/null)" = "$own" ] && echo ${p#/proc/}; done; echo --; ps -o pid,stat,args"#;
+        let out = String::from_utf8_lossy(&docker(&["exec", container, "sh", "-c", script]).stdout).into_owned();
+        let Some((pids, ps)) = out.split_once("--\n") else { return out };
+        let pids: Vec<&str> = pids.lines().collect();
+        let mut lines = ps.lines();
+        let mut kept: Vec<&str> = lines.next().into_iter().collect();
+        kept.extend(lines.filter(|l| l.split_whitespace().next().is_some_and(|p| pids.contains(&p))));
+        kept.join("\n") + "\n"
     }
 
     /// The state letter (`S`, `R`, `T`…) of the first process in the container
