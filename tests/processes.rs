@@ -207,18 +207,29 @@ fn a_tool_that_runs_itself_stops_at_the_depth_limit_with_one_line() {
 }
 
 #[test]
-fn a_root_tool_s_calls_are_its_caller_s_and_unstamped_root_inside_is_refused() {
+fn a_root_tool_cannot_run_tools_nor_a_tool_that_took_another_uid() {
     let user = TestUser::new();
     let catalog = format!(
         "{CATALOG}\n[image.rootbb]\nref = \"odfs-test/busybox:latest\"\nnetwork = \"none\"\nuser = \"root\"\nallow_groups = [\"{}\"]\npids = 4103\n\n[command.rootsh]\nimage = \"rootbb\"\npath = \"/bin/sh\"\n",
         user.name
     );
     let m = TestMount::new(&catalog);
-    let script = format!("id -u; {0}/id -u; unset ODFS_CALLER; {0}/id -u", m.mnt.display());
+    let refusal = "inside a container, odfs serves only tools run from a tool odfs started";
+    // As root there: no stamp, no call (it would be a way to any uid).
+    let script = format!("id -u; {0}/id -u", m.mnt.display());
     let o = user.cmd(m.shim("rootsh")).args(["-c", &script]).current_dir(&m.work).output().unwrap();
-    assert_eq!(stdout(&o), format!("0\n{}\n", user.uid), "{}", stderr(&o));
-    assert!(stderr(&o).contains("odfs: id: root inside a container may run odfs tools only from a tool odfs started"), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "0\n", "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("odfs: id: {refusal}")), "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(126));
+    // Nor after taking another uid, stamp or not.
+    let script = format!("su -s /bin/sh -c '{0}/id -u' nobody", m.mnt.display());
+    let o = user.cmd(m.shim("rootsh")).args(["-c", &script]).current_dir(&m.work).output().unwrap();
+    assert!(stderr(&o).contains(refusal), "{}{}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains("65534"), "{}", stdout(&o));
+    // A caller tool that drops its stamp is refused too; with it, served.
+    let o = user.cmd(m.shim("sh")).args(["-c", &format!("{0}/id -u; unset ODFS_CALLER; {0}/id -u", m.mnt.display())]).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), format!("{}\n", user.uid), "{}", stderr(&o));
+    assert!(stderr(&o).contains(refusal), "{}", stderr(&o));
 }
 
 #[test]

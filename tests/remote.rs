@@ -136,9 +136,10 @@ fn a_remote_tool_gets_a_terminal_that_follows_the_window() {
     let t = Tmux::new(&m, "");
     t.run("$M/tty", "/dev/pts/");
     t.run("$M/stty size", "30 100");
-    // An interactive shell there: the window's size follows a resize.
+    // An interactive shell there (with the caller's PS1): the window's
+    // size follows a resize.
     t.line("$M/sh");
-    assert!(t.wait_for("/ #", Duration::from_secs(20)), "{}", t.screen());
+    assert!(t.wait_for("built-in shell (ash)", Duration::from_secs(20)), "{}", t.screen());
     t.resize(120, 40);
     std::thread::sleep(Duration::from_millis(300));
     t.line("stty size | sed s/^/inner:/");

@@ -50,9 +50,9 @@ fn decode_response(bytes: &[u8]) -> Response {
 #[test]
 fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
     // The test state dir is under /tmp, which containers share: the socket
-    // is reachable from inside. Root there (socat runs as this test's
-    // root) is not the host's root: refused, for an admin request and for
-    // a tool without its caller's stamp.
+    // is reachable from inside. A process there (socat runs as this test's
+    // root) without its tool's stamp is refused, for an admin request and
+    // for a tool alike.
     let m = TestMount::new(SOCAT_CATALOG);
     let exec = Request::Exec(odfs::protocol::ExecRequest {
         version: odfs::protocol::PROTOCOL_VERSION,
@@ -67,7 +67,7 @@ fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
         match decode_response(&answer) {
             Response::Error { message, exit_code } => {
                 assert_eq!(exit_code, 126);
-                assert!(message.contains("root inside a container may run odfs tools only from a tool odfs started"), "{message}");
+                assert!(message.contains("inside a container, odfs serves only tools run from a tool odfs started"), "{message}");
             }
             other => panic!("answered {other:?}"),
         }

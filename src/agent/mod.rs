@@ -283,6 +283,9 @@ impl Agent {
             }
         };
         drop(fds);
+        // Signals go to the tool itself, never to a pid reused after it was
+        // reaped (in the host's pid namespace that could be anyone's).
+        let tool = Tool::open(pid);
         // The pty master goes to the launcher; the agent keeps no copy, so
         // when the launcher goes away the tool's terminal hangs up.
         let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
@@ -327,22 +330,19 @@ impl Agent {
                         libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !pty => libc::SIGSTOP,
                         s => s,
                     };
-                    // SAFETY: plain kill(2) on the tool we started (in pty
-                    // mode, its session holder, which passes it on).
-                    unsafe { libc::kill(pid, sig) };
+                    // The tool we started (in pty mode, its session
+                    // holder, which passes it on).
+                    tool.signal(sig);
                 }
                 ToolEvent::Hangup => {
                     if !hung_up {
                         hung_up = true;
                         // The launcher is gone (killed): nobody will see this
                         // tool's output or status, so end all it started.
-                        kill_session(pid);
+                        kill_session(pid, tool.alive());
                     }
                 }
-                ToolEvent::Continue => {
-                    // SAFETY: plain kill(2) on the tool's process group.
-                    unsafe { libc::kill(-pid, libc::SIGCONT) };
-                }
+                ToolEvent::Continue => tool.signal_group(libc::SIGCONT),
                 ToolEvent::Wait(status) => {
                     let (ev, last) = match status {
                         Wait::Exited(_, code) => (AgentEvent::Exited(code), true),
@@ -356,8 +356,7 @@ impl Agent {
                     if hung_up {
                         if !last {
                             // Nobody can continue it: let the kill take effect.
-                            // SAFETY: plain kill(2) on the tool's process group.
-                            unsafe { libc::kill(-pid, libc::SIGCONT) };
+                            tool.signal_group(libc::SIGCONT);
                         }
                     } else {
                         let _ = protocol::send(&stream, &ev, &[]);
@@ -383,11 +382,54 @@ fn peer_outside(stream: &UnixStream) -> bool {
     peer.pid == 0 || (cgroup::in_our_cgroup(peer.pid) == Some(false) && peer.alive())
 }
 
+/// A started tool, held by a pidfd: its pid may be reused once it is
+/// reaped, the pidfd never.
+struct Tool {
+    pid: i32,
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Tool {
+    fn open(pid: i32) -> Tool {
+        // SAFETY: pidfd_open returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        // SAFETY: a new fd of ours.
+        Tool { pid, pidfd: (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }) }
+    }
+
+    /// Whether it has not exited yet (a process group it leads is its own
+    /// while it lives).
+    fn alive(&self) -> bool {
+        let Some(fd) = &self.pidfd else { return false };
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, no wait; a pidfd turns readable at exit.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(fd) = &self.pidfd {
+            // SAFETY: pidfd_send_signal on our own pidfd, no siginfo.
+            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
+        }
+    }
+
+    /// Signal its process group, while it leads one that is surely its own.
+    fn signal_group(&self, sig: i32) {
+        if self.alive() {
+            // SAFETY: plain kill(2) on the group of a live leader.
+            unsafe { libc::kill(-self.pid, sig) };
+        }
+    }
+}
+
 /// SIGKILL every process of session `sid` (the tool's session: the tool,
-/// its process group, its background jobs), among the container's.
-fn kill_session(sid: i32) {
-    // SAFETY: plain kill(2); the session leader first, then the rest.
-    unsafe { libc::kill(-sid, libc::SIGKILL) };
+/// its process group, its background jobs), among the container's; its
+/// group at once when the tool, its leader, still lives (`leader_alive`).
+fn kill_session(sid: i32, leader_alive: bool) {
+    if leader_alive {
+        // SAFETY: plain kill(2); the session leader's group first, then the rest.
+        unsafe { libc::kill(-sid, libc::SIGKILL) };
+    }
     for pid in cgroup::container_pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         // Fields after the parenthesised command: state ppid pgrp session …

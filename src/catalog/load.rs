@@ -166,10 +166,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 ),
             ));
         }
-        if img.pid == Some(PidMode::Host) && super::model::reaches_other_processes(img.user, &img.cap_add) {
+        if img.pid == Some(PidMode::Host) && !super::model::shares_host_namespaces(img.user, &img.cap_add) {
             errors.push(err(
                 line,
-                format!("image {name}: pid = \"host\" with user = \"root\" or a capability among KILL, SYS_PTRACE, IPC_OWNER, SYS_ADMIN would let its tools signal or trace other users' processes on the host: remove pid (such images get namespaces of their own)"),
+                format!("image {name}: pid = \"host\" with user = \"root\" or a capability other than NET_RAW, NET_ADMIN, NET_BIND_SERVICE, NET_BROADCAST would let its tools act on other users' processes on the host: remove pid (such images get namespaces of their own)"),
             ));
         }
         for cmd in &img.commands {

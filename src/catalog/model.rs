@@ -85,15 +85,18 @@ pub enum PidMode {
     Private,
 }
 
-/// Capabilities that reach other users' processes or IPC objects, or the
-/// host's name, within a shared namespace: a tool holding one gets
-/// namespaces of its own.
-const CROSS_PROCESS_CAPS: [&str; 4] = ["KILL", "SYS_PTRACE", "IPC_OWNER", "SYS_ADMIN"];
+/// Capabilities a tool may hold and still share the host's pid, IPC and
+/// UTS namespaces: the network ones, which reach no process, no IPC
+/// object, no file and no uid. Any other (KILL, SYS_PTRACE, SETUID,
+/// DAC_OVERRIDE, IPC_OWNER, SYS_ADMIN…) would let a tool act on other
+/// users' processes there, or read their environments.
+const HOST_SAFE_CAPS: [&str; 4] = ["NET_RAW", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST"];
 
-/// Whether tools that run as `user` with `cap_add` are root or hold a
-/// capability in [`CROSS_PROCESS_CAPS`].
-pub fn reaches_other_processes(user: RunAs, cap_add: &[String]) -> bool {
-    user == RunAs::Root || capability_mask(cap_add) & capability_mask(&CROSS_PROCESS_CAPS.map(String::from)) != 0
+/// Whether tools that run as `user` with `cap_add` may share the host's
+/// namespaces (and get a caller stamp for calls of their own): they run as
+/// the caller and hold at most [`HOST_SAFE_CAPS`].
+pub fn shares_host_namespaces(user: RunAs, cap_add: &[String]) -> bool {
+    user == RunAs::Caller && capability_mask(cap_add) & !capability_mask(&HOST_SAFE_CAPS.map(String::from)) == 0
 }
 
 /// Whom a tool runs as inside its container.
@@ -217,11 +220,15 @@ impl ImageSpec {
     }
 
     /// Whether its containers join the host's pid, IPC and UTS namespaces:
-    /// by default when its tools run as the caller without a capability
-    /// that reaches other users' processes (a root tool there could signal
-    /// every root process of the machine).
+    /// by default when [`shares_host_namespaces`] (a root tool there could
+    /// signal every root process of the machine).
     pub fn host_namespaces(&self) -> bool {
-        self.pid != Some(PidMode::Private) && !reaches_other_processes(self.user, &self.cap_add)
+        self.pid != Some(PidMode::Private) && self.shares_host_namespaces()
+    }
+
+    /// [`shares_host_namespaces`] for its `user` and `cap_add`.
+    pub fn shares_host_namespaces(&self) -> bool {
+        shares_host_namespaces(self.user, &self.cap_add)
     }
 
     /// The capabilities its container holds, by name without `CAP_`: the

@@ -55,7 +55,7 @@ const PASSED_ENV: [&str; 12] =
 /// and no locale or time zone that names a file (`LC_ALL=/x`, `TZ=/x`
 /// make libc read them), since no secure-execution mode protects it. PATH
 /// is the image's, followed by the mount (the agent sets it).
-pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: &str) -> Vec<Vec<u8>> {
+pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Option<&str>) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = env
         .iter()
         .filter(|kv| {
@@ -80,7 +80,7 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: &str
         })
         .cloned()
         .collect();
-    out.push(format!("{}={stamp}", super::calls::CALLER_ENV).into_bytes());
+    out.extend(stamp.map(|s| format!("{}={s}", super::calls::CALLER_ENV).into_bytes()));
     out
 }
 
@@ -181,16 +181,16 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
-    fn authorize(&self, entry: &Resolved, origin: &super::calls::Origin) -> Result<(), Refusal> {
+    fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Refusal> {
         let allowed = &entry.image.allow_groups;
-        if allowed.is_empty() || origin.uid == 0 {
+        if allowed.is_empty() || caller.uid == 0 {
             return Ok(());
         }
         let member = allowed.iter().any(|name| {
             nix::unistd::Group::from_name(name)
                 .ok()
                 .flatten()
-                .is_some_and(|g| g.gid.as_raw() == origin.gid || origin.groups.contains(&g.gid.as_raw()))
+                .is_some_and(|g| g.gid.as_raw() == caller.gid || caller.groups.contains(&g.gid.as_raw()))
         });
         if member {
             Ok(())
@@ -241,12 +241,12 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
-    pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller) {
+    pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller, inside: bool) {
         let started = Instant::now();
         // Read now: the launcher is certainly alive while it waits for us.
         let session = proc_session(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
-        let outcome = self.clone().run(&control, req, fds, caller.clone(), session).await;
+        let outcome = self.clone().run(&control, req, fds, caller.clone(), session, inside).await;
         let (image, served, outcome_text, container, pid) = match &outcome {
             Ok((started, image, served)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid),
             Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0),
@@ -301,6 +301,7 @@ impl<B: ContainerBackend> Daemon<B> {
         fds: Vec<OwnedFd>,
         caller: Caller,
         session: Option<i32>,
+        inside: bool,
     ) -> Result<(Started, String, Served), Refusal> {
         if req.version != PROTOCOL_VERSION {
             return Err(refuse(format!(
@@ -312,28 +313,28 @@ impl<B: ContainerBackend> Daemon<B> {
             message: "not in the catalog of this mount (odfs status shows what runs)".into(),
             exit_code: EXIT_NOT_FOUND,
         })?;
-        // Whom the call is for: the peer, or the caller of the tool it came from.
-        let inside = super::in_a_container(caller.pid) && caller.alive();
-        let origin = self.stamps.origin((caller.uid, caller.gid, &caller.groups), &req.env, inside).map_err(refuse)?;
-        let groups = origin.groups.clone();
-        self.authorize(&entry, &origin)?;
+        // The call is the peer's, always; from inside a container only under
+        // its tool's stamp for that very uid.
+        let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(refuse)?;
+        let groups = caller.groups.clone();
+        self.authorize(&entry, &caller)?;
         let cwd = match self.pool.exec_path() {
             ExecPath::Fd => self.local_cwd(&caller)?,
             ExecPath::Relay => self.remote_cwd(control, &caller, &entry.image),
         };
         let accounts = match entry.image.user {
             RunAs::Root => (None, None),
-            RunAs::Caller => identity_lines(origin.uid, origin.gid),
+            RunAs::Caller => identity_lines(caller.uid, caller.gid),
         };
         // On the fd path the account files are the daemon's (the image's
         // root is read-only); the agent appends them only on remote engines.
         let relayed = self.pool.exec_path() == ExecPath::Relay;
-        let caps = entry.image.tool_caps(origin.uid);
+        let caps = entry.image.tool_caps(caller.uid);
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
             RunAs::Caller => Identity {
-                uid: origin.uid,
-                gid: origin.gid,
+                uid: caller.uid,
+                gid: caller.gid,
                 groups,
                 passwd_line: accounts.0.clone().filter(|_| relayed),
                 group_line: accounts.1.clone().filter(|_| relayed),
@@ -348,7 +349,14 @@ impl<B: ContainerBackend> Daemon<B> {
             token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,
-            env: tool_env(&req.env, &entry.command.env, caps != 0 && origin.uid != 0, &self.stamps.stamp(&origin)),
+            env: tool_env(
+                &req.env,
+                &entry.command.env,
+                caps != 0 && caller.uid != 0,
+                // A tool that could take another uid or read other users'
+                // environments gets none: its calls are refused.
+                entry.image.shares_host_namespaces().then(|| self.stamps.sign(super::calls::Stamp { uid: caller.uid, depth })).as_deref(),
+            ),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
             fds: req.fds.clone(),
@@ -499,14 +507,14 @@ mod tests {
         let text = |v: Vec<Vec<u8>>| -> Vec<String> { v.into_iter().map(|v| String::from_utf8(v).unwrap()).collect() };
         // As it is: only the stamp is ours, and a line without `=` is no variable.
         assert_eq!(
-            text(tool_env(&env, &[], false, "S")),
+            text(tool_env(&env, &[], false, Some("S"))),
             ["TERM=xterm", "LC_ALL=C", "LD_PRELOAD=/x.so", "RIPGREP_CONFIG_PATH=/tmp/rgrc", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=S"]
         );
         // Privileged: the allowlist and the entry's own names, never a loader variable.
-        assert_eq!(text(tool_env(&env, &["JQ_COLORS".into(), "LD_PRELOAD".into()], true, "S")), ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=S"]);
+        assert_eq!(text(tool_env(&env, &["JQ_COLORS".into(), "LD_PRELOAD".into()], true, Some("S"))), ["TERM=xterm", "LC_ALL=C", "JQ_COLORS=1", "HOME=/root", "ODFS_CALLER=S"]);
         let files: Vec<Vec<u8>> = ["LC_ALL=/tmp/x", "TZ=/etc/shadow", "LANG=C.UTF-8", "TZ=UTC", "GCONV_PATH=/tmp"].iter().map(|s| s.as_bytes().to_vec()).collect();
-        assert_eq!(text(tool_env(&files, &["GCONV_PATH".into()], true, "S")), ["LANG=C.UTF-8", "TZ=UTC", "ODFS_CALLER=S"]);
-        assert_eq!(tool_env(&files, &[], false, "S").len(), 6);
+        assert_eq!(text(tool_env(&files, &["GCONV_PATH".into()], true, Some("S"))), ["LANG=C.UTF-8", "TZ=UTC", "ODFS_CALLER=S"]);
+        assert_eq!(tool_env(&files, &[], false, None).len(), 5);
     }
 
 }

@@ -95,7 +95,7 @@ impl<B: ContainerBackend> Daemon<B> {
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
     async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, large: Arc<listener::Gate>) {
-        let Admitted { peer, serving: _serving, reading: ticket } = admitted;
+        let Admitted { peer, inside, serving: _serving, reading: ticket } = admitted;
         let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
@@ -114,16 +114,14 @@ impl<B: ContainerBackend> Daemon<B> {
             return;
         }
         let caller: Caller = Arc::new(peer);
-        // Root inside a container is root only there (a `user = "root"`
-        // tool): it may ask for a tool, as the caller its stamp names
-        // ([`calls`]), and for nothing else, the admin's requests least.
-        let is_exec = matches!(msg, Ok(Some((Request::Exec(_), _))));
-        if caller.uid == 0 && !is_exec && in_a_container(caller.pid) && caller.alive() {
-            REFUSALS.note(0, "refused a request of root inside a container");
-            return self.answer(conn, Response::Error { message: calls::ROOT_INSIDE.into(), exit_code: EXIT_ODFS_ERROR });
+        // Inside a container a process may only ask for a tool, under its
+        // tool's stamp ([`calls`]): never manage odfs.
+        if inside && !matches!(msg, Ok(Some((Request::Exec(_), _)))) {
+            REFUSALS.note(caller.uid, "refused a request from inside a container");
+            return self.answer(conn, Response::Error { message: calls::INSIDE_UNSTAMPED.into(), exit_code: EXIT_ODFS_ERROR });
         }
         match msg {
-            Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller).await,
+            Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller, inside).await,
             Ok(Some((Request::Status, _))) => {
                 let containers = self.pool.status().await;
                 let engine = self.pool.backend().engine_info().await;
@@ -180,20 +178,35 @@ fn in_our_user_namespace(pid: i32) -> bool {
     pid > 0 && namespace("self", "user").is_some() && namespace(&pid.to_string(), "user") == namespace("self", "user")
 }
 
-/// Whether a peer runs in another mount namespace than the daemon: inside
-/// a container. Valid only if the peer is still alive afterwards.
+/// Whether a peer runs inside a container: in another mount namespace than
+/// the daemon, in a cgroup named by a container id (64 hex digits: Docker's
+/// `/docker/ID`, `docker-ID.scope`, Podman's `libpod-ID.scope`); what cannot
+/// be read counts as inside. A service with a private /tmp is not inside.
+/// Valid only if the peer is still alive afterwards.
 fn in_a_container(pid: i32) -> bool {
-    namespace(&pid.to_string(), "mnt") != namespace("self", "mnt")
+    let own = namespace("self", "mnt");
+    let theirs = namespace(&pid.to_string(), "mnt");
+    if own.is_some() && theirs == own {
+        return false;
+    }
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return true };
+    cgroups.split(|c: char| !c.is_ascii_hexdigit()).any(|run| run.len() == 64)
 }
+
+/// Places of root inside containers are counted as this one user's (root
+/// on the host has none): a root tool must not take everyone's.
+const ROOT_INSIDE_PLACES: u32 = u32::MAX - 1;
 
 /// A process's namespace of a kind, as `/proc/PID/ns/KIND` names it.
 fn namespace(pid: &str, kind: &str) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
 }
 
-/// A connection let in: its peer, and its places.
+/// A connection let in: its peer, whether it is inside a container, and
+/// its places.
 struct Admitted {
     peer: listener::Peer,
+    inside: bool,
     serving: listener::Ticket,
     reading: listener::Ticket,
 }
@@ -201,9 +214,9 @@ struct Admitted {
 /// Decide at once, in the accept loop, whether a connection may be served,
 /// so that a flood of connections costs a few syscalls each and holds no
 /// fd past this: the peer's credentials, its user namespace (whose many
-/// uids must not take many users' places), then its user's places. Peers
-/// in containers are served: tools run tools (see [`calls`]). A refused peer gets one line if its
-/// socket has room.
+/// uids must not take many users' places), whether it runs inside a
+/// container (decided here, while it is certainly alive), then its user's
+/// places. A refused peer gets one line if its socket has room.
 fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
         Ok(p) => p,
@@ -226,10 +239,13 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
         }
         None
     };
-    if !in_our_user_namespace(peer.pid) || !peer.alive() {
+    let same_users = in_our_user_namespace(peer.pid);
+    let inside = in_a_container(peer.pid);
+    if !same_users || !peer.alive() {
         return refuse("requests from another user namespace are refused (run odfs tools as a user of the host)".into());
     }
-    let (Some(serving), Some(reading)) = (gates.in_flight.enter(peer.uid), gates.reading.enter(peer.uid)) else {
+    let places = if inside && peer.uid == 0 { ROOT_INSIDE_PLACES } else { peer.uid };
+    let (Some(serving), Some(reading)) = (gates.in_flight.enter(places), gates.reading.enter(places)) else {
         return refuse(format!(
             "too many requests of uid {} at once (at most {} being read, {} being served); try again",
             peer.uid,
@@ -237,7 +253,7 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
             listener::IN_FLIGHT_PER_UID
         ));
     };
-    Some(Admitted { peer, serving, reading })
+    Some(Admitted { peer, inside, serving, reading })
 }
 
 /// A warning that a flood could repeat without end: written at most every
