@@ -119,7 +119,14 @@ fn ps_lists_the_host_s_processes_and_a_private_image_only_its_own() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).contains(&marker), "a private image sees the host's processes:\n{}", stdout(&o));
     assert!(stdout(&o).lines().count() < 10, "{}", stdout(&o));
-    assert!(m.sh(r#""$M/sleep" 0"#).status.success());
+    // `odfs show` says which.
+    let show = stdout(&m.odfs(&["show", "ps"]));
+    assert!(show.contains("processes:  the host's processes"), "{show}");
+    assert!(show.contains("environment: the caller's, as it is; PATH is the image's, then"), "{show}");
+    let show = stdout(&m.odfs(&["show", "private-ps"]));
+    assert!(show.contains("processes:  the container's own processes and IPC (pid = \"private\")"), "{show}");
+    let show = stdout(&m.odfs(&["show", "cap-env"]));
+    assert!(show.contains("environment: for callers other than root, an allowlist"), "{show}");
 }
 
 #[test]
