@@ -265,3 +265,21 @@ fn strace_attaches_to_the_caller_s_own_host_process() {
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("Operation not permitted"), "{}", stderr(&o));
 }
+
+#[test]
+fn stopping_a_container_ends_its_tools_and_nothing_else_of_the_host() {
+    let m = TestMount::new(CATALOG);
+    let mut canary = HostProcess::start(None, &format!("odfs-canary-{}", std::process::id()));
+    // A tool with a child of its own, both in the container.
+    let mut tool = m.sh_cmd(r#""$M/sh" -c 'sleep 600 & sleep 601'"#).stdout(Stdio::null()).spawn().unwrap();
+    let container = m.wait_running("sleep 601");
+    assert!(m.ps(&container).contains("sleep 600"), "{}", m.ps(&container));
+    // The agent, told to stop, ends every process of its container...
+    assert!(docker(&["stop", "-t", "10", &container]).status.success());
+    let status = tool.wait().unwrap();
+    assert!(!status.success());
+    let left = Command::new("pgrep").args(["-f", "^sleep 60[01]$"]).output().unwrap();
+    assert!(stdout(&left).is_empty(), "the tool's processes outlived their container: {}", stdout(&left));
+    // ...and none of the host's.
+    assert!(canary.alive(), "a host process died with the container");
+}
