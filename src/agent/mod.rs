@@ -431,10 +431,7 @@ fn kill_session(sid: i32, leader_alive: bool) {
         unsafe { libc::kill(-sid, libc::SIGKILL) };
     }
     for pid in cgroup::container_pids() {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // Fields after the parenthesised command: state ppid pgrp session …
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        if after.split_whitespace().nth(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid) {
+        if protocol::peer::session_of(pid) == Some(sid) {
             // SAFETY: plain kill(2).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }

@@ -85,9 +85,7 @@ impl Docker {
     fn classify(&self, e: bollard::errors::Error) -> BackendError {
         use bollard::errors::Error as E;
         match e {
-            E::DockerResponseServerError { status_code, message } => {
-                BackendError::Engine(format!("{message} (HTTP {status_code})"))
-            }
+            E::DockerResponseServerError { status_code, message } => BackendError::Answered { status: status_code, message },
             other => {
                 let text = other.to_string();
                 if text.contains("onnect") || text.contains("No such file") || text.contains("refused") {

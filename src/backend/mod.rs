@@ -125,6 +125,9 @@ pub enum BackendError {
     ImageMissing { reference: String, reason: String },
     #[error("image {reference} could not be built from its recipe {recipe}: {reason}")]
     BuildFailed { reference: String, recipe: String, reason: String },
+    /// The engine answered with an error status.
+    #[error("container engine error: {message} (HTTP {status})")]
+    Answered { status: u16, message: String },
     #[error("container engine error: {0}")]
     Engine(String),
 }
@@ -133,7 +136,7 @@ impl BackendError {
     /// The engine says the container is not there or not running (HTTP 404
     /// or 409): it must be replaced, as opposed to a passing failure.
     pub fn container_gone(&self) -> bool {
-        matches!(self, BackendError::Engine(m) if m.ends_with("(HTTP 404)") || m.ends_with("(HTTP 409)"))
+        matches!(self, BackendError::Answered { status: 404 | 409, .. })
     }
 }
 
@@ -173,4 +176,18 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn exec_path(&self) -> ExecPath;
     /// The engine, and whether (and as what) it answers.
     fn engine_info(&self) -> impl Future<Output = crate::protocol::EngineInfo> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BackendError;
+
+    #[test]
+    fn a_container_is_gone_by_the_engine_s_status_not_by_its_words() {
+        let answered = |status| BackendError::Answered { status, message: "x".into() };
+        assert!(answered(404).container_gone() && answered(409).container_gone());
+        assert!(!answered(500).container_gone());
+        assert!(!BackendError::Engine("no such container (HTTP 404)".into()).container_gone());
+        assert_eq!(answered(404).to_string(), "container engine error: x (HTTP 404)");
+    }
 }

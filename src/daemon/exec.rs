@@ -111,13 +111,6 @@ fn identity_lines(uid: u32, gid: u32) -> (Option<String>, Option<String>) {
     (passwd, group)
 }
 
-/// The session id of a process (`/proc/PID/stat`, field 6): calls from one
-/// shell session form the sequences prediction learns.
-pub fn proc_session(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
-}
-
 impl<B: ContainerBackend> Daemon<B> {
     /// Learn from this call, and warm what usually follows it in a session
     /// (`tcpdump` → `traceroute`). Prediction belongs to the `auto` policy:
@@ -244,7 +237,7 @@ impl<B: ContainerBackend> Daemon<B> {
     pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller, inside: bool) {
         let started = Instant::now();
         // Read now: the launcher is certainly alive while it waits for us.
-        let session = proc_session(caller.pid).filter(|_| caller.alive());
+        let session = crate::protocol::peer::session_of(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
         let outcome = self.clone().run(&control, req, fds, caller.clone(), session, inside).await;
         let (image, served, outcome_text, container, pid) = match &outcome {

@@ -45,6 +45,12 @@ pub struct Daemon<B> {
     stamps: calls::Stamps,
 }
 
+/// What is left of a keep-alive window, as `odfs stats` says it: `2m left`,
+/// `45s left` (whole seconds, never negative).
+fn time_left(secs: f64) -> String {
+    format!("{} left", crate::policy::format_secs(secs.max(0.0).round()))
+}
+
 impl<B: ContainerBackend> Daemon<B> {
     fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap().clone()
@@ -52,7 +58,7 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// Figures per command from the pool's history.
     fn stats(&self) -> Vec<crate::protocol::CommandStats> {
-        use crate::policy::{epsilon, format_secs, Call};
+        use crate::policy::{epsilon, Call};
         let mut out = Vec::new();
         for (image, seen, plan) in self.pool.history() {
             let mut commands: Vec<&str> = seen.iter().map(|s| s.command.as_str()).collect();
@@ -64,7 +70,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 let count = |w: pool::Served| mine.iter().filter(|s| s.served == w).count() as u32;
                 let e = epsilon(&calls);
                 let window = match &plan {
-                    Some(p) => format!("{}s left ({})", format_secs(((p.remove_at - self.pool.now()).max(0.0)).round()), p.reason),
+                    Some(p) => format!("{} ({})", time_left(p.remove_at - self.pool.now()), p.reason),
                     None => "decided when the container goes idle".into(),
                 };
                 out.push(crate::protocol::CommandStats {
@@ -78,7 +84,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     mtts: e.map(|e| e.mtts).or_else(|| calls.first().map(|c| c.setup)),
                     mtte: e.map(|e| e.mtte).or_else(|| calls.first().map(|c| c.run)),
                     epsilon: e.map(|e| e.epsilon),
-                    window: window.replace("ss left", "s left"),
+                    window,
                 });
             }
         }
@@ -640,5 +646,15 @@ mod tests {
         assert!(needs_loader(std::path::Path::new("/bin/sh")).unwrap());
         assert!(!needs_loader(std::path::Path::new("/bin/busybox")).unwrap());
         assert!(needs_loader(std::path::Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn time_left_reads_as_a_duration() {
+        assert_eq!(time_left(120.0), "2m left");
+        assert_eq!(time_left(119.6), "2m left");
+        assert_eq!(time_left(45.2), "45s left");
+        assert_eq!(time_left(3600.0), "1h left");
+        assert_eq!(time_left(125.0), "125s left");
+        assert_eq!(time_left(-3.0), "0s left");
     }
 }

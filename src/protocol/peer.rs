@@ -76,3 +76,12 @@ impl Peer {
     }
 }
 
+
+/// The session id of a process (`/proc/PID/stat`, field 6): calls from one
+/// shell session form the sequences prediction learns; a tool's session is
+/// what the agent ends when its launcher is gone.
+pub fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command (which may hold anything): state ppid pgrp session …
+    stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
+}
