@@ -127,7 +127,7 @@ pub fn run(config: AgentConfig) -> ! {
 
     let path = std::env::var_os("PATH")
         .map(|p| p.into_encoded_bytes())
-        .unwrap_or_else(|| b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_vec());
+        .unwrap_or_else(|| protocol::DEFAULT_PATH.as_bytes().to_vec());
     let agent = Arc::new(Agent {
         registry: Mutex::new(Registry { waiting: HashMap::new(), finished: Default::default(), running: 0, idle_since: Instant::now() }),
         children: Condvar::new(),

@@ -374,7 +374,7 @@ impl ContainerBackend for Docker {
             .unwrap_or_default()
             .into_iter()
             .find_map(|e| e.strip_prefix("PATH=").map(String::from))
-            .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+            .unwrap_or_else(|| crate::protocol::DEFAULT_PATH.into());
         // Any user may ask (`odfs provides`): exports take disk and time,
         // so a few at once, each into a file no one else can open.
         static EXPORTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);

@@ -20,6 +20,10 @@ pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
+/// The PATH of an image that sets none, as the engines give it; the agent
+/// and the image index search it alike.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
