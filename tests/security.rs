@@ -16,10 +16,7 @@ use odfs::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Request, Respo
 
 /// A frame as the protocol writes it: little-endian length, then the body.
 fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
-    let body = protocol::encode(msg).unwrap();
-    let mut out = (body.len() as u32).to_le_bytes().to_vec();
-    out.extend(body);
-    out
+    protocol::frame(msg).unwrap()
 }
 
 /// Catalog of socat from the shipped netutils image, as the calling user

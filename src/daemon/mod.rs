@@ -233,9 +233,7 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     };
     let refuse = |message: String| {
         REFUSALS.note(peer.uid, &format!("refused a connection: {message}"));
-        if let Ok(body) = protocol::encode(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
-            let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-            frame.extend_from_slice(&body);
+        if let Ok(frame) = protocol::frame(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
             // Straight to the socket, never waiting (tokio's try_write
             // would give up on a socket it has not seen writable yet).
             // SAFETY: sends from a buffer we own on a socket we own.

@@ -20,6 +20,19 @@ pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
+/// One frame as bytes, for a stream that carries no fds (the relay, a
+/// refusal written straight to a socket): length (u32, little endian) and body.
+pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = encode(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
 /// The PATH of an image that sets none, as the engines give it; the agent
 /// and the image index search it alike.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

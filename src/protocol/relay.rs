@@ -50,17 +50,7 @@ pub enum RelayOut {
     Consumed(u64),
 }
 
-/// One frame as bytes: length (u32, little endian) and body.
-pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let body = super::encode(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
-}
+pub use super::frame;
 
 /// Reassembles frames from a byte stream cut anywhere.
 #[derive(Debug, Default)]
