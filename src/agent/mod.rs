@@ -391,19 +391,13 @@ struct Tool {
 
 impl Tool {
     fn open(pid: i32) -> Tool {
-        // SAFETY: pidfd_open returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-        // SAFETY: a new fd of ours.
-        Tool { pid, pidfd: (fd >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }) }
+        Tool { pid, pidfd: protocol::peer::pidfd_open(pid) }
     }
 
     /// Whether it has not exited yet (a process group it leads is its own
     /// while it lives).
     fn alive(&self) -> bool {
-        let Some(fd) = &self.pidfd else { return false };
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd, no wait; a pidfd turns readable at exit.
-        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+        self.pidfd.as_ref().is_some_and(protocol::peer::running)
     }
 
     fn signal(&self, sig: i32) {

@@ -181,7 +181,9 @@ impl<B: ContainerBackend> Daemon<B> {
 /// another, uids mean other users, and one namespace's many uids would take
 /// many users' places. Valid only if the peer is still alive afterwards.
 fn in_our_user_namespace(pid: i32) -> bool {
-    pid > 0 && namespace("self", "user").is_some() && namespace(&pid.to_string(), "user") == namespace("self", "user")
+    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| namespace("self", "user"));
+    pid > 0 && ours.is_some() && namespace(&pid.to_string(), "user") == *ours
 }
 
 /// Whether a peer runs inside a container: in another mount namespace than
@@ -190,9 +192,9 @@ fn in_our_user_namespace(pid: i32) -> bool {
 /// be read counts as inside. A service with a private /tmp is not inside.
 /// Valid only if the peer is still alive afterwards.
 fn in_a_container(pid: i32) -> bool {
-    let own = namespace("self", "mnt");
-    let theirs = namespace(&pid.to_string(), "mnt");
-    if own.is_some() && theirs == own {
+    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| namespace("self", "mnt"));
+    if ours.is_some() && namespace(&pid.to_string(), "mnt") == *ours {
         return false;
     }
     let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return true };

@@ -52,12 +52,7 @@ pub fn peer(fd: RawFd) -> std::io::Result<Peer> {
         Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOPROTOOPT | libc::EINVAL)) => None,
         Ok(_) => None,
         // An older kernel: the pid as it is now, still far earlier than the request.
-        Err(_) => {
-            // SAFETY: pidfd_open returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid, 0) } as i32;
-            // SAFETY: as above.
-            (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-        }
+        Err(_) => pidfd_open(cred.pid),
     };
     Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd })
 }
@@ -67,13 +62,26 @@ impl Peer {
     /// `/proc/PID` before this said true was the peer's own, since a pid is
     /// not reused while its process (or its zombie) is there.
     pub fn alive(&self) -> bool {
-        let Some(fd) = &self.pidfd else { return false };
-        // A pidfd turns readable when its process exits; polling it needs no
-        // permission over the process (signal 0 would need CAP_KILL).
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one pollfd, no wait.
-        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+        self.pidfd.as_ref().is_some_and(running)
     }
+}
+
+/// A pidfd of process `pid`, which stays that process's even after its pid
+/// is reused.
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: a new fd of ours.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the process behind a pidfd has not exited. A pidfd turns
+/// readable at exit; polling it needs no permission over the process
+/// (signal 0 would need CAP_KILL).
+pub fn running(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, no wait.
+    unsafe { libc::poll(&mut p, 1, 0) == 0 }
 }
 
 
