@@ -109,6 +109,16 @@ pub enum RunAs {
     Root,
 }
 
+impl RunAs {
+    /// The catalog's spelling (`user = "caller"`), as serde reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunAs::Caller => "caller",
+            RunAs::Root => "root",
+        }
+    }
+}
+
 /// How long an idle container stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepAlive {

@@ -6,10 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::exec::Caller;
+use super::call::Caller;
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{validate_name, validate_path, ImageSpec, RunAs};
+use crate::catalog::{validate_name, validate_path, ImageSpec};
 use crate::protocol::{CommandInfo, Response, EXIT_ODFS_ERROR};
 
 /// Name of the file `odfs add` and `odfs rm` manage.
@@ -57,15 +57,12 @@ impl<B: ContainerBackend> Daemon<B> {
                 program: r.command.program().to_string(),
                 args: r.command.args.clone(),
                 network: r.image.network.as_str().to_string(),
-                user: match r.image.user {
-                    RunAs::Caller => "caller".into(),
-                    RunAs::Root => "root".into(),
-                },
+                user: r.image.user.as_str().into(),
                 keep_alive: match r.image.keep_alive {
                     crate::catalog::KeepAlive::Auto => format!("auto ({})", self.pool.policy_for(&r.image)),
                     crate::catalog::KeepAlive::Fixed(d) => humantime::format_duration(d).to_string(),
                 },
-                state: self.pool.state_name(&r.image).to_string(),
+                state: self.pool.shown(&r.image).as_str().to_string(),
                 origin: r.command.origin.clone(),
             })
             .collect()
@@ -168,7 +165,7 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Executables of an image, from the index or scanned (and indexed).
-    async fn indexed_executables(&self, image: &str) -> Result<Vec<String>, crate::daemon::pool::PoolError> {
+    async fn indexed_executables(&self, image: &str) -> Result<Vec<String>, crate::daemon::call::PoolError> {
         if let Some(paths) = self.index.get(image) {
             return Ok(paths.clone());
         }
@@ -301,7 +298,7 @@ impl<B: ContainerBackend> Daemon<B> {
             return error(format!("{command} is not in the catalog"));
         };
         match self.with_progress(client, &entry.image, self.pool.warm_up(&entry.image, None)).await {
-            Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.state_name(&entry.image))),
+            Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.shown(&entry.image).as_str())),
             Err(e) => error(format!("{command}: {e}")),
         }
     }

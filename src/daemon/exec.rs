@@ -1,40 +1,21 @@
 //! One exec request: policy, identity, environment, container, spawn through
 //! the agent, and the hand-off of the agent connection to the launcher.
 
+use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::call::{refuse, Caller, Refusal, StartError, Started};
+use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
-use crate::backend::{ContainerBackend, ExecPath};
+use crate::backend::ContainerBackend;
 use crate::catalog::{ImageSpec, Invocation, Resolved, RunAs};
-use crate::protocol::{
-    self, AgentEvent, AgentRequest, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR,
-    PROTOCOL_VERSION,
-};
-
-/// The caller as the kernel reported it when it connected (SO_PEERCRED,
-/// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
-pub type Caller = Arc<super::listener::Peer>;
-
-/// A refusal the caller sees as `odfs: CMD: message`.
-#[derive(Debug)]
-pub(super) struct Refusal {
-    pub message: String,
-    pub exit_code: i32,
-}
-
-fn refuse(message: impl Into<String>) -> Refusal {
-    Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
-}
-
-/// How long the agent may take to report a tool started.
-const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, EXIT_NOT_FOUND, PROTOCOL_VERSION};
 
 /// Bytes of a call's outcome kept in the history.
 const MAX_OUTCOME: usize = 300;
@@ -48,7 +29,7 @@ const PASSED_ENV: [&str; 12] =
     ["TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "COLUMNS", "LINES", "TMPDIR"];
 
 /// The caller's environment as the tool gets it, `stamp` (its caller, see
-/// [`super::calls`]) added. A tool that runs as its caller with nothing
+/// [`super::stamps`]) added. A tool that runs as its caller with nothing
 /// added gets the environment as it is: it could be run with it anyway.
 /// One that holds capabilities its caller lacks (`privileged`) gets an
 /// allowlist, as sudo's `env_reset`: no loader or interpreter variable,
@@ -61,7 +42,7 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
         .filter(|kv| {
             let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
             let key = &kv[..eq];
-            if key == super::calls::CALLER_ENV.as_bytes() {
+            if key == super::stamps::CALLER_ENV.as_bytes() {
                 return false;
             }
             if !privileged {
@@ -80,7 +61,7 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
         })
         .cloned()
         .collect();
-    out.extend(stamp.map(|s| format!("{}={s}", super::calls::CALLER_ENV).into_bytes()));
+    out.extend(stamp.map(|s| format!("{}={s}", super::stamps::CALLER_ENV).into_bytes()));
     out
 }
 
@@ -311,17 +292,15 @@ impl<B: ContainerBackend> Daemon<B> {
         let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(refuse)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
-        let cwd = match self.pool.exec_path() {
-            ExecPath::Fd => self.local_cwd(&caller)?,
-            ExecPath::Relay => self.remote_cwd(control, &caller, &entry.image),
-        };
+        // On a remote engine the caller's paths are the remote side's.
+        let relayed = self.pool.relayed();
+        let cwd = if relayed { self.remote_cwd(control, &caller, &entry.image) } else { self.local_cwd(&caller)? };
         let accounts = match entry.image.user {
             RunAs::Root => (None, None),
             RunAs::Caller => identity_lines(caller.uid, caller.gid),
         };
         // On the fd path the account files are the daemon's (the image's
         // root is read-only); the agent appends them only on remote engines.
-        let relayed = self.pool.exec_path() == ExecPath::Relay;
         let caps = entry.image.tool_caps(caller.uid);
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
@@ -348,7 +327,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 caps != 0 && caller.uid != 0,
                 // A tool that could take another uid or read other users'
                 // environments gets none: its calls are refused.
-                entry.image.shares_host_namespaces().then(|| self.stamps.sign(super::calls::Stamp { uid: caller.uid, depth })).as_deref(),
+                entry.image.shares_host_namespaces().then(|| self.stamps.sign(super::stamps::Stamp { uid: caller.uid, depth })).as_deref(),
             ),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
@@ -363,30 +342,15 @@ impl<B: ContainerBackend> Daemon<B> {
                 .with_progress(control, &entry.image, self.pool.ensure(&entry.image, &req.command))
                 .await
                 .map_err(|e| refuse(e.to_string()))?;
-            spawn.token = ready.token.clone();
-            let result = match ready.exec_path {
-                ExecPath::Fd => {
-                    let (socket, spawn, fds2) = (ready.socket.clone(), spawn.clone(), fds.clone());
-                    let (container, view, accounts) = (ready.container.clone(), ready.view.clone(), accounts.clone());
-                    let (args, image) = (req.args.clone(), entry.image.name.clone());
-                    tokio::task::spawn_blocking(move || {
-                        check_view(&view, &image, Path::new(std::ffi::OsStr::from_bytes(&spawn.cwd)), &args).map_err(StartError::Refused)?;
-                        let run = socket.parent().unwrap_or(Path::new("/"));
-                        let id = &spawn.identity;
-                        if let Err(e) = super::accounts::ensure_known(run, id.uid, id.gid, accounts.0.as_deref(), accounts.1.as_deref()) {
-                            tracing::warn!(container, "cannot add uid {} to the container's account files: {e}", id.uid);
-                        }
-                        start_tool(&socket, spawn, &fds2, container)
-                    })
-                    .await
-                    .map_err(|e| refuse(e.to_string()))?
-                }
-                ExecPath::Relay => {
-                    let standard = |n: i32| req.fds.iter().position(|&t| t == n).and_then(|i| fds.get(i)?.try_clone().ok());
-                    let caller_fds = super::remote::CallerFds { stdin: standard(0), stdout: standard(1), stderr: standard(2) };
-                    super::remote::start(self.pool.backend(), &ready, spawn.clone(), caller_fds).await
-                }
+            spawn.token = ready.target.token.clone();
+            let launch = Launch {
+                spawn: spawn.clone(),
+                fds: fds.clone(),
+                args: req.args.clone(),
+                image: entry.image.name.clone(),
+                accounts: accounts.clone(),
             };
+            let result = self.pool.start(&ready, launch).await;
             match result {
                 Ok(started) => {
                     self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
@@ -401,88 +365,6 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         unreachable!("the loop returns on its second attempt")
-    }
-}
-
-/// Refuse a call whose tool would not see, at a path the caller names (its
-/// cwd, its arguments), the host's file the caller means.
-fn check_view(view: &crate::view::View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Refusal> {
-    if let Err(c) = view.check_cwd(cwd) {
-        return Err(refuse(format!(
-            "working directory {} is not shared with image {image} (the tool would see the image's own {}; cd into a shared directory or add it to shared)",
-            cwd.display(),
-            c.image_dir
-        )));
-    }
-    view.check_args(cwd, args, &crate::view::RealFs).map_err(|c| refuse(c.message(image)))
-}
-
-/// A tool the agent started: its connection (handed to the launcher), pid
-/// and, in pty mode, the pty master. `relayed`: the connection is served by
-/// the daemon for a call on a remote engine.
-pub(super) struct Started {
-    pub agent: UnixStream,
-    pub pid: i32,
-    pub container: String,
-    pub pty_master: Option<OwnedFd>,
-    pub relayed: bool,
-}
-
-pub(super) enum StartError {
-    Unreachable(String),
-    Refused(Refusal),
-}
-
-/// Whether a failure talking to an agent means the agent is gone (its
-/// socket refuses, the connection breaks or ends), as opposed to something
-/// about this one request (too large, malformed), which is the caller's.
-fn agent_gone(e: &protocol::FrameError) -> bool {
-    use std::io::ErrorKind as K;
-    match e {
-        protocol::FrameError::Io(io) => {
-            matches!(io.kind(), K::ConnectionRefused | K::NotFound | K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof)
-        }
-        protocol::FrameError::Truncated => true,
-        _ => false,
-    }
-}
-
-/// Ask the agent to start the tool with the caller's fds; blocking. Only an
-/// agent that is gone makes the container be replaced: the container serves
-/// other callers, so a request that fails on its own merits is refused to
-/// its caller alone.
-fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &[OwnedFd], container: String) -> Result<Started, StartError> {
-    let classify = |e: protocol::FrameError| {
-        if agent_gone(&e) {
-            StartError::Unreachable(e.to_string())
-        } else {
-            StartError::Refused(refuse(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
-        }
-    };
-    let body = protocol::encode(&AgentRequest::Spawn(Box::new(spawn))).map_err(classify)?;
-    if body.len() > protocol::MAX_FRAME {
-        return Err(classify(protocol::FrameError::TooLarge(body.len())));
-    }
-    let conn = UnixStream::connect(socket).map_err(|e| classify(e.into()))?;
-    // The tool's start (its cwd, its program) may sit on a file system that
-    // never answers: the caller is told, and this thread is not held.
-    conn.set_read_timeout(Some(START_LIMIT)).map_err(|e| classify(e.into()))?;
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
-    let answer = protocol::recv::<AgentEvent>(&conn);
-    let _ = conn.set_read_timeout(None);
-    match answer {
-        Err(protocol::FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(StartError::Refused(refuse(format!(
-                "the tool did not start within {}s (its working directory or a file system it needs does not answer)",
-                START_LIMIT.as_secs()
-            ))))
-        }
-        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
-        Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
-        Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
-        Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
-        Err(e) => Err(classify(e)),
     }
 }
 

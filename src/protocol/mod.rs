@@ -300,6 +300,19 @@ pub enum AgentEvent {
     Status { running: u32, idle_ms: u64, finished: Vec<Finished> },
 }
 
+impl AgentEvent {
+    /// The exit status the caller sees for an event that ends a call (an
+    /// exit code, or 128 + signal as a shell says it); `None` for the others.
+    pub fn status(&self) -> Option<i32> {
+        match self {
+            AgentEvent::Exited(c) => Some(*c),
+            AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => Some(128 + s),
+            AgentEvent::Failed { exit_code, .. } => Some(*exit_code),
+            AgentEvent::Started { .. } | AgentEvent::Stopped(_) | AgentEvent::Status { .. } => None,
+        }
+    }
+}
+
 /// A tool's end, as the agent saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finished {

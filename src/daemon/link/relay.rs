@@ -10,22 +10,163 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use super::agent_client::AgentStatus;
-use super::exec::{Refusal, StartError, Started};
-use super::pool::{Ready, RelayedCall, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
-use crate::backend::{ContainerBackend, ExecInput, ExecOutput};
+use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
+use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecInput, ExecOutput};
+use crate::catalog::ImageSpec;
+use crate::daemon::call::{PoolError, Refusal, StartError, Started};
+use crate::view::View;
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ERROR};
 
 /// How long the relay may take to start the tool (engine exec start, the
 /// agent's spawn).
 const START_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A profile's container as the relay reaches it, and its calls: the
+/// agent there cannot be asked cheaply, and every call passes through the
+/// daemon, so the daemon counts them.
+#[derive(Debug, Default)]
+pub struct RelayLink {
+    calls: Calls,
+}
+
+impl RelayLink {
+    /// What a container of `image` sees: its `remote_dirs`, nothing else
+    /// of this host.
+    pub fn plan_view(&self, image: &ImageSpec) -> View {
+        View { host: image.remote_dirs.clone(), filled: vec![] }
+    }
+
+    /// The relay's parts of a container's spec: the agent copied in (host
+    /// files do not exist there), its socket kept inside and reached from
+    /// inside, the image's `remote_dirs` bound.
+    pub fn prepare<B>(&self, setup: &Setup<'_, B>, image: &ImageSpec, spec: &mut ContainerSpec) -> Result<View, PoolError> {
+        let archive = match setup.archive.get() {
+            Some(a) => a.clone(),
+            None => {
+                let a = agent_archive(setup.agent).map_err(|e| PoolError::setup(format!("read the agent {}", setup.agent.display()), e))?;
+                setup.archive.get_or_init(|| a).clone()
+            }
+        };
+        spec.preload = Some(archive);
+        spec.entrypoint.push("--allow-local-peers".into());
+        spec.binds = image.remote_dirs.iter().map(|p| Bind::plain(p.clone(), p.clone(), false)).collect();
+        Ok(self.plan_view(image))
+    }
+
+    /// A new (or adopted) container has had no call yet: idle since now.
+    pub fn started(&self) {
+        self.calls.0.lock().unwrap().idle_since = Instant::now();
+    }
+
+    /// How busy the container is, from the daemon's own count; the ends
+    /// of calls since the last question are handed over once.
+    pub fn status(&self) -> AgentStatus {
+        let mut r = self.calls.0.lock().unwrap();
+        let idle_ms = if r.running == 0 { r.idle_since.elapsed().as_millis() as u64 } else { 0 };
+        AgentStatus { running: r.running, idle_ms, finished: std::mem::take(&mut r.finished) }
+    }
+
+    /// Ask the agent in the container, through the engine, within `limit`.
+    pub async fn probe<B: ContainerBackend>(&self, backend: &B, id: &str, token: &str, limit: Duration) -> std::io::Result<AgentStatus> {
+        tokio::time::timeout(limit + Duration::from_secs(5), remote_status(backend, id, token.to_string()))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer through the engine"))?
+    }
+
+    /// Start a tool through the relay; the daemon serves its connection
+    /// until the tool ends.
+    pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: &Launch) -> Result<Started, StartError> {
+        start(backend, to, launch.spawn.clone(), CallerFds::of(launch), &self.calls).await
+    }
+}
+
+/// The relayed calls of one container.
+#[derive(Debug, Clone, Default)]
+struct Calls(Arc<Mutex<Counts>>);
+
+#[derive(Debug)]
+struct Counts {
+    running: u32,
+    idle_since: Instant,
+    finished: Vec<crate::protocol::Finished>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts { running: 0, idle_since: Instant::now(), finished: Vec::new() }
+    }
+}
+
+/// Ends of calls kept between two status questions.
+const MAX_FINISHED: usize = 1000;
+
+impl Calls {
+    /// A call of pid `pid` (in the container) has started.
+    fn begin(&self, pid: i32) -> Call {
+        self.0.lock().unwrap().running += 1;
+        Call { calls: self.clone(), pid, started: Instant::now(), status: None }
+    }
+}
+
+/// One relayed call in flight: counts as a running tool until dropped.
+struct Call {
+    calls: Calls,
+    pid: i32,
+    started: Instant,
+    status: Option<i32>,
+}
+
+impl Call {
+    /// The tool ended with this status (exit code, or 128 + signal).
+    fn finish(&mut self, status: i32) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let mut r = self.calls.0.lock().unwrap();
+        r.running -= 1;
+        if r.running == 0 {
+            r.idle_since = Instant::now();
+        }
+        let run_ms = self.started.elapsed().as_millis() as u64;
+        // A call cut off (daemon stopping, stream lost) counts as killed.
+        let status = self.status.unwrap_or(128 + libc::SIGKILL);
+        if r.finished.len() < MAX_FINISHED {
+            r.finished.push(crate::protocol::Finished { pid: self.pid, status, run_ms });
+        }
+    }
+}
+
+/// The agent binary as a tar for `/`: `.odfs/odfs-agent` and an empty,
+/// root-only `.odfs/run` for its socket.
+fn agent_archive(agent: &std::path::Path) -> std::io::Result<bytes::Bytes> {
+    let agent = std::fs::read(agent)?;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, data: &[u8], kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, path, data)
+    };
+    add(".odfs/", 0o755, &[], tar::EntryType::Directory)?;
+    add(".odfs/run/", 0o700, &[], tar::EntryType::Directory)?;
+    add(".odfs/odfs-agent", 0o755, &agent, tar::EntryType::Regular)?;
+    Ok(bytes::Bytes::from(tar.into_inner()?))
+}
 
 fn relay_command() -> Vec<String> {
     [AGENT_IN_CONTAINER, "relay", "--socket", SOCKET_IN_CONTAINER].map(String::from).to_vec()
@@ -53,7 +194,7 @@ async fn send(input: &mut ExecInput, msg: &RelayIn) -> std::io::Result<()> {
 }
 
 /// Ask the agent of a remote container how busy it is (and so, that it is up).
-pub async fn status<B: ContainerBackend>(backend: &B, id: &str, token: String) -> std::io::Result<AgentStatus> {
+async fn remote_status<B: ContainerBackend>(backend: &B, id: &str, token: String) -> std::io::Result<AgentStatus> {
     let mut stream = backend.exec_stream(id, relay_command()).await.map_err(std::io::Error::other)?;
     send(&mut stream.input, &RelayIn::Status { token }).await?;
     match next_out(&mut stream.output, &mut Decoder::default()).await? {
@@ -64,19 +205,27 @@ pub async fn status<B: ContainerBackend>(backend: &B, id: &str, token: String) -
 }
 
 /// The caller's standard fds a relayed call serves, by number.
-pub struct CallerFds {
-    pub stdin: Option<OwnedFd>,
-    pub stdout: Option<OwnedFd>,
-    pub stderr: Option<OwnedFd>,
+struct CallerFds {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl CallerFds {
+    /// Copies of the caller's fds 0, 1 and 2 among those it passed.
+    fn of(launch: &Launch) -> CallerFds {
+        let standard = |n: i32| launch.spawn.fds.iter().position(|&t| t == n).and_then(|i| launch.fds.get(i)?.try_clone().ok());
+        CallerFds { stdin: standard(0), stdout: standard(1), stderr: standard(2) }
+    }
 }
 
 /// Start a call through the relay; on `Started`, the launcher's end of a
 /// connection the daemon serves until the tool ends.
-pub async fn start<B: ContainerBackend>(backend: &B, ready: &Ready, mut spawn: SpawnRequest, fds: CallerFds) -> Result<Started, StartError> {
+async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRequest, fds: CallerFds, calls: &Calls) -> Result<Started, StartError> {
     // Only a container the engine no longer has is replaced: any other
     // failure may be passing, and the container serves other calls.
     let refused = |message: String| StartError::Refused(Refusal { message, exit_code: EXIT_ODFS_ERROR });
-    let mut stream = match backend.exec_stream(&ready.id, relay_command()).await {
+    let mut stream = match backend.exec_stream(&to.id, relay_command()).await {
         Ok(s) => s,
         Err(e) if e.container_gone() => return Err(StartError::Unreachable(e.to_string())),
         Err(e) => return Err(refused(e.to_string())),
@@ -116,9 +265,9 @@ pub async fn start<B: ContainerBackend>(backend: &B, ready: &Ready, mut spawn: S
         None => (None, None),
     };
     let (launcher, ours) = UnixStream::pair().map_err(fail)?;
-    let call = ready.relayed_call(pid);
+    let call = calls.begin(pid);
     tokio::spawn(follow(stream.output, stream.input, decoder, fds, ours, slave, call));
-    Ok(Started { agent: launcher, pid, container: ready.container.clone(), pty_master: master, relayed: true })
+    Ok(Started { agent: launcher, pid, container: to.name.clone(), pty_master: master, relayed: true })
 }
 
 /// Messages for the relay, from the threads around the caller and the
@@ -192,7 +341,7 @@ async fn follow(
     fds: CallerFds,
     launcher: UnixStream,
     slave: Option<OwnedFd>,
-    mut call: RelayedCall,
+    mut call: Call,
 ) {
     let (data_tx, data_rx) = mpsc::channel(INPUT_QUEUE);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -262,12 +411,7 @@ async fn follow(
     inputs.abort();
     match end {
         Some(ev) => {
-            call.finish(match ev {
-                AgentEvent::Exited(c) => c,
-                AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => 128 + s,
-                AgentEvent::Failed { exit_code, .. } => exit_code,
-                _ => EXIT_ODFS_ERROR,
-            });
+            call.finish(ev.status().unwrap_or(EXIT_ODFS_ERROR));
             let _ = out_tx.send(Out::Event(ev)).await;
             drop(out_tx);
             let _ = done.await;

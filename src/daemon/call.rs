@@ -1,0 +1,72 @@
+//! The words every stage of a call shares (dispatch, exec, pool, link): who
+//! calls, how a call is refused, what a started tool is, and why a container
+//! could not serve. A leaf: it depends on nothing else of the daemon but
+//! the listener's peer.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use crate::protocol::EXIT_ODFS_ERROR;
+
+/// The caller as the kernel reported it when it connected (SO_PEERCRED,
+/// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
+pub type Caller = Arc<crate::protocol::peer::Peer>;
+
+/// A refusal the caller sees as `odfs: CMD: message`, with the exit status
+/// the launcher exits with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+/// A refusal with odfs's own exit status (126).
+pub fn refuse(message: impl Into<String>) -> Refusal {
+    Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
+}
+
+/// A tool the agent started: its connection (handed to the launcher), pid
+/// and, in pty mode, the pty master. `relayed`: the connection is served by
+/// the daemon for a call on a remote engine.
+pub struct Started {
+    pub agent: UnixStream,
+    pub pid: i32,
+    pub container: String,
+    pub pty_master: Option<OwnedFd>,
+    pub relayed: bool,
+}
+
+/// Why a tool did not start: its container's agent is gone (the container
+/// is replaced, once), or this request is refused (the container serves on).
+pub enum StartError {
+    Unreachable(String),
+    Refused(Refusal),
+}
+
+/// Why the pool could not give a call a container.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PoolError {
+    /// The engine said no (its status and message kept as data).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    /// The last fetch of the image failed; no new attempt until the backoff ends.
+    #[error("{message} (next attempt in {wait_s}s)")]
+    Backoff { message: String, wait_s: u64 },
+    /// The container started but its agent never answered.
+    #[error("the odfs agent did not come up in a container of image {image} within {limit_s}s (its output: docker logs {container})")]
+    AgentSilent { image: String, limit_s: u64, container: String },
+    /// Tools still run and the caller did not force the stop.
+    #[error("{running} tool(s) still run in the container of image {image} (wait, or stop with --force to kill them)")]
+    Busy { running: u32, image: String },
+    /// A host-side step of the setup failed (a directory, a file, a token).
+    #[error("cannot {what}: {cause}")]
+    Setup { what: String, cause: String },
+}
+
+impl PoolError {
+    /// A setup step that failed with an I/O error.
+    pub fn setup(what: impl Into<String>, cause: impl std::fmt::Display) -> PoolError {
+        PoolError::Setup { what: what.into(), cause: cause.to_string() }
+    }
+}

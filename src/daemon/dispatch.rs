@@ -1,0 +1,256 @@
+//! The control socket's front door: who is asking (admission at accept,
+//! from kernel-reported credentials), and which handler answers a request.
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::call::Caller;
+use super::{listener, stamps, Daemon};
+use crate::backend::ContainerBackend;
+use crate::protocol::{self, Request, Response, EXIT_ODFS_ERROR};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Accept control connections until `stop`, each one admitted at once
+/// (see [`admit`]) and served in a task under `requests`.
+pub(super) async fn serve<B: ContainerBackend>(
+    daemon: &Arc<Daemon<B>>,
+    control: &tokio::net::UnixListener,
+    requests: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let gates = Gates::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if let Some(admitted) = admit(&stream, &gates) {
+                        requests.spawn(daemon.clone().handle(stream, admitted, gates.large.clone()));
+                    }
+                }
+                Err(e) => {
+                    // Wait instead of spinning on the same error.
+                    ACCEPT_ERRORS.note(0, &format!("accept: {e} (waiting before the next connection)"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    /// Send an admin answer from the blocking pool.
+    fn answer(&self, conn: UnixStream, r: Response) {
+        tokio::task::spawn_blocking(move || protocol::send(&conn, &r, &[]));
+    }
+
+    /// One control connection: the peer fixed now, the request read within
+    /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
+    /// user's few places for requests being read.
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, large: Arc<listener::Gate>) {
+        let Admitted { peer, inside, serving: _serving, reading: ticket } = admitted;
+        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &large)).await {
+            Ok(m) => m,
+            Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
+        };
+        drop(ticket);
+        // Only an exec request carries fds worth keeping.
+        let msg = msg.and_then(|f| {
+            f.map(|(body, fds)| protocol::decode::<Request>(&body).map(|r| {
+                let fds = if matches!(r, Request::Exec(_)) { fds } else { vec![] };
+                (r, fds)
+            }))
+            .transpose()
+        });
+        let Ok(conn) = stream.into_std() else { return };
+        if conn.set_nonblocking(false).is_err() {
+            return;
+        }
+        let caller: Caller = Arc::new(peer);
+        // Inside a container a process may only ask for a tool, under its
+        // tool's stamp ([`stamps`]): never manage odfs.
+        if inside && !matches!(msg, Ok(Some((Request::Exec(_), _)))) {
+            REFUSALS.note(caller.uid, "refused a request from inside a container");
+            return self.answer(conn, Response::Error { message: stamps::INSIDE_UNSTAMPED.into(), exit_code: EXIT_ODFS_ERROR });
+        }
+        match msg {
+            Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller, inside).await,
+            Ok(Some((Request::Status, _))) => {
+                let containers = self.pool.status().await;
+                let engine = self.pool.backend().engine_info().await;
+                self.answer(conn, Response::Status { engine, containers });
+            }
+            Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
+            Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),
+            Ok(Some((Request::Add { command, image, path }, _))) => {
+                let r = self.add(&caller, &command, &image, path.as_deref());
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Remove { command }, _))) => {
+                let r = self.remove(&caller, &command);
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Stop { command, force }, _))) => {
+                let r = self.stop(&caller, command.as_deref(), force).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Prewarm { command }, _))) => {
+                let r = self.prewarm(&command, &conn).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Scan { image, add }, _))) => {
+                let r = self.scan(&caller, &image, add).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Provides { command }, _))) => {
+                let r = self.provides(&command).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Hint { command }, _))) => {
+                let r = self.hint(&command);
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::View { command }, _))) => {
+                let r = self.view(&command).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Pull { commands }, _))) => {
+                let r = self.pull(&caller, &commands, &conn).await;
+                self.answer(conn, r)
+            }
+            Ok(None) => {}
+            Err(e) => REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
+        }
+    }
+}
+
+/// Whether a peer runs in the daemon's user namespace (the host's): in
+/// another, uids mean other users, and one namespace's many uids would take
+/// many users' places. Valid only if the peer is still alive afterwards.
+fn in_our_user_namespace(pid: i32) -> bool {
+    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| namespace("self", "user"));
+    pid > 0 && ours.is_some() && namespace(&pid.to_string(), "user") == *ours
+}
+
+/// Whether a peer runs inside a container: in another mount namespace than
+/// the daemon, in a cgroup named by a container id (64 hex digits: Docker's
+/// `/docker/ID`, `docker-ID.scope`, Podman's `libpod-ID.scope`); what cannot
+/// be read counts as inside. A service with a private /tmp is not inside.
+/// Valid only if the peer is still alive afterwards.
+fn in_a_container(pid: i32) -> bool {
+    static OURS: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| namespace("self", "mnt"));
+    if ours.is_some() && namespace(&pid.to_string(), "mnt") == *ours {
+        return false;
+    }
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return true };
+    cgroups.split(|c: char| !c.is_ascii_hexdigit()).any(|run| run.len() == 64)
+}
+
+/// Places of root inside containers are counted as this one user's (root
+/// on the host has none): a root tool must not take everyone's.
+const ROOT_INSIDE_PLACES: u32 = u32::MAX - 1;
+
+/// A process's namespace of a kind, as `/proc/PID/ns/KIND` names it.
+fn namespace(pid: &str, kind: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok()
+}
+
+/// A connection let in: its peer, whether it is inside a container, and
+/// its places.
+struct Admitted {
+    peer: listener::Peer,
+    inside: bool,
+    serving: listener::Ticket,
+    reading: listener::Ticket,
+}
+
+/// Decide at once, in the accept loop, whether a connection may be served,
+/// so that a flood of connections costs a few syscalls each and holds no
+/// fd past this: the peer's credentials, its user namespace (whose many
+/// uids must not take many users' places), whether it runs inside a
+/// container (decided here, while it is certainly alive), then its user's
+/// places. A refused peer gets one line if its socket has room.
+fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
+    let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
+        Ok(p) => p,
+        Err(e) => {
+            REFUSALS.note(u32::MAX, &format!("refused a connection: no peer credentials: {e}"));
+            return None;
+        }
+    };
+    let refuse = |message: String| {
+        REFUSALS.note(peer.uid, &format!("refused a connection: {message}"));
+        if let Ok(frame) = protocol::frame(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
+            // Straight to the socket, never waiting (tokio's try_write
+            // would give up on a socket it has not seen writable yet).
+            // SAFETY: sends from a buffer we own on a socket we own.
+            unsafe {
+                libc::send(std::os::fd::AsRawFd::as_raw_fd(stream), frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+        }
+        None
+    };
+    let same_users = in_our_user_namespace(peer.pid);
+    let inside = in_a_container(peer.pid);
+    if !same_users || !peer.alive() {
+        return refuse("requests from another user namespace are refused (run odfs tools as a user of the host)".into());
+    }
+    let places = if inside && peer.uid == 0 { ROOT_INSIDE_PLACES } else { peer.uid };
+    let (Some(serving), Some(reading)) = (gates.in_flight.enter(places), gates.reading.enter(places)) else {
+        return refuse(format!(
+            "too many requests of uid {} at once (at most {} being read, {} being served); try again",
+            peer.uid,
+            listener::READING_PER_UID,
+            listener::IN_FLIGHT_PER_UID
+        ));
+    };
+    Some(Admitted { peer, inside, serving, reading })
+}
+
+/// A warning that a flood could repeat without end: written at most every
+/// 10 s, with how often it came meanwhile; the rest go to debug.
+struct Throttled {
+    /// When the last line was written, and notes since.
+    since: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttled {
+    const fn new() -> Throttled {
+        Throttled { since: std::sync::Mutex::new((None, 0)) }
+    }
+
+    fn note(&self, uid: u32, why: &str) {
+        let mut s = self.since.lock().unwrap();
+        s.1 += 1;
+        if s.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(uid, times = s.1, "{why} (times since the last such line)");
+            *s = (Some(std::time::Instant::now()), 0);
+        } else {
+            tracing::debug!(uid, "{why}");
+        }
+    }
+}
+
+/// Refused connections and bad requests.
+static REFUSALS: Throttled = Throttled::new();
+/// Failed accepts (out of fds, most likely).
+static ACCEPT_ERRORS: Throttled = Throttled::new();
+
+/// The control socket's places (see [`listener`]).
+struct Gates {
+    in_flight: Arc<listener::Gate>,
+    reading: Arc<listener::Gate>,
+    large: Arc<listener::Gate>,
+}
+
+impl Gates {
+    fn new() -> Gates {
+        Gates { in_flight: listener::Gate::in_flight(), reading: listener::Gate::reading(), large: listener::Gate::large() }
+    }
+}

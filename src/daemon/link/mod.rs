@@ -1,0 +1,171 @@
+//! The way from the daemon to a container's agent, picked once per profile:
+//! [`fd`] on a local engine (the agent's socket on the host, the caller's
+//! fds passed to it), [`relay`] on a remote one (an exec stream through the
+//! engine's API, the daemon between the tool and the caller). Everything
+//! that differs between the two is here, behind one [`Link`]; the pool and
+//! the exec path above it do not branch on the path.
+
+mod fd;
+mod relay;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use super::call::{PoolError, StartError, Started};
+use super::facts::Facts;
+use crate::backend::{ContainerBackend, ContainerSpec, ExecPath};
+use crate::catalog::ImageSpec;
+use crate::protocol::{Finished, SpawnRequest};
+use crate::view::{View, ViewSettings};
+
+/// Where the agent lives inside every container.
+pub const AGENT_IN_CONTAINER: &str = "/.odfs/odfs-agent";
+/// The agent's run directory inside every container (its socket).
+const RUN_IN_CONTAINER: &str = "/.odfs/run";
+/// The agent's socket inside every container.
+pub const SOCKET_IN_CONTAINER: &str = "/.odfs/run/agent.sock";
+
+/// What an agent says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub running: u32,
+    pub idle_ms: u64,
+    pub finished: Vec<Finished>,
+}
+
+/// The host paths a call from inside a container goes through, each at the
+/// same path there: the shims, the launcher their `#!` line names, and the
+/// control socket it names.
+#[derive(Debug, Clone, Default)]
+pub struct InnerCalls {
+    pub mountpoint: PathBuf,
+    pub launcher: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// What a link needs from the pool to set up a container.
+pub struct Setup<'a, B> {
+    pub backend: &'a B,
+    pub facts: &'a Facts,
+    pub agent: &'a Path,
+    pub view: &'a ViewSettings,
+    pub inner: &'a InnerCalls,
+    pub mount_id: &'a str,
+    /// The agent as a tar, made once, for engines it is copied into.
+    pub archive: &'a OnceLock<bytes::Bytes>,
+}
+
+/// The container a call goes to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub id: String,
+    /// Its name (invocations record it).
+    pub name: String,
+    pub token: String,
+    /// What its tools see of the host.
+    pub view: Arc<View>,
+}
+
+/// A tool to start: the agent's request, the caller's fds (numbered as
+/// `spawn.fds` says), and what the checks and the account files need.
+pub struct Launch {
+    pub spawn: SpawnRequest,
+    pub fds: Arc<Vec<OwnedFd>>,
+    /// The caller's own arguments (paths it names are checked against the view).
+    pub args: Vec<Vec<u8>>,
+    /// The catalog name of the image, for refusals.
+    pub image: String,
+    /// The caller's passwd and group lines, where the link writes them.
+    pub accounts: (Option<String>, Option<String>),
+}
+
+/// One profile's way to its container's agent.
+#[derive(Debug)]
+pub enum Link {
+    Fd(fd::FdLink),
+    Relay(relay::RelayLink),
+}
+
+impl Link {
+    /// The link for a profile whose container is `name`, on an engine that
+    /// offers `path`; local run directories go under `run_dir`.
+    pub fn new(path: ExecPath, run_dir: &Path, name: &str) -> Link {
+        match path {
+            ExecPath::Fd => Link::Fd(fd::FdLink::new(run_dir.join(name))),
+            ExecPath::Relay => Link::Relay(relay::RelayLink::default()),
+        }
+    }
+
+    pub fn path(&self) -> ExecPath {
+        match self {
+            Link::Fd(_) => ExecPath::Fd,
+            Link::Relay(_) => ExecPath::Relay,
+        }
+    }
+
+    /// What a container of `image` would see of the host now.
+    pub async fn plan_view<B: ContainerBackend>(&self, setup: &Setup<'_, B>, image: &ImageSpec) -> Result<View, PoolError> {
+        match self {
+            Link::Fd(l) => l.plan_view(setup, image).await,
+            Link::Relay(l) => Ok(l.plan_view(image)),
+        }
+    }
+
+    /// Fill in the link's part of a container's spec; returns what its
+    /// tools will see of the host.
+    pub async fn prepare<B: ContainerBackend>(&self, setup: &Setup<'_, B>, image: &ImageSpec, spec: &mut ContainerSpec) -> Result<View, PoolError> {
+        match self {
+            Link::Fd(l) => l.prepare(setup, image, spec).await,
+            Link::Relay(l) => l.prepare(setup, image, spec),
+        }
+    }
+
+    /// A container was started or adopted for this profile.
+    pub fn started(&self) {
+        if let Link::Relay(l) = self {
+            l.started();
+        }
+    }
+
+    /// Wait up to `limit` for the agent of container `id` to answer.
+    pub async fn probe<B: ContainerBackend>(&self, backend: &B, id: &str, token: &str, limit: Duration) -> std::io::Result<AgentStatus> {
+        match self {
+            Link::Fd(l) => blocking(l, token, move |l, t| l.wait_ready(&t, limit)).await,
+            Link::Relay(l) => l.probe(backend, id, token, limit).await,
+        }
+    }
+
+    /// The agent's running tools, idle time and tools ended since the last
+    /// question, or why it does not answer.
+    pub async fn status(&self, token: &str) -> std::io::Result<AgentStatus> {
+        match self {
+            Link::Fd(l) => blocking(l, token, |l, t| l.status(&t)).await,
+            Link::Relay(l) => Ok(l.status()),
+        }
+    }
+
+    /// Start a tool in the container `to`.
+    pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: Launch) -> Result<Started, StartError> {
+        match self {
+            Link::Fd(l) => {
+                let (l, to) = (l.clone(), to.clone());
+                tokio::task::spawn_blocking(move || l.start(&to, &launch))
+                    .await
+                    .map_err(|e| StartError::Refused(super::call::refuse(e.to_string())))?
+            }
+            Link::Relay(l) => l.start(backend, to, &launch).await,
+        }
+    }
+}
+
+/// Run a blocking question to a local agent off the async workers.
+async fn blocking<T: Send + 'static>(
+    l: &fd::FdLink,
+    token: &str,
+    ask: impl FnOnce(fd::FdLink, String) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let (l, token) = (l.clone(), token.to_string());
+    tokio::task::spawn_blocking(move || ask(l, token)).await.map_err(std::io::Error::other)?
+}

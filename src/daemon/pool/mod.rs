@@ -1,0 +1,734 @@
+//! The container pool: one container per image profile, started once no
+//! matter how many callers arrive together (single flight), reused while
+//! warm, paused and removed as its keep-alive plan says, adopted after a
+//! restart. How a container is reached is its profile's [`Link`]; its
+//! states and their changes are [`state`].
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+
+use super::call::{PoolError, StartError, Started};
+use super::facts::Facts;
+use super::link::{Launch, Link, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
+use crate::backend::{ContainerBackend, ContainerSpec, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
+use crate::catalog::{ImageSpec, KeepAlive};
+use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
+use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
+use crate::view::View;
+pub use super::link::InnerCalls;
+pub use state::Shown;
+use state::{transition, Container, State};
+
+/// How long a new container's agent may take to answer.
+const AGENT_START_LIMIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Distinguishes this mount's containers from other mounts' on one engine.
+    pub mount_id: String,
+    /// Parent of the per-container run dirs (root-only).
+    pub run_dir: PathBuf,
+    pub agent: PathBuf,
+    /// How the admin narrows or extends the host view.
+    pub view: crate::view::ViewSettings,
+    /// Policy for images whose `keep_alive` is `auto`.
+    pub policy: Policy,
+    pub costs: Costs,
+    /// What tools need to run this mount's tools themselves.
+    pub inner: InnerCalls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Warm,
+    Paused,
+    Cold,
+    /// Cold, and the image had to be fetched first (pulled, or built from
+    /// its recipe).
+    Pulled,
+}
+
+impl Served {
+    const ALL: [Served; 4] = [Served::Warm, Served::Paused, Served::Cold, Served::Pulled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Warm => "warm",
+            Served::Paused => "paused",
+            Served::Cold => "cold",
+            Served::Pulled => "pulled",
+        }
+    }
+
+    /// The name [`Served::as_str`] gives; a name it never gives reads as cold.
+    pub fn parse(name: &str) -> Served {
+        Served::ALL.into_iter().find(|s| s.as_str() == name).unwrap_or(Served::Cold)
+    }
+}
+
+/// A call as the pool saw it, for the policies and `odfs stats`.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub command: String,
+    pub served: Served,
+    pub call: Call,
+}
+
+/// A profile's history and what the policy decided for its idle period.
+#[derive(Debug, Default)]
+struct Life {
+    calls: std::collections::VecDeque<Seen>,
+    /// The last call's end is not known yet (the agent reports it idle).
+    open: bool,
+    plan: Option<Plan>,
+}
+
+#[derive(Debug, Clone)]
+struct PullFailure {
+    retry_at: Instant,
+    message: String,
+    attempts: u32,
+}
+
+/// Wait after a failed pull: 5 s, doubling per failure, at most 5 min.
+fn pull_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(5u64 << attempts.clamp(1, 7).saturating_sub(1)).min(Duration::from_secs(300))
+}
+
+/// A fresh agent token: 128 random bits, hex.
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Calls remembered per profile.
+const HISTORY: usize = 500;
+
+/// One image profile's container.
+pub struct Slot {
+    pub image: Arc<ImageSpec>,
+    pub name: String,
+    key: String,
+    state: tokio::sync::Mutex<State>,
+    life: Mutex<Life>,
+    /// The last failed pull: until when not to try again, why, how often.
+    pull_failure: Mutex<Option<PullFailure>>,
+    /// Exec requests between "container ready" and "tool started": the agent
+    /// does not count them yet, so the reaper must not remove the container.
+    pending: AtomicU32,
+    /// The fetch of its image (pull or build) as it goes, for every caller
+    /// that waits on it.
+    progress: crate::backend::ProgressTx,
+    /// The way to its container's agent.
+    link: Link,
+}
+
+/// A container ready for one exec. Dropping it ends the request's claim.
+pub struct Ready {
+    pub target: Target,
+    pub served: Served,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.slot.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+pub struct Pool<B> {
+    backend: Arc<B>,
+    /// Where tool ends are recorded (none in logic tests).
+    store: Option<crate::catalog::Store>,
+    cfg: PoolConfig,
+    slots: DashMap<String, Arc<Slot>>,
+    /// Origin of the policies' clock.
+    epoch: Instant,
+    /// The agent as a tar, for engines it is copied into.
+    archive: std::sync::OnceLock<bytes::Bytes>,
+    /// The host's top-level directories and the images' facts.
+    facts: Facts,
+}
+
+impl<B: ContainerBackend> Pool<B> {
+    pub fn new(backend: Arc<B>, cfg: PoolConfig, store: Option<crate::catalog::Store>) -> Pool<B> {
+        Pool {
+            backend,
+            store,
+            cfg,
+            slots: DashMap::new(),
+            epoch: Instant::now(),
+            archive: Default::default(),
+            facts: Facts::default(),
+        }
+    }
+
+    /// What the profiles' links need to set up containers.
+    fn setup(&self) -> Setup<'_, B> {
+        Setup {
+            backend: &*self.backend,
+            facts: &self.facts,
+            agent: &self.cfg.agent,
+            view: &self.cfg.view,
+            inner: &self.cfg.inner,
+            mount_id: &self.cfg.mount_id,
+            archive: &self.archive,
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn exec_path(&self) -> ExecPath {
+        self.backend.exec_path()
+    }
+
+    /// Seconds on the policies' clock.
+    pub fn now(&self) -> Secs {
+        self.epoch.elapsed().as_secs_f64()
+    }
+
+    /// Everything that makes two containers interchangeable.
+    pub fn profile_key(&self, image: &ImageSpec) -> String {
+        let mut h = Sha256::new();
+        let mut caps = image.cap_add.clone();
+        caps.sort();
+        let user = image.user.as_str();
+        // The host's top-level directories are part of the view: when one
+        // appears or goes, new calls get a container that has it.
+        let text = format!(
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}",
+            image.reference,
+            image.network.as_str(),
+            caps.join(","),
+            self.host_top().join(":"),
+            self.cfg.view,
+            image.limits,
+            image.remote_dirs,
+            image.scratch
+        );
+        h.update(text.as_bytes());
+        h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn slot(&self, image: &Arc<ImageSpec>) -> Arc<Slot> {
+        let key = self.profile_key(image);
+        self.slots
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let name = format!("odfs-{}-{}-{}", self.cfg.mount_id, image.name, &key[..8]);
+                Arc::new(Slot {
+                    image: image.clone(),
+                    link: Link::new(self.backend.exec_path(), &self.cfg.run_dir, &name),
+                    name,
+                    key,
+                    state: tokio::sync::Mutex::new(State::Absent),
+                    life: Mutex::new(Life::default()),
+                    pending: AtomicU32::new(0),
+                    pull_failure: Mutex::new(None),
+                    progress: tokio::sync::watch::Sender::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Learn from calls of an earlier run (oldest first): each profile's
+    /// history, so its plan is the one it had before a restart. Times are
+    /// moved from the wall clock onto the pool's clock.
+    pub fn seed(&self, past: &[(Arc<ImageSpec>, crate::catalog::PastCall)], wall_now_ms: i64) {
+        let now = self.now();
+        for (image, p) in past {
+            let served = Served::parse(&p.served);
+            let at = now - (wall_now_ms - p.started_ms) as f64 / 1000.0;
+            let call = Call { at, setup: p.setup_us as f64 / 1e6, run: p.run_ms.unwrap_or(0) as f64 / 1000.0 };
+            let slot = self.slot(image);
+            let mut life = slot.life.lock().unwrap();
+            if life.calls.len() >= HISTORY {
+                life.calls.pop_front();
+            }
+            life.calls.push_back(Seen { command: p.command.clone(), served, call });
+        }
+    }
+
+    /// A running container for this image for a call of `command`: resumed
+    /// if paused, started if absent. Concurrent callers of one profile wait
+    /// for the same start.
+    pub async fn ensure(&self, image: &Arc<ImageSpec>, command: &str) -> Result<Ready, PoolError> {
+        let arrived = Instant::now();
+        let at = self.now();
+        let slot = self.slot(image);
+        let mut state = slot.state.lock().await;
+        slot.pending.fetch_add(1, Ordering::SeqCst);
+        let result = self.bring_up(&slot, &mut state, arrived).await;
+        let (c, served) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                slot.pending.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let setup = arrived.elapsed().as_secs_f64();
+        let mut life = slot.life.lock().unwrap();
+        if life.calls.len() >= HISTORY {
+            life.calls.pop_front();
+        }
+        life.calls.push_back(Seen { command: command.to_string(), served, call: Call { at, setup, run: 0.0 } });
+        life.open = true;
+        life.plan = None;
+        drop(life);
+        let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
+        Ok(Ready { target, served, slot: slot.clone() })
+    }
+
+    /// Start a tool in the container `ready` holds.
+    pub async fn start(&self, ready: &Ready, launch: Launch) -> Result<Started, StartError> {
+        ready.slot.link.start(&*self.backend, &ready.target, launch).await
+    }
+
+    /// Whether calls go to a remote engine through the relay (their cwd and
+    /// accounts are the remote side's).
+    pub fn relayed(&self) -> bool {
+        self.backend.exec_path() == ExecPath::Relay
+    }
+
+    /// Make the slot's container run; returns it and how it was found.
+    async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(Container, Served), PoolError> {
+        let served = |fetched| if fetched { Served::Pulled } else { Served::Cold };
+        match state.clone() {
+            State::Warm { c, since, fetched } => {
+                // Started while this call waited (prewarm on open): the caller
+                // paid for a start, if only part of it.
+                Ok((c, if since > arrived { served(fetched) } else { Served::Warm }))
+            }
+            State::Paused { c } => match self.backend.unpause(&c.id).await {
+                Ok(()) => {
+                    transition(&slot.name, state, State::Warm { c: c.clone(), since: arrived, fetched: false }, "resumed for a call");
+                    Ok((c, Served::Paused))
+                }
+                Err(e) => {
+                    let _ = self.backend.remove(&c.id).await;
+                    transition(&slot.name, state, State::Absent, &format!("cannot resume ({e}); replacing the container"));
+                    let (c, fetched) = self.create(slot).await?;
+                    transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
+                    Ok((c, served(fetched)))
+                }
+            },
+            State::Absent => {
+                let (c, fetched) = self.create(slot).await?;
+                transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
+                Ok((c, served(fetched)))
+            }
+        }
+    }
+
+    /// Start the slot's container; returns its id and whether the image was
+    /// fetched. An image that just failed to pull (or build) is not tried
+    /// again on every call (or shim open): callers get the same error until
+    /// the backoff ends.
+    async fn create(&self, slot: &Slot) -> Result<(Container, bool), PoolError> {
+        if let Some(f) = slot.pull_failure.lock().unwrap().clone() {
+            let now = Instant::now();
+            if now < f.retry_at {
+                return Err(PoolError::Backoff { message: f.message, wait_s: (f.retry_at - now).as_secs() + 1 });
+            }
+        }
+        match self.start_container(slot).await {
+            Err(PoolError::Backend(
+                e @ (crate::backend::BackendError::ImageMissing { .. } | crate::backend::BackendError::BuildFailed { .. }),
+            )) => {
+                let mut failure = slot.pull_failure.lock().unwrap();
+                let attempts = failure.as_ref().map_or(0, |f| f.attempts) + 1;
+                *failure = Some(PullFailure { retry_at: Instant::now() + pull_backoff(attempts), message: e.to_string(), attempts });
+                Err(PoolError::Backend(e))
+            }
+            other => {
+                if other.is_ok() {
+                    *slot.pull_failure.lock().unwrap() = None;
+                }
+                other
+            }
+        }
+    }
+
+    /// Warm a profile ahead of a call that is probably coming, without
+    /// counting a call. `plan` (for predictions) bounds what a wrong guess
+    /// costs; `None` lets the policy decide once it is idle.
+    pub async fn warm_up(&self, image: &Arc<ImageSpec>, plan: Option<Plan>) -> Result<(), PoolError> {
+        let slot = self.slot(image);
+        // Every exec opens its shim: the warm path must not wait on the lock.
+        if let Ok(state) = slot.state.try_lock() {
+            if !matches!(*state, State::Absent) {
+                return Ok(());
+            }
+        }
+        let mut state = slot.state.lock().await;
+        if !matches!(*state, State::Absent) {
+            return Ok(());
+        }
+        let (c, fetched) = self.create(&slot).await?;
+        let why = if plan.is_some() { "pre-warmed for a predicted call" } else { "pre-warmed for a shim opened" };
+        transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, why);
+        // Without a plan of its own, the policy decides afresh once it is
+        // idle (an old plan may have expired already).
+        slot.life.lock().unwrap().plan = plan;
+        Ok(())
+    }
+
+    /// The container behind `ready` stopped answering: forget and remove it
+    /// so the next `ensure` starts a fresh one.
+    pub async fn discard(&self, ready: &Ready) {
+        let mut state = ready.slot.state.lock().await;
+        if matches!(&*state, State::Warm { c, .. } if c.id == ready.target.id) {
+            let _ = self.backend.remove(&ready.target.id).await;
+            transition(&ready.slot.name, &mut state, State::Absent, "agent unreachable; replacing the container");
+        }
+    }
+
+    async fn start_container(&self, slot: &Slot) -> Result<(Container, bool), PoolError> {
+        let image = &slot.image;
+        let pulled = self.fetch(image, &slot.progress).await?;
+        let token = new_token().map_err(|e| PoolError::setup("make an agent token", e))?;
+        let labels = HashMap::from([
+            (LABEL_TOKEN.to_string(), token.clone()),
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_MOUNT.to_string(), self.cfg.mount_id.clone()),
+            (LABEL_PROFILE.to_string(), slot.key.clone()),
+            (LABEL_IMAGE.to_string(), image.name.clone()),
+        ]);
+        let mut spec = ContainerSpec {
+            name: slot.name.clone(),
+            image: image.reference.clone(),
+            entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), SOCKET_IN_CONTAINER.into()],
+            labels,
+            network: image.network.as_str().to_string(),
+            cap_add: image.container_caps(),
+            binds: vec![],
+            env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
+            limits: image.limits,
+            preload: None,
+            read_only_root: false,
+            tmpfs: vec![],
+            hostname: None,
+            host_namespaces: false,
+        };
+        let view = slot.link.prepare(&self.setup(), image, &mut spec).await?;
+        spec.labels.insert(LABEL_VIEW.to_string(), view.to_label());
+        let started = Instant::now();
+        let id = self.backend.start(&spec).await?;
+        slot.link.started();
+        if slot.link.probe(&*self.backend, &id, &token, AGENT_START_LIMIT).await.is_err() {
+            let _ = self.backend.remove(&id).await;
+            return Err(PoolError::AgentSilent { image: image.reference.clone(), limit_s: AGENT_START_LIMIT.as_secs(), container: slot.name.clone() });
+        }
+        tracing::debug!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "agent answers");
+        Ok((Container { id, token, view: Arc::new(view) }, pulled))
+    }
+
+    /// The paths tools run other tools through.
+    pub fn inner(&self) -> &InnerCalls {
+        &self.cfg.inner
+    }
+
+    /// The host's top-level directories, read again only when `/` changed.
+    pub fn host_top(&self) -> Arc<Vec<String>> {
+        self.facts.host_top()
+    }
+
+    /// What a profile's tools see of the host, for `odfs show`: its
+    /// container's view, else the one a container would get now (asking
+    /// the image, when it is here, what it fills).
+    pub async fn view_of(&self, image: &Arc<ImageSpec>) -> Result<Arc<View>, PoolError> {
+        let slot = self.slot(image);
+        if let Some(c) = slot.state.lock().await.container() {
+            return Ok(c.view.clone());
+        }
+        Ok(Arc::new(slot.link.plan_view(&self.setup(), image).await?))
+    }
+
+    /// The agent's (running tools, idle ms), or why it does not answer.
+    /// Tool ends it reports go to the store.
+    async fn agent_status(&self, slot: &Slot, c: &Container) -> std::io::Result<(u32, u64)> {
+        let s = slot.link.status(&c.token).await?;
+        if let Some(store) = &self.store {
+            for f in s.finished {
+                store.finish(&slot.name, f.pid, f.status, f.run_ms);
+            }
+        }
+        Ok((s.running, s.idle_ms))
+    }
+
+    /// The policy for an image: its catalog `keep_alive`, or the daemon's.
+    pub fn policy_for(&self, image: &ImageSpec) -> Policy {
+        match image.keep_alive {
+            KeepAlive::Auto => self.cfg.policy,
+            KeepAlive::Fixed(d) => Policy::Fixed(d.as_secs_f64()),
+        }
+    }
+
+    /// One step of the lifecycle for every profile, as its plan says:
+    /// freeze, remove, unload before a pre-warm, pre-warm. A container with
+    /// a tool running, or an exec on its way in, is never touched.
+    pub async fn reap(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        for slot in slots {
+            if slot.pending.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            let Ok(mut state) = slot.state.try_lock() else { continue };
+            if let Err(e) = self.step(&slot, &mut state).await {
+                tracing::warn!(container = slot.name, "lifecycle step failed: {e}");
+            }
+        }
+    }
+
+    async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
+        let now = self.now();
+        let (phase, plan) = match state.clone() {
+            State::Warm { c, .. } => {
+                let (running, idle_ms) = match self.agent_status(slot, &c).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        self.backend.remove(&c.id).await?;
+                        transition(&slot.name, state, State::Absent, "agent unreachable; container removed");
+                        return Ok(());
+                    }
+                };
+                if running > 0 || slot.pending.load(Ordering::SeqCst) > 0 {
+                    (Phase::Busy, None)
+                } else {
+                    (Phase::Idle, Some(self.idle_plan(slot, now - idle_ms as f64 / 1000.0)))
+                }
+            }
+            State::Paused { .. } => (Phase::Paused, slot.life.lock().unwrap().plan.clone()),
+            State::Absent => (Phase::Absent, slot.life.lock().unwrap().plan.clone()),
+        };
+        let reason = plan.as_ref().map_or("no plan", |p| p.reason.as_str());
+        match (policy::decide(phase, plan.as_ref(), now), state.clone()) {
+            (Action::Pause, State::Warm { c, .. }) => {
+                self.backend.pause(&c.id).await?;
+                transition(&slot.name, state, State::Paused { c }, &format!("idle: paused ({reason})"));
+            }
+            (Action::Remove, State::Warm { c, .. } | State::Paused { c }) => {
+                self.backend.remove(&c.id).await?;
+                transition(&slot.name, state, State::Absent, &format!("idle: removed ({reason})"));
+            }
+            (Action::Prewarm, State::Absent) => {
+                let (c, _) = self.create(slot).await?;
+                transition(&slot.name, state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("pre-warmed before the next expected call ({reason})"));
+                if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
+                    p.prewarm_at = None;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The plan for an idle container whose last tool ended at `end`: made
+    /// when a call has just finished (or none exists yet), kept otherwise.
+    fn idle_plan(&self, slot: &Slot, end: Secs) -> Plan {
+        let mut life = slot.life.lock().unwrap();
+        if life.open {
+            life.open = false;
+            if let Some(last) = life.calls.back_mut() {
+                last.call.run = (end - last.call.at - last.call.setup).max(0.0);
+            }
+            life.plan = None;
+        }
+        if life.plan.is_none() {
+            let calls: Vec<Call> = life.calls.iter().map(|s| s.call.clone()).collect();
+            let mut plan = policy::plan(self.policy_for(&slot.image), &calls, end, &self.cfg.costs);
+            // The catalog's pause_after overrides the policy's pause tier.
+            if let Some(pa) = slot.image.pause_after {
+                plan.pause_at = Some(end + pa.as_secs_f64()).filter(|&t| t < plan.remove_at);
+            }
+            life.plan = Some(plan);
+        }
+        life.plan.clone().expect("set above")
+    }
+
+    /// Take over this mount's containers left by an earlier daemon: keep the
+    /// ones whose profile is still in the catalog and whose agent answers,
+    /// remove the rest. No orphans, no duplicates.
+    pub async fn adopt(&self, images: &[Arc<ImageSpec>]) -> Result<(), PoolError> {
+        let by_key: HashMap<String, &Arc<ImageSpec>> = images.iter().map(|i| (self.profile_key(i), i)).collect();
+        for found in self.backend.list(&self.cfg.mount_id).await? {
+            if let (true, false, Some(image)) = (found.running, found.paused, by_key.get(&found.profile)) {
+                let slot = self.slot(image);
+                let mut state = slot.state.lock().await;
+                if *state == State::Absent
+                    && found.name == slot.name
+                    && slot.link.probe(&*self.backend, &found.id, &found.token, Duration::ZERO).await.is_ok()
+                {
+                    slot.link.started();
+                    let c = Container { id: found.id, token: found.token, view: Arc::new(View::from_label(&found.view)) };
+                    transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, "adopted from an earlier run");
+                    continue;
+                }
+            }
+            tracing::info!(container = found.name, "removing a stale container");
+            self.backend.remove(&found.id).await?;
+        }
+        Ok(())
+    }
+
+    /// At shutdown: remove idle containers; leave busy ones running (their
+    /// tools finish, and the next daemon adopts them).
+    pub async fn shutdown(&self) {
+        // Never-started scratch containers (scans, image facts) still under
+        // way when the daemon stops: nothing will remove them later but the
+        // next start, which may never come.
+        if let Ok(found) = self.backend.list(&self.cfg.mount_id).await {
+            for c in found.iter().filter(|c| c.profile.is_empty()) {
+                let _ = self.backend.remove(&c.id).await;
+            }
+        }
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        for slot in slots {
+            let mut state = slot.state.lock().await;
+            let c = match state.clone() {
+                State::Absent => continue,
+                State::Paused { c } => {
+                    let _ = self.backend.remove(&c.id).await;
+                    transition(&slot.name, &mut state, State::Absent, "daemon stopping: removed");
+                    continue;
+                }
+                State::Warm { c, .. } => c,
+            };
+            if let Ok((running, _)) = self.agent_status(&slot, &c).await {
+                if running > 0 {
+                    tracing::info!(container = slot.name, running, "tools still running; leaving the container for the next start");
+                    continue;
+                }
+            }
+            if let Err(e) = self.backend.remove(&c.id).await {
+                tracing::warn!(container = slot.name, "cannot remove: {e}");
+            }
+            transition(&slot.name, &mut state, State::Absent, "daemon stopping: removed");
+        }
+    }
+
+    pub async fn status(&self) -> Vec<ContainerStatus> {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        let now = self.now();
+        let mut out = Vec::new();
+        for slot in slots {
+            let state = slot.state.lock().await.clone();
+            let (shown, running, idle_ms) = match &state {
+                State::Absent => (Shown::Absent, 0, 0),
+                State::Paused { .. } => {
+                    // Idle since its last call ended (or it was warmed).
+                    let end = slot.life.lock().unwrap().calls.back().map(|s| s.call.end());
+                    (Shown::Paused, 0, end.map_or(0, |e| ((now - e).max(0.0) * 1000.0) as u64))
+                }
+                State::Warm { c, .. } => match self.agent_status(&slot, c).await {
+                    Ok((r, i)) => (Shown::Warm, r, i),
+                    Err(_) => (Shown::Unreachable, 0, 0),
+                },
+            };
+            let plan = slot.life.lock().unwrap().plan.clone();
+            out.push(ContainerStatus {
+                image: slot.image.name.clone(),
+                container: slot.name.clone(),
+                state: shown.as_str().into(),
+                running_tools: running,
+                idle_ms,
+                next: state::next_action(plan.as_ref(), shown, running, now),
+                exec_path: slot.link.path().as_str().to_string(),
+            });
+        }
+        out
+    }
+
+    /// Remove an image's container now (`odfs stop`). One running tools is
+    /// left alone unless `force`. Returns whether there was one.
+    pub async fn stop(&self, image: &ImageSpec, force: bool) -> Result<bool, PoolError> {
+        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return Ok(false) };
+        let mut state = slot.state.lock().await;
+        let c = match state.clone() {
+            State::Absent => return Ok(false),
+            State::Paused { c } => c,
+            State::Warm { c, .. } => {
+                if let Ok((running, _)) = self.agent_status(&slot, &c).await {
+                    if running > 0 && !force {
+                        return Err(PoolError::Busy { running, image: image.name.clone() });
+                    }
+                }
+                c
+            }
+        };
+        self.backend.remove(&c.id).await?;
+        transition(&slot.name, &mut state, State::Absent, if force { "stopped by odfs stop --force" } else { "stopped by odfs stop" });
+        slot.life.lock().unwrap().plan = None;
+        Ok(true)
+    }
+
+    /// Executables on an image's PATH (see `ContainerBackend::executables`).
+    pub async fn executables(&self, reference: &str) -> Result<Vec<String>, PoolError> {
+        Ok(self.backend.executables(reference, &self.cfg.mount_id).await?)
+    }
+
+    pub async fn local_images(&self) -> Result<Vec<String>, PoolError> {
+        Ok(self.backend.local_images().await?)
+    }
+
+    /// Make sure an image is present: pulled if it is not, built from its
+    /// recipe if it cannot be pulled. True if it had to be fetched.
+    async fn fetch(&self, image: &ImageSpec, progress: &crate::backend::ProgressTx) -> Result<bool, PoolError> {
+        match (self.backend.ensure_image(&image.reference, progress).await, &image.build) {
+            (Err(crate::backend::BackendError::ImageMissing { reason, .. }), Some(recipe)) => {
+                tracing::info!(image = image.reference, "cannot pull ({reason}); building it from its recipe");
+                self.backend.build_image(&image.reference, recipe, progress).await?;
+                Ok(true)
+            }
+            (result, _) => Ok(result?),
+        }
+    }
+
+    /// `odfs pull`: fetch an image now, with progress on its profile's
+    /// channel as when a call fetches it.
+    pub async fn pull(&self, image: &Arc<ImageSpec>) -> Result<bool, PoolError> {
+        let slot = self.slot(image);
+        self.fetch(image, &slot.progress).await
+    }
+
+    /// Follow the fetches of an image's profile (see [`Slot::progress`]).
+    pub fn progress(&self, image: &Arc<ImageSpec>) -> tokio::sync::watch::Receiver<Option<crate::protocol::ImageProgress>> {
+        self.slot(image).progress.subscribe()
+    }
+
+    /// The state of an image's container, without waiting (FUSE threads ask):
+    /// `starting` while someone holds its lock to start or change it.
+    pub fn shown(&self, image: &ImageSpec) -> Shown {
+        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return Shown::Absent };
+        let shown = match slot.state.try_lock() {
+            Ok(s) => Shown::of(&s),
+            Err(_) => Shown::Starting,
+        };
+        shown
+    }
+
+    /// Every remembered call, by profile image, for `odfs stats`.
+    pub fn history(&self) -> Vec<(String, Vec<Seen>, Option<Plan>)> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let life = s.life.lock().unwrap();
+                (s.image.name.clone(), life.calls.iter().cloned().collect(), life.plan.clone())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,154 @@
+//! A profile's container through its life. Each state carries what exists
+//! only in it (a container's id, token and view exist only while there is a
+//! container), and every change goes through [`transition`], which logs it:
+//! `ODFS_LOG=info` shows each container's whole life, one line per step.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::policy::{Plan, Secs};
+use crate::view::View;
+
+/// A container the pool knows: what a call needs to reach its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    /// Its agent's token (see [`crate::agent::TOKEN_ENV`]).
+    pub token: String,
+    /// What its tools see of the host.
+    pub view: Arc<View>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Absent,
+    /// Running since `since`; `fetched` if its image was pulled or built
+    /// to start it.
+    Warm { c: Container, since: Instant, fetched: bool },
+    /// Frozen by the engine (cgroup freezer): no CPU, resumes in milliseconds.
+    Paused { c: Container },
+}
+
+impl State {
+    pub fn container(&self) -> Option<&Container> {
+        match self {
+            State::Absent => None,
+            State::Warm { c, .. } | State::Paused { c } => Some(c),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            State::Absent => "absent",
+            State::Warm { .. } => "warm",
+            State::Paused { .. } => "paused",
+        }
+    }
+}
+
+/// Change a profile's state, and say so: `container` is the profile's
+/// container name, `why` the cause (a policy's reason, a failure).
+pub fn transition(container: &str, state: &mut State, to: State, why: &str) {
+    let (from, next) = (state.name(), to.name());
+    let id = to.container().or(state.container()).map_or("", |c| c.id.as_str());
+    tracing::info!(container, id = short(id), from, to = next, "{why}");
+    *state = to;
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A profile's state as `odfs status` and the `user.odfs.state` xattr show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    Absent,
+    /// Someone holds the profile's lock to start or change its container.
+    Starting,
+    Warm,
+    Paused,
+    /// Warm, but its agent does not answer.
+    Unreachable,
+}
+
+impl Shown {
+    pub fn of(state: &State) -> Shown {
+        match state {
+            State::Absent => Shown::Absent,
+            State::Warm { .. } => Shown::Warm,
+            State::Paused { .. } => Shown::Paused,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shown::Absent => "absent",
+            Shown::Starting => "starting",
+            Shown::Warm => "warm",
+            Shown::Paused => "paused",
+            Shown::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// What comes next for a profile, for `odfs status`: "pause in 25s (idle
+/// p5 …)". `plan` is its idle plan, if it has one; `running` its busy tools.
+pub fn next_action(plan: Option<&Plan>, shown: Shown, running: u32, now: Secs) -> String {
+    let inn = |t: Secs| format!("{:.0}s", (t - now).max(0.0));
+    let Some(p) = plan else {
+        return match (shown, running) {
+            (_, r) if r > 0 => "busy: kept while tools run".into(),
+            (Shown::Absent, _) => "none: starts on the next call".into(),
+            _ => "planned once the current call ends".into(),
+        };
+    };
+    if running > 0 {
+        return "busy: kept while tools run".into();
+    }
+    let step = match shown {
+        Shown::Absent => match p.prewarm_at {
+            Some(t) if t < p.remove_at => format!("pre-warm in {}", inn(t)),
+            _ => "none: starts on the next call".into(),
+        },
+        Shown::Paused => format!("remove in {}", inn(p.remove_at)),
+        _ => match p.pause_at {
+            Some(t) if t < p.remove_at && t > now => format!("pause in {}", inn(t)),
+            _ => format!("remove in {}", inn(p.remove_at)),
+        },
+    };
+    format!("{step} ({})", p.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(pause: Option<Secs>, remove: Secs, prewarm: Option<Secs>) -> Plan {
+        Plan { prewarm_at: prewarm, pause_at: pause, remove_at: remove, reason: "r".into() }
+    }
+
+    #[test]
+    fn next_action_reads_from_the_state_and_the_plan() {
+        let p = plan(Some(25.0), 100.0, None);
+        assert_eq!(next_action(Some(&p), Shown::Warm, 0, 0.0), "pause in 25s (r)");
+        assert_eq!(next_action(Some(&p), Shown::Warm, 0, 30.0), "remove in 70s (r)");
+        assert_eq!(next_action(Some(&p), Shown::Paused, 0, 30.0), "remove in 70s (r)");
+        assert_eq!(next_action(Some(&p), Shown::Warm, 2, 0.0), "busy: kept while tools run");
+        assert_eq!(next_action(Some(&plan(None, 100.0, Some(40.0))), Shown::Absent, 0, 0.0), "pre-warm in 40s (r)");
+        assert_eq!(next_action(None, Shown::Absent, 0, 0.0), "none: starts on the next call");
+        assert_eq!(next_action(None, Shown::Warm, 0, 0.0), "planned once the current call ends");
+        assert_eq!(next_action(None, Shown::Warm, 1, 0.0), "busy: kept while tools run");
+    }
+
+    #[test]
+    fn a_transition_replaces_the_state_and_keeps_the_container_s_data() {
+        let c = Container { id: "abc".into(), token: "t".into(), view: Arc::default() };
+        let mut s = State::Absent;
+        transition("x", &mut s, State::Warm { c: c.clone(), since: Instant::now(), fetched: false }, "started");
+        transition("x", &mut s, State::Paused { c: c.clone() }, "idle");
+        assert_eq!(s.container(), Some(&c));
+        assert_eq!(Shown::of(&s), Shown::Paused);
+        transition("x", &mut s, State::Absent, "removed");
+        assert_eq!(s.container(), None);
+    }
+}

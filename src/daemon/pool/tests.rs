@@ -1,0 +1,131 @@
+//! The pool's logic against the fake engine: single flight, the reaper's
+//! care for busy containers, the pause tier, backoff, adoption.
+
+use super::*;
+use crate::backend::fake::Fake;
+use crate::catalog::{Network, RunAs};
+use std::path::Path;
+
+fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
+    Arc::new(ImageSpec {
+        name: name.into(),
+        reference: format!("test/{name}"),
+        network: Network::None,
+        user: RunAs::Caller,
+        cap_add: vec![],
+        keep_alive: keep,
+        pause_after: None,
+        allow_groups: vec![],
+        limits: Default::default(),
+        build: None,
+        remote_dirs: vec![],
+        scratch: vec![],
+        pid: None,
+        origin: "t.toml:1".into(),
+    })
+}
+
+fn pool(fake: Arc<Fake>, dir: &Path) -> Arc<Pool<Fake>> {
+    Arc::new(Pool::new(
+        fake,
+        PoolConfig {
+            mount_id: "m1".into(),
+            run_dir: dir.to_path_buf(),
+            agent: "/bin/true".into(),
+            view: Default::default(),
+            policy: Policy::Auto,
+            costs: Costs::default(),
+            inner: Default::default(),
+        },
+        None,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_calls_start_one_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake { start_delay: Duration::from_millis(50), ..Default::default() });
+    let pool = pool(fake.clone(), dir.path());
+    let img = image("busybox", KeepAlive::Auto);
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let (pool, img) = (pool.clone(), img.clone());
+            tokio::spawn(async move { pool.ensure(&img, "sh").await.map(|r| r.served) })
+        })
+        .collect();
+    let mut cold = 0;
+    for c in calls {
+        if c.await.unwrap().unwrap() == Served::Cold {
+            cold += 1;
+        }
+    }
+    // Every caller waited for the one start, so each counts as cold.
+    assert_eq!((fake.starts.load(Ordering::SeqCst), cold), (1, 50));
+    assert_eq!(pool.ensure(&img, "sh").await.unwrap().served, Served::Warm);
+    let spec = &fake.live.lock().unwrap()[0].0;
+    assert_eq!(spec.labels[LABEL_MOUNT], "m1");
+    assert!(spec.binds.iter().any(|b| b.target == Path::new("/tmp")));
+}
+
+#[tokio::test]
+async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    let img = image("b", KeepAlive::Fixed(Duration::ZERO));
+    let claim = pool.ensure(&img, "sh").await.unwrap();
+    pool.reap().await;
+    assert!(fake.removed.lock().unwrap().is_empty(), "removed while an exec was on its way in");
+    drop(claim);
+    fake.running.store(1, Ordering::SeqCst);
+    pool.reap().await;
+    assert!(fake.removed.lock().unwrap().is_empty(), "removed while a tool ran");
+    fake.running.store(0, Ordering::SeqCst);
+    pool.reap().await;
+    assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
+    assert_eq!(pool.ensure(&img, "sh").await.unwrap().served, Served::Cold);
+}
+
+#[tokio::test]
+async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    let img = image("b", KeepAlive::Auto);
+    let now = pool.now();
+    let plan = Plan { prewarm_at: None, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
+    pool.warm_up(&img, Some(plan)).await.unwrap();
+    fake.running.store(1, Ordering::SeqCst);
+    pool.reap().await;
+    assert!(fake.paused.lock().unwrap().is_empty(), "paused while a tool ran");
+    fake.running.store(0, Ordering::SeqCst);
+    pool.reap().await;
+    assert_eq!(*fake.paused.lock().unwrap(), ["fake-0"]);
+    assert_eq!(pool.status().await[0].state, "paused");
+    let call = pool.ensure(&img, "sh").await.unwrap();
+    assert_eq!(call.served, Served::Paused);
+    assert!(fake.paused.lock().unwrap().is_empty(), "not resumed");
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn pull_backoff_doubles_from_5s_up_to_5min() {
+    let secs: Vec<u64> = (1..=9).map(|a| pull_backoff(a).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+#[tokio::test]
+async fn restart_adopts_current_profiles_and_removes_stale_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let (a, b) = (image("a", KeepAlive::Auto), image("b", KeepAlive::Auto));
+    let first = pool(fake.clone(), dir.path());
+    drop(first.ensure(&a, "x").await.unwrap());
+    drop(first.ensure(&b, "y").await.unwrap());
+    // The next daemon's catalog no longer has image b.
+    let second = pool(fake.clone(), dir.path());
+    second.adopt(std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!(*fake.removed.lock().unwrap(), ["fake-1"]);
+    assert_eq!(second.ensure(&a, "x").await.unwrap().served, Served::Warm);
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
+}

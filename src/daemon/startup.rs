@@ -1,0 +1,331 @@
+//! `odfs mount` from start to stop: checks, catalog and history, the pool,
+//! the mount and the control socket, the daemon's tasks, and a shutdown
+//! that every one of them hears and that waits for them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dispatch::serve;
+use super::pool::{self, Pool, PoolConfig};
+use super::reload::{watch_catalogs, FsHooks, catalog_fingerprint};
+use super::{admin, stamps, Daemon};
+use crate::backend::docker::Docker;
+use crate::backend::ContainerBackend;
+use crate::catalog::{self, Snapshot, Store};
+use crate::config::DaemonConfig;
+use crate::fs::ShimFs;
+
+/// How long a stopping daemon waits for requests under way (a start, a
+/// hand-off) before it stops without them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the reaper steps every profile's lifecycle.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// Calls an earlier run recorded in `odfs.db`, fed to the pool (each
+/// profile's history) and to a fresh sequence model, so a restart keeps what
+/// was learned. Calls of images no longer in the catalog are left out.
+fn learn_from_earlier_runs<B: ContainerBackend>(
+    pool: &Pool<B>,
+    store: &Store,
+    snapshot: &Snapshot,
+) -> crate::policy::predict::Transitions {
+    let mut transitions = crate::policy::predict::Transitions::default();
+    let past = match store.recent_calls(HISTORY_ON_START) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot read the call history: {e}");
+            return transitions;
+        }
+    };
+    let wall_now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = pool.now();
+    let known: Vec<_> = past.into_iter().filter_map(|p| Some((snapshot.images.get(&p.image)?.clone(), p))).collect();
+    for (_, p) in &known {
+        let at = now - (wall_now_ms - p.started_ms) as f64 / 1000.0;
+        let session = p.session.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        transitions.observe(&session, &p.command, at);
+    }
+    pool.seed(&known, wall_now_ms);
+    tracing::info!(calls = known.len(), "history of earlier runs loaded");
+    transitions
+}
+
+/// Calls read back from `odfs.db` at start-up.
+const HISTORY_ON_START: usize = 20_000;
+
+/// A stable short id for a mountpoint: names and labels of its containers.
+///
+/// On a remote engine, which several hosts may share, the host name is part
+/// of it: two hosts mounting the same path must not adopt or remove each
+/// other's containers.
+pub fn mount_id(mountpoint: &std::path::Path, remote: bool) -> String {
+    use sha2::{Digest, Sha256};
+    let mut key = mountpoint.as_os_str().as_encoded_bytes().to_vec();
+    if remote {
+        key.push(0);
+        key.extend(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().as_bytes());
+    }
+    let h = Sha256::digest(&key);
+    h.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The shim text: `#!LAUNCHER SOCKET`. The kernel reads at most 256 bytes of
+/// it and splits the interpreter from its one argument at the first blank.
+fn shim_text(cfg: &DaemonConfig) -> anyhow::Result<Vec<u8>> {
+    let launcher = cfg.launcher.to_string_lossy();
+    if launcher.contains(char::is_whitespace) {
+        bail!("the launcher path {launcher:?} contains a blank, which a #! line cannot hold");
+    }
+    let text = format!("#!{} {}\n", launcher, cfg.socket.display());
+    if text.len() > 255 {
+        bail!("the shim line {text:?} is longer than the kernel's 255-byte #! limit (use shorter --socket or launcher paths)");
+    }
+    Ok(text.into_bytes())
+}
+
+/// Whether an ELF file asks for a dynamic loader (PT_INTERP). The agent must
+/// not: it runs in images that have no libc at all.
+fn needs_loader(path: &std::path::Path) -> std::io::Result<bool> {
+    let data = std::fs::read(path)?;
+    let bad = || std::io::Error::other("not a 64-bit ELF file");
+    if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
+        return Err(bad());
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(data[32..40].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let kind = data.get(o..o + 4).ok_or_else(bad)?;
+        if u32::from_le_bytes(kind.try_into().unwrap()) == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn check_binaries(cfg: &DaemonConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let launcher = std::fs::metadata(&cfg.launcher).with_context(|| format!("launcher {}", cfg.launcher.display()))?;
+    if launcher.mode() & 0o001 == 0 {
+        bail!("launcher {} is not executable by every user (chmod 755 it)", cfg.launcher.display());
+    }
+    // Tools run other tools through the launcher, inside images that may
+    // have no libc or another one.
+    if needs_loader(&cfg.launcher).unwrap_or(false) {
+        tracing::warn!(
+            launcher = %cfg.launcher.display(),
+            "the launcher is dynamically linked: tools in images without a matching libc cannot run other odfs tools (build it static: scripts/build)"
+        );
+    }
+    match needs_loader(&cfg.agent) {
+        Ok(false) => Ok(()),
+        Ok(true) => bail!(
+            "agent {} is dynamically linked and cannot run in images without libc; build it static (scripts/build)",
+            cfg.agent.display()
+        ),
+        Err(e) => bail!("agent {}: {e}", cfg.agent.display()),
+    }
+}
+
+/// Bind the control socket, refusing to steal it from a live daemon.
+fn bind_control(path: &std::path::Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    if UnixStream::connect(path).is_ok() {
+        bail!("another odfs daemon already serves {} (stop it, or give this mount its own --socket)", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Every local user may ask; the daemon trusts only kernel-reported credentials.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The mountpoint as an absolute path with its parent resolved, without
+/// touching the mountpoint itself (it may be a dead mount answering ENOTCONN).
+fn absolute_mountpoint(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        bail!("cannot mount on {}", abs.display());
+    };
+    let parent = std::fs::canonicalize(parent).with_context(|| format!("mountpoint parent {}", parent.display()))?;
+    Ok(parent.join(name))
+}
+
+/// Run `odfs mount` until SIGTERM or SIGINT.
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    // Signals first: one that comes while the daemon starts must stop it
+    // cleanly once it serves, never kill it with its mount up.
+    let stop = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal.cancel();
+    });
+
+    check_binaries(&cfg)?;
+    let text = shim_text(&cfg)?;
+    for dir in [&cfg.state_dir, &cfg.run_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if let Some(parent) = cfg.socket.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let containers_dir = cfg.run_dir.join("containers");
+    std::fs::create_dir_all(&containers_dir)?;
+    std::fs::set_permissions(&containers_dir, std::fs::Permissions::from_mode(0o700))?;
+
+    // Fingerprint before loading: an edit made while we load or mount is then
+    // seen by the first poll instead of being lost.
+    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs);
+    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs);
+    for e in &errors {
+        tracing::error!("catalog: {e} (file skipped)");
+    }
+    let store = Store::open(&cfg.state_dir.join("odfs.db")).context("cannot open the state database")?;
+    store.save_catalog(&catalog);
+    let snapshot = Arc::new(Snapshot::new(&catalog));
+    tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
+
+    let mountpoint = absolute_mountpoint(&cfg.mountpoint)?;
+    if crate::fuse::clear_stale_mount(&mountpoint)? {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
+    }
+    std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
+    let id = mount_id(&mountpoint, !cfg.engine.is_local());
+    tracing::info!(engine = cfg.engine.describe(), "container engine");
+    let pool = Pool::new(
+        Arc::new(Docker::with_engine(cfg.engine.clone())),
+        PoolConfig {
+            mount_id: id.clone(),
+            run_dir: containers_dir,
+            agent: std::fs::canonicalize(&cfg.agent)?,
+            view: cfg.view.clone(),
+            policy: cfg.policy,
+            costs: crate::policy::Costs::default(),
+            inner: pool::InnerCalls { mountpoint: mountpoint.clone(), launcher: cfg.launcher.clone(), socket: cfg.socket.clone() },
+        },
+        Some(store.clone()),
+    );
+    let transitions = learn_from_earlier_runs(&pool, &store, &snapshot);
+    let images: Vec<_> = snapshot.images.values().cloned().collect();
+    if let Err(e) = pool.adopt(&images).await {
+        tracing::warn!("cannot look for containers of an earlier run: {e}");
+    }
+    let cli_catalog = cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG));
+    let daemon = Arc::new(Daemon {
+        pool,
+        cli_catalog,
+        transitions: std::sync::Mutex::new(transitions),
+        snapshot: RwLock::new(snapshot.clone()),
+        store,
+        index: Default::default(),
+        remote_notices: Default::default(),
+        stamps: stamps::Stamps::new(),
+    });
+
+    crate::backend::docker::raise_nofile();
+    let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
+
+    let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<String>();
+    let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
+    fs.set_commands(snapshot.commands.keys().map(String::as_str));
+    let session =
+        crate::fuse::mount(fs.clone(), &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let connection = crate::fuse::connection_id(&mountpoint);
+    tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, "serving");
+
+    // The daemon's own tasks: each ends when `stop` fires, after the step
+    // it is in (a reaper step that starts a container finishes it, so the
+    // pool's shutdown sees that container).
+    let tasks = TaskTracker::new();
+    let notifier = session.notifier();
+    tasks.spawn(watch_catalogs(daemon.clone(), cfg.catalogs.clone(), fs, notifier, loaded_fingerprint, stop.clone()));
+    tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx, tasks.clone(), stop.clone()));
+    tasks.spawn(reap(daemon.clone(), stop.clone()));
+
+    let requests = TaskTracker::new();
+    serve(&daemon, &control, &requests, &stop).await;
+
+    tracing::info!("stopping: unmounting and removing idle containers");
+    drop(control);
+    let _ = std::fs::remove_file(&cfg.socket);
+    tasks.close();
+    requests.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        tasks.wait().await;
+        requests.wait().await;
+    });
+    if drained.await.is_err() {
+        tracing::warn!(
+            tasks = tasks.len(),
+            requests = requests.len(),
+            "still under way after {}s; stopping without them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    drop(session);
+    if let Some(id) = connection {
+        crate::fuse::abort_connection(id);
+    }
+    daemon.pool.shutdown().await;
+    Ok(())
+}
+
+/// Warm the container of each shim opened (an exec is probably coming),
+/// each in a task of its own under `tasks`.
+async fn prewarm_on_open<B: ContainerBackend>(
+    daemon: Arc<Daemon<B>>,
+    mut opened: mpsc::UnboundedReceiver<String>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    while let Some(Some(name)) = stop.run_until_cancelled(opened.recv()).await {
+        let Some(entry) = daemon.snapshot().get(&name).cloned() else { continue };
+        let d = daemon.clone();
+        tasks.spawn(async move {
+            // Not cut short when the daemon stops: a start cut in the middle
+            // would leave a container nobody knows.
+            if let Err(e) = d.pool.warm_up(&entry.image, None).await {
+                tracing::debug!(command = name, "prewarm failed: {e}");
+            }
+        });
+    }
+}
+
+/// Step every profile's lifecycle (see [`Pool::reap`]) until `stop`; a
+/// step under way finishes first.
+async fn reap<B: ContainerBackend>(daemon: Arc<Daemon<B>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    while stop.run_until_cancelled(tick.tick()).await.is_some() {
+        daemon.pool.reap().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_must_be_static() {
+        assert!(needs_loader(std::path::Path::new("/bin/sh")).unwrap());
+        assert!(!needs_loader(std::path::Path::new("/bin/busybox")).unwrap());
+        assert!(needs_loader(std::path::Path::new("/etc/passwd")).is_err());
+    }
+}
