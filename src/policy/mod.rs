@@ -170,9 +170,10 @@ pub const MAX_SAMPLES: usize = 500;
 pub const MAX_WINDOW: Secs = 4.0 * 3600.0;
 /// Window while a history is not representative.
 pub const FALLBACK: Secs = 600.0;
-/// A cold start weighs as much as this many seconds of an idle container
-/// (the exchange rate `auto` uses between latency and memory): half a second
-/// of waiting at a prompt is worth five minutes of a parked container.
+/// The measured cold start (`Costs::default().cold`, a quarter second of
+/// waiting at a prompt) weighs as much as this many seconds of an idle
+/// container: the exchange rate `auto` uses between latency and memory. A
+/// slower or faster start weighs in proportion ([`cold_weight`]).
 pub const COLD_WEIGHT: Secs = 300.0;
 /// Unloading between calls pays only when the container would otherwise
 /// sit idle at least this long (a start costs CPU and I/O too).
@@ -254,20 +255,27 @@ fn fallback(why: &str) -> Window {
     }
 }
 
+/// What a cold start of `costs.cold` weighs in seconds of idle container.
+/// At the measured cost it is exactly [`COLD_WEIGHT`], so the windows the
+/// default costs give (and docs/keep-alive.md's results) stay as they were.
+fn cold_weight(costs: &Costs) -> Secs {
+    COLD_WEIGHT * (costs.cold / Costs::default().cold)
+}
+
 /// Expected cost per idle gap of unloading `h` after the end (0: never
 /// unload) and removing `w` after it: a gap ending before `h` or after `w`
-/// pays a cold start (COLD_WEIGHT); the container idles from `h` to the next
-/// call or to `w`.
-fn expected_cost(sorted: &[Secs], h: Secs, w: Secs) -> Secs {
+/// pays a cold start (`cold`, in idle seconds); the container idles from `h`
+/// to the next call or to `w`.
+fn expected_cost(sorted: &[Secs], h: Secs, w: Secs, cold: Secs) -> Secs {
     let total: Secs = sorted
         .iter()
         .map(|&g| {
             if g <= h && h > 0.0 {
-                COLD_WEIGHT
+                cold
             } else if g <= w {
                 g - h
             } else {
-                COLD_WEIGHT + (w - h).max(0.0)
+                cold + (w - h).max(0.0)
             }
         })
         .sum();
@@ -277,22 +285,26 @@ fn expected_cost(sorted: &[Secs], h: Secs, w: Secs) -> Secs {
 /// Histogram with the window chosen by expected cost instead of a fixed
 /// percentile: among "stay warm" and "unload, pre-warm at the 5th
 /// percentile (−10%)", and every observed gap as the end of the window,
-/// take the cheapest by [`expected_cost`]. A window longer than
-/// [`PAUSE_AFTER`] without pre-warm freezes the container first.
-fn auto(gaps: &[Secs], _costs: &Costs) -> Window {
+/// take the cheapest by [`expected_cost`], a cold start weighed by its
+/// cost. A window longer than [`PAUSE_AFTER`] without pre-warm freezes the
+/// container first.
+fn auto(gaps: &[Secs], costs: &Costs) -> Window {
     if gaps.len() < MIN_SAMPLES {
         return fallback("few idle samples yet");
     }
     let g = sorted_recent(gaps);
     let p5 = percentile(&g, 5.0);
+    let cold = cold_weight(costs);
     let mut heads = vec![0.0];
-    if p5 * 0.9 >= MIN_UNLOAD {
+    // As for `histogram`: unloading pays only when the container would sit
+    // idle much longer than a start takes.
+    if p5 * 0.9 >= MIN_UNLOAD.max(costs.cold) {
         heads.push(p5 * 0.9);
     }
-    let mut best = (expected_cost(&g, 0.0, 0.0), 0.0, 0.0);
+    let mut best = (expected_cost(&g, 0.0, 0.0, cold), 0.0, 0.0);
     for &h in &heads {
         for &gap in g.iter().filter(|&&x| x > h && x <= MAX_WINDOW) {
-            let cost = expected_cost(&g, h, gap);
+            let cost = expected_cost(&g, h, gap, cold);
             if cost < best.0 {
                 best = (cost, h, gap);
             }
@@ -570,5 +582,30 @@ mod tests {
         let spread: Vec<f64> = (0..40).scan(0.0, |t, i| { *t += 20.0 + (i % 8) as f64 * 30.0; Some(*t) }).collect();
         let w = window(Policy::Auto, &calls(&spread, 0.0), &Costs::default());
         assert_eq!((w.prewarm_after, w.pause_after), (None, Some(PAUSE_AFTER)), "{w:?}");
+    }
+
+    #[test]
+    fn auto_keeps_longer_when_a_cold_start_costs_more() {
+        // Bursts of 10 s gaps, 1–2 h apart: at the measured cost, bridging the
+        // pauses between bursts never pays; at a 100 times slower start (a
+        // 23 s start weighs 8 h of idle container) it does.
+        let mut starts = Vec::new();
+        let mut t = 0.0;
+        for burst in 0..10 {
+            for _ in 0..10 {
+                starts.push(t);
+                t += 10.0;
+            }
+            t += if burst % 2 == 0 { 7200.0 } else { 3600.0 };
+        }
+        let c = calls(&starts, 0.0);
+        let cheap = window(Policy::Auto, &c, &Costs::default());
+        let slow = Costs { cold: 100.0 * Costs::default().cold, ..Costs::default() };
+        let dear = window(Policy::Auto, &c, &slow);
+        assert!(cheap.keep < 60.0, "{cheap:?}");
+        // Kept through the longest pause (7210 s from the burst's last call).
+        assert!((dear.keep - 7210.0 * 1.1).abs() < 1e-6, "{dear:?}");
+        // Same gaps, same shape of plan: warm, then frozen.
+        assert_eq!((dear.prewarm_after, dear.pause_after), (None, Some(PAUSE_AFTER)));
     }
 }
