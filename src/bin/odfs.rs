@@ -186,6 +186,10 @@ enum Command {
         /// Seconds a warm call adds.
         #[arg(long, default_value_t = odfs::policy::Costs::default().warm)]
         warm: f64,
+        /// Freeze every profile this long after a call, as a catalog
+        /// `pause_after` does, whatever the policy (e.g. 5s).
+        #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+        pause_after: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -356,8 +360,8 @@ fn main() -> ExitCode {
             .render(&mut std::io::stdout())
             .context("cannot write the man page"),
         Command::Stats { command, socket, json } => stats(&socket, command.as_deref(), json),
-        Command::Simulate { trace, policies, cold, paused, warm, json } => {
-            simulate(&trace, policies, odfs::policy::Costs { cold, paused, warm }, json)
+        Command::Simulate { trace, policies, cold, paused, warm, pause_after, json } => {
+            simulate(&trace, policies, pause_after, odfs::policy::Costs { cold, paused, warm }, json)
         }
     };
     match result {
@@ -639,14 +643,19 @@ fn stats(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Re
     Ok(())
 }
 
-fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, costs: odfs::policy::Costs, json: bool) -> anyhow::Result<()> {
+/// A duration as `fixed(DURATION)` policies take it: 10m, 45s, 1h30m or seconds.
+fn duration_secs(s: &str) -> Result<f64, String> {
+    odfs::policy::humantime_secs(s).ok_or_else(|| format!("{s:?} is not a duration like 10m or 45s"))
+}
+
+fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, pause_after: Option<f64>, costs: odfs::policy::Costs, json: bool) -> anyhow::Result<()> {
     use odfs::policy::{sim, Policy};
     let text = std::fs::read_to_string(trace).with_context(|| format!("cannot read trace {}", trace.display()))?;
     let calls = sim::parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
     if policies.is_empty() {
         policies = vec![Policy::Fixed(0.0), Policy::Fixed(600.0), Policy::Epsilon, Policy::Histogram, Policy::Auto];
     }
-    let reports: Vec<sim::Report> = policies.iter().map(|p| sim::simulate(&calls, *p, &costs)).collect();
+    let reports: Vec<sim::Report> = policies.iter().map(|p| sim::simulate(&calls, *p, pause_after, &costs)).collect();
     if json {
         let rows: Vec<_> = reports
             .iter()
@@ -661,7 +670,8 @@ fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, co
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("trace {}: {} calls; costs cold {}s, paused {}s, warm {}s", trace.display(), calls.len(), costs.cold, costs.paused, costs.warm);
+    let pause = pause_after.map_or(String::new(), |p| format!("; pause_after {}", odfs::policy::format_secs(p)));
+    println!("trace {}: {} calls; costs cold {}s, paused {}s, warm {}s{pause}", trace.display(), calls.len(), costs.cold, costs.paused, costs.warm);
     println!(
         "| {:<12} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>13} | {:>10} | {:>12} | {:>9} |",
         "policy", "calls", "cold %", "paused %", "starts", "idle warm h", "idle paused h", "idle all h", "mean add ms", "seq hit %"

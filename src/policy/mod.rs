@@ -357,6 +357,18 @@ pub fn plan(policy: Policy, calls: &[Call], end: Secs, costs: &Costs) -> Plan {
     }
 }
 
+/// [`plan`] for an image whose catalog sets `pause_after`: that overrides
+/// the policy's pause tier, whatever the policy (a freeze due only at or
+/// after the removal is none). The daemon and the simulator both plan
+/// through here, so a catalog's freeze is replayed as it is served.
+pub fn plan_with(policy: Policy, pause_after: Option<Secs>, calls: &[Call], end: Secs, costs: &Costs) -> Plan {
+    let mut plan = plan(policy, calls, end, costs);
+    if let Some(pa) = pause_after {
+        plan.pause_at = Some(end + pa).filter(|&t| t < plan.remove_at);
+    }
+    plan
+}
+
 /// How long before a periodic call its container should be ready.
 pub const PERIODIC_LEAD: Secs = 5.0;
 

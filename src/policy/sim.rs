@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
 use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
-use super::{decide, plan, plan_times, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
+use super::{decide, plan_times, plan_with, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
 
 /// One line of a trace: `time,command,session,run_time[,profile]` (seconds).
 /// Without a profile column each command is its own image profile.
@@ -154,6 +154,7 @@ impl Ord for Event {
 struct Sim<'a> {
     trace: &'a [TraceCall],
     policy: Policy,
+    pause_after: Option<Secs>,
     costs: Costs,
     predict: bool,
     queue: BinaryHeap<Event>,
@@ -265,7 +266,7 @@ impl Sim<'_> {
         }
         b.idle_since = now;
         b.epoch += 1;
-        let plan = plan(self.policy, &self.history[p], now, &self.costs);
+        let plan = plan_with(self.policy, self.pause_after, &self.history[p], now, &self.costs);
         self.follow(p, now, plan);
     }
 
@@ -330,6 +331,12 @@ impl Sim<'_> {
                         self.boxes[p].idle_since = now;
                         if self.boxes[p].predicted {
                             self.follow(p, now, predicted_plan(now, "predicted".into()));
+                        } else {
+                            // The daemon's reaper looks at a pre-warmed
+                            // container on its next tick: a freeze (or a
+                            // removal) that fell due while it started
+                            // happens then, before the call it was for.
+                            self.wake(p, now);
                         }
                     }
                 }
@@ -340,9 +347,10 @@ impl Sim<'_> {
     }
 }
 
-/// Replay `trace` under `policy`. Prediction (sequence prefetch) belongs to
-/// `auto`; the other policies are the baselines as published.
-pub fn simulate(trace: &[TraceCall], policy: Policy, costs: &Costs) -> Report {
+/// Replay `trace` under `policy`, with `pause_after` on every profile as a
+/// catalog's `pause_after` would be. Prediction (sequence prefetch) belongs
+/// to `auto`; the other policies are the baselines as published.
+pub fn simulate(trace: &[TraceCall], policy: Policy, pause_after: Option<Secs>, costs: &Costs) -> Report {
     let mut profile_of = HashMap::new();
     for c in trace {
         let n = profile_of.len();
@@ -352,6 +360,7 @@ pub fn simulate(trace: &[TraceCall], policy: Policy, costs: &Costs) -> Report {
     let sim = Sim {
         trace,
         policy,
+        pause_after,
         costs: *costs,
         predict: policy == Policy::Auto,
         queue: BinaryHeap::new(),
@@ -380,7 +389,7 @@ mod tests {
     fn fixed_window_by_hand() {
         // Calls at 0, 5, 100 (run 1 s), fixed 10 s: cold, warm, cold.
         let t = trace("time,command,session,run_time\n0,jq,a,1\n5,jq,a,1\n100,jq,a,1\n");
-        let r = simulate(&t, Policy::Fixed(10.0), &COSTS);
+        let r = simulate(&t, Policy::Fixed(10.0), None, &COSTS);
         assert_eq!((r.calls, r.cold, r.warm, r.paused), (3, 2, 1, 0));
         // Ends at 2 (0+1 cold+1 run); warm idle 2→5 = 3 s; second ends at 6,
         // idle 10 s to its removal at 16; third ends at 102 and idles 10 s.
@@ -392,7 +401,7 @@ mod tests {
     #[test]
     fn zero_keep_alive_is_cold_every_time_with_no_idle() {
         let t = trace("0,jq,a,1\n5,jq,a,1\n6,jq,a,1\n");
-        let r = simulate(&t, Policy::Fixed(0.0), &COSTS);
+        let r = simulate(&t, Policy::Fixed(0.0), None, &COSTS);
         // The third call overlaps the second's run (ends at 7): warm.
         assert_eq!((r.cold, r.warm), (2, 1));
         assert_eq!(r.idle(), 0.0);
@@ -402,7 +411,7 @@ mod tests {
     fn auto_pauses_then_removes_and_resumes_from_paused() {
         // Steady gaps of ~60 s: auto keeps, frozen after PAUSE_AFTER.
         let lines: String = (0..12).map(|i| format!("{},jq,a,0\n", i * 60)).collect();
-        let r = simulate(&trace(&lines), Policy::Auto, &Costs { cold: 1.0, paused: 0.1, warm: 0.0 });
+        let r = simulate(&trace(&lines), Policy::Auto, None, &Costs { cold: 1.0, paused: 0.1, warm: 0.0 });
         assert!(r.paused >= 5, "{r:?}");
         assert!(r.idle_paused > 0.0);
     }
@@ -412,8 +421,8 @@ mod tests {
         // Ten sessions, each: tcpdump then traceroute 10 s later; sessions 1 h apart.
         let lines: String = (0..10).map(|i| format!("{},tcpdump,s{i},2\n{},traceroute,s{i},1\n", i * 3600, i * 3600 + 10)).collect();
         let t = trace(&lines);
-        let auto = simulate(&t, Policy::Auto, &COSTS);
-        let fixed = simulate(&t, Policy::Fixed(5.0), &COSTS);
+        let auto = simulate(&t, Policy::Auto, None, &COSTS);
+        let fixed = simulate(&t, Policy::Fixed(5.0), None, &COSTS);
         // Predictable from the 4th session on (support 3): 7 calls.
         assert_eq!(auto.sequence_calls, 7);
         assert_eq!(auto.sequence_hits, 7, "{auto:?}");
@@ -424,8 +433,8 @@ mod tests {
     fn periodic_calls_are_prewarmed_by_auto() {
         let lines: String = (0..40).map(|i| format!("{},backup,cron,3\n", i * 900)).collect();
         let t = trace(&lines);
-        let auto = simulate(&t, Policy::Auto, &COSTS);
-        let fixed = simulate(&t, Policy::Fixed(600.0), &COSTS);
+        let auto = simulate(&t, Policy::Auto, None, &COSTS);
+        let fixed = simulate(&t, Policy::Fixed(600.0), None, &COSTS);
         assert_eq!(fixed.cold, 40);
         // A period shows after 5 starts; until then the fallback window
         // (frozen after 30 s) still misses the 15-minute gaps.
@@ -434,6 +443,33 @@ mod tests {
         // (none after the last call, whose pre-warm would come after the trace).
         assert!((auto.idle_warm - (30.0 * 4.0 + 34.0 * 6.0 - 29.0)).abs() < 30.0, "{auto:?}");
         assert!(auto.idle() < fixed.idle() / 5.0, "{auto:?} vs {fixed:?}");
+    }
+
+    #[test]
+    fn a_catalog_pause_after_shorter_than_the_gaps_serves_calls_paused() {
+        // A call a minute, kept 10 min: warm every time, unless frozen 5 s in.
+        let lines: String = (0..10).map(|i| format!("{},jq,a,0\n", i * 60)).collect();
+        let t = trace(&lines);
+        let warm = simulate(&t, Policy::Fixed(600.0), None, &COSTS);
+        assert_eq!((warm.cold, warm.paused, warm.warm), (1, 0, 9), "{warm:?}");
+        let frozen = simulate(&t, Policy::Fixed(600.0), Some(5.0), &COSTS);
+        assert_eq!((frozen.cold, frozen.paused, frozen.warm), (1, 9, 0), "{frozen:?}");
+        assert!((frozen.latency - (COSTS.cold + 9.0 * COSTS.paused)).abs() < 1e-9, "{frozen:?}");
+        // Warm 5 s after each of the 10 calls, frozen the rest of the time.
+        assert!((frozen.idle_warm - 50.0).abs() < 1e-6, "{frozen:?}");
+        assert!(frozen.idle_paused > 0.0);
+        // A freeze due only after the removal is none.
+        let late = simulate(&t, Policy::Fixed(600.0), Some(600.0), &COSTS);
+        assert_eq!((late.paused, late.warm), (0, 9), "{late:?}");
+    }
+
+    #[test]
+    fn a_prewarmed_container_past_its_pause_after_is_frozen_before_the_call() {
+        // As the daemon's reaper does on its next tick: the catalog's freeze
+        // fell due long before the pre-warm, so the call finds it paused.
+        let lines: String = (0..40).map(|i| format!("{},backup,cron,3\n", i * 900)).collect();
+        let r = simulate(&trace(&lines), Policy::Auto, Some(1.0), &COSTS);
+        assert_eq!((r.cold, r.paused, r.warm), (5, 35, 0), "{r:?}");
     }
 
     #[test]

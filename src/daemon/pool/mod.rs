@@ -550,11 +550,8 @@ impl<B: ContainerBackend> Pool<B> {
         }
         if life.plan.is_none() {
             let calls: Vec<Call> = life.calls.iter().map(|s| s.call.clone()).collect();
-            let mut plan = policy::plan(self.policy_for(&slot.image), &calls, end, &self.cfg.costs);
-            // The catalog's pause_after overrides the policy's pause tier.
-            if let Some(pa) = slot.image.pause_after {
-                plan.pause_at = Some(end + pa.as_secs_f64()).filter(|&t| t < plan.remove_at);
-            }
+            let pause_after = slot.image.pause_after.map(|d| d.as_secs_f64());
+            let plan = policy::plan_with(self.policy_for(&slot.image), pause_after, &calls, end, &self.cfg.costs);
             life.plan = Some(plan);
         }
         life.plan.clone().expect("set above")
