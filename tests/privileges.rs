@@ -188,7 +188,7 @@ fn helper() {
             let s = UnixStream::connect(&socket).unwrap();
             protocol::send(&s, &exec("sleep".into(), vec![arg]), &[]).unwrap();
             match protocol::recv::<Response>(&s).unwrap() {
-                Some((Response::Error { message, exit_code }, _)) => println!("\nANSWER error {exit_code}: {message}"),
+                Some((Response::Error(odfs::protocol::Failure { message, exit_code }), _)) => println!("\nANSWER error {exit_code}: {message}"),
                 other => println!("\nANSWER {other:?}"),
             }
         }

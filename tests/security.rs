@@ -62,7 +62,7 @@ fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
     for request in [Request::List, exec] {
         let answer = from_a_container(&m, &m.socket, &frame(&request));
         match decode_response(&answer) {
-            Response::Error { message, exit_code } => {
+            Response::Error(odfs::protocol::Failure { message, exit_code }) => {
                 assert_eq!(exit_code, 126);
                 assert!(message.contains("inside a container, odfs serves only tools run from a tool odfs started"), "{message}");
             }
@@ -210,7 +210,7 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
             tty: None,
         });
         match decode_response(&send_raw(&frame(&req))) {
-            Response::Error { exit_code: 127, .. } => {}
+            Response::Error(odfs::protocol::Failure { exit_code: 127, .. }) => {}
             other => panic!("{command:?}: {other:?}"),
         }
     }

@@ -268,7 +268,7 @@ impl Agent {
     fn run_tool(&self, stream: UnixStream, req: SpawnRequest, fds: Vec<std::os::fd::OwnedFd>) {
         if req.version != PROTOCOL_VERSION {
             let msg = format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version);
-            let _ = protocol::send(&stream, &AgentEvent::Failed { message: msg, exit_code: protocol::EXIT_ODFS_ERROR }, &[]);
+            let _ = protocol::send(&stream, &AgentEvent::Failed(crate::protocol::Failure::new(msg)), &[]);
             return;
         }
         identity::ensure_known(&req.identity);

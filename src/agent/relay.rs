@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
-use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ERROR};
+use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest};
 
 /// How long a new container's agent may take to listen.
 const CONNECT_LIMIT: Duration = Duration::from_secs(20);
@@ -83,7 +83,7 @@ fn emit(msg: &RelayOut) -> i32 {
 }
 
 fn fail(message: String) -> i32 {
-    emit(&RelayOut::Event(AgentEvent::Failed { message, exit_code: EXIT_ODFS_ERROR }));
+    emit(&RelayOut::Event(AgentEvent::Failed(crate::protocol::Failure::new(message))));
     1
 }
 

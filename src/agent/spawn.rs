@@ -18,10 +18,7 @@ const STAGE_TTY: u8 = 5;
 
 
 fn cstring(bytes: &[u8]) -> Result<CString, AgentEvent> {
-    CString::new(bytes.to_vec()).map_err(|_| AgentEvent::Failed {
-        message: "argument or environment contains a NUL byte".into(),
-        exit_code: EXIT_ODFS_ERROR,
-    })
+    CString::new(bytes.to_vec()).map_err(|_| AgentEvent::Failed(crate::protocol::Failure::new("argument or environment contains a NUL byte")))
 }
 
 /// Candidate paths for `program`: itself when it has a slash, else each PATH entry.
@@ -84,10 +81,7 @@ pub(super) fn spawn(
     events: mpsc::Sender<ToolEvent>,
 ) -> Result<(i32, Option<OwnedFd>), AgentEvent> {
     if fds.len() != req.fds.len() {
-        return Err(AgentEvent::Failed {
-            message: format!("{} fds announced, {} received", req.fds.len(), fds.len()),
-            exit_code: EXIT_ODFS_ERROR,
-        });
+        return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
     }
     let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = req
@@ -196,16 +190,13 @@ pub(super) fn spawn(
         STAGE_CWD => failed(format!("cannot enter working directory {cwd}: {err}")),
         STAGE_FDS => failed(format!("cannot pass file descriptors: {err}")),
         STAGE_TTY => failed(format!("cannot make the pty the controlling terminal: {err}")),
-        _ if errno == libc::ENOENT => AgentEvent::Failed {
-            message: format!("{prog} not found in the image (searched {})", String::from_utf8_lossy(&agent.path)),
-            exit_code: EXIT_NOT_FOUND,
-        },
+        _ if errno == libc::ENOENT => AgentEvent::Failed(crate::protocol::Failure::with_status(format!("{prog} not found in the image (searched {})", String::from_utf8_lossy(&agent.path)), EXIT_NOT_FOUND)),
         _ => failed(format!("cannot execute {prog}: {err}")),
     })
 }
 
 fn failed(message: String) -> AgentEvent {
-    AgentEvent::Failed { message, exit_code: EXIT_ODFS_ERROR }
+    AgentEvent::Failed(crate::protocol::Failure::new(message))
 }
 
 /// Who the tool runs as.

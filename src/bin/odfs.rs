@@ -380,7 +380,7 @@ fn done(r: anyhow::Result<Response>) -> anyhow::Result<()> {
             println!("{text}");
             Ok(())
         }
-        Response::Error { message, .. } => anyhow::bail!("{message}"),
+        Response::Error(f) => anyhow::bail!("{f}"),
         other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     }
 }
@@ -418,7 +418,7 @@ fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Res
 fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
     let v = match ask(socket, Request::View { command: command.to_string() })? {
         Response::View(v) => v,
-        Response::Error { message, .. } => anyhow::bail!(message),
+        Response::Error(f) => anyhow::bail!(f.message),
         _ => anyhow::bail!("unexpected answer from the daemon"),
     };
     let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };

@@ -10,13 +10,13 @@ use super::call::Caller;
 use super::Daemon;
 use crate::backend::ContainerBackend;
 use crate::catalog::{validate_name, validate_path, ImageSpec};
-use crate::protocol::{CommandInfo, Response, EXIT_ODFS_ERROR};
+use crate::protocol::{CommandInfo, Failure, Response};
 
 /// Name of the file `odfs add` and `odfs rm` manage.
 pub const CLI_CATALOG: &str = "zz-odfs-cli.toml";
 
 fn error(message: impl Into<String>) -> Response {
-    Response::Error { message: message.into(), exit_code: 1 }
+    Response::Error(Failure::with_status(message, 1))
 }
 
 /// Write the CLI catalog by rename, so the live reload never reads half of it.
@@ -41,7 +41,7 @@ impl<B: ContainerBackend> Daemon<B> {
         if caller.uid == 0 {
             Ok(())
         } else {
-            Err(Response::Error { message: format!("{what} changes the system and needs root (sudo odfs {what} …)"), exit_code: EXIT_ODFS_ERROR })
+            Err(Response::Error(Failure::new(format!("{what} changes the system and needs root (sudo odfs {what} …)"))))
         }
     }
 
@@ -338,7 +338,7 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         if failed {
-            Response::Error { message: lines.join("\n"), exit_code: 1 }
+            Response::Error(Failure::with_status(lines.join("\n"), 1))
         } else {
             Response::Done(lines.join("\n"))
         }

@@ -1,5 +1,5 @@
 //! The words every stage of a call shares (dispatch, exec, pool, link): who
-//! calls, how a call is refused, what a started tool is, and why a container
+//! calls, how a call is refused ([`Failure`]), what a started tool is, and why a container
 //! could not serve. A leaf: it depends on nothing else of the daemon but
 //! the listener's peer.
 
@@ -7,23 +7,17 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use crate::protocol::EXIT_ODFS_ERROR;
 
 /// The caller as the kernel reported it when it connected (SO_PEERCRED,
 /// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
 pub type Caller = Arc<crate::protocol::peer::Peer>;
 
-/// A refusal the caller sees as `odfs: CMD: message`, with the exit status
-/// the launcher exits with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub message: String,
-    pub exit_code: i32,
-}
+pub use crate::protocol::Failure;
 
-/// A refusal with odfs's own exit status (126).
-pub fn refuse(message: impl Into<String>) -> Refusal {
-    Refusal { message: message.into(), exit_code: EXIT_ODFS_ERROR }
+/// A refusal with odfs's own exit status (126), as the caller sees it:
+/// `odfs: CMD: message`.
+pub fn refuse(message: impl Into<String>) -> Failure {
+    Failure::new(message)
 }
 
 /// A tool the agent started: its connection (handed to the launcher), pid
@@ -41,7 +35,7 @@ pub struct Started {
 /// is replaced, once), or this request is refused (the container serves on).
 pub enum StartError {
     Unreachable(String),
-    Refused(Refusal),
+    Refused(Failure),
 }
 
 /// Why the pool could not give a call a container.

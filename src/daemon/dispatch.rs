@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::call::Caller;
 use super::{listener, stamps, Daemon};
 use crate::backend::ContainerBackend;
-use crate::protocol::{self, Request, Response, EXIT_ODFS_ERROR};
+use crate::protocol::{self, Failure, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,7 +75,7 @@ impl<B: ContainerBackend> Daemon<B> {
         // tool's stamp ([`stamps`]): never manage odfs.
         if inside && !matches!(msg, Ok(Some((Request::Exec(_), _)))) {
             REFUSALS.note(caller.uid, "refused a request from inside a container");
-            return self.answer(conn, Response::Error { message: stamps::INSIDE_UNSTAMPED.into(), exit_code: EXIT_ODFS_ERROR });
+            return self.answer(conn, Response::Error(Failure::new(stamps::INSIDE_UNSTAMPED)));
         }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller, inside).await,
@@ -186,7 +186,7 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     };
     let refuse = |message: String| {
         REFUSALS.note(peer.uid, &format!("refused a connection: {message}"));
-        if let Ok(frame) = protocol::frame(&Response::Error { message, exit_code: EXIT_ODFS_ERROR }) {
+        if let Ok(frame) = protocol::frame(&Response::Error(Failure::new(message))) {
             // Straight to the socket, never waiting (tokio's try_write
             // would give up on a socket it has not seen writable yet).
             // SAFETY: sends from a buffer we own on a socket we own.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::call::{refuse, Caller, Refusal, StartError, Started};
+use super::call::{refuse, Caller, Failure, StartError, Started};
 use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
@@ -155,7 +155,7 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
-    fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Refusal> {
+    fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Failure> {
         let allowed = &entry.image.allow_groups;
         if allowed.is_empty() || caller.uid == 0 {
             return Ok(());
@@ -175,7 +175,7 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
-    fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Refusal> {
+    fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
         let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))?;
         if !caller.alive() {
             return Err(refuse("the caller exited before its request was served"));
@@ -233,7 +233,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
                     protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed }, &fds)
                 }
-                Err(r) => protocol::send(&control, &Response::Error { message: r.message, exit_code: r.exit_code }, &[]),
+                Err(r) => protocol::send(&control, &Response::Error(r), &[]),
             };
             // If the launcher vanished, dropping the agent connection here
             // makes the agent kill the tool nobody waits for.
@@ -276,16 +276,15 @@ impl<B: ContainerBackend> Daemon<B> {
         caller: Caller,
         session: Option<i32>,
         inside: bool,
-    ) -> Result<(Started, String, Served), Refusal> {
+    ) -> Result<(Started, String, Served), Failure> {
         if req.version != PROTOCOL_VERSION {
             return Err(refuse(format!(
                 "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
                 req.version
             )));
         }
-        let entry = self.snapshot().get(&req.command).cloned().ok_or_else(|| Refusal {
-            message: "not in the catalog of this mount (odfs status shows what runs)".into(),
-            exit_code: EXIT_NOT_FOUND,
+        let entry = self.snapshot().get(&req.command).cloned().ok_or_else(|| {
+            Failure::with_status("not in the catalog of this mount (odfs status shows what runs)", EXIT_NOT_FOUND)
         })?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.

@@ -17,8 +17,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 pub mod progress;
 mod tty;
 
-use crate::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Request, Response, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
-use tty::Relay;
+use crate::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Failure, Request, Response, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
+use tty::Bridge;
 
 /// Signals the launcher passes on to the tool instead of acting on them.
 const FORWARDED: [i32; 7] =
@@ -47,14 +47,8 @@ pub enum Outcome {
     Signal(i32),
 }
 
-/// An odfs failure (not the tool's): one line on stderr, then this status.
-struct Failure {
-    message: String,
-    code: i32,
-}
-
 fn fail(message: impl Into<String>) -> Failure {
-    Failure { message: message.into(), code: EXIT_ODFS_ERROR }
+    Failure::new(message)
 }
 
 /// Entry point: `odfs-launch SOCKET SHIM [ARGS...]` (as the kernel runs a
@@ -70,7 +64,7 @@ pub fn main(args: Vec<OsString>) -> ! {
         Ok(o) => o,
         Err(f) => {
             eprintln!("odfs: {command}: {}", f.message);
-            Outcome::Exit(f.code)
+            Outcome::Exit(f.exit_code)
         }
     })
 }
@@ -172,7 +166,7 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         // (too many requests of this user, another namespace): its one
         // line is waiting to be read.
         return Err(match protocol::recv::<Response>(&control) {
-            Ok(Some((Response::Error { message, exit_code }, _))) => Failure { message, code: exit_code },
+            Ok(Some((Response::Error(f), _))) => f,
             _ => fail(format!("cannot send the request to the daemon: {e}")),
         });
     }
@@ -186,34 +180,34 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         }
     };
     drop(fetching);
-    let (agent, relay, relayed) = match answer {
+    let (agent, bridge, relayed) = match answer {
         Ok(Some((Response::Handoff { relayed, .. }, mut got))) if !got.is_empty() => {
             let agent = UnixStream::from(got.remove(0));
-            let relay = match (term, got.pop()) {
-                (Some(t), Some(master)) => Some(Relay::new(t, master)),
+            let bridge = match (term, got.pop()) {
+                (Some(t), Some(master)) => Some(Bridge::new(t, master)),
                 _ => None,
             };
-            (agent, relay, relayed)
+            (agent, bridge, relayed)
         }
-        Ok(Some((Response::Error { message, exit_code }, _))) => return Err(Failure { message, code: exit_code }),
+        Ok(Some((Response::Error(f), _))) => return Err(f),
         Ok(Some(other)) => return Err(fail(format!("unexpected answer from the daemon: {other:?}"))),
         Ok(None) => return Err(fail("the daemon closed the connection without an answer (see its log)")),
         Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
-    follow(command, &agent, &signals, relay, relayed)
-    // The relay, if any, has restored the terminal by now.
+    follow(command, &agent, &signals, bridge, relayed)
+    // The bridge, if any, has restored the terminal by now.
 }
 
-/// Relay signals (and, in pty mode, terminal bytes) until the agent reports
+/// Bridge signals (and, in pty mode, terminal bytes) until the agent reports
 /// the tool's end.
-fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Option<Relay>, relayed: bool) -> Result<Outcome, Failure> {
+fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut bridge: Option<Bridge>, relayed: bool) -> Result<Outcome, Failure> {
     use std::os::fd::AsFd;
-    let mut master_open = relay.is_some();
+    let mut master_open = bridge.is_some();
     loop {
-        let reading_input = relay.as_ref().is_some_and(|r| r.reading_input());
+        let reading_input = bridge.as_ref().is_some_and(|r| r.reading_input());
         let mut pfds = vec![PollFd::new(agent.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(r) = &relay {
+        if let Some(r) = &bridge {
             if master_open {
                 pfds.push(PollFd::new(r.master.as_fd(), PollFlags::POLLIN));
             }
@@ -228,16 +222,16 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
         }
         let ready: Vec<bool> = pfds.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(pfds);
-        if let Some(r) = &relay {
+        if let Some(r) = &bridge {
             let mut k = 2;
             if master_open {
                 if ready[k] {
-                    master_open = Relay::pump(r.master.as_raw_fd(), r.term());
+                    master_open = Bridge::pump(r.master.as_raw_fd(), r.term());
                 }
                 k += 1;
             }
             if reading_input && ready[k] {
-                Relay::pump(r.term(), r.master.as_raw_fd());
+                Bridge::pump(r.term(), r.master.as_raw_fd());
             }
         }
         if ready[1] {
@@ -248,7 +242,7 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
                 let sig = sig as i32;
                 match sig {
                     libc::SIGWINCH => {
-                        if let Some(ws) = relay.as_ref().and_then(|r| r.sync_size()) {
+                        if let Some(ws) = bridge.as_ref().and_then(|r| r.sync_size()) {
                             // A relayed call's pty is on another machine.
                             if relayed {
                                 let _ = protocol::send(agent, &AgentRequest::Resize { rows: ws.ws_row, cols: ws.ws_col }, &[]);
@@ -258,7 +252,7 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
                     libc::SIGCONT => {
                         // Resumed (`fg` or `bg`): take the terminal back if
                         // we are in the foreground now, and resume the tool.
-                        if let Some(r) = relay.as_mut() {
+                        if let Some(r) = bridge.as_mut() {
                             r.enter();
                         }
                         let _ = protocol::send(agent, &AgentRequest::Continue, &[]);
@@ -273,18 +267,18 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
         if ready[0] {
             let event = protocol::recv::<AgentEvent>(agent);
             if let Ok(Some((AgentEvent::Stopped(_), _))) = event {
-                if let Some(r) = relay.as_mut() {
+                if let Some(r) = bridge.as_mut() {
                     r.leave();
                 }
                 stop_self();
                 continue;
             }
-            if let Some(r) = &relay {
+            if let Some(r) = &bridge {
                 if master_open {
                     r.drain(std::time::Duration::from_secs(2));
                 }
             }
-            drop(relay);
+            drop(bridge);
             return match event {
                 Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
                 Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
@@ -292,16 +286,16 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut relay: Optio
                     eprintln!("odfs: {command}: {reason}");
                     Ok(Outcome::Signal(signal))
                 }
-                Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(Failure { message, code: exit_code }),
+                Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
                 Ok(Some((other, _))) => Err(fail(format!("unexpected message from the agent: {other:?}"))),
-                Ok(None) | Err(_) if relayed => Err(Failure {
-                    message: "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped".into(),
-                    code: 128 + libc::SIGKILL,
-                }),
-                Ok(None) | Err(_) => Err(Failure {
-                    message: "the tool's container stopped while the tool ran (removed or killed?)".into(),
-                    code: 128 + libc::SIGKILL,
-                }),
+                Ok(None) | Err(_) if relayed => Err(Failure::with_status(
+                    "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped",
+                    128 + libc::SIGKILL,
+                )),
+                Ok(None) | Err(_) => Err(Failure::with_status(
+                    "the tool's container stopped while the tool ran (removed or killed?)",
+                    128 + libc::SIGKILL,
+                )),
             };
         }
     }

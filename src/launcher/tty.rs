@@ -1,5 +1,5 @@
 //! The launcher's terminal side of pty mode: describe the caller's terminal,
-//! switch it to raw mode while the tool runs in the foreground, relay bytes
+//! switch it to raw mode while the tool runs in the foreground, copy bytes
 //! between it and the pty master, pass window size changes on, and put the
 //! terminal back exactly as it was.
 
@@ -49,7 +49,7 @@ pub fn request(term: RawFd, targets: Vec<i32>) -> TtyRequest {
 }
 
 /// The caller's terminal and the tool's pty master, while the tool runs.
-pub struct Relay {
+pub struct Bridge {
     /// The caller's terminal (read for input, written with the tool's output).
     term: RawFd,
     pub master: OwnedFd,
@@ -57,11 +57,11 @@ pub struct Relay {
     saved: Option<libc::termios>,
 }
 
-impl Relay {
-    pub fn new(term: RawFd, master: OwnedFd) -> Relay {
-        let mut r = Relay { term, master, saved: None };
-        r.enter();
-        r
+impl Bridge {
+    pub fn new(term: RawFd, master: OwnedFd) -> Bridge {
+        let mut b = Bridge { term, master, saved: None };
+        b.enter();
+        b
     }
 
     /// Raw mode, if we own the terminal: keys go to the tool's pty, whose own
@@ -142,7 +142,7 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
+impl Drop for Bridge {
     fn drop(&mut self) {
         self.leave();
     }

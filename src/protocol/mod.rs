@@ -147,6 +147,33 @@ pub struct TtyRequest {
     pub termios: Vec<u8>,
 }
 
+/// A failure of odfs, not of the tool, as its caller meets it: one line
+/// (`odfs: CMD: message`, naming the cause and the fix) and the exit status
+/// scripts rely on (126, or 127 for a command not in the catalog). The same
+/// value goes from the agent and the daemon to the launcher and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl Failure {
+    /// A failure with odfs's own exit status, [`EXIT_ODFS_ERROR`].
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), exit_code: EXIT_ODFS_ERROR }
+    }
+
+    pub fn with_status(message: impl Into<String>, exit_code: i32) -> Failure {
+        Failure { message: message.into(), exit_code }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The daemon's answer on the control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
@@ -160,8 +187,8 @@ pub enum Response {
     /// and, in pty mode, the pty master. `relayed`: the connection is the
     /// daemon's, relaying a call on a remote engine.
     Handoff { pid: i32, relayed: bool },
-    /// odfs could not run the tool: print `odfs: CMD: message`, exit `exit_code`.
-    Error { message: String, exit_code: i32 },
+    /// odfs could not run the tool (or do what was asked).
+    Error(Failure),
     Status { engine: EngineInfo, containers: Vec<ContainerStatus> },
     Stats(Vec<CommandStats>),
     Commands(Vec<CommandInfo>),
@@ -289,8 +316,8 @@ pub enum AgentEvent {
     Started { pid: i32 },
     /// The tool stopped (Ctrl-Z, SIGTSTP…): the launcher stops too.
     Stopped(i32),
-    /// The tool could not be started; `exit_code` is what the caller should see.
-    Failed { message: String, exit_code: i32 },
+    /// The tool could not be started (or was lost).
+    Failed(Failure),
     Exited(i32),
     Signaled(i32),
     /// Died of `signal` for a reason the caller should hear (the OOM killer).
@@ -307,7 +334,7 @@ impl AgentEvent {
         match self {
             AgentEvent::Exited(c) => Some(*c),
             AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => Some(128 + s),
-            AgentEvent::Failed { exit_code, .. } => Some(*exit_code),
+            AgentEvent::Failed(f) => Some(f.exit_code),
             AgentEvent::Started { .. } | AgentEvent::Stopped(_) | AgentEvent::Status { .. } => None,
         }
     }

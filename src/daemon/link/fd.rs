@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, RUN_IN_CONTAINER};
 use crate::backend::{Bind, ContainerBackend, ContainerSpec};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{refuse, PoolError, Refusal, StartError, Started};
+use crate::daemon::call::{refuse, PoolError, Failure, StartError, Started};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest};
 use crate::view::{RealFs, View};
 
@@ -163,7 +163,7 @@ fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
 
 /// Refuse a call whose tool would not see, at a path the caller names (its
 /// cwd, its arguments), the host's file the caller means.
-fn check_view(view: &View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Refusal> {
+fn check_view(view: &View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Failure> {
     if let Err(c) = view.check_cwd(cwd) {
         return Err(refuse(format!(
             "working directory {} is not shared with image {image} (the tool would see the image's own {}; cd into a shared directory or add it to shared)",
@@ -220,7 +220,7 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
             ))))
         }
         Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
-        Ok(Some((AgentEvent::Failed { message, exit_code }, _))) => Err(StartError::Refused(Refusal { message, exit_code })),
+        Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
         Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
         Err(e) => Err(classify(e)),

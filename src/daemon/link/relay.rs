@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecInput, ExecOutput};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{PoolError, Refusal, StartError, Started};
+use crate::daemon::call::{PoolError, Failure, StartError, Started};
 use crate::view::View;
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ERROR};
@@ -199,7 +199,7 @@ async fn remote_status<B: ContainerBackend>(backend: &B, id: &str, token: String
     send(&mut stream.input, &RelayIn::Status { token }).await?;
     match next_out(&mut stream.output, &mut Decoder::default()).await? {
         Some(RelayOut::Event(AgentEvent::Status { running, idle_ms, finished })) => Ok(AgentStatus { running, idle_ms, finished }),
-        Some(RelayOut::Event(AgentEvent::Failed { message, .. })) => Err(std::io::Error::other(message)),
+        Some(RelayOut::Event(AgentEvent::Failed(Failure { message, .. }))) => Err(std::io::Error::other(message)),
         other => Err(std::io::Error::other(format!("unexpected answer from the relay: {other:?}"))),
     }
 }
@@ -224,7 +224,7 @@ impl CallerFds {
 async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRequest, fds: CallerFds, calls: &Calls) -> Result<Started, StartError> {
     // Only a container the engine no longer has is replaced: any other
     // failure may be passing, and the container serves other calls.
-    let refused = |message: String| StartError::Refused(Refusal { message, exit_code: EXIT_ODFS_ERROR });
+    let refused = |message: String| StartError::Refused(Failure::new(message));
     let mut stream = match backend.exec_stream(&to.id, relay_command()).await {
         Ok(s) => s,
         Err(e) if e.container_gone() => return Err(StartError::Unreachable(e.to_string())),
@@ -244,12 +244,12 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     });
     let pid = match started.await {
         Ok(Ok(Some(RelayOut::Event(AgentEvent::Started { pid })))) => pid,
-        Ok(Ok(Some(RelayOut::Event(AgentEvent::Failed { message, exit_code })))) => return Err(StartError::Refused(Refusal { message, exit_code })),
+        Ok(Ok(Some(RelayOut::Event(AgentEvent::Failed(f))))) => return Err(StartError::Refused(f)),
         Ok(Ok(other)) => return Err(refused(format!("the relay in the container answered {other:?} instead of starting the tool"))),
         Ok(Err(e)) => return Err(refused(format!("lost the remote engine while starting the tool: {e}"))),
         Err(_) => return Err(refused(format!("the remote engine did not start the tool within {}s", START_LIMIT.as_secs()))),
     };
-    let fail = |e: std::io::Error| StartError::Refused(Refusal { message: format!("cannot set up the relay: {e}"), exit_code: EXIT_ODFS_ERROR });
+    let fail = |e: std::io::Error| StartError::Refused(Failure::new(format!("cannot set up the relay: {e}")));
     // In pty mode the launcher relays its terminal to a local pty; its
     // slave, raw, carries the bytes to and from the tool's real pty, whose
     // line discipline (the caller's settings) does the rest.
@@ -430,7 +430,7 @@ async fn follow(
 }
 
 fn lost(why: &str) -> AgentEvent {
-    AgentEvent::Failed { message: format!("lost the remote engine while the tool ran ({why})"), exit_code: EXIT_ODFS_ERROR }
+    AgentEvent::Failed(crate::protocol::Failure::new(format!("lost the remote engine while the tool ran ({why})")))
 }
 
 /// Wait until `fd` is readable; false when told to stop.
