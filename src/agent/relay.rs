@@ -9,7 +9,7 @@
 //! kills the tool's session as it does for a killed launcher.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,31 +24,38 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(20);
 /// Report input taken by the tool once this much has gone (or all of it).
 const CONSUMED_EVERY: u64 = 64 << 10;
 
-/// Run one relayed request; returns the relay's exit status.
+/// Run one relayed request on the exec's stdin and stdout; returns the
+/// relay's exit status.
 pub fn run(socket: &Path) -> i32 {
-    let mut stdin = Input::default();
+    serve(socket, 0, Out(1))
+}
+
+/// Run one relayed request whose frames come in on `input` and go out on
+/// `out`.
+pub fn serve(socket: &Path, input: RawFd, out: Out) -> i32 {
+    let mut stdin = Input { fd: input, decoder: Decoder::default(), eof: false };
     match stdin.next() {
         Some(RelayIn::Status { token }) => match connect(socket).and_then(|c| status(&c, token)) {
-            Ok(ev) => emit(&RelayOut::Event(ev)),
-            Err(e) => fail(format!("the container's agent does not answer: {e}")),
+            Ok(ev) => out.emit(&RelayOut::Event(ev)),
+            Err(e) => out.fail(format!("the container's agent does not answer: {e}")),
         },
-        Some(RelayIn::Spawn(req)) => call(socket, *req, stdin),
+        Some(RelayIn::Spawn(req)) => call(socket, *req, stdin, out),
         _ => 0,
     }
 }
 
-/// Frames from the daemon on fd 0.
-#[derive(Default)]
+/// Frames from the daemon.
 struct Input {
+    fd: RawFd,
     decoder: Decoder,
     eof: bool,
 }
 
 impl Input {
-    /// Read once (fd 0 is readable or the caller wants to block) and decode.
+    /// Read once (the fd is readable or the caller wants to block) and decode.
     fn fill(&mut self) {
         let mut buf = vec![0u8; CHUNK + 64];
-        match nix::unistd::read(0, &mut buf) {
+        match nix::unistd::read(self.fd, &mut buf) {
             Ok(0) => self.eof = true,
             Ok(n) => self.decoder.push(&buf[..n]),
             Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
@@ -68,23 +75,43 @@ impl Input {
     }
 }
 
-/// Send one frame to the daemon, at once: Rust's stdout holds back bytes
-/// after the last newline, and a prompt has none.
-fn emit(msg: &RelayOut) -> i32 {
-    let sent = frame(msg).and_then(|f| {
-        let mut out = std::io::stdout().lock();
-        out.write_all(&f)?;
-        Ok(out.flush()?)
-    });
-    match sent {
-        Ok(()) => 0,
-        Err(_) => 1,
-    }
-}
+/// Where frames for the daemon go (the exec's stdout).
+#[derive(Clone, Copy)]
+pub struct Out(pub RawFd);
 
-fn fail(message: String) -> i32 {
-    emit(&RelayOut::Event(AgentEvent::Failed(crate::protocol::Failure::new(message))));
-    1
+impl Out {
+    /// Send one frame to the daemon, at once and whole (no buffer that
+    /// holds back a prompt without a newline).
+    fn emit(self, msg: &RelayOut) -> i32 {
+        // SAFETY: the fd stays open for the relay's lifetime; File does not
+        // own it (ManuallyDrop).
+        let mut out = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(self.0) });
+        match frame(msg).and_then(|f| Ok(out.write_all(&f)?)) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
+    }
+
+    fn fail(self, message: String) -> i32 {
+        self.emit(&RelayOut::Event(AgentEvent::Failed(crate::protocol::Failure::new(message))));
+        1
+    }
+
+    /// Read what `fd` has now into an output frame; `false` at its end.
+    fn pump(self, fd: RawFd, target: i32) -> bool {
+        let mut buf = vec![0u8; CHUNK];
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            return matches!(e, Some(libc::EINTR | libc::EAGAIN));
+        }
+        if n == 0 {
+            return false;
+        }
+        buf.truncate(n as usize);
+        self.emit(&RelayOut::Output { fd: target, data: buf }) == 0
+    }
 }
 
 fn connect(socket: &Path) -> std::io::Result<UnixStream> {
@@ -113,22 +140,6 @@ fn set_nonblocking(fd: RawFd) {
     unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
 }
 
-/// Read what `fd` has now into an output frame; `false` at its end.
-fn pump(fd: RawFd, target: i32) -> bool {
-    let mut buf = vec![0u8; CHUNK];
-    // SAFETY: reading into a local buffer.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        let e = std::io::Error::last_os_error().raw_os_error();
-        return matches!(e, Some(libc::EINTR | libc::EAGAIN));
-    }
-    if n == 0 {
-        return false;
-    }
-    buf.truncate(n as usize);
-    emit(&RelayOut::Output { fd: target, data: buf }) == 0
-}
-
 /// Everything a running call holds.
 struct Call {
     conn: UnixStream,
@@ -143,9 +154,10 @@ struct Call {
     /// Read ends of the tool's stdout/stderr pipes, by target fd.
     outputs: Vec<(i32, OwnedFd)>,
     master: Option<OwnedFd>,
+    out: Out,
 }
 
-fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input) -> i32 {
+fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input, out: Out) -> i32 {
     // Pipes stand for the caller's standard fds off the terminal; higher
     // fds cannot cross machines.
     req.fds.retain(|fd| (0..=2).contains(fd));
@@ -153,7 +165,7 @@ fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input) -> i32 {
     let mut input = None;
     let mut outputs = Vec::new();
     for &target in &req.fds {
-        let Ok((r, w)) = pipe() else { return fail("cannot make a pipe".into()) };
+        let Ok((r, w)) = pipe() else { return out.fail("cannot make a pipe".into()) };
         if target == 0 {
             set_nonblocking(w.as_raw_fd());
             attach.push(r);
@@ -165,20 +177,20 @@ fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input) -> i32 {
     }
     let conn = match connect(socket) {
         Ok(c) => c,
-        Err(e) => return fail(format!("the container's agent does not answer: {e}")),
+        Err(e) => return out.fail(format!("the container's agent does not answer: {e}")),
     };
     let raw: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
     if let Err(e) = protocol::send(&conn, &AgentRequest::Spawn(Box::new(req)), &raw) {
-        return fail(format!("cannot reach the container's agent: {e}"));
+        return out.fail(format!("cannot reach the container's agent: {e}"));
     }
     drop(attach);
     let master = match protocol::recv::<AgentEvent>(&conn) {
         Ok(Some((ev @ AgentEvent::Started { .. }, mut fds))) => {
-            emit(&RelayOut::Event(ev));
+            out.emit(&RelayOut::Event(ev));
             fds.pop()
         }
-        Ok(Some((ev, _))) => return emit(&RelayOut::Event(ev)),
-        _ => return fail("the container's agent closed the connection".into()),
+        Ok(Some((ev, _))) => return out.emit(&RelayOut::Event(ev)),
+        _ => return out.fail("the container's agent closed the connection".into()),
     };
     if let Some(m) = &master {
         set_nonblocking(m.as_raw_fd());
@@ -186,7 +198,7 @@ fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input) -> i32 {
             input = Some(m.try_clone().expect("dup the pty master"));
         }
     }
-    let mut c = Call { conn, input, pending: Vec::new(), consumed: 0, input_ended: false, outputs, master };
+    let mut c = Call { conn, input, pending: Vec::new(), consumed: 0, input_ended: false, outputs, master, out };
     c.follow(&mut stdin)
 }
 
@@ -197,8 +209,8 @@ impl Call {
             // signals and the stream's end must be seen at once.
             let reading = !stdin.eof;
             let writing = !self.pending.is_empty() && self.input.is_some();
-            // SAFETY: fd 0 stays open for the relay's lifetime.
-            let fd0 = unsafe { BorrowedFd::borrow_raw(0) };
+            // SAFETY: the input fd stays open for the relay's lifetime.
+            let fd0 = unsafe { BorrowedFd::borrow_raw(stdin.fd) };
             let mut fds = vec![PollFd::new(self.conn.as_fd(), PollFlags::POLLIN)];
             fds.push(PollFd::new(fd0, if reading { PollFlags::POLLIN } else { PollFlags::empty() }));
             // The input fd only while there is something to write: a pipe
@@ -221,7 +233,7 @@ impl Call {
             }
             if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
                 if e != nix::Error::EINTR {
-                    return fail(format!("poll: {e}"));
+                    return self.out.fail(format!("poll: {e}"));
                 }
                 continue;
             }
@@ -230,7 +242,7 @@ impl Call {
             let base = 2 + input_b.is_some() as usize;
             let mut closed = Vec::new();
             for (k, &(target, fd)) in outs.iter().enumerate() {
-                if ready[base + k] && !pump(fd, target) {
+                if ready[base + k] && !self.out.pump(fd, target) {
                     closed.push(target);
                 }
             }
@@ -255,15 +267,15 @@ impl Call {
             if ready[0] {
                 match protocol::recv::<AgentEvent>(&self.conn) {
                     Ok(Some((ev @ AgentEvent::Stopped(_), _))) => {
-                        emit(&RelayOut::Event(ev));
+                        self.out.emit(&RelayOut::Event(ev));
                     }
                     Ok(Some((ev, _))) => {
                         self.drain();
-                        return emit(&RelayOut::Event(ev));
+                        return self.out.emit(&RelayOut::Event(ev));
                     }
                     _ => {
                         self.drain();
-                        return fail("the container's agent went away while the tool ran".into());
+                        return self.out.fail("the container's agent went away while the tool ran".into());
                     }
                 }
             }
@@ -327,7 +339,7 @@ impl Call {
         self.pending.drain(..taken);
         self.consumed += taken as u64;
         if self.consumed >= CONSUMED_EVERY || (self.pending.is_empty() && self.consumed > 0) {
-            emit(&RelayOut::Consumed(std::mem::take(&mut self.consumed)));
+            self.out.emit(&RelayOut::Consumed(std::mem::take(&mut self.consumed)));
         }
         if self.input_ended && self.pending.is_empty() && self.master.is_none() {
             self.input = None;
@@ -341,7 +353,7 @@ impl Call {
         for (target, fd) in &self.outputs {
             loop {
                 let mut probe = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                if !matches!(poll(&mut probe, PollTimeout::ZERO), Ok(n) if n > 0) || !pump(fd.as_raw_fd(), *target) {
+                if !matches!(poll(&mut probe, PollTimeout::ZERO), Ok(n) if n > 0) || !self.out.pump(fd.as_raw_fd(), *target) {
                     break;
                 }
             }
@@ -350,10 +362,134 @@ impl Call {
             let limit = Instant::now() + Duration::from_secs(2);
             while Instant::now() < limit {
                 let mut probe = [PollFd::new(m.as_fd(), PollFlags::POLLIN)];
-                if !matches!(poll(&mut probe, PollTimeout::from(200u16)), Ok(n) if n > 0) || !pump(m.as_raw_fd(), PTY) {
+                if !matches!(poll(&mut probe, PollTimeout::from(200u16)), Ok(n) if n > 0) || !self.out.pump(m.as_raw_fd(), PTY) {
                     break;
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "daemon"))]
+mod tests {
+    //! The relay between frames and a (fake) agent, on pipes in-process.
+
+    use super::*;
+    use crate::backend::fake::FakeAgent;
+    use crate::protocol::Identity;
+
+    /// A relay serving in a thread: frames go in on `to`, come out on `from`.
+    struct Relay {
+        to: Option<std::fs::File>,
+        from: std::fs::File,
+        decoder: Decoder,
+        done: std::thread::JoinHandle<i32>,
+        agent: FakeAgent,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Relay {
+        fn start() -> Relay {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("agent.sock");
+            let agent = FakeAgent::serve(&socket).unwrap();
+            let (in_r, in_w) = pipe().unwrap();
+            let (out_r, out_w) = pipe().unwrap();
+            let done = std::thread::spawn(move || {
+                let status = serve(&socket, in_r.as_raw_fd(), Out(out_w.as_raw_fd()));
+                drop((in_r, out_w));
+                status
+            });
+            Relay { to: Some(in_w.into()), from: out_r.into(), decoder: Decoder::default(), done, agent, _dir: dir }
+        }
+
+        fn send(&mut self, msg: &RelayIn) {
+            self.to.as_mut().unwrap().write_all(&frame(msg).unwrap()).unwrap();
+        }
+
+        fn next(&mut self) -> Option<RelayOut> {
+            use std::io::Read;
+            loop {
+                if let Some(m) = self.decoder.next().unwrap() {
+                    return Some(m);
+                }
+                let mut buf = [0u8; 4096];
+                match self.from.read(&mut buf).unwrap() {
+                    0 => return None,
+                    n => self.decoder.push(&buf[..n]),
+                }
+            }
+        }
+    }
+
+    fn spawn(fds: Vec<i32>) -> RelayIn {
+        RelayIn::Spawn(Box::new(SpawnRequest {
+            version: crate::protocol::PROTOCOL_VERSION,
+            token: "t".into(),
+            program: b"upcase".to_vec(),
+            argv: vec![b"upcase".to_vec()],
+            env: vec![],
+            cwd: b"/".to_vec(),
+            identity: Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
+            fds,
+            tty: None,
+        }))
+    }
+
+    #[test]
+    fn input_reaches_the_tool_and_its_output_and_end_come_back_in_order() {
+        let mut r = Relay::start();
+        r.send(&spawn(vec![0, 1, 7]));
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Started { pid: 4242 })));
+        r.send(&RelayIn::Input(b"abc".to_vec()));
+        r.send(&RelayIn::InputEnd);
+        let mut out = Vec::new();
+        let end = loop {
+            match r.next() {
+                Some(RelayOut::Output { fd: 1, data }) => out.extend(data),
+                Some(RelayOut::Consumed(n)) => assert!(n <= 3),
+                Some(RelayOut::Event(ev)) => break ev,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        // Output written before the end is sent before the end.
+        assert_eq!((out.as_slice(), end), (&b"ABC"[..], AgentEvent::Exited(3)));
+        assert_eq!(r.done.join().unwrap(), 0);
+        // fd 7 cannot cross machines: only 0 and 1 reached the agent.
+        assert_eq!(r.agent.seen(), ["spawn upcase fds [0, 1]", "exited 3"]);
+    }
+
+    #[test]
+    fn a_signal_is_passed_to_the_agent() {
+        let mut r = Relay::start();
+        r.send(&spawn(vec![0, 1]));
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Started { pid: 4242 })));
+        r.send(&RelayIn::Signal(libc::SIGINT));
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Signaled(libc::SIGINT))));
+        assert_eq!(r.done.join().unwrap(), 0);
+    }
+
+    #[test]
+    fn the_end_of_the_daemon_s_stream_drops_the_agent_connection() {
+        let mut r = Relay::start();
+        r.send(&spawn(vec![0, 1]));
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Started { pid: 4242 })));
+        drop(r.to.take());
+        assert_eq!(r.done.join().unwrap(), 1);
+        for _ in 0..500 {
+            if r.agent.seen().last().map(String::as_str) == Some("dropped") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the agent was not told: {:?}", r.agent.seen());
+    }
+
+    #[test]
+    fn a_status_question_is_answered() {
+        let mut r = Relay::start();
+        r.send(&RelayIn::Status { token: "t".into() });
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![] })));
+        assert_eq!(r.done.join().unwrap(), 0);
     }
 }

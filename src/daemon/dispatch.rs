@@ -78,7 +78,10 @@ impl<B: ContainerBackend> Daemon<B> {
             return self.answer(conn, Response::Error(Failure::new(stamps::INSIDE_UNSTAMPED)));
         }
         match msg {
-            Ok(Some((Request::Exec(req), fds))) => self.exec(conn, req, fds, caller, inside).await,
+            Ok(Some((Request::Exec(req), fds))) => {
+                let span = super::exec::call_span(&req, &caller);
+                tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside), span).await
+            }
             Ok(Some((Request::Status, _))) => {
                 let containers = self.pool.status().await;
                 let engine = self.pool.backend().engine_info().await;

@@ -65,6 +65,19 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
     out
 }
 
+/// Calls served since the daemon started, for their spans' ids.
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The span of one exec request: every line logged while it is served (in
+/// exec, pool and link) carries the call's id, command, caller and, once
+/// known, its profile's container.
+pub(super) fn call_span(req: &ExecRequest, caller: &Caller) -> tracing::Span {
+    let id = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The command is the caller's bytes until the catalog says otherwise.
+    let command = if crate::catalog::validate_name(&req.command).is_ok() { req.command.as_str() } else { "(invalid name)" };
+    tracing::info_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty)
+}
+
 /// Send a small frame in place, from an async worker, only when the socket
 /// has room: a client that does not read loses such frames (progress,
 /// notices), and never holds the worker.
@@ -242,7 +255,7 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         });
         let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-        tracing::debug!(command, served, setup_us, "exec");
+        tracing::debug!(served, setup_us, "exec");
         // Only what is bounded goes to the history: a refused request may
         // carry any bytes as its command, and refusals quote paths.
         let command = if crate::catalog::validate_name(&command).is_ok() { command } else { "(invalid name)".to_string() };

@@ -179,6 +179,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         on_signal.cancel();
     });
 
+    // The shims' `#!` line names the launcher: the kernel resolves a
+    // relative one against each caller's cwd, where it is not.
+    let cfg = DaemonConfig { launcher: std::path::absolute(&cfg.launcher)?, ..cfg };
     check_binaries(&cfg)?;
     let text = shim_text(&cfg)?;
     for dir in [&cfg.state_dir, &cfg.run_dir] {

@@ -11,6 +11,8 @@ use fuser::{
     ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request,
 };
 
+use tracing::instrument;
+
 use crate::fs::{Attr, FsError, Kind, ShimFs};
 
 /// How long the kernel may cache names and attributes. Misses are cached
@@ -47,8 +49,11 @@ fn errno(e: FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+// Each operation is a span (its request id, the caller's pid): what is
+// logged while serving it says which request it was about.
 impl Filesystem for FuseFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), parent = parent.0, name = ?name))]
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         use std::os::unix::ffi::OsStrExt;
         match self.0.lookup(parent.0, name.as_bytes()) {
             Ok(a) => reply.entry(&TTL, &attr(&a), Generation(0)),
@@ -62,14 +67,16 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.0.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.0.open(ino.0, write) {
             // The text never changes while mounted: let the page cache keep it.
@@ -78,9 +85,10 @@ impl Filesystem for FuseFs {
         }
     }
 
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, offset, size))]
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -95,16 +103,19 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, name = ?name))]
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         use std::os::unix::ffi::OsStrExt;
         reply_xattr(self.0.getxattr(ino.0, name.as_bytes()), size, reply)
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         reply_xattr(self.0.listxattr(ino.0), size, reply)
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, offset))]
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.0.readdir(ino.0, offset) {
             Ok(entries) => {
                 for (i, (ino, kind, name)) in entries.into_iter().enumerate() {

@@ -150,8 +150,8 @@ impl Link {
     pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: Launch) -> Result<Started, StartError> {
         match self {
             Link::Fd(l) => {
-                let (l, to) = (l.clone(), to.clone());
-                tokio::task::spawn_blocking(move || l.start(&to, &launch))
+                let (l, to, span) = (l.clone(), to.clone(), tracing::Span::current());
+                tokio::task::spawn_blocking(move || span.in_scope(|| l.start(&to, &launch)))
                     .await
                     .map_err(|e| StartError::Refused(super::call::refuse(e.to_string())))?
             }

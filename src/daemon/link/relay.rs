@@ -266,7 +266,8 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     };
     let (launcher, ours) = UnixStream::pair().map_err(fail)?;
     let call = calls.begin(pid);
-    tokio::spawn(follow(stream.output, stream.input, decoder, fds, ours, slave, call));
+    let follow = follow(stream.output, stream.input, decoder, fds, ours, slave, call);
+    tokio::spawn(tracing::Instrument::instrument(follow, tracing::Span::current()));
     Ok(Started { agent: launcher, pid, container: to.name.clone(), pty_master: master, relayed: true })
 }
 
@@ -544,4 +545,137 @@ fn write_all(fd: &OwnedFd, mut data: &[u8], stop: &OwnedFd) -> std::io::Result<b
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The daemon's side of a relayed call against the fake engine, whose
+    //! exec stream runs the real `odfs-agent relay` code against a fake agent.
+
+    use super::*;
+    use crate::backend::fake::{Fake, FakeAgent};
+    use crate::protocol::Identity;
+    use std::io::{Read, Write};
+
+    fn spawn_request(fds: Vec<i32>) -> SpawnRequest {
+        SpawnRequest {
+            version: crate::protocol::PROTOCOL_VERSION,
+            token: "t".into(),
+            program: b"upcase".to_vec(),
+            argv: vec![b"upcase".to_vec()],
+            env: vec![],
+            cwd: b"/".to_vec(),
+            identity: Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
+            fds,
+            tty: None,
+        }
+    }
+
+    /// A relayed call under way: its link, the launcher's end, the caller's
+    /// stdin (to write) and stdout (to read), and the agent behind it.
+    struct Running {
+        link: RelayLink,
+        launcher: UnixStream,
+        stdin: Option<std::fs::File>,
+        stdout: std::fs::File,
+        agent: FakeAgent,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start_call() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let agent = FakeAgent::serve(&socket).unwrap();
+        let fake = Fake { relay_agent: Some(socket), ..Default::default() };
+        let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let target = Target { id: "fake-0".into(), name: "c".into(), token: "t".into(), view: Arc::default() };
+        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None) };
+        let link = RelayLink::default();
+        link.started();
+        let started = match link.start(&fake, &target, &launch).await {
+            Ok(s) => s,
+            Err(StartError::Refused(f)) => panic!("refused: {f}"),
+            Err(StartError::Unreachable(e)) => panic!("unreachable: {e}"),
+        };
+        assert!(started.relayed);
+        assert_eq!((started.pid, started.container.as_str()), (4242, "c"));
+        // The caller's own copies stay with the caller (here: the test).
+        drop(launch);
+        Running { link, launcher: started.agent, stdin: Some(in_w.into()), stdout: out_r.into(), agent, _dir: dir }
+    }
+
+    /// Wait (a few seconds at most) until the link counts no running call.
+    async fn settled(link: &RelayLink) -> AgentStatus {
+        let mut finished = Vec::new();
+        for _ in 0..500 {
+            let s = link.status();
+            finished.extend(s.finished);
+            if s.running == 0 && !finished.is_empty() {
+                return AgentStatus { running: 0, idle_ms: s.idle_ms, finished };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the relayed call is still counted as running");
+    }
+
+    async fn next_event(launcher: &UnixStream) -> Option<AgentEvent> {
+        let conn = launcher.try_clone().unwrap();
+        tokio::task::spawn_blocking(move || protocol::recv::<AgentEvent>(&conn).unwrap().map(|(ev, _)| ev)).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relayed_call_carries_input_output_and_the_exit_status() {
+        let mut c = start_call().await;
+        assert_eq!(c.link.status().running, 1, "a call under way is busy");
+        let mut stdin = c.stdin.take().unwrap();
+        stdin.write_all(b"hello relay").unwrap();
+        drop(stdin);
+        assert_eq!(next_event(&c.launcher).await, Some(AgentEvent::Exited(3)));
+        let mut out = String::new();
+        c.stdout.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "HELLO RELAY");
+        let s = settled(&c.link).await;
+        assert_eq!(s.finished.iter().map(|f| (f.pid, f.status)).collect::<Vec<_>>(), [(4242, 3)]);
+        assert_eq!(c.agent.seen(), ["spawn upcase fds [0, 1]", "exited 3"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signal_from_the_launcher_reaches_the_tool_and_its_death_comes_back() {
+        let c = start_call().await;
+        protocol::send(&c.launcher, &AgentRequest::Signal(libc::SIGTERM), &[]).unwrap();
+        assert_eq!(next_event(&c.launcher).await, Some(AgentEvent::Signaled(libc::SIGTERM)));
+        let s = settled(&c.link).await;
+        assert_eq!(s.finished[0].status, 128 + libc::SIGTERM);
+        assert_eq!(c.agent.seen(), ["spawn upcase fds [0, 1]", format!("signal {}", libc::SIGTERM).as_str()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_launcher_that_goes_away_ends_the_call_there_and_counts_it_killed() {
+        let c = start_call().await;
+        // The caller's stdin stays open: only the launcher's end tells.
+        drop(c.launcher);
+        let s = settled(&c.link).await;
+        assert_eq!(s.finished[0].status, 128 + libc::SIGKILL);
+        for _ in 0..500 {
+            if c.agent.seen().contains(&"dropped".to_string()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the agent still serves a call nobody follows: {:?}", c.agent.seen());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_asks_the_agent_through_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let agent = FakeAgent::serve(&socket).unwrap();
+        let fake = Fake { relay_agent: Some(socket), ..Default::default() };
+        let s = RelayLink::default().probe(&fake, "fake-0", "t", Duration::from_secs(5)).await.unwrap();
+        assert_eq!((s.running, s.idle_ms), (0, 0));
+        assert_eq!(agent.seen(), ["status"]);
+        let none = Fake::default();
+        assert!(RelayLink::default().probe(&none, "fake-0", "t", Duration::ZERO).await.is_err());
+    }
 }

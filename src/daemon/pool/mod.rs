@@ -270,6 +270,7 @@ impl<B: ContainerBackend> Pool<B> {
         let arrived = Instant::now();
         let at = self.now();
         let slot = self.slot(image);
+        tracing::Span::current().record("container", slot.name.as_str());
         let mut state = slot.state.lock().await;
         slot.pending.fetch_add(1, Ordering::SeqCst);
         let result = self.bring_up(&slot, &mut state, arrived).await;
