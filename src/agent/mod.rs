@@ -48,9 +48,6 @@ pub struct AgentConfig {
 /// (a command line would be readable by every user there).
 pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
 
-/// Tool ends kept for the daemon between two status requests.
-const FINISHED_KEPT: usize = 1000;
-
 /// How a child changed, from `waitpid`. Not nix's `WaitStatus`: that one
 /// cannot represent a death by a real-time signal (34–64), and a child
 /// reaped into an error would be lost with its caller waiting forever.
@@ -99,10 +96,7 @@ enum ToolEvent {
 /// end before the child is registered here.
 struct Registry {
     waiting: HashMap<i32, (mpsc::Sender<ToolEvent>, Instant)>,
-    /// Ends not yet reported to the daemon (bounded).
-    finished: std::collections::VecDeque<crate::protocol::Finished>,
-    running: u32,
-    idle_since: Instant,
+    tally: crate::protocol::tally::Tally,
 }
 
 struct Agent {
@@ -129,7 +123,7 @@ pub fn run(config: AgentConfig) -> ! {
         .map(|p| p.into_encoded_bytes())
         .unwrap_or_else(|| protocol::DEFAULT_PATH.as_bytes().to_vec());
     let agent = Arc::new(Agent {
-        registry: Mutex::new(Registry { waiting: HashMap::new(), finished: Default::default(), running: 0, idle_since: Instant::now() }),
+        registry: Mutex::new(Registry { waiting: HashMap::new(), tally: Default::default() }),
         children: Condvar::new(),
         path,
         path_tail: config.path_tail,
@@ -198,20 +192,12 @@ impl Agent {
                     let pid = status.pid();
                     let mut reg = self.registry.lock().unwrap();
                     if let Some((tx, started)) = reg.waiting.remove(&pid) {
-                        reg.running -= 1;
-                        if reg.running == 0 {
-                            reg.idle_since = Instant::now();
-                        }
                         let code = match status {
                             Wait::Exited(_, c) => c,
                             Wait::Signaled(_, sig) => 128 + sig,
                             Wait::Stopped(..) => -1,
                         };
-                        if reg.finished.len() >= FINISHED_KEPT {
-                            reg.finished.pop_front();
-                        }
-                        let run_ms = started.elapsed().as_millis() as u64;
-                        reg.finished.push_back(crate::protocol::Finished { pid, status: code, run_ms });
+                        reg.tally.end(pid, code, started.elapsed().as_millis() as u64);
                         let _ = tx.send(ToolEvent::Wait(status));
                     }
                 }
@@ -248,11 +234,7 @@ impl Agent {
         }
         match first {
             (AgentRequest::Status { .. }, _) => {
-                let status = {
-                    let mut reg = self.registry.lock().unwrap();
-                    let idle_ms = if reg.running == 0 { reg.idle_since.elapsed().as_millis() as u64 } else { 0 };
-                    AgentEvent::Status { running: reg.running, idle_ms, finished: reg.finished.drain(..).collect() }
-                };
+                let status = self.registry.lock().unwrap().tally.report();
                 let _ = protocol::send(&stream, &status, &[]);
             }
             (AgentRequest::Spawn(req), fds) => self.run_tool(stream, *req, fds),

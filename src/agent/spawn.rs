@@ -149,7 +149,7 @@ pub(super) fn spawn(
         }
         if pid > 0 {
             reg.waiting.insert(pid, (events, std::time::Instant::now()));
-            reg.running += 1;
+            reg.tally.begin();
             agent.children.notify_all();
         }
         pid

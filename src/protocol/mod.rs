@@ -14,6 +14,7 @@
 mod framing;
 pub mod peer;
 pub mod relay;
+pub mod tally;
 
 pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS, MAX_FRAME};
 

@@ -156,8 +156,8 @@ fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
     let bad = |m: String| std::io::Error::other(m);
     protocol::send(&conn, &AgentRequest::Status { token: token.to_string() }, &[]).map_err(|e| bad(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
-        Some((AgentEvent::Status { running, idle_ms, finished }, _)) => Ok(AgentStatus { running, idle_ms, finished }),
-        other => Err(bad(format!("unexpected agent answer {other:?}"))),
+        Some((ev, _)) => AgentStatus::of(ev.clone()).ok_or_else(|| bad(format!("unexpected agent answer {ev:?}"))),
+        None => Err(bad("the agent closed the connection".into())),
     }
 }
 

@@ -35,6 +35,16 @@ pub struct AgentStatus {
     pub finished: Vec<Finished>,
 }
 
+impl AgentStatus {
+    /// The status an agent's answer carries, if it is one.
+    pub fn of(event: crate::protocol::AgentEvent) -> Option<AgentStatus> {
+        match event {
+            crate::protocol::AgentEvent::Status { running, idle_ms, finished } => Some(AgentStatus { running, idle_ms, finished }),
+            _ => None,
+        }
+    }
+}
+
 /// The host paths a call from inside a container goes through, each at the
 /// same path there: the shims, the launcher their `#!` line names, and the
 /// control socket it names.

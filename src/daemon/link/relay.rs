@@ -23,6 +23,7 @@ use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecInput, ExecOutpu
 use crate::catalog::ImageSpec;
 use crate::daemon::call::{PoolError, Failure, StartError, Started};
 use crate::view::View;
+use crate::protocol::tally::Tally;
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest, EXIT_ODFS_ERROR};
 
@@ -64,15 +65,13 @@ impl RelayLink {
 
     /// A new (or adopted) container has had no call yet: idle since now.
     pub fn started(&self) {
-        self.calls.0.lock().unwrap().idle_since = Instant::now();
+        self.calls.0.lock().unwrap().reset_idle();
     }
 
     /// How busy the container is, from the daemon's own count; the ends
     /// of calls since the last question are handed over once.
     pub fn status(&self) -> AgentStatus {
-        let mut r = self.calls.0.lock().unwrap();
-        let idle_ms = if r.running == 0 { r.idle_since.elapsed().as_millis() as u64 } else { 0 };
-        AgentStatus { running: r.running, idle_ms, finished: std::mem::take(&mut r.finished) }
+        AgentStatus::of(self.calls.0.lock().unwrap().report()).expect("a tally reports a status")
     }
 
     /// Ask the agent in the container, through the engine, within `limit`.
@@ -91,28 +90,12 @@ impl RelayLink {
 
 /// The relayed calls of one container.
 #[derive(Debug, Clone, Default)]
-struct Calls(Arc<Mutex<Counts>>);
-
-#[derive(Debug)]
-struct Counts {
-    running: u32,
-    idle_since: Instant,
-    finished: Vec<crate::protocol::Finished>,
-}
-
-impl Default for Counts {
-    fn default() -> Counts {
-        Counts { running: 0, idle_since: Instant::now(), finished: Vec::new() }
-    }
-}
-
-/// Ends of calls kept between two status questions.
-const MAX_FINISHED: usize = 1000;
+struct Calls(Arc<Mutex<Tally>>);
 
 impl Calls {
     /// A call of pid `pid` (in the container) has started.
     fn begin(&self, pid: i32) -> Call {
-        self.0.lock().unwrap().running += 1;
+        self.0.lock().unwrap().begin();
         Call { calls: self.clone(), pid, started: Instant::now(), status: None }
     }
 }
@@ -134,17 +117,9 @@ impl Call {
 
 impl Drop for Call {
     fn drop(&mut self) {
-        let mut r = self.calls.0.lock().unwrap();
-        r.running -= 1;
-        if r.running == 0 {
-            r.idle_since = Instant::now();
-        }
-        let run_ms = self.started.elapsed().as_millis() as u64;
         // A call cut off (daemon stopping, stream lost) counts as killed.
         let status = self.status.unwrap_or(128 + libc::SIGKILL);
-        if r.finished.len() < MAX_FINISHED {
-            r.finished.push(crate::protocol::Finished { pid: self.pid, status, run_ms });
-        }
+        self.calls.0.lock().unwrap().end(self.pid, status, self.started.elapsed().as_millis() as u64);
     }
 }
 
@@ -198,8 +173,8 @@ async fn remote_status<B: ContainerBackend>(backend: &B, id: &str, token: String
     let mut stream = backend.exec_stream(id, relay_command()).await.map_err(std::io::Error::other)?;
     send(&mut stream.input, &RelayIn::Status { token }).await?;
     match next_out(&mut stream.output, &mut Decoder::default()).await? {
-        Some(RelayOut::Event(AgentEvent::Status { running, idle_ms, finished })) => Ok(AgentStatus { running, idle_ms, finished }),
         Some(RelayOut::Event(AgentEvent::Failed(Failure { message, .. }))) => Err(std::io::Error::other(message)),
+        Some(RelayOut::Event(ev @ AgentEvent::Status { .. })) => Ok(AgentStatus::of(ev).expect("a status")),
         other => Err(std::io::Error::other(format!("unexpected answer from the relay: {other:?}"))),
     }
 }
