@@ -8,6 +8,8 @@
 //! `/etc/group` (to make the caller known there).
 
 mod cgroup;
+#[cfg(test)]
+pub mod fake;
 mod identity;
 pub mod relay;
 mod spawn;
@@ -43,10 +45,7 @@ pub struct AgentConfig {
     pub path_tail: Option<Vec<u8>>,
 }
 
-/// The environment variable the daemon passes the agent's token in. The
-/// environment of PID 1 is readable only by root inside its own container
-/// (a command line would be readable by every user there).
-pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
+pub use crate::protocol::TOKEN_ENV;
 
 /// How a child changed, from `waitpid`. Not nix's `WaitStatus`: that one
 /// cannot represent a death by a real-time signal (34–64), and a child

@@ -115,14 +115,7 @@ impl Out {
 }
 
 fn connect(socket: &Path) -> std::io::Result<UnixStream> {
-    let start = Instant::now();
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(c) => return Ok(c),
-            Err(e) if start.elapsed() >= CONNECT_LIMIT => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    protocol::retry(CONNECT_LIMIT, || UnixStream::connect(socket))
 }
 
 fn status(conn: &UnixStream, token: String) -> std::io::Result<AgentEvent> {
@@ -370,12 +363,12 @@ impl Call {
     }
 }
 
-#[cfg(all(test, feature = "daemon"))]
+#[cfg(test)]
 mod tests {
     //! The relay between frames and a (fake) agent, on pipes in-process.
 
     use super::*;
-    use crate::backend::fake::FakeAgent;
+    use crate::agent::fake::FakeAgent;
     use crate::protocol::Identity;
 
     /// A relay serving in a thread: frames go in on `to`, come out on `from`.

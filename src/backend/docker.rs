@@ -454,7 +454,7 @@ impl ContainerBackend for Docker {
             user: Some("0:0".to_string()),
             // An exec inherits the container's environment: keep the agent's
             // token out of the relay's (it gets it on its stdin).
-            env: Some(vec![format!("{}=", crate::agent::TOKEN_ENV)]),
+            env: Some(vec![format!("{}=", crate::protocol::TOKEN_ENV)]),
             cmd: Some(cmd),
             ..Default::default()
         };

@@ -1,9 +1,10 @@
 //! A recording backend for pool logic tests: "containers" are threads that
 //! answer the agent's status request on the socket the pool waits for. Its
-//! exec streams run the real `odfs-agent relay` code in a thread, against a
-//! [`FakeAgent`], so the relay path is tested in-process on both sides.
+//! exec streams run the real `odfs-agent relay` code in a thread, against
+//! an agent socket of the test's (`agent::fake::FakeAgent`), so the relay
+//! path is tested in-process on both sides.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ pub struct Fake {
     pub start_delay: Duration,
     /// Image facts asked for.
     pub facts: AtomicUsize,
-    /// The agent socket an exec stream's relay talks to (a [`FakeAgent`]);
+    /// The agent socket an exec stream's relay talks to (a fake agent);
     /// without one, exec streams fail.
     pub relay_agent: Option<std::path::PathBuf>,
 }
@@ -143,95 +144,5 @@ impl ContainerBackend for Fake {
             .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
             .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default(), view: s.labels.get(super::LABEL_VIEW).cloned().unwrap_or_default() })
             .collect())
-    }
-}
-
-/// An agent for relay tests, on a socket of its own. Its "tool" writes
-/// its stdin back in upper case on its stdout and exits 3 at the end of its
-/// input; a signal ends it as `Signaled`. What it was asked is in `seen`.
-pub struct FakeAgent {
-    pub seen: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeAgent {
-    pub fn serve(socket: &std::path::Path) -> std::io::Result<FakeAgent> {
-        let listener = UnixListener::bind(socket)?;
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let log = log.clone();
-                std::thread::spawn(move || fake_agent_connection(conn, &log));
-            }
-        });
-        Ok(FakeAgent { seen })
-    }
-
-    /// What it has been asked so far.
-    pub fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn fake_agent_connection(conn: std::os::unix::net::UnixStream, log: &Mutex<Vec<String>>) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::io::{Read, Write};
-    let note = |s: String| log.lock().unwrap().push(s);
-    let (req, fds) = match protocol::recv::<AgentRequest>(&conn) {
-        Ok(Some(r)) => r,
-        _ => return,
-    };
-    let spawn = match req {
-        AgentRequest::Status { .. } => {
-            note("status".into());
-            let _ = protocol::send(&conn, &AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![] }, &[]);
-            return;
-        }
-        AgentRequest::Spawn(s) => s,
-        other => return note(format!("unexpected {other:?}")),
-    };
-    note(format!("spawn {} fds {:?}", String::from_utf8_lossy(&spawn.program), spawn.fds));
-    let mut by_target: std::collections::HashMap<i32, std::fs::File> =
-        spawn.fds.iter().copied().zip(fds.into_iter().map(std::fs::File::from)).collect();
-    let _ = protocol::send(&conn, &AgentEvent::Started { pid: 4242 }, &[]);
-    let stdin = by_target.remove(&0);
-    let mut stdout = by_target.remove(&1);
-    loop {
-        let mut polled = vec![PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
-        if let Some(i) = &stdin {
-            polled.push(PollFd::new(i.as_fd(), PollFlags::POLLIN));
-        }
-        if poll(&mut polled, PollTimeout::NONE).is_err() {
-            return;
-        }
-        let ready: Vec<bool> = polled.iter().map(|p| p.revents().is_some_and(|r| !r.is_empty())).collect();
-        drop(polled);
-        if ready[0] {
-            match protocol::recv::<AgentRequest>(&conn) {
-                Ok(Some((AgentRequest::Signal(sig), _))) => {
-                    note(format!("signal {sig}"));
-                    let _ = protocol::send(&conn, &AgentEvent::Signaled(sig), &[]);
-                    return;
-                }
-                Ok(Some((other, _))) => note(format!("request {other:?}")),
-                // The caller's side is gone: the agent kills the tool.
-                _ => return note("dropped".into()),
-            }
-        }
-        if ready.get(1) == Some(&true) {
-            let mut buf = [0u8; 4096];
-            match stdin.as_ref().expect("polled").read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    drop(stdout.take());
-                    let _ = protocol::send(&conn, &AgentEvent::Exited(3), &[]);
-                    return note("exited 3".into());
-                }
-                Ok(n) => {
-                    if let Some(o) = stdout.as_mut() {
-                        let _ = o.write_all(&buf[..n].to_ascii_uppercase());
-                    }
-                }
-            }
-        }
     }
 }

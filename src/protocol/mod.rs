@@ -148,6 +148,24 @@ pub struct TtyRequest {
     pub termios: Vec<u8>,
 }
 
+/// The environment variable the daemon passes the agent's token in. The
+/// environment of PID 1 is readable only by root inside its own container
+/// (a command line would be readable by every user there).
+pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
+
+/// Try `attempt` every 5 ms until it succeeds or `limit` has passed (then
+/// its last error): for an agent whose socket may not listen yet.
+pub fn retry<T, E>(limit: std::time::Duration, mut attempt: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let start = std::time::Instant::now();
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if start.elapsed() >= limit => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+}
+
 /// A failure of odfs, not of the tool, as its caller meets it: one line
 /// (`odfs: CMD: message`, naming the cause and the fix) and the exit status
 /// scripts rely on (126, or 127 for a command not in the catalog). The same

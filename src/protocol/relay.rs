@@ -1,6 +1,6 @@
 //! The relay protocol: a call to a remote engine, where no fd can be passed,
 //! carried as frames over the attached stdin and stdout of an engine exec of
-//! `odfs-agent relay` (see [`crate::agent::relay`] and `daemon/remote.rs`).
+//! `odfs-agent relay` (see [`crate::agent::relay`] and `daemon/link/relay.rs`).
 //!
 //! The byte stream is the same length-prefixed postcard as on the unix
 //! sockets, without fds; [`Decoder`] takes it in whatever pieces the engine
@@ -46,7 +46,7 @@ pub enum RelayOut {
     /// What the agent said: `Started`, `Stopped`, the end, or `Status`.
     Event(AgentEvent),
     /// The tool took this many more bytes of input: the daemon may send as
-    /// many more (flow control, see `daemon/remote.rs`).
+    /// many more (flow control, see `daemon/link/relay.rs`).
     Consumed(u64),
 }
 

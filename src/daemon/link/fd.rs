@@ -123,14 +123,7 @@ impl FdLink {
 
     /// Wait until the agent answers, up to `limit`; blocking.
     pub fn wait_ready(&self, token: &str, limit: Duration) -> std::io::Result<AgentStatus> {
-        let start = std::time::Instant::now();
-        loop {
-            match self.status(token) {
-                Ok(s) => return Ok(s),
-                Err(e) if start.elapsed() >= limit => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
+        protocol::retry(limit, || self.status(token))
     }
 
     /// Start a tool: the view checked against the paths the caller names,

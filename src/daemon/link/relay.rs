@@ -528,7 +528,8 @@ mod tests {
     //! exec stream runs the real `odfs-agent relay` code against a fake agent.
 
     use super::*;
-    use crate::backend::fake::{Fake, FakeAgent};
+    use crate::agent::fake::FakeAgent;
+    use crate::backend::fake::Fake;
     use crate::protocol::Identity;
     use std::io::{Read, Write};
 

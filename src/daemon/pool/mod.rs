@@ -417,7 +417,7 @@ impl<B: ContainerBackend> Pool<B> {
             network: image.network.as_str().to_string(),
             cap_add: image.container_caps(),
             binds: vec![],
-            env: vec![format!("{}={token}", crate::agent::TOKEN_ENV)],
+            env: vec![format!("{}={token}", crate::protocol::TOKEN_ENV)],
             limits: image.limits,
             preload: None,
             read_only_root: false,

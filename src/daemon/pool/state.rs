@@ -13,7 +13,7 @@ use crate::view::View;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
     pub id: String,
-    /// Its agent's token (see [`crate::agent::TOKEN_ENV`]).
+    /// Its agent's token (see [`crate::protocol::TOKEN_ENV`]).
     pub token: String,
     /// What its tools see of the host.
     pub view: Arc<View>,
