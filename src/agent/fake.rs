@@ -7,6 +7,22 @@ use std::sync::{Arc, Mutex};
 
 use crate::protocol::{self, AgentEvent, AgentRequest};
 
+/// A spawn request for the fake agent's tool, `upcase`, with the caller's
+/// fds `fds`.
+pub fn spawn_request(fds: Vec<i32>) -> protocol::SpawnRequest {
+    protocol::SpawnRequest {
+        version: protocol::PROTOCOL_VERSION,
+        token: "t".into(),
+        program: b"upcase".to_vec(),
+        argv: vec![b"upcase".to_vec()],
+        env: vec![],
+        cwd: b"/".to_vec(),
+        identity: protocol::Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
+        fds,
+        tty: None,
+    }
+}
+
 /// An agent for relay tests, on a socket of its own. Its "tool" writes
 /// its stdin back in upper case on its stdout and exits 3 at the end of its
 /// input; a signal ends it as `Signaled`. What it was asked is in `seen`.

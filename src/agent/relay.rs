@@ -369,7 +369,6 @@ mod tests {
 
     use super::*;
     use crate::agent::fake::FakeAgent;
-    use crate::protocol::Identity;
 
     /// A relay serving in a thread: frames go in on `to`, come out on `from`.
     struct Relay {
@@ -416,17 +415,7 @@ mod tests {
     }
 
     fn spawn(fds: Vec<i32>) -> RelayIn {
-        RelayIn::Spawn(Box::new(SpawnRequest {
-            version: crate::protocol::PROTOCOL_VERSION,
-            token: "t".into(),
-            program: b"upcase".to_vec(),
-            argv: vec![b"upcase".to_vec()],
-            env: vec![],
-            cwd: b"/".to_vec(),
-            identity: Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
-            fds,
-            tty: None,
-        }))
+        RelayIn::Spawn(Box::new(crate::agent::fake::spawn_request(fds)))
     }
 
     #[test]

@@ -528,24 +528,9 @@ mod tests {
     //! exec stream runs the real `odfs-agent relay` code against a fake agent.
 
     use super::*;
-    use crate::agent::fake::FakeAgent;
+    use crate::agent::fake::{spawn_request, FakeAgent};
     use crate::backend::fake::Fake;
-    use crate::protocol::Identity;
     use std::io::{Read, Write};
-
-    fn spawn_request(fds: Vec<i32>) -> SpawnRequest {
-        SpawnRequest {
-            version: crate::protocol::PROTOCOL_VERSION,
-            token: "t".into(),
-            program: b"upcase".to_vec(),
-            argv: vec![b"upcase".to_vec()],
-            env: vec![],
-            cwd: b"/".to_vec(),
-            identity: Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
-            fds,
-            tty: None,
-        }
-    }
 
     /// A relayed call under way: its link, the launcher's end, the caller's
     /// stdin (to write) and stdout (to read), and the agent behind it.

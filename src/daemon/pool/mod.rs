@@ -192,10 +192,6 @@ impl<B: ContainerBackend> Pool<B> {
         &self.backend
     }
 
-    pub fn exec_path(&self) -> ExecPath {
-        self.backend.exec_path()
-    }
-
     /// Seconds on the policies' clock.
     pub fn now(&self) -> Secs {
         self.epoch.elapsed().as_secs_f64()
