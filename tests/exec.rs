@@ -309,6 +309,23 @@ fn shutdown_unmounts_and_removes_idle_containers() {
 }
 
 #[test]
+fn a_stop_while_a_container_starts_waits_for_the_start_and_leaves_nothing() {
+    let mut m = TestMount::new(BUSYBOX_CATALOG);
+    // Opening a shim warms its container: stop once the engine has it,
+    // while the start (or its agent's first answer) is under way.
+    drop(std::fs::File::open(m.shim("cat")).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.containers().is_empty() {
+        assert!(Instant::now() < deadline, "no container was started:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(m.stop().success(), "{}", m.log_text());
+    assert!(!m.mounted());
+    // A start cut off halfway would leave a container nobody removes.
+    assert!(m.every_container().is_empty(), "containers left: {:?}\n{}", m.every_container(), m.log_text());
+}
+
+#[test]
 fn programs_find_shims_on_path_after_native_commands() {
     let m = TestMount::new(BUSYBOX_CATALOG);
     // Native commands stay first; names only the mount has are found last.

@@ -70,12 +70,13 @@ static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1
 
 /// The span of one exec request: every line logged while it is served (in
 /// exec, pool and link) carries the call's id, command, caller and, once
-/// known, its profile's container.
+/// known, its profile's container. Debug level: at the default level the
+/// warm path makes no span.
 pub(super) fn call_span(req: &ExecRequest, caller: &Caller) -> tracing::Span {
     let id = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The command is the caller's bytes until the catalog says otherwise.
     let command = if crate::catalog::validate_name(&req.command).is_ok() { req.command.as_str() } else { "(invalid name)" };
-    tracing::info_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty)
+    tracing::debug_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty)
 }
 
 /// Send a small frame in place, from an async worker, only when the socket

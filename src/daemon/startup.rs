@@ -25,7 +25,7 @@ use crate::config::DaemonConfig;
 use crate::fs::ShimFs;
 
 /// How long a stopping daemon waits for requests under way (a start, a
-/// hand-off) before it stops without them.
+/// hand-off) before it stops without them (a second signal: at once).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the reaper steps every profile's lifecycle.
@@ -167,16 +167,19 @@ fn absolute_mountpoint(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // Signals first: one that comes while the daemon starts must stop it
     // cleanly once it serves, never kill it with its mount up.
-    let stop = CancellationToken::new();
+    // A second signal cuts the wait for requests under way short.
+    let (stop, hurry) = (CancellationToken::new(), CancellationToken::new());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let on_signal = stop.clone();
+    let (on_signal, on_second) = (stop.clone(), hurry.clone());
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        for token in [on_signal, on_second] {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            token.cancel();
         }
-        on_signal.cancel();
     });
 
     // The shims' `#!` line names the launcher: the kernel resolves a
@@ -275,13 +278,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tasks.wait().await;
         requests.wait().await;
     });
-    if drained.await.is_err() {
-        tracing::warn!(
-            tasks = tasks.len(),
-            requests = requests.len(),
-            "still under way after {}s; stopping without them",
-            SHUTDOWN_GRACE.as_secs()
-        );
+    let drained = tokio::select! {
+        d = drained => d.is_ok(),
+        _ = hurry.cancelled() => false,
+    };
+    if !drained {
+        tracing::warn!(tasks = tasks.len(), requests = requests.len(), "stopping without what is still under way");
     }
     drop(session);
     if let Some(id) = connection {

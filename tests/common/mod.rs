@@ -256,6 +256,11 @@ impl TestMount {
         self.labelled().into_iter().filter(|(_, scratch)| !scratch).map(|(id, _)| id).collect()
     }
 
+    /// Ids of every container of this mount, scratch ones included.
+    pub fn every_container(&self) -> Vec<String> {
+        self.labelled().into_iter().map(|(id, _)| id).collect()
+    }
+
     /// Ids of all this mount's containers, and whether each is a scratch
     /// one (told by its label here: Podman ORs several label filters).
     fn labelled(&self) -> Vec<(String, bool)> {
