@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -69,6 +69,29 @@ fn an_engine_outage_fails_calls_clearly_and_calls_work_again_once_it_is_back() {
     let o = m.sh(r#""$M/echo" after"#);
     assert_eq!(stdout(&o), "after\n", "{}", stderr(&o));
     assert_eq!(engine.containers(&m).len(), 1);
+}
+
+#[test]
+fn a_stop_while_the_engine_hangs_at_start_up_is_heard() {
+    let engine = TestEngine::start();
+    let mut m = TestMount::with_env(&[("t.toml", BUSYBOX_CATALOG)], &[], &[("DOCKER_HOST", &engine.host)]);
+    assert!(m.stop().success());
+    engine.freeze(true);
+    m.launch(&[]);
+    // Its next step asks the engine for containers of an earlier run.
+    let marker = "history of earlier runs loaded";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while m.log_text().matches(marker).count() < 2 {
+        assert!(Instant::now() < deadline, "the daemon did not get to the engine:\n{}", m.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The engine would answer only after its request timeout (minutes).
+    let status = m.stop();
+    engine.freeze(false);
+    assert!(status.success(), "{status}:\n{}", m.log_text());
+    assert!(!m.mounted());
+    assert!(m.log_text().contains("stopped while starting"), "{}", m.log_text());
 }
 
 #[test]

@@ -333,11 +333,13 @@ fn main() -> ExitCode {
                 policy,
                 engine,
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")
-                .and_then(|rt| rt.block_on(odfs::daemon::run(cfg)))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime").and_then(|rt| {
+                let result = rt.block_on(odfs::daemon::run(cfg));
+                // A blocking send to a launcher that never reads must not
+                // keep a stopped daemon's process alive.
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
+                result
+            })
         }
         Command::Status { socket, json } => status(&socket, json),
         Command::Ls { socket, json } => list(&socket, None, json),

@@ -126,7 +126,7 @@ impl<B: ContainerBackend> Daemon<B> {
             }
             let d = self.clone();
             let plan = crate::policy::predicted_plan(now, format!("predicted after {command} (P = {p:.2})"));
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = d.pool.warm_up(&entry.image, Some(plan)).await {
                     tracing::debug!(command = cmd, "prediction could not warm: {e}");
                 }

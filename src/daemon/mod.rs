@@ -42,6 +42,8 @@ pub struct Daemon<B> {
     remote_notices: std::sync::Mutex<std::collections::HashSet<(u32, String, PathBuf)>>,
     /// Signs the caller into each tool's environment ([`stamps`]).
     stamps: stamps::Stamps,
+    /// The daemon's own tasks (loops, prewarms): awaited at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl<B> Daemon<B> {

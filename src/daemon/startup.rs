@@ -231,8 +231,16 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     );
     let transitions = learn_from_earlier_runs(&pool, &store, &snapshot);
     let images: Vec<_> = snapshot.images.values().cloned().collect();
-    if let Err(e) = pool.adopt(&images).await {
-        tracing::warn!("cannot look for containers of an earlier run: {e}");
+    // The engine may hang (up to its request timeout): a stop now must
+    // not wait for it. Nothing is mounted yet.
+    tokio::select! {
+        adopted = pool.adopt(&images) => if let Err(e) = adopted {
+            tracing::warn!("cannot look for containers of an earlier run: {e}");
+        },
+        _ = stop.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
     }
     let cli_catalog = cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG));
     let daemon = Arc::new(Daemon {
@@ -244,6 +252,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         index: Default::default(),
         remote_notices: Default::default(),
         stamps: stamps::Stamps::new(),
+        tasks: TaskTracker::new(),
     });
 
     crate::backend::docker::raise_nofile();
@@ -260,7 +269,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // The daemon's own tasks: each ends when `stop` fires, after the step
     // it is in (a reaper step that starts a container finishes it, so the
     // pool's shutdown sees that container).
-    let tasks = TaskTracker::new();
+    let tasks = daemon.tasks.clone();
     let notifier = session.notifier();
     tasks.spawn(watch_catalogs(daemon.clone(), cfg.catalogs.clone(), fs, notifier, loaded_fingerprint, stop.clone()));
     tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx, tasks.clone(), stop.clone()));

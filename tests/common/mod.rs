@@ -170,6 +170,22 @@ impl TestMount {
 
     /// Start the daemon and wait until the mount serves.
     pub fn start(&mut self, extra_args: &[&str]) {
+        self.launch(extra_args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // A crashed daemon leaves its socket file and a stale mount behind:
+        // only a socket that accepts proves the new daemon is serving (it
+        // clears the stale mount before binding and mounts right after).
+        while !(std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.mounted()) {
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                panic!("odfs mount exited with {status}:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "mount did not come up:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Start the daemon without waiting for it.
+    pub fn launch(&mut self, extra_args: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_odfs"))
             .arg("mount")
@@ -188,17 +204,6 @@ impl TestMount {
             .spawn()
             .expect("start odfs mount");
         self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        // A crashed daemon leaves its socket file and a stale mount behind:
-        // only a socket that accepts proves the new daemon is serving (it
-        // clears the stale mount before binding and mounts right after).
-        while !(std::os::unix::net::UnixStream::connect(&self.socket).is_ok() && self.mounted()) {
-            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
-                panic!("odfs mount exited with {status}:\n{}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "mount did not come up:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// SIGKILL the daemon, as a crash would; its mount is left stale.
