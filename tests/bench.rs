@@ -54,6 +54,10 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
         "| docker exec on the remote engine ",
         "| remote cat, relay path ",
         "| remote (relay path) ",
+        "| odfs shim, shell loop ",
+        "| odfs shim, xargs -n1 -P8 ",
+        "| xargs -n1 -P1 ≤ 2.2× native ",
+        "| xargs -n1 -P8 ≥ 0.5× native throughput ",
     ] {
         assert!(report.contains(needle), "{needle:?} missing from:\n{report}");
     }

@@ -86,6 +86,11 @@ pub fn markdown(r: &Results, machine: &str) -> String {
         None => "not measured: no remote engine given (`--remote`).\n".to_string(),
     };
 
+    let (calls, loops) = r.loops.first().map_or((0, 0), |l| (l.calls, l.native.samples.len()));
+    out += &format!("\n### 8. Loops of {calls} calls of `true` (ms per call, {loops} loop(s) each; ratio: to native)\n\n");
+    let rows: Vec<Vec<String>> = r.loops.iter().flat_map(|l| [row(&l.native, "ms", None), row(&l.odfs, "ms", Some(&l.native))]).collect();
+    out += &markdown_table(&header, &rows);
+
     out += "\n### Targets\n\n";
     let med = |m: &Measured| m.summary.median;
     let targets = vec![
@@ -107,6 +112,16 @@ pub fn markdown(r: &Results, machine: &str) -> String {
             check(d.rss_kib <= 50 * 1024).into(),
         ],
     ];
+    let mut targets = targets;
+    for l in &r.loops {
+        let (native, odfs) = (med(&l.native), med(&l.odfs));
+        targets.push(if l.how.ends_with("-P8") {
+            // In parallel, what counts is calls per second.
+            vec![format!("{} ≥ 0.5× native throughput", l.how), ratio(native, odfs), check(native >= 0.5 * odfs).into()]
+        } else {
+            vec![format!("{} ≤ 2.2× native", l.how), ratio(odfs, native), check(odfs <= 2.2 * native).into()]
+        });
+    }
     out += &markdown_table(&["target", "measured", ""], &targets);
     out
 }

@@ -26,6 +26,9 @@ pub struct Counts {
     /// Rounds of the remote-engine section, and calls per concurrent caller.
     pub remote_rounds: usize,
     pub remote_parallel_calls: usize,
+    /// Rounds of the loops section, and calls per loop.
+    pub loop_rounds: usize,
+    pub loop_calls: usize,
 }
 
 impl Counts {
@@ -44,6 +47,8 @@ impl Counts {
             launcher_runs: 5,
             remote_rounds: 100,
             remote_parallel_calls: 50,
+            loop_rounds: 3,
+            loop_calls: 1000,
         }
     }
 
@@ -63,6 +68,8 @@ impl Counts {
             launcher_runs: 1,
             remote_rounds: 2,
             remote_parallel_calls: 2,
+            loop_rounds: 1,
+            loop_calls: 4,
         }
     }
 }
@@ -97,6 +104,18 @@ pub struct Results {
     pub launcher_instructions: Option<u64>,
     /// The relay path against the local fd path, when a remote engine was given.
     pub remote: Option<RemoteResults>,
+    /// Calls in loops, ms per call: each way of looping, natively and through the shim.
+    pub loops: Vec<LoopResult>,
+}
+
+/// One way of looping over calls, natively and through a shim.
+#[derive(Debug, Clone)]
+pub struct LoopResult {
+    pub how: String,
+    /// Calls in one loop.
+    pub calls: usize,
+    pub native: Measured,
+    pub odfs: Measured,
 }
 
 #[derive(Debug, Clone)]
@@ -433,6 +452,9 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         .collect::<Result<_, _>>()?;
     let failures = children.into_iter().map(|mut c| c.wait()).filter(|s| !s.as_ref().is_ok_and(|s| s.success())).count();
     let burst = Burst { callers: counts.burst, wall_ms: start.elapsed().as_secs_f64() * 1e3, containers: main.containers_of("burst", None), failures };
+
+    progress("loops of calls: a shell loop, xargs -n1 -P1 and -P8");
+    let loops = loops(&main, counts)?;
     drop(main);
 
     progress("discovery in a large catalog");
@@ -448,7 +470,42 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         }
         None => None,
     };
-    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote })
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops })
+}
+
+/// What a `make` recipe, `find -exec` or a script pays per file: calls of
+/// `true` in a shell loop and through `xargs -n1` one and eight at a time,
+/// natively and through the shim, in ms per call (wall time of the loop
+/// over its calls), the candidates alternated round by round.
+fn loops(main: &Mount, counts: &Counts) -> std::io::Result<Vec<LoopResult>> {
+    let n = counts.loop_calls;
+    let shim = main.shim("true").display().to_string();
+    let ways = [
+        ("shell loop", format!("i=0; while [ $i -lt {n} ]; do \"$T\"; i=$((i+1)); done")),
+        ("xargs -n1 -P1", format!("seq {n} | xargs -n1 -P1 \"$T\"")),
+        ("xargs -n1 -P8", format!("seq {n} | xargs -n1 -P8 \"$T\"")),
+    ];
+    let mut out = Vec::new();
+    for (how, script) in ways {
+        let mut per_call: [Vec<f64>; 2] = Default::default();
+        for round in 0..counts.loop_rounds {
+            rotated(round, 2, |i| {
+                let tool = if i == 0 { "/bin/true" } else { shim.as_str() };
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(&script).env("T", tool).current_dir(main.work());
+                per_call[i].push(time_ms(&mut c)? / n as f64);
+                Ok(())
+            })?;
+        }
+        let [native, odfs] = per_call;
+        out.push(LoopResult {
+            how: how.to_string(),
+            calls: n,
+            native: Measured::new(&format!("native, {how}"), native),
+            odfs: Measured::new(&format!("odfs shim, {how}"), odfs),
+        });
+    }
+    Ok(out)
 }
 
 /// Warm latency, stdio throughput and concurrent calls per second of the
