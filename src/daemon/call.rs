@@ -14,12 +14,6 @@ pub type Caller = Arc<crate::protocol::peer::Peer>;
 
 pub use crate::protocol::Failure;
 
-/// A refusal with odfs's own exit status (126), as the caller sees it:
-/// `odfs: CMD: message`.
-pub fn refuse(message: impl Into<String>) -> Failure {
-    Failure::new(message)
-}
-
 /// A tool the agent started: its connection (handed to the launcher), pid
 /// and, in pty mode, the pty master. `relayed`: the connection is served by
 /// the daemon for a call on a remote engine.

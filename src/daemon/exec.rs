@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::call::{refuse, Caller, Failure, StartError, Started};
+use super::call::{Caller, Failure, StartError, Started};
 use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
@@ -183,16 +183,16 @@ impl<B: ContainerBackend> Daemon<B> {
         if member {
             Ok(())
         } else {
-            Err(refuse(format!("permission denied (allowed groups: {})", allowed.join(", "))))
+            Err(Failure::new(format!("permission denied (allowed groups: {})", allowed.join(", "))))
         }
     }
 
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
     fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| refuse(format!("cannot read the caller's working directory: {e}")))?;
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| Failure::new(format!("cannot read the caller's working directory: {e}")))?;
         if !caller.alive() {
-            return Err(refuse("the caller exited before its request was served"));
+            return Err(Failure::new("the caller exited before its request was served"));
         }
         Ok(cwd)
     }
@@ -292,7 +292,7 @@ impl<B: ContainerBackend> Daemon<B> {
         inside: bool,
     ) -> Result<(Started, String, Served), Failure> {
         if req.version != PROTOCOL_VERSION {
-            return Err(refuse(format!(
+            return Err(Failure::new(format!(
                 "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
                 req.version
             )));
@@ -302,7 +302,7 @@ impl<B: ContainerBackend> Daemon<B> {
         })?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.
-        let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(refuse)?;
+        let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
         // On a remote engine the caller's paths are the remote side's.
@@ -354,7 +354,7 @@ impl<B: ContainerBackend> Daemon<B> {
             let ready = self
                 .with_progress(control, &entry.image, self.pool.ensure(&entry.image, &req.command))
                 .await
-                .map_err(|e| refuse(e.to_string()))?;
+                .map_err(|e| Failure::new(e.to_string()))?;
             spawn.token = ready.target.token.clone();
             let launch = Launch {
                 spawn: spawn.clone(),
@@ -374,7 +374,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     tracing::warn!(image = entry.image.name, "agent unreachable ({e}); replacing its container");
                     self.pool.discard(&ready).await;
                 }
-                Err(StartError::Unreachable(e)) => return Err(refuse(format!("the container of image {} does not answer: {e}", entry.image.name))),
+                Err(StartError::Unreachable(e)) => return Err(Failure::new(format!("the container of image {} does not answer: {e}", entry.image.name))),
             }
         }
         unreachable!("the loop returns on its second attempt")

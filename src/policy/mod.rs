@@ -566,9 +566,8 @@ mod tests {
         assert_eq!(w.keep, FALLBACK);
     }
 
-    #[test]
-    fn auto_covers_bursts_and_gives_up_on_rare_calls() {
-        // Bursts: 10 s gaps mostly, an occasional 2 h pause.
+    /// Call starts in 10 bursts of 10 calls 10 s apart, 1 or 2 h between bursts.
+    fn bursts() -> Vec<f64> {
         let mut starts = Vec::new();
         let mut t = 0.0;
         for burst in 0..10 {
@@ -578,7 +577,12 @@ mod tests {
             }
             t += if burst % 2 == 0 { 7200.0 } else { 3600.0 };
         }
-        let w = window(Policy::Auto, &calls(&starts, 0.0), &Costs::default());
+        starts
+    }
+
+    #[test]
+    fn auto_covers_bursts_and_gives_up_on_rare_calls() {
+        let w = window(Policy::Auto, &calls(&bursts(), 0.0), &Costs::default());
         assert!(w.keep >= 10.0 && w.keep < 60.0, "{w:?}");
         assert_eq!(w.prewarm_after, None);
         // A tool used twice a week: keeping it warm never pays.
@@ -601,16 +605,7 @@ mod tests {
         // Bursts of 10 s gaps, 1–2 h apart: at the measured cost, bridging the
         // pauses between bursts never pays; at a 100 times slower start (a
         // 23 s start weighs 8 h of idle container) it does.
-        let mut starts = Vec::new();
-        let mut t = 0.0;
-        for burst in 0..10 {
-            for _ in 0..10 {
-                starts.push(t);
-                t += 10.0;
-            }
-            t += if burst % 2 == 0 { 7200.0 } else { 3600.0 };
-        }
-        let c = calls(&starts, 0.0);
+        let c = calls(&bursts(), 0.0);
         let cheap = window(Policy::Auto, &c, &Costs::default());
         let slow = Costs { cold: 100.0 * Costs::default().cold, ..Costs::default() };
         let dear = window(Policy::Auto, &c, &slow);

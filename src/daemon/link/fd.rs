@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, RUN_IN_CONTAINER};
 use crate::backend::{Bind, ContainerBackend, ContainerSpec};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{refuse, PoolError, Failure, StartError, Started};
+use crate::daemon::call::{Failure, PoolError, StartError, Started};
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest};
 use crate::view::{RealFs, View};
 
@@ -129,7 +129,7 @@ impl FdLink {
     /// Start a tool: the view checked against the paths the caller names,
     /// the caller made known to the container's account files, the request
     /// and the caller's fds passed to the agent. Blocking.
-    pub fn start(&self, to: &Target, launch: &Launch) -> Result<Started, StartError> {
+    pub fn start(&self, to: &Target, launch: Launch) -> Result<Started, StartError> {
         let spawn = &launch.spawn;
         check_view(&to.view, &launch.image, Path::new(std::ffi::OsStr::from_bytes(&spawn.cwd)), &launch.args).map_err(StartError::Refused)?;
         let id = &spawn.identity;
@@ -137,7 +137,7 @@ impl FdLink {
         if let Err(e) = crate::daemon::accounts::ensure_known(&self.dir, id.uid, id.gid, passwd.as_deref(), group.as_deref()) {
             tracing::warn!(container = to.name, "cannot add uid {} to the container's account files: {e}", id.uid);
         }
-        start_tool(&self.socket(), spawn.clone(), &launch.fds, to.name.clone())
+        start_tool(&self.socket(), launch.spawn, &launch.fds, to.name.clone())
     }
 }
 
@@ -149,7 +149,7 @@ fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
     let bad = |m: String| std::io::Error::other(m);
     protocol::send(&conn, &AgentRequest::Status { token: token.to_string() }, &[]).map_err(|e| bad(e.to_string()))?;
     match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
-        Some((ev, _)) => AgentStatus::of(ev.clone()).ok_or_else(|| bad(format!("unexpected agent answer {ev:?}"))),
+        Some((ev, _)) => AgentStatus::of(ev).map_err(|ev| bad(format!("unexpected agent answer {ev:?}"))),
         None => Err(bad("the agent closed the connection".into())),
     }
 }
@@ -158,13 +158,13 @@ fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
 /// cwd, its arguments), the host's file the caller means.
 fn check_view(view: &View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Failure> {
     if let Err(c) = view.check_cwd(cwd) {
-        return Err(refuse(format!(
+        return Err(Failure::new(format!(
             "working directory {} is not shared with image {image} (the tool would see the image's own {}; cd into a shared directory or add it to shared)",
             cwd.display(),
             c.image_dir
         )));
     }
-    view.check_args(cwd, args, &RealFs).map_err(|c| refuse(c.message(image)))
+    view.check_args(cwd, args, &RealFs).map_err(|c| Failure::new(c.message(image)))
 }
 
 /// Whether a failure talking to an agent means the agent is gone (its
@@ -190,7 +190,7 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
         if agent_gone(&e) {
             StartError::Unreachable(e.to_string())
         } else {
-            StartError::Refused(refuse(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
+            StartError::Refused(Failure::new(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
         }
     };
     let body = protocol::encode(&AgentRequest::Spawn(Box::new(spawn))).map_err(classify)?;
@@ -207,14 +207,14 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
     let _ = conn.set_read_timeout(None);
     match answer {
         Err(protocol::FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(StartError::Refused(refuse(format!(
+            Err(StartError::Refused(Failure::new(format!(
                 "the tool did not start within {}s (its working directory or a file system it needs does not answer)",
                 START_LIMIT.as_secs()
             ))))
         }
         Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
         Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
-        Ok(Some((other, _))) => Err(StartError::Refused(refuse(format!("unexpected agent answer {other:?}")))),
+        Ok(Some((other, _))) => Err(StartError::Refused(Failure::new(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
         Err(e) => Err(classify(e)),
     }

@@ -36,11 +36,11 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
-    /// The status an agent's answer carries, if it is one.
-    pub fn of(event: crate::protocol::AgentEvent) -> Option<AgentStatus> {
+    /// The status an agent's answer carries; any other answer is given back.
+    pub fn of(event: crate::protocol::AgentEvent) -> Result<AgentStatus, crate::protocol::AgentEvent> {
         match event {
-            crate::protocol::AgentEvent::Status { running, idle_ms, finished } => Some(AgentStatus { running, idle_ms, finished }),
-            _ => None,
+            crate::protocol::AgentEvent::Status { running, idle_ms, finished } => Ok(AgentStatus { running, idle_ms, finished }),
+            other => Err(other),
         }
     }
 }
@@ -161,11 +161,11 @@ impl Link {
         match self {
             Link::Fd(l) => {
                 let (l, to, span) = (l.clone(), to.clone(), tracing::Span::current());
-                tokio::task::spawn_blocking(move || span.in_scope(|| l.start(&to, &launch)))
+                tokio::task::spawn_blocking(move || span.in_scope(|| l.start(&to, launch)))
                     .await
-                    .map_err(|e| StartError::Refused(super::call::refuse(e.to_string())))?
+                    .map_err(|e| StartError::Refused(super::call::Failure::new(e.to_string())))?
             }
-            Link::Relay(l) => l.start(backend, to, &launch).await,
+            Link::Relay(l) => l.start(backend, to, launch).await,
         }
     }
 }

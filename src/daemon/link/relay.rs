@@ -83,8 +83,9 @@ impl RelayLink {
 
     /// Start a tool through the relay; the daemon serves its connection
     /// until the tool ends.
-    pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: &Launch) -> Result<Started, StartError> {
-        start(backend, to, launch.spawn.clone(), CallerFds::of(launch), &self.calls).await
+    pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: Launch) -> Result<Started, StartError> {
+        let fds = CallerFds::of(&launch);
+        start(backend, to, launch.spawn, fds, &self.calls).await
     }
 }
 
@@ -174,7 +175,7 @@ async fn remote_status<B: ContainerBackend>(backend: &B, id: &str, token: String
     send(&mut stream.input, &RelayIn::Status { token }).await?;
     match next_out(&mut stream.output, &mut Decoder::default()).await? {
         Some(RelayOut::Event(AgentEvent::Failed(Failure { message, .. }))) => Err(std::io::Error::other(message)),
-        Some(RelayOut::Event(ev @ AgentEvent::Status { .. })) => Ok(AgentStatus::of(ev).expect("a status")),
+        Some(RelayOut::Event(ev)) => AgentStatus::of(ev).map_err(|ev| std::io::Error::other(format!("unexpected answer from the relay: {ev:?}"))),
         other => Err(std::io::Error::other(format!("unexpected answer from the relay: {other:?}"))),
     }
 }
@@ -554,15 +555,13 @@ mod tests {
         let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None) };
         let link = RelayLink::default();
         link.started();
-        let started = match link.start(&fake, &target, &launch).await {
+        let started = match link.start(&fake, &target, launch).await {
             Ok(s) => s,
             Err(StartError::Refused(f)) => panic!("refused: {f}"),
             Err(StartError::Unreachable(e)) => panic!("unreachable: {e}"),
         };
         assert!(started.relayed);
         assert_eq!((started.pid, started.container.as_str()), (4242, "c"));
-        // The caller's own copies stay with the caller (here: the test).
-        drop(launch);
         Running { link, launcher: started.agent, stdin: Some(in_w.into()), stdout: out_r.into(), agent, _dir: dir }
     }
 
