@@ -58,6 +58,7 @@ fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
         env: vec![],
         fds: vec![],
         tty: None,
+        trace: false,
     });
     for request in [Request::List, exec] {
         let answer = from_a_container(&m, &m.socket, &frame(&request));
@@ -140,6 +141,7 @@ fn the_agent_answers_only_requests_with_its_token() {
         identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
         fds: vec![],
         tty: None,
+        trace: false,
     };
     protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &[]).unwrap();
     assert!(protocol::recv::<AgentEvent>(&conn).unwrap().is_none());
@@ -208,6 +210,7 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
             env: vec![],
             fds: vec![],
             tty: None,
+            trace: false,
         });
         match decode_response(&send_raw(&frame(&req))) {
             Response::Error(odfs::protocol::Failure { exit_code: 127, .. }) => {}

@@ -20,6 +20,7 @@ pub fn spawn_request(fds: Vec<i32>) -> protocol::SpawnRequest {
         identity: protocol::Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
         fds,
         tty: None,
+        trace: false,
     }
 }
 

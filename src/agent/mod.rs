@@ -84,8 +84,8 @@ fn wait_any() -> Option<Wait> {
 
 /// What the reaper and the connection reader tell a connection's thread.
 enum ToolEvent {
-    /// Exit, death or stop of the tool.
-    Wait(Wait),
+    /// Exit, death or stop of the tool, and when `waitpid` returned it.
+    Wait(Wait, u64),
     Continue,
     Signal(i32),
     Hangup,
@@ -184,10 +184,11 @@ impl Agent {
                 Some(status @ Wait::Stopped(pid, _)) => {
                     let reg = self.registry.lock().unwrap();
                     if let Some((tx, _)) = reg.waiting.get(&pid) {
-                        let _ = tx.send(ToolEvent::Wait(status));
+                        let _ = tx.send(ToolEvent::Wait(status, protocol::stages::now_ns()));
                     }
                 }
                 Some(status) => {
+                    let reaped = protocol::stages::now_ns();
                     let pid = status.pid();
                     let mut reg = self.registry.lock().unwrap();
                     if let Some((tx, started)) = reg.waiting.remove(&pid) {
@@ -197,7 +198,7 @@ impl Agent {
                             Wait::Stopped(..) => -1,
                         };
                         reg.tally.end(pid, code, started.elapsed().as_millis() as u64);
-                        let _ = tx.send(ToolEvent::Wait(status));
+                        let _ = tx.send(ToolEvent::Wait(status, reaped));
                     }
                 }
                 None => {
@@ -247,6 +248,7 @@ impl Agent {
     /// report its end, and kill its process group if the connection drops
     /// (the launcher was killed).
     fn run_tool(&self, stream: UnixStream, req: SpawnRequest, fds: Vec<std::os::fd::OwnedFd>) {
+        let received = protocol::stages::now_ns();
         if req.version != PROTOCOL_VERSION {
             let msg = format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version);
             let _ = protocol::send(&stream, &AgentEvent::Failed(crate::protocol::Failure::new(msg)), &[]);
@@ -256,8 +258,8 @@ impl Agent {
         let pty = req.tty.is_some();
         let oom_before = cgroup::oom_kills();
         let (tx, rx) = mpsc::channel();
-        let (pid, master) = match spawn::spawn(self, &req, &fds, tx.clone()) {
-            Ok(started) => started,
+        let spawn::Spawned { pid, master, forked, exec } = match spawn::spawn(self, &req, &fds, tx.clone()) {
+            Ok(spawned) => spawned,
             Err(failure) => {
                 let _ = protocol::send(&stream, &failure, &[]);
                 return;
@@ -324,7 +326,7 @@ impl Agent {
                     }
                 }
                 ToolEvent::Continue => tool.signal_group(libc::SIGCONT),
-                ToolEvent::Wait(status) => {
+                ToolEvent::Wait(status, reaped) => {
                     let (ev, last) = match status {
                         Wait::Exited(_, code) => (AgentEvent::Exited(code), true),
                         Wait::Signaled(_, libc::SIGKILL) => match cgroup::oom_reason(oom_before) {
@@ -340,6 +342,10 @@ impl Agent {
                             tool.signal_group(libc::SIGCONT);
                         }
                     } else {
+                        if last && req.trace {
+                            let stamps = protocol::stages::AgentStamps { received, forked, exec, reaped };
+                            let _ = protocol::send(&stream, &AgentEvent::Stamps(stamps), &[]);
+                        }
                         let _ = protocol::send(&stream, &ev, &[]);
                     }
                     if last {

@@ -9,12 +9,16 @@ use std::sync::mpsc;
 use super::{Agent, ToolEvent};
 use crate::protocol::{AgentEvent, SpawnRequest, TtyRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
 
-/// Where the child failed, reported through the exec-error pipe.
+/// What the child reports through the exec-error pipe, in records of
+/// [`RECORD`] bytes: a stage it failed at (then the errno), or, in a traced
+/// call, that it is about to exec (then the time).
+const STAGE_READY: u8 = 0;
 const STAGE_IDENTITY: u8 = 1;
 const STAGE_CWD: u8 = 2;
 const STAGE_FDS: u8 = 3;
 const STAGE_EXEC: u8 = 4;
 const STAGE_TTY: u8 = 5;
+const RECORD: usize = 9;
 
 
 fn cstring(bytes: &[u8]) -> Result<CString, AgentEvent> {
@@ -72,14 +76,20 @@ fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), 
     }
 }
 
-/// Fork, register the child with the reaper, exec. Returns the tool's pid and,
-/// in pty mode, the pty master; or the `Failed` event to send back.
-pub(super) fn spawn(
-    agent: &Agent,
-    req: &SpawnRequest,
-    fds: &[OwnedFd],
-    events: mpsc::Sender<ToolEvent>,
-) -> Result<(i32, Option<OwnedFd>), AgentEvent> {
+/// A tool that runs.
+pub(super) struct Spawned {
+    pub pid: i32,
+    /// In pty mode, the pty master.
+    pub master: Option<OwnedFd>,
+    /// When `fork` returned, and when the child was about to exec (traced
+    /// calls; else when the agent saw the exec succeed): [`crate::protocol::stages`].
+    pub forked: u64,
+    pub exec: u64,
+}
+
+/// Fork, register the child with the reaper, exec. Returns the tool that
+/// runs, or the `Failed` event to send back.
+pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], events: mpsc::Sender<ToolEvent>) -> Result<Spawned, AgentEvent> {
     if fds.len() != req.fds.len() {
         return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
     }
@@ -144,7 +154,7 @@ pub(super) fn spawn(
         if pid == 0 {
             // SAFETY: in the child, with everything prepared above.
             unsafe {
-                child(err_w, Ids { uid, gid, groups: &groups, caps }, &cwd, slave, &sources, &targets, park_base, &progs, &argv_ptrs, &env_ptrs)
+                child(err_w, Ids { uid, gid, groups: &groups, caps }, &cwd, slave, &sources, &targets, park_base, &progs, &argv_ptrs, &env_ptrs, req.trace)
             }
         }
         if pid > 0 {
@@ -154,6 +164,7 @@ pub(super) fn spawn(
         }
         pid
     };
+    let forked = crate::protocol::stages::now_ns();
     // SAFETY: closing our copy of the write end; the child has its own.
     unsafe { libc::close(err_w) };
     if pid < 0 {
@@ -162,25 +173,22 @@ pub(super) fn spawn(
         unsafe { libc::close(err_r) };
         return Err(failed(format!("cannot fork: {e}")));
     }
-    let mut report = [0u8; 5];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reading into the local buffer we own.
-        let n = unsafe { libc::read(err_r, report[got..].as_mut_ptr().cast(), report.len() - got) };
-        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-            continue;
+    let mut exec = 0;
+    let report = loop {
+        match read_record(err_r) {
+            Some(r) if r[0] == STAGE_READY => exec = u64::from_le_bytes(r[1..].try_into().unwrap_or_default()),
+            other => break other,
         }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
-    }
+    };
     // SAFETY: closing the read end we own.
     unsafe { libc::close(err_r) };
-    if got == 0 {
+    let Some(report) = report else {
         // The pipe closed on exec: the tool runs. Our slave copy goes now.
-        return Ok((pid, pty.map(|(master, _slave)| master)));
-    }
+        if exec == 0 {
+            exec = crate::protocol::stages::now_ns();
+        }
+        return Ok(Spawned { pid, master: pty.map(|(master, _slave)| master), forked, exec });
+    };
     let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
     let err = std::io::Error::from_raw_os_error(errno);
     let cwd = String::from_utf8_lossy(&req.cwd);
@@ -193,6 +201,24 @@ pub(super) fn spawn(
         _ if errno == libc::ENOENT => AgentEvent::Failed(crate::protocol::Failure::with_status(format!("{prog} not found in the image (searched {})", String::from_utf8_lossy(&agent.path)), EXIT_NOT_FOUND)),
         _ => failed(format!("cannot execute {prog}: {err}")),
     })
+}
+
+/// One record from the exec-error pipe; `None` at its end (the exec closed it).
+fn read_record(fd: i32) -> Option<[u8; RECORD]> {
+    let mut record = [0u8; RECORD];
+    let mut got = 0;
+    while got < RECORD {
+        // SAFETY: reading into the local buffer we own.
+        let n = unsafe { libc::read(fd, record[got..].as_mut_ptr().cast(), RECORD - got) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    (got == RECORD).then_some(record)
 }
 
 fn failed(message: String) -> AgentEvent {
@@ -279,11 +305,12 @@ unsafe fn child(
     progs: &[CString],
     argv: &[*const libc::c_char],
     env: &[*const libc::c_char],
+    trace: bool,
 ) -> ! {
     let fail = |stage: u8| -> ! {
         let errno = *libc::__errno_location();
         let e = errno.to_le_bytes();
-        let msg = [stage, e[0], e[1], e[2], e[3]];
+        let msg: [u8; RECORD] = [stage, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
         libc::write(err_w, msg.as_ptr().cast(), msg.len());
         libc::_exit(EXIT_ODFS_ERROR);
     };
@@ -361,6 +388,13 @@ unsafe fn child(
         }
     }
 
+    if trace {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        let t = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).to_le_bytes();
+        let msg: [u8; RECORD] = [STAGE_READY, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+        libc::write(err_w, msg.as_ptr().cast(), msg.len());
+    }
     let mut last_errno = libc::ENOENT;
     for prog in progs {
         libc::execve(prog.as_ptr(), argv.as_ptr(), env.as_ptr());

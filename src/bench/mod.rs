@@ -4,9 +4,11 @@
 //! - [`run`]: the measurements, against the real engine and mounts of its own;
 //! - [`stats`]: medians, percentiles, ratios, tables (pure);
 //! - [`parse`]: what it reads from valgrind and /proc (pure);
+//! - [`stages`]: a traced warm call cut into its stages (pure);
 //! - [`report`]: the Markdown report and the latency plot.
 
 pub mod parse;
 pub mod report;
 pub mod run;
+pub mod stages;
 pub mod stats;

@@ -29,6 +29,8 @@ pub struct Counts {
     /// Rounds of the loops section, and calls per loop.
     pub loop_rounds: usize,
     pub loop_calls: usize,
+    /// Traced warm calls of the stage breakdown.
+    pub stage_rounds: usize,
 }
 
 impl Counts {
@@ -49,6 +51,7 @@ impl Counts {
             remote_parallel_calls: 50,
             loop_rounds: 3,
             loop_calls: 1000,
+            stage_rounds: 300,
         }
     }
 
@@ -70,6 +73,7 @@ impl Counts {
             remote_parallel_calls: 2,
             loop_rounds: 1,
             loop_calls: 4,
+            stage_rounds: 3,
         }
     }
 }
@@ -84,7 +88,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn new(name: &str, samples: Vec<f64>) -> Measured {
+    pub(super) fn new(name: &str, samples: Vec<f64>) -> Measured {
         let summary = Summary::of(&samples).unwrap_or(Summary { n: 0, median: f64::NAN, p90: f64::NAN, min: f64::NAN, max: f64::NAN });
         Measured { name: name.to_string(), samples, summary }
     }
@@ -106,6 +110,19 @@ pub struct Results {
     pub remote: Option<RemoteResults>,
     /// Calls in loops, ms per call: each way of looping, natively and through the shim.
     pub loops: Vec<LoopResult>,
+    pub stages: Stages,
+}
+
+/// Where a warm call's time goes (see [`super::stages`]), beside native
+/// calls of the same rounds.
+#[derive(Debug, Clone)]
+pub struct Stages {
+    pub native: Measured,
+    pub whole: Measured,
+    /// In order; they add up to the call.
+    pub stages: Vec<Measured>,
+    /// In parallel with the tool.
+    pub alongside: Vec<Measured>,
 }
 
 /// One way of looping over calls, natively and through a shim.
@@ -398,6 +415,9 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         Measured::new("docker run --rm", std::mem::take(&mut warm[3])),
     ];
 
+    progress("stages of a warm call (traced calls)");
+    let stages = stages(&main, counts)?;
+
     progress("paused calls");
     let mut paused = Vec::new();
     time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?;
@@ -470,7 +490,39 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         }
         None => None,
     };
-    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops })
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops, stages })
+}
+
+/// Warm calls traced stage by stage (`ODFS_STAGES`), each beside a native
+/// call, with the caller's own stamps around each: when it spawned the
+/// shim and when its `wait` returned.
+fn stages(main: &Mount, counts: &Counts) -> std::io::Result<Stages> {
+    use crate::protocol::stages::{now_ns, CallStamps, STAGES_ENV};
+    let trace = main.root.join("stages");
+    let _ = std::fs::remove_file(&trace);
+    let mut native = Vec::new();
+    let mut around = Vec::new();
+    for round in 0..counts.stage_rounds {
+        rotated(round, 2, |i| {
+            if i == 0 {
+                native.push(time_ms(Command::new("/bin/true").current_dir(main.work()))?);
+            } else {
+                let spawn = now_ns();
+                time_ms(Command::new(main.shim("true")).current_dir(main.work()).env(STAGES_ENV, &trace))?;
+                around.push((spawn, now_ns()));
+            }
+            Ok(())
+        })?;
+    }
+    let lines = std::fs::read_to_string(&trace)?;
+    let stamps: Vec<CallStamps> = lines.lines().filter_map(CallStamps::parse).collect();
+    if stamps.len() != around.len() {
+        return Err(std::io::Error::other(format!("{} traced calls wrote {} stage lines to {}", around.len(), stamps.len(), trace.display())));
+    }
+    let calls: Vec<super::stages::Traced> =
+        around.iter().zip(stamps).map(|(&(spawn, done), stamps)| super::stages::Traced { spawn, stamps, done }).collect();
+    let (stages, alongside, whole) = super::stages::breakdown(&calls);
+    Ok(Stages { native: Measured::new("native /bin/true", native), whole, stages, alongside })
 }
 
 /// What a `make` recipe, `find -exec` or a script pays per file: calls of

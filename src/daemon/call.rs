@@ -7,7 +7,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-
 /// The caller as the kernel reported it when it connected (SO_PEERCRED,
 /// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
 pub type Caller = Arc<crate::protocol::peer::Peer>;
@@ -23,6 +22,10 @@ pub struct Started {
     pub container: String,
     pub pty_master: Option<OwnedFd>,
     pub relayed: bool,
+    /// When the spawn request went to the agent and its answer came back
+    /// ([`crate::protocol::stages`]); 0 where not taken (the relay).
+    pub sent_at: u64,
+    pub started_at: u64,
 }
 
 /// Why a tool did not start: its container's agent is gone (the container

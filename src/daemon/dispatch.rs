@@ -52,11 +52,12 @@ impl<B: ContainerBackend> Daemon<B> {
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
     async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, large: Arc<listener::Gate>) {
-        let Admitted { peer, inside, serving: _serving, reading: ticket } = admitted;
+        let Admitted { accepted, peer, inside, serving: _serving, reading: ticket } = admitted;
         let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
         };
+        let stamps = protocol::stages::DaemonStamps { accepted, read: protocol::stages::now_ns(), ..Default::default() };
         drop(ticket);
         // Only an exec request carries fds worth keeping.
         let msg = msg.and_then(|f| {
@@ -80,7 +81,7 @@ impl<B: ContainerBackend> Daemon<B> {
         match msg {
             Ok(Some((Request::Exec(req), fds))) => {
                 let span = super::exec::call_span(&req, &caller);
-                tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside), span).await
+                tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await
             }
             Ok(Some((Request::Status, _))) => {
                 let containers = self.pool.status().await;
@@ -167,6 +168,8 @@ fn namespace(pid: &str, kind: &str) -> Option<PathBuf> {
 /// A connection let in: its peer, whether it is inside a container, and
 /// its places.
 struct Admitted {
+    /// When it was accepted ([`crate::protocol::stages`]).
+    accepted: u64,
     peer: listener::Peer,
     inside: bool,
     serving: listener::Ticket,
@@ -213,7 +216,7 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
             listener::IN_FLIGHT_PER_UID
         ));
     };
-    Some(Admitted { peer, inside, serving, reading })
+    Some(Admitted { accepted: protocol::stages::now_ns(), peer, inside, serving, reading })
 }
 
 /// A warning that a flood could repeat without end: written at most every

@@ -42,7 +42,7 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
         .filter(|kv| {
             let Some(eq) = kv.iter().position(|&b| b == b'=') else { return false };
             let key = &kv[..eq];
-            if key == super::stamps::CALLER_ENV.as_bytes() {
+            if key == super::stamps::CALLER_ENV.as_bytes() || key == crate::protocol::stages::STAGES_ENV.as_bytes() {
                 return false;
             }
             if !privileged {
@@ -229,8 +229,18 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
-    pub async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, caller: Caller, inside: bool) {
+    /// `stamps`: the dispatch's, completed and sent back if the caller traces.
+    pub async fn exec(
+        self: Arc<Self>,
+        control: UnixStream,
+        req: ExecRequest,
+        fds: Vec<OwnedFd>,
+        caller: Caller,
+        inside: bool,
+        stamps: crate::protocol::stages::DaemonStamps,
+    ) {
         let started = Instant::now();
+        let trace = req.trace;
         // Read now: the launcher is certainly alive while it waits for us.
         let session = crate::protocol::peer::session_of(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
@@ -245,7 +255,8 @@ impl<B: ContainerBackend> Daemon<B> {
                 Ok((started, _, _)) => {
                     let mut fds = vec![started.agent.as_raw_fd()];
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
-                    protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed }, &fds)
+                    let stamps = trace.then_some(crate::protocol::stages::DaemonStamps { agent: started.sent_at, started: started.started_at, ..stamps });
+                    protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed, stamps }, &fds)
                 }
                 Err(r) => protocol::send(&control, &Response::Error(r), &[]),
             };
@@ -346,6 +357,8 @@ impl<B: ContainerBackend> Daemon<B> {
             identity,
             fds: req.fds.clone(),
             tty: req.tty.clone(),
+            // The agent's clock is ours only on the fd path.
+            trace: req.trace && !relayed,
         };
         let fds = Arc::new(fds);
         // A container that vanished under us (removed by hand, crashed) is

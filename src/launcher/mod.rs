@@ -17,6 +17,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 pub mod progress;
 mod tty;
 
+use crate::protocol::stages::{self, CallStamps};
 use crate::protocol::{self, AgentEvent, AgentRequest, ExecRequest, Failure, Request, Response, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
 use tty::Bridge;
 
@@ -54,19 +55,27 @@ fn fail(message: impl Into<String>) -> Failure {
 /// Entry point: `odfs-launch SOCKET SHIM [ARGS...]` (as the kernel runs a
 /// `#!` interpreter). Never returns.
 pub fn main(args: Vec<OsString>) -> ! {
+    // Stage stamps only when the caller asks for them (see `stages`).
+    let trace_to = std::env::var_os(stages::STAGES_ENV);
+    let mut stamps = trace_to.as_ref().map(|_| CallStamps { main: stages::now_ns(), ..Default::default() });
     if args.len() < 3 {
         eprintln!("odfs-launch: usage: odfs-launch SOCKET SHIM [ARGS...] (it is run by the shims of an odfs mount)");
         std::process::exit(EXIT_ODFS_ERROR);
     }
     let command = command_name(Path::new(&args[2]));
-    let outcome = run(Path::new(&args[1]), &command, &args[3..]);
-    finish(match outcome {
+    let outcome = run(Path::new(&args[1]), &command, &args[3..], &mut stamps);
+    let outcome = match outcome {
         Ok(o) => o,
         Err(f) => {
             eprintln!("odfs: {command}: {}", f.message);
             Outcome::Exit(f.exit_code)
         }
-    })
+    };
+    if let (Some(s), Some(path)) = (stamps.as_mut(), &trace_to) {
+        s.exit = stages::now_ns();
+        s.append_to(path);
+    }
+    finish(outcome)
 }
 
 /// The command is the basename of the shim's real path, so a symlink to a shim
@@ -126,7 +135,7 @@ fn install_signal_forwarding() -> Result<OwnedFd, Failure> {
     Ok(unsafe { OwnedFd::from_raw_fd(p[0]) })
 }
 
-fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failure> {
+fn run(socket: &Path, command: &str, args: &[OsString], stamps: &mut Option<CallStamps>) -> Result<Outcome, Failure> {
     let mut fds = inherited_fds();
     // Pty mode when stdin is a terminal, as for an interactive program: the
     // terminal fds are not passed, the tool gets a pty of its own in their
@@ -160,7 +169,11 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         env,
         fds: fds.clone(),
         tty,
+        trace: stamps.is_some(),
     });
+    if let Some(s) = stamps.as_mut() {
+        s.sent = stages::now_ns();
+    }
     if let Err(e) = protocol::send(&control, &req, &fds) {
         // The daemon may have refused this connection before reading it
         // (too many requests of this user, another namespace): its one
@@ -181,7 +194,11 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
     };
     drop(fetching);
     let (agent, bridge, relayed) = match answer {
-        Ok(Some((Response::Handoff { relayed, .. }, mut got))) if !got.is_empty() => {
+        Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))) if !got.is_empty() => {
+            if let Some(s) = stamps.as_mut() {
+                s.handoff = stages::now_ns();
+                s.daemon = daemon.unwrap_or_default();
+            }
             let agent = UnixStream::from(got.remove(0));
             let bridge = match (term, got.pop()) {
                 (Some(t), Some(master)) => Some(Bridge::new(t, master)),
@@ -195,13 +212,20 @@ fn run(socket: &Path, command: &str, args: &[OsString]) -> Result<Outcome, Failu
         Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
-    follow(command, &agent, &signals, bridge, relayed)
+    follow(command, &agent, &signals, bridge, relayed, stamps)
     // The bridge, if any, has restored the terminal by now.
 }
 
 /// Bridge signals (and, in pty mode, terminal bytes) until the agent reports
 /// the tool's end.
-fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut bridge: Option<Bridge>, relayed: bool) -> Result<Outcome, Failure> {
+fn follow(
+    command: &str,
+    agent: &UnixStream,
+    signals: &OwnedFd,
+    mut bridge: Option<Bridge>,
+    relayed: bool,
+    stamps: &mut Option<CallStamps>,
+) -> Result<Outcome, Failure> {
     use std::os::fd::AsFd;
     let mut master_open = bridge.is_some();
     loop {
@@ -266,6 +290,15 @@ fn follow(command: &str, agent: &UnixStream, signals: &OwnedFd, mut bridge: Opti
         }
         if ready[0] {
             let event = protocol::recv::<AgentEvent>(agent);
+            if let Ok(Some((AgentEvent::Stamps(a), _))) = event {
+                if let Some(s) = stamps.as_mut() {
+                    s.agent = a;
+                }
+                continue;
+            }
+            if let Some(s) = stamps.as_mut() {
+                s.event = stages::now_ns();
+            }
             if let Ok(Some((AgentEvent::Stopped(_), _))) = event {
                 if let Some(r) = bridge.as_mut() {
                     r.leave();

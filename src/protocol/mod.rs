@@ -14,13 +14,13 @@
 mod framing;
 pub mod peer;
 pub mod relay;
+pub mod stages;
 pub mod tally;
 
 pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError, MAX_FDS, MAX_FRAME};
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a message changes shape; both ends check it on connect.
 /// One frame as bytes, for a stream that carries no fds (the relay, a
 /// refusal written straight to a socket): length (u32, little endian) and body.
 pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
@@ -38,7 +38,8 @@ pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// and the image index search it alike.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Bumped whenever a message changes shape; both ends check it on connect.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -131,6 +132,8 @@ pub struct ExecRequest {
     pub fds: Vec<i32>,
     /// Set when the caller has a terminal: the tool gets a pty of its own.
     pub tty: Option<TtyRequest>,
+    /// The caller asked for stage stamps ([`stages`]).
+    pub trace: bool,
 }
 
 /// The caller's terminal, for a pty inside the container that looks the same.
@@ -205,7 +208,7 @@ pub enum Response {
     /// The tool runs; the attached fds are the agent connection to follow
     /// and, in pty mode, the pty master. `relayed`: the connection is the
     /// daemon's, relaying a call on a remote engine.
-    Handoff { pid: i32, relayed: bool },
+    Handoff { pid: i32, relayed: bool, stamps: Option<stages::DaemonStamps> },
     /// odfs could not run the tool (or do what was asked).
     Error(Failure),
     Status { engine: EngineInfo, containers: Vec<ContainerStatus> },
@@ -311,6 +314,8 @@ pub struct SpawnRequest {
     /// Target fd numbers of the attached fds, in order.
     pub fds: Vec<i32>,
     pub tty: Option<TtyRequest>,
+    /// Send [`AgentEvent::Stamps`] before the tool's end ([`stages`]).
+    pub trace: bool,
 }
 
 /// Messages to the agent.
@@ -344,6 +349,8 @@ pub enum AgentEvent {
     /// Busy tools, idle time, and the tools that ended since the last
     /// status request (each reported once).
     Status { running: u32, idle_ms: u64, finished: Vec<Finished> },
+    /// A traced call's agent stamps, just before its end event.
+    Stamps(stages::AgentStamps),
 }
 
 impl AgentEvent {
@@ -354,7 +361,7 @@ impl AgentEvent {
             AgentEvent::Exited(c) => Some(*c),
             AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => Some(128 + s),
             AgentEvent::Failed(f) => Some(f.exit_code),
-            AgentEvent::Started { .. } | AgentEvent::Stopped(_) | AgentEvent::Status { .. } => None,
+            AgentEvent::Started { .. } | AgentEvent::Stopped(_) | AgentEvent::Status { .. } | AgentEvent::Stamps(_) => None,
         }
     }
 }
@@ -412,7 +419,7 @@ mod tests {
                                     env in proptest::collection::vec(bytes(), 0..8),
                                     fds in proptest::collection::vec(0i32..1024, 0..4)) {
             let tty = (fds.len() % 2 == 0).then(|| TtyRequest { targets: vec![0, 1], rows: 24, cols: 80, xpixel: 0, ypixel: 0, termios: vec![1; 60] });
-            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, fds, tty });
+            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, trace: fds.len() % 3 == 0, fds, tty });
             let back: Request = decode(&encode(&req).unwrap()).unwrap();
             prop_assert_eq!(back, req);
         }
@@ -426,6 +433,7 @@ mod tests {
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None, caps: 0 },
                 fds: vec![0],
                 tty: None,
+                trace: uid % 2 == 0,
             }));
             send(&a, &msg, &[0]).unwrap();
             send(&a, &AgentRequest::Signal(15), &[]).unwrap();

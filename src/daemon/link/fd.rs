@@ -202,8 +202,10 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
     // never answers: the caller is told, and this thread is not held.
     conn.set_read_timeout(Some(START_LIMIT)).map_err(|e| classify(e.into()))?;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let sent_at = protocol::stages::now_ns();
     protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
     let answer = protocol::recv::<AgentEvent>(&conn);
+    let started_at = protocol::stages::now_ns();
     let _ = conn.set_read_timeout(None);
     match answer {
         Err(protocol::FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
@@ -212,7 +214,9 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
                 START_LIMIT.as_secs()
             ))))
         }
-        Ok(Some((AgentEvent::Started { pid }, mut got))) => Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false }),
+        Ok(Some((AgentEvent::Started { pid }, mut got))) => {
+            Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at })
+        }
         Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
         Ok(Some((other, _))) => Err(StartError::Refused(Failure::new(format!("unexpected agent answer {other:?}")))),
         Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
