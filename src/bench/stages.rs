@@ -13,9 +13,12 @@ pub struct Traced {
     pub done: u64,
 }
 
+/// A stage: its name, and the stamps it runs between.
+type Stage = (&'static str, fn(&Traced) -> (u64, u64));
+
 /// The stages of a call in the order they happen, each from one stamp to
 /// the next, so that they add up to the whole call.
-const STAGES: [(&str, fn(&Traced) -> (u64, u64)); 9] = [
+const STAGES: [Stage; 9] = [
     ("exec of the shim: kernel `#!`, launcher start", |t| (t.spawn, t.stamps.main)),
     ("launcher: fds, signals, connect", |t| (t.stamps.main, t.stamps.sent)),
     ("daemon: wake-up, accept, admission", |t| (t.stamps.sent, t.stamps.daemon.accepted)),
@@ -28,7 +31,7 @@ const STAGES: [(&str, fn(&Traced) -> (u64, u64)); 9] = [
 ];
 
 /// What happens meanwhile, in parallel with the tool: not part of the sum.
-const ALONGSIDE: [(&str, fn(&Traced) -> (u64, u64)); 3] = [
+const ALONGSIDE: [Stage; 3] = [
     ("agent's `Started` back to the daemon", |t| (t.stamps.daemon.agent, t.stamps.daemon.started)),
     ("hand-off: daemon to launcher", |t| (t.stamps.daemon.started, t.stamps.handoff)),
     ("exit event read to launcher's exit", |t| (t.stamps.event, t.stamps.exit)),
@@ -40,7 +43,7 @@ fn span_ms((a, b): (u64, u64)) -> f64 {
     b.saturating_sub(a) as f64 / 1e6
 }
 
-fn measure(calls: &[Traced], stages: &[(&str, fn(&Traced) -> (u64, u64))]) -> Vec<Measured> {
+fn measure(calls: &[Traced], stages: &[Stage]) -> Vec<Measured> {
     stages.iter().map(|(name, f)| Measured::new(name, calls.iter().map(|t| span_ms(f(t))).collect())).collect()
 }
 
