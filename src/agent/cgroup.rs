@@ -11,31 +11,39 @@ fn cgroups_of(pid: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok().filter(|t| !t.is_empty())
 }
 
+/// The agent's own cgroups, read once: a container's never change.
+fn own_cgroups() -> Option<&'static String> {
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| cgroups_of("self")).as_ref()
+}
+
 /// Whether process `pid` is in the agent's own cgroups, that is, inside
 /// this container. `None` when either cannot be read (gone).
 pub fn in_our_cgroup(pid: i32) -> Option<bool> {
-    Some(cgroups_of(&pid.to_string())? == cgroups_of("self")?)
+    Some(cgroups_of(&pid.to_string())? == *own_cgroups()?)
 }
 
 /// The processes of this container: those in the agent's cgroups, wherever
 /// their parent is (in the host's pid namespace `/proc` lists the whole
 /// machine). None when the agent's own cgroups cannot be read.
 pub fn container_pids() -> Vec<i32> {
-    let Some(own) = cgroups_of("self") else { return vec![] };
+    let Some(own) = own_cgroups() else { return vec![] };
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| cgroups_of(&pid.to_string()).as_ref() == Some(&own))
+        .filter(|pid| cgroups_of(&pid.to_string()).as_ref() == Some(own))
         .collect()
 }
 
 /// Kills by the OOM killer in this container so far (cgroup v2
 /// `memory.events`, v1 `memory.oom_control`); `None` if neither is readable.
 pub fn oom_kills() -> Option<u64> {
-    ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
-        .iter()
-        .find_map(|f| std::fs::read_to_string(f).ok())
-        .and_then(|text| oom_kill_count(&text))
+    // Which file this container has is looked up once.
+    static FILE: std::sync::OnceLock<Option<&str>> = std::sync::OnceLock::new();
+    let file = FILE.get_or_init(|| {
+        ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"].into_iter().find(|f| std::fs::metadata(f).is_ok())
+    });
+    std::fs::read_to_string((*file)?).ok().and_then(|text| oom_kill_count(&text))
 }
 
 fn oom_kill_count(text: &str) -> Option<u64> {

@@ -106,6 +106,7 @@ struct Agent {
     path_tail: Option<Vec<u8>>,
     allow_local_peers: bool,
     token: Option<String>,
+    inherited: spawn::Inherited,
 }
 
 /// Run the agent until SIGTERM/SIGINT; never returns.
@@ -128,6 +129,7 @@ pub fn run(config: AgentConfig) -> ! {
         path_tail: config.path_tail,
         allow_local_peers: config.allow_local_peers,
         token: config.token,
+        inherited: spawn::Inherited::read(),
     });
 
     // In the host's pid namespace the agent is not PID 1: orphans of the

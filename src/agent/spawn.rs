@@ -76,6 +76,40 @@ fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), 
     }
 }
 
+/// What of the agent's own process state a tool must not inherit, read
+/// once at start-up (the agent changes neither afterwards), so the child
+/// between fork and exec makes a syscall only where one changes something.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Inherited {
+    /// Signals the agent ignores (bit N-1: signal N). An exec keeps an
+    /// ignored signal ignored, and resets a handled one by itself.
+    pub ignored: u64,
+    /// The agent's capability bounding set (bit N: capability N).
+    pub bounding: u64,
+}
+
+impl Inherited {
+    pub fn read() -> Inherited {
+        let mut ignored = 0;
+        for sig in 1..=libc::SIGRTMAX() {
+            // SAFETY: sigaction with no new action only reads the old one.
+            let old = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                (libc::sigaction(sig, std::ptr::null(), &mut old) == 0).then_some(old)
+            };
+            if old.is_some_and(|o| o.sa_sigaction == libc::SIG_IGN) {
+                ignored |= 1u64 << (sig - 1);
+            }
+        }
+        // SAFETY: PR_CAPBSET_READ only reads; 1 means the capability is in the set.
+        let bounding = (0..=LAST_CAP).filter(|&c| unsafe { libc::prctl(libc::PR_CAPBSET_READ, c as libc::c_ulong, 0, 0, 0) } == 1).fold(0, |m, c| m | 1u64 << c);
+        Inherited { ignored, bounding }
+    }
+}
+
+/// The highest capability number a bounding set can hold.
+const LAST_CAP: u32 = 63;
+
 /// A tool that runs.
 pub(super) struct Spawned {
     pub pid: i32,
@@ -147,16 +181,36 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], events: 
     }
     let (err_r, err_w) = (pipe[0], pipe[1]);
 
+    let args = ChildArgs {
+        err_w,
+        ids: Ids { uid, gid, groups: &groups, caps, bounding: agent.inherited.bounding },
+        cwd: &cwd,
+        pty_slave: slave,
+        sources: &sources,
+        targets: &targets,
+        park_base,
+        progs: &progs,
+        argv: &argv_ptrs,
+        env: &env_ptrs,
+        ignored: agent.inherited.ignored,
+        trace: req.trace,
+    };
     let pid = {
         let mut reg = agent.registry.lock().unwrap();
-        // SAFETY: the child only makes async-signal-safe calls (see child()).
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: in the child, with everything prepared above.
-            unsafe {
-                child(err_w, Ids { uid, gid, groups: &groups, caps }, &cwd, slave, &sources, &targets, park_base, &progs, &argv_ptrs, &env_ptrs, req.trace)
+        let pid = if pty.is_some() {
+            // The pty path forks once more in the child (its session
+            // holder), which a child sharing our memory must not: a plain
+            // fork. It is the interactive path, where a fork's cost is not felt.
+            // SAFETY: the child only makes async-signal-safe calls (see child()).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: in the child, with everything prepared above.
+                unsafe { child(&args) }
             }
-        }
+            pid
+        } else {
+            spawn_vfork(&args)
+        };
         if pid > 0 {
             reg.waiting.insert(pid, (events, std::time::Instant::now()));
             reg.tally.begin();
@@ -225,6 +279,55 @@ fn failed(message: String) -> AgentEvent {
     AgentEvent::Failed(crate::protocol::Failure::new(message))
 }
 
+/// Start the child as `posix_spawn` does: `clone(CLONE_VM | CLONE_VFORK)`,
+/// on a stack of its own, this thread suspended until the child's exec (or
+/// exit). No page tables are copied and no page is copied on write, which a
+/// `fork` of the agent pays on every call. The child runs [`child`] in our
+/// memory: raw syscalls only, touching nothing but its own stack; every
+/// signal blocked until it resets the mask before the exec, so none of our
+/// handlers runs in it. Returns the child's pid, or -1 (errno set).
+fn spawn_vfork(args: &ChildArgs) -> i32 {
+    /// Enough for `child`'s frames (the fd table it parks is 1 KiB).
+    const STACK: usize = 256 << 10;
+    extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `ChildArgs` the parent keeps alive while it
+        // is suspended; the child never returns from `child`.
+        unsafe { child(&*(arg as *const ChildArgs)) }
+    }
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: the stack grows down from its 16-byte aligned top; signals
+    // are blocked around the clone and restored after it, in this thread.
+    unsafe {
+        let top = (stack.as_mut_ptr().add(STACK) as usize & !15) as *mut libc::c_void;
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(entry, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, args as *const ChildArgs as *mut libc::c_void);
+        let errno = *libc::__errno_location();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        *libc::__errno_location() = errno;
+        pid
+    }
+}
+
+/// Everything [`child`] uses, prepared before the fork.
+struct ChildArgs<'a> {
+    err_w: i32,
+    ids: Ids<'a>,
+    cwd: &'a CString,
+    pty_slave: i32,
+    sources: &'a [i32],
+    targets: &'a [i32],
+    park_base: i32,
+    progs: &'a [CString],
+    argv: &'a [*const libc::c_char],
+    env: &'a [*const libc::c_char],
+    /// Signals to reset from ignored to default ([`Inherited::ignored`]).
+    ignored: u64,
+    trace: bool,
+}
+
 /// Who the tool runs as.
 struct Ids<'a> {
     uid: u32,
@@ -232,6 +335,8 @@ struct Ids<'a> {
     groups: &'a [libc::gid_t],
     /// Capabilities it keeps (bit N: capability N).
     caps: u64,
+    /// The bounding set it starts from ([`Inherited::bounding`]).
+    bounding: u64,
 }
 
 /// Become the caller, holding exactly `ids.caps` and nothing that exec
@@ -241,19 +346,21 @@ struct Ids<'a> {
 /// no_new_privs, so a setuid or file-capability program runs with the
 /// caller's privileges (as under `nosuid`). Raw syscalls only.
 unsafe fn become_caller(ids: &Ids) -> Result<(), ()> {
-    const LAST_CAP: u32 = 63;
     for cap in 0..=LAST_CAP {
-        if ids.caps & (1u64 << cap) == 0
+        if ids.bounding & !ids.caps & (1u64 << cap) != 0
             && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
             && *libc::__errno_location() != libc::EINVAL
         {
             return Err(());
         }
     }
+    // Raw syscalls, not libc's wrappers: those would change the ids of
+    // every thread libc knows of, and a child sharing the agent's memory
+    // (see `spawn_vfork`) would change the agent's threads'.
     if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
-        || libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) != 0
-        || libc::setresgid(ids.gid, ids.gid, ids.gid) != 0
-        || libc::setresuid(ids.uid, ids.uid, ids.uid) != 0
+        || libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0
+        || libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0
+        || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0
     {
         return Err(());
     }
@@ -292,21 +399,11 @@ unsafe fn become_caller(ids: &Ids) -> Result<(), ()> {
     Ok(())
 }
 
-/// The child between fork and exec. Only raw syscalls: no allocation, no locks.
-#[allow(clippy::too_many_arguments)]
-unsafe fn child(
-    err_w: i32,
-    ids: Ids,
-    cwd: &CString,
-    pty_slave: i32,
-    sources: &[i32],
-    targets: &[i32],
-    park_base: i32,
-    progs: &[CString],
-    argv: &[*const libc::c_char],
-    env: &[*const libc::c_char],
-    trace: bool,
-) -> ! {
+/// The child between fork and exec. Only raw syscalls: no allocation, no
+/// locks, no write to memory but its own stack (it may share the agent's:
+/// see [`spawn_vfork`]).
+unsafe fn child(a: &ChildArgs) -> ! {
+    let ChildArgs { err_w, ref ids, cwd, pty_slave, sources, targets, park_base, progs, argv, env, ignored, trace } = *a;
     let fail = |stage: u8| -> ! {
         let errno = *libc::__errno_location();
         let e = errno.to_le_bytes();
@@ -348,7 +445,7 @@ unsafe fn child(
         }
     }
 
-    if become_caller(&ids).is_err() {
+    if become_caller(ids).is_err() {
         fail(STAGE_IDENTITY);
     }
     // After dropping privileges, so the caller's own rights decide.
@@ -379,11 +476,12 @@ unsafe fn child(
 
     // A clean signal state: the agent blocks some signals and Rust ignores
     // SIGPIPE; tools must see the defaults (`yes | head -1` must end).
+    // Handled signals are reset by the exec itself.
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    for sig in 1..libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+    for sig in 1..=64 {
+        if ignored & (1u64 << (sig - 1)) != 0 {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
