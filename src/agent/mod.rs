@@ -11,6 +11,7 @@ mod cgroup;
 #[cfg(test)]
 pub mod fake;
 mod identity;
+mod inflight;
 pub mod relay;
 mod spawn;
 
@@ -19,7 +20,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,19 +82,10 @@ fn wait_any() -> Option<Wait> {
     })
 }
 
-/// What the reaper and the connection reader tell a connection's thread.
-enum ToolEvent {
-    /// Exit, death or stop of the tool, and when `waitpid` returned it.
-    Wait(Wait, u64),
-    Continue,
-    Signal(i32),
-    Hangup,
-}
-
 /// Tools in flight. Held across `fork` so the reaper can never see a child's
 /// end before the child is registered here.
 struct Registry {
-    waiting: HashMap<i32, (mpsc::Sender<ToolEvent>, Instant)>,
+    waiting: HashMap<i32, (Arc<inflight::InFlight>, Instant)>,
     tally: crate::protocol::tally::Tally,
 }
 
@@ -184,23 +175,29 @@ impl Agent {
             // can stop too, as a native job would.
             match wait_any() {
                 Some(status @ Wait::Stopped(pid, _)) => {
-                    let reg = self.registry.lock().unwrap();
-                    if let Some((tx, _)) = reg.waiting.get(&pid) {
-                        let _ = tx.send(ToolEvent::Wait(status, protocol::stages::now_ns()));
+                    let flight = self.registry.lock().unwrap().waiting.get(&pid).map(|(f, _)| f.clone());
+                    if let Some(f) = flight {
+                        f.waited(status, protocol::stages::now_ns());
                     }
                 }
                 Some(status) => {
                     let reaped = protocol::stages::now_ns();
                     let pid = status.pid();
-                    let mut reg = self.registry.lock().unwrap();
-                    if let Some((tx, started)) = reg.waiting.remove(&pid) {
-                        let code = match status {
-                            Wait::Exited(_, c) => c,
-                            Wait::Signaled(_, sig) => 128 + sig,
-                            Wait::Stopped(..) => -1,
-                        };
-                        reg.tally.end(pid, code, started.elapsed().as_millis() as u64);
-                        let _ = tx.send(ToolEvent::Wait(status, reaped));
+                    let flight = {
+                        let mut reg = self.registry.lock().unwrap();
+                        let flight = reg.waiting.remove(&pid);
+                        if let Some((_, started)) = &flight {
+                            let code = match status {
+                                Wait::Exited(_, c) => c,
+                                Wait::Signaled(_, sig) => 128 + sig,
+                                Wait::Stopped(..) => -1,
+                            };
+                            reg.tally.end(pid, code, started.elapsed().as_millis() as u64);
+                        }
+                        flight
+                    };
+                    if let Some((f, _)) = flight {
+                        f.waited(status, reaped);
                     }
                 }
                 None => {
@@ -246,21 +243,23 @@ impl Agent {
         }
     }
 
-    /// Start the tool, then follow it: forward signals from the connection,
-    /// report its end, and kill its process group if the connection drops
-    /// (the launcher was killed).
+    /// Start the tool, then follow its launcher: forward its signals, and
+    /// end what the tool started if the connection drops (the launcher was
+    /// killed). The reaper reports the tool's end ([`inflight`]).
     fn run_tool(&self, stream: UnixStream, req: SpawnRequest, fds: Vec<std::os::fd::OwnedFd>) {
         let received = protocol::stages::now_ns();
-        if req.version != PROTOCOL_VERSION {
-            let msg = format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version);
+        let refuse = |msg: String| {
             let _ = protocol::send(&stream, &AgentEvent::Failed(crate::protocol::Failure::new(msg)), &[]);
-            return;
+        };
+        if req.version != PROTOCOL_VERSION {
+            return refuse(format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version));
         }
         identity::ensure_known(&req.identity);
-        let pty = req.tty.is_some();
-        let oom_before = cgroup::oom_kills();
-        let (tx, rx) = mpsc::channel();
-        let spawn::Spawned { pid, master, forked, exec } = match spawn::spawn(self, &req, &fds, tx.clone()) {
+        let flight = match inflight::InFlight::new(&stream, req.tty.is_some(), req.trace, received) {
+            Ok(f) => Arc::new(f),
+            Err(e) => return refuse(format!("cannot follow the tool: {e}")),
+        };
+        let spawn::Spawned { pid, master, forked, exec } = match spawn::spawn(self, &req, &fds, flight.clone()) {
             Ok(spawned) => spawned,
             Err(failure) => {
                 let _ = protocol::send(&stream, &failure, &[]);
@@ -268,96 +267,39 @@ impl Agent {
             }
         };
         drop(fds);
-        // Signals go to the tool itself, never to a pid reused after it was
-        // reaped (in the host's pid namespace that could be anyone's).
-        let tool = Tool::open(pid);
         // The pty master goes to the launcher; the agent keeps no copy, so
         // when the launcher goes away the tool's terminal hangs up.
         let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
-        if protocol::send(&stream, &AgentEvent::Started { pid }, &master_fd).is_err() {
-            let _ = tx.send(ToolEvent::Hangup);
-        }
+        flight.started(pid, forked, exec, &master_fd);
         drop(master);
-
-        let reader = stream.try_clone();
-        if let Ok(reader) = reader {
-            let tx = tx.clone();
-            std::thread::spawn(move || loop {
-                match protocol::recv::<AgentRequest>(&reader) {
-                    Ok(Some((AgentRequest::Signal(sig), _))) => {
-                        if tx.send(ToolEvent::Signal(sig)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some((AgentRequest::Continue, _))) => {
-                        if tx.send(ToolEvent::Continue).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) | Err(_) => {
-                        let _ = tx.send(ToolEvent::Hangup);
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
-
-        let mut hung_up = false;
-        while let Ok(ev) = rx.recv() {
-            match ev {
-                ToolEvent::Signal(sig) => {
+        loop {
+            match protocol::recv::<AgentRequest>(&stream) {
+                Ok(Some((AgentRequest::Signal(sig), _))) => {
                     // Without a pty the tool leads its own session, an
                     // orphaned process group where the kernel discards
                     // SIGTSTP and friends: stop it for real instead.
                     let sig = match sig {
-                        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !pty => libc::SIGSTOP,
+                        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !flight.pty => libc::SIGSTOP,
                         s => s,
                     };
                     // The tool we started (in pty mode, its session
                     // holder, which passes it on).
-                    tool.signal(sig);
-                }
-                ToolEvent::Hangup => {
-                    if !hung_up {
-                        hung_up = true;
-                        // The launcher is gone (killed): nobody will see this
-                        // tool's output or status, so end all it started.
-                        kill_session(pid, tool.alive());
+                    if let Some(t) = flight.tool() {
+                        t.signal(sig);
                     }
                 }
-                ToolEvent::Continue => tool.signal_group(libc::SIGCONT),
-                ToolEvent::Wait(status, reaped) => {
-                    let (ev, last) = match status {
-                        Wait::Exited(_, code) => (AgentEvent::Exited(code), true),
-                        Wait::Signaled(_, libc::SIGKILL) => match cgroup::oom_reason(oom_before) {
-                            Some(reason) => (AgentEvent::Killed { signal: libc::SIGKILL, reason }, true),
-                            None => (AgentEvent::Signaled(libc::SIGKILL), true),
-                        },
-                        Wait::Signaled(_, sig) => (AgentEvent::Signaled(sig), true),
-                        Wait::Stopped(_, sig) => (AgentEvent::Stopped(sig), false),
-                    };
-                    if hung_up {
-                        if !last {
-                            // Nobody can continue it: let the kill take effect.
-                            tool.signal_group(libc::SIGCONT);
-                        }
-                    } else {
-                        if last && req.trace {
-                            let stamps = protocol::stages::AgentStamps { received, forked, exec, reaped };
-                            let _ = protocol::send(&stream, &AgentEvent::Stamps(stamps), &[]);
-                        }
-                        let _ = protocol::send(&stream, &ev, &[]);
-                    }
-                    if last {
-                        break;
+                Ok(Some((AgentRequest::Continue, _))) => {
+                    if let Some(t) = flight.tool() {
+                        t.signal_group(libc::SIGCONT);
                     }
                 }
+                Ok(Some(_)) => {}
+                // The end was reported (the reaper shut the connection), or
+                // the launcher is gone.
+                Ok(None) | Err(_) => break,
             }
         }
-        // Wake the reader thread, which holds a clone of this socket.
-        let _ = nix::sys::socket::shutdown(stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        flight.hang_up(pid);
     }
 }
 
@@ -369,56 +311,6 @@ impl Agent {
 fn peer_outside(stream: &UnixStream) -> bool {
     let Ok(peer) = protocol::peer::peer(stream.as_raw_fd()) else { return false };
     peer.pid == 0 || (cgroup::in_our_cgroup(peer.pid) == Some(false) && peer.alive())
-}
-
-/// A started tool, held by a pidfd: its pid may be reused once it is
-/// reaped, the pidfd never.
-struct Tool {
-    pid: i32,
-    pidfd: Option<std::os::fd::OwnedFd>,
-}
-
-impl Tool {
-    fn open(pid: i32) -> Tool {
-        Tool { pid, pidfd: protocol::peer::pidfd_open(pid) }
-    }
-
-    /// Whether it has not exited yet (a process group it leads is its own
-    /// while it lives).
-    fn alive(&self) -> bool {
-        self.pidfd.as_ref().is_some_and(protocol::peer::running)
-    }
-
-    fn signal(&self, sig: i32) {
-        if let Some(fd) = &self.pidfd {
-            // SAFETY: pidfd_send_signal on our own pidfd, no siginfo.
-            unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0) };
-        }
-    }
-
-    /// Signal its process group, while it leads one that is surely its own.
-    fn signal_group(&self, sig: i32) {
-        if self.alive() {
-            // SAFETY: plain kill(2) on the group of a live leader.
-            unsafe { libc::kill(-self.pid, sig) };
-        }
-    }
-}
-
-/// SIGKILL every process of session `sid` (the tool's session: the tool,
-/// its process group, its background jobs), among the container's; its
-/// group at once when the tool, its leader, still lives (`leader_alive`).
-fn kill_session(sid: i32, leader_alive: bool) {
-    if leader_alive {
-        // SAFETY: plain kill(2); the session leader's group first, then the rest.
-        unsafe { libc::kill(-sid, libc::SIGKILL) };
-    }
-    for pid in cgroup::container_pids() {
-        if protocol::peer::session_of(pid) == Some(sid) {
-            // SAFETY: plain kill(2).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
 }
 
 /// Compare secrets in time independent of where they differ.

@@ -1,12 +1,14 @@
-//! Fork and exec one tool as the caller: identity, cwd, fds, clean signal
-//! state. Everything the child needs is prepared before `fork`, because after
-//! it only async-signal-safe calls are allowed (the agent is multithreaded).
+//! Start one tool as the caller: identity, cwd, fds, clean signal state.
+//! Everything the child needs is prepared before it is cloned, because in
+//! it only raw syscalls are allowed (the agent is multithreaded, and the
+//! child shares its memory until the exec).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
+use std::sync::Arc;
 
-use super::{Agent, ToolEvent};
+use super::inflight::InFlight;
+use super::Agent;
 use crate::protocol::{AgentEvent, SpawnRequest, TtyRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
 
 /// What the child reports through the exec-error pipe, in records of
@@ -123,7 +125,7 @@ pub(super) struct Spawned {
 
 /// Fork, register the child with the reaper, exec. Returns the tool that
 /// runs, or the `Failed` event to send back.
-pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], events: mpsc::Sender<ToolEvent>) -> Result<Spawned, AgentEvent> {
+pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: Arc<InFlight>) -> Result<Spawned, AgentEvent> {
     if fds.len() != req.fds.len() {
         return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
     }
@@ -212,7 +214,7 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], events: 
             spawn_vfork(&args)
         };
         if pid > 0 {
-            reg.waiting.insert(pid, (events, std::time::Instant::now()));
+            reg.waiting.insert(pid, (flight, std::time::Instant::now()));
             reg.tally.begin();
             agent.children.notify_all();
         }
