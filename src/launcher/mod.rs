@@ -100,6 +100,25 @@ fn inherited_fds() -> Vec<RawFd> {
     fds
 }
 
+/// The environment as the kernel gave it, `KEY=VALUE` byte strings, one
+/// copy each (`std::env::vars_os` makes three).
+fn environment() -> Vec<Vec<u8>> {
+    extern "C" {
+        static environ: *const *const libc::c_char;
+    }
+    let mut out = Vec::new();
+    // SAFETY: `environ` is libc's NUL-terminated array of C strings; this
+    // process changes its environment nowhere.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            out.push(std::ffi::CStr::from_ptr(*entry).to_bytes().to_vec());
+            entry = entry.add(1);
+        }
+    }
+    out
+}
+
 fn set_handler(sig: i32, handler: libc::sighandler_t) {
     // SAFETY: installs an async-signal-safe handler (or a default).
     unsafe {
@@ -154,14 +173,7 @@ fn run(socket: &Path, command: &str, args: &[OsString], stamps: &mut Option<Call
     let control = UnixStream::connect(socket).map_err(|e| {
         fail(format!("daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)", socket.display()))
     })?;
-    let env = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k.into_vec();
-            kv.push(b'=');
-            kv.extend(v.into_vec());
-            kv
-        })
-        .collect();
+    let env = environment();
     let req = Request::Exec(ExecRequest {
         version: PROTOCOL_VERSION,
         command: command.to_string(),

@@ -124,8 +124,10 @@ pub struct ExecRequest {
     /// Command name (basename of the shim).
     pub command: String,
     /// Arguments after the command name.
+    #[serde(with = "byte_strings")]
     pub args: Vec<Vec<u8>>,
     /// The launcher's environment as `KEY=VALUE` strings; the daemon filters it.
+    #[serde(with = "byte_strings")]
     pub env: Vec<Vec<u8>>,
     /// Fd numbers in the caller that the attached fds stand for, in order.
     /// Terminal fds are not among them: see `tty`.
@@ -303,12 +305,16 @@ pub struct SpawnRequest {
     pub token: String,
     /// Program: an absolute path, or a name looked up on the agent's own PATH
     /// (the image's PATH).
+    #[serde(with = "serde_bytes")]
     pub program: Vec<u8>,
     /// argv, including argv[0].
+    #[serde(with = "byte_strings")]
     pub argv: Vec<Vec<u8>>,
     /// Complete environment of the tool (`KEY=VALUE`), except PATH, which the
     /// agent sets to the image's own.
+    #[serde(with = "byte_strings")]
     pub env: Vec<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
     pub cwd: Vec<u8>,
     pub identity: Identity,
     /// Target fd numbers of the attached fds, in order.
@@ -377,7 +383,23 @@ pub struct Finished {
 
 /// Encode a message body (framing adds the length).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    postcard::to_stdvec(msg).map_err(|e| FrameError::Encode(e.to_string()))
+    // Most frames fit at once; a large one grows from there.
+    postcard::to_extend(msg, Vec::with_capacity(4096)).map_err(|e| FrameError::Encode(e.to_string()))
+}
+
+/// Lists of byte strings (arguments, environment) serialized as lists of
+/// bytes: one copy each instead of one call per byte. With postcard the
+/// encoding is the same as a list of sequences of u8.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<serde_bytes::ByteBuf>::deserialize(d)?.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
 }
 
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, FrameError> {
@@ -422,6 +444,16 @@ mod tests {
             let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, trace: fds.len() % 3 == 0, fds, tty });
             let back: Request = decode(&encode(&req).unwrap()).unwrap();
             prop_assert_eq!(back, req);
+        }
+
+        #[test]
+        fn byte_strings_encode_as_sequences_of_bytes_did(args in proptest::collection::vec(bytes(), 0..8)) {
+            // The wire format of older builds: a list of sequences of u8.
+            #[derive(Serialize)]
+            struct Plain<'a> { args: &'a Vec<Vec<u8>>, env: &'a Vec<Vec<u8>> }
+            let req = ExecRequest { version: 1, command: "c".into(), args: args.clone(), env: args.clone(), fds: vec![], tty: None, trace: false };
+            let plain = postcard::to_stdvec(&(1u32, "c", Plain { args: &args, env: &args }, Vec::<i32>::new(), Option::<TtyRequest>::None, false)).unwrap();
+            prop_assert_eq!(encode(&req).unwrap(), plain);
         }
 
         #[test]

@@ -82,11 +82,13 @@ pub fn prepare() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // Static, as installed: the agent runs in every image, and so does
         // the launcher when a tool runs another tool.
-        for bin in ["odfs-agent", "odfs-launch"] {
+        // The same flags as scripts/build (the launcher is not a PIE).
+        for (bin, extra) in [("odfs-agent", &[][..]), ("odfs-launch", &["-C", "relocation-model=static"][..])] {
             let built = Command::new(&cargo)
                 .current_dir(manifest())
                 .args(["rustc", "--release", "--no-default-features", "--bin", bin, "--target-dir", "target/static"])
                 .args(["--", "-C", "target-feature=+crt-static"])
+                .args(extra)
                 .status()
                 .expect("run cargo to build the static binaries");
             assert!(built.success(), "building the static {bin} failed");
