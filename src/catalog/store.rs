@@ -138,19 +138,32 @@ impl Store {
 }
 
 /// Apply writes as they come: each wake-up takes every write queued by
-/// then (at most [`WRITE_QUEUE`]) in one transaction.
+/// then (at most [`WRITE_QUEUE`]) in one transaction, each write in a
+/// savepoint of its own, so that one that fails is the only one lost.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
     let mut since_trim = 0u32;
+    let warn = |e: rusqlite::Error| tracing::warn!("state database write failed: {e}");
     while let Ok(first) = rx.recv() {
         let batch: Vec<Write> = std::iter::once(first).chain(rx.try_iter().take(WRITE_QUEUE)).collect();
-        let result = conn.transaction().and_then(|tx| {
-            for w in batch {
-                apply(&tx, w, &mut since_trim)?;
+        let mut tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                warn(e);
+                continue;
             }
-            tx.commit()
-        });
-        if let Err(e) = result {
-            tracing::warn!("state database write failed: {e}");
+        };
+        for w in batch {
+            let one = tx.savepoint().and_then(|sp| {
+                apply(&sp, w, &mut since_trim)?;
+                sp.commit()
+            });
+            if let Err(e) = one {
+                warn(e);
+            }
+        }
+        if let Err(e) = tx.commit() {
+            warn(e);
         }
     }
 }
@@ -174,7 +187,8 @@ fn apply(conn: &Connection, w: Write, since_trim: &mut u32) -> rusqlite::Result<
             .execute(params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome, i.session, i.container, i.pid])?;
             if *since_trim >= 1000 {
                 *since_trim = 0;
-                conn.execute("DELETE FROM invocations WHERE id <= (SELECT MAX(id) FROM invocations) - ?1", params![KEEP_INVOCATIONS])?;
+                // A trim that fails is tried again 1000 rows later.
+                let _ = conn.execute("DELETE FROM invocations WHERE id <= (SELECT MAX(id) FROM invocations) - ?1", params![KEEP_INVOCATIONS]);
             }
             Ok(())
         }
