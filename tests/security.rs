@@ -154,6 +154,75 @@ fn the_agent_answers_only_requests_with_its_token() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A spawn request for the host's `/bin/sh -c SCRIPT` as root, for an
+/// agent run on the host.
+fn sh_spawn(script: &str) -> AgentRequest {
+    AgentRequest::Spawn(Box::new(odfs::protocol::SpawnRequest {
+        version: PROTOCOL_VERSION,
+        token: String::new(),
+        program: b"/bin/sh".to_vec(),
+        argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+        env: vec![],
+        cwd: b"/".to_vec(),
+        identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
+        fds: vec![],
+        tty: None,
+        trace: false,
+    }))
+}
+
+#[test]
+fn a_launcher_that_does_not_read_holds_up_no_other_tool() {
+    // One agent serves every caller of its container: a caller whose
+    // launcher stops reading (stopped, or hostile) while its tool stops
+    // over and over must not hold up the reports of anyone else's tools.
+    let dir = tempdir("agent-unread");
+    let socket = dir.join("agent.sock");
+    /// The agent and the stopper's group, killed even when the test fails.
+    struct Cleanup(std::process::Child, i32);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if self.1 > 0 {
+                // SAFETY: plain kill(2) of the tool's group (it leads its session).
+                unsafe { libc::kill(-self.1, libc::SIGKILL) };
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut running = Cleanup(Command::new(agent()).args(["--socket", socket.to_str().unwrap(), "--allow-local-peers"]).spawn().unwrap(), 0);
+    assert!(eventually(Duration::from_secs(5), || UnixStream::connect(&socket).is_ok()));
+    let unread = UnixStream::connect(&socket).unwrap();
+    // Its tool stops itself 3000 times; a helper continues it each time.
+    let script = "(while kill -CONT $$ 2>/dev/null; do :; done) & i=0; while [ $i -lt 3000 ]; do kill -STOP $$; i=$((i+1)); done; kill $!";
+    protocol::send(&unread, &sh_spawn(script), &[]).unwrap();
+    running.1 = match protocol::recv::<AgentEvent>(&unread).unwrap() {
+        Some((AgentEvent::Started { pid }, _)) => pid,
+        other => panic!("{other:?}"),
+    };
+    // Another caller's tool starts and its end arrives meanwhile, again and again.
+    for _ in 0..20 {
+        let conn = UnixStream::connect(&socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        protocol::send(&conn, &sh_spawn("exit 3"), &[]).unwrap();
+        assert!(matches!(protocol::recv::<AgentEvent>(&conn).unwrap(), Some((AgentEvent::Started { .. }, _))));
+        assert_eq!(protocol::recv::<AgentEvent>(&conn).unwrap().map(|(e, _)| e), Some(AgentEvent::Exited(3)));
+    }
+    // The stopper is still reported, in order, once its launcher reads.
+    let mut stops = 0;
+    unread.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let end = loop {
+        match protocol::recv::<AgentEvent>(&unread).unwrap() {
+            Some((AgentEvent::Stopped(_), _)) => stops += 1,
+            other => break other.map(|(e, _)| e),
+        }
+    };
+    assert!(stops >= 1, "no stop reported");
+    assert_eq!(end, Some(AgentEvent::Exited(0)));
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = PathBuf::from(format!("/tmp/odfs-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

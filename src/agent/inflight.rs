@@ -1,17 +1,22 @@
 //! A tool in flight: what its connection's thread and the reaper share. The
 //! reaper reports the tool's stops and end on the launcher's connection
 //! itself, the moment `waitpid` returns them (no hop through another
-//! thread), but never before the connection's thread has sent `Started`;
-//! the connection's thread reads the launcher's signals and, if the
+//! thread), but never before the connection's thread has sent `Started`,
+//! and never waiting: what the socket has no room for (a launcher that does
+//! not read) waits in an outbox that the connection's thread sends, so one
+//! caller cannot hold the reaper that serves every tool of the container.
+//! The connection's thread reads the launcher's signals and, if the
 //! launcher goes away, ends what the tool started.
 
-use std::os::fd::AsRawFd;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{cgroup, Wait};
-use crate::protocol::{self, stages::AgentStamps, AgentEvent};
+use crate::protocol::{self, stages::AgentStamps, AgentEvent, AgentRequest};
 
 /// Where a tool's report stands.
 enum Phase {
@@ -23,9 +28,25 @@ enum Phase {
     Over,
 }
 
+/// Reports the launcher's socket had no room for, in order. Bounded: a
+/// stop the launcher has not read yet is not queued twice, and a tool ends
+/// once.
+#[derive(Default)]
+struct Outbox {
+    /// Frames (or what is left of one), each with whether it is a whole stop.
+    frames: VecDeque<(Vec<u8>, bool)>,
+    /// The connection's thread is sending frames taken from here.
+    draining: bool,
+    /// The end is among them: shut the connection once all is sent.
+    close: bool,
+}
+
 pub(super) struct InFlight {
     /// A clone of the launcher's connection, for the reaper's reports.
     conn: UnixStream,
+    outbox: Mutex<Outbox>,
+    /// Wakes the connection's thread when the outbox holds frames (eventfd).
+    wake: OwnedFd,
     /// The tool itself, once it is known.
     tool: OnceLock<Tool>,
     /// In pty mode (a terminal's job control applies).
@@ -41,8 +62,17 @@ pub(super) struct InFlight {
 
 impl InFlight {
     pub fn new(conn: &UnixStream, pty: bool, trace: bool, received: u64) -> std::io::Result<InFlight> {
+        // SAFETY: eventfd returns a new fd, owned at once.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd of ours.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
         Ok(InFlight {
             conn: conn.try_clone()?,
+            outbox: Mutex::new(Outbox::default()),
+            wake,
             tool: OnceLock::new(),
             pty,
             hung_up: AtomicBool::new(false),
@@ -58,7 +88,7 @@ impl InFlight {
 
     /// The tool started (`pid`, `forked` and `exec` stamps): send `Started`
     /// with the pty master, then what the reaper saw meanwhile.
-    pub fn started(&self, pid: i32, forked: u64, exec: u64, master: &[i32]) {
+    pub fn started(self: &Arc<Self>, pid: i32, forked: u64, exec: u64, master: &[i32]) {
         let _ = self.tool.set(Tool::open(pid));
         if let Some(s) = &self.stamps {
             let mut s = s.lock().unwrap();
@@ -83,8 +113,8 @@ impl InFlight {
         }
     }
 
-    /// What the reaper saw of the tool (`at`: when).
-    pub fn waited(&self, wait: Wait, at: u64) {
+    /// What the reaper saw of the tool (`at`: when). Never waits.
+    pub fn waited(self: &Arc<Self>, wait: Wait, at: u64) {
         let mut phase = self.phase.lock().unwrap();
         match &mut *phase {
             Phase::Starting(seen) => return seen.push((wait, at)),
@@ -99,7 +129,7 @@ impl InFlight {
                     t.signal_group(libc::SIGCONT);
                 }
             } else {
-                let _ = protocol::send(&self.conn, &AgentEvent::Stopped(sig), &[]);
+                self.deliver(&AgentEvent::Stopped(sig), false);
             }
             return;
         }
@@ -112,26 +142,121 @@ impl InFlight {
             // Whether the OOM killer struck may take a few ms to show:
             // found out off the reaper's thread.
             Wait::Signaled(_, libc::SIGKILL) => {
-                let (end, before) = (self.end(), self.oom_before);
+                let me = self.clone();
                 std::thread::spawn(move || {
-                    end.report(match cgroup::oom_reason(before) {
+                    me.report_end(match cgroup::oom_reason(me.oom_before) {
                         Some(reason) => AgentEvent::Killed { signal: libc::SIGKILL, reason },
                         None => AgentEvent::Signaled(libc::SIGKILL),
                     })
                 });
             }
-            Wait::Signaled(_, sig) => self.end().report(AgentEvent::Signaled(sig)),
-            Wait::Exited(_, code) => self.end().report(AgentEvent::Exited(code)),
+            Wait::Signaled(_, sig) => self.report_end(AgentEvent::Signaled(sig)),
+            Wait::Exited(_, code) => self.report_end(AgentEvent::Exited(code)),
             Wait::Stopped(..) => unreachable!("handled above"),
         }
     }
 
-    fn stamps(&self) -> Option<AgentStamps> {
-        self.stamps.as_ref().map(|s| *s.lock().unwrap())
+    /// Report the end (a traced call's stamps first), then shut the
+    /// connection, which also ends its thread's read.
+    fn report_end(&self, event: AgentEvent) {
+        if !self.hung_up.load(Ordering::SeqCst) {
+            if let Some(s) = &self.stamps {
+                let stamps = *s.lock().unwrap();
+                self.deliver(&AgentEvent::Stamps(stamps), false);
+            }
+        }
+        self.deliver(&event, true);
     }
 
-    fn end(&self) -> Ended {
-        Ended { conn: self.conn.try_clone().ok(), hung_up: self.hung_up.load(Ordering::SeqCst), stamps: self.stamps() }
+    /// Send a report now if the socket has room, else leave it in the
+    /// outbox for the connection's thread; `last`: shut the connection after it.
+    fn deliver(&self, event: &AgentEvent, last: bool) {
+        let shut = || {
+            let _ = nix::sys::socket::shutdown(self.conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        };
+        let hung_up = self.hung_up.load(Ordering::SeqCst);
+        let frame = match protocol::frame(event) {
+            Ok(f) if !hung_up => f,
+            _ => return if last { shut() },
+        };
+        let stop = matches!(event, AgentEvent::Stopped(_));
+        let mut out = self.outbox.lock().unwrap();
+        let mut rest = &frame[..];
+        if out.frames.is_empty() && !out.draining {
+            // SAFETY: sends from a buffer we own; never waits.
+            let n = unsafe { libc::send(self.conn.as_raw_fd(), rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if n == rest.len() as isize {
+                return if last { shut() };
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    // The launcher is gone: its thread sees the hang-up.
+                    return if last { shut() };
+                }
+            } else {
+                rest = &rest[n as usize..];
+            }
+        } else if stop && out.frames.back().is_some_and(|&(_, whole_stop)| whole_stop) {
+            // The launcher has not read the last stop yet: one says it.
+            return;
+        }
+        out.frames.push_back((rest.to_vec(), stop && rest.len() == frame.len()));
+        out.close |= last;
+        drop(out);
+        // SAFETY: writes 8 bytes to our eventfd (it never blocks: EFD_NONBLOCK).
+        unsafe { libc::write(self.wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+    }
+
+    /// Send what waits in the outbox; on the connection's thread, which may
+    /// wait for the launcher to read.
+    fn drain(&self) {
+        let mut wakes = 0u64;
+        // SAFETY: reads the eventfd's counter into a local.
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut wakes as *mut u64).cast(), 8) };
+        loop {
+            let frames = {
+                let mut out = self.outbox.lock().unwrap();
+                if out.frames.is_empty() {
+                    out.draining = false;
+                    if out.close {
+                        let _ = nix::sys::socket::shutdown(self.conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                    }
+                    return;
+                }
+                out.draining = true;
+                std::mem::take(&mut out.frames)
+            };
+            for (frame, _) in frames {
+                // A failure means the launcher is gone: the read says so.
+                let _ = (&self.conn).write_all(&frame);
+            }
+        }
+    }
+
+    /// Follow the launcher until its connection ends (the end was reported
+    /// and the connection shut, or the launcher is gone): its requests go
+    /// to `request`, and the outbox is sent whenever it holds frames.
+    pub fn follow(&self, mut request: impl FnMut(AgentRequest)) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let mut pfds = [PollFd::new(self.conn.as_fd(), PollFlags::POLLIN), PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut pfds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => return,
+            }
+            let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+            let (launcher, wake) = (ready(&pfds[0]), ready(&pfds[1]));
+            if wake {
+                self.drain();
+            }
+            if launcher {
+                match protocol::recv::<AgentRequest>(&self.conn) {
+                    Ok(Some((r, _))) => request(r),
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        }
     }
 
     /// The launcher hung up (its connection ended): unless the tool's end
@@ -142,28 +267,6 @@ impl InFlight {
         if !matches!(*self.phase.lock().unwrap(), Phase::Over) {
             kill_session(pid, self.tool().is_some_and(Tool::alive));
         }
-    }
-}
-
-/// A tool's end, to report on its connection.
-struct Ended {
-    conn: Option<UnixStream>,
-    hung_up: bool,
-    stamps: Option<AgentStamps>,
-}
-
-impl Ended {
-    /// Send the end (a traced call's stamps first), then shut the
-    /// connection, which also ends its thread's read.
-    fn report(&self, event: AgentEvent) {
-        let Some(conn) = &self.conn else { return };
-        if !self.hung_up {
-            if let Some(s) = self.stamps {
-                let _ = protocol::send(conn, &AgentEvent::Stamps(s), &[]);
-            }
-            let _ = protocol::send(conn, &event, &[]);
-        }
-        let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
     }
 }
 

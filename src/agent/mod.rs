@@ -63,6 +63,15 @@ impl Wait {
             Wait::Exited(p, _) | Wait::Signaled(p, _) | Wait::Stopped(p, _) => p,
         }
     }
+
+    /// The status a shell would show for an end (128 + signal for a death).
+    fn status(self) -> i32 {
+        match self {
+            Wait::Exited(_, c) => c,
+            Wait::Signaled(_, sig) => 128 + sig,
+            Wait::Stopped(..) => -1,
+        }
+    }
 }
 
 /// Wait for any child, stops included; `None` when there is none.
@@ -82,11 +91,41 @@ fn wait_any() -> Option<Wait> {
     })
 }
 
-/// Tools in flight. Held across `fork` so the reaper can never see a child's
-/// end before the child is registered here.
+/// Tools in flight. Not held while a child starts (a child that blocks
+/// before its exec must hold up no one but its own caller): what the reaper
+/// sees of a pid not registered yet waits in `early` while a start is
+/// under way, and the start takes it when it registers its child.
+#[derive(Default)]
 struct Registry {
     waiting: HashMap<i32, (Arc<inflight::InFlight>, Instant)>,
     tally: crate::protocol::tally::Tally,
+    /// Starts under way.
+    starting: u32,
+    /// Statuses of unknown pids seen while a start was under way (orphans
+    /// reaped meanwhile too; dropped once no start is under way).
+    early: HashMap<i32, Vec<(Wait, u64)>>,
+}
+
+impl Registry {
+    /// Register a started child (`pid` > 0) with its flight; returns what the
+    /// reaper saw of it already, which the caller hands to the flight.
+    fn started(&mut self, pid: i32, flight: Arc<inflight::InFlight>) -> Vec<(Wait, u64)> {
+        self.starting -= 1;
+        let seen = if pid > 0 { self.early.remove(&pid).unwrap_or_default() } else { Vec::new() };
+        if self.starting == 0 {
+            self.early.clear();
+        }
+        if pid > 0 {
+            self.tally.begin();
+            match seen.iter().find(|(w, _)| !matches!(w, Wait::Stopped(..))) {
+                Some((end, _)) => self.tally.end(pid, end.status(), 0),
+                None => {
+                    self.waiting.insert(pid, (flight, Instant::now()));
+                }
+            }
+        }
+        seen
+    }
 }
 
 struct Agent {
@@ -114,7 +153,7 @@ pub fn run(config: AgentConfig) -> ! {
         .map(|p| p.into_encoded_bytes())
         .unwrap_or_else(|| protocol::DEFAULT_PATH.as_bytes().to_vec());
     let agent = Arc::new(Agent {
-        registry: Mutex::new(Registry { waiting: HashMap::new(), tally: Default::default() }),
+        registry: Mutex::new(Registry::default()),
         children: Condvar::new(),
         path,
         path_tail: config.path_tail,
@@ -174,30 +213,25 @@ impl Agent {
             // WUNTRACED: a stopped tool (Ctrl-Z) is reported so the launcher
             // can stop too, as a native job would.
             match wait_any() {
-                Some(status @ Wait::Stopped(pid, _)) => {
-                    let flight = self.registry.lock().unwrap().waiting.get(&pid).map(|(f, _)| f.clone());
-                    if let Some(f) = flight {
-                        f.waited(status, protocol::stages::now_ns());
-                    }
-                }
                 Some(status) => {
-                    let reaped = protocol::stages::now_ns();
+                    let at = protocol::stages::now_ns();
                     let pid = status.pid();
                     let flight = {
                         let mut reg = self.registry.lock().unwrap();
-                        let flight = reg.waiting.remove(&pid);
-                        if let Some((_, started)) = &flight {
-                            let code = match status {
-                                Wait::Exited(_, c) => c,
-                                Wait::Signaled(_, sig) => 128 + sig,
-                                Wait::Stopped(..) => -1,
-                            };
-                            reg.tally.end(pid, code, started.elapsed().as_millis() as u64);
+                        let flight = if let Wait::Stopped(..) = status {
+                            reg.waiting.get(&pid).cloned()
+                        } else {
+                            reg.waiting.remove(&pid).inspect(|(_, started)| {
+                                reg.tally.end(pid, status.status(), started.elapsed().as_millis() as u64);
+                            })
+                        };
+                        if flight.is_none() && reg.starting > 0 {
+                            reg.early.entry(pid).or_default().push((status, at));
                         }
                         flight
                     };
                     if let Some((f, _)) = flight {
-                        f.waited(status, reaped);
+                        f.waited(status, at);
                     }
                 }
                 None => {
@@ -272,33 +306,28 @@ impl Agent {
         let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
         flight.started(pid, forked, exec, &master_fd);
         drop(master);
-        loop {
-            match protocol::recv::<AgentRequest>(&stream) {
-                Ok(Some((AgentRequest::Signal(sig), _))) => {
-                    // Without a pty the tool leads its own session, an
-                    // orphaned process group where the kernel discards
-                    // SIGTSTP and friends: stop it for real instead.
-                    let sig = match sig {
-                        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !flight.pty => libc::SIGSTOP,
-                        s => s,
-                    };
-                    // The tool we started (in pty mode, its session
-                    // holder, which passes it on).
-                    if let Some(t) = flight.tool() {
-                        t.signal(sig);
-                    }
+        flight.follow(|request| match request {
+            AgentRequest::Signal(sig) => {
+                // Without a pty the tool leads its own session, an
+                // orphaned process group where the kernel discards
+                // SIGTSTP and friends: stop it for real instead.
+                let sig = match sig {
+                    libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU if !flight.pty => libc::SIGSTOP,
+                    s => s,
+                };
+                // The tool we started (in pty mode, its session holder,
+                // which passes it on).
+                if let Some(t) = flight.tool() {
+                    t.signal(sig);
                 }
-                Ok(Some((AgentRequest::Continue, _))) => {
-                    if let Some(t) = flight.tool() {
-                        t.signal_group(libc::SIGCONT);
-                    }
-                }
-                Ok(Some(_)) => {}
-                // The end was reported (the reaper shut the connection), or
-                // the launcher is gone.
-                Ok(None) | Err(_) => break,
             }
-        }
+            AgentRequest::Continue => {
+                if let Some(t) = flight.tool() {
+                    t.signal_group(libc::SIGCONT);
+                }
+            }
+            _ => {}
+        });
         flight.hang_up(pid);
     }
 }

@@ -83,8 +83,10 @@ fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), 
 /// between fork and exec makes a syscall only where one changes something.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Inherited {
-    /// Signals the agent ignores (bit N-1: signal N). An exec keeps an
-    /// ignored signal ignored, and resets a handled one by itself.
+    /// Signals the agent ignores or handles (bit N-1: signal N), to reset
+    /// to their default in the child: an exec keeps an ignored signal
+    /// ignored, and a handler of the agent's must not run in a child that
+    /// shares its memory (a caller may signal it before its exec).
     pub ignored: u64,
     /// The agent's capability bounding set (bit N: capability N).
     pub bounding: u64,
@@ -99,7 +101,7 @@ impl Inherited {
                 let mut old: libc::sigaction = std::mem::zeroed();
                 (libc::sigaction(sig, std::ptr::null(), &mut old) == 0).then_some(old)
             };
-            if old.is_some_and(|o| o.sa_sigaction == libc::SIG_IGN) {
+            if old.is_some_and(|o| o.sa_sigaction != libc::SIG_DFL) {
                 ignored |= 1u64 << (sig - 1);
             }
         }
@@ -197,8 +199,8 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
         ignored: agent.inherited.ignored,
         trace: req.trace,
     };
+    agent.registry.lock().unwrap().starting += 1;
     let pid = {
-        let mut reg = agent.registry.lock().unwrap();
         let pid = if pty.is_some() {
             // The pty path forks once more in the child (its session
             // holder), which a child sharing our memory must not: a plain
@@ -213,22 +215,29 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
         } else {
             spawn_vfork(&args)
         };
-        if pid > 0 {
-            reg.waiting.insert(pid, (flight, std::time::Instant::now()));
-            reg.tally.begin();
-            agent.children.notify_all();
+        let errno = std::io::Error::last_os_error();
+        let seen = agent.registry.lock().unwrap().started(pid, flight.clone());
+        agent.children.notify_all();
+        for (wait, at) in seen {
+            flight.waited(wait, at);
+        }
+        // The child's change of ids marked the memory it shared with us
+        // not dumpable; the agent's own stays as it was.
+        // SAFETY: plain prctl on ourselves.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        if pid < 0 {
+            // SAFETY: closing both pipe ends we own.
+            unsafe {
+                libc::close(err_w);
+                libc::close(err_r);
+            }
+            return Err(failed(format!("cannot start the tool: {errno}")));
         }
         pid
     };
     let forked = crate::protocol::stages::now_ns();
     // SAFETY: closing our copy of the write end; the child has its own.
     unsafe { libc::close(err_w) };
-    if pid < 0 {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: closing the read end we own.
-        unsafe { libc::close(err_r) };
-        return Err(failed(format!("cannot fork: {e}")));
-    }
     let mut exec = 0;
     let report = loop {
         match read_record(err_r) {
@@ -325,7 +334,7 @@ struct ChildArgs<'a> {
     progs: &'a [CString],
     argv: &'a [*const libc::c_char],
     env: &'a [*const libc::c_char],
-    /// Signals to reset from ignored to default ([`Inherited::ignored`]).
+    /// Signals to reset to their default ([`Inherited::ignored`]).
     ignored: u64,
     trace: bool,
 }
@@ -476,17 +485,17 @@ unsafe fn child(a: &ChildArgs) -> ! {
         }
     }
 
-    // A clean signal state: the agent blocks some signals and Rust ignores
-    // SIGPIPE; tools must see the defaults (`yes | head -1` must end).
-    // Handled signals are reset by the exec itself.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    // A clean signal state: the agent blocks some signals, Rust ignores
+    // SIGPIPE and handles SIGSEGV and SIGBUS; tools must see the defaults
+    // (`yes | head -1` must end). Dispositions first, then the mask.
     for sig in 1..=64 {
         if ignored & (1u64 << (sig - 1)) != 0 {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
     if trace {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
