@@ -131,19 +131,8 @@ fn the_agent_answers_only_requests_with_its_token() {
     assert!(matches!(ask("right-token"), Some(AgentEvent::Status { .. })));
     // A spawn with a wrong token starts nothing.
     let conn = UnixStream::connect(&socket).unwrap();
-    let spawn = odfs::protocol::SpawnRequest {
-        version: PROTOCOL_VERSION,
-        token: "wrong-token".into(),
-        program: b"/bin/touch".to_vec(),
-        argv: vec![b"touch".to_vec(), dir.join("pwned").into_os_string().into_encoded_bytes()],
-        env: vec![],
-        cwd: b"/".to_vec(),
-        identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
-        fds: vec![],
-        tty: None,
-        trace: false,
-    };
-    protocol::send(&conn, &AgentRequest::Spawn(Box::new(spawn)), &[]).unwrap();
+    let spawn = host_spawn("wrong-token", b"/bin/touch", vec![b"touch".to_vec(), dir.join("pwned").into_os_string().into_encoded_bytes()]);
+    protocol::send(&conn, &spawn, &[]).unwrap();
     assert!(protocol::recv::<AgentEvent>(&conn).unwrap().is_none());
     assert!(!dir.join("pwned").exists());
     agent.kill().unwrap();
@@ -154,14 +143,13 @@ fn the_agent_answers_only_requests_with_its_token() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A spawn request for the host's `/bin/sh -c SCRIPT` as root, for an
-/// agent run on the host.
-fn sh_spawn(script: &str) -> AgentRequest {
+/// A spawn request of a host program as root in `/`, for an agent run on the host.
+fn host_spawn(token: &str, program: &[u8], argv: Vec<Vec<u8>>) -> AgentRequest {
     AgentRequest::Spawn(Box::new(odfs::protocol::SpawnRequest {
         version: PROTOCOL_VERSION,
-        token: String::new(),
-        program: b"/bin/sh".to_vec(),
-        argv: vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()],
+        token: token.into(),
+        program: program.to_vec(),
+        argv,
         env: vec![],
         cwd: b"/".to_vec(),
         identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
@@ -169,6 +157,11 @@ fn sh_spawn(script: &str) -> AgentRequest {
         tty: None,
         trace: false,
     }))
+}
+
+/// The host's `/bin/sh -c SCRIPT` as root (an agent without a token).
+fn sh_spawn(script: &str) -> AgentRequest {
+    host_spawn("", b"/bin/sh", vec![b"sh".to_vec(), b"-c".to_vec(), script.as_bytes().to_vec()])
 }
 
 #[test]
