@@ -8,8 +8,10 @@
 //! until the tool ends, and ends the same way.
 //!
 //! # Layout
-//! - [`protocol`]: messages and framing with fd passing (all three binaries).
-//! - [`launcher`]: `odfs-launch`, the shim interpreter (blocking, tiny).
+//! - [`protocol`]: framing with fd passing for the daemon and the agent; the
+//!   messages are the `odfs-wire` crate's (`wire/`, no std).
+//! - `odfs-launch` (`launch/`, its own crate): the shim interpreter, without
+//!   std or libc, on `odfs-wire`.
 //! - [`agent`]: `odfs-agent`, PID 1 in each container (static).
 //! - [`catalog`]: TOML entries, validation, SQLite store, snapshot.
 //! - [`fs`]: the shim directory as plain logic; [`fuse`] translates fuser calls.
@@ -20,12 +22,11 @@
 //! - `bench`: `odfs-bench`, the side-by-side benchmark (feature `bench`).
 //!
 //! The `daemon` feature (default) gates everything only the host daemon
-//! needs, so the launcher and agent build without tokio, fuser or SQLite.
+//! needs, so the agent builds without tokio, fuser or SQLite.
 
 pub mod agent;
 #[cfg(feature = "bench")]
 pub mod bench;
-pub mod launcher;
 pub mod policy;
 pub mod protocol;
 

@@ -26,7 +26,7 @@ fn the_benchmark_runs_every_section_and_writes_its_report_and_plot() {
     std::fs::write(out.join("performance.md"), "# Performance\n\nHand-written intro.\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_odfs-bench"))
         .args(["--smoke", "--out", out.to_str().unwrap(), "--agent", agent().to_str().unwrap()])
-        .args(["--launcher", env!("CARGO_BIN_EXE_odfs-launch")])
+        .args(["--launcher", launcher().to_str().unwrap()])
         .args(["--remote", remote.tcp.as_deref().unwrap(), "--remote-certs", remote.certs.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -583,13 +583,31 @@ fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
         Request::Prewarm { .. } => "prewarm",
         _ => "odfs",
     };
-    let mut fetching = odfs::launcher::progress::Fetching::new(subcommand, std::io::stderr().is_terminal());
+    let mut fetching = odfs_wire::progress::Fetching::new(subcommand, std::io::stderr().is_terminal(), Stderr(std::time::Instant::now()));
     loop {
         match protocol::recv::<Response>(&conn)? {
             Some((Response::Progress(p), _)) => fetching.show(&p),
             Some((r, _)) => return Ok(r),
             None => anyhow::bail!("the daemon closed the connection without an answer"),
         }
+    }
+}
+
+/// The fetch display (the one a call shows) on this process's stderr.
+struct Stderr(std::time::Instant);
+
+impl odfs_wire::progress::Screen for Stderr {
+    fn now(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+    fn write(&mut self, text: &str) {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+    fn columns(&self) -> Option<usize> {
+        let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCGWINSZ fills the struct.
+        (unsafe { libc::ioctl(2, libc::TIOCGWINSZ, &mut ws) } == 0).then_some(usize::from(ws.ws_col))
     }
 }
 

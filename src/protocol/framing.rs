@@ -11,11 +11,7 @@ use std::os::unix::net::UnixStream;
 use nix::cmsg_space;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
-/// Largest frame accepted: argv plus environment are bounded by ARG_MAX (2 MiB
-/// by default), so 4 MiB leaves room and still stops a runaway peer.
-pub const MAX_FRAME: usize = 4 << 20;
-/// Most fds one frame may carry (every open fd of a caller, within reason).
-pub const MAX_FDS: usize = 250;
+use odfs_wire::{MAX_FDS, MAX_FRAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

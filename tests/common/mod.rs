@@ -79,20 +79,10 @@ pub fn prepare() {
     PREPARE.call_once(|| {
         let ok = docker_cli().args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         assert!(ok.is_ok_and(|s| s.success()), "the engine ({}) does not answer: run scripts/setup first", engine_host().unwrap_or("Docker"));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // Static, as installed: the agent runs in every image, and so does
         // the launcher when a tool runs another tool.
-        // The same flags as scripts/build (the launcher is not a PIE).
-        for (bin, extra) in [("odfs-agent", &[][..]), ("odfs-launch", &["-C", "relocation-model=static"][..])] {
-            let built = Command::new(&cargo)
-                .current_dir(manifest())
-                .args(["rustc", "--release", "--no-default-features", "--bin", bin, "--target-dir", "target/static"])
-                .args(["--", "-C", "target-feature=+crt-static"])
-                .args(extra)
-                .status()
-                .expect("run cargo to build the static binaries");
-            assert!(built.success(), "building the static {bin} failed");
-        }
+        let built = Command::new(manifest().join("scripts/build-static")).status().expect("run scripts/build-static");
+        assert!(built.success(), "scripts/build-static failed");
         let images = Command::new(manifest().join("scripts/build-images")).status().expect("run scripts/build-images");
         assert!(images.success(), "scripts/build-images failed");
     });

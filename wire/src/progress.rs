@@ -2,31 +2,43 @@
 //! call: a bar redrawn in place when stderr is a terminal, otherwise one line
 //! when the fetch starts and one when it ends (logs stay readable).
 
-use std::io::Write;
-use std::time::Instant;
+use alloc::format;
+use alloc::string::{String, ToString};
 
-use crate::protocol::ImageProgress;
+use crate::ImageProgress;
 
-pub struct Fetching {
+/// Where the display goes: the caller's stderr, and a clock.
+pub trait Screen {
+    /// Seconds on a monotonic clock.
+    fn now(&self) -> f64;
+    /// Write `text` to stderr as it is.
+    fn write(&mut self, text: &str);
+    /// The width of the terminal on stderr.
+    fn columns(&self) -> Option<usize>;
+}
+
+pub struct Fetching<S: Screen> {
     command: String,
     terminal: bool,
+    screen: S,
     /// The fetch being shown: (reference, building), when it began, and
     /// whether a line of it is on screen.
-    current: Option<((String, bool), Instant)>,
+    current: Option<((String, bool), f64)>,
     drawn: bool,
 }
 
-impl Fetching {
-    pub fn new(command: &str, terminal: bool) -> Fetching {
-        Fetching { command: command.to_string(), terminal, current: None, drawn: false }
+impl<S: Screen> Fetching<S> {
+    /// `terminal`: stderr is a terminal, so a bar is redrawn in place.
+    pub fn new(command: &str, terminal: bool, screen: S) -> Fetching<S> {
+        Fetching { command: command.to_string(), terminal, screen, current: None, drawn: false }
     }
 
     pub fn show(&mut self, p: &ImageProgress) {
         let key = (p.reference.clone(), p.building);
+        let now = self.screen.now();
         let started = match &self.current {
             Some((k, at)) if *k == key => *at,
             _ => {
-                let now = Instant::now();
                 self.current = Some((key, now));
                 if !self.terminal {
                     self.line(&format!("{} {} ({})", verb(p, false), p.reference, if p.building { "cannot be pulled" } else { "not on this machine" }));
@@ -34,19 +46,18 @@ impl Fetching {
                 now
             }
         };
-        let secs = started.elapsed().as_secs_f64();
+        let secs = now - started;
         let text = format!("{} {} {}", verb(p, p.done && p.ok), p.reference, summary(p, secs));
         if self.terminal {
-            let mut err = std::io::stderr().lock();
             // A failed fetch's reason comes in the error line that follows.
-            let _ = if p.done && !p.ok {
-                write!(err, "\r\x1b[K")
+            if p.done && !p.ok {
+                self.screen.write("\r\x1b[K");
             } else {
                 // One screen line, or `\r` could not take it back.
-                let cols = super::tty::winsize(2).map_or(80, |w| usize::from(w.ws_col).max(20));
+                let cols = self.screen.columns().map_or(80, |c| c.max(20));
                 let line: String = format!("odfs: {}: {} {text}", self.command, bar(p)).chars().take(cols - 1).collect();
-                write!(err, "\r\x1b[K{line}{}", if p.done { "\n" } else { "" })
-            };
+                self.screen.write(&format!("\r\x1b[K{line}{}", if p.done { "\n" } else { "" }));
+            }
             self.drawn = !p.done;
         } else if p.done && p.ok {
             self.line(&text);
@@ -56,16 +67,17 @@ impl Fetching {
         }
     }
 
-    fn line(&self, text: &str) {
-        eprintln!("odfs: {}: {text}", self.command);
+    fn line(&mut self, text: &str) {
+        let line = format!("odfs: {}: {text}\n", self.command);
+        self.screen.write(&line);
     }
 }
 
-impl Drop for Fetching {
+impl<S: Screen> Drop for Fetching<S> {
     /// Whatever follows (the tool's output, an error) starts on a clean line.
     fn drop(&mut self) {
         if self.drawn {
-            eprint!("\r\x1b[K");
+            self.screen.write("\r\x1b[K");
         }
     }
 }
@@ -152,6 +164,42 @@ mod tests {
     fn a_pull_without_sizes_uses_layers() {
         assert_eq!(bar(&p((1, 2), (0, 0))), format!("[{}{}]", "#".repeat(10), ".".repeat(10)));
         assert_eq!(summary(&p((0, 0), (0, 0)), 0.0), "0/0 layers");
+    }
+
+    /// A screen that keeps what is written, on a clock the test moves.
+    struct Kept(alloc::rc::Rc<core::cell::RefCell<(String, f64)>>);
+
+    impl Screen for Kept {
+        fn now(&self) -> f64 {
+            self.0.borrow().1
+        }
+        fn write(&mut self, text: &str) {
+            self.0.borrow_mut().0.push_str(text);
+        }
+        fn columns(&self) -> Option<usize> {
+            Some(40)
+        }
+    }
+
+    #[test]
+    fn a_log_gets_a_line_at_the_start_and_one_at_the_end() {
+        let kept = alloc::rc::Rc::new(core::cell::RefCell::new((String::new(), 1.0)));
+        let mut f = Fetching::new("jq", false, Kept(kept.clone()));
+        f.show(&p((0, 2), (0, 0)));
+        kept.borrow_mut().1 = 3.5;
+        f.show(&ImageProgress { done: true, ok: true, ..p((2, 2), (0, 0)) });
+        drop(f);
+        assert_eq!(kept.borrow().0, "odfs: jq: pulling r/x:1 (not on this machine)\nodfs: jq: pulled r/x:1 2/2 layers in 2.5s\n");
+    }
+
+    #[test]
+    fn a_terminal_gets_one_line_redrawn_within_its_width_and_cleared() {
+        let kept = alloc::rc::Rc::new(core::cell::RefCell::new((String::new(), 0.0)));
+        let mut f = Fetching::new("jq", true, Kept(kept.clone()));
+        f.show(&p((1, 2), (0, 0)));
+        drop(f);
+        let out = kept.borrow().0.clone();
+        assert_eq!(out, format!("\r\x1b[K{}\r\x1b[K", "odfs: jq: [##########..........] pullin"));
     }
 
     #[test]

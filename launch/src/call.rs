@@ -1,0 +1,391 @@
+//! One call: send the exec request with the caller's fds to the daemon,
+//! take over the agent connection it gets back, forward signals to the
+//! tool and end exactly as the tool ended.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicI32, Ordering};
+
+use odfs_wire::progress::{Fetching, Screen};
+use odfs_wire::stages::{CallStamps, STAGES_ENV};
+use odfs_wire::{AgentEvent, AgentRequest, ExecRequest, Failure, Request, Response, EXIT_ODFS_ERROR, MAX_FDS, PROTOCOL_VERSION};
+
+use crate::frame;
+use crate::sys::{self, Fd, Pollfd, POLLIN};
+use crate::tty::{self, Bridge};
+
+const SIGHUP: i32 = 1;
+const SIGINT: i32 = 2;
+const SIGQUIT: i32 = 3;
+const SIGKILL: i32 = 9;
+const SIGUSR1: i32 = 10;
+const SIGUSR2: i32 = 12;
+const SIGTERM: i32 = 15;
+const SIGCONT: i32 = 18;
+const SIGTSTP: i32 = 20;
+const SIGWINCH: i32 = 28;
+
+/// Signals the launcher passes on to the tool instead of acting on them.
+const FORWARDED: [i32; 7] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGTSTP];
+/// Signals the launcher acts on itself: terminal size, and resuming after a stop.
+const HANDLED: [i32; 2] = [SIGWINCH, SIGCONT];
+
+/// Write end of the self-pipe the signal handler writes signal numbers to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: i32) {
+    // A raw write(2): async-signal-safe, and no errno to save.
+    let _ = sys::write(SIGNAL_PIPE.load(Ordering::Relaxed), &[sig as u8]);
+}
+
+/// How the launcher process ends.
+enum Outcome {
+    Exit(i32),
+    Signal(i32),
+}
+
+fn fail(message: String) -> Failure {
+    Failure::new(message)
+}
+
+/// Print `odfs: CMD: text` on stderr.
+fn say(command: &str, text: &str) {
+    sys::write_all(2, format!("odfs: {command}: {text}\n").as_bytes());
+}
+
+/// `odfs-launch SOCKET SHIM [ARGS...]`, as the kernel runs a `#!`
+/// interpreter, with the environment the kernel gave.
+pub fn main(args: &[&[u8]], env: &[&[u8]]) -> ! {
+    // Stage stamps only when the caller asks for them (odfs_wire::stages).
+    let trace_to = env.iter().find_map(|e| e.strip_prefix(STAGES_ENV.as_bytes())?.strip_prefix(b"="));
+    let mut stamps = trace_to.map(|_| CallStamps { main: sys::now_ns(), ..Default::default() });
+    if args.len() < 3 {
+        sys::write_all(2, b"odfs-launch: usage: odfs-launch SOCKET SHIM [ARGS...] (it is run by the shims of an odfs mount)\n");
+        sys::exit(EXIT_ODFS_ERROR);
+    }
+    let command = command_name(args[2]);
+    let outcome = run(args[1], &command, &args[3..], env, &mut stamps).unwrap_or_else(|f| {
+        say(&command, &f.message);
+        Outcome::Exit(f.exit_code)
+    });
+    if let (Some(s), Some(path)) = (stamps.as_mut(), trace_to) {
+        s.exit = sys::now_ns();
+        append(path, &s.line());
+    }
+    finish(outcome)
+}
+
+/// A path as a C string.
+fn c_path(path: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(path.len() + 1);
+    p.extend_from_slice(path);
+    p.push(0);
+    p
+}
+
+/// Append the stamps line to the caller's file (opened with the caller's
+/// rights); a failure is the trace's, never the call's.
+fn append(path: &[u8], line: &str) {
+    if let Ok(fd) = sys::open(&c_path(path), sys::O_WRONLY | sys::O_CREAT | sys::O_APPEND | sys::O_CLOEXEC, 0o666) {
+        let fd = Fd(fd);
+        sys::write_all(fd.0, format!("{line}\n").as_bytes());
+    }
+}
+
+/// The command is the name the shim's symlinks lead to, so a symlink to a
+/// shim (`~/bin/myjq -> /opt/od/bin/jq`) runs `jq`. Only the last
+/// component's links matter for a name: directories' links move the
+/// directory, not the name.
+fn command_name(shim: &[u8]) -> String {
+    let mut path: Vec<u8> = shim.to_vec();
+    let mut buf = [0u8; 4096];
+    // As many links as the kernel follows (ELOOP past 40).
+    for _ in 0..40 {
+        let Ok(n) = sys::readlink(&c_path(&path), &mut buf) else { break };
+        let target = &buf[..n];
+        if target.first() == Some(&b'/') {
+            path = target.to_vec();
+        } else {
+            // Relative to the link's directory.
+            let dir = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+            path.truncate(dir);
+            path.extend_from_slice(target);
+        }
+    }
+    let trimmed = path.strip_suffix(b"/").unwrap_or(&path);
+    let name = trimmed.rsplit(|&b| b == b'/').next().unwrap_or(trimmed);
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Every fd the launcher inherited: the tool gets all of them at the same
+/// numbers (`diff <(a) <(b)`, `cat /dev/fd/3 3<file`).
+fn inherited_fds() -> Vec<i32> {
+    let mut fds = Vec::new();
+    let Ok(dir) = sys::open(b"/proc/self/fd\0", sys::O_RDONLY | sys::O_DIRECTORY | sys::O_CLOEXEC, 0) else {
+        return (0..3).filter(|&fd| sys::fcntl(fd, sys::F_GETFD).is_ok()).collect();
+    };
+    let dir = Fd(dir);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = sys::getdents64(dir.0, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
+        let mut at = 0;
+        while at + 19 < n {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(fd) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
+                if fd != dir.0 {
+                    fds.push(fd);
+                }
+            }
+            at += reclen.max(1);
+        }
+    }
+    fds.sort_unstable();
+    fds.truncate(MAX_FDS);
+    fds
+}
+
+fn install_signal_forwarding() -> Result<Fd, Failure> {
+    let [read, write] = sys::pipe2(sys::O_CLOEXEC | sys::O_NONBLOCK).map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+    SIGNAL_PIPE.store(write, Ordering::Relaxed);
+    for sig in FORWARDED.into_iter().chain(HANDLED) {
+        sys::set_handler(sig, on_signal as *const () as usize);
+    }
+    Ok(Fd(read))
+}
+
+/// Stop the launcher itself, as the shell expects of a job whose tool
+/// stopped: by SIGTSTP with its default action, so the shell reports it as
+/// stopped and `fg`/`bg` continue it.
+fn stop_self() {
+    sys::set_handler(SIGTSTP, sys::SIG_DFL);
+    // Execution resumes here on SIGCONT.
+    sys::kill_self(SIGTSTP);
+    sys::set_handler(SIGTSTP, on_signal as *const () as usize);
+}
+
+fn connect(socket: &[u8]) -> Result<Fd, sys::Errno> {
+    let mut addr = sys::SockaddrUn { family: sys::AF_UNIX as u16, path: [0; 108] };
+    if socket.len() >= addr.path.len() {
+        return Err(sys::Errno(36));
+    }
+    addr.path[..socket.len()].copy_from_slice(socket);
+    let fd = Fd(sys::socket(sys::AF_UNIX, sys::SOCK_STREAM | sys::SOCK_CLOEXEC)?);
+    sys::connect(fd.0, &addr, 2 + socket.len() + 1)?;
+    Ok(fd)
+}
+
+/// The fetch display on the caller's stderr.
+struct Stderr;
+
+impl Screen for Stderr {
+    fn now(&self) -> f64 {
+        sys::now_ns() as f64 / 1e9
+    }
+    fn write(&mut self, text: &str) {
+        sys::write_all(2, text.as_bytes());
+    }
+    fn columns(&self) -> Option<usize> {
+        tty::winsize(2).map(|w| usize::from(w.cols))
+    }
+}
+
+fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut Option<CallStamps>) -> Result<Outcome, Failure> {
+    let mut fds = inherited_fds();
+    // Pty mode when stdin is a terminal, as for an interactive program: the
+    // terminal fds are not passed, the tool gets a pty of its own in their
+    // place (a real controlling terminal in its container), and every other
+    // fd goes straight to the tool. With stdin elsewhere (`jq . < f | less`)
+    // even a terminal stderr is passed as it is: the launcher must not put
+    // the terminal in raw mode and read keys another program is waiting for.
+    let terminals: Vec<i32> = if tty::isatty(0) { fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect() } else { Vec::new() };
+    fds.retain(|fd| !terminals.contains(fd));
+    let term = terminals.first().copied();
+    let tty = term.map(|t| tty::request(t, terminals.clone()));
+    // Handlers first: a signal that arrives while the daemon starts the
+    // container is kept and delivered to the tool once it runs.
+    let signals = install_signal_forwarding()?;
+    let control = connect(socket).map_err(|e| {
+        fail(format!(
+            "daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)",
+            String::from_utf8_lossy(socket)
+        ))
+    })?;
+    let req = Request::Exec(ExecRequest {
+        version: PROTOCOL_VERSION,
+        command: command.into(),
+        args: args.iter().map(|a| a.to_vec()).collect(),
+        env: env.iter().map(|e| e.to_vec()).collect(),
+        fds: fds.clone(),
+        tty,
+        trace: stamps.is_some(),
+    });
+    if let Some(s) = stamps.as_mut() {
+        s.sent = sys::now_ns();
+    }
+    if let Err(e) = frame::send(control.0, &req, &fds) {
+        // The daemon may have refused this connection before reading it
+        // (too many requests of this user, another namespace): its one
+        // line is waiting to be read.
+        return Err(match frame::recv::<Response>(control.0) {
+            Ok(Some((Response::Error(f), _))) => f,
+            _ => fail(format!("cannot send the request to the daemon: {e}")),
+        });
+    }
+    drop(req);
+    // Progress frames come first when the image has to be fetched.
+    let mut fetching = Fetching::new(command, tty::isatty(2), Stderr);
+    let answer = loop {
+        match frame::recv::<Response>(control.0) {
+            Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
+            Ok(Some((Response::Notice(text), _))) => say(command, &text),
+            other => break other,
+        }
+    };
+    drop(fetching);
+    let (agent, bridge, relayed) = match answer {
+        Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))) if !got.is_empty() => {
+            if let Some(s) = stamps.as_mut() {
+                s.handoff = sys::now_ns();
+                s.daemon = daemon.unwrap_or_default();
+            }
+            let agent = got.remove(0);
+            let bridge = match (term, got.pop()) {
+                (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+                _ => None,
+            };
+            (agent, bridge, relayed)
+        }
+        Ok(Some((Response::Error(f), _))) => return Err(f),
+        Ok(Some(_)) => return Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
+        Ok(None) => return Err(fail("the daemon closed the connection without an answer (see its log)".into())),
+        Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
+    };
+    drop(control);
+    follow(command, &agent, &signals, bridge, relayed, stamps)
+    // The bridge, if any, has restored the terminal by now.
+}
+
+/// Bridge signals (and, in pty mode, terminal bytes) until the agent reports
+/// the tool's end.
+fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, relayed: bool, stamps: &mut Option<CallStamps>) -> Result<Outcome, Failure> {
+    let mut master_open = bridge.is_some();
+    loop {
+        let reading_input = bridge.as_ref().is_some_and(|r| r.reading_input());
+        let mut pfds = [Pollfd { fd: agent.0, events: POLLIN, revents: 0 }, Pollfd { fd: signals.0, events: POLLIN, revents: 0 }, Pollfd { fd: -1, events: POLLIN, revents: 0 }, Pollfd { fd: -1, events: POLLIN, revents: 0 }];
+        // A negative fd is skipped by poll(2).
+        if let Some(r) = &bridge {
+            if master_open {
+                pfds[2].fd = r.master.0;
+            }
+            if reading_input {
+                pfds[3].fd = r.term;
+            }
+        }
+        match sys::poll(&mut pfds, -1) {
+            Ok(_) | Err(sys::Errno(sys::EINTR)) => {}
+            Err(e) => return Err(fail(format!("poll: {e}"))),
+        }
+        let ready = pfds.map(|p| p.fd >= 0 && p.revents != 0);
+        if let Some(r) = &bridge {
+            if ready[2] {
+                master_open = Bridge::pump(r.master.0, r.term);
+            }
+            if ready[3] {
+                Bridge::pump(r.term, r.master.0);
+            }
+        }
+        if ready[1] {
+            let mut buf = [0u8; 64];
+            let n = sys::read(signals.0, &mut buf).unwrap_or(0);
+            for &sig in &buf[..n] {
+                let sig = i32::from(sig);
+                match sig {
+                    SIGWINCH => {
+                        if let Some(ws) = bridge.as_ref().and_then(|r| r.sync_size()) {
+                            // A relayed call's pty is on another machine.
+                            if relayed {
+                                let _ = frame::send(agent.0, &AgentRequest::Resize { rows: ws.rows, cols: ws.cols }, &[]);
+                            }
+                        }
+                    }
+                    SIGCONT => {
+                        // Resumed (`fg` or `bg`): take the terminal back if
+                        // we are in the foreground now, and resume the tool.
+                        if let Some(r) = bridge.as_mut() {
+                            r.enter();
+                        }
+                        let _ = frame::send(agent.0, &AgentRequest::Continue, &[]);
+                    }
+                    // A failed send means the agent is gone; the read below says how.
+                    _ => {
+                        let _ = frame::send(agent.0, &AgentRequest::Signal(sig), &[]);
+                    }
+                }
+            }
+        }
+        if ready[0] {
+            let event = frame::recv::<AgentEvent>(agent.0);
+            if let Ok(Some((AgentEvent::Stamps(a), _))) = event {
+                if let Some(s) = stamps.as_mut() {
+                    s.agent = a;
+                }
+                continue;
+            }
+            if let Some(s) = stamps.as_mut() {
+                s.event = sys::now_ns();
+            }
+            if let Ok(Some((AgentEvent::Stopped(_), _))) = event {
+                if let Some(r) = bridge.as_mut() {
+                    r.leave();
+                }
+                stop_self();
+                continue;
+            }
+            if let Some(r) = &bridge {
+                if master_open {
+                    r.drain(2000);
+                }
+            }
+            drop(bridge);
+            return match event {
+                Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
+                Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
+                Ok(Some((AgentEvent::Killed { signal, reason }, _))) => {
+                    say(command, &reason);
+                    Ok(Outcome::Signal(signal))
+                }
+                Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
+                Ok(Some(_)) => Err(fail("unexpected message from the agent (is it another version of odfs?)".into())),
+                Ok(None) | Err(_) if relayed => Err(Failure::with_status(
+                    "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped",
+                    128 + SIGKILL,
+                )),
+                Ok(None) | Err(_) => Err(Failure::with_status("the tool's container stopped while the tool ran (removed or killed?)", 128 + SIGKILL)),
+            };
+        }
+    }
+}
+
+/// End the launcher the way the tool ended, so `$?` is the tool's: an exit
+/// code, or death by the same signal (`128+N` in the shell).
+fn finish(outcome: Outcome) -> ! {
+    match outcome {
+        Outcome::Exit(code) => sys::exit(code),
+        Outcome::Signal(sig) => {
+            // The tool already dumped core where it ran; a core of the
+            // launcher would only mislead.
+            sys::set_rlimit_zero(sys::RLIMIT_CORE);
+            sys::set_handler(sig, sys::SIG_DFL);
+            sys::unblock(sig);
+            sys::kill_self(sig);
+            // Signals whose default is to ignore or stop: report as a shell would.
+            sys::exit(128 + sig)
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! The messages between launcher, daemon and agent, and how they are
+//! encoded (postcard): one crate without `std`, so that the launcher, which
+//! runs without libc, speaks exactly the daemon's protocol.
+//!
+//! Three parties speak on two kinds of connection:
+//! - control socket: `odfs-launch` (or the admin CLI) → daemon: one [`Request`],
+//!   answered by one [`Response`];
+//! - agent socket: daemon → `odfs-agent`: an [`AgentRequest::Spawn`], answered by
+//!   [`AgentEvent::Started`]; the daemon then hands that very connection to the
+//!   launcher, which sends [`AgentRequest::Signal`]s and receives the final
+//!   [`AgentEvent::Exited`] / [`AgentEvent::Signaled`].
+//!
+//! Byte strings (`Vec<u8>`) carry arguments, paths and environment because
+//! none of them is guaranteed to be UTF-8. Framing (a u32 length, fds on the
+//! first byte) is each side's own: see `odfs::protocol`.
+#![no_std]
+
+extern crate alloc;
+
+pub mod progress;
+pub mod stages;
+pub mod tty;
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest frame accepted: argv plus environment are bounded by ARG_MAX (2 MiB
+/// by default), so 4 MiB leaves room and still stops a runaway peer.
+pub const MAX_FRAME: usize = 4 << 20;
+/// Most fds one frame may carry (every open fd of a caller, within reason).
+pub const MAX_FDS: usize = 250;
+
+/// The PATH of an image that sets none, as the engines give it; the agent
+/// and the image index search it alike.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Bumped whenever a message changes shape; both ends check it on connect.
+pub const PROTOCOL_VERSION: u32 = 7;
+
+/// Exit status of the launcher when odfs itself (not the tool) failed, like a
+/// shell's "found but could not be executed".
+pub const EXIT_ODFS_ERROR: i32 = 126;
+/// Exit status when the command does not exist in its image, like a shell's
+/// "command not found".
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// First message on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a command. The fds listed in `fds` travel with this frame.
+    Exec(ExecRequest),
+    /// Describe the daemon's containers (admin CLI).
+    Status,
+    /// Call figures per command (admin CLI).
+    Stats,
+    /// Every command with its image and state.
+    List,
+    /// Map a command to an image (root only).
+    Add { command: String, image: String, path: Option<String> },
+    /// Unmap a command added with `Add` (root only).
+    Remove { command: String },
+    /// Remove containers now: one command's, or all (root only). Containers
+    /// running tools are left alone unless `force`.
+    Stop { command: Option<String>, force: bool },
+    /// Start a command's container ahead of use.
+    Prewarm { command: String },
+    /// Pull the images of these commands (all when empty) (root only).
+    Pull { commands: Vec<String> },
+    /// List the executables on an image's PATH without running it; with
+    /// `add`, map them all as commands (root only).
+    Scan { image: String, add: bool },
+    /// Which local images have this command on their PATH.
+    Provides { command: String },
+    /// The same, from what the daemon has already indexed only: an instant
+    /// answer for a shell's command-not-found hook.
+    Hint { command: String },
+    /// What a command's tool sees of the host.
+    View { command: String },
+}
+
+/// What a tool sees of the host (`odfs show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewInfo {
+    /// Host paths it sees at the same path.
+    pub host: Vec<String>,
+    /// Top-level directories that are the image's own (read-only).
+    pub image: Vec<String>,
+    /// Of those, the ones the host has too but the image fills.
+    pub filled: Vec<String>,
+    /// Host paths whose later mounts and unmounts do not reach the container
+    /// (their host mount is private).
+    pub private: Vec<String>,
+    /// The tools run on a remote engine: the paths are the remote host's.
+    pub remote: bool,
+    /// Whose processes, IPC and host name the tool has, in a line.
+    pub namespaces: String,
+    /// Which of the caller's environment it gets, in a line.
+    pub environment: String,
+}
+
+/// One command as `odfs ls` and `odfs show` describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    pub command: String,
+    pub image: String,
+    pub reference: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub network: String,
+    pub user: String,
+    pub keep_alive: String,
+    pub state: String,
+    /// `file:line` of its definition.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub version: u32,
+    /// Command name (basename of the shim).
+    pub command: String,
+    /// Arguments after the command name.
+    #[serde(with = "byte_strings")]
+    pub args: Vec<Vec<u8>>,
+    /// The launcher's environment as `KEY=VALUE` strings; the daemon filters it.
+    #[serde(with = "byte_strings")]
+    pub env: Vec<Vec<u8>>,
+    /// Fd numbers in the caller that the attached fds stand for, in order.
+    /// Terminal fds are not among them: see `tty`.
+    pub fds: Vec<i32>,
+    /// Set when the caller has a terminal: the tool gets a pty of its own.
+    pub tty: Option<TtyRequest>,
+    /// The caller asked for stage stamps ([`stages`]).
+    pub trace: bool,
+}
+
+/// The caller's terminal, for a pty inside the container that looks the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRequest {
+    /// Fd numbers of the tool to connect to the pty (those that were
+    /// terminals in the caller).
+    pub targets: Vec<i32>,
+    pub rows: u16,
+    pub cols: u16,
+    pub xpixel: u16,
+    pub ypixel: u16,
+    /// The caller's terminal settings (`struct termios`, as bytes), so erase,
+    /// interrupt and the other special characters stay the user's.
+    pub termios: Vec<u8>,
+}
+
+/// The environment variable the daemon passes the agent's token in. The
+/// environment of PID 1 is readable only by root inside its own container
+/// (a command line would be readable by every user there).
+pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
+
+/// A failure of odfs, not of the tool, as its caller meets it: one line
+/// (`odfs: CMD: message`, naming the cause and the fix) and the exit status
+/// scripts rely on (126, or 127 for a command not in the catalog). The same
+/// value goes from the agent and the daemon to the launcher and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl Failure {
+    /// A failure with odfs's own exit status, [`EXIT_ODFS_ERROR`].
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), exit_code: EXIT_ODFS_ERROR }
+    }
+
+    pub fn with_status(message: impl Into<String>, exit_code: i32) -> Failure {
+        Failure { message: message.into(), exit_code }
+    }
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The daemon's answer on the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The image is being fetched (pulled or built) before the answer: any
+    /// number of these may come first, the last one with `done` set.
+    Progress(ImageProgress),
+    /// Something the caller should know before the tool runs: printed as
+    /// `odfs: CMD: text`.
+    Notice(String),
+    /// The tool runs; the attached fds are the agent connection to follow
+    /// and, in pty mode, the pty master. `relayed`: the connection is the
+    /// daemon's, relaying a call on a remote engine.
+    Handoff { pid: i32, relayed: bool, stamps: Option<stages::DaemonStamps> },
+    /// odfs could not run the tool (or do what was asked).
+    Error(Failure),
+    Status { engine: EngineInfo, containers: Vec<ContainerStatus> },
+    Stats(Vec<CommandStats>),
+    Commands(Vec<CommandInfo>),
+    /// A change was made; the text says what.
+    Done(String),
+    View(ViewInfo),
+}
+
+/// How far the fetch of a missing image has come, for everyone waiting on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProgress {
+    pub reference: String,
+    /// Built from the catalog's recipe (its steps are the "layers"), not pulled.
+    pub building: bool,
+    pub layers_done: u32,
+    pub layers_total: u32,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// The engine's latest status line (a build step, an error).
+    pub step: String,
+    /// The fetch is over; `ok` says how it ended.
+    pub done: bool,
+    pub ok: bool,
+}
+
+/// The daemon's container engine, as `odfs status` and `odfs doctor` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `unix:///…`, `tcp://…`, `ssh://…`.
+    pub host: String,
+    pub remote: bool,
+    /// How calls reach tools: `fd` (local) or `relay` (remote).
+    pub exec_path: String,
+    /// Where the choice came from (`--engine`, config file, DOCKER_HOST…).
+    pub source: String,
+    /// Product and version, or why the engine does not answer.
+    pub version: Result<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub image: String,
+    pub container: String,
+    pub state: String,
+    pub running_tools: u32,
+    pub idle_ms: u64,
+    /// The next lifecycle step and why.
+    pub next: String,
+    /// How calls reach its tools: `fd` or `relay`.
+    pub exec_path: String,
+}
+
+/// Per-command figures for `odfs stats` (seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandStats {
+    pub command: String,
+    pub image: String,
+    pub calls: u32,
+    pub warm: u32,
+    pub paused: u32,
+    pub cold: u32,
+    pub mtbc: Option<f64>,
+    pub mtts: Option<f64>,
+    pub mtte: Option<f64>,
+    pub epsilon: Option<f64>,
+    /// The keep-alive its profile currently follows, and why.
+    pub window: String,
+}
+
+/// Who the tool runs as, and the passwd/group lines that make that user known
+/// inside the image (`id -un`, `whoami`, git and ssh look it up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// `/etc/passwd` line to add when the image lacks this uid.
+    pub passwd_line: Option<String>,
+    /// `/etc/group` line to add when the image lacks this gid.
+    pub group_line: Option<String>,
+    /// Capabilities the tool holds (bit N: capability N), as ambient
+    /// capabilities under its uid; every other one leaves its bounding set.
+    pub caps: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub version: u32,
+    /// The container's agent token: only the daemon knows it.
+    pub token: String,
+    /// Program: an absolute path, or a name looked up on the agent's own PATH
+    /// (the image's PATH).
+    #[serde(with = "serde_bytes")]
+    pub program: Vec<u8>,
+    /// argv, including argv[0].
+    #[serde(with = "byte_strings")]
+    pub argv: Vec<Vec<u8>>,
+    /// Complete environment of the tool (`KEY=VALUE`), except PATH, which the
+    /// agent sets to the image's own.
+    #[serde(with = "byte_strings")]
+    pub env: Vec<Vec<u8>>,
+    #[serde(with = "serde_bytes")]
+    pub cwd: Vec<u8>,
+    pub identity: Identity,
+    /// Target fd numbers of the attached fds, in order.
+    pub fds: Vec<i32>,
+    pub tty: Option<TtyRequest>,
+    /// Send [`AgentEvent::Stamps`] before the tool's end ([`stages`]).
+    pub trace: bool,
+}
+
+/// Messages to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    Spawn(Box<SpawnRequest>),
+    /// Deliver this signal to the tool of this connection.
+    Signal(i32),
+    /// Continue the tool's process group after a stop (job control `fg`/`bg`).
+    Continue,
+    /// How busy is the agent (for keep-alive: never remove a busy container).
+    Status { token: String },
+    /// The caller's terminal changed size. A local agent needs nothing (the
+    /// launcher sizes the pty master itself); a relayed call passes it on.
+    Resize { rows: u16, cols: u16 },
+}
+
+/// Messages from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentEvent {
+    /// In pty mode the pty master is attached.
+    Started { pid: i32 },
+    /// The tool stopped (Ctrl-Z, SIGTSTP…): the launcher stops too.
+    Stopped(i32),
+    /// The tool could not be started (or was lost).
+    Failed(Failure),
+    Exited(i32),
+    Signaled(i32),
+    /// Died of `signal` for a reason the caller should hear (the OOM killer).
+    Killed { signal: i32, reason: String },
+    /// Busy tools, idle time, and the tools that ended since the last
+    /// status request (each reported once).
+    Status { running: u32, idle_ms: u64, finished: Vec<Finished> },
+    /// A traced call's agent stamps, just before its end event.
+    Stamps(stages::AgentStamps),
+}
+
+impl AgentEvent {
+    /// The exit status the caller sees for an event that ends a call (an
+    /// exit code, or 128 + signal as a shell says it); `None` for the others.
+    pub fn status(&self) -> Option<i32> {
+        match self {
+            AgentEvent::Exited(c) => Some(*c),
+            AgentEvent::Signaled(s) | AgentEvent::Killed { signal: s, .. } => Some(128 + s),
+            AgentEvent::Failed(f) => Some(f.exit_code),
+            AgentEvent::Started { .. } | AgentEvent::Stopped(_) | AgentEvent::Status { .. } | AgentEvent::Stamps(_) => None,
+        }
+    }
+}
+
+/// A tool's end, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    pub pid: i32,
+    /// Exit code, or 128 + signal number.
+    pub status: i32,
+    pub run_ms: u64,
+}
+
+/// Encode a message body (framing adds the length).
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, postcard::Error> {
+    // Most frames fit at once; a large one grows from there.
+    postcard::to_extend(msg, Vec::with_capacity(4096))
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+/// Lists of byte strings (arguments, environment) serialized as lists of
+/// bytes: one copy each instead of one call per byte. With postcard the
+/// encoding is the same as a list of sequences of u8.
+mod byte_strings {
+    use alloc::vec::Vec;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|b| serde_bytes::Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Ok(Vec::<serde_bytes::ByteBuf>::deserialize(d)?.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
+}
