@@ -6,16 +6,13 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::mem::size_of;
 
-use odfs_wire::{MAX_FDS, MAX_FRAME};
+use odfs_wire::MAX_FDS;
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{self, Errno, Fd, Iovec, Msghdr, EINTR};
 
 pub enum Error {
-    Sys(Errno),
-    TooLarge(usize),
-    Truncated,
-    TooManyFds,
+    Frame(odfs_wire::frame::Error<Errno>),
     Encode,
     Decode,
 }
@@ -23,10 +20,7 @@ pub enum Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::Sys(e) => write!(f, "connection error: {e}"),
-            Error::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"),
-            Error::Truncated => f.write_str("connection closed in the middle of a frame"),
-            Error::TooManyFds => f.write_str("too many fds attached to one frame"),
+            Error::Frame(e) => e.fmt(f),
             Error::Encode => f.write_str("cannot encode message"),
             Error::Decode => f.write_str("malformed message"),
         }
@@ -51,15 +45,8 @@ const fn space(n: usize) -> usize {
 /// Send `msg` as one frame with `fds`.
 pub fn send<T: Serialize>(sock: i32, msg: &T, fds: &[i32]) -> Result<(), Error> {
     let body = odfs_wire::encode(msg).map_err(|_| Error::Encode)?;
-    if body.len() > MAX_FRAME {
-        return Err(Error::TooLarge(body.len()));
-    }
-    if fds.len() > MAX_FDS {
-        return Err(Error::TooManyFds);
-    }
-    let len = (body.len() as u32).to_le_bytes();
     let mut control = vec![0u64; space(fds.len()).div_ceil(8)];
-    if !fds.is_empty() {
+    if !fds.is_empty() && fds.len() <= MAX_FDS {
         let c = control.as_mut_ptr().cast::<u8>();
         // SAFETY: the buffer holds a header and the fds (CMSG_SPACE).
         unsafe {
@@ -67,12 +54,9 @@ pub fn send<T: Serialize>(sock: i32, msg: &T, fds: &[i32]) -> Result<(), Error> 
             core::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), c.add(HEADER), fds.len() * 4);
         }
     }
-    let total = len.len() + body.len();
-    let mut sent = 0usize;
-    while sent < total {
-        let (head, rest): (&[u8], &[u8]) = if sent < len.len() { (&len[sent..], &body) } else { (&body[sent - len.len()..], &[]) };
+    odfs_wire::frame::write(&body, fds.len(), |head, rest, first| {
         let iov = [Iovec { base: head.as_ptr(), len: head.len() }, Iovec { base: rest.as_ptr(), len: rest.len() }];
-        let with_fds = sent == 0 && !fds.is_empty();
+        let with_fds = first && !fds.is_empty();
         let msg = Msghdr {
             name: core::ptr::null_mut(),
             namelen: 0,
@@ -82,53 +66,34 @@ pub fn send<T: Serialize>(sock: i32, msg: &T, fds: &[i32]) -> Result<(), Error> 
             controllen: if with_fds { space(fds.len()) } else { 0 },
             flags: 0,
         };
-        match sys::sendmsg(sock, &msg, sys::MSG_NOSIGNAL) {
-            Ok(n) => sent += n,
-            Err(Errno(EINTR)) => {}
-            Err(e) => return Err(Error::Sys(e)),
+        loop {
+            match sys::sendmsg(sock, &msg, sys::MSG_NOSIGNAL) {
+                Err(Errno(EINTR)) => {}
+                sent => return sent,
+            }
         }
-    }
-    Ok(())
+    })
+    .map_err(Error::Frame)
 }
 
 /// Receive one message and the fds that came with it; `Ok(None)` on a
 /// clean end of the connection.
 pub fn recv<T: for<'a> Deserialize<'a>>(sock: i32) -> Result<Option<(T, Vec<Fd>)>, Error> {
     let mut fds = Vec::new();
-    let mut len = [0u8; 4];
-    if !read_exact(sock, &mut len, &mut fds)? {
-        return Ok(None);
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(Error::TooLarge(n));
-    }
-    let mut body = vec![0u8; n];
-    if !read_exact(sock, &mut body, &mut fds)? {
-        return Err(Error::Truncated);
-    }
+    let body = odfs_wire::frame::read(|buf| {
+        let (n, complete) = recv_some(sock, buf, &mut fds)?;
+        // Fds lost to a full control buffer were too many for one frame.
+        Ok((n, if complete { fds.len() } else { MAX_FDS + 1 }))
+    })
+    .map_err(Error::Frame)?;
+    let Some(body) = body else { return Ok(None) };
     let msg = odfs_wire::decode(&body).map_err(|_| Error::Decode)?;
     Ok(Some((msg, fds)))
 }
 
-/// Fill `buf` exactly, collecting fds; reads never go past `buf`, so the
-/// next frame and its fds stay in the socket. False at EOF before a byte.
-fn read_exact(sock: i32, buf: &mut [u8], fds: &mut Vec<Fd>) -> Result<bool, Error> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = recv_some(sock, &mut buf[got..], fds)?;
-        if fds.len() > MAX_FDS {
-            return Err(Error::TooManyFds);
-        }
-        if n == 0 {
-            return if got == 0 { Ok(false) } else { Err(Error::Truncated) };
-        }
-        got += n;
-    }
-    Ok(true)
-}
-
-fn recv_some(sock: i32, buf: &mut [u8], fds: &mut Vec<Fd>) -> Result<usize, Error> {
+/// One `recvmsg` into `buf`, keeping the fds that came with it: the bytes
+/// read, and false if some fds did not fit (more than [`MAX_FDS`]).
+fn recv_some(sock: i32, buf: &mut [u8], fds: &mut Vec<Fd>) -> Result<(usize, bool), Errno> {
     let mut control = [0u64; space(MAX_FDS).div_ceil(8)];
     loop {
         let iov = [Iovec { base: buf.as_mut_ptr(), len: buf.len() }];
@@ -144,7 +109,7 @@ fn recv_some(sock: i32, buf: &mut [u8], fds: &mut Vec<Fd>) -> Result<usize, Erro
         let n = match sys::recvmsg(sock, &mut msg, sys::MSG_CMSG_CLOEXEC) {
             Ok(n) => n,
             Err(Errno(EINTR)) => continue,
-            Err(e) => return Err(Error::Sys(e)),
+            Err(e) => return Err(e),
         };
         // Every control message (CMSG_FIRSTHDR / CMSG_NXTHDR).
         let base = control.as_ptr().cast::<u8>();
@@ -164,9 +129,6 @@ fn recv_some(sock: i32, buf: &mut [u8], fds: &mut Vec<Fd>) -> Result<usize, Erro
             }
             at += h.len.div_ceil(8) * 8;
         }
-        if msg.flags & sys::MSG_CTRUNC != 0 {
-            return Err(Error::TooManyFds);
-        }
-        return Ok(n);
+        return Ok((n, msg.flags & sys::MSG_CTRUNC == 0));
     }
 }

@@ -1,5 +1,6 @@
 //! Length-prefixed frames over a unix stream socket, with fds (SCM_RIGHTS)
-//! attached to the first byte of a frame.
+//! attached to the first byte of a frame: `odfs_wire::frame`'s framing,
+//! through nix.
 //!
 //! Blocking on purpose: the launcher and the agent have no async runtime, and
 //! the daemon calls these from its blocking pool.
@@ -29,6 +30,17 @@ pub enum FrameError {
     TooManyFds,
 }
 
+impl From<odfs_wire::frame::Error<FrameError>> for FrameError {
+    fn from(e: odfs_wire::frame::Error<FrameError>) -> Self {
+        match e {
+            odfs_wire::frame::Error::Io(e) => e,
+            odfs_wire::frame::Error::TooLarge(n) => FrameError::TooLarge(n),
+            odfs_wire::frame::Error::Truncated => FrameError::Truncated,
+            odfs_wire::frame::Error::TooManyFds => FrameError::TooManyFds,
+        }
+    }
+}
+
 impl From<nix::Error> for FrameError {
     fn from(e: nix::Error) -> Self {
         FrameError::Io(std::io::Error::from(e))
@@ -37,31 +49,18 @@ impl From<nix::Error> for FrameError {
 
 /// Write `body` as one frame; `fds` ride along with its first byte.
 pub fn write_frame(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> Result<(), FrameError> {
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    if fds.len() > MAX_FDS {
-        return Err(FrameError::TooManyFds);
-    }
-    let len = (body.len() as u32).to_le_bytes();
-    let mut sent = 0usize;
-    let total = len.len() + body.len();
-    while sent < total {
-        let (head, rest): (&[u8], &[u8]) = if sent < len.len() {
-            (&len[sent..], body)
-        } else {
-            (&body[sent - len.len()..], &[])
-        };
+    odfs_wire::frame::write(body, fds.len(), |head, rest, first| {
         let iov = [IoSlice::new(head), IoSlice::new(rest)];
         let rights = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage] = if sent == 0 && !fds.is_empty() { &rights } else { &[] };
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
-            Ok(n) => sent += n,
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+        let cmsgs: &[ControlMessage] = if first && !fds.is_empty() { &rights } else { &[] };
+        loop {
+            match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+                Err(nix::Error::EINTR) => continue,
+                sent => return sent.map_err(FrameError::from),
+            }
         }
-    }
-    Ok(())
+    })
+    .map_err(FrameError::from)
 }
 
 /// A frame's body and the fds that came with it.
@@ -70,19 +69,8 @@ pub type Frame = (Vec<u8>, Vec<OwnedFd>);
 /// Read one frame; `Ok(None)` on EOF before its first byte.
 pub fn read_frame(sock: &UnixStream) -> Result<Option<Frame>, FrameError> {
     let mut fds = Vec::new();
-    let mut len = [0u8; 4];
-    if !read_exact(sock, &mut len, &mut fds)? {
-        return Ok(None);
-    }
-    let n = u32::from_le_bytes(len) as usize;
-    if n > MAX_FRAME {
-        return Err(FrameError::TooLarge(n));
-    }
-    let mut body = vec![0u8; n];
-    if !read_exact(sock, &mut body, &mut fds)? {
-        return Err(FrameError::Truncated);
-    }
-    Ok(Some((body, fds)))
+    let body = odfs_wire::frame::read(|buf| Ok((recv_some(sock.as_raw_fd(), buf, &mut fds)?, fds.len())))?;
+    Ok(body.map(|b| (b, fds)))
 }
 
 /// One `recvmsg` into `buf`, collecting any fds: the bytes read (0 at EOF).
@@ -108,27 +96,4 @@ pub fn recv_some(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<us
         }
         return Ok(msg.bytes);
     }
-}
-
-/// Fill `buf` exactly, collecting any fds. Reads never go past `buf`, so a
-/// following frame and its fds stay in the socket. Returns false on EOF before
-/// the first byte.
-fn read_exact(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<bool, FrameError> {
-    let mut got = 0;
-    while got < buf.len() {
-        let n = recv_some(sock.as_raw_fd(), &mut buf[got..], fds)?;
-        // Each recvmsg may bring up to MAX_FDS: a frame in many pieces must
-        // not bring more in all.
-        if fds.len() > MAX_FDS {
-            return Err(FrameError::TooManyFds);
-        }
-        if n == 0 {
-            if got == 0 {
-                return Ok(false);
-            }
-            return Err(FrameError::Truncated);
-        }
-        got += n;
-    }
-    Ok(true)
 }

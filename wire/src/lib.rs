@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+pub mod frame;
 pub mod progress;
 pub mod stages;
 pub mod tty;
