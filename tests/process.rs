@@ -55,7 +55,17 @@ fn a_reader_that_stops_ends_the_writer_at_once() {
 fn closed_stdin_stdout_and_stderr_behave_as_natively() {
     let m = TestMount::new(CATALOG);
     let n = native(&m);
-    for case in [r#"{T}/echo hi >&-"#, r#"{T}/cat <&-"#, r#"{T}/sh -c 'echo out; echo err >&2' 2>&-"#, r#"{T}/cat <&- >&- 2>&-"#] {
+    // The tool sees exactly the caller's closed fds (the launcher's own
+    // stand-ins for them are not passed).
+    let probe = r#"{T}/sh -c 'for fd in 0 1 2; do [ -e /proc/self/fd/$fd ] && echo "$fd open" >&3 || echo "$fd closed" >&3; done' 3>&1"#;
+    for case in [
+        r#"{T}/echo hi >&-"#,
+        r#"{T}/cat <&-"#,
+        r#"{T}/sh -c 'echo out; echo err >&2' 2>&-"#,
+        r#"{T}/cat <&- >&- 2>&-"#,
+        &format!("{probe} <&- 2>&-"),
+        &format!("{probe} >&-"),
+    ] {
         let shim = m.sh(&case.replace("{T}", "$M"));
         let nat = m.sh(&case.replace("{T}", &n.display().to_string()));
         assert_eq!(
@@ -63,6 +73,39 @@ fn closed_stdin_stdout_and_stderr_behave_as_natively() {
             (stdout(&nat), stderr(&nat), shell_status(&nat)),
             "case {case}"
         );
+    }
+}
+
+#[test]
+fn signals_the_caller_ignores_stay_ignored_as_for_a_native_tool() {
+    // `nohup`, or `tool &` in a script: the caller ignores SIGHUP, so the
+    // tool must survive it, as it would natively.
+    let m = TestMount::new(CATALOG);
+    let n = native(&m);
+    let script = r#"trap '' HUP; {T}/sh -c 'sleep 1; echo done' & pid=$!; sleep 0.3; kill -HUP $pid; wait $pid; echo "status $?""#;
+    for dir in ["$M".to_string(), n.display().to_string()] {
+        let o = m.sh(&script.replace("{T}", &dir));
+        assert_eq!(stdout(&o), "done\nstatus 0\n", "{dir}: {}", stderr(&o));
+    }
+    // Not ignored, it ends the tool as it would natively.
+    let o = m.sh(r#""$M/sh" -c 'sleep 5; echo done' & pid=$!; sleep 0.5; kill -HUP $pid; wait $pid; echo "status $?""#);
+    assert_eq!(stdout(&o), "status 129\n", "{}", stderr(&o));
+}
+
+#[test]
+fn a_tool_that_stops_in_an_orphaned_process_group_goes_on_as_natively() {
+    // With no shell left to continue it (its own session), the kernel
+    // discards a stop signal natively; the launcher cannot stop either, and
+    // the tool must not stay stopped in its container.
+    let m = TestMount::new(CATALOG);
+    let n = native(&m);
+    // On a terminal (`script` gives one), so the tool runs in pty mode and
+    // does stop in its container.
+    for dir in ["$M".to_string(), n.display().to_string()] {
+        let inner = format!(r#"setsid -w {dir}/sh -c 'kill -TSTP $$; echo resumed'; echo "status $?""#);
+        let o = m.sh_cmd("timeout 30 script -qec \"$INNER\" /dev/null").env("INNER", &inner).output().unwrap();
+        let out = stdout(&o).replace('\r', "");
+        assert!(out.ends_with("resumed\nstatus 0\n"), "{dir}: {out:?} {}", stderr(&o));
     }
 }
 

@@ -5,7 +5,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use odfs_wire::progress::{Fetching, Screen};
 use odfs_wire::stages::{CallStamps, STAGES_ENV};
@@ -21,9 +21,12 @@ const SIGQUIT: i32 = 3;
 const SIGKILL: i32 = 9;
 const SIGUSR1: i32 = 10;
 const SIGUSR2: i32 = 12;
+const SIGPIPE: i32 = 13;
 const SIGTERM: i32 = 15;
 const SIGCONT: i32 = 18;
 const SIGTSTP: i32 = 20;
+const SIGTTIN: i32 = 21;
+const SIGTTOU: i32 = 22;
 const SIGWINCH: i32 = 28;
 
 /// Signals the launcher passes on to the tool instead of acting on them.
@@ -33,10 +36,19 @@ const HANDLED: [i32; 2] = [SIGWINCH, SIGCONT];
 
 /// Write end of the self-pipe the signal handler writes signal numbers to.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// Set by a SIGCONT: the launcher was stopped and is continued.
+static CONTINUED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(sig: i32) {
+    if sig == SIGCONT {
+        CONTINUED.store(true, Ordering::Relaxed);
+    }
     // A raw write(2): async-signal-safe, and no errno to save.
     let _ = sys::write(SIGNAL_PIPE.load(Ordering::Relaxed), &[sig as u8]);
+}
+
+fn catch(sig: i32) {
+    sys::set_handler(sig, on_signal as *const () as usize);
 }
 
 /// How the launcher process ends.
@@ -65,7 +77,15 @@ pub fn main(args: &[&[u8]], env: &[&[u8]]) -> ! {
         sys::exit(EXIT_ODFS_ERROR);
     }
     let command = command_name(args[2]);
-    let outcome = run(args[1], &command, &args[3..], env, &mut stamps).unwrap_or_else(|f| {
+    // A write to a closed stderr must fail, not end the launcher before it
+    // ends as the tool did (SIG_IGN is not passed on: the tool runs
+    // elsewhere). Internal fds must not take the numbers of closed stdio,
+    // or a line for stderr would land in one of them.
+    sys::set_handler(SIGPIPE, sys::SIG_IGN);
+    let closed: Vec<i32> = (0..3).filter(|&fd| sys::fcntl(fd, sys::F_GETFD).is_err()).collect();
+    // Each takes the lowest free number: the closed ones, in order.
+    let placeholders: Vec<Fd> = closed.iter().filter_map(|_| sys::open(b"/dev/null\0", sys::O_RDWR | sys::O_CLOEXEC, 0).ok().map(Fd)).collect();
+    let outcome = run(args[1], &command, &args[3..], env, &mut stamps, &closed).unwrap_or_else(|f| {
         say(&command, &f.message);
         Outcome::Exit(f.exit_code)
     });
@@ -73,6 +93,7 @@ pub fn main(args: &[&[u8]], env: &[&[u8]]) -> ! {
         s.exit = sys::now_ns();
         append(path, &s.line());
     }
+    drop(placeholders);
     finish(outcome)
 }
 
@@ -135,6 +156,9 @@ fn inherited_fds() -> Vec<i32> {
         let mut at = 0;
         while at + 19 < n {
             let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen < 19 || at + reclen > n {
+                break;
+            }
             let name = &buf[at + 19..at + reclen];
             let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
             if let Some(fd) = core::str::from_utf8(name).ok().and_then(|s| s.parse::<i32>().ok()) {
@@ -142,7 +166,7 @@ fn inherited_fds() -> Vec<i32> {
                     fds.push(fd);
                 }
             }
-            at += reclen.max(1);
+            at += reclen;
         }
     }
     fds.sort_unstable();
@@ -154,19 +178,32 @@ fn install_signal_forwarding() -> Result<Fd, Failure> {
     let [read, write] = sys::pipe2(sys::O_CLOEXEC | sys::O_NONBLOCK).map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
     SIGNAL_PIPE.store(write, Ordering::Relaxed);
     for sig in FORWARDED.into_iter().chain(HANDLED) {
-        sys::set_handler(sig, on_signal as *const () as usize);
+        // `nohup tool`, `tool &` in a script: what the caller ignores
+        // never reaches the tool.
+        if !sys::ignored(sig) {
+            catch(sig);
+        }
     }
     Ok(Fd(read))
 }
 
-/// Stop the launcher itself, as the shell expects of a job whose tool
-/// stopped: by SIGTSTP with its default action, so the shell reports it as
-/// stopped and `fg`/`bg` continue it.
-fn stop_self() {
-    sys::set_handler(SIGTSTP, sys::SIG_DFL);
-    // Execution resumes here on SIGCONT.
-    sys::kill_self(SIGTSTP);
-    sys::set_handler(SIGTSTP, on_signal as *const () as usize);
+/// Stop the launcher itself, with the signal's default action, as the
+/// shell expects of a job whose tool stopped: it reports the job stopped
+/// and `fg`/`bg` continue it. SIGTTIN and SIGTTOU as the tool got them,
+/// SIGTSTP for any other stop (a pty-mode tool's holder stops by SIGSTOP,
+/// whatever stopped the tool). Returns false if the launcher did not stop:
+/// the kernel discards these in an orphaned process group (no shell left
+/// to continue it), as it would have for the tool run natively, so the
+/// tool must go on.
+fn stop_self(sig: i32) -> bool {
+    let sig = if matches!(sig, SIGTTIN | SIGTTOU) { sig } else { SIGTSTP };
+    CONTINUED.store(false, Ordering::Relaxed);
+    let old = sys::action(sig);
+    sys::set_handler(sig, sys::SIG_DFL);
+    // Execution resumes here on SIGCONT, whose handler has run by then.
+    sys::kill_self(sig);
+    sys::restore(sig, &old);
+    CONTINUED.load(Ordering::Relaxed)
 }
 
 fn connect(socket: &[u8]) -> Result<Fd, sys::Errno> {
@@ -195,8 +232,10 @@ impl Screen for Stderr {
     }
 }
 
-fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut Option<CallStamps>) -> Result<Outcome, Failure> {
+fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut Option<CallStamps>, closed: &[i32]) -> Result<Outcome, Failure> {
     let mut fds = inherited_fds();
+    // The placeholders of closed stdio are the launcher's, not the caller's.
+    fds.retain(|fd| !closed.contains(fd));
     // Pty mode when stdin is a terminal, as for an interactive program: the
     // terminal fds are not passed, the tool gets a pty of its own in their
     // place (a real controlling terminal in its container), and every other
@@ -275,8 +314,10 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
 /// the tool's end.
 fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, relayed: bool, stamps: &mut Option<CallStamps>) -> Result<Outcome, Failure> {
     let mut master_open = bridge.is_some();
+    // Until the terminal hangs up (a read of it gives its end).
+    let mut term_open = true;
     loop {
-        let reading_input = bridge.as_ref().is_some_and(|r| r.reading_input());
+        let reading_input = term_open && bridge.as_ref().is_some_and(|r| r.reading_input());
         let mut pfds = [Pollfd { fd: agent.0, events: POLLIN, revents: 0 }, Pollfd { fd: signals.0, events: POLLIN, revents: 0 }, Pollfd { fd: -1, events: POLLIN, revents: 0 }, Pollfd { fd: -1, events: POLLIN, revents: 0 }];
         // A negative fd is skipped by poll(2).
         if let Some(r) = &bridge {
@@ -297,7 +338,7 @@ fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, r
                 master_open = Bridge::pump(r.master.0, r.term);
             }
             if ready[3] {
-                Bridge::pump(r.term, r.master.0);
+                term_open = Bridge::pump(r.term, r.master.0);
             }
         }
         if ready[1] {
@@ -340,11 +381,16 @@ fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, r
             if let Some(s) = stamps.as_mut() {
                 s.event = sys::now_ns();
             }
-            if let Ok(Some((AgentEvent::Stopped(_), _))) = event {
+            if let Ok(Some((AgentEvent::Stopped(sig), _))) = event {
                 if let Some(r) = bridge.as_mut() {
                     r.leave();
                 }
-                stop_self();
+                if !stop_self(sig) {
+                    if let Some(r) = bridge.as_mut() {
+                        r.enter();
+                    }
+                    let _ = frame::send(agent.0, &AgentRequest::Continue, &[]);
+                }
                 continue;
             }
             if let Some(r) = &bridge {

@@ -133,10 +133,31 @@ extern "C" fn _Unwind_Resume() -> ! {
     sys::exit(odfs_wire::EXIT_ODFS_ERROR)
 }
 
+/// A line on the stack: the panic handler must not allocate (the panic
+/// may be an allocation failing). Longer text is cut.
+struct Line {
+    bytes: [u8; 512],
+    len: usize,
+}
+
+impl core::fmt::Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    let line = alloc::format!("odfs-launch: internal error ({info}); please report it\n");
-    sys::write_all(2, line.as_bytes());
+    use core::fmt::Write;
+    tty::restore_on_panic();
+    let mut line = Line { bytes: [0; 512], len: 0 };
+    let _ = write!(line, "odfs-launch: internal error ({info}); please report it");
+    let end = line.len.min(line.bytes.len() - 1);
+    line.bytes[end] = b'\n';
+    sys::write_all(2, &line.bytes[..=end]);
     sys::exit(odfs_wire::EXIT_ODFS_ERROR)
 }
 

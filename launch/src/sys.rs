@@ -99,6 +99,7 @@ const SYS_PIPE2: usize = 293;
 pub const AT_FDCWD: i32 = -100;
 pub const O_RDONLY: i32 = 0;
 pub const O_WRONLY: i32 = 1;
+pub const O_RDWR: i32 = 2;
 pub const O_CREAT: i32 = 0o100;
 pub const O_APPEND: i32 = 0o2000;
 pub const O_NONBLOCK: i32 = 0o4000;
@@ -259,10 +260,29 @@ extern "C" {
     fn odfs_restore_rt();
 }
 
-/// Install `handler` (or `SIG_DFL`) for `sig`, with `SA_RESTART`.
+pub const SIG_IGN: usize = 1;
+
+/// Install `handler` (or `SIG_DFL`, `SIG_IGN`) for `sig`, with `SA_RESTART`.
 pub fn set_handler(sig: i32, handler: usize) {
     let sa = Sigaction { handler, flags: SA_RESTART | SA_RESTORER, restorer: odfs_restore_rt as *const () as usize, mask: 0 };
     let _ = sys!(SYS_RT_SIGACTION, sig, &sa as *const Sigaction, 0, 8);
+}
+
+/// The action for `sig` now.
+pub fn action(sig: i32) -> Sigaction {
+    let mut old = Sigaction { handler: SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    let _ = sys!(SYS_RT_SIGACTION, sig, 0, &mut old as *mut Sigaction, 8);
+    old
+}
+
+/// Put back an action [`action`] returned.
+pub fn restore(sig: i32, old: &Sigaction) {
+    let _ = sys!(SYS_RT_SIGACTION, sig, old as *const Sigaction, 0, 8);
+}
+
+/// Whether the caller left `sig` ignored.
+pub fn ignored(sig: i32) -> bool {
+    action(sig).handler == SIG_IGN
 }
 
 pub fn unblock(sig: i32) {

@@ -4,6 +4,8 @@
 //! terminal back exactly as it was.
 
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicI32, Ordering};
 
 use odfs_wire::tty::{KernelTermios, KERNEL_TERMIOS};
 use odfs_wire::TtyRequest;
@@ -58,6 +60,28 @@ pub fn request(term: i32, targets: Vec<i32>) -> TtyRequest {
     TtyRequest { targets, rows: ws.rows, cols: ws.cols, xpixel: ws.xpixel, ypixel: ws.ypixel, termios }
 }
 
+/// The settings to put back if the launcher panics while the terminal is
+/// raw (a panic aborts: no destructor runs). Written only while `fd` is -1;
+/// the launcher has one thread.
+struct Saved {
+    fd: AtomicI32,
+    termios: UnsafeCell<KernelTermios>,
+}
+
+// SAFETY: one thread; see above.
+unsafe impl Sync for Saved {}
+
+static SAVED: Saved = Saved { fd: AtomicI32::new(-1), termios: UnsafeCell::new([0; KERNEL_TERMIOS]) };
+
+/// Put the caller's terminal back as it was, if it is raw.
+pub fn restore_on_panic() {
+    let fd = SAVED.fd.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: TCSETSW reads the settings saved when raw mode began.
+        let _ = unsafe { sys::ioctl(fd, TCSETSW, SAVED.termios.get()) };
+    }
+}
+
 /// The caller's terminal and the tool's pty master, while the tool runs.
 pub struct Bridge {
     /// The caller's terminal (read for input, written with the tool's output).
@@ -84,8 +108,11 @@ impl Bridge {
         let mut raw = orig;
         odfs_wire::tty::make_raw(&mut raw);
         // SAFETY: TCSETSW reads the kernel's termios.
+        // SAFETY: no raw mode is on record (fd -1): nothing reads it.
+        unsafe { *SAVED.termios.get() = orig };
         if unsafe { sys::ioctl(self.term, TCSETSW, raw.as_mut_ptr()) }.is_ok() {
             self.saved = Some(orig);
+            SAVED.fd.store(self.term, Ordering::Relaxed);
         }
         self.sync_size();
     }
@@ -93,6 +120,7 @@ impl Bridge {
     /// Back to the settings the caller had.
     pub fn leave(&mut self) {
         if let Some(mut orig) = self.saved.take() {
+            SAVED.fd.store(-1, Ordering::Relaxed);
             // SAFETY: TCSETSW reads the saved termios.
             let _ = unsafe { sys::ioctl(self.term, TCSETSW, orig.as_mut_ptr()) };
         }
