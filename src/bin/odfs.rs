@@ -173,10 +173,12 @@ enum Command {
     Simulate {
         #[arg(long, value_name = "FILE")]
         trace: PathBuf,
-        /// Policy to replay: fixed(DURATION), epsilon, histogram, auto; repeat
-        /// for several (default: fixed(0s) fixed(10m) epsilon histogram auto).
+        /// Policy to replay: fixed(DURATION), epsilon, histogram, auto, or
+        /// oracle (clairvoyant, at the idle time fixed(10m) spends: a bound);
+        /// repeat for several (default: fixed(0s) fixed(10m) epsilon
+        /// histogram auto oracle).
         #[arg(long = "policy", value_name = "POLICY")]
-        policies: Vec<odfs::policy::Policy>,
+        policies: Vec<SimPolicy>,
         /// Seconds a cold start adds (container start to agent ready).
         #[arg(long, default_value_t = odfs::policy::Costs::default().cold)]
         cold: f64,
@@ -190,6 +192,15 @@ enum Command {
         /// `pause_after` does, whatever the policy (e.g. 5s).
         #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
         pause_after: Option<f64>,
+        /// Keep at most N idle containers, the least valuable removed first
+        /// (as the daemon's `max_idle`); under auto they stay until the
+        /// budget needs room.
+        #[arg(long, value_name = "N")]
+        idle_budget: Option<usize>,
+        /// With a budget, remove an idle container after this anyway
+        /// (the daemon's `idle_max_age`).
+        #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
+        idle_max_age: Option<f64>,
         #[arg(long)]
         json: bool,
     },
@@ -362,8 +373,13 @@ fn main() -> ExitCode {
             .render(&mut std::io::stdout())
             .context("cannot write the man page"),
         Command::Stats { command, socket, json } => stats(&socket, command.as_deref(), json),
-        Command::Simulate { trace, policies, cold, paused, warm, pause_after, json } => {
-            simulate(&trace, policies, pause_after, odfs::policy::Costs { cold, paused, warm }, json)
+        Command::Simulate { trace, policies, cold, paused, warm, pause_after, idle_budget, idle_max_age, json } => {
+            let opts = odfs::policy::sim::Options {
+                pause_after,
+                budget: odfs::policy::cache::Budget { max_idle: idle_budget, memory: None },
+                idle_max_age,
+            };
+            simulate(&trace, policies, &opts, odfs::policy::Costs { cold, paused, warm }, json)
         }
     };
     match result {
@@ -668,14 +684,46 @@ fn duration_secs(s: &str) -> Result<f64, String> {
     odfs::policy::humantime_secs(s).ok_or_else(|| format!("{s:?} is not a duration like 10m or 45s"))
 }
 
-fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, pause_after: Option<f64>, costs: odfs::policy::Costs, json: bool) -> anyhow::Result<()> {
+/// A policy `odfs simulate` replays: the daemon's, or the clairvoyant bound.
+#[derive(Debug, Clone, Copy)]
+enum SimPolicy {
+    Daemon(odfs::policy::Policy),
+    Oracle,
+}
+
+impl std::str::FromStr for SimPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SimPolicy, String> {
+        if s.trim() == "oracle" {
+            return Ok(SimPolicy::Oracle);
+        }
+        s.parse().map(SimPolicy::Daemon).map_err(|e: String| format!("{e} (or oracle)"))
+    }
+}
+
+fn simulate(trace: &std::path::Path, mut policies: Vec<SimPolicy>, opts: &odfs::policy::sim::Options, costs: odfs::policy::Costs, json: bool) -> anyhow::Result<()> {
     use odfs::policy::{sim, Policy};
     let text = std::fs::read_to_string(trace).with_context(|| format!("cannot read trace {}", trace.display()))?;
     let calls = sim::parse_trace(&text).map_err(|e| anyhow::anyhow!("{}: {e}", trace.display()))?;
     if policies.is_empty() {
-        policies = vec![Policy::Fixed(0.0), Policy::Fixed(600.0), Policy::Epsilon, Policy::Histogram, Policy::Auto];
+        policies = [Policy::Fixed(0.0), Policy::Fixed(600.0), Policy::Epsilon, Policy::Histogram, Policy::Auto]
+            .map(SimPolicy::Daemon)
+            .into_iter()
+            .chain([SimPolicy::Oracle])
+            .collect();
     }
-    let reports: Vec<sim::Report> = policies.iter().map(|p| sim::simulate(&calls, *p, pause_after, &costs)).collect();
+    let reports: Vec<sim::Report> = policies
+        .iter()
+        .map(|p| match p {
+            SimPolicy::Daemon(p) => sim::simulate_with(&calls, *p, opts, &costs),
+            // At fixed(10m)'s idle time, without a budget: a bound on what
+            // any keep-alive of that cost could do.
+            SimPolicy::Oracle => {
+                let fixed = sim::simulate_with(&calls, Policy::Fixed(600.0), &sim::Options { pause_after: opts.pause_after, ..Default::default() }, &costs);
+                sim::oracle(&calls, &costs, fixed.idle())
+            }
+        })
+        .collect();
     if json {
         let rows: Vec<_> = reports
             .iter()
@@ -685,23 +733,36 @@ fn simulate(trace: &std::path::Path, mut policies: Vec<odfs::policy::Policy>, pa
                 "idle_warm_s": r.idle_warm, "idle_paused_s": r.idle_paused, "idle_s": r.idle(),
                 "mean_added_latency_ms": r.mean_latency_ms(),
                 "sequence_calls": r.sequence_calls, "sequence_hits": r.sequence_hits,
+                "first_calls": r.first_calls, "avoidable_cold": r.avoidable_cold(), "avoidable_cold_pct": r.avoidable_cold_pct(),
+                "peak_idle": r.peak_idle, "idle_active_s": r.idle_active,
+                "idle_budget": opts.budget.max_idle, "pause_after_s": opts.pause_after,
             }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let pause = pause_after.map_or(String::new(), |p| format!("; pause_after {}", odfs::policy::format_secs(p)));
-    println!("trace {}: {} calls; costs cold {}s, paused {}s, warm {}s{pause}", trace.display(), calls.len(), costs.cold, costs.paused, costs.warm);
+    let pause = opts.pause_after.map_or(String::new(), |p| format!("; pause_after {}", odfs::policy::format_secs(p)));
+    let budget = opts.budget.max_idle.map_or(String::new(), |n| format!("; idle budget {n}"));
+    let age = opts.idle_max_age.map_or(String::new(), |a| format!("; idle_max_age {}", odfs::policy::format_secs(a)));
     println!(
-        "| {:<12} | {:>6} | {:>7} | {:>9} | {:>6} | {:>11} | {:>13} | {:>10} | {:>12} | {:>9} |",
-        "policy", "calls", "cold %", "paused %", "starts", "idle warm h", "idle paused h", "idle all h", "mean add ms", "seq hit %"
+        "trace {}: {} calls, {} first calls; costs cold {}s, paused {}s, warm {}s{pause}{budget}{age}",
+        trace.display(),
+        calls.len(),
+        reports.first().map_or(0, |r| r.first_calls),
+        costs.cold,
+        costs.paused,
+        costs.warm
     );
-    println!("|{:-<14}|{:-<8}|{:-<9}|{:-<11}|{:-<8}|{:-<13}|{:-<15}|{:-<12}|{:-<14}|{:-<11}|", "", "", "", "", "", "", "", "", "", "");
+    println!(
+        "| {:<12} | {:>6} | {:>7} | {:>9} | {:>9} | {:>6} | {:>10} | {:>13} | {:>9} | {:>12} | {:>9} |",
+        "policy", "calls", "cold %", "avoid. %", "paused %", "starts", "idle all h", "idle active h", "peak idle", "mean add ms", "seq hit %"
+    );
+    println!("|{:-<14}|{:-<8}|{:-<9}|{:-<11}|{:-<11}|{:-<8}|{:-<12}|{:-<15}|{:-<11}|{:-<14}|{:-<11}|", "", "", "", "", "", "", "", "", "", "", "");
     for r in &reports {
         let seq = if r.sequence_calls == 0 { "-".to_string() } else { format!("{:.0} ({}/{})", r.sequence_hit_pct(), r.sequence_hits, r.sequence_calls) };
         println!(
-            "| {:<12} | {:>6} | {:>7.1} | {:>9.1} | {:>6} | {:>11.2} | {:>13.2} | {:>10.2} | {:>12.1} | {:>9} |",
-            r.policy, r.calls, r.cold_pct(), r.paused_pct(), r.starts, r.idle_warm / 3600.0, r.idle_paused / 3600.0, r.idle() / 3600.0, r.mean_latency_ms(), seq
+            "| {:<12} | {:>6} | {:>7.1} | {:>9.1} | {:>9.1} | {:>6} | {:>10.2} | {:>13.2} | {:>9} | {:>12.1} | {:>9} |",
+            r.policy, r.calls, r.cold_pct(), r.avoidable_cold_pct(), r.paused_pct(), r.starts, r.idle() / 3600.0, r.idle_active / 3600.0, r.peak_idle, r.mean_latency_ms(), seq
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 //!
 //! Times are seconds (`f64`) on any clock the caller chooses.
 
+pub mod cache;
 pub mod predict;
 pub mod sim;
 
@@ -325,8 +326,12 @@ fn auto(gaps: &[Secs], costs: &Costs) -> Window {
 /// next expected call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Unload now, start again then.
+    /// Start again then, if it is not running; unloaded until then when
+    /// `unload` is set.
     pub prewarm_at: Option<Secs>,
+    /// Remove an idle container ahead of its pre-warm (not under an idle
+    /// budget, where memory is the budget's to manage).
+    pub unload: bool,
     pub pause_at: Option<Secs>,
     pub remove_at: Secs,
     pub reason: String,
@@ -341,6 +346,7 @@ pub fn plan(policy: Policy, calls: &[Call], end: Secs, costs: &Costs) -> Plan {
             if start - end >= MIN_UNLOAD {
                 return Plan {
                     prewarm_at: Some(start),
+                    unload: true,
                     pause_at: None,
                     remove_at: last + 1.1 * p,
                     reason: format!("periodic every {:.0}s: warm again just before the next call", p),
@@ -351,6 +357,7 @@ pub fn plan(policy: Policy, calls: &[Call], end: Secs, costs: &Costs) -> Plan {
     let w = window(policy, calls, costs);
     Plan {
         prewarm_at: w.prewarm_after.filter(|h| *h < w.keep).map(|h| end + h),
+        unload: true,
         pause_at: w.pause_after.filter(|p| *p < w.keep).map(|p| end + p),
         remove_at: end + w.keep,
         reason: w.reason,
@@ -380,7 +387,7 @@ pub const PREDICTED_KEEP: Secs = 120.0;
 
 /// The plan for a container warmed by a prediction at `now`.
 pub fn predicted_plan(now: Secs, reason: String) -> Plan {
-    Plan { prewarm_at: None, pause_at: Some(now + PREDICTED_PAUSE), remove_at: now + PREDICTED_KEEP, reason }
+    Plan { prewarm_at: None, unload: true, pause_at: Some(now + PREDICTED_PAUSE), remove_at: now + PREDICTED_KEEP, reason }
 }
 
 /// A container as the lifecycle sees it.
@@ -414,7 +421,7 @@ pub fn decide(phase: Phase, plan: Option<&Plan>, now: Secs) -> Action {
         (Phase::Paused, None) => Action::Remove,
         (Phase::Idle, Some(p)) => {
             // Past the window, or unloading ahead of a pre-warm.
-            if now >= p.remove_at || p.prewarm_at.is_some_and(|t| now < t) {
+            if now >= p.remove_at || (p.unload && p.prewarm_at.is_some_and(|t| now < t)) {
                 Action::Remove
             } else if p.pause_at.is_some_and(|t| now >= t) {
                 Action::Pause
@@ -454,7 +461,7 @@ mod tests {
     }
 
     fn at(prewarm: Option<Secs>, pause: Option<Secs>, remove: Secs) -> Plan {
-        Plan { prewarm_at: prewarm, pause_at: pause, remove_at: remove, reason: String::new() }
+        Plan { prewarm_at: prewarm, unload: true, pause_at: pause, remove_at: remove, reason: String::new() }
     }
 
     #[test]

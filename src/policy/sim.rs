@@ -10,8 +10,16 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use super::cache::{Budget, Cache, Idle};
 use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
 use super::{decide, plan_times, plan_with, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
+
+/// A user counts as active this long after each of their calls
+/// ([`Report::idle_active`]).
+pub const ACTIVE: Secs = 1800.0;
+/// Idle time is counted up to this long after the trace's last call ends:
+/// a container kept without a time limit would otherwise idle forever.
+pub const TAIL: Secs = 600.0;
 
 /// One line of a trace: `time,command,session,run_time[,profile]` (seconds).
 /// Without a profile column each command is its own image profile.
@@ -68,6 +76,13 @@ pub struct Report {
     /// many of them found a warm or paused container.
     pub sequence_calls: u32,
     pub sequence_hits: u32,
+    /// Calls that were their profile's first: cold under any keep-alive.
+    pub first_calls: u32,
+    /// The most idle containers (warm or frozen) at once.
+    pub peak_idle: u32,
+    /// Idle container-seconds while the user was active (a call within the
+    /// last [`ACTIVE`]): the memory a user at work feels.
+    pub idle_active: Secs,
 }
 
 impl Report {
@@ -97,6 +112,25 @@ impl Report {
     pub fn sequence_hit_pct(&self) -> f64 {
         Self::pct(self.sequence_hits, self.sequence_calls)
     }
+    /// Cold starts a keep-alive could have avoided: all but first calls.
+    pub fn avoidable_cold(&self) -> u32 {
+        self.cold.saturating_sub(self.first_calls)
+    }
+    pub fn avoidable_cold_pct(&self) -> f64 {
+        Self::pct(self.avoidable_cold(), self.calls)
+    }
+}
+
+/// How a replay runs besides its policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Options {
+    /// A catalog `pause_after` on every profile.
+    pub pause_after: Option<Secs>,
+    /// The idle budget ([`super::cache`]); under `auto` it replaces the
+    /// time limit of the idle window.
+    pub budget: Budget,
+    /// With a budget: remove an idle container after this anyway.
+    pub idle_max_age: Option<Secs>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,7 +188,11 @@ impl Ord for Event {
 struct Sim<'a> {
     trace: &'a [TraceCall],
     policy: Policy,
-    pause_after: Option<Secs>,
+    opts: Options,
+    cache: Cache<usize>,
+    /// Merged intervals in which the user is active, in time order.
+    active: Vec<(Secs, Secs)>,
+    horizon: Secs,
     costs: Costs,
     predict: bool,
     queue: BinaryHeap<Event>,
@@ -173,17 +211,46 @@ impl Sim<'_> {
         self.queue.push(Event { at, seq: self.seq, profile, kind });
     }
 
-    /// Count the idle time of a container up to `now`.
+    /// Count the idle time of a container up to `now` (and the horizon).
     fn settle(&mut self, p: usize, now: Secs) {
         let b = &mut self.boxes[p];
-        if b.busy == 0 {
+        let (from, to) = (b.idle_since.min(self.horizon), now.min(self.horizon));
+        if b.busy == 0 && matches!(b.state, State::Warm | State::Paused) {
             match b.state {
-                State::Warm => self.report.idle_warm += now - b.idle_since,
-                State::Paused => self.report.idle_paused += now - b.idle_since,
-                _ => {}
+                State::Warm => self.report.idle_warm += to - from,
+                _ => self.report.idle_paused += to - from,
             }
+            self.report.idle_active += overlap(&self.active, from, to);
         }
         b.idle_since = now;
+    }
+
+    fn idle(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.boxes.len()).filter(|&p| self.boxes[p].busy == 0 && matches!(self.boxes[p].state, State::Warm | State::Paused))
+    }
+
+    /// Whether the budget lets a prediction start `q`'s container.
+    fn admits(&self, q: usize) -> bool {
+        if !self.opts.budget.limits() {
+            return true;
+        }
+        let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
+        self.cache.admits(&q, &idle, &self.opts.budget)
+    }
+
+    /// Make room within the budget, as the daemon's reaper does.
+    fn enforce(&mut self, now: Secs) {
+        if !self.opts.budget.limits() {
+            return;
+        }
+        let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
+        for p in self.cache.victims(&idle, &self.opts.budget, 0) {
+            self.settle(p, now);
+            let b = &mut self.boxes[p];
+            b.state = State::Absent;
+            b.epoch += 1;
+            b.plan = None;
+        }
     }
 
     fn start(&mut self, p: usize, now: Secs, epoch: u64) {
@@ -220,6 +287,10 @@ impl Sim<'_> {
             }
         };
         let hit = matches!(b.state, State::Warm | State::Paused);
+        if self.history[p].is_empty() {
+            self.report.first_calls += 1;
+        }
+        self.cache.called(&p, self.costs.cold, 0);
         b.state = State::Warm;
         b.epoch += 1;
         b.busy += 1;
@@ -240,7 +311,7 @@ impl Sim<'_> {
                 let Some(q) = self.trace.iter().find(|t| t.command == next).map(|t| self.profile_of[&t.profile]) else {
                     continue;
                 };
-                if self.boxes[q].state == State::Absent {
+                if self.boxes[q].state == State::Absent && self.admits(q) {
                     self.boxes[q].epoch += 1;
                     self.boxes[q].predicted = true;
                     let epoch = self.boxes[q].epoch;
@@ -266,14 +337,18 @@ impl Sim<'_> {
         }
         b.idle_since = now;
         b.epoch += 1;
-        let plan = plan_with(self.policy, self.pause_after, &self.history[p], now, &self.costs);
+        let mut plan = plan_with(self.policy, self.opts.pause_after, &self.history[p], now, &self.costs);
+        if self.opts.budget.limits() && self.policy == Policy::Auto {
+            unbounded(&mut plan, now, self.opts.idle_max_age);
+        }
         self.follow(p, now, plan);
+        self.enforce(now);
     }
 
     /// Give a container a plan: act on it now, and wake up at its times.
     fn follow(&mut self, p: usize, now: Secs, plan: Plan) {
         let epoch = self.boxes[p].epoch;
-        for at in plan_times(&plan).filter(|&t| t > now) {
+        for at in plan_times(&plan).filter(|&t| t > now && t.is_finite()) {
             self.push(at, p, Kind::Wake(epoch));
         }
         self.boxes[p].plan = Some(plan);
@@ -338,19 +413,63 @@ impl Sim<'_> {
                             // happens then, before the call it was for.
                             self.wake(p, now);
                         }
+                        self.enforce(now);
                     }
                 }
                 _ => {}
             }
+            let idle = self.idle().count() as u32;
+            self.report.peak_idle = self.report.peak_idle.max(idle);
+        }
+        // What is still idle idles up to the horizon.
+        for p in 0..self.boxes.len() {
+            self.settle(p, self.horizon);
         }
         self.report
     }
+}
+
+/// Under a budget `auto` keeps an idle container until the budget needs
+/// room (or `max_age`): its window's time limit goes, and so does the
+/// unloading ahead of a pre-warm (memory is the budget's to manage; a
+/// period guessed from a person's calls is often wrong). A pre-warm stays:
+/// it starts again a container the budget removed.
+pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>) {
+    plan.unload = false;
+    plan.remove_at = max_age.map_or(Secs::INFINITY, |a| end + a).max(plan.prewarm_at.map_or(end, |t| t + 1.0));
+    plan.reason = format!("{}; kept within the idle budget", plan.reason);
+}
+
+/// The length of `[from, to]` inside the merged intervals `active`.
+fn overlap(active: &[(Secs, Secs)], from: Secs, to: Secs) -> Secs {
+    if to <= from {
+        return 0.0;
+    }
+    let first = active.partition_point(|&(_, e)| e <= from);
+    active[first..].iter().take_while(|&&(s, _)| s < to).map(|&(s, e)| e.min(to) - s.max(from)).filter(|d| *d > 0.0).sum()
+}
+
+/// The intervals in which a user with these calls is active, merged.
+fn active_intervals(trace: &[TraceCall]) -> Vec<(Secs, Secs)> {
+    let mut out: Vec<(Secs, Secs)> = Vec::new();
+    for c in trace {
+        match out.last_mut() {
+            Some(last) if c.at <= last.1 => last.1 = last.1.max(c.at + ACTIVE),
+            _ => out.push((c.at, c.at + ACTIVE)),
+        }
+    }
+    out
 }
 
 /// Replay `trace` under `policy`, with `pause_after` on every profile as a
 /// catalog's `pause_after` would be. Prediction (sequence prefetch) belongs
 /// to `auto`; the other policies are the baselines as published.
 pub fn simulate(trace: &[TraceCall], policy: Policy, pause_after: Option<Secs>, costs: &Costs) -> Report {
+    simulate_with(trace, policy, &Options { pause_after, ..Default::default() }, costs)
+}
+
+/// [`simulate`] with an idle budget and the other [`Options`].
+pub fn simulate_with(trace: &[TraceCall], policy: Policy, opts: &Options, costs: &Costs) -> Report {
     let mut profile_of = HashMap::new();
     for c in trace {
         let n = profile_of.len();
@@ -360,7 +479,10 @@ pub fn simulate(trace: &[TraceCall], policy: Policy, pause_after: Option<Secs>, 
     let sim = Sim {
         trace,
         policy,
-        pause_after,
+        opts: *opts,
+        cache: Cache::default(),
+        active: active_intervals(trace),
+        horizon: trace.iter().map(|c| c.at + c.run).fold(0.0, Secs::max) + costs.cold + TAIL,
         costs: *costs,
         predict: policy == Policy::Auto,
         queue: BinaryHeap::new(),
@@ -373,6 +495,53 @@ pub fn simulate(trace: &[TraceCall], policy: Policy, pause_after: Option<Secs>, 
         report: Report { policy: policy.to_string(), ..Default::default() },
     };
     sim.run()
+}
+
+/// A clairvoyant keep-alive, as a bound: knowing every call ahead, it keeps
+/// a container exactly over the idle gaps cheapest to bridge (the shortest)
+/// until they add up to `idle_budget` container-seconds (`fixed(10m)`'s
+/// idle time, for a bound at that policy's cost). Every other gap, and each
+/// profile's first call, is cold.
+pub fn oracle(trace: &[TraceCall], costs: &Costs, idle_budget: Secs) -> Report {
+    let mut r = Report { policy: "oracle".into(), calls: trace.len() as u32, ..Default::default() };
+    let mut last_end: HashMap<&str, Secs> = HashMap::new();
+    // (gap start, gap end) of each idle gap between two calls of a profile.
+    let mut gaps: Vec<(Secs, Secs)> = Vec::new();
+    for c in trace {
+        match last_end.get(c.profile.as_str()) {
+            None => r.first_calls += 1,
+            Some(&end) if c.at <= end => r.warm += 1,
+            Some(&end) => gaps.push((end, c.at)),
+        }
+        let end = last_end.entry(&c.profile).or_insert(0.0);
+        *end = end.max(c.at + c.run);
+    }
+    gaps.sort_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)));
+    let mut spent = 0.0;
+    let mut kept = Vec::new();
+    for (from, to) in gaps.iter().copied() {
+        if spent + (to - from) > idle_budget {
+            r.cold += 1;
+        } else {
+            spent += to - from;
+            r.warm += 1;
+            kept.push((from, to));
+        }
+    }
+    r.cold += r.first_calls;
+    r.starts = r.cold;
+    r.idle_warm = spent;
+    let active = active_intervals(trace);
+    r.idle_active = kept.iter().map(|&(a, b)| overlap(&active, a, b)).sum();
+    let mut edges: Vec<(Secs, i32)> = kept.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
+    edges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+    let mut now = 0i32;
+    for (_, d) in edges {
+        now += d;
+        r.peak_idle = r.peak_idle.max(now.max(0) as u32);
+    }
+    r.latency = r.cold as f64 * costs.cold + r.warm as f64 * costs.warm;
+    r
 }
 
 #[cfg(test)]
@@ -470,6 +639,52 @@ mod tests {
         let lines: String = (0..40).map(|i| format!("{},backup,cron,3\n", i * 900)).collect();
         let r = simulate(&trace(&lines), Policy::Auto, Some(1.0), &COSTS);
         assert_eq!((r.cold, r.paused, r.warm), (5, 35, 0), "{r:?}");
+    }
+
+    #[test]
+    fn a_budget_keeps_idle_containers_without_a_time_limit_and_evicts_the_least_called() {
+        // Three tools: jq called often, rg and gdb once each an hour; gaps
+        // of an hour are far beyond any window, but within a budget of two
+        // idle containers jq and the more recent one stay.
+        let mut lines = String::new();
+        for h in 0..6 {
+            let t = h * 3600;
+            lines += &format!("{t},jq,s,1\n{},jq,s,1\n{},rg,s,1\n{},gdb,s,1\n", t + 10, t + 20, t + 30);
+        }
+        let t = trace(&lines);
+        let opts = Options { budget: Budget { max_idle: Some(2), memory: None }, ..Default::default() };
+        let r = simulate_with(&t, Policy::Auto, &opts, &COSTS);
+        assert_eq!(r.first_calls, 3);
+        assert!(r.peak_idle <= 2, "{r:?}");
+        // jq's first call of each hour finds it: 5 of those, plus the 6 second calls.
+        assert!(r.warm + r.paused >= 11, "{r:?}");
+        let unlimited = simulate_with(&t, Policy::Auto, &Options { budget: Budget { max_idle: Some(10), memory: None }, ..Default::default() }, &COSTS);
+        assert_eq!(unlimited.avoidable_cold(), 0, "{unlimited:?}");
+        assert_eq!(unlimited.peak_idle, 3);
+        // Idle time stops at the horizon (TAIL after the last end).
+        assert!(unlimited.idle() < 3.0 * (6.0 * 3600.0 + TAIL), "{unlimited:?}");
+        let aged = Options { idle_max_age: Some(600.0), ..opts };
+        assert!(simulate_with(&t, Policy::Auto, &aged, &COSTS).cold > r.cold);
+    }
+
+    #[test]
+    fn the_oracle_bridges_the_shortest_gaps_within_its_idle_budget() {
+        // jq ends at 1, 11, 111; gaps 9 s (1→10) and 89 s (12→101)… with a
+        // 50 s budget only the short one is bridged.
+        let t = trace("0,jq,a,1\n10,jq,a,2\n101,jq,a,1\n102,jq,a,5\n");
+        let r = oracle(&t, &COSTS, 50.0);
+        assert_eq!((r.first_calls, r.cold, r.warm), (1, 2, 2), "{r:?}");
+        assert!((r.idle_warm - 9.0).abs() < 1e-9);
+        assert_eq!(r.peak_idle, 1);
+        assert_eq!(oracle(&t, &COSTS, 1000.0).cold, 1);
+    }
+
+    #[test]
+    fn idle_counts_while_the_user_is_active_only_within_the_active_window() {
+        let active = active_intervals(&trace("0,a,s,0\n100,a,s,0\n5000,a,s,0\n"));
+        assert_eq!(active, vec![(0.0, 1900.0), (5000.0, 6800.0)]);
+        assert_eq!(overlap(&active, 1800.0, 5100.0), 200.0);
+        assert_eq!(overlap(&active, 2000.0, 4000.0), 0.0);
     }
 
     #[test]

@@ -124,7 +124,7 @@ mod tests {
     use super::*;
 
     fn plan(pause: Option<Secs>, remove: Secs, prewarm: Option<Secs>) -> Plan {
-        Plan { prewarm_at: prewarm, pause_at: pause, remove_at: remove, reason: "r".into() }
+        Plan { prewarm_at: prewarm, unload: true, pause_at: pause, remove_at: remove, reason: "r".into() }
     }
 
     #[test]

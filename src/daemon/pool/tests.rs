@@ -93,7 +93,7 @@ async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
     let pool = pool(fake.clone(), dir.path());
     let img = image("b", KeepAlive::Auto);
     let now = pool.now();
-    let plan = Plan { prewarm_at: None, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
+    let plan = Plan { prewarm_at: None, unload: true, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
     pool.warm_up(&img, Some(plan)).await.unwrap();
     fake.running.store(1, Ordering::SeqCst);
     pool.reap().await;

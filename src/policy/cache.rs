@@ -1,0 +1,176 @@
+//! Keep-alive as a cache: idle containers stay within a budget (how many,
+//! how much memory), and when it needs room the least valuable goes first,
+//! by Greedy-Dual-Size-Frequency (Cao & Irani, 1997), the eviction FaasCache
+//! (Fuerst & Sharma, ASPLOS'21) found to beat keep-alive timers at equal
+//! memory. On one machine what a waiting container costs is the memory it
+//! holds, not the seconds it waits.
+//!
+//! A container's priority is `clock + calls × cold start cost / size`: a
+//! tool called often (recent calls counting most), slow to start and small
+//! is kept; the clock rises to each evicted priority, so what was called
+//! long ago ages against what is called now. Pure: the daemon's reaper and
+//! `odfs simulate` share it.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use super::Secs;
+
+/// What idle containers may hold at once; `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Budget {
+    pub max_idle: Option<usize>,
+    /// Bytes.
+    pub memory: Option<u64>,
+}
+
+impl Budget {
+    pub fn limits(&self) -> bool {
+        self.max_idle.is_some() || self.memory.is_some()
+    }
+}
+
+/// An idle container (warm or frozen, no tool in it) as the budget sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idle<K> {
+    pub key: K,
+    /// Bytes it holds; 0 when not measured (yet).
+    pub memory: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    calls: f64,
+    priority: f64,
+}
+
+/// How much each earlier call counts against the next one in a container's
+/// call count: the last few calls weigh most, so a tool used heavily last
+/// month does not outrank today's (plain GDSF counts every call alike).
+/// Chosen on the tuning half of the real histories (docs/keep-alive.md).
+pub const CALL_DECAY: f64 = 0.8;
+
+/// The sizes priorities divide by are in MiB, at least 1, so that an
+/// unmeasured container counts as a small one and not as free.
+fn size_mib(memory: u64) -> f64 {
+    (memory as f64 / (1u64 << 20) as f64).max(1.0)
+}
+
+/// Priorities of the containers a budget holds, keyed by profile.
+#[derive(Debug, Clone)]
+pub struct Cache<K> {
+    clock: f64,
+    entries: HashMap<K, Entry>,
+}
+
+impl<K> Default for Cache<K> {
+    fn default() -> Self {
+        Cache { clock: 0.0, entries: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Cache<K> {
+    /// A call of `key`'s tool: one more call, priority renewed at the
+    /// current clock. `cold` is what a cold start of it costs (seconds),
+    /// `memory` what its container holds idle (bytes, 0 if unknown).
+    pub fn called(&mut self, key: &K, cold: Secs, memory: u64) {
+        let clock = self.clock;
+        let e = self.entries.entry(key.clone()).or_insert(Entry { calls: 0.0, priority: clock });
+        e.calls = e.calls * CALL_DECAY + 1.0;
+        e.priority = clock + e.calls * cold.max(1e-3) / size_mib(memory);
+    }
+
+    /// The priority of `key` (the clock for one never called).
+    pub fn priority(&self, key: &K) -> f64 {
+        self.entries.get(key).map_or(self.clock, |e| e.priority)
+    }
+
+    /// Whether a container started ahead of a call (a prediction) may join
+    /// `idle`: if the budget has room for one more, or if it is worth more
+    /// than the least valuable there, which it would then push out. A guess
+    /// must not evict a container the user is more likely to call.
+    pub fn admits(&self, key: &K, idle: &[Idle<K>], budget: &Budget) -> bool {
+        let room = budget.max_idle.is_none_or(|m| idle.len() < m);
+        room || idle.iter().any(|i| self.priority(&i.key) < self.priority(key))
+    }
+
+    /// Which of `idle` to remove, least valuable first, so that the rest fit
+    /// `budget`, and at least `shed` of them (memory pressure). The clock
+    /// rises to each victim's priority, and a victim starts its count again
+    /// when it comes back (as GDSF does).
+    pub fn victims(&mut self, idle: &[Idle<K>], budget: &Budget, shed: usize) -> Vec<K> {
+        let mut order: Vec<&Idle<K>> = idle.iter().collect();
+        order.sort_by(|a, b| self.priority(&a.key).total_cmp(&self.priority(&b.key)));
+        let mut count = idle.len();
+        let mut memory: u64 = idle.iter().map(|i| i.memory).sum();
+        let mut out = Vec::new();
+        for i in order {
+            let over = budget.max_idle.is_some_and(|m| count > m) || budget.memory.is_some_and(|m| memory > m);
+            if !over && out.len() >= shed {
+                break;
+            }
+            self.clock = self.clock.max(self.priority(&i.key));
+            self.entries.remove(&i.key);
+            count -= 1;
+            memory = memory.saturating_sub(i.memory);
+            out.push(i.key.clone());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idle(keys: &[&'static str]) -> Vec<Idle<&'static str>> {
+        keys.iter().map(|&key| Idle { key, memory: 0 }).collect()
+    }
+
+    #[test]
+    fn the_least_called_goes_first_and_the_clock_ages_the_rest() {
+        let mut c = Cache::default();
+        for _ in 0..5 {
+            c.called(&"jq", 0.2, 0);
+        }
+        c.called(&"rg", 0.2, 0);
+        c.called(&"gdb", 0.2, 0);
+        c.called(&"gdb", 0.2, 0);
+        let budget = Budget { max_idle: Some(2), memory: None };
+        assert_eq!(c.victims(&idle(&["jq", "rg", "gdb"]), &budget, 0), vec!["rg"]);
+        // The clock is now rg's priority: two calls from here on outrank
+        // gdb's two calls of long ago (0.2 × 1.8).
+        assert!((c.priority(&"gdb") - 0.36).abs() < 1e-9);
+        c.called(&"make", 0.2, 0);
+        c.called(&"make", 0.2, 0);
+        assert!(c.priority(&"make") > c.priority(&"gdb"));
+        assert_eq!(c.victims(&idle(&["jq", "gdb", "make"]), &budget, 0), vec!["gdb"]);
+    }
+
+    #[test]
+    fn slow_starts_and_small_containers_are_worth_more() {
+        let mut c = Cache::default();
+        c.called(&"fast", 0.1, 0);
+        c.called(&"slow", 2.0, 0);
+        c.called(&"big", 2.0, 400 << 20);
+        let budget = Budget { max_idle: Some(1), memory: None };
+        assert_eq!(c.victims(&idle(&["fast", "slow", "big"]), &budget, 0), vec!["big", "fast"]);
+    }
+
+    #[test]
+    fn memory_budgets_and_pressure_remove_until_it_fits() {
+        let mut c = Cache::default();
+        for (k, n) in [("a", 1), ("b", 2), ("c", 3)] {
+            for _ in 0..n {
+                c.called(&k, 1.0, 0);
+            }
+        }
+        let sized = |m: u64| vec![Idle { key: "a", memory: m }, Idle { key: "b", memory: m }, Idle { key: "c", memory: m }];
+        let budget = Budget { max_idle: None, memory: Some(250) };
+        assert_eq!(c.clone().victims(&sized(100), &budget, 0), vec!["a"]);
+        assert!(c.clone().victims(&sized(80), &budget, 0).is_empty());
+        // Pressure sheds even within the budget, least valuable first.
+        assert_eq!(c.clone().victims(&sized(80), &budget, 2), vec!["a", "b"]);
+        assert!(c.victims(&sized(80), &Budget::default(), 0).is_empty());
+    }
+}
