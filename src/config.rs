@@ -19,16 +19,84 @@ pub struct DaemonConfig {
     /// Keep-alive policy of images whose catalog entry says `auto`.
     pub policy: crate::policy::Policy,
     pub engine: crate::backend::engine::Engine,
+    /// What idle containers may hold (`[idle]`).
+    pub idle: crate::policy::cache::IdleConfig,
 }
 
 /// The config file (`/etc/odfs/odfs.toml`); every table is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
     pub engine: crate::backend::engine::EngineSettings,
     #[serde(default)]
     pub view: crate::view::ViewSettings,
+    #[serde(default)]
+    pub idle: IdleSettings,
+}
+
+/// `[idle]`: what idle containers may hold (see `policy::cache`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdleSettings {
+    /// At most this many idle containers.
+    pub max_idle: Option<usize>,
+    /// At most this much memory in idle containers ("512m", "1GiB"; "0"
+    /// for no memory limit). Default: the smaller of 512 MiB and 5% of RAM.
+    pub memory: Option<String>,
+    /// Remove an idle container after this anyway ("2h"). Default: never
+    /// by the clock alone.
+    pub max_age: Option<String>,
+    /// Read memory pressure from this file (PSI format) instead of
+    /// `/proc/pressure/memory` and `MemAvailable`.
+    pub pressure_file: Option<PathBuf>,
+    /// `some avg10` percentage from which idle containers are shed (10).
+    pub pressure_avg10: Option<f64>,
+}
+
+impl IdleSettings {
+    /// The daemon's idle settings; `mem_total` in bytes sets the default budget.
+    pub fn resolve(&self, mem_total: u64) -> Result<crate::policy::cache::IdleConfig, String> {
+        let memory = match self.memory.as_deref().map(str::trim) {
+            None => Some(crate::policy::cache::default_memory(mem_total)),
+            Some("0") => None,
+            Some(m) => Some(
+                parse_size::Config::new()
+                    .with_binary()
+                    .parse_size(m)
+                    .map_err(|e| format!("[idle] memory {m:?}: {e} (a size like 512m or 1GiB)"))?,
+            ),
+        };
+        let max_age = match &self.max_age {
+            None => None,
+            Some(a) => Some(crate::policy::humantime_secs(a).ok_or_else(|| format!("[idle] max_age {a:?} is not a duration like 2h"))?),
+        };
+        Ok(crate::policy::cache::IdleConfig {
+            budget: crate::policy::cache::Budget { max_idle: self.max_idle, memory },
+            max_age,
+            pressure_file: self.pressure_file.clone(),
+            pressure_avg10: self.pressure_avg10.unwrap_or(crate::policy::cache::PRESSURE_AVG10),
+        })
+    }
+}
+
+/// The machine's RAM in bytes (`MemTotal`), or 0.
+pub fn mem_total() -> u64 {
+    mem_available().map_or(0, |(_, total)| total)
+}
+
+/// `MemAvailable` and `MemTotal` in bytes.
+pub fn mem_available() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).map(|kb| kb * 1024)
+    };
+    Some((field("MemAvailable:")?, field("MemTotal:")?))
+}
+
+/// The idle settings of the config file.
+pub fn idle(config: Option<&std::path::Path>) -> Result<crate::policy::cache::IdleConfig, String> {
+    FileConfig::load(config)?.idle.resolve(mem_total())
 }
 
 /// Where `odfs mount` and `odfs doctor` look for the config file.

@@ -1,6 +1,6 @@
 //! Container lifecycle against the real engine: pause tier, resume, removal
-//! by keep-alive, nothing touched while a tool runs, sequence prefetch, and
-//! the admin views of it all.
+//! by keep-alive, the idle budget and memory pressure, nothing touched while
+//! a tool runs, sequence prefetch, and the admin views of it all.
 
 mod common;
 
@@ -151,4 +151,79 @@ fn invocations_record_how_each_call_was_served_and_how_it_ended() {
     let o = m.sh(r#""$M/sleep" 5 & sleep 1; kill -TERM $!; wait $!"#);
     assert_eq!(shell_status(&o), 143);
     assert!(eventually(Duration::from_secs(10), || rows().last().is_some_and(|x| x.2 == Some(143))), "{:?}", rows());
+}
+
+/// Three profiles of one image (different process limits), and a daemon
+/// config with `[idle]` set to `idle`, written where only this test looks.
+fn budgeted(idle: &str) -> (TestMount, std::path::PathBuf) {
+    let config = std::path::PathBuf::from(format!("/tmp/odfs-test-idle-{}-{}.toml", std::process::id(), idle.len()));
+    std::fs::write(&config, format!("[idle]\n{idle}\n")).unwrap();
+    let mut catalog = String::new();
+    for (name, pids) in [("a", 100), ("b", 101), ("c", 102)] {
+        catalog += &format!("[image.{name}]\nref = \"odfs-test/busybox:latest\"\nnetwork = \"none\"\npids = {pids}\n[command.{name}-sh]\nimage = \"{name}\"\npath = \"/bin/sh\"\n");
+    }
+    let m = TestMount::with_files(&[("test.toml", &catalog)], &["--config", config.to_str().unwrap()]);
+    (m, config)
+}
+
+fn state_of(m: &TestMount, image: &str) -> String {
+    let v = admin(m, &["status"]);
+    v["containers"].as_array().unwrap().iter().find(|c| c["image"] == image).map_or("absent".into(), |c| c["state"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn the_idle_budget_removes_the_least_called_container_and_keeps_the_rest_without_a_time_limit() {
+    let (m, config) = budgeted("max_idle = 2\nmemory = \"0\"");
+    let _cleanup = Defer(|| drop(std::fs::remove_file(&config)));
+    // a called 8 times, b 4 times, c once: with room for two idle
+    // containers, c is worth least.
+    for (cmd, n) in [("a-sh", 8), ("b-sh", 4), ("c-sh", 1)] {
+        for _ in 0..n {
+            let o = m.sh(&format!(r#""$M/{cmd}" -c true"#));
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || state_of(&m, "c") == "absent"), "c was not removed: {}", admin(&m, &["status"]));
+    assert!(m.log_text().contains("idle budget: removed, the least valuable of 3 idle"), "{}", m.log_text());
+    for image in ["a", "b"] {
+        assert_ne!(state_of(&m, image), "absent", "{image} went: {}", admin(&m, &["status"]));
+    }
+    // Nothing else goes by the clock, and the status says what is held.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = admin(&m, &["status"]);
+    assert_eq!(v["containers"].as_array().unwrap().iter().filter(|c| c["state"] != "absent").count(), 2, "{v}");
+    let line = v["idle_budget"].as_str().unwrap();
+    assert!(line.starts_with("2 of at most 2 idle containers"), "{line}");
+    assert!(v["containers"].as_array().unwrap().iter().any(|c| c["memory"].as_u64().unwrap_or(0) > 0), "no memory measured: {v}");
+}
+
+#[test]
+fn memory_pressure_sheds_idle_containers_never_a_running_tool() {
+    let pressure = std::path::PathBuf::from(format!("/tmp/odfs-test-pressure-{}", std::process::id()));
+    std::fs::write(&pressure, "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+    let (m, config) = budgeted(&format!("memory = \"0\"\npressure_file = \"{}\"", pressure.display()));
+    let _cleanup = Defer(|| {
+        let _ = std::fs::remove_file(&config);
+        let _ = std::fs::remove_file(&pressure);
+    });
+    for cmd in ["b-sh", "c-sh"] {
+        assert!(m.sh(&format!(r#""$M/{cmd}" -c true"#)).status.success());
+    }
+    // a runs a tool through the pressure.
+    let running = m.sh_cmd(r#"exec "$M/a-sh" -c 'sleep 6; echo finished'"#).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(20), || state_of(&m, "a") == "warm"));
+    std::fs::write(&pressure, "some avg10=90.00 avg60=40.00 avg300=10.00 total=1\nfull avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || state_of(&m, "b") == "absent" && state_of(&m, "c") == "absent"),
+        "idle containers were not shed: {}",
+        admin(&m, &["status"])
+    );
+    assert!(m.log_text().contains("memory pressure: removed"), "{}", m.log_text());
+    let o = running.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "finished\n", "the running tool was touched: {}", stderr(&o));
+    assert!(o.status.success());
+    // Pressure gone: a's container, now idle, stays.
+    std::fs::write(&pressure, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(state_of(&m, "a"), "absent", "{}", admin(&m, &["status"]));
 }

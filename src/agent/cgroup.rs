@@ -35,6 +35,16 @@ pub fn container_pids() -> Vec<i32> {
         .collect()
 }
 
+/// The memory this container holds now, in bytes (cgroup v2
+/// `memory.current`, v1 `memory.usage_in_bytes`, as the container's own
+/// cgroup namespace shows them); 0 if neither is readable.
+pub fn memory() -> u64 {
+    ["/sys/fs/cgroup/memory.current", "/sys/fs/cgroup/memory/memory.usage_in_bytes"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Kills by the OOM killer in this container so far (cgroup v2
 /// `memory.events`, v1 `memory.oom_control`); `None` if neither is readable.
 pub fn oom_kills() -> Option<u64> {

@@ -62,7 +62,7 @@ fn fake_agent_connection(conn: std::os::unix::net::UnixStream, log: &Mutex<Vec<S
     let spawn = match req {
         AgentRequest::Status { .. } => {
             note("status".into());
-            let _ = protocol::send(&conn, &AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![] }, &[]);
+            let _ = protocol::send(&conn, &AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![], memory: 0 }, &[]);
             return;
         }
         AgentRequest::Spawn(s) => s,

@@ -267,7 +267,7 @@ impl Agent {
         }
         match first {
             (AgentRequest::Status { .. }, _) => {
-                let status = self.registry.lock().unwrap().tally.report();
+                let status = self.registry.lock().unwrap().tally.report(cgroup::memory());
                 let _ = protocol::send(&stream, &status, &[]);
             }
             (AgentRequest::Spawn(req), fds) => self.run_tool(stream, *req, fds),

@@ -471,7 +471,7 @@ mod tests {
     fn a_status_question_is_answered() {
         let mut r = Relay::start();
         r.send(&RelayIn::Status { token: "t".into() });
-        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![] })));
+        assert_eq!(r.next(), Some(RelayOut::Event(AgentEvent::Status { running: 0, idle_ms: 0, finished: vec![], memory: 0 })));
         assert_eq!(r.done.join().unwrap(), 0);
     }
 }

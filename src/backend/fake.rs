@@ -48,7 +48,7 @@ impl ContainerBackend for Fake {
             for conn in listener.incoming().flatten() {
                 if let Ok(Some((AgentRequest::Status { .. }, _))) = protocol::recv::<AgentRequest>(&conn) {
                     let busy = running.load(Ordering::SeqCst);
-                    let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000, finished: vec![] }, &[]);
+                    let _ = protocol::send(&conn, &AgentEvent::Status { running: busy, idle_ms: 1_000_000, finished: vec![], memory: 0 }, &[]);
                 }
             }
         });

@@ -315,9 +315,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, mountpoint } => {
             odfs::telemetry::init();
-            let settings = odfs::config::engine(engine.as_deref(), config.as_deref())
-                .and_then(|e| Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?)));
-            let (engine, view) = match settings {
+            let settings = odfs::config::engine(engine.as_deref(), config.as_deref()).and_then(|e| {
+                Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?, odfs::config::idle(config.as_deref())?))
+            });
+            let (engine, view, idle) = match settings {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("odfs: mount: {e}");
@@ -343,6 +344,7 @@ fn main() -> ExitCode {
                 view,
                 policy,
                 engine,
+                idle,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime").and_then(|rt| {
                 let result = rt.block_on(odfs::daemon::run(cfg));
@@ -474,7 +476,7 @@ fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow:
     report(Some(std::path::Path::new("/dev/fuse").exists()), "FUSE device /dev/fuse".into());
     // The running daemon's engine; without a daemon, the one it would use.
     let engine = match ask(socket, Request::Status) {
-        Ok(Response::Status { engine, containers }) => Some((engine, containers)),
+        Ok(Response::Status { engine, containers, .. }) => Some((engine, containers)),
         _ => None,
     };
     let (engine, containers) = match engine {
@@ -628,26 +630,28 @@ impl odfs_wire::progress::Screen for Stderr {
 }
 
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let Response::Status { engine, containers: list } = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
+    let Response::Status { engine, containers: list, idle: budget } = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
     if json {
         let rows: Vec<_> = list
             .iter()
             .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state,
                                         "running_tools": c.running_tools, "idle_ms": c.idle_ms, "next": c.next,
-                                        "exec_path": c.exec_path}))
+                                        "exec_path": c.exec_path, "memory": c.memory}))
             .collect();
         let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path,
                                         "source": engine.source, "version": engine.version.as_ref().ok(),
                                         "error": engine.version.as_ref().err()});
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows}))?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows, "idle_budget": budget}))?);
     } else {
         let place = if engine.remote { "remote" } else { "local" };
         let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
         println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path, engine.source);
-        println!("{:<16} {:<12} {:>7} {:>7} {:<5}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "EXEC", "CONTAINER");
+        println!("idle: {budget}");
+        println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "MEMORY", "EXEC", "CONTAINER");
         for c in list {
             let idle = format!("{}s", c.idle_ms / 1000);
-            println!("{:<16} {:<12} {:>7} {:>7} {:<5}  {:<40} {}", c.image, c.state, c.running_tools, idle, c.exec_path, c.container, c.next);
+            let memory = if c.memory == 0 { "-".to_string() } else { format!("{:.1}M", c.memory as f64 / (1u64 << 20) as f64) };
+            println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} {}", c.image, c.state, c.running_tools, idle, memory, c.exec_path, c.container, c.next);
         }
     }
     Ok(())

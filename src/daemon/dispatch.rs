@@ -86,7 +86,8 @@ impl<B: ContainerBackend> Daemon<B> {
             Ok(Some((Request::Status, _))) => {
                 let containers = self.pool.status().await;
                 let engine = self.pool.backend().engine_info().await;
-                self.answer(conn, Response::Status { engine, containers });
+                let idle = self.pool.budget_line(&containers);
+                self.answer(conn, Response::Status { engine, containers, idle });
             }
             Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
             Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),

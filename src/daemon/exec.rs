@@ -121,7 +121,9 @@ impl<B: ContainerBackend> Daemon<B> {
         let snapshot = self.snapshot();
         for (cmd, p) in next {
             let Some(entry) = snapshot.get(&cmd).cloned() else { continue };
-            if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto {
+            // Within the idle budget, a guess may not push out a container
+            // worth more than it.
+            if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto || !self.pool.admits(&entry.image) {
                 continue;
             }
             let d = self.clone();

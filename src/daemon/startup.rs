@@ -225,6 +225,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             view: cfg.view.clone(),
             policy: cfg.policy,
             costs: crate::policy::Costs::default(),
+            idle: cfg.idle.clone(),
             inner: pool::InnerCalls { mountpoint: mountpoint.clone(), launcher: cfg.launcher.clone(), socket: cfg.socket.clone() },
         },
         Some(store.clone()),

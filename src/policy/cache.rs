@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use super::Secs;
+use super::{Plan, Secs};
 
 /// What idle containers may hold at once; `None`: no limit of that kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -28,6 +28,57 @@ impl Budget {
     pub fn limits(&self) -> bool {
         self.max_idle.is_some() || self.memory.is_some()
     }
+}
+
+/// Under a budget `auto` keeps an idle container until the budget needs
+/// room (or `max_age`): its window's time limit goes, and so does the
+/// unloading ahead of a pre-warm (memory is the budget's to manage; a
+/// period guessed from a person's calls is often wrong). A pre-warm stays:
+/// it starts again a container the budget removed.
+pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>) {
+    plan.unload = false;
+    plan.remove_at = max_age.map_or(Secs::INFINITY, |a| end + a).max(plan.prewarm_at.map_or(end, |t| t + 1.0));
+    plan.reason = format!("{}; kept within the idle budget", plan.reason);
+}
+
+/// The daemon's idle settings (the config file's `[idle]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleConfig {
+    pub budget: Budget,
+    /// Remove an idle container after this anyway.
+    pub max_age: Option<Secs>,
+    /// Where memory pressure is read (PSI format); `None`: the kernel's
+    /// `/proc/pressure/memory` and `MemAvailable`.
+    pub pressure_file: Option<std::path::PathBuf>,
+    /// `some avg10` (percent of time stalled on memory) from which idle
+    /// containers are shed.
+    pub pressure_avg10: f64,
+}
+
+/// `some avg10` from which memory counts as short, by default: a tenth of
+/// the time stalled on memory.
+pub const PRESSURE_AVG10: f64 = 10.0;
+
+impl Default for IdleConfig {
+    /// No budget; pressure read from the kernel.
+    fn default() -> IdleConfig {
+        IdleConfig { budget: Budget::default(), max_age: None, pressure_file: None, pressure_avg10: PRESSURE_AVG10 }
+    }
+}
+
+/// The default memory budget: the smaller of 512 MiB and 5% of the RAM.
+pub fn default_memory(mem_total: u64) -> u64 {
+    (512u64 << 20).min(mem_total / 20)
+}
+
+/// Whether a PSI line set (`/proc/pressure/memory`) says memory is short:
+/// `some avg10` at least `threshold` percent.
+pub fn under_pressure(psi: &str, threshold: f64) -> bool {
+    psi.lines()
+        .filter(|l| l.starts_with("some "))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|w| w.strip_prefix("avg10=")?.parse::<f64>().ok())
+        .is_some_and(|v| v > 0.0 && v >= threshold)
 }
 
 /// An idle container (warm or frozen, no tool in it) as the budget sees it.
@@ -155,6 +206,16 @@ mod tests {
         c.called(&"big", 2.0, 400 << 20);
         let budget = Budget { max_idle: Some(1), memory: None };
         assert_eq!(c.victims(&idle(&["fast", "slow", "big"]), &budget, 0), vec!["big", "fast"]);
+    }
+
+    #[test]
+    fn pressure_is_read_from_psi_lines() {
+        let psi = "some avg10=12.50 avg60=3.00 avg300=1.00 total=1\nfull avg10=2.00 avg60=0 avg300=0 total=0\n";
+        assert!(under_pressure(psi, 10.0));
+        assert!(!under_pressure(psi, 20.0));
+        assert!(!under_pressure("garbage", 0.0));
+        assert_eq!(default_memory(4 << 30), (4u64 << 30) / 20);
+        assert_eq!(default_memory(64 << 30), 512 << 20);
     }
 
     #[test]

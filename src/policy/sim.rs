@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::cache::{Budget, Cache, Idle};
+use super::cache::{unbounded, Budget, Cache, Idle};
 use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
 use super::{decide, plan_times, plan_with, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
 
@@ -427,17 +427,6 @@ impl Sim<'_> {
         }
         self.report
     }
-}
-
-/// Under a budget `auto` keeps an idle container until the budget needs
-/// room (or `max_age`): its window's time limit goes, and so does the
-/// unloading ahead of a pre-warm (memory is the budget's to manage; a
-/// period guessed from a person's calls is often wrong). A pre-warm stays:
-/// it starts again a container the budget removed.
-pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>) {
-    plan.unload = false;
-    plan.remove_at = max_age.map_or(Secs::INFINITY, |a| end + a).max(plan.prewarm_at.map_or(end, |t| t + 1.0));
-    plan.reason = format!("{}; kept within the idle budget", plan.reason);
 }
 
 /// The length of `[from, to]` inside the merged intervals `active`.

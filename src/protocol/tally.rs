@@ -50,9 +50,10 @@ impl Tally {
     }
 
     /// The answer to a status question; each end is reported once.
-    pub fn report(&mut self) -> AgentEvent {
+    /// `memory`: what the container holds, if the asker knows.
+    pub fn report(&mut self, memory: u64) -> AgentEvent {
         let idle_ms = if self.running == 0 { self.idle_since.elapsed().as_millis() as u64 } else { 0 };
-        AgentEvent::Status { running: self.running, idle_ms, finished: self.finished.drain(..).collect() }
+        AgentEvent::Status { running: self.running, idle_ms, finished: self.finished.drain(..).collect(), memory }
     }
 }
 
@@ -66,17 +67,17 @@ mod tests {
         t.begin();
         t.begin();
         t.end(7, 0, 5);
-        assert!(matches!(t.report(), AgentEvent::Status { running: 1, idle_ms: 0, ref finished } if finished.len() == 1));
+        assert!(matches!(t.report(0), AgentEvent::Status { running: 1, idle_ms: 0, ref finished, .. } if finished.len() == 1));
         t.end(8, 137, 9);
-        match t.report() {
+        match t.report(0) {
             AgentEvent::Status { running: 0, finished, .. } => assert_eq!(finished, [Finished { pid: 8, status: 137, run_ms: 9 }]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(t.report(), AgentEvent::Status { ref finished, .. } if finished.is_empty()));
+        assert!(matches!(t.report(0), AgentEvent::Status { ref finished, .. } if finished.is_empty()));
         for pid in 0..(FINISHED_KEPT as i32 + 5) {
             t.begin();
             t.end(pid, 0, 0);
         }
-        assert!(matches!(t.report(), AgentEvent::Status { running: 0, ref finished, .. } if finished.len() == FINISHED_KEPT && finished[0].pid == 5));
+        assert!(matches!(t.report(0), AgentEvent::Status { running: 0, ref finished, .. } if finished.len() == FINISHED_KEPT && finished[0].pid == 5));
     }
 }

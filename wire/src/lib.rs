@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -200,7 +200,8 @@ pub enum Response {
     Handoff { pid: i32, relayed: bool, stamps: Option<stages::DaemonStamps> },
     /// odfs could not run the tool (or do what was asked).
     Error(Failure),
-    Status { engine: EngineInfo, containers: Vec<ContainerStatus> },
+    /// `idle`: the idle budget and what of it is in use, in a line.
+    Status { engine: EngineInfo, containers: Vec<ContainerStatus>, idle: String },
     Stats(Vec<CommandStats>),
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.
@@ -250,6 +251,8 @@ pub struct ContainerStatus {
     pub next: String,
     /// How calls reach its tools: `fd` or `relay`.
     pub exec_path: String,
+    /// Memory the container holds (bytes; 0 when absent or unknown).
+    pub memory: u64,
 }
 
 /// Per-command figures for `odfs stats` (seconds).
@@ -339,9 +342,10 @@ pub enum AgentEvent {
     Signaled(i32),
     /// Died of `signal` for a reason the caller should hear (the OOM killer).
     Killed { signal: i32, reason: String },
-    /// Busy tools, idle time, and the tools that ended since the last
-    /// status request (each reported once).
-    Status { running: u32, idle_ms: u64, finished: Vec<Finished> },
+    /// Busy tools, idle time, the tools that ended since the last status
+    /// request (each reported once), and the memory the container holds
+    /// (its cgroup's, bytes; 0 if unknown).
+    Status { running: u32, idle_ms: u64, finished: Vec<Finished>, memory: u64 },
     /// A traced call's agent stamps, just before its end event.
     Stamps(stages::AgentStamps),
 }

@@ -33,13 +33,15 @@ pub struct AgentStatus {
     pub running: u32,
     pub idle_ms: u64,
     pub finished: Vec<Finished>,
+    /// Bytes the container holds (0: unknown).
+    pub memory: u64,
 }
 
 impl AgentStatus {
     /// The status an agent's answer carries; any other answer is given back.
     pub fn of(event: crate::protocol::AgentEvent) -> Result<AgentStatus, crate::protocol::AgentEvent> {
         match event {
-            crate::protocol::AgentEvent::Status { running, idle_ms, finished } => Ok(AgentStatus { running, idle_ms, finished }),
+            crate::protocol::AgentEvent::Status { running, idle_ms, finished, memory } => Ok(AgentStatus { running, idle_ms, finished, memory }),
             other => Err(other),
         }
     }

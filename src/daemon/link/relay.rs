@@ -71,7 +71,7 @@ impl RelayLink {
     /// How busy the container is, from the daemon's own count; the ends
     /// of calls since the last question are handed over once.
     pub fn status(&self) -> AgentStatus {
-        AgentStatus::of(self.calls.0.lock().unwrap().report()).expect("a tally reports a status")
+        AgentStatus::of(self.calls.0.lock().unwrap().report(0)).expect("a tally reports a status")
     }
 
     /// Ask the agent in the container, through the engine, within `limit`.
@@ -572,7 +572,7 @@ mod tests {
             let s = link.status();
             finished.extend(s.finished);
             if s.running == 0 && !finished.is_empty() {
-                return AgentStatus { running: 0, idle_ms: s.idle_ms, finished };
+                return AgentStatus { running: 0, idle_ms: s.idle_ms, finished, memory: 0 };
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

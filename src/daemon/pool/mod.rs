@@ -10,7 +10,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,8 @@ pub struct PoolConfig {
     /// Policy for images whose `keep_alive` is `auto`.
     pub policy: Policy,
     pub costs: Costs,
+    /// What idle containers may hold, and when memory is short.
+    pub idle: policy::cache::IdleConfig,
     /// What tools need to run this mount's tools themselves.
     pub inner: InnerCalls,
 }
@@ -116,6 +118,11 @@ fn new_token() -> std::io::Result<String> {
 /// Calls remembered per profile.
 const HISTORY: usize = 500;
 
+/// What the engine keeps beside each running container, outside its
+/// cgroup: containerd's shim process (13 MiB resident with Docker 20.10
+/// on the reference machine). Counted against the idle memory budget.
+const ENGINE_OVERHEAD: u64 = 12 << 20;
+
 /// One image profile's container.
 pub struct Slot {
     pub image: Arc<ImageSpec>,
@@ -133,6 +140,10 @@ pub struct Slot {
     progress: crate::backend::ProgressTx,
     /// The way to its container's agent.
     link: Link,
+    /// What its container held at the last status (bytes; 0 unknown).
+    memory: AtomicU64,
+    /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
+    idle: AtomicBool,
 }
 
 /// A container ready for one exec. Dropping it ends the request's claim.
@@ -160,6 +171,8 @@ pub struct Pool<B> {
     archive: std::sync::OnceLock<bytes::Bytes>,
     /// The host's top-level directories and the images' facts.
     facts: Facts,
+    /// The idle containers' priorities within the idle budget.
+    cache: Mutex<policy::cache::Cache<String>>,
 }
 
 impl<B: ContainerBackend> Pool<B> {
@@ -172,6 +185,7 @@ impl<B: ContainerBackend> Pool<B> {
             epoch: Instant::now(),
             archive: Default::default(),
             facts: Facts::default(),
+            cache: Mutex::default(),
         }
     }
 
@@ -229,6 +243,8 @@ impl<B: ContainerBackend> Pool<B> {
                 Arc::new(Slot {
                     image: image.clone(),
                     link: Link::new(self.backend.exec_path(), &self.cfg.run_dir, &name),
+                    memory: AtomicU64::new(0),
+                    idle: AtomicBool::new(false),
                     name,
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
@@ -251,6 +267,8 @@ impl<B: ContainerBackend> Pool<B> {
             let at = now - (wall_now_ms - p.started_ms) as f64 / 1000.0;
             let call = Call { at, setup: p.setup_us as f64 / 1e6, run: p.run_ms.unwrap_or(0) as f64 / 1000.0 };
             let slot = self.slot(image);
+            // The budget's priorities survive a restart too.
+            self.cache.lock().unwrap().called(&slot.key, self.cfg.costs.cold, 0);
             let mut life = slot.life.lock().unwrap();
             if life.calls.len() >= HISTORY {
                 life.calls.pop_front();
@@ -285,7 +303,12 @@ impl<B: ContainerBackend> Pool<B> {
         life.calls.push_back(Seen { command: command.to_string(), served, call: Call { at, setup, run: 0.0 } });
         life.open = true;
         life.plan = None;
+        // What a cold start of this profile costs: its own measured ones.
+        let colds: Vec<Secs> = life.calls.iter().filter(|s| s.served == Served::Cold).map(|s| s.call.setup).collect();
+        let cold = if colds.is_empty() { self.cfg.costs.cold } else { colds.iter().sum::<Secs>() / colds.len() as Secs };
         drop(life);
+        slot.idle.store(false, Ordering::SeqCst);
+        self.cache.lock().unwrap().called(&slot.key, cold, slot.memory.load(Ordering::Relaxed));
         let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
         Ok(Ready { target, served, slot: slot.clone() })
     }
@@ -459,6 +482,9 @@ impl<B: ContainerBackend> Pool<B> {
     /// Tool ends it reports go to the store.
     async fn agent_status(&self, slot: &Slot, c: &Container) -> std::io::Result<(u32, u64)> {
         let s = slot.link.status(&c.token).await?;
+        if s.memory > 0 {
+            slot.memory.store(s.memory, Ordering::Relaxed);
+        }
         if let Some(store) = &self.store {
             for f in s.finished {
                 store.finish(&slot.name, f.pid, f.status, f.run_ms);
@@ -480,15 +506,90 @@ impl<B: ContainerBackend> Pool<B> {
     /// a tool running, or an exec on its way in, is never touched.
     pub async fn reap(&self) {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
-        for slot in slots {
+        for slot in &slots {
+            slot.idle.store(false, Ordering::SeqCst);
             if slot.pending.load(Ordering::SeqCst) > 0 {
                 continue;
             }
             let Ok(mut state) = slot.state.try_lock() else { continue };
-            if let Err(e) = self.step(&slot, &mut state).await {
+            if let Err(e) = self.step(slot, &mut state).await {
                 tracing::warn!(container = slot.name, "lifecycle step failed: {e}");
             }
         }
+        self.keep_within_budget(&slots).await;
+    }
+
+    /// The idle containers the reaper saw on this tick, as the budget sees
+    /// them: what their cgroup holds, and the engine's process beside each
+    /// (outside the cgroup; see [`ENGINE_OVERHEAD`]).
+    fn idle_now(&self, slots: &[Arc<Slot>]) -> Vec<policy::cache::Idle<String>> {
+        slots
+            .iter()
+            .filter(|s| s.idle.load(Ordering::SeqCst))
+            .map(|s| policy::cache::Idle { key: s.key.clone(), memory: s.memory.load(Ordering::Relaxed) + ENGINE_OVERHEAD })
+            .collect()
+    }
+
+    /// Whether a prediction may start `image`'s container within the idle
+    /// budget (`policy::cache::Cache::admits`).
+    pub fn admits(&self, image: &ImageSpec) -> bool {
+        if !self.cfg.idle.budget.limits() {
+            return true;
+        }
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        let idle = self.idle_now(&slots);
+        self.cache.lock().unwrap().admits(&self.profile_key(image), &idle, &self.cfg.idle.budget)
+    }
+
+    /// Remove idle containers, least valuable first, until the rest fit the
+    /// idle budget, and one more per tick while memory is short. A container
+    /// with a tool running, or one on its way in, is never touched: each is
+    /// checked again under its lock before it goes.
+    async fn keep_within_budget(&self, slots: &[Arc<Slot>]) {
+        let pressure = self.memory_pressure();
+        if !self.cfg.idle.budget.limits() && !pressure {
+            return;
+        }
+        let idle = self.idle_now(slots);
+        let victims = self.cache.lock().unwrap().victims(&idle, &self.cfg.idle.budget, usize::from(pressure));
+        for key in victims {
+            let Some(slot) = slots.iter().find(|s| s.key == key) else { continue };
+            let Ok(mut state) = slot.state.try_lock() else { continue };
+            if slot.pending.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            let c = match state.clone() {
+                State::Paused { c } => c,
+                State::Warm { c, .. } => match self.agent_status(slot, &c).await {
+                    Ok((0, _)) if slot.pending.load(Ordering::SeqCst) == 0 => c,
+                    _ => continue,
+                },
+                State::Absent => continue,
+            };
+            let why = if pressure {
+                format!("memory pressure: removed, the least valuable of {} idle", idle.len())
+            } else {
+                format!("idle budget: removed, the least valuable of {} idle", idle.len())
+            };
+            match self.backend.remove(&c.id).await {
+                Ok(()) => {
+                    slot.idle.store(false, Ordering::SeqCst);
+                    transition(&slot.name, &mut state, State::Absent, &why);
+                }
+                Err(e) => tracing::warn!(container = slot.name, "could not remove an idle container: {e}"),
+            }
+        }
+    }
+
+    /// Whether the machine is short of memory: the configured pressure file,
+    /// or the kernel's PSI and `MemAvailable` under 5% of the RAM.
+    fn memory_pressure(&self) -> bool {
+        let cfg = &self.cfg.idle;
+        let file = cfg.pressure_file.clone().unwrap_or_else(|| PathBuf::from("/proc/pressure/memory"));
+        if std::fs::read_to_string(&file).is_ok_and(|t| policy::cache::under_pressure(&t, cfg.pressure_avg10)) {
+            return true;
+        }
+        cfg.pressure_file.is_none() && crate::config::mem_available().is_some_and(|(avail, total)| avail < total / 20)
     }
 
     async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
@@ -506,10 +607,14 @@ impl<B: ContainerBackend> Pool<B> {
                 if running > 0 || slot.pending.load(Ordering::SeqCst) > 0 {
                     (Phase::Busy, None)
                 } else {
+                    slot.idle.store(true, Ordering::SeqCst);
                     (Phase::Idle, Some(self.idle_plan(slot, now - idle_ms as f64 / 1000.0)))
                 }
             }
-            State::Paused { .. } => (Phase::Paused, slot.life.lock().unwrap().plan.clone()),
+            State::Paused { .. } => {
+                slot.idle.store(true, Ordering::SeqCst);
+                (Phase::Paused, slot.life.lock().unwrap().plan.clone())
+            }
             State::Absent => (Phase::Absent, slot.life.lock().unwrap().plan.clone()),
         };
         let reason = plan.as_ref().map_or("no plan", |p| p.reason.as_str());
@@ -548,7 +653,12 @@ impl<B: ContainerBackend> Pool<B> {
         if life.plan.is_none() {
             let calls: Vec<Call> = life.calls.iter().map(|s| s.call.clone()).collect();
             let pause_after = slot.image.pause_after.map(|d| d.as_secs_f64());
-            let plan = policy::plan_with(self.policy_for(&slot.image), pause_after, &calls, end, &self.cfg.costs);
+            let policy = self.policy_for(&slot.image);
+            let mut plan = policy::plan_with(policy, pause_after, &calls, end, &self.cfg.costs);
+            // Under a budget `auto` keeps it until the budget needs room.
+            if self.cfg.idle.budget.limits() && policy == Policy::Auto {
+                policy::cache::unbounded(&mut plan, end, self.cfg.idle.max_age);
+            }
             life.plan = Some(plan);
         }
         life.plan.clone().expect("set above")
@@ -642,9 +752,22 @@ impl<B: ContainerBackend> Pool<B> {
                 idle_ms,
                 next: state::next_action(plan.as_ref(), shown, running, now),
                 exec_path: slot.link.path().as_str().to_string(),
+                memory: if shown == Shown::Absent { 0 } else { slot.memory.load(Ordering::Relaxed) },
             });
         }
         out
+    }
+
+    /// The idle budget and what idle containers hold of it, in a line.
+    pub fn budget_line(&self, containers: &[ContainerStatus]) -> String {
+        let idle: Vec<&ContainerStatus> = containers.iter().filter(|c| c.running_tools == 0 && (c.state == "warm" || c.state == "paused")).collect();
+        let held: u64 = idle.iter().map(|c| c.memory + ENGINE_OVERHEAD).sum();
+        let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+        let b = &self.cfg.idle.budget;
+        let count = b.max_idle.map_or(format!("{} idle containers", idle.len()), |m| format!("{} of at most {m} idle containers", idle.len()));
+        let memory = b.memory.map_or(format!("{} held", mib(held)), |m| format!("{} of {} held", mib(held), mib(m)));
+        let age = self.cfg.idle.max_age.map_or("no age limit".to_string(), |a| format!("removed after {} idle", policy::format_secs(a)));
+        format!("{count}, {memory}; {age}")
     }
 
     /// Remove an image's container now (`odfs stop`). One running tools is

@@ -35,6 +35,7 @@ fn pool(fake: Arc<Fake>, dir: &Path) -> Arc<Pool<Fake>> {
             view: Default::default(),
             policy: Policy::Auto,
             costs: Costs::default(),
+            idle: Default::default(),
             inner: Default::default(),
         },
         None,
