@@ -566,7 +566,18 @@ impl<B: ContainerBackend> Pool<B> {
                 },
                 State::Absent => continue,
             };
-            let why = if pressure {
+            // Under pressure alone a warm container is frozen first (its
+            // pages can be reclaimed, its CPU is given back); frozen and
+            // still least valuable, it goes on a later tick.
+            let within_budget = !self.over_budget(&idle);
+            if pressure && within_budget && matches!(*state, State::Warm { .. }) {
+                match self.backend.pause(&c.id).await {
+                    Ok(()) => transition(&slot.name, &mut state, State::Paused { c }, "memory pressure: paused, the least valuable idle"),
+                    Err(e) => tracing::warn!(container = slot.name, "could not pause an idle container: {e}"),
+                }
+                continue;
+            }
+            let why = if pressure && within_budget {
                 format!("memory pressure: removed, the least valuable of {} idle", idle.len())
             } else {
                 format!("idle budget: removed, the least valuable of {} idle", idle.len())
@@ -579,6 +590,12 @@ impl<B: ContainerBackend> Pool<B> {
                 Err(e) => tracing::warn!(container = slot.name, "could not remove an idle container: {e}"),
             }
         }
+    }
+
+    /// Whether `idle` holds more than the budget allows.
+    fn over_budget(&self, idle: &[policy::cache::Idle<String>]) -> bool {
+        let b = &self.cfg.idle.budget;
+        b.max_idle.is_some_and(|m| idle.len() > m) || b.memory.is_some_and(|m| idle.iter().map(|i| i.memory).sum::<u64>() > m)
     }
 
     /// Whether the machine is short of memory: the configured pressure file,
