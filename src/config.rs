@@ -59,17 +59,20 @@ impl IdleSettings {
     pub fn resolve(&self, mem_total: u64) -> Result<crate::policy::cache::IdleConfig, String> {
         let memory = match self.memory.as_deref().map(str::trim) {
             None => Some(crate::policy::cache::default_memory(mem_total)),
-            Some("0") => None,
             Some(m) => Some(
                 parse_size::Config::new()
                     .with_binary()
                     .parse_size(m)
                     .map_err(|e| format!("[idle] memory {m:?}: {e} (a size like 512m or 1GiB)"))?,
-            ),
+            )
+            // Any spelling of 0: no memory limit.
+            .filter(|&b| b > 0),
         };
         let max_age = match &self.max_age {
             None => None,
-            Some(a) => Some(crate::policy::humantime_secs(a).ok_or_else(|| format!("[idle] max_age {a:?} is not a duration like 2h"))?),
+            Some(a) => Some(
+                crate::policy::humantime_secs(a).filter(|s| *s > 0.0).ok_or_else(|| format!("[idle] max_age {a:?} is not a duration like 2h"))?,
+            ),
         };
         Ok(crate::policy::cache::IdleConfig {
             budget: crate::policy::cache::Budget { max_idle: self.max_idle, memory },
@@ -82,7 +85,8 @@ impl IdleSettings {
 
 /// The machine's RAM in bytes (`MemTotal`), or 0.
 pub fn mem_total() -> u64 {
-    mem_available().map_or(0, |(_, total)| total)
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).map_or(0, |kb| kb * 1024)
 }
 
 /// `MemAvailable` and `MemTotal` in bytes.

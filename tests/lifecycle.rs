@@ -210,7 +210,7 @@ fn memory_pressure_sheds_idle_containers_never_a_running_tool() {
         assert!(m.sh(&format!(r#""$M/{cmd}" -c true"#)).status.success());
     }
     // a runs a tool through the pressure.
-    let running = m.sh_cmd(r#"exec "$M/a-sh" -c 'sleep 6; echo finished'"#).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let running = m.sh_cmd(r#"exec "$M/a-sh" -c 'sleep 25; echo finished'"#).stdout(std::process::Stdio::piped()).spawn().unwrap();
     assert!(wait_until(Duration::from_secs(20), || state_of(&m, "a") == "warm"));
     std::fs::write(&pressure, "some avg10=90.00 avg60=40.00 avg300=10.00 total=1\nfull avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
     assert!(
@@ -222,11 +222,13 @@ fn memory_pressure_sheds_idle_containers_never_a_running_tool() {
     let log = m.log_text();
     let (paused, removed) = (log.find("memory pressure: paused"), log.find("memory pressure: removed"));
     assert!(paused.is_some() && removed.is_some() && paused < removed, "{log}");
+    // Pressure gone while a's tool still runs: it finishes, and its
+    // container, now idle, stays.
+    std::fs::write(&pressure, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
+    assert_eq!(state_of(&m, "a"), "warm", "{}", admin(&m, &["status"]));
     let o = running.wait_with_output().unwrap();
     assert_eq!(stdout(&o), "finished\n", "the running tool was touched: {}", stderr(&o));
     assert!(o.status.success());
-    // Pressure gone: a's container, now idle, stays.
-    std::fs::write(&pressure, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     assert_ne!(state_of(&m, "a"), "absent", "{}", admin(&m, &["status"]));
 }

@@ -198,7 +198,7 @@ enum Command {
         #[arg(long, value_name = "N")]
         idle_budget: Option<usize>,
         /// With a budget, remove an idle container after this anyway
-        /// (the daemon's `idle_max_age`).
+        /// (the daemon's `[idle] max_age`).
         #[arg(long, value_name = "DURATION", value_parser = duration_secs)]
         idle_max_age: Option<f64>,
         #[arg(long)]

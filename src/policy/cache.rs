@@ -34,10 +34,14 @@ impl Budget {
 /// room (or `max_age`): its window's time limit goes, and so does the
 /// unloading ahead of a pre-warm (memory is the budget's to manage; a
 /// period guessed from a person's calls is often wrong). A pre-warm stays:
-/// it starts again a container the budget removed.
-pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>) {
+/// it starts again a container the budget removed. A catalog
+/// `pause_after` the window had cut off applies again.
+pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>, pause_after: Option<Secs>) {
     plan.unload = false;
-    plan.remove_at = max_age.map_or(Secs::INFINITY, |a| end + a).max(plan.prewarm_at.map_or(end, |t| t + 1.0));
+    plan.remove_at = max_age.map_or(Secs::INFINITY, |a| end + a);
+    if let Some(pa) = pause_after {
+        plan.pause_at = Some(end + pa).filter(|&t| t < plan.remove_at);
+    }
     plan.reason = format!("{}; kept within the idle budget", plan.reason);
 }
 
@@ -66,8 +70,12 @@ impl Default for IdleConfig {
     }
 }
 
-/// The default memory budget: the smaller of 512 MiB and 5% of the RAM.
+/// The default memory budget: the smaller of 512 MiB and 5% of the RAM
+/// (512 MiB when the RAM is not known).
 pub fn default_memory(mem_total: u64) -> u64 {
+    if mem_total == 0 {
+        return 512 << 20;
+    }
     (512u64 << 20).min(mem_total / 20)
 }
 
@@ -91,8 +99,19 @@ pub struct Idle<K> {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// Calls, the earlier ones weighing less ([`CALL_DECAY`]).
     calls: f64,
-    priority: f64,
+    /// Its cold start cost, seconds.
+    cost: f64,
+    /// The clock at its last call.
+    since: f64,
+}
+
+impl Entry {
+    /// GDSF's priority, with the size the container holds now.
+    fn priority(&self, memory: u64) -> f64 {
+        self.since + self.calls * self.cost / size_mib(memory)
+    }
 }
 
 /// How much each earlier call counts against the next one in a container's
@@ -124,34 +143,35 @@ impl<K: Hash + Eq + Clone> Cache<K> {
     /// A call of `key`'s tool: one more call, priority renewed at the
     /// current clock. `cold` is what a cold start of it costs (seconds),
     /// `memory` what its container holds idle (bytes, 0 if unknown).
-    pub fn called(&mut self, key: &K, cold: Secs, memory: u64) {
+    pub fn called(&mut self, key: &K, cold: Secs) {
         let clock = self.clock;
-        let e = self.entries.entry(key.clone()).or_insert(Entry { calls: 0.0, priority: clock });
+        let e = self.entries.entry(key.clone()).or_insert(Entry { calls: 0.0, cost: 0.0, since: clock });
         e.calls = e.calls * CALL_DECAY + 1.0;
-        e.priority = clock + e.calls * cold.max(1e-3) / size_mib(memory);
+        e.cost = cold.max(1e-3);
+        e.since = clock;
     }
 
-    /// The priority of `key` (the clock for one never called).
-    pub fn priority(&self, key: &K) -> f64 {
-        self.entries.get(key).map_or(self.clock, |e| e.priority)
+    /// The priority of `key` holding `memory` bytes (the clock for one
+    /// never called: it is worth least).
+    pub fn priority(&self, key: &K, memory: u64) -> f64 {
+        self.entries.get(key).map_or(self.clock, |e| e.priority(memory))
     }
 
     /// Whether a container started ahead of a call (a prediction) may join
     /// `idle`: if the budget has room for one more, or if it is worth more
     /// than the least valuable there, which it would then push out. A guess
     /// must not evict a container the user is more likely to call.
-    pub fn admits(&self, key: &K, idle: &[Idle<K>], budget: &Budget) -> bool {
+    pub fn admits(&self, key: &K, memory: u64, idle: &[Idle<K>], budget: &Budget) -> bool {
         let room = budget.max_idle.is_none_or(|m| idle.len() < m);
-        room || idle.iter().any(|i| self.priority(&i.key) < self.priority(key))
+        room || idle.iter().any(|i| self.priority(&i.key, i.memory) < self.priority(key, memory))
     }
 
     /// Which of `idle` to remove, least valuable first, so that the rest fit
-    /// `budget`, and at least `shed` of them (memory pressure). The clock
-    /// rises to each victim's priority, and a victim starts its count again
-    /// when it comes back (as GDSF does).
-    pub fn victims(&mut self, idle: &[Idle<K>], budget: &Budget, shed: usize) -> Vec<K> {
+    /// `budget`, and at least `shed` of them (memory pressure). Changes
+    /// nothing: the caller reports each one it did remove ([`Cache::evicted`]).
+    pub fn victims(&self, idle: &[Idle<K>], budget: &Budget, shed: usize) -> Vec<K> {
         let mut order: Vec<&Idle<K>> = idle.iter().collect();
-        order.sort_by(|a, b| self.priority(&a.key).total_cmp(&self.priority(&b.key)));
+        order.sort_by(|a, b| self.priority(&a.key, a.memory).total_cmp(&self.priority(&b.key, b.memory)));
         let mut count = idle.len();
         let mut memory: u64 = idle.iter().map(|i| i.memory).sum();
         let mut out = Vec::new();
@@ -160,13 +180,24 @@ impl<K: Hash + Eq + Clone> Cache<K> {
             if !over && out.len() >= shed {
                 break;
             }
-            self.clock = self.clock.max(self.priority(&i.key));
-            self.entries.remove(&i.key);
             count -= 1;
             memory = memory.saturating_sub(i.memory);
             out.push(i.key.clone());
         }
         out
+    }
+
+    /// `key`'s container, holding `memory`, was removed: the clock rises to
+    /// its priority, and it starts its count again when it comes back (as
+    /// GDSF does).
+    pub fn evicted(&mut self, key: &K, memory: u64) {
+        self.clock = self.clock.max(self.priority(key, memory));
+        self.entries.remove(key);
+    }
+
+    /// Forget profiles that no longer exist.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.entries.retain(|k, _| keep(k));
     }
 }
 
@@ -178,34 +209,48 @@ mod tests {
         keys.iter().map(|&key| Idle { key, memory: 0 }).collect()
     }
 
+    /// Remove the victims, as the daemon does.
+    fn evict(c: &mut Cache<&'static str>, idle: &[Idle<&'static str>], budget: &Budget, shed: usize) -> Vec<&'static str> {
+        let v = c.victims(idle, budget, shed);
+        for k in &v {
+            let m = idle.iter().find(|i| i.key == *k).map_or(0, |i| i.memory);
+            c.evicted(k, m);
+        }
+        v
+    }
+
     #[test]
     fn the_least_called_goes_first_and_the_clock_ages_the_rest() {
         let mut c = Cache::default();
         for _ in 0..5 {
-            c.called(&"jq", 0.2, 0);
+            c.called(&"jq", 0.2);
         }
-        c.called(&"rg", 0.2, 0);
-        c.called(&"gdb", 0.2, 0);
-        c.called(&"gdb", 0.2, 0);
+        c.called(&"rg", 0.2);
+        c.called(&"gdb", 0.2);
+        c.called(&"gdb", 0.2);
         let budget = Budget { max_idle: Some(2), memory: None };
-        assert_eq!(c.victims(&idle(&["jq", "rg", "gdb"]), &budget, 0), vec!["rg"]);
+        assert_eq!(evict(&mut c, &idle(&["jq", "rg", "gdb"]), &budget, 0), vec!["rg"]);
         // The clock is now rg's priority: two calls from here on outrank
         // gdb's two calls of long ago (0.2 × 1.8).
-        assert!((c.priority(&"gdb") - 0.36).abs() < 1e-9);
-        c.called(&"make", 0.2, 0);
-        c.called(&"make", 0.2, 0);
-        assert!(c.priority(&"make") > c.priority(&"gdb"));
-        assert_eq!(c.victims(&idle(&["jq", "gdb", "make"]), &budget, 0), vec!["gdb"]);
+        assert!((c.priority(&"gdb", 0) - 0.36).abs() < 1e-9);
+        c.called(&"make", 0.2);
+        c.called(&"make", 0.2);
+        assert!(c.priority(&"make", 0) > c.priority(&"gdb", 0));
+        assert_eq!(evict(&mut c, &idle(&["jq", "gdb", "make"]), &budget, 0), vec!["gdb"]);
+        // Asking changes nothing.
+        assert_eq!(c.victims(&idle(&["jq", "make", "rg"]), &budget, 0), c.victims(&idle(&["jq", "make", "rg"]), &budget, 0));
     }
 
     #[test]
     fn slow_starts_and_small_containers_are_worth_more() {
         let mut c = Cache::default();
-        c.called(&"fast", 0.1, 0);
-        c.called(&"slow", 2.0, 0);
-        c.called(&"big", 2.0, 400 << 20);
+        c.called(&"fast", 0.1);
+        c.called(&"slow", 2.0);
+        c.called(&"big", 2.0);
         let budget = Budget { max_idle: Some(1), memory: None };
-        assert_eq!(c.victims(&idle(&["fast", "slow", "big"]), &budget, 0), vec!["big", "fast"]);
+        // Sizes as they are now, not as they were at the call.
+        let held = vec![Idle { key: "fast", memory: 0 }, Idle { key: "slow", memory: 0 }, Idle { key: "big", memory: 400 << 20 }];
+        assert_eq!(c.victims(&held, &budget, 0), vec!["big", "fast"]);
     }
 
     #[test]
@@ -216,6 +261,7 @@ mod tests {
         assert!(!under_pressure("garbage", 0.0));
         assert_eq!(default_memory(4 << 30), (4u64 << 30) / 20);
         assert_eq!(default_memory(64 << 30), 512 << 20);
+        assert_eq!(default_memory(0), 512 << 20);
     }
 
     #[test]
@@ -223,15 +269,15 @@ mod tests {
         let mut c = Cache::default();
         for (k, n) in [("a", 1), ("b", 2), ("c", 3)] {
             for _ in 0..n {
-                c.called(&k, 1.0, 0);
+                c.called(&k, 1.0);
             }
         }
         let sized = |m: u64| vec![Idle { key: "a", memory: m }, Idle { key: "b", memory: m }, Idle { key: "c", memory: m }];
         let budget = Budget { max_idle: None, memory: Some(250) };
-        assert_eq!(c.clone().victims(&sized(100), &budget, 0), vec!["a"]);
-        assert!(c.clone().victims(&sized(80), &budget, 0).is_empty());
+        assert_eq!(c.victims(&sized(100), &budget, 0), vec!["a"]);
+        assert!(c.victims(&sized(80), &budget, 0).is_empty());
         // Pressure sheds even within the budget, least valuable first.
-        assert_eq!(c.clone().victims(&sized(80), &budget, 2), vec!["a", "b"]);
+        assert_eq!(c.victims(&sized(80), &budget, 2), vec!["a", "b"]);
         assert!(c.victims(&sized(80), &Budget::default(), 0).is_empty());
     }
 }

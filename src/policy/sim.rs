@@ -235,7 +235,7 @@ impl Sim<'_> {
             return true;
         }
         let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
-        self.cache.admits(&q, &idle, &self.opts.budget)
+        self.cache.admits(&q, 0, &idle, &self.opts.budget)
     }
 
     /// Make room within the budget, as the daemon's reaper does.
@@ -245,6 +245,7 @@ impl Sim<'_> {
         }
         let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
         for p in self.cache.victims(&idle, &self.opts.budget, 0) {
+            self.cache.evicted(&p, 0);
             self.settle(p, now);
             let b = &mut self.boxes[p];
             b.state = State::Absent;
@@ -290,7 +291,7 @@ impl Sim<'_> {
         if self.history[p].is_empty() {
             self.report.first_calls += 1;
         }
-        self.cache.called(&p, self.costs.cold, 0);
+        self.cache.called(&p, self.costs.cold);
         b.state = State::Warm;
         b.epoch += 1;
         b.busy += 1;
@@ -339,7 +340,7 @@ impl Sim<'_> {
         b.epoch += 1;
         let mut plan = plan_with(self.policy, self.opts.pause_after, &self.history[p], now, &self.costs);
         if self.opts.budget.limits() && self.policy == Policy::Auto {
-            unbounded(&mut plan, now, self.opts.idle_max_age);
+            unbounded(&mut plan, now, self.opts.idle_max_age, self.opts.pause_after);
         }
         self.follow(p, now, plan);
         self.enforce(now);

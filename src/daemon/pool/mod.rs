@@ -123,6 +123,9 @@ const HISTORY: usize = 500;
 /// on the reference machine). Counted against the idle memory budget.
 const ENGINE_OVERHEAD: u64 = 12 << 20;
 
+/// At most one idle container shed per this while memory is short.
+const SHED_EVERY: Duration = Duration::from_secs(3);
+
 /// One image profile's container.
 pub struct Slot {
     pub image: Arc<ImageSpec>,
@@ -173,6 +176,8 @@ pub struct Pool<B> {
     facts: Facts,
     /// The idle containers' priorities within the idle budget.
     cache: Mutex<policy::cache::Cache<String>>,
+    /// When memory pressure last shed a container.
+    last_shed: Mutex<Option<Instant>>,
 }
 
 impl<B: ContainerBackend> Pool<B> {
@@ -186,6 +191,7 @@ impl<B: ContainerBackend> Pool<B> {
             archive: Default::default(),
             facts: Facts::default(),
             cache: Mutex::default(),
+            last_shed: Mutex::new(None),
         }
     }
 
@@ -268,7 +274,7 @@ impl<B: ContainerBackend> Pool<B> {
             let call = Call { at, setup: p.setup_us as f64 / 1e6, run: p.run_ms.unwrap_or(0) as f64 / 1000.0 };
             let slot = self.slot(image);
             // The budget's priorities survive a restart too.
-            self.cache.lock().unwrap().called(&slot.key, self.cfg.costs.cold, 0);
+            self.cache.lock().unwrap().called(&slot.key, self.cfg.costs.cold);
             let mut life = slot.life.lock().unwrap();
             if life.calls.len() >= HISTORY {
                 life.calls.pop_front();
@@ -308,7 +314,7 @@ impl<B: ContainerBackend> Pool<B> {
         let cold = if colds.is_empty() { self.cfg.costs.cold } else { colds.iter().sum::<Secs>() / colds.len() as Secs };
         drop(life);
         slot.idle.store(false, Ordering::SeqCst);
-        self.cache.lock().unwrap().called(&slot.key, cold, slot.memory.load(Ordering::Relaxed));
+        self.cache.lock().unwrap().called(&slot.key, cold);
         let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
         Ok(Ready { target, served, slot: slot.clone() })
     }
@@ -515,6 +521,10 @@ impl<B: ContainerBackend> Pool<B> {
             if let Err(e) = self.step(slot, &mut state).await {
                 tracing::warn!(container = slot.name, "lifecycle step failed: {e}");
             }
+            // Removed by its own plan this tick: no longer idle.
+            if *state == State::Absent {
+                slot.idle.store(false, Ordering::SeqCst);
+            }
         }
         self.keep_within_budget(&slots).await;
     }
@@ -538,7 +548,9 @@ impl<B: ContainerBackend> Pool<B> {
         }
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         let idle = self.idle_now(&slots);
-        self.cache.lock().unwrap().admits(&self.profile_key(image), &idle, &self.cfg.idle.budget)
+        let key = self.profile_key(image);
+        let memory = self.slots.get(&key).map_or(0, |s| s.memory.load(Ordering::Relaxed)) + ENGINE_OVERHEAD;
+        self.cache.lock().unwrap().admits(&key, memory, &idle, &self.cfg.idle.budget)
     }
 
     /// Remove idle containers, least valuable first, until the rest fit the
@@ -546,12 +558,18 @@ impl<B: ContainerBackend> Pool<B> {
     /// with a tool running, or one on its way in, is never touched: each is
     /// checked again under its lock before it goes.
     async fn keep_within_budget(&self, slots: &[Arc<Slot>]) {
-        let pressure = self.memory_pressure();
+        // Pressure averages over 10 s (PSI avg10): one container is shed per
+        // SHED_EVERY while it lasts, not one per tick of a lagging average.
+        let pressure = self.memory_pressure() && self.last_shed.lock().unwrap().is_none_or(|t| t.elapsed() >= SHED_EVERY);
         if !self.cfg.idle.budget.limits() && !pressure {
             return;
         }
+        self.cache.lock().unwrap().retain(|k| slots.iter().any(|s| &s.key == k));
         let idle = self.idle_now(slots);
         let victims = self.cache.lock().unwrap().victims(&idle, &self.cfg.idle.budget, usize::from(pressure));
+        if pressure && !victims.is_empty() {
+            *self.last_shed.lock().unwrap() = Some(Instant::now());
+        }
         for key in victims {
             let Some(slot) = slots.iter().find(|s| s.key == key) else { continue };
             let Ok(mut state) = slot.state.try_lock() else { continue };
@@ -585,6 +603,13 @@ impl<B: ContainerBackend> Pool<B> {
             match self.backend.remove(&c.id).await {
                 Ok(()) => {
                     slot.idle.store(false, Ordering::SeqCst);
+                    let memory = slot.memory.load(Ordering::Relaxed) + ENGINE_OVERHEAD;
+                    self.cache.lock().unwrap().evicted(&key, memory);
+                    // A pre-warm already due would only start it again.
+                    let now = self.now();
+                    if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
+                        p.prewarm_at = p.prewarm_at.filter(|&t| t > now);
+                    }
                     transition(&slot.name, &mut state, State::Absent, &why);
                 }
                 Err(e) => tracing::warn!(container = slot.name, "could not remove an idle container: {e}"),
@@ -603,10 +628,15 @@ impl<B: ContainerBackend> Pool<B> {
     fn memory_pressure(&self) -> bool {
         let cfg = &self.cfg.idle;
         let file = cfg.pressure_file.clone().unwrap_or_else(|| PathBuf::from("/proc/pressure/memory"));
-        if std::fs::read_to_string(&file).is_ok_and(|t| policy::cache::under_pressure(&t, cfg.pressure_avg10)) {
-            return true;
+        match std::fs::read_to_string(&file) {
+            Ok(t) => policy::cache::under_pressure(&t, cfg.pressure_avg10),
+            // Without PSI (an older kernel, or it is off): MemAvailable.
+            Err(_) if cfg.pressure_file.is_none() => crate::config::mem_available().is_some_and(|(avail, total)| avail < total / 20),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "cannot read the memory pressure file: {e}");
+                false
+            }
         }
-        cfg.pressure_file.is_none() && crate::config::mem_available().is_some_and(|(avail, total)| avail < total / 20)
     }
 
     async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
@@ -674,7 +704,7 @@ impl<B: ContainerBackend> Pool<B> {
             let mut plan = policy::plan_with(policy, pause_after, &calls, end, &self.cfg.costs);
             // Under a budget `auto` keeps it until the budget needs room.
             if self.cfg.idle.budget.limits() && policy == Policy::Auto {
-                policy::cache::unbounded(&mut plan, end, self.cfg.idle.max_age);
+                policy::cache::unbounded(&mut plan, end, self.cfg.idle.max_age, pause_after);
             }
             life.plan = Some(plan);
         }
