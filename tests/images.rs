@@ -146,8 +146,11 @@ fn a_terminal_sees_a_progress_bar_that_ends_on_its_own_line() {
     let reference = registry.push_image(&format!("odfs-test/bar-{}:1", std::process::id()));
     let m = TestMount::new(&catalog(&reference));
     let t = Tmux::new(&m, "");
+    // At the prompt, not typed ahead (whose echo would match too early),
+    // and until the tool's own output line is on screen.
+    t.wait_prompt();
     t.line(r#""$M/echo" after-the-bar"#);
-    assert!(t.wait_for("after-the-bar\nterm$", Duration::from_secs(60)), "{}", t.screen());
+    assert!(eventually(Duration::from_secs(60), || t.screen().lines().any(|l| l == "after-the-bar")), "{}", t.screen());
     let screen = t.screen();
     let bar = format!("odfs: echo: [####################] pulled {reference} 2/2 layers");
     assert!(screen.contains(&bar), "{screen}");

@@ -183,7 +183,7 @@ fn the_idle_budget_removes_the_least_called_container_and_keeps_the_rest_without
             assert!(o.status.success(), "{}", stderr(&o));
         }
     }
-    assert!(wait_until(Duration::from_secs(20), || state_of(&m, "c") == "absent"), "c was not removed: {}", admin(&m, &["status"]));
+    assert!(eventually(Duration::from_secs(20), || state_of(&m, "c") == "absent"), "c was not removed: {}", admin(&m, &["status"]));
     assert!(m.log_text().contains("idle budget: removed, the least valuable of 3 idle"), "{}", m.log_text());
     for image in ["a", "b"] {
         assert_ne!(state_of(&m, image), "absent", "{image} went: {}", admin(&m, &["status"]));
@@ -211,10 +211,10 @@ fn memory_pressure_sheds_idle_containers_never_a_running_tool() {
     }
     // a runs a tool through the pressure.
     let running = m.sh_cmd(r#"exec "$M/a-sh" -c 'sleep 25; echo finished'"#).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    assert!(wait_until(Duration::from_secs(20), || state_of(&m, "a") == "warm"));
+    assert!(eventually(Duration::from_secs(20), || state_of(&m, "a") == "warm"));
     std::fs::write(&pressure, "some avg10=90.00 avg60=40.00 avg300=10.00 total=1\nfull avg10=50.00 avg60=0 avg300=0 total=1\n").unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || state_of(&m, "b") == "absent" && state_of(&m, "c") == "absent"),
+        eventually(Duration::from_secs(20), || state_of(&m, "b") == "absent" && state_of(&m, "c") == "absent"),
         "idle containers were not shed: {}",
         admin(&m, &["status"])
     );

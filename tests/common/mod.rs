@@ -755,18 +755,6 @@ impl Drop for TestUser {
     }
 }
 
-/// Poll `done` every 100 ms until it holds (true) or `limit` passes (false).
-pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    true
-}
-
 /// Runs its closure when dropped: clean-up that happens even on failure.
 pub struct Defer<F: FnMut()>(pub F);
 
