@@ -89,7 +89,17 @@ pub fn running(pidfd: &OwnedFd) -> bool {
 /// shell session form the sequences prediction learns; a tool's session is
 /// what the agent ends when its launcher is gone.
 pub fn session_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 3)
+}
+
+/// The parent of a process (`/proc/PID/stat`, field 4).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)
+}
+
+/// Field `n` after the command in `/proc/PID/stat` (0: the state).
+fn stat_field(pid: i32, n: usize) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the parenthesised command (which may hold anything): state ppid pgrp session …
-    stat.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
+    stat.rsplit_once(')')?.1.split_whitespace().nth(n)?.parse().ok()
 }

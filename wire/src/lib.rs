@@ -251,7 +251,8 @@ pub struct ContainerStatus {
     pub next: String,
     /// How calls reach its tools: `fd` or `relay`.
     pub exec_path: String,
-    /// Memory the container holds (bytes; 0 when absent or unknown).
+    /// Memory the container holds with the engine's process beside it, as
+    /// the idle budget counts it (bytes; 0 when absent).
     pub memory: u64,
 }
 

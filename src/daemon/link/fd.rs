@@ -148,10 +148,49 @@ fn status(socket: &Path, token: &str) -> std::io::Result<AgentStatus> {
     conn.set_write_timeout(Some(STATUS_LIMIT))?;
     let bad = |m: String| std::io::Error::other(m);
     protocol::send(&conn, &AgentRequest::Status { token: token.to_string() }, &[]).map_err(|e| bad(e.to_string()))?;
-    match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
-        Some((ev, _)) => AgentStatus::of(ev).map_err(|ev| bad(format!("unexpected agent answer {ev:?}"))),
-        None => Err(bad("the agent closed the connection".into())),
+    let mut status = match protocol::recv::<AgentEvent>(&conn).map_err(|e| bad(e.to_string()))? {
+        Some((ev, _)) => AgentStatus::of(ev).map_err(|ev| bad(format!("unexpected agent answer {ev:?}")))?,
+        None => return Err(bad("the agent closed the connection".into())),
+    };
+    // The agent is the container's first process: its parent is the
+    // engine's process for it.
+    if let Ok(cred) = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
+        status.beside = engine_process_memory(cred.pid()).unwrap_or(0);
     }
+    Ok(status)
+}
+
+/// What the engine's process beside a container holds, given its first
+/// process: the parent's proportional set size, if that parent is one of
+/// the engines' per-container processes (the shim's code pages are shared
+/// among all of them; `Pss` gives each its share).
+fn engine_process_memory(first: i32) -> Option<u64> {
+    let parent = crate::protocol::peer::parent_of(first)?;
+    let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+    if !(comm.starts_with("containerd-shim") || comm.starts_with("conmon")) {
+        return None;
+    }
+    let rollup = std::fs::read_to_string(format!("/proc/{parent}/smaps_rollup")).ok()?;
+    pss_bytes(&rollup)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_proportional_set_is_read_from_a_real_rollup() {
+        let own = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap();
+        assert!(super::pss_bytes(&own).unwrap() > 1 << 20);
+        assert_eq!(super::pss_bytes("Rss: 10 kB\nPss:  12174 kB\n"), Some(12174 << 10));
+        assert_eq!(super::pss_bytes("garbage"), None);
+        // This process is no engine's: nothing is counted for its child.
+        assert_eq!(super::engine_process_memory(std::process::id() as i32), None);
+    }
+}
+
+/// `Pss:` of a `smaps_rollup`, in bytes.
+fn pss_bytes(rollup: &str) -> Option<u64> {
+    let kb: u64 = rollup.lines().find_map(|l| l.strip_prefix("Pss:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb << 10)
 }
 
 /// Refuse a call whose tool would not see, at a path the caller names (its

@@ -33,15 +33,19 @@ pub struct AgentStatus {
     pub running: u32,
     pub idle_ms: u64,
     pub finished: Vec<Finished>,
-    /// Bytes the container holds (0: unknown).
+    /// Bytes the container's cgroup holds (0: unknown).
     pub memory: u64,
+    /// Bytes the engine's process beside it holds (containerd's shim,
+    /// Podman's conmon: outside the cgroup), its proportional share
+    /// (`Pss`); 0 when it cannot be seen from here (a remote engine).
+    pub beside: u64,
 }
 
 impl AgentStatus {
     /// The status an agent's answer carries; any other answer is given back.
     pub fn of(event: crate::protocol::AgentEvent) -> Result<AgentStatus, crate::protocol::AgentEvent> {
         match event {
-            crate::protocol::AgentEvent::Status { running, idle_ms, finished, memory } => Ok(AgentStatus { running, idle_ms, finished, memory }),
+            crate::protocol::AgentEvent::Status { running, idle_ms, finished, memory } => Ok(AgentStatus { running, idle_ms, finished, memory, beside: 0 }),
             other => Err(other),
         }
     }

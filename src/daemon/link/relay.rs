@@ -572,7 +572,7 @@ mod tests {
             let s = link.status();
             finished.extend(s.finished);
             if s.running == 0 && !finished.is_empty() {
-                return AgentStatus { running: 0, idle_ms: s.idle_ms, finished, memory: 0 };
+                return AgentStatus { running: 0, idle_ms: s.idle_ms, finished, memory: 0, beside: 0 };
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
