@@ -123,7 +123,7 @@ impl<B: ContainerBackend> Daemon<B> {
             let Some(entry) = snapshot.get(&cmd).cloned() else { continue };
             // Within the idle budget, a guess may not push out a container
             // worth more than it.
-            if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto || !self.pool.admits(&entry.image) {
+            if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto || !self.pool.expected(&entry.image, p) {
                 continue;
             }
             let d = self.clone();

@@ -45,6 +45,13 @@ pub fn unbounded(plan: &mut Plan, end: Secs, max_age: Option<Secs>, pause_after:
     plan.reason = format!("{}; kept within the idle budget", plan.reason);
 }
 
+/// What is left of an evicted container's plan: a pre-warm still ahead
+/// (the periodic predictor's), which brings it back before its next
+/// expected call. A pre-warm already due would only start it again.
+pub fn after_eviction(plan: Option<Plan>, now: Secs) -> Option<Plan> {
+    plan.filter(|p| p.prewarm_at.is_some_and(|t| t > now))
+}
+
 /// The daemon's idle settings (the config file's `[idle]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdleConfig {
@@ -95,7 +102,42 @@ pub struct Idle<K> {
     pub key: K,
     /// Bytes it holds; 0 when not measured (yet).
     pub memory: u64,
+    /// How much of a cold start keeping it would save, 0 to 1: the
+    /// predictors' word on its next call ([`expectation`]).
+    pub expect: f64,
 }
+
+impl<K> Idle<K> {
+    /// A container nothing predicts either way: plain GDSF.
+    pub fn new(key: K, memory: u64) -> Idle<K> {
+        Idle { key, memory, expect: 1.0 }
+    }
+}
+
+/// How much of a cold start keeping an idle container is expected to save,
+/// from 0 to 1: the periodic predictor's word. A pre-warm that will bring
+/// the container back before its next expected call (`prewarm_in` seconds
+/// from now, more than a start ahead) makes its eviction cost the caller
+/// nothing if the period holds; it keeps [`COVERED`] of its value for when
+/// it does not. (The sequence predictor's word counts as a fraction of a
+/// call: [`Cache::expected`].)
+///
+/// The idle-gap histogram and the paper's ε were tried here too, as the
+/// share of past gaps longer than the current one: on the tuning histories
+/// they made eviction worse than frequency and recency alone
+/// (docs/keep-alive.md), so they shape the windows of the policies without
+/// a budget and not the budget's order.
+pub fn expectation(prewarm_in: Option<Secs>, cold: Secs) -> f64 {
+    if prewarm_in.is_some_and(|t| t > cold) {
+        COVERED
+    } else {
+        1.0
+    }
+}
+
+/// What an idle container a pre-warm will bring back is still worth: the
+/// share of periods that are missed (a call early or late).
+pub const COVERED: f64 = 0.1;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -108,9 +150,10 @@ struct Entry {
 }
 
 impl Entry {
-    /// GDSF's priority, with the size the container holds now.
-    fn priority(&self, memory: u64) -> f64 {
-        self.since + self.calls * self.cost / size_mib(memory)
+    /// GDSF's priority, with the size the container holds now and the
+    /// share of a cold start it is expected to save.
+    fn priority(&self, memory: u64, expect: f64) -> f64 {
+        self.since + self.calls * self.cost * expect / size_mib(memory)
     }
 }
 
@@ -151,19 +194,31 @@ impl<K: Hash + Eq + Clone> Cache<K> {
         e.since = clock;
     }
 
-    /// The priority of `key` holding `memory` bytes (the clock for one
-    /// never called: it is worth least).
-    pub fn priority(&self, key: &K, memory: u64) -> f64 {
-        self.entries.get(key).map_or(self.clock, |e| e.priority(memory))
+    /// The sequence predictor expects a call of `key` with probability `p`
+    /// (its command usually follows the one just called): that counts as
+    /// `p` of a call, now. A container about to be needed is not the one to
+    /// evict, and a prediction's start is admitted against what it is
+    /// worth.
+    pub fn expected(&mut self, key: &K, p: f64) {
+        let clock = self.clock;
+        let e = self.entries.entry(key.clone()).or_insert(Entry { calls: 0.0, cost: 0.0, since: clock });
+        e.calls += p.clamp(0.0, 1.0);
+        e.since = clock;
+    }
+
+    /// The priority of `idle` (the clock for one never called: it is worth
+    /// least).
+    pub fn priority(&self, idle: &Idle<K>) -> f64 {
+        self.entries.get(&idle.key).map_or(self.clock, |e| e.priority(idle.memory, idle.expect))
     }
 
     /// Whether a container started ahead of a call (a prediction) may join
     /// `idle`: if the budget has room for one more, or if it is worth more
     /// than the least valuable there, which it would then push out. A guess
     /// must not evict a container the user is more likely to call.
-    pub fn admits(&self, key: &K, memory: u64, idle: &[Idle<K>], budget: &Budget) -> bool {
+    pub fn admits(&self, candidate: &Idle<K>, idle: &[Idle<K>], budget: &Budget) -> bool {
         let room = budget.max_idle.is_none_or(|m| idle.len() < m);
-        room || idle.iter().any(|i| self.priority(&i.key, i.memory) < self.priority(key, memory))
+        room || idle.iter().any(|i| self.priority(i) < self.priority(candidate))
     }
 
     /// Which of `idle` to remove, least valuable first, so that the rest fit
@@ -171,7 +226,7 @@ impl<K: Hash + Eq + Clone> Cache<K> {
     /// nothing: the caller reports each one it did remove ([`Cache::evicted`]).
     pub fn victims(&self, idle: &[Idle<K>], budget: &Budget, shed: usize) -> Vec<K> {
         let mut order: Vec<&Idle<K>> = idle.iter().collect();
-        order.sort_by(|a, b| self.priority(&a.key, a.memory).total_cmp(&self.priority(&b.key, b.memory)));
+        order.sort_by(|a, b| self.priority(a).total_cmp(&self.priority(b)));
         let mut count = idle.len();
         let mut memory: u64 = idle.iter().map(|i| i.memory).sum();
         let mut out = Vec::new();
@@ -187,12 +242,11 @@ impl<K: Hash + Eq + Clone> Cache<K> {
         out
     }
 
-    /// `key`'s container, holding `memory`, was removed: the clock rises to
-    /// its priority, and it starts its count again when it comes back (as
-    /// GDSF does).
-    pub fn evicted(&mut self, key: &K, memory: u64) {
-        self.clock = self.clock.max(self.priority(key, memory));
-        self.entries.remove(key);
+    /// `idle` was removed: the clock rises to its priority, and it starts
+    /// its count again when it comes back (as GDSF does).
+    pub fn evicted(&mut self, idle: &Idle<K>) {
+        self.clock = self.clock.max(self.priority(idle));
+        self.entries.remove(&idle.key);
     }
 
     /// Forget profiles that no longer exist.
@@ -206,15 +260,14 @@ mod tests {
     use super::*;
 
     fn idle(keys: &[&'static str]) -> Vec<Idle<&'static str>> {
-        keys.iter().map(|&key| Idle { key, memory: 0 }).collect()
+        keys.iter().map(|&key| Idle::new(key, 0)).collect()
     }
 
     /// Remove the victims, as the daemon does.
     fn evict(c: &mut Cache<&'static str>, idle: &[Idle<&'static str>], budget: &Budget, shed: usize) -> Vec<&'static str> {
         let v = c.victims(idle, budget, shed);
         for k in &v {
-            let m = idle.iter().find(|i| i.key == *k).map_or(0, |i| i.memory);
-            c.evicted(k, m);
+            c.evicted(idle.iter().find(|i| i.key == *k).unwrap());
         }
         v
     }
@@ -232,10 +285,10 @@ mod tests {
         assert_eq!(evict(&mut c, &idle(&["jq", "rg", "gdb"]), &budget, 0), vec!["rg"]);
         // The clock is now rg's priority: two calls from here on outrank
         // gdb's two calls of long ago (0.2 × 1.8).
-        assert!((c.priority(&"gdb", 0) - 0.36).abs() < 1e-9);
+        assert!((c.priority(&Idle::new("gdb", 0)) - 0.36).abs() < 1e-9);
         c.called(&"make", 0.2);
         c.called(&"make", 0.2);
-        assert!(c.priority(&"make", 0) > c.priority(&"gdb", 0));
+        assert!(c.priority(&Idle::new("make", 0)) > c.priority(&Idle::new("gdb", 0)));
         assert_eq!(evict(&mut c, &idle(&["jq", "gdb", "make"]), &budget, 0), vec!["gdb"]);
         // Asking changes nothing.
         assert_eq!(c.victims(&idle(&["jq", "make", "rg"]), &budget, 0), c.victims(&idle(&["jq", "make", "rg"]), &budget, 0));
@@ -249,8 +302,30 @@ mod tests {
         c.called(&"big", 2.0);
         let budget = Budget { max_idle: Some(1), memory: None };
         // Sizes as they are now, not as they were at the call.
-        let held = vec![Idle { key: "fast", memory: 0 }, Idle { key: "slow", memory: 0 }, Idle { key: "big", memory: 400 << 20 }];
+        let held = vec![Idle::new("fast", 0), Idle::new("slow", 0), Idle::new("big", 400 << 20)];
         assert_eq!(c.victims(&held, &budget, 0), vec!["big", "fast"]);
+    }
+
+    #[test]
+    fn the_predictors_word_moves_a_container_in_the_order() {
+        let mut c = Cache::default();
+        for k in ["cron", "jq", "rg"] {
+            c.called(&k, 1.0);
+        }
+        let budget = Budget { max_idle: Some(2), memory: None };
+        // rg usually follows the command just called: it is not the one to go.
+        c.expected(&"rg", 0.9);
+        assert_eq!(c.victims(&idle(&["cron", "jq", "rg"]), &budget, 0), vec!["cron"]);
+        // A container a pre-warm will bring back goes before the others…
+        let covered = Idle { key: "jq", memory: 0, expect: expectation(Some(600.0), 1.0) };
+        assert_eq!(c.victims(&[Idle::new("cron", 0), covered.clone(), Idle::new("rg", 0)], &budget, 0), vec!["jq"]);
+        // …unless the pre-warm is too close to start it again in time.
+        assert_eq!(expectation(Some(0.5), 1.0), 1.0);
+        assert_eq!(expectation(None, 1.0), 1.0);
+        // What is predicted is admitted against what it is worth.
+        let full = idle(&["cron", "jq"]);
+        assert!(c.admits(&Idle::new("rg", 0), &full, &budget));
+        assert!(!c.admits(&Idle::new("new", 0), &full, &budget));
     }
 
     #[test]
@@ -272,7 +347,7 @@ mod tests {
                 c.called(&k, 1.0);
             }
         }
-        let sized = |m: u64| vec![Idle { key: "a", memory: m }, Idle { key: "b", memory: m }, Idle { key: "c", memory: m }];
+        let sized = |m: u64| vec![Idle::new("a", m), Idle::new("b", m), Idle::new("c", m)];
         let budget = Budget { max_idle: None, memory: Some(250) };
         assert_eq!(c.victims(&sized(100), &budget, 0), vec!["a"]);
         assert!(c.victims(&sized(80), &budget, 0).is_empty());

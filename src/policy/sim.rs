@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
-use super::cache::{unbounded, Budget, Cache, Idle};
+use super::cache::{after_eviction, expectation, unbounded, Budget, Cache, Idle, COVERED};
 use super::predict::{Transitions, SEQUENCE_GAP, SEQUENCE_MIN_SUPPORT, SEQUENCE_THRESHOLD};
 use super::{decide, plan_times, plan_with, predicted_plan, Action, Call, Costs, Phase, Plan, Policy, Secs};
 
@@ -229,13 +229,23 @@ impl Sim<'_> {
         (0..self.boxes.len()).filter(|&p| self.boxes[p].busy == 0 && matches!(self.boxes[p].state, State::Warm | State::Paused))
     }
 
+    /// `p`'s idle container as the budget sees it at `now`, as the daemon's
+    /// reaper sees its own: what the predictors expect of its next call.
+    fn as_idle(&self, p: usize, now: Secs) -> Idle<usize> {
+        let prewarm_in = self.boxes[p].plan.as_ref().and_then(|pl| pl.prewarm_at).map(|t| t - now);
+        Idle { key: p, memory: 0, expect: expectation(prewarm_in, self.costs.cold) }
+    }
+
+    fn idle_now(&self, now: Secs) -> Vec<Idle<usize>> {
+        self.idle().map(|p| self.as_idle(p, now)).collect()
+    }
+
     /// Whether the budget lets a prediction start `q`'s container.
-    fn admits(&self, q: usize) -> bool {
+    fn admits(&self, q: usize, now: Secs) -> bool {
         if !self.opts.budget.limits() {
             return true;
         }
-        let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
-        self.cache.admits(&q, 0, &idle, &self.opts.budget)
+        self.cache.admits(&Idle::new(q, 0), &self.idle_now(now), &self.opts.budget)
     }
 
     /// Make room within the budget, as the daemon's reaper does.
@@ -243,14 +253,16 @@ impl Sim<'_> {
         if !self.opts.budget.limits() {
             return;
         }
-        let idle: Vec<Idle<usize>> = self.idle().map(|key| Idle { key, memory: 0 }).collect();
+        let idle = self.idle_now(now);
         for p in self.cache.victims(&idle, &self.opts.budget, 0) {
-            self.cache.evicted(&p, 0);
+            self.cache.evicted(idle.iter().find(|i| i.key == p).expect("a victim is idle"));
             self.settle(p, now);
             let b = &mut self.boxes[p];
             b.state = State::Absent;
             b.epoch += 1;
-            b.plan = None;
+            if let Some(plan) = after_eviction(b.plan.take(), now) {
+                self.follow(p, now, plan);
+            }
         }
     }
 
@@ -308,11 +320,12 @@ impl Sim<'_> {
         }
         self.transitions.observe(&session, &command, now);
         if self.predict {
-            for (next, _) in self.transitions.likely_next(&command) {
+            for (next, prob) in self.transitions.likely_next(&command) {
                 let Some(q) = self.trace.iter().find(|t| t.command == next).map(|t| self.profile_of[&t.profile]) else {
                     continue;
                 };
-                if self.boxes[q].state == State::Absent && self.admits(q) {
+                self.cache.expected(&q, prob);
+                if self.boxes[q].state == State::Absent && self.admits(q, now) {
                     self.boxes[q].epoch += 1;
                     self.boxes[q].predicted = true;
                     let epoch = self.boxes[q].epoch;
@@ -380,6 +393,9 @@ impl Sim<'_> {
                 if let Some(plan) = self.boxes[p].plan.as_mut() {
                     plan.prewarm_at = None;
                 }
+                // The periodic predictor expects its call now: a container
+                // it brings back is not the next to evict.
+                self.cache.expected(&p, 1.0 - COVERED);
                 // Past the trace's last call nothing can use a pre-warm.
                 if now <= self.last_call {
                     let epoch = self.boxes[p].epoch;
@@ -655,6 +671,22 @@ mod tests {
         assert!(unlimited.idle() < 3.0 * (6.0 * 3600.0 + TAIL), "{unlimited:?}");
         let aged = Options { idle_max_age: Some(600.0), ..opts };
         assert!(simulate_with(&t, Policy::Auto, &aged, &COSTS).cold > r.cold);
+    }
+
+    #[test]
+    fn a_periodic_container_the_budget_evicts_is_pre_warmed_for_each_run() {
+        // A cron job every 15 min and a tool called 3–10 min after each run,
+        // with room for one idle container: the tool's end pushes the job's
+        // container out (a pre-warm will bring it back, so it is worth
+        // least), and the pre-warm brings it back for every run once the
+        // period shows (after 5 runs), pushing the tool out in turn.
+        let lines: String = (0..40).map(|i| format!("{},backup,cron,3\n{},jq,s,1\n", i * 900, i * 900 + 200 + (i * 137) % 400)).collect();
+        let t = trace(&lines);
+        let opts = Options { budget: Budget { max_idle: Some(1), memory: None }, ..Default::default() };
+        let r = simulate_with(&t, Policy::Auto, &opts, &COSTS);
+        assert!(r.peak_idle <= 1, "{r:?}");
+        assert_eq!(r.calls - r.cold, 35, "{r:?}");
+        assert!(r.starts >= 35 + 40, "{r:?}");
     }
 
     #[test]

@@ -119,8 +119,10 @@ fn new_token() -> std::io::Result<String> {
 const HISTORY: usize = 500;
 
 /// What the engine keeps beside each running container, outside its
-/// cgroup: containerd's shim process (13 MiB resident with Docker 20.10
-/// on the reference machine). Counted against the idle memory budget.
+/// cgroup, when it cannot be measured (a remote engine, before the first
+/// status): containerd's shim process, 12 MiB of proportional set with
+/// Docker 20.10 on the reference machine. Measured, it is less per
+/// container with many running, as the shims share their code pages.
 const ENGINE_OVERHEAD: u64 = 12 << 20;
 
 /// At most one idle container shed per this while memory is short.
@@ -143,10 +145,25 @@ pub struct Slot {
     progress: crate::backend::ProgressTx,
     /// The way to its container's agent.
     link: Link,
-    /// What its container held at the last status (bytes; 0 unknown).
+    /// What its container's cgroup held at the last status (bytes; 0
+    /// unknown).
     memory: AtomicU64,
+    /// What the engine's process beside it held then (0: not measured).
+    beside: AtomicU64,
     /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
     idle: AtomicBool,
+}
+
+impl Slot {
+    /// What its container holds, as the idle budget counts it: its cgroup
+    /// and the engine's process beside it.
+    fn held(&self) -> u64 {
+        let beside = match self.beside.load(Ordering::Relaxed) {
+            0 => ENGINE_OVERHEAD,
+            b => b,
+        };
+        self.memory.load(Ordering::Relaxed) + beside
+    }
 }
 
 /// A container ready for one exec. Dropping it ends the request's claim.
@@ -250,6 +267,7 @@ impl<B: ContainerBackend> Pool<B> {
                     image: image.clone(),
                     link: Link::new(self.backend.exec_path(), &self.cfg.run_dir, &name),
                     memory: AtomicU64::new(0),
+                    beside: AtomicU64::new(0),
                     idle: AtomicBool::new(false),
                     name,
                     key,
@@ -491,6 +509,9 @@ impl<B: ContainerBackend> Pool<B> {
         if s.memory > 0 {
             slot.memory.store(s.memory, Ordering::Relaxed);
         }
+        if s.beside > 0 {
+            slot.beside.store(s.beside, Ordering::Relaxed);
+        }
         if let Some(store) = &self.store {
             for f in s.finished {
                 store.finish(&slot.name, f.pid, f.status, f.run_ms);
@@ -531,26 +552,36 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// The idle containers the reaper saw on this tick, as the budget sees
     /// them: what their cgroup holds, and the engine's process beside each
-    /// (outside the cgroup; see [`ENGINE_OVERHEAD`]).
+    /// (outside the cgroup; see [`ENGINE_OVERHEAD`]); what the predictors
+    /// expect of each one's next call.
     fn idle_now(&self, slots: &[Arc<Slot>]) -> Vec<policy::cache::Idle<String>> {
-        slots
-            .iter()
-            .filter(|s| s.idle.load(Ordering::SeqCst))
-            .map(|s| policy::cache::Idle { key: s.key.clone(), memory: s.memory.load(Ordering::Relaxed) + ENGINE_OVERHEAD })
-            .collect()
+        let now = self.now();
+        slots.iter().filter(|s| s.idle.load(Ordering::SeqCst)).map(|s| self.as_idle(s, now)).collect()
     }
 
-    /// Whether a prediction may start `image`'s container within the idle
-    /// budget (`policy::cache::Cache::admits`).
-    pub fn admits(&self, image: &ImageSpec) -> bool {
+    fn as_idle(&self, slot: &Slot, now: Secs) -> policy::cache::Idle<String> {
+        let prewarm_in = slot.life.lock().unwrap().plan.as_ref().and_then(|p| p.prewarm_at).map(|t| t - now);
+        policy::cache::Idle {
+            key: slot.key.clone(),
+            memory: slot.held(),
+            expect: policy::cache::expectation(prewarm_in, self.cfg.costs.cold),
+        }
+    }
+
+    /// The sequence predictor expects a call of `image`'s tool with
+    /// probability `p`: weigh that in its container's value, and say whether
+    /// a prediction may start it within the idle budget
+    /// (`policy::cache::Cache::admits`).
+    pub fn expected(&self, image: &ImageSpec, p: f64) -> bool {
+        let key = self.profile_key(image);
+        self.cache.lock().unwrap().expected(&key, p);
         if !self.cfg.idle.budget.limits() {
             return true;
         }
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         let idle = self.idle_now(&slots);
-        let key = self.profile_key(image);
-        let memory = self.slots.get(&key).map_or(0, |s| s.memory.load(Ordering::Relaxed)) + ENGINE_OVERHEAD;
-        self.cache.lock().unwrap().admits(&key, memory, &idle, &self.cfg.idle.budget)
+        let memory = self.slots.get(&key).map_or(ENGINE_OVERHEAD, |s| s.held());
+        self.cache.lock().unwrap().admits(&policy::cache::Idle::new(key, memory), &idle, &self.cfg.idle.budget)
     }
 
     /// Remove idle containers, least valuable first, until the rest fit the
@@ -603,13 +634,12 @@ impl<B: ContainerBackend> Pool<B> {
             match self.backend.remove(&c.id).await {
                 Ok(()) => {
                     slot.idle.store(false, Ordering::SeqCst);
-                    let memory = slot.memory.load(Ordering::Relaxed) + ENGINE_OVERHEAD;
-                    self.cache.lock().unwrap().evicted(&key, memory);
-                    // A pre-warm already due would only start it again.
-                    let now = self.now();
-                    if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
-                        p.prewarm_at = p.prewarm_at.filter(|&t| t > now);
+                    if let Some(i) = idle.iter().find(|i| i.key == key) {
+                        self.cache.lock().unwrap().evicted(i);
                     }
+                    let mut life = slot.life.lock().unwrap();
+                    life.plan = policy::cache::after_eviction(life.plan.take(), self.now());
+                    drop(life);
                     transition(&slot.name, &mut state, State::Absent, &why);
                 }
                 Err(e) => tracing::warn!(container = slot.name, "could not remove an idle container: {e}"),
@@ -675,6 +705,9 @@ impl<B: ContainerBackend> Pool<B> {
                 transition(&slot.name, state, State::Absent, &format!("idle: removed ({reason})"));
             }
             (Action::Prewarm, State::Absent) => {
+                // The periodic predictor expects its call now: a container
+                // it brings back is not the next to evict.
+                self.cache.lock().unwrap().expected(&slot.key, 1.0 - policy::cache::COVERED);
                 let (c, _) = self.create(slot).await?;
                 transition(&slot.name, state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("pre-warmed before the next expected call ({reason})"));
                 if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
@@ -799,7 +832,7 @@ impl<B: ContainerBackend> Pool<B> {
                 idle_ms,
                 next: state::next_action(plan.as_ref(), shown, running, now),
                 exec_path: slot.link.path().as_str().to_string(),
-                memory: if shown == Shown::Absent { 0 } else { slot.memory.load(Ordering::Relaxed) },
+                memory: if shown == Shown::Absent { 0 } else { slot.held() },
             });
         }
         out
@@ -808,7 +841,7 @@ impl<B: ContainerBackend> Pool<B> {
     /// The idle budget and what idle containers hold of it, in a line.
     pub fn budget_line(&self, containers: &[ContainerStatus]) -> String {
         let idle: Vec<&ContainerStatus> = containers.iter().filter(|c| c.running_tools == 0 && (c.state == "warm" || c.state == "paused")).collect();
-        let held: u64 = idle.iter().map(|c| c.memory + ENGINE_OVERHEAD).sum();
+        let held: u64 = idle.iter().map(|c| c.memory).sum();
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
         let b = &self.cfg.idle.budget;
         let count = b.max_idle.map_or(format!("{} idle containers", idle.len()), |m| format!("{} of at most {m} idle containers", idle.len()));
