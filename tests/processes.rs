@@ -202,6 +202,29 @@ fn a_tool_runs_another_image_s_tool_as_the_same_caller_in_the_same_directory() {
 }
 
 #[test]
+fn a_tool_in_an_adopted_container_still_runs_tools_through_a_socket_outside_the_view() {
+    // As installed: the control socket under /run, which tools do not see
+    // from the host, so it reaches containers by a bind of its own. A
+    // restarted daemon listens on a new socket; the containers it adopts
+    // must reach that one, not the dead one they were created with.
+    let dir = std::path::PathBuf::from(format!("/run/odfs-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Defer(|| drop(std::fs::remove_dir_all(&dir)));
+    let socket = dir.join("odfs.sock");
+    let mut m = TestMount::with_files(&[("test.toml", CATALOG)], &["--socket", socket.to_str().unwrap()]);
+    std::fs::write(m.work.join("h.json"), r#"{"a":{"b":7}}"#).unwrap();
+    let inner = |m: &TestMount| m.sh(r#""$M/sh" -c 'echo h.json | xargs jq .a.b'"#);
+    let o = inner(&m);
+    assert_eq!(stdout(&o), "7\n", "{}", stderr(&o));
+    let before = m.containers();
+    m.crash();
+    m.start(&["--socket", socket.to_str().unwrap()]);
+    assert_eq!(m.containers(), before, "the containers were not adopted");
+    let o = inner(&m);
+    assert_eq!(stdout(&o), "7\n", "{}", stderr(&o));
+}
+
+#[test]
 fn a_tool_that_runs_itself_stops_at_the_depth_limit_with_one_line() {
     let m = TestMount::new(CATALOG);
     let o = m.sh(r#""$M/loop""#);

@@ -258,6 +258,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     crate::backend::docker::raise_nofile();
     let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
+    if let Err(e) = daemon.pool.inner().link_socket() {
+        tracing::warn!("containers of an earlier run cannot reach this one's socket (tools they run cannot run tools): {e}");
+    }
 
     let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<String>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
@@ -282,6 +285,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tracing::info!("stopping: unmounting and removing idle containers");
     drop(control);
     let _ = std::fs::remove_file(&cfg.socket);
+    if let (Some(dir), Some(name)) = (daemon.pool.inner().socket_dir(), cfg.socket.file_name()) {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
     tasks.close();
     requests.close();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {

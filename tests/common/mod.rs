@@ -152,7 +152,8 @@ impl TestMount {
             std::fs::write(path, text).unwrap();
         }
         let id = odfs::daemon::mount_id(&mnt, false);
-        let socket = state.join("odfs.sock");
+        // `--socket PATH` among the arguments puts it elsewhere.
+        let socket = extra_args.iter().position(|a| *a == "--socket").map_or(state.join("odfs.sock"), |i| PathBuf::from(extra_args[i + 1]));
         let log = root.join("daemon.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let mut m = TestMount { root, mnt, state, socket, catalog, work, id, log, env, daemon: None };

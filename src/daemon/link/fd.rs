@@ -107,10 +107,14 @@ impl FdLink {
             if !view.sees_host(&inner.mountpoint) {
                 spec.binds.push(Bind { source: inner.mountpoint.clone(), target: inner.mountpoint.clone(), read_only: true, follow_host: true });
             }
-            for file in [&inner.launcher, &inner.socket] {
-                if !view.sees_host(file) {
-                    spec.binds.push(Bind::plain(file.clone(), file.clone(), file == &inner.launcher));
-                }
+            if !view.sees_host(&inner.launcher) {
+                spec.binds.push(Bind::plain(inner.launcher.clone(), inner.launcher.clone(), true));
+            }
+            if !view.sees_host(&inner.socket) {
+                spec.binds.push(match (inner.socket_dir(), inner.socket.parent()) {
+                    (Some(dir), Some(parent)) => Bind::plain(dir, parent.to_path_buf(), true),
+                    _ => Bind::plain(inner.socket.clone(), inner.socket.clone(), false),
+                });
             }
         }
         Ok(view)

@@ -61,6 +61,35 @@ pub struct InnerCalls {
     pub socket: PathBuf,
 }
 
+impl InnerCalls {
+    /// The directory that holds, for containers, a second name of the
+    /// control socket (a hard link, renewed at each start): bound at the
+    /// socket's own directory, it lets a container created by an earlier
+    /// daemon reach this one. A bind of the socket file itself would hold
+    /// on to the dead socket of the run that created it. Only that name is
+    /// in it: the socket's directory may hold the state (the history).
+    pub fn socket_dir(&self) -> Option<PathBuf> {
+        let (parent, name) = (self.socket.parent()?, self.socket.file_name()?);
+        // A socket right under a top-level directory would need that whole
+        // directory covered inside: it keeps a bind of its own.
+        parent.parent().filter(|g| *g != Path::new("/"))?;
+        Some(parent.join(format!(".{}.containers", name.to_string_lossy())))
+    }
+
+    /// Give the socket its name in [`InnerCalls::socket_dir`], replacing
+    /// the one an earlier run left.
+    pub fn link_socket(&self) -> std::io::Result<()> {
+        let Some(dir) = self.socket_dir() else { return Ok(()) };
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        let name = self.socket.file_name().expect("checked by socket_dir");
+        let fresh = dir.join(format!(".{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&fresh);
+        std::fs::hard_link(&self.socket, &fresh)?;
+        std::fs::rename(&fresh, dir.join(name))
+    }
+}
+
 /// What a link needs from the pool to set up a container.
 pub struct Setup<'a, B> {
     pub backend: &'a B,
