@@ -107,6 +107,13 @@ fn doctor_checks_the_setup_and_finds_stale_mounts() {
     assert!(out.contains(&format!("ok   mount at {}", m.mnt.display())), "{out}");
     assert!(out.contains("is last on PATH"), "{out}");
     assert!(out.contains("installed natively"), "{out}");
+    // What tools see of the host: /tmp and /home from it, /usr the image's;
+    // setup makes the host's mounts shared, so later mounts reach tools.
+    let view = out.lines().find(|l| l.contains("tools see the host's")).unwrap_or_else(|| panic!("no view line: {out}"));
+    let (host, image) = view.split_once("the image keeps").unwrap();
+    assert!(host.contains(" /tmp") && host.contains(" /home") && host.contains("/run/user"), "{view}");
+    assert!(image.contains("/usr") && image.contains("/etc") && !image.contains("/tmp"), "{view}");
+    assert!(out.contains("ok   host mounts are shared"), "{out}");
     m.crash();
     let o = odfs(&m, &["doctor"]);
     assert_eq!(o.status.code(), Some(1));

@@ -231,6 +231,12 @@ fn the_caller_s_names_are_known_with_a_read_only_root() {
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines, [u.name.as_str(); 5], "{out}\n{}", stderr(&o));
+    // Debian's coreutils `ls -l` shows them whole, as the host's does.
+    let o = u.cmd(m.shim("dsh")).args(["-c", "ls -l f"]).current_dir(&u.home).output().unwrap();
+    let native = u.cmd("ls").args(["-l", "f"]).current_dir(&u.home).output().unwrap();
+    let owner = |o: &std::process::Output| stdout(o).split_whitespace().skip(2).take(2).collect::<Vec<_>>().join(" ");
+    assert!(owner(&o).starts_with(&format!("{} ", u.name)), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(owner(&o), owner(&native));
     // The container's /run is root's, as on the host: no caller can plant
     // a socket there for the next one.
     let o = u.cmd(m.shim("sh")).args(["-c", "touch /run/planted 2>&1; ls -ld /run"]).current_dir(&u.home).output().unwrap();

@@ -4,7 +4,7 @@
 //! child shares its memory until the exec).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::inflight::InFlight;
@@ -48,22 +48,9 @@ fn candidates(program: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
 /// birth (`O_CLOEXEC`, `TIOCGPTPEER`): another caller's spawn may fork at any
 /// moment, and its tool must never inherit this one.
 fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), AgentEvent> {
-    let err = |what: &str| failed(format!("cannot allocate a pty in the container: {what}: {}", std::io::Error::last_os_error()));
-    // SAFETY: plain syscalls; every fd returned is owned right away.
+    let (master, slave) = crate::protocol::pty::open().map_err(|e| failed(format!("cannot allocate a pty in the container: {e}")))?;
+    // SAFETY: plain syscalls on the fds just made.
     unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if m < 0 {
-            return Err(err("posix_openpt"));
-        }
-        let master = OwnedFd::from_raw_fd(m);
-        if libc::unlockpt(master.as_raw_fd()) != 0 {
-            return Err(err("unlockpt"));
-        }
-        let sl = libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if sl < 0 {
-            return Err(err("TIOCGPTPEER"));
-        }
-        let slave = OwnedFd::from_raw_fd(sl);
         if tty.termios.len() == std::mem::size_of::<libc::termios>() {
             let mut term: libc::termios = std::mem::zeroed();
             std::ptr::copy_nonoverlapping(tty.termios.as_ptr(), (&mut term as *mut libc::termios).cast(), tty.termios.len());

@@ -343,6 +343,23 @@ mod tests {
     }
 
     #[test]
+    fn keep_container_user_never_becomes_a_root_entry() {
+        // In the package file or as the image's label: the tool still runs
+        // as its caller, and the note says how to grant root by hand.
+        let files = vec![("/usr/local/bin/x".to_string(), "#!/usr/bin/env whalebrew\nimage: w/x\nkeep_container_user: true\n".to_string())];
+        let label = HashMap::from([(
+            "w/y".to_string(),
+            ImageFacts { labels: HashMap::from([("io.whalebrew.config.keep_container_user".to_string(), "true".to_string())]), entrypoint: vec![] },
+        )]);
+        let files_y = vec![("y".to_string(), "#!/usr/bin/env whalebrew\nimage: w/y\n".to_string())];
+        for out in [import_whalebrew(&files, &HashMap::new()), import_whalebrew(&files_y, &label)] {
+            let text = out.to_toml("test").unwrap();
+            assert!(!text.lines().any(|l| l.trim_start().starts_with("user")), "{text}");
+            assert!(out.notes.join("\n").contains("keep_container_user is not carried over"), "{:?}", out.notes);
+        }
+    }
+
+    #[test]
     fn whalebrew_labels_and_entrypoint_fill_in_from_the_image() {
         let files = vec![("wget".to_string(), "#!/usr/bin/env whalebrew\nimage: whalebrew/wget\n".to_string())];
         let facts = HashMap::from([(

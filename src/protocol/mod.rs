@@ -5,6 +5,7 @@
 
 mod framing;
 pub mod peer;
+pub mod pty;
 pub mod relay;
 pub mod stages;
 pub mod tally;

@@ -232,11 +232,15 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     let (master, slave) = match &tty {
         Some(t) => {
             let ws = nix::pty::Winsize { ws_row: t.rows, ws_col: t.cols, ws_xpixel: t.xpixel, ws_ypixel: t.ypixel };
-            let pty = nix::pty::openpty(Some(&ws), None).map_err(|e| fail(e.into()))?;
-            let mut raw = nix::sys::termios::tcgetattr(&pty.slave).map_err(|e| fail(e.into()))?;
+            // Close-on-exec from birth: the daemon starts processes (ssh)
+            // from other threads.
+            let (master, slave) = crate::protocol::pty::open().map_err(fail)?;
+            // SAFETY: TIOCSWINSZ with a winsize on an fd we own.
+            unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+            let mut raw = nix::sys::termios::tcgetattr(&slave).map_err(|e| fail(e.into()))?;
             nix::sys::termios::cfmakeraw(&mut raw);
-            nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &raw).map_err(|e| fail(e.into()))?;
-            (Some(pty.master), Some(pty.slave))
+            nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &raw).map_err(|e| fail(e.into()))?;
+            (Some(master), Some(slave))
         }
         None => (None, None),
     };
