@@ -261,6 +261,13 @@ fn refused_requests_keep_the_history_small() {
     let attacker = TestUser::new();
     let o = hostile(&attacker, "names:200", &m.socket).wait_with_output().unwrap();
     assert_eq!(answer(&o), "sent", "{}{}", stdout(&o), stderr(&o));
+    // Every refusal is recorded (the writer is a thread of its own: wait
+    // for it), under a bounded name.
+    let db = rusqlite::Connection::open(m.state.join("odfs.db")).unwrap();
+    let recorded = || -> i64 { db.query_row("SELECT count(*) FROM invocations WHERE command = '(invalid name)'", [], |r| r.get(0)).unwrap_or(0) };
+    assert!(eventually(Duration::from_secs(10), || recorded() >= 200), "{} of 200 refusals recorded", recorded());
+    let longest: i64 = db.query_row("SELECT max(length(command) + length(coalesce(outcome, ''))) FROM invocations", [], |r| r.get(0)).unwrap();
+    assert!(longest < 1000, "a history row holds {longest} characters");
     let size: u64 = ["odfs.db", "odfs.db-wal"].iter().filter_map(|f| std::fs::metadata(m.state.join(f)).ok()).map(|md| md.len()).sum();
     assert!(size < 4 << 20, "the history grew to {size} bytes");
 }
