@@ -18,6 +18,10 @@ pub const ALWAYS_HOST: [&str; 5] = ["home", "root", "tmp", "mnt", "media"];
 /// Host directories below image-owned ones that still come from the host.
 pub const HOST_INSIDE_IMAGE: [&str; 2] = ["/var/tmp", "/run/user"];
 
+/// The host's POSIX shared memory, in containers that share its IPC
+/// namespace (the engine binds it with the namespace).
+pub const HOST_SHM: &str = "/dev/shm";
+
 /// Host files below image-owned directories that come from the host
 /// read-only: where the machine is in time.
 pub const HOST_READ_ONLY: [&str; 2] = ["/etc/localtime", "/etc/timezone"];
@@ -181,6 +185,15 @@ pub fn follows_host(mountinfo: &str, path: &Path) -> bool {
 /// or `2`, `invisible`, `noaccess`, or `subset=pid`): a container's own
 /// procfs would not, so tools then keep a pid namespace of their own
 /// rather than see more of the host than their caller.
+/// Whether an image's containers share the host's pid, IPC and UTS
+/// namespaces on a host with this mountinfo: where the image may
+/// (`image_may`: `ImageSpec::host_namespaces`), unless the host's `/proc`
+/// hides other users' processes (there a container cannot be given the
+/// same view, so it keeps its own).
+pub fn shares_host_namespaces(image_may: bool, mountinfo: &str) -> bool {
+    image_may && !proc_hides_pids(mountinfo)
+}
+
 pub fn proc_hides_pids(mountinfo: &str) -> bool {
     mountinfo.lines().any(|line| {
         let fields: Vec<&str> = line.split(' ').collect();

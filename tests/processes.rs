@@ -48,6 +48,10 @@ pids = 4102
 image = "private"
 path = "/bin/ps"
 
+[command.private-cat]
+image = "private"
+path = "/bin/cat"
+
 # Runs itself: stopped at the depth limit.
 [command.loop]
 image = "bb"
@@ -186,6 +190,23 @@ fn the_host_s_name_and_time_zone() {
         let host = m.sh("cat /etc/localtime | cksum");
         assert_eq!(stdout(&o), stdout(&host), "{}", stderr(&o));
     }
+}
+
+#[test]
+fn shared_memory_is_the_host_s_and_a_private_image_s_its_own() {
+    // POSIX shared memory lives in /dev/shm: a caller tool sees what the
+    // caller's other programs put there (as IPC between them needs). An
+    // image with IPC of its own has its own /dev/shm: a host path named
+    // there is refused, never its own file in its place.
+    let m = TestMount::new(CATALOG);
+    let name = format!("/dev/shm/odfs-test-{}", std::process::id());
+    std::fs::write(&name, "segment\n").unwrap();
+    let _cleanup = Defer(|| drop(std::fs::remove_file(&name)));
+    let o = m.sh(&format!(r#""$M/cat" {name}"#));
+    assert_eq!(stdout(&o), "segment\n", "{}", stderr(&o));
+    let o = m.sh(&format!(r#""$M/private-cat" {name}"#));
+    assert_eq!(shell_status(&o), 126, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("is a host path"), "{}", stderr(&o));
 }
 
 #[test]

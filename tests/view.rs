@@ -172,6 +172,17 @@ fn host_mounts_made_after_the_container_started_come_and_go() {
     assert!(o.status.success(), "the container held the unmount back: {}", stderr(&o));
     let o = Command::new(m.shim("ls")).arg("-A").arg(&dir.0).current_dir(&m.work).output().unwrap();
     assert_eq!((stdout(&o).as_str(), o.status.code()), ("", Some(0)), "{}", stderr(&o));
+    // A bind mount comes and goes the same way.
+    let o = Command::new("mount").args(["--bind", m.work.to_str().unwrap(), dir.0.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "mount --bind: {}", stderr(&o));
+    std::fs::write(m.work.join("bound"), "bound\n").unwrap();
+    let o = Command::new(m.shim("cat")).arg(dir.0.join("bound")).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), "bound\n", "{}", stderr(&o));
+    let o = Command::new("umount").arg(&dir.0).output().unwrap();
+    assert!(o.status.success(), "the container held the unmount back: {}", stderr(&o));
+    let o = Command::new(m.shim("ls")).arg("-A").arg(&dir.0).current_dir(&m.work).output().unwrap();
+    assert_eq!((stdout(&o).as_str(), o.status.code()), ("", Some(0)), "{}", stderr(&o));
+    assert_eq!(m.containers(), before, "the warm container served it all");
 }
 
 #[test]
@@ -221,6 +232,27 @@ fn the_caller_s_permissions_hold_inside() {
 }
 
 #[test]
+fn the_caller_s_runtime_directory_and_its_sockets_are_the_host_s() {
+    // /run/user/UID holds the ssh agent's and the display's sockets: under
+    // the image's /run, it is the host's, and only its owner gets in.
+    let _top = TOP_LEVEL.read().unwrap_or_else(|e| e.into_inner());
+    std::fs::create_dir_all("/run/user").unwrap();
+    let m = TestMount::new(CATALOG);
+    let (owner, other) = (TestUser::new(), TestUser::new());
+    let dir = HostPath::dir(format!("/run/user/{}", owner.uid), Some(&owner));
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = dir.0.join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(owner.uid), Some(owner.gid)).unwrap();
+    let script = format!("test -S {} && echo socket", sock.display());
+    let o = owner.cmd(m.shim("sh")).args(["-c", &script]).current_dir("/tmp").output().unwrap();
+    assert_eq!(stdout(&o), "socket\n", "{}", stderr(&o));
+    let o = other.cmd(m.shim("ls")).arg(&dir.0).current_dir("/tmp").output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    drop(listener);
+}
+
+#[test]
 fn the_caller_s_names_are_known_with_a_read_only_root() {
     let m = TestMount::new(CATALOG);
     let u = TestUser::new();
@@ -260,4 +292,45 @@ fn show_says_what_a_tool_sees() {
     }
     let image = out.lines().find(|l| l.trim_start().starts_with("image's own:")).unwrap_or_else(|| panic!("{out}"));
     assert!(image.contains("/etc") && image.contains("/usr") && !image.contains("/home"), "{out}");
+}
+
+/// An image with software of its own under /opt (as conda's images have
+/// /opt/conda), built once per test run on the engine under test.
+const OPT_IMAGE: &str = "odfs-test/opt-filled:latest";
+
+fn opt_image() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let dir = PathBuf::from(format!("/tmp/odfs-test-optimage-{}", pid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), format!("FROM {TEST_IMAGE}\nRUN mkdir -p /opt/tool && echo image > /opt/tool/data\n")).unwrap();
+        let o = docker(&["build", "-q", "-t", OPT_IMAGE, dir.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(o.status.success(), "docker build: {}", stderr(&o));
+    });
+}
+
+#[test]
+fn an_image_that_fills_opt_keeps_it_and_a_host_path_there_is_refused() {
+    opt_image();
+    let _top = TOP_LEVEL.read().unwrap_or_else(|e| e.into_inner());
+    let catalog = format!("{CATALOG}\n[image.opt]\nref = \"{OPT_IMAGE}\"\nnetwork = \"none\"\n\n[command.opt-cat]\nimage = \"opt\"\npath = \"/bin/cat\"\n");
+    let m = TestMount::new(&catalog);
+    let host = HostPath::dir(format!("/opt/odfs-test-filled-{}", pid()), None);
+    std::fs::write(host.0.join("host.txt"), "host\n").unwrap();
+    // The image's own software tree is what the container is for…
+    let o = Command::new(m.shim("opt-cat")).arg("/opt/tool/data").current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), "image\n", "{}", stderr(&o));
+    // …so a host file under /opt named to it is refused, never replaced…
+    let o = Command::new(m.shim("opt-cat")).arg(host.0.join("host.txt")).current_dir(&m.work).output().unwrap();
+    assert_eq!(o.status.code(), Some(126), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.starts_with("odfs: opt-cat: /opt") && err.contains("is a host path") && err.lines().count() == 1, "{err}");
+    // …while an image without /opt of its own sees the host's.
+    let o = Command::new(m.shim("cat")).arg(host.0.join("host.txt")).current_dir(&m.work).output().unwrap();
+    assert_eq!(stdout(&o), "host\n", "{}", stderr(&o));
+    let o = m.odfs(&["show", "opt-cat"]);
+    let out = stdout(&o);
+    let image = out.lines().find(|l| l.trim_start().starts_with("image's own:")).unwrap_or_else(|| panic!("{out}"));
+    assert!(image.split_whitespace().any(|w| w == "/opt"), "{out}");
 }

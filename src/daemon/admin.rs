@@ -49,9 +49,16 @@ impl<B: ContainerBackend> Daemon<B> {
         let snapshot = self.snapshot();
         snapshot
             .commands
-            .values()
-            .map(|r| CommandInfo {
-                command: r.command.name.to_string(),
+            .iter()
+            .map(|(name, r)| CommandInfo {
+                command: name.clone(),
+                version: match snapshot.versions.get(name) {
+                    Some(v) => {
+                        let others: Vec<&str> = v.all.iter().filter(|x| **x != v.default).map(String::as_str).collect();
+                        format!("{} (default; also {})", v.default, others.join(", "))
+                    }
+                    None => r.image.version.clone().unwrap_or_default(),
+                },
                 image: r.image.name.clone(),
                 reference: r.image.reference.clone(),
                 program: r.command.program().to_string(),
@@ -189,9 +196,27 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// What a command's tool sees of the host: the view of its container,
     /// or the one it would get now.
-    pub(super) async fn view(&self, command: &str) -> Response {
-        let Some(entry) = self.snapshot().get(command).cloned() else {
+    pub(super) async fn view(&self, command: &str, caller: &Caller) -> Response {
+        let snapshot = self.snapshot();
+        let Some(entry) = snapshot.get(command).cloned() else {
             return error(format!("{command} is not in the catalog (odfs ls lists what is)"));
+        };
+        let version = match snapshot.versions.get(command) {
+            None => String::new(),
+            Some(v) => {
+                let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).unwrap_or_default();
+                let (choice, ignored) = self.pins.choose(&cwd, command, caller.uid);
+                let passed: String = ignored.iter().map(|i| format!("; {} ignored: {}", i.file.display(), i.why)).collect();
+                match choice {
+                    super::pins::Choice::Default => format!("{} in {}: the catalog's default (it has {}){passed}", v.default, cwd.display(), v.all.join(", ")),
+                    super::pins::Choice::Pinned { file, version } if v.all.contains(&version) => {
+                        format!("{version} in {}: pinned by {} (the default is {}; it has {}){passed}", cwd.display(), file.display(), v.default, v.all.join(", "))
+                    }
+                    super::pins::Choice::Pinned { file, version } => {
+                        format!("none in {}: {} pins {version}, which the catalog does not offer (it has {}){passed}", cwd.display(), file.display(), v.all.join(", "))
+                    }
+                }
+            }
         };
         let view = match self.pool.view_of(&entry.image).await {
             Ok(v) => v,
@@ -209,6 +234,7 @@ impl<B: ContainerBackend> Daemon<B> {
             remote,
             namespaces: namespaces_line(&entry.image, remote),
             environment: environment_line(&entry, &self.pool.inner().mountpoint),
+            version,
         })
     }
 
@@ -234,8 +260,16 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// `provides` from the index alone: never waits on the engine.
     pub(super) fn hint(&self, command: &str) -> Response {
-        if let Some(e) = self.snapshot().get(command) {
-            return Response::Done(format!("catalog {} {}", e.image.reference, e.command.program()));
+        let snapshot = self.snapshot();
+        // The versions the catalog offers of this name (or of `NAME@V`'s).
+        let base = command.split_once('@').map_or(command, |(b, _)| b);
+        let versions = snapshot.versions.get(base).map(|v| format!("versions {base} {}", v.all.join(" ")));
+        if let Some(e) = snapshot.get(command) {
+            let lines: Vec<String> = std::iter::once(format!("catalog {} {}", e.image.reference, e.command.program())).chain(versions).collect();
+            return Response::Done(lines.join("\n"));
+        }
+        if let Some(v) = versions {
+            return Response::Done(v);
         }
         let lines = self.providers(command);
         if lines.is_empty() {
@@ -359,10 +393,13 @@ mod tests {
 
 /// `odfs show`'s line on whose processes, IPC and host name a tool has.
 fn namespaces_line(image: &crate::catalog::ImageSpec, remote: bool) -> String {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if remote {
         "the container's own processes and IPC (a remote engine)".into()
-    } else if image.host_namespaces() {
+    } else if crate::view::shares_host_namespaces(image.host_namespaces(), &mountinfo) {
         "the host's processes (ps, kill, strace -p act as the caller may), System V IPC and shared memory, and host name".into()
+    } else if image.host_namespaces() {
+        "the container's own processes and IPC (this host's /proc hides other users' processes); the host's name".into()
     } else if image.pid == Some(crate::catalog::PidMode::Private) {
         "the container's own processes and IPC (pid = \"private\"); the host's name".into()
     } else {

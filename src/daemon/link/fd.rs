@@ -63,7 +63,7 @@ impl FdLink {
         let host_top = setup.facts.host_top();
         // Fetched just now, so here (or gone again: nothing to keep).
         let facts = setup.facts.image(setup.backend, image, &host_top, setup.view, setup.mount_id).await?.unwrap_or_default();
-        let view = View::plan(&host_top, &facts.filled, setup.view, &RealFs);
+        let mut view = View::plan(&host_top, &facts.filled, setup.view, &RealFs);
         // The caller's identity reaches the image without writing it:
         // generated account files, bound over the image's.
         let (passwd, group) = crate::daemon::accounts::seed(run, &facts)
@@ -95,7 +95,13 @@ impl FdLink {
         spec.tmpfs.extend(image.scratch.iter().filter(|p| !view.sees_host(p) && p.as_path() != Path::new("/run")).cloned());
         // The host's processes, IPC and name; else at least its name
         // (on the host's network the engine gives it itself).
-        spec.host_namespaces = image.host_namespaces() && !crate::view::proc_hides_pids(&mountinfo);
+        spec.host_namespaces = crate::view::shares_host_namespaces(image.host_namespaces(), &mountinfo);
+        if spec.host_namespaces {
+            // The host's IPC namespace comes with its /dev/shm (the engine
+            // binds it): POSIX shared memory there is the host's, and a path
+            // the caller names there is the caller's file.
+            view.host.push(crate::view::HOST_SHM.into());
+        }
         if !spec.host_namespaces && image.network != crate::catalog::Network::Host {
             spec.hostname = host_name();
         }
