@@ -21,6 +21,9 @@ pub struct DaemonConfig {
     pub engine: crate::backend::engine::Engine,
     /// What idle containers may hold (`[idle]`).
     pub idle: crate::policy::cache::IdleConfig,
+    /// Where the man pages and completions are served (`--share-dir`;
+    /// default: `share` beside a mountpoint named `bin`).
+    pub share_dir: Option<PathBuf>,
 }
 
 /// The config file (`/etc/odfs/odfs.toml`); every table is optional.

@@ -18,6 +18,7 @@
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
 //! - [`daemon`]: control socket, exec handling, container pool and reaper.
 //! - [`view`]: which host paths a tool sees, and the paths a caller names.
+//! - [`share`]: the man pages and completions beside the mount, from images.
 //! - [`config`], [`telemetry`]: daemon settings and logging.
 //! - `bench`: `odfs-bench`, the side-by-side benchmark (feature `bench`).
 //!
@@ -43,6 +44,7 @@ pub mod fs;
 #[cfg(feature = "daemon")]
 pub mod fuse;
 #[cfg(feature = "daemon")]
-pub mod telemetry;
+pub mod share;
 #[cfg(feature = "daemon")]
+pub mod telemetry;
 pub mod view;

@@ -431,6 +431,49 @@ impl ContainerBackend for Docker {
         result
     }
 
+    async fn image_docs(&self, reference: &str, commands: &[String], mount_id: &str) -> Result<Vec<crate::share::Doc>, BackendError> {
+        static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _permit = READS.acquire().await.map_err(|e| BackendError::Engine(e.to_string()))?;
+        let client = self.client().await?;
+        let created = self.scratch(reference, mount_id).await?;
+        let result = async {
+            let io = |e: std::io::Error| BackendError::Engine(format!("cannot keep the image's documentation: {e}"));
+            let mut docs = Vec::new();
+            let mut budget = crate::share::MAX_IMAGE;
+            for (dir, kind) in crate::share::SOURCES {
+                let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(dir).build();
+                let mut stream = client.download_from_container(&created, Some(opts));
+                let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(io)?);
+                let mut size = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) if is_not_found(&e) => break,
+                        Err(e) => return Err(self.classify(e)),
+                    };
+                    size += chunk.len() as u64;
+                    if size > budget {
+                        tracing::warn!(image = reference, dir, "documentation beyond {} MiB left out", crate::share::MAX_IMAGE >> 20);
+                        break;
+                    }
+                    tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(io)?;
+                }
+                budget = budget.saturating_sub(size);
+                tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io)?;
+                let (file, commands) = (file.into_std().await, commands.to_vec());
+                let found = tokio::task::spawn_blocking(move || docs_in(file, kind, &commands))
+                    .await
+                    .map_err(|e| BackendError::Engine(e.to_string()))?
+                    .map_err(|e| BackendError::Engine(format!("reading the image's {dir}: {e}")))?;
+                docs.extend(found);
+            }
+            Ok(docs)
+        }
+        .await;
+        let _ = self.remove(&created).await;
+        result
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         let images = self
             .client()
@@ -578,6 +621,82 @@ fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
         out.push((path, data));
     }
     out
+}
+
+/// The documentation of `commands` in the archive of one of
+/// [`crate::share::SOURCES`] (its entries named under the directory's own
+/// name): regular files, and symlinks to another file of the same archive
+/// (Debian links one man page to another), by where [`crate::share::place`]
+/// puts them. The archive may be cut short.
+fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String]) -> std::io::Result<Vec<crate::share::Doc>> {
+    use std::io::{Read, Seek};
+    let mut tar_file = tar_file;
+    let inside = |p: &std::path::Path| -> String { p.components().skip(1).map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/") };
+    let place = |rel: &str| commands.iter().find_map(|c| crate::share::place(kind, rel, c));
+    // First pass: the files wanted, and links wanted with what they name.
+    let mut docs = Vec::new();
+    let mut links: Vec<(String, String)> = Vec::new();
+    {
+        let mut archive = tar::Archive::new(std::io::BufReader::new(&mut tar_file));
+        for entry in archive.entries()? {
+            let Ok(mut entry) = entry else { break };
+            let Ok(path) = entry.path().map(|p| inside(&p)) else { continue };
+            let Some(to) = place(&path) else { continue };
+            match entry.header().entry_type() {
+                tar::EntryType::Regular if entry.size() <= crate::share::MAX_FILE => {
+                    let mut data = Vec::new();
+                    if entry.read_to_end(&mut data).is_ok() {
+                        docs.push(crate::share::Doc { path: to, data });
+                    }
+                }
+                tar::EntryType::Symlink => {
+                    let Ok(Some(target)) = entry.link_name() else { continue };
+                    if target.is_absolute() {
+                        continue;
+                    }
+                    let base = std::path::Path::new(&path).parent().unwrap_or(std::path::Path::new(""));
+                    links.push((to, normalize(&base.join(target))));
+                }
+                _ => {}
+            }
+        }
+    }
+    if links.is_empty() {
+        return Ok(docs);
+    }
+    tar_file.rewind()?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(tar_file));
+    for entry in archive.entries()? {
+        let Ok(mut entry) = entry else { break };
+        let Ok(path) = entry.path().map(|p| inside(&p)) else { continue };
+        if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > crate::share::MAX_FILE {
+            continue;
+        }
+        let wanted: Vec<String> = links.iter().filter(|(_, t)| *t == path).map(|(to, _)| to.clone()).collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let mut data = Vec::new();
+        if entry.read_to_end(&mut data).is_ok() {
+            docs.extend(wanted.into_iter().map(|to| crate::share::Doc { path: to, data: data.clone() }));
+        }
+    }
+    Ok(docs)
+}
+
+/// `a/b/../c` as `a/c`, without touching any filesystem.
+fn normalize(p: &std::path::Path) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(n) => out.push(n.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    out.join("/")
 }
 
 /// Executables in the PATH directories of an exported filesystem: regular

@@ -90,6 +90,10 @@ impl ContainerBackend for Fake {
         })
     }
 
+    async fn image_docs(&self, _reference: &str, _commands: &[String], _mount_id: &str) -> Result<Vec<crate::share::Doc>, BackendError> {
+        Ok(vec![])
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         Ok(vec!["test/b".into()])
     }

@@ -165,6 +165,10 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// fills, and its own passwd and group files, found without running
     /// anything from it (like [`ContainerBackend::executables`]).
     fn image_facts(&self, reference: &str, dirs: &[String], mount_id: &str) -> impl Future<Output = Result<ImageFacts, BackendError>> + Send;
+    /// The man pages and shell completions of `commands` in a local image
+    /// (`crate::share`), read without running anything from it, bounded in
+    /// size (`crate::share::MAX_FILE`, `MAX_IMAGE`).
+    fn image_docs(&self, reference: &str, commands: &[String], mount_id: &str) -> impl Future<Output = Result<Vec<crate::share::Doc>, BackendError>> + Send;
     /// References (repo:tag) of the images on this machine.
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.

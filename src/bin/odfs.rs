@@ -60,6 +60,11 @@ enum Command {
         /// Config file (default /etc/odfs/odfs.toml, if present).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Serve the catalog's man pages and shell completions here
+        /// (default: `share` beside a mountpoint named `bin`, as
+        /// /opt/od/share for /opt/od/bin).
+        #[arg(long, value_name = "DIR")]
+        share_dir: Option<PathBuf>,
         mountpoint: PathBuf,
     },
     /// List every command: image, state, where it is defined.
@@ -313,7 +318,7 @@ fn walk(dir: &std::path::Path, name: &str) -> std::io::Result<Vec<PathBuf>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, mountpoint } => {
+        Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, share_dir, mountpoint } => {
             odfs::telemetry::init();
             let settings = odfs::config::engine(engine.as_deref(), config.as_deref()).and_then(|e| {
                 Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?, odfs::config::idle(config.as_deref())?))
@@ -345,6 +350,7 @@ fn main() -> ExitCode {
                 policy,
                 engine,
                 idle,
+                share_dir,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime").and_then(|rt| {
                 let result = rt.block_on(odfs::daemon::run(cfg));
@@ -417,18 +423,22 @@ fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Res
         let rows: Vec<_> = list
             .iter()
             .map(|i| serde_json::json!({"command": i.command, "image": i.image, "ref": i.reference, "program": i.program,
-                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin}))
+                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin, "version": i.version}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&if only.is_some() { rows[0].clone() } else { serde_json::Value::Array(rows) })?);
     } else if let (Some(_), Some(i)) = (only, list.first()) {
         let args = if i.args.is_empty() { String::new() } else { format!(" {}", i.args.join(" ")) };
         println!("command:    {}\nimage:      {} ({})\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
             i.command, i.image, i.reference, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
+        if !i.version.is_empty() {
+            println!("version:    {}", i.version);
+        }
         print_view(socket, &i.command)?;
     } else {
-        println!("{:<20} {:<16} {:<10} REF", "COMMAND", "IMAGE", "STATE");
+        println!("{:<20} {:<16} {:<10} {:<10} REF", "COMMAND", "IMAGE", "VERSION", "STATE");
         for i in list {
-            println!("{:<20} {:<16} {:<10} {}", i.command, i.image, i.state, i.reference);
+            let version = i.version.split(' ').next().unwrap_or("");
+            println!("{:<20} {:<16} {:<10} {:<10} {}", i.command, i.image, if version.is_empty() { "-" } else { version }, i.state, i.reference);
         }
     }
     Ok(())
@@ -442,6 +452,9 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
         _ => anyhow::bail!("unexpected answer from the daemon"),
     };
     let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };
+    if !v.version.is_empty() {
+        println!("runs here: {}", v.version);
+    }
     if v.remote {
         println!("host view:  {} (the remote host's remote_dirs; nothing else of this host)", list(&v.host));
         println!("processes:  {}", v.namespaces);
@@ -543,6 +556,13 @@ fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow:
             ));
         }
     }
+    // Version pin files from here up that would be passed over, and why.
+    if let Ok(cwd) = std::env::current_dir() {
+        let uid = nix::unistd::getuid().as_raw();
+        for i in odfs::daemon::pins::Pins::default().choose(&cwd, "", uid).1 {
+            report(Some(false), format!("{} is ignored: it is {} (a pin file must be the caller's or root's, and writable by no one else)", i.file.display(), i.why));
+        }
+    }
     let path = std::env::var("PATH").unwrap_or_default();
     let dirs: Vec<&str> = path.split(':').filter(|d| !d.is_empty()).collect();
     match dirs.iter().position(|d| mounts.iter().any(|m| m == d)) {
@@ -575,6 +595,13 @@ fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> Exi
     })();
     let Ok(Response::Done(text)) = answer else { return ExitCode::from(1) };
     for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("versions ") {
+            let mut words = rest.split(' ');
+            let base = words.next().unwrap_or_default();
+            let offered: Vec<String> = words.map(|v| format!("{base}@{v}")).collect();
+            eprintln!("odfs: the catalog offers {} (a .odfs.toml [pins] entry picks one per project; odfs show {base})", offered.join(", "));
+            continue;
+        }
         let mut f = line.splitn(3, ' ');
         match (f.next(), f.next(), f.next()) {
             (Some("catalog"), Some(image), _) => eprintln!(

@@ -62,6 +62,11 @@ struct RawImage {
     memory: Option<String>,
     cpus: Option<f64>,
     pids: Option<u64>,
+    /// Its commands' version: listed as NAME@VERSION too.
+    version: Option<String>,
+    /// Its version is the bare names' default.
+    #[serde(default)]
+    default: bool,
     #[serde(default)]
     commands: Vec<String>,
 }
@@ -95,6 +100,9 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
     })?;
     let mut errors = Vec::new();
     let mut catalog = Catalog::default();
+    // This file's images' versions: its commands of a versioned image are
+    // that version's.
+    let mut versions: BTreeMap<String, Option<String>> = BTreeMap::new();
     for (name, spanned) in raw.image {
         let line = line_of(text, spanned.span().start);
         let origin = format!("{}:{line}", file.display());
@@ -172,17 +180,25 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 format!("image {name}: pid = \"host\" with user = \"root\" or a capability other than NET_RAW, NET_ADMIN, NET_BIND_SERVICE, NET_BROADCAST would let its tools act on other users' processes on the host: remove pid (such images get namespaces of their own)"),
             ));
         }
+        if let Some(v) = &img.version {
+            if let Err(e) = super::model::validate_version(v) {
+                errors.push(err(line, format!("image {name}: {e}")));
+            }
+        } else if img.default {
+            errors.push(err(line, format!("image {name}: default = true needs a version (the default of which versions?)")));
+        }
         for cmd in &img.commands {
             match CommandName::new(cmd) {
                 Ok(cname) => {
                     catalog.commands.insert(
-                        cmd.clone(),
+                        super::model::versioned(cmd, img.version.as_deref()),
                         CommandSpec { name: cname, image: name.clone(), path: None, args: vec![], env: vec![], origin: origin.clone() },
                     );
                 }
                 Err(e) => errors.push(err(line, format!("image {name}: command {e}"))),
             }
         }
+        versions.insert(name.clone(), img.version.clone());
         catalog.images.insert(
             name.clone(),
             ImageSpec {
@@ -199,6 +215,8 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 remote_dirs,
                 scratch,
                 pid: img.pid,
+                version: img.version,
+                default_version: img.default,
                 origin,
             },
         );
@@ -206,12 +224,27 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
     for (name, spanned) in raw.command {
         let line = line_of(text, spanned.span().start);
         let cmd = spanned.into_inner();
-        let cname = match CommandName::new(&name) {
+        // `[command."jq@1.6"]` names its version; `[command.jq]` of an
+        // image of this file with a version is that version's.
+        let (base, named) = match name.split_once('@') {
+            Some((b, v)) => (b.to_string(), Some(v.to_string())),
+            None => (name.clone(), None),
+        };
+        let cname = match CommandName::new(&base) {
             Ok(n) => n,
             Err(e) => {
                 errors.push(err(line, format!("command {e}")));
                 continue;
             }
+        };
+        // (An image of another file is checked once all are loaded.)
+        let key = match (named, versions.get(&cmd.image)) {
+            (Some(v), Some(image_v)) if image_v.as_deref() != Some(v.as_str()) => {
+                errors.push(err(line, format!("command {name}: image {} is not version {v}", cmd.image)));
+                continue;
+            }
+            (Some(_), _) => name.clone(),
+            (None, v) => super::model::versioned(&base, v.cloned().flatten().as_deref()),
         };
         if let Some(Err(e)) = cmd.path.as_deref().map(validate_path) {
             errors.push(err(line, format!("command {name}: {e}")));
@@ -227,7 +260,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
             }
         }
         catalog.commands.insert(
-            name,
+            key,
             CommandSpec {
                 name: cname,
                 image: cmd.image,
@@ -282,6 +315,17 @@ pub fn load_dirs(dirs: &[PathBuf]) -> (Catalog, Vec<CatalogError>) {
     for name in unknown {
         let cmd = catalog.commands.remove(&name).expect("listed above");
         errors.push(located(&cmd.origin, format!("command {name}: unknown image {:?}", cmd.image)));
+    }
+    // `NAME@V` only for an image of version V.
+    let wrong: Vec<String> = catalog
+        .commands
+        .iter()
+        .filter(|(key, c)| key.split_once('@').is_some_and(|(_, v)| catalog.images[&c.image].version.as_deref() != Some(v)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in wrong {
+        let cmd = catalog.commands.remove(&name).expect("listed above");
+        errors.push(located(&cmd.origin, format!("command {name}: image {} is not that version", cmd.image)));
     }
     (catalog, errors)
 }
@@ -390,5 +434,31 @@ env = ["JQ_COLORS"]
         assert!(text[0].contains("b-bad.toml:2"), "{text:#?}");
         assert!(text.iter().any(|t| t.contains("d-dup.toml:1") && t.contains("already defined")), "{text:#?}");
         assert!(text.iter().any(|t| t.contains("c-orphan.toml:1") && t.contains("unknown image")), "{text:#?}");
+    }
+
+    #[test]
+    fn versioned_images_list_name_at_version_and_the_bare_name_runs_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), "[image.jq16]\nref = \"jq:1.6\"\nversion = \"1.6\"\ncommands = [\"jq\"]\n").unwrap();
+        std::fs::write(dir.path().join("b.toml"), "[image.jq17]\nref = \"jq:1.7\"\nversion = \"1.7\"\n[command.jq]\nimage = \"jq17\"\npath = \"/usr/bin/jq\"\n").unwrap();
+        std::fs::write(dir.path().join("c.toml"), "[command.\"jq@1.6\"]\nimage = \"jq17\"\n").unwrap();
+        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]);
+        assert_eq!(cat.commands.keys().collect::<Vec<_>>(), ["jq@1.6", "jq@1.7"], "{errs:?}");
+        // The tool still sees itself as jq, and runs as the image has it.
+        assert_eq!((cat.commands["jq@1.6"].program(), cat.commands["jq@1.6"].argv0()), ("jq", "jq"));
+        assert_eq!(cat.commands["jq@1.7"].program(), "/usr/bin/jq");
+        assert!(errs.iter().any(|e| e.to_string().contains("c.toml:1") && e.message.contains("already defined")), "{errs:?}");
+        let snap = super::super::Snapshot::new(&cat);
+        assert_eq!(snap.commands["jq"].image.name, "jq17");
+        assert_eq!(snap.versions["jq"], super::super::Versions { all: vec!["1.6".into(), "1.7".into()], default: "1.7".into() });
+        // default = true wins over the highest version.
+        std::fs::write(dir.path().join("a.toml"), "[image.jq16]\nref = \"jq:1.6\"\nversion = \"1.6\"\ndefault = true\ncommands = [\"jq\"]\n").unwrap();
+        let (cat, _) = load_dirs(&[dir.path().to_path_buf()]);
+        assert_eq!(super::super::Snapshot::new(&cat).commands["jq"].image.name, "jq16");
+        // A version that names another image's, or none, is refused.
+        let errs = parse_file(Path::new("d.toml"), "[image.x]\nref = \"x\"\nversion = \"2\"\n[command.\"x@3\"]\nimage = \"x\"\n").unwrap_err();
+        assert!(errs[0].message.contains("not version 3"), "{errs:?}");
+        assert!(parse_file(Path::new("e.toml"), "[image.x]\nref = \"x\"\ndefault = true\n").unwrap_err()[0].message.contains("needs a version"));
+        assert!(parse_file(Path::new("f.toml"), "[image.x]\nref = \"x\"\nversion = \"1 2\"\n").is_err());
     }
 }

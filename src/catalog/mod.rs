@@ -10,7 +10,7 @@ mod model;
 mod store;
 
 pub use load::{load_dirs, parse_file, CatalogError};
-pub use model::{capability, capability_mask, code_loading_variable, validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
+pub use model::{capability, capability_mask, code_loading_variable, validate_name, validate_path, version_order, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
 pub use store::{Invocation, PastCall, Store};
 
 use std::collections::BTreeMap;
@@ -26,15 +26,29 @@ pub struct Resolved {
 /// What the mount serves, resolved once per catalog load.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Every listed name: `jq`, and `jq@1.6`, `jq@1.7` for versioned images.
     pub commands: BTreeMap<String, Resolved>,
     pub images: BTreeMap<String, Arc<ImageSpec>>,
+    /// A bare name that versioned images provide → their versions, in
+    /// order, and which one the bare name runs by default.
+    pub versions: BTreeMap<String, Versions>,
+}
+
+/// The versions of one bare command name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// Oldest first ([`model::version_order`]).
+    pub all: Vec<String>,
+    /// What the bare name runs where no pin says otherwise: the image
+    /// marked `default = true`, else the highest version.
+    pub default: String,
 }
 
 impl Snapshot {
     pub fn new(catalog: &Catalog) -> Snapshot {
         let images: BTreeMap<String, Arc<ImageSpec>> =
             catalog.images.iter().map(|(k, v)| (k.clone(), Arc::new(v.clone()))).collect();
-        let commands = catalog
+        let mut commands: BTreeMap<String, Resolved> = catalog
             .commands
             .iter()
             .filter_map(|(name, cmd)| {
@@ -42,7 +56,28 @@ impl Snapshot {
                 Some((name.clone(), Resolved { command: cmd.clone(), image }))
             })
             .collect();
-        Snapshot { commands, images }
+        let mut versions: BTreeMap<String, Versions> = BTreeMap::new();
+        for (key, r) in &commands {
+            if let (Some((base, v)), Some(_)) = (key.split_once('@'), &r.image.version) {
+                let e = versions.entry(base.to_string()).or_insert(Versions { all: vec![], default: String::new() });
+                e.all.push(v.to_string());
+                if r.image.default_version && e.default.is_empty() {
+                    e.default = v.to_string();
+                }
+            }
+        }
+        for (base, vs) in versions.iter_mut() {
+            vs.all.sort_by(|a, b| model::version_order(a, b));
+            if vs.default.is_empty() {
+                vs.default = vs.all.last().cloned().unwrap_or_default();
+            }
+            // An unversioned entry of the bare name stays what it runs.
+            if !commands.contains_key(base) {
+                let chosen = commands[&format!("{base}@{}", vs.default)].clone();
+                commands.insert(base.clone(), chosen);
+            }
+        }
+        Snapshot { commands, images, versions }
     }
 
     pub fn get(&self, command: &str) -> Option<&Resolved> {

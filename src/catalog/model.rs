@@ -276,8 +276,47 @@ pub struct ImageSpec {
     pub scratch: Vec<PathBuf>,
     /// `pid = "host"|"private"`; unset: [`ImageSpec::host_namespaces`] decides.
     pub pid: Option<PidMode>,
+    /// The version of its commands (`version = "1.7"`): they are listed as
+    /// `NAME@1.7`, and the bare `NAME` is the catalog's default version.
+    pub version: Option<String>,
+    /// `default = true`: its version is the bare name's, whatever the others.
+    pub default_version: bool,
     /// `file:line` where it was defined.
     pub origin: String,
+}
+
+/// A version as the catalog may name it: `1.7`, `3.11.4`, `2024-01`,
+/// `1.0+git`: what can follow `@` in a file name and a shell word.
+pub fn validate_version(v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c)) {
+        return Err(format!("version {v:?} may only hold letters, digits, '.', '_', '+' and '-' (at most 64)"));
+    }
+    Ok(())
+}
+
+/// The name a command of an image with `version` is listed under.
+pub fn versioned(command: &str, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("{command}@{v}"),
+        None => command.to_string(),
+    }
+}
+
+/// Versions in their natural order: numbers compared as numbers
+/// (`1.10` after `1.9`), anything else as text.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |s: &str| -> Vec<String> { s.split(['.', '-', '_', '+']).map(String::from).collect() };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            _ => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,6 +366,17 @@ mod tests {
         }
         for good in ["jq", "python3.11", "g++", "7z", "x".repeat(255).as_str(), "clang-format"] {
             assert!(validate_name(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn versions_sort_by_their_numbers() {
+        let mut v = vec!["1.10", "1.9", "1.7.1", "1.7", "2"];
+        v.sort_by(|a, b| version_order(a, b));
+        assert_eq!(v, ["1.7", "1.7.1", "1.9", "1.10", "2"]);
+        assert!(validate_version("1.7").is_ok() && validate_version("2024-01+git").is_ok());
+        for bad in ["", "1 7", "1/7", "a@b", &"9".repeat(65)] {
+            assert!(validate_version(bad).is_err(), "{bad:?}");
         }
     }
 

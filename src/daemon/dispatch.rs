@@ -120,7 +120,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(Some((Request::View { command }, _))) => {
-                let r = self.view(&command).await;
+                let r = self.view(&command, &caller).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Pull { commands }, _))) => {

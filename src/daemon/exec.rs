@@ -189,6 +189,27 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
+    /// The entry a call of `command` runs: for a bare name with versions,
+    /// the one the nearest pin file of the caller's directory names, else
+    /// the catalog's default.
+    fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, Failure> {
+        let snapshot = self.snapshot();
+        let missing = || Failure::with_status("not in the catalog of this mount (odfs status shows what runs)", EXIT_NOT_FOUND);
+        let entry = snapshot.get(command).cloned().ok_or_else(missing)?;
+        let Some(versions) = snapshot.versions.get(command) else { return Ok(entry) };
+        let cwd = self.local_cwd(caller)?;
+        match self.pins.choose(&cwd, command, caller.uid).0 {
+            super::pins::Choice::Default => Ok(entry),
+            super::pins::Choice::Pinned { file, version } => snapshot.get(&format!("{command}@{version}")).cloned().ok_or_else(|| {
+                Failure::new(format!(
+                    "{} pins {command} to {version}, which this catalog does not offer (it has {}); change the pin, or add an image with version = \"{version}\"",
+                    file.display(),
+                    versions.all.join(", ")
+                ))
+            }),
+        }
+    }
+
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
     fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
@@ -310,9 +331,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 req.version
             )));
         }
-        let entry = self.snapshot().get(&req.command).cloned().ok_or_else(|| {
-            Failure::with_status("not in the catalog of this mount (odfs status shows what runs)", EXIT_NOT_FOUND)
-        })?;
+        let entry = self.resolve(&req.command, &caller)?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.
         let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;

@@ -9,10 +9,12 @@ mod accounts;
 mod admin;
 mod call;
 mod dispatch;
+mod docs;
 mod exec;
 mod facts;
 mod link;
 mod listener;
+pub mod pins;
 pub mod pool;
 mod reload;
 mod report;
@@ -44,6 +46,10 @@ pub struct Daemon<B> {
     stamps: stamps::Stamps,
     /// The daemon's own tasks (loops, prewarms): awaited at shutdown.
     tasks: tokio_util::task::TaskTracker,
+    /// The man pages and completions beside the mount.
+    docs: docs::Docs,
+    /// Per-project version pins, as read so far.
+    pins: pins::Pins,
 }
 
 impl<B> Daemon<B> {

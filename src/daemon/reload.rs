@@ -78,6 +78,7 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         let _ = notifier.inval_inode(root, 0, 0);
         tracing::info!(commands = snapshot.commands.len(), changed = changed.len(), "catalog reloaded");
+        self.docs.wake.notify_one();
     }
 }
 

@@ -254,6 +254,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         remote_notices: Default::default(),
         stamps: stamps::Stamps::new(),
         tasks: TaskTracker::new(),
+        pins: Default::default(),
+        docs: super::docs::Docs::new(crate::share::share_dir(&mountpoint, cfg.share_dir.as_deref()), &cfg.state_dir),
     });
 
     crate::backend::docker::raise_nofile();
@@ -278,6 +280,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tasks.spawn(watch_catalogs(daemon.clone(), cfg.catalogs.clone(), fs, notifier, loaded_fingerprint, stop.clone()));
     tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx, tasks.clone(), stop.clone()));
     tasks.spawn(reap(daemon.clone(), stop.clone()));
+    tasks.spawn(super::docs::keep_docs(daemon.clone(), stop.clone()));
 
     let requests = TaskTracker::new();
     serve(&daemon, &control, &requests, &stop).await;

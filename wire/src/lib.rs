@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -100,6 +100,9 @@ pub struct ViewInfo {
     pub namespaces: String,
     /// Which of the caller's environment it gets, in a line.
     pub environment: String,
+    /// Which version the asking caller gets in their directory, and why
+    /// (empty for a command without versions).
+    pub version: String,
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
@@ -116,6 +119,9 @@ pub struct CommandInfo {
     pub state: String,
     /// `file:line` of its definition.
     pub origin: String,
+    /// Its image's version; for a bare name with versions, the default one
+    /// and the others (empty: no versions).
+    pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -225,6 +225,10 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    pub fn mount_id(&self) -> &str {
+        &self.cfg.mount_id
+    }
+
     pub fn backend(&self) -> &B {
         &self.backend
     }

@@ -21,6 +21,8 @@ fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
         remote_dirs: vec![],
         scratch: vec![],
         pid: None,
+        version: None,
+        default_version: false,
         origin: "t.toml:1".into(),
     })
 }

@@ -1,0 +1,199 @@
+//! The mount's `share` directory (`crate::share`) kept in step with the
+//! catalog and the images: built at start, after each catalog reload and
+//! once a minute (an image pulled or updated meanwhile), from a cache in
+//! the state directory keyed by image id and commands, so an unchanged
+//! image is never read twice.
+//!
+//! The directory itself is a symlink to the current generation, a hidden
+//! directory beside it (`.share.gen-N`: readable by every user whatever the
+//! state directory's mode), replaced in one `rename`: a `man` or a
+//! completion that reads it meanwhile sees the old tree or the new one,
+//! never half of one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+
+use super::Daemon;
+use crate::backend::ContainerBackend;
+use crate::share::{Doc, Layout};
+
+/// How often the images are looked at again without a reason.
+const REFRESH: Duration = Duration::from_secs(60);
+
+/// Where the share directory is served and where its pieces are kept.
+pub(super) struct Docs {
+    /// The share directory (a symlink we own); `None`: not served.
+    pub dir: Option<PathBuf>,
+    /// `STATE/docs`: an image's documents, by key.
+    pub store: PathBuf,
+    /// Asks for a refresh now (a catalog reload).
+    pub wake: tokio::sync::Notify,
+    /// What is served now: an unchanged tree is not written again.
+    served: std::sync::Mutex<Option<Layout>>,
+}
+
+
+impl Docs {
+    pub fn new(dir: Option<PathBuf>, state: &Path) -> Docs {
+        Docs { dir, store: state.join("docs"), wake: tokio::sync::Notify::new(), served: Default::default() }
+    }
+
+    fn cache_file(&self, image_id: &str, commands: &[String]) -> PathBuf {
+        let mut h = sha2::Sha256::new();
+        h.update(image_id.as_bytes());
+        for c in commands {
+            h.update(b"\n");
+            h.update(c.as_bytes());
+        }
+        let key: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+        self.store.join(key)
+    }
+
+    fn read_cache(file: &Path) -> Option<Vec<Doc>> {
+        postcard::from_bytes(&std::fs::read(file).ok()?).ok()
+    }
+
+    fn write_cache(file: &Path, docs: &[Doc]) -> std::io::Result<()> {
+        let bytes = postcard::to_stdvec(docs).map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(file.parent().expect("in the store"))?;
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(tmp, file)
+    }
+
+    /// Serve `layout`: a new generation, the symlink moved to it, older
+    /// generations removed.
+    fn publish(&self, dir: &Path, layout: &Layout) -> std::io::Result<()> {
+        if let Ok(meta) = std::fs::symlink_metadata(dir) {
+            if !meta.file_type().is_symlink() {
+                return Err(std::io::Error::other(format!("{} exists and is not odfs's (odfs serves it as a symlink; move it away or give --share-dir)", dir.display())));
+            }
+        }
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(std::io::Error::other(format!("{} cannot hold a share directory", dir.display())));
+        };
+        std::fs::create_dir_all(parent)?;
+        let prefix = format!(".{}.gen-", name.to_string_lossy());
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let generation = parent.join(format!("{prefix}{stamp}"));
+        layout.write(&generation)?;
+        index_man_pages(&generation.join("man"));
+        let link = parent.join(format!(".{}.new", name.to_string_lossy()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(generation.file_name().expect("named above"), &link)?;
+        std::fs::rename(&link, dir)?;
+        for e in std::fs::read_dir(parent)?.flatten() {
+            if e.path() != generation && e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop serving: the symlink and its generation go (the cache stays
+    /// for the next start).
+    pub fn withdraw(&self) {
+        let Some(dir) = &self.dir else { return };
+        if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            // Only a generation of ours, beside it.
+            let ours = |t: &Path| t.components().count() == 1 && t.to_string_lossy().contains(".gen-");
+            if let (Ok(target), Some(parent)) = (std::fs::read_link(dir), dir.parent()) {
+                if ours(&target) {
+                    let _ = std::fs::remove_dir_all(parent.join(target));
+                }
+            }
+            let _ = std::fs::remove_file(dir);
+        }
+    }
+}
+
+/// `man -k` and `apropos` read an index beside the pages: made by man-db's
+/// `mandb` where the host has it (nothing to index for otherwise).
+fn index_man_pages(man: &Path) {
+    let Ok(out) = std::process::Command::new("mandb").arg("--quiet").arg("--no-straycats").arg(man).output() else { return };
+    if !out.status.success() {
+        tracing::warn!("mandb could not index {}: {}", man.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    /// One refresh: every local image's documents (from the cache, or read
+    /// from the image), for the commands the catalog maps to it.
+    async fn refresh_docs(&self) {
+        let Some(dir) = self.docs.dir.clone() else { return };
+        let snapshot = self.snapshot();
+        let mut by_image: BTreeMap<String, (Arc<crate::catalog::ImageSpec>, Vec<String>)> = BTreeMap::new();
+        for (name, entry) in &snapshot.commands {
+            by_image.entry(entry.image.name.clone()).or_insert_with(|| (entry.image.clone(), Vec::new())).1.push(name.clone());
+        }
+        let mut layout = Layout::default();
+        for (image, commands) in by_image.values() {
+            let id = match self.pool.backend().image_id(&image.reference).await {
+                Ok(Some(id)) => id,
+                // Not here yet: its pages come once it is pulled.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(image = image.name, "documentation: cannot inspect the image: {e}");
+                    continue;
+                }
+            };
+            let file = self.docs.cache_file(&id, commands);
+            let docs = match Docs::read_cache(&file) {
+                Some(d) => d,
+                None => match self.pool.backend().image_docs(&image.reference, commands, self.pool.mount_id()).await {
+                    Ok(d) => {
+                        if let Err(e) = Docs::write_cache(&file, &d) {
+                            tracing::warn!("documentation cache {}: {e}", file.display());
+                        }
+                        tracing::info!(image = image.name, files = d.len(), "documentation read from the image");
+                        d
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = image.name, "cannot read the image's man pages and completions: {e}");
+                        continue;
+                    }
+                },
+            };
+            docs.into_iter().for_each(|d| layout.add(d));
+        }
+        if self.docs.served.lock().unwrap().as_ref() == Some(&layout) && std::fs::symlink_metadata(&dir).is_ok() {
+            return;
+        }
+        let store = self.docs.store.clone();
+        let published = {
+            let docs = &self.docs;
+            tokio::task::block_in_place(|| docs.publish(&dir, &layout))
+        };
+        match published {
+            Ok(()) => {
+                tracing::info!(files = layout.files.len(), dir = %dir.display(), store = %store.display(), "man pages and completions served");
+                *self.docs.served.lock().unwrap() = Some(layout);
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot serve man pages and completions: {e}"),
+        }
+    }
+}
+
+/// The share directory's task: refresh at start, on a catalog reload, and
+/// every [`REFRESH`], until `stop`; then withdraw it.
+pub(super) async fn keep_docs<B: ContainerBackend>(daemon: Arc<Daemon<B>>, stop: CancellationToken) {
+    if daemon.docs.dir.is_none() {
+        return;
+    }
+    let mut last_layout_check = tokio::time::Instant::now();
+    loop {
+        daemon.refresh_docs().await;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = daemon.docs.wake.notified() => {}
+            _ = tokio::time::sleep_until(last_layout_check + REFRESH) => {}
+        }
+        last_layout_check = tokio::time::Instant::now();
+    }
+    daemon.docs.withdraw();
+}
