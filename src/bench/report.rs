@@ -103,6 +103,11 @@ pub fn markdown(r: &Results, machine: &str) -> String {
             check(shim.summary.p90 <= 2.5 * native.summary.p90).into(),
         ],
         vec!["warm shim ≤ 1/25 of docker exec".into(), format!("1/{:.0}", med(exec) / med(shim)), check(med(shim) * 25.0 <= med(exec)).into()],
+        vec![
+            "pinned version warm ≤ 1.1× unversioned warm".into(),
+            ratio(med(&r.warm[4]), med(shim)),
+            check(med(&r.warm[4]) <= 1.1 * med(shim)).into(),
+        ],
         vec!["paused ≤ 25 ms".into(), format!("{} ms", figure(med(&r.paused))), check(med(&r.paused) <= 25.0).into()],
         vec!["cold ≤ docker run --rm".into(), ratio(med(&r.cold[0]), med(docker_cold)), check(med(&r.cold[0]) <= med(docker_cold)).into()],
         vec!["stdio ≥ 0.95× native".into(), ratio(med(&r.stdio[1]), med(&r.stdio[0])), check(med(&r.stdio[1]) >= 0.95 * med(&r.stdio[0])).into()],

@@ -313,9 +313,15 @@ fn time_ms(cmd: &mut Command) -> std::io::Result<f64> {
 /// their `pids` limit, so each has a container of its own.
 fn catalog() -> String {
     let mut text = format!("[image.warm]\nref = \"{IMAGE}\"\nnetwork = \"none\"\nkeep_alive = \"1h\"\ncommands = [\"true\", \"cat\"]\n");
-    for (image, command, keep, pids) in
-        [("frozen", "paused-true", "keep_alive = \"1h\"\npause_after = \"1s\"", 4097), ("cold", "cold-true", "keep_alive = \"0s\"", 4098), ("burst", "burst-true", "keep_alive = \"1h\"", 4099)]
-    {
+    for (image, command, keep, pids) in [
+        ("frozen", "paused-true", "keep_alive = \"1h\"\npause_after = \"1s\"", 4097),
+        ("cold", "cold-true", "keep_alive = \"0s\"", 4098),
+        ("burst", "burst-true", "keep_alive = \"1h\"", 4099),
+        // Two versions of one command: the warm call of a bare name that a
+        // project's pin file resolves (`PINNED`).
+        ("pinned-1", "\"ptrue@1\"", "keep_alive = \"1h\"\nversion = \"1\"", 4100),
+        ("pinned-2", "\"ptrue@2\"", "keep_alive = \"1h\"\nversion = \"2\"", 4101),
+    ] {
         text += &format!(
             "\n[image.{image}]\nref = \"{IMAGE}\"\nnetwork = \"none\"\n{keep}\npids = {pids}\n\n[command.{command}]\nimage = \"{image}\"\npath = \"/bin/true\"\n"
         );
@@ -391,15 +397,21 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         c
     };
 
-    progress("warm calls of true: native, odfs, docker exec, docker run --rm");
+    progress("warm calls of true: native, odfs, odfs pinned, docker exec, docker run --rm");
+    // The work directory pins the versioned `ptrue` to its older version,
+    // so each of its calls looks for and reads a pin file.
+    std::fs::write(work.join(".odfs.toml"), "[pins]\nptrue = \"1\"\n")?;
     time_ms(&mut native(main.shim("true").to_str().unwrap()))?;
-    let mut warm: [Vec<f64>; 4] = Default::default();
+    time_ms(&mut native(main.shim("ptrue").to_str().unwrap()))?;
+    let mut warm: [Vec<f64>; 5] = Default::default();
     for round in 0..counts.warm_rounds {
-        rotated(round, 3, |i| {
-            let ms = match i {
-                0 => time_ms(&mut native("/bin/true"))?,
-                1 => time_ms(&mut native(main.shim("true").to_str().unwrap()))?,
-                _ => time_ms(&mut exec.exec("true"))?,
+        rotated(round, 4, |k| {
+            // Candidate 3 is the pinned call, kept after docker run's slot.
+            let (i, ms) = match k {
+                0 => (0, time_ms(&mut native("/bin/true"))?),
+                1 => (1, time_ms(&mut native(main.shim("true").to_str().unwrap()))?),
+                2 => (2, time_ms(&mut exec.exec("true"))?),
+                _ => (4, time_ms(&mut native(main.shim("ptrue").to_str().unwrap()))?),
             };
             warm[i].push(ms);
             Ok(())
@@ -413,6 +425,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         Measured::new("odfs shim (warm)", std::mem::take(&mut warm[1])),
         Measured::new("docker exec", std::mem::take(&mut warm[2])),
         Measured::new("docker run --rm", std::mem::take(&mut warm[3])),
+        Measured::new("odfs shim, pinned version (warm)", std::mem::take(&mut warm[4])),
     ];
 
     progress("stages of a warm call (traced calls)");

@@ -45,11 +45,14 @@ pub struct Ignored {
     pub why: String,
 }
 
+/// What tells a file's versions apart: device, inode, size, mtime.
 type Key = (u64, u64, u64, i64, i64);
+/// A file's pins, or why it binds nobody.
+type Parsed = Result<BTreeMap<String, String>, String>;
 
 #[derive(Default)]
 pub struct Pins {
-    parsed: Mutex<HashMap<PathBuf, (Key, Result<BTreeMap<String, String>, String>)>>,
+    parsed: Mutex<HashMap<PathBuf, (Key, Parsed)>>,
 }
 
 impl Pins {
@@ -73,7 +76,7 @@ impl Pins {
     }
 
     /// The pins of one file, if the caller may be bound by it.
-    fn read(&self, file: &Path, meta: &std::fs::Metadata, uid: u32) -> Result<BTreeMap<String, String>, String> {
+    fn read(&self, file: &Path, meta: &std::fs::Metadata, uid: u32) -> Parsed {
         if !meta.file_type().is_file() {
             return Err("not a regular file".into());
         }
