@@ -104,9 +104,9 @@ pub fn markdown(r: &Results, machine: &str) -> String {
         ],
         vec!["warm shim ≤ 1/25 of docker exec".into(), format!("1/{:.0}", med(exec) / med(shim)), check(med(shim) * 25.0 <= med(exec)).into()],
         vec![
-            "pinned version warm ≤ 1.1× unversioned warm".into(),
-            ratio(med(&r.warm[4]), med(shim)),
-            check(med(&r.warm[4]) <= 1.1 * med(shim)).into(),
+            "pinned bare name ≤ 1.1× NAME@VERSION (warm)".into(),
+            ratio(med(&r.warm[4]), med(&r.warm[5])),
+            check(med(&r.warm[4]) <= 1.1 * med(&r.warm[5])).into(),
         ],
         vec!["paused ≤ 25 ms".into(), format!("{} ms", figure(med(&r.paused))), check(med(&r.paused) <= 25.0).into()],
         vec!["cold ≤ docker run --rm".into(), ratio(med(&r.cold[0]), med(docker_cold)), check(med(&r.cold[0]) <= med(docker_cold)).into()],

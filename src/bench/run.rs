@@ -329,10 +329,56 @@ fn catalog() -> String {
     text
 }
 
-/// Run candidates `0..n` once each, starting at a different one every
-/// round, so none is always first (or always after the same one).
-fn rotated(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Result<()>) -> std::io::Result<()> {
-    (0..n).try_for_each(|k| each((round + k) % n))
+/// Run candidates `0..n` once each, in an order of their own every round
+/// (a shuffle seeded by the round), so that none is always first nor
+/// always after the same one. A rotation kept the cyclic order: the
+/// candidate after `docker exec`, which leaves the engine busy for a while
+/// after it returns, was always the same one and paid for it.
+fn shuffled(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Result<()>) -> std::io::Result<()> {
+    shuffle_order(round, n).into_iter().try_for_each(&mut each)
+}
+
+/// `0..n` in round `round`'s order (xorshift64*, Fisher-Yates).
+fn shuffle_order(round: usize, n: usize) -> Vec<usize> {
+    let mut state = (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_candidate_follows_every_other_about_as_often() {
+        let n = 4;
+        let mut after = vec![vec![0u32; n]; n];
+        let mut prev: Option<usize> = None;
+        for round in 0..4000 {
+            for c in super::shuffle_order(round, n) {
+                if let Some(p) = prev {
+                    after[p][c] += 1;
+                }
+                prev = Some(c);
+            }
+        }
+        // 12,000 steps within rounds over the 12 ordered pairs of different
+        // candidates (1,000 each), and 3,999 across rounds' edges over all
+        // 16 pairs (about 250 each).
+        for (p, row) in after.iter().enumerate() {
+            for (c, &k) in row.iter().enumerate() {
+                let expected = if p == c { 150..=350 } else { 1100..=1400 };
+                assert!(expected.contains(&k), "{c} after {p}: {k} times");
+            }
+        }
+    }
 }
 
 /// A plain container of the test image for `docker exec` (what distrobox
@@ -403,15 +449,19 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     std::fs::write(work.join(".odfs.toml"), "[pins]\nptrue = \"1\"\n")?;
     time_ms(&mut native(main.shim("true").to_str().unwrap()))?;
     time_ms(&mut native(main.shim("ptrue").to_str().unwrap()))?;
-    let mut warm: [Vec<f64>; 5] = Default::default();
+    time_ms(&mut native(main.shim("ptrue@1").to_str().unwrap()))?;
+    let mut warm: [Vec<f64>; 6] = Default::default();
     for round in 0..counts.warm_rounds {
-        rotated(round, 4, |k| {
-            // Candidate 3 is the pinned call, kept after docker run's slot.
+        shuffled(round, 5, |k| {
+            // Candidates 3 and 4: the pinned bare name, and the same
+            // version by its full name (same container, no pin to look
+            // for), kept after docker run's slot.
             let (i, ms) = match k {
                 0 => (0, time_ms(&mut native("/bin/true"))?),
                 1 => (1, time_ms(&mut native(main.shim("true").to_str().unwrap()))?),
                 2 => (2, time_ms(&mut exec.exec("true"))?),
-                _ => (4, time_ms(&mut native(main.shim("ptrue").to_str().unwrap()))?),
+                3 => (4, time_ms(&mut native(main.shim("ptrue").to_str().unwrap()))?),
+                _ => (5, time_ms(&mut native(main.shim("ptrue@1").to_str().unwrap()))?),
             };
             warm[i].push(ms);
             Ok(())
@@ -426,6 +476,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         Measured::new("docker exec", std::mem::take(&mut warm[2])),
         Measured::new("docker run --rm", std::mem::take(&mut warm[3])),
         Measured::new("odfs shim, pinned version (warm)", std::mem::take(&mut warm[4])),
+        Measured::new("odfs shim, NAME@VERSION (warm)", std::mem::take(&mut warm[5])),
     ];
 
     progress("stages of a warm call (traced calls)");
@@ -444,7 +495,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     let (mut cold_odfs, mut cold_run) = (Vec::new(), Vec::new());
     for round in 0..counts.cold {
         wait_until(Duration::from_secs(20), || main.containers_of("cold", None) == 0)?;
-        rotated(round, 2, |i| {
+        shuffled(round, 2, |i| {
             if i == 0 {
                 cold_odfs.push(time_ms(&mut native(main.shim("cold-true").to_str().unwrap()))?);
             } else {
@@ -470,7 +521,7 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     ];
     let mut stdio: [Vec<f64>; 3] = Default::default();
     for round in 0..counts.stdio_rounds {
-        rotated(round, 3, |i| {
+        shuffled(round, 3, |i| {
             let ms = time_ms(&mut pipeline(sinks[i].1.clone()))?;
             stdio[i].push(mb / (ms / 1e3));
             Ok(())
@@ -516,7 +567,7 @@ fn stages(main: &Mount, counts: &Counts) -> std::io::Result<Stages> {
     let mut native = Vec::new();
     let mut around = Vec::new();
     for round in 0..counts.stage_rounds {
-        rotated(round, 2, |i| {
+        shuffled(round, 2, |i| {
             if i == 0 {
                 native.push(time_ms(Command::new("/bin/true").current_dir(main.work()))?);
             } else {
@@ -554,7 +605,7 @@ fn loops(main: &Mount, counts: &Counts) -> std::io::Result<Vec<LoopResult>> {
     for (how, script) in ways {
         let mut per_call: [Vec<f64>; 2] = Default::default();
         for round in 0..counts.loop_rounds {
-            rotated(round, 2, |i| {
+            shuffled(round, 2, |i| {
                 let tool = if i == 0 { "/bin/true" } else { shim.as_str() };
                 let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(&script).env("T", tool).current_dir(main.work());
@@ -592,7 +643,7 @@ fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> st
     let mut warm: [Vec<f64>; 3] = Default::default();
     let result = (|| {
         for round in 0..counts.remote_rounds {
-            rotated(round, 3, |i| {
+            shuffled(round, 3, |i| {
                 warm[i].push(match i {
                     2 => time_ms(&mut exec.exec("true"))?,
                     _ => time_ms(&mut run(mounts[i], "true"))?,
@@ -604,7 +655,7 @@ fn remote_section(bins: &Binaries, counts: &Counts, engine: &RemoteEngine) -> st
         let mb = (count << 20) as f64 / 1e6;
         let mut stdio: [Vec<f64>; 2] = Default::default();
         for round in 0..counts.stdio_rounds {
-            rotated(round, 2, |i| {
+            shuffled(round, 2, |i| {
                 let script = format!("dd if=/dev/zero bs=1M count={count} status=none | {} >/dev/null", mounts[i].shim("cat").display());
                 let ms = time_ms(Command::new("/bin/sh").args(["-c", &script]).current_dir(mounts[i].work()))?;
                 stdio[i].push(mb / (ms / 1e3));
@@ -670,7 +721,7 @@ fn discovery(bins: &Binaries, counts: &Counts) -> std::io::Result<Discovery> {
     };
     let (mut on_mount, mut on_empty) = (Vec::new(), Vec::new());
     for round in 0..counts.miss_runs {
-        rotated(round, 2, |i| {
+        shuffled(round, 2, |i| {
             let (dir, into) = if i == 0 { (&m.mnt, &mut on_mount) } else { (&empty, &mut on_empty) };
             into.push(time_ms(&mut miss(dir))?);
             Ok(())
