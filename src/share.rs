@@ -44,8 +44,10 @@ pub struct Doc {
 
 /// No single file larger than this is taken (a man page is kilobytes).
 pub const MAX_FILE: u64 = 4 << 20;
-/// Nor more than this from one image in all.
+/// Nor more than this from one image in all, links' copies included…
 pub const MAX_IMAGE: u64 = 64 << 20;
+/// …nor more files than this.
+pub const MAX_FILES: usize = 2000;
 
 /// Where a file of an image's `kind` directory, at `rel` inside it (as the
 /// engine's archive names it, under the directory's own name), goes under
@@ -68,7 +70,8 @@ pub fn place(kind: Kind, rel: &str, command: &str) -> Option<String> {
             }
             let plain = [".gz", ".bz2", ".xz", ".zst"].iter().find_map(|z| file.strip_suffix(z)).unwrap_or(file);
             let (name, page_section) = plain.rsplit_once('.')?;
-            if name != command || !page_section.starts_with(&section[..1]) {
+            let first = section.chars().next()?;
+            if name != command || !page_section.starts_with(first) {
                 return None;
             }
             Some(format!("man/{}", dirs.iter().chain([&file]).copied().collect::<Vec<_>>().join("/")))
@@ -152,6 +155,8 @@ mod tests {
         assert_eq!(place(Kind::Man, "man1/jq.5.gz", "jq"), None);
         assert_eq!(place(Kind::Man, "man1/jq", "jq"), None);
         assert_eq!(place(Kind::Man, "a/b/man1/jq.1", "jq"), None);
+        assert_eq!(place(Kind::Man, "manä/jq.ä", "jq").as_deref(), Some("man/manä/jq.ä"));
+        assert_eq!(place(Kind::Man, "man\u{fffd}/jq.1", "jq"), None);
     }
 
     #[test]

@@ -440,6 +440,7 @@ impl ContainerBackend for Docker {
             let io = |e: std::io::Error| BackendError::Engine(format!("cannot keep the image's documentation: {e}"));
             let mut docs = Vec::new();
             let mut budget = crate::share::MAX_IMAGE;
+            let mut room = Room { bytes: crate::share::MAX_IMAGE, files: crate::share::MAX_FILES };
             for (dir, kind) in crate::share::SOURCES {
                 let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(dir).build();
                 let mut stream = client.download_from_container(&created, Some(opts));
@@ -461,10 +462,11 @@ impl ContainerBackend for Docker {
                 budget = budget.saturating_sub(size);
                 tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io)?;
                 let (file, commands) = (file.into_std().await, commands.to_vec());
-                let found = tokio::task::spawn_blocking(move || docs_in(file, kind, &commands))
+                let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, &commands, room))
                     .await
                     .map_err(|e| BackendError::Engine(e.to_string()))?
                     .map_err(|e| BackendError::Engine(format!("reading the image's {dir}: {e}")))?;
+                room = left;
                 docs.extend(found);
             }
             Ok(docs)
@@ -628,14 +630,15 @@ fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// name): regular files, and symlinks to another file of the same archive
 /// (Debian links one man page to another), by where [`crate::share::place`]
 /// puts them. The archive may be cut short.
-fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String]) -> std::io::Result<Vec<crate::share::Doc>> {
+fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String], room: Room) -> std::io::Result<(Vec<crate::share::Doc>, Room)> {
     use std::io::{Read, Seek};
     let mut tar_file = tar_file;
+    let mut room = room;
     let inside = |p: &std::path::Path| -> String { p.components().skip(1).map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/") };
     let place = |rel: &str| commands.iter().find_map(|c| crate::share::place(kind, rel, c));
     // First pass: the files wanted, and links wanted with what they name.
     let mut docs = Vec::new();
-    let mut links: Vec<(String, String)> = Vec::new();
+    let mut links: HashMap<String, Vec<String>> = HashMap::new();
     {
         let mut archive = tar::Archive::new(std::io::BufReader::new(&mut tar_file));
         for entry in archive.entries()? {
@@ -644,6 +647,9 @@ fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String
             let Some(to) = place(&path) else { continue };
             match entry.header().entry_type() {
                 tar::EntryType::Regular if entry.size() <= crate::share::MAX_FILE => {
+                    if !room.take(entry.size()) {
+                        break;
+                    }
                     let mut data = Vec::new();
                     if entry.read_to_end(&mut data).is_ok() {
                         docs.push(crate::share::Doc { path: to, data });
@@ -655,14 +661,14 @@ fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String
                         continue;
                     }
                     let base = std::path::Path::new(&path).parent().unwrap_or(std::path::Path::new(""));
-                    links.push((to, normalize(&base.join(target))));
+                    links.entry(normalize(&base.join(target))).or_default().push(to);
                 }
                 _ => {}
             }
         }
     }
     if links.is_empty() {
-        return Ok(docs);
+        return Ok((docs, room));
     }
     tar_file.rewind()?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(tar_file));
@@ -672,16 +678,40 @@ fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String
         if entry.header().entry_type() != tar::EntryType::Regular || entry.size() > crate::share::MAX_FILE {
             continue;
         }
-        let wanted: Vec<String> = links.iter().filter(|(_, t)| *t == path).map(|(to, _)| to.clone()).collect();
-        if wanted.is_empty() {
+        let Some(wanted) = links.remove(&path) else { continue };
+        let mut data = Vec::new();
+        if entry.read_to_end(&mut data).is_err() {
             continue;
         }
-        let mut data = Vec::new();
-        if entry.read_to_end(&mut data).is_ok() {
-            docs.extend(wanted.into_iter().map(|to| crate::share::Doc { path: to, data: data.clone() }));
+        // Each copy counts: many links to one page are as many pages.
+        for to in wanted {
+            if !room.take(data.len() as u64) {
+                return Ok((docs, room));
+            }
+            docs.push(crate::share::Doc { path: to, data: data.clone() });
         }
     }
-    Ok(docs)
+    Ok((docs, room))
+}
+
+/// What one image's documentation may still take: bytes and files.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    bytes: u64,
+    files: usize,
+}
+
+impl Room {
+    /// Take one file of `size` bytes; `false` (taking nothing) when it
+    /// does not fit.
+    fn take(&mut self, size: u64) -> bool {
+        if self.files == 0 || size > self.bytes {
+            return false;
+        }
+        self.files -= 1;
+        self.bytes -= size;
+        true
+    }
 }
 
 /// `a/b/../c` as `a/c`, without touching any filesystem.

@@ -67,12 +67,19 @@ struct RawImage {
     /// Its version is the bare names' default.
     #[serde(default)]
     default: bool,
+    /// Serve its shell completions (scripts users' shells run on the host).
+    #[serde(default = "yes")]
+    completions: bool,
     #[serde(default)]
     commands: Vec<String>,
 }
 
 fn auto() -> String {
     "auto".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -217,6 +224,7 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 pid: img.pid,
                 version: img.version,
                 default_version: img.default,
+                completions: img.completions,
                 origin,
             },
         );

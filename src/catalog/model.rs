@@ -281,6 +281,9 @@ pub struct ImageSpec {
     pub version: Option<String>,
     /// `default = true`: its version is the bare name's, whatever the others.
     pub default_version: bool,
+    /// Its shell completions are served beside the mount (`completions =
+    /// false`: its man pages only).
+    pub completions: bool,
     /// `file:line` where it was defined.
     pub origin: String,
 }

@@ -204,7 +204,10 @@ impl<B: ContainerBackend> Daemon<B> {
         let version = match snapshot.versions.get(command) {
             None => String::new(),
             Some(v) => {
-                let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).unwrap_or_default();
+                let cwd = match self.local_cwd(caller) {
+                    Ok(c) => c,
+                    Err(f) => return Response::Error(f),
+                };
                 let (choice, ignored) = self.pins.choose(&cwd, command, caller.uid);
                 let passed: String = ignored.iter().map(|i| format!("; {} ignored: {}", i.file.display(), i.why)).collect();
                 match choice {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::Digest;
+use std::os::unix::fs::MetadataExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
@@ -78,6 +79,11 @@ impl Docs {
             return Err(std::io::Error::other(format!("{} cannot hold a share directory", dir.display())));
         };
         std::fs::create_dir_all(parent)?;
+        // Root writes and removes trees here: no one else may plant a name.
+        let meta = std::fs::metadata(parent)?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(std::io::Error::other(format!("{} is not root's alone (owner uid {}, mode {:o}): a share directory there could be tampered with", parent.display(), meta.uid(), meta.mode() & 0o777)));
+        }
         let prefix = format!(".{}.gen-", name.to_string_lossy());
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let generation = parent.join(format!("{prefix}{stamp}"));
@@ -159,7 +165,10 @@ impl<B: ContainerBackend> Daemon<B> {
                     }
                 },
             };
-            docs.into_iter().for_each(|d| layout.add(d));
+            // Completions are scripts the user's shell runs on the host: an
+            // image whose catalog entry says `completions = false` gives
+            // its man pages only.
+            docs.into_iter().filter(|d| image.completions || d.path.starts_with("man/")).for_each(|d| layout.add(d));
         }
         if self.docs.served.lock().unwrap().as_ref() == Some(&layout) && std::fs::symlink_metadata(&dir).is_ok() {
             return;

@@ -212,7 +212,7 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
-    fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
+    pub(super) fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
         let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| Failure::new(format!("cannot read the caller's working directory: {e}")))?;
         if !caller.alive() {
             return Err(Failure::new("the caller exited before its request was served"));

@@ -18,7 +18,9 @@ use std::sync::Mutex;
 /// The file's name.
 pub const FILE: &str = ".odfs.toml";
 /// Files larger than this are not read (a pin file is a few lines).
-const MAX_SIZE: u64 = 64 << 10;
+const MAX_SIZE: u64 = 4 << 10;
+/// Directories looked at from the cwd up: a cwd nested deeper costs no more.
+const MAX_LEVELS: usize = 64;
 /// Parsed files kept; the cache starts again when full.
 const MAX_CACHED: usize = 4096;
 
@@ -60,10 +62,12 @@ impl Pins {
     /// files passed over on the way up.
     pub fn choose(&self, cwd: &Path, command: &str, uid: u32) -> (Choice, Vec<Ignored>) {
         let mut ignored = Vec::new();
-        for dir in cwd.ancestors() {
+        for dir in cwd.ancestors().take(MAX_LEVELS) {
             let file = dir.join(FILE);
-            let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
-            match self.read(&file, &meta, uid) {
+            if std::fs::symlink_metadata(&file).is_err() {
+                continue;
+            }
+            match self.read(&file, uid) {
                 Ok(pins) => {
                     if let Some(v) = pins.get(command) {
                         return (Choice::Pinned { file, version: v.clone() }, ignored);
@@ -75,8 +79,20 @@ impl Pins {
         (Choice::Default, ignored)
     }
 
-    /// The pins of one file, if the caller may be bound by it.
-    fn read(&self, file: &Path, meta: &std::fs::Metadata, uid: u32) -> Parsed {
+    /// The pins of one file, if the caller may be bound by it. Everything
+    /// is decided on the file opened, never on its name again: not through
+    /// a symlink, without waiting (a FIFO), from its own `fstat`, and no
+    /// more than [`MAX_SIZE`] of it read.
+    fn read(&self, file: &Path, uid: u32) -> Parsed {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(file);
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err("a symlink".into()),
+            Err(e) => return Err(format!("unreadable: {e}")),
+        };
+        let meta = f.metadata().map_err(|e| format!("unreadable: {e}"))?;
         if !meta.file_type().is_file() {
             return Err("not a regular file".into());
         }
@@ -95,9 +111,13 @@ impl Pins {
                 return pins.clone();
             }
         }
-        let pins = std::fs::read_to_string(file)
+        let mut text = String::new();
+        let pins = f
+            .by_ref()
+            .take(MAX_SIZE)
+            .read_to_string(&mut text)
             .map_err(|e| format!("unreadable: {e}"))
-            .and_then(|t| toml::from_str::<PinFile>(&t).map_err(|e| format!("not a pin file: {}", e.message().trim())))
+            .and_then(|_| toml::from_str::<PinFile>(&text).map_err(|_| "not a pin file ([pins] NAME = \"VERSION\")".to_string()))
             .map(|f| f.pins);
         let mut cache = self.parsed.lock().unwrap();
         if cache.len() >= MAX_CACHED {
@@ -160,5 +180,13 @@ mod tests {
         let (choice, ignored) = pins.choose(root.path(), "jq", me);
         assert_eq!(choice, Choice::Default);
         assert!(ignored[0].why.contains("not a pin file"), "{ignored:?}");
+        // A FIFO is passed over at once, never waited on; a symlink is not
+        // followed (to /dev/zero, to a file the caller cannot read).
+        std::fs::remove_file(root.path().join(FILE)).unwrap();
+        nix::unistd::mkfifo(&root.path().join(FILE), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(pins.choose(root.path(), "jq", me).1[0].why.contains("not a regular file"));
+        std::fs::remove_file(root.path().join(FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.path().join(FILE)).unwrap();
+        assert_eq!(pins.choose(root.path(), "jq", me).1[0].why, "a symlink");
     }
 }

@@ -23,6 +23,7 @@ fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
         pid: None,
         version: None,
         default_version: false,
+        completions: true,
         origin: "t.toml:1".into(),
     })
 }
