@@ -24,6 +24,8 @@ pub struct DaemonConfig {
     /// Where the man pages and completions are served (`--share-dir`;
     /// default: `share` beside a mountpoint named `bin`).
     pub share_dir: Option<PathBuf>,
+    /// What `odfs gc` (and the daemon's hourly run) keeps (`[gc]`).
+    pub gc: GcSettings,
 }
 
 /// The config file (`/etc/odfs/odfs.toml`); every table is optional.
@@ -36,6 +38,95 @@ pub struct FileConfig {
     pub view: crate::view::ViewSettings,
     #[serde(default)]
     pub idle: IdleSettings,
+    #[serde(default)]
+    pub gc: GcFile,
+}
+
+/// `[gc]` as written: durations and sizes as text.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcFile {
+    /// Remove an image unused this long ("30d").
+    pub image_max_age: Option<String>,
+    /// Keep the images odfs manages under this ("20GiB").
+    pub image_budget: Option<String>,
+    /// Free space the engine's data root should keep ("5GiB", or "10%").
+    pub min_free: Option<String>,
+    /// Run every this long in the daemon ("1h"; "0s": only on `odfs gc`).
+    pub every: Option<String>,
+}
+
+/// How much of the disk free space must stay, at least.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFree {
+    Bytes(u64),
+    /// A share of the file system's size.
+    Share(f64),
+}
+
+impl MinFree {
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MinFree::Bytes(b) => b,
+            MinFree::Share(s) => (total as f64 * s) as u64,
+        }
+    }
+}
+
+/// `[gc]`, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcSettings {
+    /// Seconds an image may go unused (default 30 days).
+    pub max_age_s: u64,
+    /// Bytes the managed images may hold together (default: no budget).
+    pub budget: Option<u64>,
+    pub min_free: MinFree,
+    /// Seconds between the daemon's own runs (0: never).
+    pub every_s: u64,
+}
+
+impl Default for GcSettings {
+    fn default() -> GcSettings {
+        GcSettings { max_age_s: 30 * 86_400, budget: None, min_free: MinFree::Share(0.10), every_s: 3600 }
+    }
+}
+
+/// A size as the config file and flags write it ("20GiB", "512m").
+pub fn parse_bytes(what: &str, text: &str) -> Result<u64, String> {
+    parse_size::Config::new().with_binary().parse_size(text.trim()).map_err(|e| format!("{what} {text:?}: {e} (a size like 20GiB or 512m)"))
+}
+
+/// A duration as the config file and flags write it ("30d", "0s").
+pub fn parse_secs(what: &str, text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text.trim()).map(|d| d.as_secs()).map_err(|e| format!("{what} {text:?}: {e} (a duration like 30d or 12h)"))
+}
+
+impl GcFile {
+    pub fn resolve(&self) -> Result<GcSettings, String> {
+        let d = GcSettings::default();
+        let min_free = match self.min_free.as_deref().map(str::trim) {
+            None => d.min_free,
+            Some(p) if p.ends_with('%') => {
+                let share: f64 = p.trim_end_matches('%').trim().parse().map_err(|_| format!("[gc] min_free {p:?} is not a percentage like 10%"))?;
+                if !(0.0..=90.0).contains(&share) {
+                    return Err(format!("[gc] min_free {p:?} must be between 0% and 90%"));
+                }
+                MinFree::Share(share / 100.0)
+            }
+            Some(b) => MinFree::Bytes(parse_bytes("[gc] min_free", b)?),
+        };
+        Ok(GcSettings {
+            max_age_s: self.image_max_age.as_deref().map(|a| parse_secs("[gc] image_max_age", a)).transpose()?.unwrap_or(d.max_age_s),
+            budget: self.image_budget.as_deref().map(|b| parse_bytes("[gc] image_budget", b)).transpose()?,
+            min_free,
+            every_s: self.every.as_deref().map(|e| parse_secs("[gc] every", e)).transpose()?.unwrap_or(d.every_s),
+        })
+    }
+}
+
+/// The gc settings of the config file.
+pub fn gc(config: Option<&std::path::Path>) -> Result<GcSettings, String> {
+    FileConfig::load(config)?.gc.resolve()
 }
 
 /// `[idle]`: what idle containers may hold (see `policy::cache`).
@@ -172,5 +263,18 @@ mod tests {
         let e = FileConfig::load(Some(&path)).unwrap_err();
         assert!(e.contains("odfs.toml") && e.contains("hots"), "{e}");
         assert!(FileConfig::load(Some(&dir.path().join("absent.toml"))).is_err(), "a named file must exist");
+    }
+
+    #[test]
+    fn gc_settings_take_durations_sizes_and_shares() {
+        let g = GcFile { image_max_age: Some("7d".into()), image_budget: Some("20GiB".into()), min_free: Some("15%".into()), every: None };
+        let g = g.resolve().unwrap();
+        assert_eq!((g.max_age_s, g.budget, g.every_s), (7 * 86_400, Some(20 << 30), 3600));
+        assert_eq!(g.min_free.bytes(1000), 150);
+        assert_eq!(GcFile::default().resolve().unwrap(), GcSettings::default());
+        assert_eq!(GcFile { min_free: Some("2g".into()), ..Default::default() }.resolve().unwrap().min_free, MinFree::Bytes(2 << 30));
+        for bad in [GcFile { image_max_age: Some("soon".into()), ..Default::default() }, GcFile { min_free: Some("95%".into()), ..Default::default() }] {
+            assert!(bad.resolve().is_err());
+        }
     }
 }

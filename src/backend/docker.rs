@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountTypeEnum};
+use bollard::models::{ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountTypeEnum};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -21,7 +21,7 @@ pub struct Docker {
     /// Connected on first use and kept; a failed connection is retried on the
     /// next call, so odfs survives starting before the engine.
     client: tokio::sync::OnceCell<bollard::Docker>,
-    engine: Engine,
+    pub(super) engine: Engine,
 }
 
 /// Seconds an engine request may take to answer (streams may then run on).
@@ -66,7 +66,7 @@ impl Docker {
 
     /// The client, after agreeing on an API version: Debian's dockerd speaks
     /// 1.41, older than bollard's default.
-    async fn client(&self) -> Result<&bollard::Docker, BackendError> {
+    pub(super) async fn client(&self) -> Result<&bollard::Docker, BackendError> {
         let unreachable = |e: bollard::errors::Error| self.unreachable(e.to_string());
         self.client
             .get_or_try_init(|| async {
@@ -82,7 +82,7 @@ impl Docker {
             .await
     }
 
-    fn classify(&self, e: bollard::errors::Error) -> BackendError {
+    pub(super) fn classify(&self, e: bollard::errors::Error) -> BackendError {
         use bollard::errors::Error as E;
         match e {
             E::DockerResponseServerError { status_code, message } => BackendError::Answered { status: status_code, message },
@@ -149,21 +149,114 @@ fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
     progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
+/// The engine's form of a device the image asks for by name.
+fn device_request(ask: &super::DeviceAsk) -> DeviceRequest {
+    use crate::catalog::Gpus;
+    match ask {
+        super::DeviceAsk::Cdi(name) => DeviceRequest { driver: Some("cdi".into()), device_ids: Some(vec![name.clone()]), ..Default::default() },
+        super::DeviceAsk::Gpus(g) => {
+            let (count, device_ids) = match g {
+                Gpus::All => (Some(-1), None),
+                Gpus::Count(n) => (Some(*n as i64), None),
+                Gpus::Ids(ids) => (None, Some(ids.clone())),
+            };
+            DeviceRequest { driver: Some(String::new()), count, device_ids, capabilities: Some(vec![vec!["gpu".into()]]), ..Default::default() }
+        }
+    }
+}
+
+/// An engine's refusal of a container whose image asks for GPUs or CDI
+/// devices, as the one line the caller needs: what was asked, what the
+/// engine said, what to install. Other errors are given back.
+fn devices_unsupported(spec: &ContainerSpec, e: BackendError) -> BackendError {
+    let BackendError::Answered { message, .. } = &e else { return e };
+    let image = spec.labels.get(super::LABEL_IMAGE).map_or(spec.image.as_str(), String::as_str);
+    let gpus = spec.device_requests.iter().find_map(|d| match d {
+        super::DeviceAsk::Gpus(g) => Some(g.describe()),
+        super::DeviceAsk::Cdi(_) => None,
+    });
+    let cdi: Vec<&str> = spec.device_requests.iter().filter_map(|d| if let super::DeviceAsk::Cdi(n) = d { Some(n.as_str()) } else { None }).collect();
+    let lower = message.to_lowercase();
+    if let (Some(g), true) = (&gpus, lower.contains("device driver") || lower.contains("nvidia") || lower.contains("gpu")) {
+        return BackendError::Unsupported(format!(
+            "image {image} asks for GPUs ({g}) and the container engine has no GPU runtime ({}): install NVIDIA's container toolkit and restart the engine, or remove `gpus` from the image",
+            message.trim()
+        ));
+    }
+    if !cdi.is_empty() && (lower.contains("cdi") || lower.contains("device driver") || lower.contains("unresolvable")) {
+        return BackendError::Unsupported(format!(
+            "image {image} asks for the CDI device {} and the container engine cannot give it ({}): generate its CDI spec (nvidia-ctk cdi generate) on an engine with CDI support, or remove it from `devices`",
+            cdi.join(", "),
+            message.trim()
+        ));
+    }
+    e
+}
+
+/// A recipe's build context: its directory, with the site's CA bundle
+/// added to it and to its Dockerfile (see [`super::outbound::Outbound::dockerfile`]).
+fn build_context(dir: &Path, outbound: &super::outbound::Outbound) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let Some(ca) = &outbound.ca_bundle else {
+        tar.append_dir_all(".", dir)?;
+        return tar.into_inner();
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == "Dockerfile" {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            tar.append_dir_all(entry.file_name(), &path)?;
+        } else {
+            tar.append_path_with_name(&path, entry.file_name())?;
+        }
+    }
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data)
+    };
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile"))?;
+    add("Dockerfile", outbound.dockerfile(&dockerfile).as_bytes())?;
+    add(super::outbound::CA_IN_CONTEXT, &std::fs::read(ca).map_err(|e| std::io::Error::new(e.kind(), format!("the CA bundle {}: {e}", ca.display())))?)?;
+    tar.into_inner()
+}
+
+/// `repo:tag` of a reference (`latest` when it names none).
+fn split_tag(reference: &str) -> (String, String) {
+    let slash = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[slash..].rfind(':') {
+        Some(i) => (reference[..slash + i].to_string(), reference[slash + i + 1..].to_string()),
+        None => (reference.to_string(), "latest".to_string()),
+    }
+}
+
+pub(super) fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
 
-impl ContainerBackend for Docker {
-    async fn ensure_image(&self, reference: &str, progress: &ProgressTx) -> Result<bool, BackendError> {
-        match self.client().await?.inspect_image(reference).await {
-            Ok(_) => return Ok(false),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(self.classify(e)),
+impl Docker {
+    /// Whether the engine is on this machine.
+    pub(super) fn local(&self) -> bool {
+        self.exec_path() == ExecPath::Fd
+    }
+
+    /// Remove a container, errors only logged.
+    pub(super) async fn remove_quietly(&self, id: &str) {
+        if let Err(e) = ContainerBackend::remove(self, id).await {
+            tracing::warn!(container = id, "cannot remove: {e}");
         }
-        tracing::info!(image = reference, "image missing, pulling");
+    }
+
+    /// Pull `from`, shown as the fetch of `reference`.
+    async fn pull_one(&self, from: &str, reference: &str, progress: &ProgressTx) -> Result<(), BackendError> {
         let mut tracker = PullTracker::new(reference);
         progress.send_replace(Some(tracker.observe(None, "pulling", None, None).clone()));
-        let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
+        let opts = CreateImageOptionsBuilder::new().from_image(from).build();
         let mut pull = self.client().await?.create_image(Some(opts), None, None);
         while let Some(item) = pull.next().await {
             let reason = match item {
@@ -186,7 +279,42 @@ impl ContainerBackend for Docker {
             return Err(BackendError::ImageMissing { reference: reference.to_string(), reason });
         }
         finish(progress, tracker.observe(None, "pulled", None, None), true);
+        Ok(())
+    }
+}
+
+impl ContainerBackend for Docker {
+    async fn ensure_image(&self, reference: &str, progress: &ProgressTx) -> Result<bool, BackendError> {
+        match self.client().await?.inspect_image(reference).await {
+            Ok(_) => return Ok(false),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(self.classify(e)),
+        }
+        tracing::info!(image = reference, "image missing, pulling");
+        self.pull(reference, progress).await?;
         Ok(true)
+    }
+
+    async fn pull(&self, reference: &str, progress: &ProgressTx) -> Result<(), BackendError> {
+        // Docker Hub's images from the site's mirrors first, as the engine's
+        // own `registry-mirrors` would (Podman's API has no such setting):
+        // pulled under the mirror's name, then tagged as the catalog names it.
+        for mirrored in self.engine.outbound.mirrored(reference) {
+            match self.pull_one(&mirrored, reference, progress).await {
+                Ok(()) => {
+                    let client = self.client().await?;
+                    let (repo, tag) = split_tag(reference);
+                    let opts = bollard::query_parameters::TagImageOptionsBuilder::new().repo(&repo).tag(&tag).build();
+                    client.tag_image(&mirrored, Some(opts)).await.map_err(|e| self.classify(e))?;
+                    // Only the mirror's name goes; the image stays under the catalog's.
+                    let _ = client.remove_image(&mirrored, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+                    tracing::info!(image = reference, mirror = mirrored, "pulled from a registry mirror");
+                    return Ok(());
+                }
+                Err(e) => tracing::info!(image = reference, mirror = mirrored, "not from this mirror: {e}"),
+            }
+        }
+        self.pull_one(reference, reference, progress).await
     }
 
     async fn build_image(&self, reference: &str, recipe: &Path, progress: &ProgressTx) -> Result<(), BackendError> {
@@ -198,17 +326,22 @@ impl ContainerBackend for Docker {
         tracing::info!(image = reference, recipe = %recipe.display(), "building image from its recipe");
         let mut tracker = BuildTracker::new(reference);
         progress.send_replace(Some(ImageProgress { step: format!("building from {}", recipe.display()), ..tracker.progress().clone() }));
-        let dir = recipe.to_path_buf();
-        let context = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut tar = tar::Builder::new(Vec::new());
-            tar.append_dir_all(".", &dir)?;
-            tar.into_inner()
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?
-        .map_err(|e| failed(format!("cannot read the recipe: {e}")))?;
-        let opts = BuildImageOptionsBuilder::new().t(reference).networkmode("host").rm(true).forcerm(true).build();
         let client = self.client().await?;
+        let stamp = self.stamp_of(recipe).await.map_err(|e| failed(format!("cannot read the recipe: {e}")))?;
+        let (dir, outbound) = (recipe.to_path_buf(), self.engine.outbound.clone());
+        let context = tokio::task::spawn_blocking(move || build_context(&dir, &outbound))
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(format!("cannot read the recipe: {e}")))?;
+        let labels = HashMap::from([(super::LABEL_RECIPE.to_string(), stamp)]);
+        let opts = BuildImageOptionsBuilder::new()
+            .t(reference)
+            .networkmode("host")
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&self.engine.outbound.build_args())
+            .labels(&labels)
+            .build();
         let mut build = client.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
         let mut error = None;
         while let Some(item) = build.next().await {
@@ -317,20 +450,32 @@ impl ContainerBackend for Docker {
                 pid_mode: spec.host_namespaces.then(|| "host".into()),
                 ipc_mode: spec.host_namespaces.then(|| "host".into()),
                 uts_mode: spec.host_namespaces.then(|| "host".into()),
+                devices: Some(
+                    spec.devices
+                        .iter()
+                        .map(|d| DeviceMapping {
+                            path_on_host: Some(d.clone()),
+                            path_in_container: Some(d.clone()),
+                            cgroup_permissions: Some("rwm".into()),
+                        })
+                        .collect(),
+                ),
+                device_requests: (!spec.device_requests.is_empty()).then(|| spec.device_requests.iter().map(device_request).collect()),
                 ..Default::default()
             }),
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
         let client = self.client().await?;
+        let asked = |e: BackendError| devices_unsupported(spec, e);
         let created = match client.create_container(Some(opts.clone()), body.clone()).await {
             Ok(c) => c,
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
                 // A leftover with our name (from a crash): it is ours to replace.
                 self.remove(&spec.name).await?;
-                client.create_container(Some(opts), body).await.map_err(|e| self.classify(e))?
+                client.create_container(Some(opts), body).await.map_err(|e| asked(self.classify(e)))?
             }
-            Err(e) => return Err(self.classify(e)),
+            Err(e) => return Err(asked(self.classify(e))),
         };
         if let Some(tar) = &spec.preload {
             let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
@@ -341,7 +486,7 @@ impl ContainerBackend for Docker {
         }
         if let Err(e) = client.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
             let _ = self.remove(&created.id).await;
-            return Err(self.classify(e));
+            return Err(asked(self.classify(e)));
         }
         Ok(created.id)
     }
@@ -476,6 +621,51 @@ impl ContainerBackend for Docker {
         result
     }
 
+    async fn image_info(&self, reference: &str) -> Result<Option<super::ImageInfo>, BackendError> {
+        self.inspect_info(reference).await
+    }
+
+    async fn registry_digest(&self, reference: &str) -> Result<String, BackendError> {
+        // Docker Hub's names through the first mirror that answers.
+        for name in self.engine.outbound.mirrored(reference).iter().map(String::as_str).chain([reference]) {
+            match self.client().await?.inspect_registry_image(name, None).await {
+                Ok(d) if d.descriptor.digest.is_some() => return Ok(d.descriptor.digest.unwrap_or_default()),
+                Ok(_) => continue,
+                Err(e) if name != reference => tracing::info!(image = reference, mirror = name, "not from this mirror: {e}"),
+                Err(e) => return Err(self.classify(e)),
+            }
+        }
+        Err(BackendError::Engine(format!("the registry of {reference} gave no digest")))
+    }
+
+    async fn images(&self) -> Result<Vec<super::ImageInfo>, BackendError> {
+        self.list_image_infos().await
+    }
+
+    async fn holders(&self) -> Result<Vec<super::Holder>, BackendError> {
+        Docker::holders(self).await
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), BackendError> {
+        self.remove_image_id(id).await
+    }
+
+    async fn prune_build_cache(&self) -> Result<u64, BackendError> {
+        self.prune_builds().await
+    }
+
+    async fn data_root_space(&self) -> Result<Option<(String, u64, u64)>, BackendError> {
+        Docker::data_root_space(self).await
+    }
+
+    async fn recipe_stamp(&self, recipe: &Path) -> std::io::Result<String> {
+        self.stamp_of(recipe).await
+    }
+
+    async fn version_of(&self, image: &str, argv: &[String], mount_id: &str) -> Result<String, BackendError> {
+        self.version_output(image, argv, mount_id).await
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         let images = self
             .client()
@@ -555,6 +745,7 @@ impl ContainerBackend for Docker {
                 id: c.id.unwrap_or_default(),
                 name: c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
                 profile: c.labels.as_ref().and_then(|l| l.get(LABEL_PROFILE)).cloned().unwrap_or_default(),
+                image_id: c.image_id.clone().unwrap_or_default(),
                 token: c.labels.as_ref().and_then(|l| l.get(super::LABEL_TOKEN)).cloned().unwrap_or_default(),
                 view: c.labels.as_ref().and_then(|l| l.get(super::LABEL_VIEW)).cloned().unwrap_or_default(),
                 running: c.state.as_ref().is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused")),

@@ -17,6 +17,8 @@ pub struct Engine {
     pub tls: Option<PathBuf>,
     /// Where the choice came from, for `odfs doctor`.
     pub source: &'static str,
+    /// The site's mirrors, proxies and CA bundle (`[engine]`).
+    pub outbound: super::outbound::Outbound,
 }
 
 /// How calls reach tools on an engine.
@@ -47,6 +49,27 @@ pub struct EngineSettings {
     #[serde(default)]
     pub tls_verify: bool,
     pub cert_path: Option<PathBuf>,
+    /// Registries tried first for Docker Hub images.
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
+    /// Proxies for recipe builds and networked tools.
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+    /// A PEM bundle the builds and networked tools trust.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl EngineSettings {
+    pub fn outbound(&self) -> super::outbound::Outbound {
+        super::outbound::Outbound {
+            registry_mirrors: self.registry_mirrors.clone(),
+            http_proxy: self.http_proxy.clone(),
+            https_proxy: self.https_proxy.clone(),
+            no_proxy: self.no_proxy.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+        }
+    }
 }
 
 /// The environment's say, as Docker's clients read it.
@@ -100,7 +123,7 @@ impl Engine {
             None
         };
         let tls = tls.map(|t| t.ok_or_else(|| "TLS is on but no certificate directory is set (set cert_path or DOCKER_CERT_PATH)".to_string())).transpose()?;
-        let engine = Engine { host, tls, source };
+        let engine = Engine { host, tls, source, outbound: file.outbound() };
         engine.validate()?;
         Ok(engine)
     }

@@ -38,6 +38,46 @@ impl ContainerBackend for Fake {
         Ok(())
     }
 
+    async fn pull(&self, _reference: &str, _progress: &super::ProgressTx) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn image_info(&self, reference: &str) -> Result<Option<super::ImageInfo>, BackendError> {
+        Ok(Some(super::ImageInfo { id: format!("sha256:{reference}"), tags: vec![reference.to_string()], ..Default::default() }))
+    }
+
+    async fn registry_digest(&self, reference: &str) -> Result<String, BackendError> {
+        Ok(format!("sha256:{reference}"))
+    }
+
+    async fn images(&self) -> Result<Vec<super::ImageInfo>, BackendError> {
+        Ok(vec![])
+    }
+
+    async fn holders(&self) -> Result<Vec<super::Holder>, BackendError> {
+        Ok(vec![])
+    }
+
+    async fn remove_image(&self, _id: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    async fn prune_build_cache(&self) -> Result<u64, BackendError> {
+        Ok(0)
+    }
+
+    async fn data_root_space(&self) -> Result<Option<(String, u64, u64)>, BackendError> {
+        Ok(None)
+    }
+
+    async fn recipe_stamp(&self, _recipe: &std::path::Path) -> std::io::Result<String> {
+        Ok(String::new())
+    }
+
+    async fn version_of(&self, _image: &str, _argv: &[String], _mount_id: &str) -> Result<String, BackendError> {
+        Ok(String::new())
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
         let n = self.starts.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.start_delay).await;
@@ -146,7 +186,7 @@ impl ContainerBackend for Fake {
             .unwrap()
             .iter()
             .filter(|(s, _)| s.labels.get(LABEL_MOUNT).map(String::as_str) == Some(mount_id))
-            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default(), view: s.labels.get(super::LABEL_VIEW).cloned().unwrap_or_default() })
+            .map(|(s, id)| Managed { id: id.clone(), name: s.name.clone(), profile: s.labels[LABEL_PROFILE].clone(), image_id: s.image.clone(), running: true, paused: false, token: s.labels.get(super::LABEL_TOKEN).cloned().unwrap_or_default(), view: s.labels.get(super::LABEL_VIEW).cloned().unwrap_or_default() })
             .collect())
     }
 }

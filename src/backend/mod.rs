@@ -4,6 +4,8 @@
 
 pub mod docker;
 pub mod engine;
+mod images;
+pub mod outbound;
 #[cfg(test)]
 pub mod fake;
 pub mod progress;
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 pub use engine::ExecPath;
+pub use images::{statvfs, Holder, ImageInfo};
 
 /// Labels every odfs container carries.
 pub const LABEL_MANAGED: &str = "io.odfs.managed";
@@ -26,6 +29,9 @@ pub const LABEL_IMAGE: &str = "io.odfs.image";
 /// The agent's token, so a restarted daemon can talk to adopted containers
 /// (labels are visible only through the engine's API, that is, to root).
 pub const LABEL_TOKEN: &str = "io.odfs.token";
+/// On an image built from a recipe: a hash of the recipe's files and its
+/// base images' ids, so `odfs update` rebuilds it when either changed.
+pub const LABEL_RECIPE: &str = "io.odfs.recipe";
 /// What the container's tools see of the host (see [`crate::view::View`]).
 pub const LABEL_VIEW: &str = "io.odfs.view";
 
@@ -91,6 +97,20 @@ pub struct ContainerSpec {
     /// signal the caller's processes, share its System V IPC and POSIX
     /// shared memory, and have its host name.
     pub host_namespaces: bool,
+    /// Host device nodes, passed at the same path with their modes and
+    /// owners (the cgroup allows them).
+    pub devices: Vec<String>,
+    /// Devices the engine finds by name: CDI names and GPUs.
+    pub device_requests: Vec<DeviceAsk>,
+}
+
+/// A device the engine resolves itself (its device-request API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceAsk {
+    /// A CDI name (`vendor.com/class=name`).
+    Cdi(String),
+    /// GPUs, from the GPU runtime (NVIDIA's container toolkit).
+    Gpus(crate::catalog::Gpus),
 }
 
 /// What an attached exec writes: (1 for stdout or 2 for stderr, bytes).
@@ -110,6 +130,8 @@ pub struct Managed {
     pub id: String,
     pub name: String,
     pub profile: String,
+    /// The id of the image it runs.
+    pub image_id: String,
     pub running: bool,
     pub paused: bool,
     pub token: String,
@@ -130,6 +152,10 @@ pub enum BackendError {
     Answered { status: u16, message: String },
     #[error("container engine error: {0}")]
     Engine(String),
+    /// The engine cannot give a container what its image asks for (GPUs,
+    /// a CDI device).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl BackendError {
@@ -169,6 +195,30 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// (`crate::share`), read without running anything from it, bounded in
     /// size (`crate::share::MAX_FILE`, `MAX_IMAGE`).
     fn image_docs(&self, reference: &str, commands: &[String], mount_id: &str) -> impl Future<Output = Result<Vec<crate::share::Doc>, BackendError>> + Send;
+    /// Pull an image whether or not it is here (`odfs update`), from the
+    /// site's mirrors first for Docker Hub images.
+    fn pull(&self, reference: &str, progress: &ProgressTx) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// A local image by reference or id; `None` when it is not here.
+    fn image_info(&self, reference: &str) -> impl Future<Output = Result<Option<ImageInfo>, BackendError>> + Send;
+    /// The digest a registry gives for `reference` now (its manifest's),
+    /// without pulling anything.
+    fn registry_digest(&self, reference: &str) -> impl Future<Output = Result<String, BackendError>> + Send;
+    /// Every local image.
+    fn images(&self) -> impl Future<Output = Result<Vec<ImageInfo>, BackendError>> + Send;
+    /// Every container on the engine (any mount's, and others'): what
+    /// holds which image.
+    fn holders(&self) -> impl Future<Output = Result<Vec<Holder>, BackendError>> + Send;
+    /// Remove an image by id, never forced (an image in use stays).
+    fn remove_image(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Drop the engine's build cache; the bytes freed.
+    fn prune_build_cache(&self) -> impl Future<Output = Result<u64, BackendError>> + Send;
+    /// The engine's data root, its file system's free and total bytes
+    /// (`None` on a remote engine).
+    fn data_root_space(&self) -> impl Future<Output = Result<Option<(String, u64, u64)>, BackendError>> + Send;
+    /// The stamp of a recipe and its base images (see [`LABEL_RECIPE`]).
+    fn recipe_stamp(&self, recipe: &Path) -> impl Future<Output = std::io::Result<String>> + Send;
+    /// The first line a version command prints in a throw-away container.
+    fn version_of(&self, image: &str, argv: &[String], mount_id: &str) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// References (repo:tag) of the images on this machine.
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.

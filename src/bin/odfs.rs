@@ -124,6 +124,39 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Fetch the images of these commands again (pull their references,
+    /// or build recipes whose files or base images changed), print what
+    /// changed, and move their containers to the new image when they are
+    /// next idle. A reference pinned by digest never moves.
+    Update {
+        commands: Vec<String>,
+        /// Every image of the catalog (the default when no command is named).
+        #[arg(long, conflicts_with = "commands")]
+        all: bool,
+        /// Only report what would change (asks the registries, fetches nothing).
+        #[arg(long)]
+        check: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Remove the images odfs manages that nothing uses: those unused for
+    /// the age, then, least recently used first, those the catalog does
+    /// not need while over the budget or the disk is nearly full; and
+    /// leftover containers.
+    Gc {
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove images unused this long (default: [gc] image_max_age, 30d;
+        /// 0s: every unused one).
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Keep the managed images under this size (default: [gc] image_budget).
+        #[arg(long)]
+        budget: Option<String>,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// List the executables on an image's PATH, without running anything
     /// from it; with --add, map them all as commands.
     Scan {
@@ -321,9 +354,9 @@ fn main() -> ExitCode {
         Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, share_dir, mountpoint } => {
             odfs::telemetry::init();
             let settings = odfs::config::engine(engine.as_deref(), config.as_deref()).and_then(|e| {
-                Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?, odfs::config::idle(config.as_deref())?))
+                Ok((e, odfs::config::view(&shared, &hidden, config.as_deref())?, odfs::config::idle(config.as_deref())?, odfs::config::gc(config.as_deref())?))
             });
-            let (engine, view, idle) = match settings {
+            let (engine, view, idle, gc) = match settings {
                 Ok(e) => e,
                 Err(e) => {
                     eprintln!("odfs: mount: {e}");
@@ -351,6 +384,7 @@ fn main() -> ExitCode {
                 engine,
                 idle,
                 share_dir,
+                gc,
             };
             tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime").and_then(|rt| {
                 let result = rt.block_on(odfs::daemon::run(cfg));
@@ -368,6 +402,21 @@ fn main() -> ExitCode {
         Command::Stop { command, all: _, force, socket } => done(ask(&socket, Request::Stop { command, force })),
         Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
         Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
+        Command::Update { commands, all: _, check, socket } => done(ask(&socket, Request::Update { commands, check })),
+        Command::Gc { dry_run, max_age, budget, socket } => {
+            let limits = max_age
+                .as_deref()
+                .map(|a| odfs::config::parse_secs("--max-age", a))
+                .transpose()
+                .and_then(|a| Ok((a, budget.as_deref().map(|b| odfs::config::parse_bytes("--budget", b)).transpose()?)));
+            match limits {
+                Ok((max_age_s, budget)) => done(ask(&socket, Request::Gc { dry_run, max_age_s, budget })),
+                Err(e) => {
+                    eprintln!("odfs: gc: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Doctor { socket, config } => doctor(&socket, config.as_deref()),
         Command::Scan { image, add, socket } => done(ask(&socket, Request::Scan { image, add })),
         Command::Import { format, dir, output } => import(format, &dir, output.as_deref()),
@@ -625,6 +674,7 @@ fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
     // An image fetched on the way (pull, prewarm) is shown as a call shows it.
     let subcommand = match req {
         Request::Pull { .. } => "pull",
+        Request::Update { .. } => "update",
         Request::Prewarm { .. } => "prewarm",
         _ => "odfs",
     };
@@ -657,7 +707,9 @@ impl odfs_wire::progress::Screen for Stderr {
 }
 
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let Response::Status { engine, containers: list, idle: budget } = ask(socket, Request::Status)? else { anyhow::bail!("unexpected answer from the daemon") };
+    let Response::Status { engine, containers: list, idle: budget, images, disk } = ask(socket, Request::Status)? else {
+        anyhow::bail!("unexpected answer from the daemon")
+    };
     if json {
         let rows: Vec<_> = list
             .iter()
@@ -668,7 +720,15 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
         let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path,
                                         "source": engine.source, "version": engine.version.as_ref().ok(),
                                         "error": engine.version.as_ref().err()});
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows, "idle_budget": budget}))?);
+        let images: Vec<_> = images
+            .iter()
+            .map(|i| serde_json::json!({"references": i.references, "id": i.id, "size": i.size, "last_used_ms": i.last_used_ms,
+                                        "containers": i.containers, "needed": i.needed}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows, "idle_budget": budget, "images": images, "disk": disk}))?
+        );
     } else {
         let place = if engine.remote { "remote" } else { "local" };
         let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
@@ -679,6 +739,17 @@ fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
             let idle = format!("{}s", c.idle_ms / 1000);
             let memory = if c.memory == 0 { "-".to_string() } else { format!("{:.1}M", c.memory as f64 / (1u64 << 20) as f64) };
             println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} {}", c.image, c.state, c.running_tools, idle, memory, c.exec_path, c.container, c.next);
+        }
+        println!();
+        println!("disk: {disk}");
+        println!("{:<14} {:>10} {:>10} {:<8} REFERENCE", "IMAGE ID", "SIZE", "LAST USED", "NEEDED");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for i in images {
+            let used = i.last_used_ms.map_or("never".to_string(), |t| format!("{}d ago", (now - t).max(0) / 86_400_000));
+            let id = i.id.strip_prefix("sha256:").unwrap_or(&i.id);
+            let names = if i.references.is_empty() { "(untagged)".to_string() } else { i.references.join(", ") };
+            let size = format!("{:.1}M", i.size as f64 / (1u64 << 20) as f64);
+            println!("{:<14} {:>10} {:>10} {:<8} {names}", &id[..id.len().min(12)], size, used, if i.needed { "catalog" } else { "-" });
         }
     }
     Ok(())

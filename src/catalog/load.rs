@@ -70,6 +70,17 @@ struct RawImage {
     /// Serve its shell completions (scripts users' shells run on the host).
     #[serde(default = "yes")]
     completions: bool,
+    /// A graphical image: its tools get the caller's display and sound.
+    #[serde(default)]
+    gui: bool,
+    /// Host device nodes (or CDI names) passed to its containers.
+    #[serde(default)]
+    devices: Vec<String>,
+    /// GPUs asked of the engine: "all", a count, or a list of ids.
+    gpus: Option<toml::Value>,
+    /// A command line printing its tools' version (`odfs update` shows it).
+    #[serde(default)]
+    version_command: Vec<String>,
     #[serde(default)]
     commands: Vec<String>,
 }
@@ -194,6 +205,18 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
         } else if img.default {
             errors.push(err(line, format!("image {name}: default = true needs a version (the default of which versions?)")));
         }
+        for dev in &img.devices {
+            if let Err(e) = super::model::validate_device(dev) {
+                errors.push(err(line, format!("image {name}: {e}")));
+            }
+        }
+        let gpus = match img.gpus.as_ref().map(super::model::Gpus::parse).transpose() {
+            Ok(g) => g,
+            Err(e) => {
+                errors.push(err(line, format!("image {name}: {e}")));
+                continue;
+            }
+        };
         for cmd in &img.commands {
             match CommandName::new(cmd) {
                 Ok(cname) => {
@@ -225,6 +248,10 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
                 version: img.version,
                 default_version: img.default,
                 completions: img.completions,
+                gui: img.gui,
+                devices: img.devices,
+                gpus,
+                version_command: img.version_command,
                 origin,
             },
         );

@@ -10,8 +10,8 @@ mod model;
 mod store;
 
 pub use load::{load_dirs, parse_file, CatalogError};
-pub use model::{capability, capability_mask, code_loading_variable, validate_name, validate_path, version_order, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
-pub use store::{Invocation, PastCall, Store};
+pub use model::{capability, capability_mask, code_loading_variable, is_cdi_name, validate_name, validate_path, version_order, Catalog, CommandName, CommandSpec, Gpus, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
+pub use store::{ImageUse, Invocation, PastCall, Store};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -284,8 +284,74 @@ pub struct ImageSpec {
     /// Its shell completions are served beside the mount (`completions =
     /// false`: its man pages only).
     pub completions: bool,
+    /// `gui = true`: its tools get the caller's display and sound (the
+    /// variables naming them and their sockets); other images' tools get
+    /// neither.
+    pub gui: bool,
+    /// Host device nodes passed to its containers at the same path (access
+    /// decided by their modes and the caller's groups, as natively), or CDI
+    /// names (`vendor.com/class=name`) the engine resolves.
+    pub devices: Vec<String>,
+    /// GPUs asked of the engine's device-request API.
+    pub gpus: Option<Gpus>,
+    /// What prints its tools' version (`["jq", "--version"]`), run by
+    /// `odfs update` in the old and the new image.
+    pub version_command: Vec<String>,
     /// `file:line` where it was defined.
     pub origin: String,
+}
+
+/// GPUs an image asks for (`gpus = "all"`, `gpus = 2`, `gpus = ["0", "GPU-3a…"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Gpus {
+    All,
+    Count(u32),
+    Ids(Vec<String>),
+}
+
+impl Gpus {
+    pub fn parse(v: &toml::Value) -> Result<Gpus, String> {
+        let bad = || format!("gpus = {v} is neither \"all\", a count like 1, nor a list of GPU ids like [\"0\", \"1\"]");
+        match v {
+            toml::Value::String(s) if s == "all" => Ok(Gpus::All),
+            toml::Value::Integer(n) if *n >= 1 && *n <= 1024 => Ok(Gpus::Count(*n as u32)),
+            toml::Value::Array(ids) if !ids.is_empty() => ids
+                .iter()
+                .map(|i| match i {
+                    toml::Value::String(s) if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_:.".contains(c)) => Ok(s.clone()),
+                    toml::Value::Integer(n) if *n >= 0 => Ok(n.to_string()),
+                    _ => Err(bad()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Gpus::Ids),
+            _ => Err(bad()),
+        }
+    }
+
+    /// As the catalog spells it, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Gpus::All => "gpus = \"all\"".into(),
+            Gpus::Count(n) => format!("gpus = {n}"),
+            Gpus::Ids(ids) => format!("gpus = {ids:?}"),
+        }
+    }
+}
+
+/// Whether a `devices` entry names a CDI device (`nvidia.com/gpu=all`)
+/// rather than a host node.
+pub fn is_cdi_name(dev: &str) -> bool {
+    !dev.starts_with('/') && dev.contains('=') && dev.split_once('=').is_some_and(|(kind, _)| kind.contains('/'))
+}
+
+/// A `devices` entry: a node under `/dev` named from `/`, or a CDI name.
+pub fn validate_device(dev: &str) -> Result<(), String> {
+    let node = dev.starts_with("/dev/") && !dev.split('/').any(|c| c == ".." || c == ".") && !dev.contains(':') && dev.len() > 5;
+    if node || (is_cdi_name(dev) && !dev.chars().any(|c| c.is_whitespace() || c == ':')) {
+        Ok(())
+    } else {
+        Err(format!("devices entry {dev:?} is neither a device under /dev (like \"/dev/kvm\") nor a CDI name (like \"nvidia.com/gpu=all\")"))
+    }
 }
 
 /// A version as the catalog may name it: `1.7`, `3.11.4`, `2024-01`,

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS invocations (
     id INTEGER PRIMARY KEY, command TEXT NOT NULL, image TEXT NOT NULL, uid INTEGER NOT NULL,
     started_ms INTEGER NOT NULL, setup_us INTEGER NOT NULL, served TEXT NOT NULL, outcome TEXT NOT NULL,
     session INTEGER, container TEXT, pid INTEGER, exit INTEGER, run_ms INTEGER);
+CREATE TABLE IF NOT EXISTS image_uses (
+    id TEXT PRIMARY KEY, reference TEXT NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER);
 ";
 
 /// Made once the columns exist (older databases gain them at open): a
@@ -51,11 +53,23 @@ pub struct Invocation {
     pub pid: i32,
     /// started | the error the caller saw
     pub outcome: String,
+    /// The id of the image its tool ran in (empty when none ran).
+    pub image_id: String,
+}
+
+/// An image odfs has run or replaced, and when a tool last ran in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUse {
+    pub id: String,
+    pub reference: String,
+    pub first_ms: i64,
+    pub last_ms: Option<i64>,
 }
 
 enum Write {
     Catalog(Box<Catalog>),
     Invocation(Invocation),
+    ImageSeen { id: String, reference: String, at_ms: i64 },
     Finish { container: String, pid: i32, status: i32, run_ms: u64 },
 }
 
@@ -122,6 +136,22 @@ impl Store {
         Ok(out)
     }
 
+    /// Every image odfs has run a container of or moved a reference off,
+    /// with its last use (the newest call served in it).
+    pub fn image_uses(&self) -> rusqlite::Result<Vec<ImageUse>> {
+        let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare("SELECT id, reference, first_ms, last_ms FROM image_uses")?;
+        let rows = stmt.query_map([], |r| Ok(ImageUse { id: r.get(0)?, reference: r.get(1)?, first_ms: r.get(2)?, last_ms: r.get(3)? }))?;
+        rows.collect()
+    }
+
+    /// odfs made a container of image `id` for `reference`, or moved
+    /// `reference` off it: it is one of the images `odfs gc` manages.
+    pub fn image_seen(&self, id: &str, reference: &str) {
+        let at_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let _ = self.tx.try_send(Write::ImageSeen { id: id.to_string(), reference: reference.to_string(), at_ms });
+    }
+
     pub fn save_catalog(&self, catalog: &Catalog) {
         let _ = self.tx.try_send(Write::Catalog(Box::new(catalog.clone())));
     }
@@ -178,6 +208,11 @@ fn apply(conn: &Connection, w: Write, since_trim: &mut u32) -> rusqlite::Result<
             )?
             .execute(params![status, run_ms as i64, container, pid])
             .map(|_| ()),
+        Write::ImageSeen { id, reference, at_ms } => {
+            conn.prepare_cached("INSERT INTO image_uses (id, reference, first_ms) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING")?
+                .execute(params![id, reference, at_ms])?;
+            Ok(())
+        }
         Write::Invocation(i) => {
             *since_trim += 1;
             conn.prepare_cached(
@@ -185,6 +220,9 @@ fn apply(conn: &Connection, w: Write, since_trim: &mut u32) -> rusqlite::Result<
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![i.command, i.image, i.uid, i.started_ms, i.setup_us, i.served, i.outcome, i.session, i.container, i.pid])?;
+            if !i.image_id.is_empty() {
+                conn.prepare_cached("UPDATE image_uses SET last_ms = MAX(COALESCE(last_ms, 0), ?2) WHERE id = ?1")?.execute(params![i.image_id, i.started_ms])?;
+            }
             if *since_trim >= 1000 {
                 *since_trim = 0;
                 // A trim that fails is tried again 1000 rows later.
@@ -246,6 +284,7 @@ mod tests {
         let cat = super::super::load::parse_file(Path::new("x.toml"), text).unwrap();
         let store = Store::open(&db).unwrap();
         store.save_catalog(&cat);
+        store.image_seen("sha256:b1", "r");
         store.record(Invocation {
             command: "sh".into(),
             image: "b".into(),
@@ -257,6 +296,7 @@ mod tests {
             container: "c1".into(),
             pid: 42,
             outcome: "started".into(),
+            image_id: "sha256:b1".into(),
         });
         store.finish("c1", 42, 3, 1500);
         drop(store); // the writer drains its queue, then stops
@@ -280,6 +320,10 @@ mod tests {
             conn.query_row("SELECT served, exit, run_ms FROM invocations", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
         assert_eq!((cmds, served.as_str(), exit, run), (2, "cold", 3, 1500));
         let again = Store::open(&db).unwrap();
+        // The image's last use is its newest call.
+        let uses = again.image_uses().unwrap();
+        assert_eq!(uses.len(), 1);
+        assert_eq!((uses[0].id.as_str(), uses[0].reference.as_str(), uses[0].last_ms), ("sha256:b1", "r", Some(1)));
         let past = again.recent_calls(10).unwrap();
         assert_eq!(
             past,

@@ -4,12 +4,11 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use super::call::Caller;
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{validate_name, validate_path, ImageSpec};
+use crate::catalog::{validate_name, validate_path};
 use crate::protocol::{CommandInfo, Failure, Response};
 
 /// Name of the file `odfs add` and `odfs rm` manage.
@@ -37,7 +36,7 @@ fn image_name_for(reference: &str) -> String {
 }
 
 impl<B: ContainerBackend> Daemon<B> {
-    fn require_root(caller: &Caller, what: &str) -> Result<(), Response> {
+    pub(super) fn require_root(caller: &Caller, what: &str) -> Result<(), Response> {
         if caller.uid == 0 {
             Ok(())
         } else {
@@ -346,21 +345,10 @@ impl<B: ContainerBackend> Daemon<B> {
         if let Err(r) = Self::require_root(caller, "pull") {
             return r;
         }
-        let snapshot = self.snapshot();
-        let mut images: Vec<Arc<ImageSpec>> = if commands.is_empty() {
-            snapshot.images.values().cloned().collect()
-        } else {
-            let mut v = Vec::new();
-            for c in commands {
-                match snapshot.get(c) {
-                    Some(r) => v.push(r.image.clone()),
-                    None => return error(format!("{c} is not in the catalog")),
-                }
-            }
-            v
+        let images = match self.images_of(commands) {
+            Ok(i) => i,
+            Err(r) => return r,
         };
-        images.sort_by(|a, b| a.reference.cmp(&b.reference));
-        images.dedup_by(|a, b| a.reference == b.reference);
         let mut lines = Vec::new();
         let mut failed = false;
         for image in images {

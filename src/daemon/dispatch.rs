@@ -87,7 +87,8 @@ impl<B: ContainerBackend> Daemon<B> {
                 let containers = self.pool.status().await;
                 let engine = self.pool.backend().engine_info().await;
                 let idle = self.pool.budget_line(&containers);
-                self.answer(conn, Response::Status { engine, containers, idle });
+                let (images, disk) = self.image_usage().await;
+                self.answer(conn, Response::Status { engine, containers, idle, images, disk });
             }
             Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
             Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),
@@ -121,6 +122,14 @@ impl<B: ContainerBackend> Daemon<B> {
             }
             Ok(Some((Request::View { command }, _))) => {
                 let r = self.view(&command, &caller).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Update { commands, check }, _))) => {
+                let r = self.update(&caller, &commands, check, &conn).await;
+                self.answer(conn, r)
+            }
+            Ok(Some((Request::Gc { dry_run, max_age_s, budget }, _))) => {
+                let r = self.gc(&caller, dry_run, max_age_s, budget).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Pull { commands }, _))) => {

@@ -28,6 +28,33 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100
 const PASSED_ENV: [&str; 12] =
     ["TERM", "COLORTERM", "NO_COLOR", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "COLUMNS", "LINES", "TMPDIR"];
 
+/// Variables that name the caller's display and sound server: passed to
+/// the tools of `gui` images only.
+pub const DISPLAY_ENV: [&str; 5] = ["DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "PULSE_SERVER", "PIPEWIRE_REMOTE"];
+
+/// What an image adds to and takes from [`tool_env`]: a graphical image's
+/// tools get the caller's display (privileged ones too, with
+/// `XDG_RUNTIME_DIR` where its sockets are); no other image's tools do. A
+/// networked image's tools get the site's proxies and CA bundle, where
+/// their caller's environment names none.
+pub fn image_env(env: &mut Vec<Vec<u8>>, caller_env: &[Vec<u8>], image: &crate::catalog::ImageSpec, privileged: bool, site: &[(String, String)]) {
+    let key_of = |kv: &[u8]| kv.iter().position(|&b| b == b'=').map(|eq| kv[..eq].to_vec());
+    if !image.gui {
+        env.retain(|kv| key_of(kv).is_none_or(|k| !DISPLAY_ENV.iter().any(|d| d.as_bytes() == k.as_slice())));
+    } else if privileged {
+        let wanted = |k: &[u8]| DISPLAY_ENV.iter().chain(&["XDG_RUNTIME_DIR"]).any(|d| d.as_bytes() == k);
+        let display: Vec<Vec<u8>> = caller_env.iter().filter(|kv| key_of(kv).is_some_and(|k| wanted(&k)) && !env.contains(kv)).cloned().collect();
+        env.extend(display);
+    }
+    if image.network != crate::catalog::Network::None {
+        for (k, v) in site {
+            if !caller_env.iter().any(|kv| key_of(kv).as_deref() == Some(k.as_bytes())) {
+                env.push(format!("{k}={v}").into_bytes());
+            }
+        }
+    }
+}
+
 /// The caller's environment as the tool gets it, `stamp` (its caller, see
 /// [`super::stamps`]) added. A tool that runs as its caller with nothing
 /// added gets the environment as it is: it could be run with it anyway.
@@ -268,14 +295,14 @@ impl<B: ContainerBackend> Daemon<B> {
         let session = crate::protocol::peer::session_of(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
         let outcome = self.clone().run(&control, req, fds, caller.clone(), session, inside).await;
-        let (image, served, outcome_text, container, pid) = match &outcome {
-            Ok((started, image, served)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid),
-            Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0),
+        let (image, served, outcome_text, container, pid, image_id) = match &outcome {
+            Ok((started, image, served, id)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid, id.to_string()),
+            Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0, String::new()),
         };
         let setup_us = started.elapsed().as_micros() as i64;
         tokio::task::spawn_blocking(move || {
             let sent = match outcome {
-                Ok((started, _, _)) => {
+                Ok((started, _, _, _)) => {
                     let mut fds = vec![started.agent.as_raw_fd()];
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
                     let stamps = trace.then_some(crate::protocol::stages::DaemonStamps { agent: started.sent_at, started: started.started_at, ..stamps });
@@ -313,6 +340,7 @@ impl<B: ContainerBackend> Daemon<B> {
             container,
             pid,
             outcome: outcome_text,
+            image_id,
         });
     }
 
@@ -324,7 +352,7 @@ impl<B: ContainerBackend> Daemon<B> {
         caller: Caller,
         session: Option<i32>,
         inside: bool,
-    ) -> Result<(Started, String, Served), Failure> {
+    ) -> Result<(Started, String, Served, Arc<str>), Failure> {
         if req.version != PROTOCOL_VERSION {
             return Err(Failure::new(format!(
                 "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
@@ -381,6 +409,7 @@ impl<B: ContainerBackend> Daemon<B> {
             // The agent's clock is ours only on the fd path.
             trace: req.trace && !relayed,
         };
+        image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &self.outbound.tool_env(!relayed));
         let fds = Arc::new(fds);
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
@@ -401,7 +430,7 @@ impl<B: ContainerBackend> Daemon<B> {
             match result {
                 Ok(started) => {
                     self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
-                    return Ok((started, entry.image.name.clone(), ready.served));
+                    return Ok((started, entry.image.name.clone(), ready.served, ready.image.clone()));
                 }
                 Err(StartError::Refused(r)) => return Err(r),
                 Err(StartError::Unreachable(e)) if attempt == 0 => {

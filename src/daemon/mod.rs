@@ -12,6 +12,7 @@ mod dispatch;
 mod docs;
 mod exec;
 mod facts;
+mod images;
 mod link;
 mod listener;
 pub mod pins;
@@ -50,6 +51,10 @@ pub struct Daemon<B> {
     docs: docs::Docs,
     /// Per-project version pins, as read so far.
     pins: pins::Pins,
+    /// The site's proxies and CA bundle, for networked tools.
+    outbound: crate::backend::outbound::Outbound,
+    /// What `odfs gc` keeps (`[gc]`).
+    gc: crate::config::GcSettings,
 }
 
 impl<B> Daemon<B> {

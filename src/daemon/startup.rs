@@ -255,6 +255,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         stamps: stamps::Stamps::new(),
         tasks: TaskTracker::new(),
         pins: Default::default(),
+        outbound: cfg.engine.outbound.clone(),
+        gc: cfg.gc.clone(),
         docs: super::docs::Docs::new(crate::share::share_dir(&mountpoint, cfg.share_dir.as_deref()), &cfg.state_dir),
     });
 
@@ -281,6 +283,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx, tasks.clone(), stop.clone()));
     tasks.spawn(reap(daemon.clone(), stop.clone()));
     tasks.spawn(super::docs::keep_docs(daemon.clone(), stop.clone()));
+    tasks.spawn(super::images::keep_collecting(daemon.clone(), stop.clone()));
 
     let requests = TaskTracker::new();
     serve(&daemon, &control, &requests, &stop).await;

@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -80,6 +80,28 @@ pub enum Request {
     Hint { command: String },
     /// What a command's tool sees of the host.
     View { command: String },
+    /// Fetch the images of these commands again (all when empty) and move
+    /// their containers to what changed; with `check`, only report (root only).
+    Update { commands: Vec<String>, check: bool },
+    /// Remove images odfs manages that are unused or over the budget, and
+    /// leftovers; with `dry_run`, only list. The limits override the
+    /// config for this run (root only).
+    Gc { dry_run: bool, max_age_s: Option<u64>, budget: Option<u64> },
+}
+
+/// A local image odfs manages, for `odfs status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUsage {
+    /// Its names (empty: an image an update left behind).
+    pub references: Vec<String>,
+    pub id: String,
+    pub size: u64,
+    /// When a tool last ran in it (Unix ms), if ever.
+    pub last_used_ms: Option<i64>,
+    /// Containers that hold it.
+    pub containers: u32,
+    /// A catalog entry names it.
+    pub needed: bool,
 }
 
 /// What a tool sees of the host (`odfs show`).
@@ -207,7 +229,7 @@ pub enum Response {
     /// odfs could not run the tool (or do what was asked).
     Error(Failure),
     /// `idle`: the idle budget and what of it is in use, in a line.
-    Status { engine: EngineInfo, containers: Vec<ContainerStatus>, idle: String },
+    Status { engine: EngineInfo, containers: Vec<ContainerStatus>, idle: String, images: Vec<ImageUsage>, disk: String },
     Stats(Vec<CommandStats>),
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.

@@ -23,6 +23,27 @@ const START_LIMIT: Duration = Duration::from_secs(30);
 /// How long a status question may take: a frozen container cannot hang us.
 const STATUS_LIMIT: Duration = Duration::from_secs(2);
 
+/// Where X servers listen (the abstract socket of the same name needs the
+/// host's network namespace; this one any container can reach).
+const X11_SOCKETS: &str = "/tmp/.X11-unix";
+
+/// A device node an image passes must be one on this machine: else one
+/// line that names it, not the engine's error at start.
+fn check_device(image: &ImageSpec, dev: &str) -> Result<(), PoolError> {
+    use std::os::unix::fs::FileTypeExt;
+    let refuse = |why: String| {
+        PoolError::Backend(crate::backend::BackendError::Unsupported(format!(
+            "image {} passes the device {dev}, which {why}: load its driver or attach the device, or remove it from the image's `devices`",
+            image.name
+        )))
+    };
+    match std::fs::metadata(dev) {
+        Ok(m) if m.file_type().is_char_device() || m.file_type().is_block_device() => Ok(()),
+        Ok(_) => Err(refuse("is not a device node on this machine".into())),
+        Err(e) => Err(refuse(format!("this machine does not have ({e})"))),
+    }
+}
+
 /// A profile's container as the local link reaches it.
 #[derive(Debug, Clone)]
 pub struct FdLink {
@@ -101,6 +122,17 @@ impl FdLink {
             // binds it): POSIX shared memory there is the host's, and a path
             // the caller names there is the caller's file.
             view.host.push(crate::view::HOST_SHM.into());
+        }
+        // Devices passed are the host's nodes at the same path: named there,
+        // they are the caller's device.
+        for dev in &spec.devices {
+            check_device(image, dev)?;
+            view.host.push(dev.into());
+        }
+        // A graphical tool draws on the caller's display: X11's sockets,
+        // wherever the image's own /tmp would hide them.
+        if image.gui && Path::new(X11_SOCKETS).is_dir() && !view.sees_host(Path::new(X11_SOCKETS)) {
+            spec.binds.push(Bind { source: X11_SOCKETS.into(), target: X11_SOCKETS.into(), read_only: true, follow_host: true });
         }
         if !spec.host_namespaces && image.network != crate::catalog::Network::Host {
             spec.hostname = host_name();

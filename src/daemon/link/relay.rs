@@ -50,6 +50,12 @@ impl RelayLink {
     /// files do not exist there), its socket kept inside and reached from
     /// inside, the image's `remote_dirs` bound.
     pub fn prepare<B>(&self, setup: &Setup<'_, B>, image: &ImageSpec, spec: &mut ContainerSpec) -> Result<View, PoolError> {
+        if image.gui {
+            return Err(PoolError::Backend(crate::backend::BackendError::Unsupported(format!(
+                "image {} is graphical (gui = true) and the container engine is remote: its tools cannot reach this machine's display (run it on a local engine)",
+                image.name
+            ))));
+        }
         let archive = match setup.archive.get() {
             Some(a) => a.clone(),
             None => {

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::call::{PoolError, StartError, Started};
 use super::facts::Facts;
 use super::link::{Launch, Link, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
-use crate::backend::{ContainerBackend, ContainerSpec, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
+use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
 use crate::catalog::{ImageSpec, KeepAlive};
 use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
@@ -115,6 +115,12 @@ fn new_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// An image id as people read it: the first 12 hex digits.
+pub fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
 /// Calls remembered per profile.
 const HISTORY: usize = 500;
 
@@ -152,6 +158,17 @@ pub struct Slot {
     beside: AtomicU64,
     /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
     idle: AtomicBool,
+    /// The image id its containers should run, once `odfs update` moved
+    /// its reference: a container of another one is replaced when it is
+    /// next idle (its running tools finish where they are).
+    wanted: Mutex<Option<Arc<str>>>,
+}
+
+impl Slot {
+    /// Its container runs an image its reference no longer names.
+    fn outdated(&self, c: &Container) -> Option<Arc<str>> {
+        self.wanted.lock().unwrap().clone().filter(|w| !c.image.is_empty() && **w != *c.image)
+    }
 }
 
 impl Slot {
@@ -170,6 +187,8 @@ impl Slot {
 pub struct Ready {
     pub target: Target,
     pub served: Served,
+    /// The id of the image its container runs.
+    pub image: Arc<str>,
     slot: Arc<Slot>,
 }
 
@@ -247,7 +266,7 @@ impl<B: ContainerBackend> Pool<B> {
         // The host's top-level directories are part of the view: when one
         // appears or goes, new calls get a container that has it.
         let text = format!(
-            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}",
+            "v{PROTOCOL_VERSION}\0{}\0{}\0{user}\0{}\0{}\0{:?}\0{:?}\0{:?}\0{:?}\0{}\0{:?}\0{:?}",
             image.reference,
             image.network.as_str(),
             caps.join(","),
@@ -255,7 +274,10 @@ impl<B: ContainerBackend> Pool<B> {
             self.cfg.view,
             image.limits,
             image.remote_dirs,
-            image.scratch
+            image.scratch,
+            image.gui,
+            image.devices,
+            image.gpus
         );
         h.update(text.as_bytes());
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
@@ -273,6 +295,7 @@ impl<B: ContainerBackend> Pool<B> {
                     memory: AtomicU64::new(0),
                     beside: AtomicU64::new(0),
                     idle: AtomicBool::new(false),
+                    wanted: Mutex::new(None),
                     name,
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
@@ -338,7 +361,7 @@ impl<B: ContainerBackend> Pool<B> {
         slot.idle.store(false, Ordering::SeqCst);
         self.cache.lock().unwrap().called(&slot.key, cold);
         let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
-        Ok(Ready { target, served, slot: slot.clone() })
+        Ok(Ready { target, served, image: c.image, slot: slot.clone() })
     }
 
     /// Start a tool in the container `ready` holds.
@@ -355,6 +378,18 @@ impl<B: ContainerBackend> Pool<B> {
     /// Make the slot's container run; returns it and how it was found.
     async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(Container, Served), PoolError> {
         let served = |fetched| if fetched { Served::Pulled } else { Served::Cold };
+        // An update moved the image: an idle container of the old one makes
+        // way now (this call is the only one on its way in), a busy one
+        // serves on until it is idle, so no call sees a mix.
+        if let Some(c) = state.container().cloned() {
+            if let Some(wanted) = slot.outdated(&c) {
+                let idle = matches!(state, State::Paused { .. })
+                    || (self.agent_status(slot, &c).await.is_ok_and(|(running, _)| running == 0) && slot.pending.load(Ordering::SeqCst) == 1);
+                if idle {
+                    self.retire(slot, state, &c, &wanted).await;
+                }
+            }
+        }
         match state.clone() {
             State::Warm { c, since, fetched } => {
                 // Started while this call waited (prewarm on open): the caller
@@ -448,6 +483,13 @@ impl<B: ContainerBackend> Pool<B> {
     async fn start_container(&self, slot: &Slot) -> Result<(Container, bool), PoolError> {
         let image = &slot.image;
         let pulled = self.fetch(image, &slot.progress).await?;
+        // The container is made of the image's id, not its name: an update
+        // that moves the name meanwhile cannot give it another image.
+        let image_id: Arc<str> = match self.backend.image_info(&image.reference).await? {
+            Some(i) if !i.id.is_empty() => i.id.into(),
+            _ => image.reference.as_str().into(),
+        };
+        *slot.wanted.lock().unwrap() = Some(image_id.clone());
         let token = new_token().map_err(|e| PoolError::setup("make an agent token", e))?;
         let labels = HashMap::from([
             (LABEL_TOKEN.to_string(), token.clone()),
@@ -458,7 +500,7 @@ impl<B: ContainerBackend> Pool<B> {
         ]);
         let mut spec = ContainerSpec {
             name: slot.name.clone(),
-            image: image.reference.clone(),
+            image: image_id.to_string(),
             entrypoint: vec![AGENT_IN_CONTAINER.into(), "--socket".into(), SOCKET_IN_CONTAINER.into()],
             labels,
             network: image.network.as_str().to_string(),
@@ -471,6 +513,14 @@ impl<B: ContainerBackend> Pool<B> {
             tmpfs: vec![],
             hostname: None,
             host_namespaces: false,
+            devices: image.devices.iter().filter(|d| !crate::catalog::is_cdi_name(d)).cloned().collect(),
+            device_requests: image
+                .devices
+                .iter()
+                .filter(|d| crate::catalog::is_cdi_name(d))
+                .map(|d| DeviceAsk::Cdi(d.clone()))
+                .chain(image.gpus.clone().map(DeviceAsk::Gpus))
+                .collect(),
         };
         let view = slot.link.prepare(&self.setup(), image, &mut spec).await?;
         spec.labels.insert(LABEL_VIEW.to_string(), view.to_label());
@@ -482,7 +532,10 @@ impl<B: ContainerBackend> Pool<B> {
             return Err(PoolError::AgentSilent { image: image.reference.clone(), limit_s: AGENT_START_LIMIT.as_secs(), container: slot.name.clone() });
         }
         tracing::debug!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "agent answers");
-        Ok((Container { id, token, view: Arc::new(view) }, pulled))
+        if let Some(store) = &self.store {
+            store.image_seen(&image_id, &image.reference);
+        }
+        Ok((Container { id, token, view: Arc::new(view), image: image_id }, pulled))
     }
 
     /// The paths tools run other tools through.
@@ -673,8 +726,39 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    /// Remove a container of an image its profile's reference moved off.
+    async fn retire(&self, slot: &Slot, state: &mut State, c: &Container, wanted: &str) {
+        match self.backend.remove(&c.id).await {
+            Ok(()) => transition(&slot.name, state, State::Absent, &format!("image updated: {} → {}; the next call starts on the new one", short_id(&c.image), short_id(wanted))),
+            Err(e) => tracing::warn!(container = slot.name, "cannot remove a container of an outdated image: {e}"),
+        }
+    }
+
+    /// Profiles of `reference` move to image `id`: each container of
+    /// another image goes when it is next idle (see [`Slot::wanted`]).
+    /// Returns how many containers still run the old one.
+    pub fn retarget(&self, reference: &str, id: &str) -> usize {
+        let mut outdated = 0;
+        for slot in self.slots.iter().filter(|s| s.image.reference == reference) {
+            *slot.wanted.lock().unwrap() = Some(id.into());
+            if let Ok(state) = slot.state.try_lock() {
+                outdated += state.container().is_some_and(|c| slot.outdated(c).is_some()) as usize;
+            }
+        }
+        outdated
+    }
+
     async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
         let now = self.now();
+        if let Some(c) = state.container().cloned() {
+            if let Some(wanted) = slot.outdated(&c) {
+                let idle = matches!(state, State::Paused { .. }) || self.agent_status(slot, &c).await.is_ok_and(|(running, _)| running == 0);
+                if idle && slot.pending.load(Ordering::SeqCst) == 0 {
+                    self.retire(slot, state, &c, &wanted).await;
+                    return Ok(());
+                }
+            }
+        }
         let (phase, plan) = match state.clone() {
             State::Warm { c, .. } => {
                 let (running, idle_ms) = match self.agent_status(slot, &c).await {
@@ -762,7 +846,14 @@ impl<B: ContainerBackend> Pool<B> {
                     && slot.link.probe(&*self.backend, &found.id, &found.token, Duration::ZERO).await.is_ok()
                 {
                     slot.link.started();
-                    let c = Container { id: found.id, token: found.token, view: Arc::new(View::from_label(&found.view)) };
+                    // Updated while no daemon ran: it moves when next idle.
+                    if let Ok(Some(now)) = self.backend.image_info(&image.reference).await {
+                        *slot.wanted.lock().unwrap() = Some(now.id.into());
+                    }
+                    if let Some(store) = &self.store {
+                        store.image_seen(&found.image_id, &image.reference);
+                    }
+                    let c = Container { id: found.id, token: found.token, view: Arc::new(View::from_label(&found.view)), image: found.image_id.into() };
                     transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, "adopted from an earlier run");
                     continue;
                 }
@@ -904,6 +995,24 @@ impl<B: ContainerBackend> Pool<B> {
     pub async fn pull(&self, image: &Arc<ImageSpec>) -> Result<bool, PoolError> {
         let slot = self.slot(image);
         self.fetch(image, &slot.progress).await
+    }
+
+    /// `odfs update`: pull an image's reference again, or build its recipe
+    /// again, with progress on its profile's channel.
+    pub async fn refetch(&self, image: &Arc<ImageSpec>, rebuild: bool) -> Result<(), PoolError> {
+        let slot = self.slot(image);
+        match (&image.build, rebuild) {
+            (Some(recipe), true) => self.backend.build_image(&image.reference, recipe, &slot.progress).await?,
+            _ => self.backend.pull(&image.reference, &slot.progress).await?,
+        }
+        // A fetch that failed before need not wait out its backoff now.
+        *slot.pull_failure.lock().unwrap() = None;
+        Ok(())
+    }
+
+    /// The image ids this mount's containers run now.
+    pub fn images_in_use(&self) -> Vec<Arc<str>> {
+        self.slots.iter().filter_map(|s| s.state.try_lock().ok().and_then(|st| st.container().map(|c| c.image.clone()))).collect()
     }
 
     /// Follow the fetches of an image's profile (see [`Slot::progress`]).

@@ -17,6 +17,8 @@ pub struct Container {
     pub token: String,
     /// What its tools see of the host.
     pub view: Arc<View>,
+    /// The id of the image it runs (empty when the engine did not say).
+    pub image: Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_transition_replaces_the_state_and_keeps_the_container_s_data() {
-        let c = Container { id: "abc".into(), token: "t".into(), view: Arc::default() };
+        let c = Container { id: "abc".into(), token: "t".into(), view: Arc::default(), image: "".into() };
         let mut s = State::Absent;
         transition("x", &mut s, State::Warm { c: c.clone(), since: Instant::now(), fetched: false }, "started");
         transition("x", &mut s, State::Paused { c: c.clone() }, "idle");

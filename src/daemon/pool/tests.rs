@@ -24,6 +24,10 @@ fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
         version: None,
         default_version: false,
         completions: true,
+        gui: false,
+        devices: vec![],
+        gpus: None,
+        version_command: vec![],
         origin: "t.toml:1".into(),
     })
 }

@@ -1,0 +1,205 @@
+//! What odfs sends towards the network on a site's terms: registry mirrors
+//! for pulls, HTTP proxies and an extra CA bundle for recipe builds and for
+//! the tools of networked images (`[engine]` of the config file). Pure:
+//! the engine code applies it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The name the CA bundle has in a recipe's build context, and where the
+/// built image keeps it.
+pub const CA_IN_CONTEXT: &str = ".odfs-ca-bundle.pem";
+pub const CA_IN_IMAGE: &str = "/usr/local/share/ca-certificates/odfs-ca-bundle.crt";
+
+/// Variables through which TLS clients take a CA bundle: OpenSSL's, curl's,
+/// Python requests', git's, Node's.
+const CA_VARIABLES: [&str; 5] = ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "NODE_EXTRA_CA_CERTS"];
+
+/// A site's proxies, mirrors and CA bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outbound {
+    /// Registries tried before Docker Hub for its images (`host[:port]`,
+    /// an `https://` or `http://` prefix allowed, as in Docker's
+    /// `registry-mirrors`).
+    pub registry_mirrors: Vec<String>,
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+    /// A PEM bundle to trust (the site's whole trust store: it replaces
+    /// the image's for the clients that read [`CA_VARIABLES`]).
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// A reference split as registries name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference<'a> {
+    /// `None`: Docker Hub.
+    pub registry: Option<&'a str>,
+    pub repository: &'a str,
+    /// `:tag` or `@sha256:…`, with its sign; empty: `latest`.
+    pub suffix: &'a str,
+}
+
+impl<'a> Reference<'a> {
+    pub fn parse(reference: &'a str) -> Reference<'a> {
+        let (name, digest) = match reference.split_once('@') {
+            Some((n, _)) => (n, &reference[n.len()..]),
+            None => (reference, ""),
+        };
+        let slash = name.rfind('/').map_or(0, |i| i + 1);
+        let (name, suffix) = match (digest.is_empty(), name[slash..].find(':')) {
+            (true, Some(i)) => (&name[..slash + i], &reference[slash + i..]),
+            _ => (name, digest),
+        };
+        // A first component with a dot, a port or `localhost` names a registry.
+        match name.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                let hub = first == "docker.io" || first == "index.docker.io" || first == "registry-1.docker.io";
+                Reference { registry: (!hub).then_some(first), repository: rest, suffix }
+            }
+            _ => Reference { registry: None, repository: name, suffix },
+        }
+    }
+
+    /// Pinned by digest: it names one image forever.
+    pub fn pinned(&self) -> bool {
+        self.suffix.starts_with('@')
+    }
+}
+
+impl Outbound {
+    /// The same image on each mirror, in order, for a Docker Hub tag (a
+    /// digest or another registry's image is pulled from where it is).
+    pub fn mirrored(&self, reference: &str) -> Vec<String> {
+        let r = Reference::parse(reference);
+        if r.registry.is_some() || r.pinned() {
+            return vec![];
+        }
+        let repo = if r.repository.contains('/') { r.repository.to_string() } else { format!("library/{}", r.repository) };
+        self.registry_mirrors
+            .iter()
+            .map(|m| m.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/'))
+            .filter(|m| !m.is_empty())
+            .map(|m| format!("{m}/{repo}{}", if r.suffix.is_empty() { ":latest" } else { r.suffix }))
+            .collect()
+    }
+
+    /// The proxies as a build's arguments (Docker's predefined proxy
+    /// arguments, in both spellings: seen by `RUN`, kept out of the image).
+    pub fn build_args(&self) -> HashMap<String, String> {
+        self.proxy_pairs().into_iter().collect()
+    }
+
+    fn proxy_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, value) in [("http_proxy", &self.http_proxy), ("https_proxy", &self.https_proxy), ("no_proxy", &self.no_proxy)] {
+            if let Some(v) = value {
+                out.push((name.to_string(), v.clone()));
+                out.push((name.to_uppercase(), v.clone()));
+            }
+        }
+        out
+    }
+
+    /// What a networked image's tools get when their caller's environment
+    /// does not say otherwise: the proxies, and the CA bundle (at its host
+    /// path, which the tools see) in the variables TLS clients read. On a
+    /// remote engine the bundle's path is not there, so only the proxies.
+    pub fn tool_env(&self, local: bool) -> Vec<(String, String)> {
+        let mut out = self.proxy_pairs();
+        if let (Some(ca), true) = (&self.ca_bundle, local) {
+            out.extend(CA_VARIABLES.iter().map(|v| (v.to_string(), ca.display().to_string())));
+        }
+        out
+    }
+
+    /// A recipe's Dockerfile with the CA bundle added to every stage: copied
+    /// in from the build context right after each `FROM`, and named in the
+    /// variables TLS clients read, so `RUN` steps behind an intercepting
+    /// proxy trust it (and so do the built image's tools).
+    pub fn dockerfile(&self, text: &str) -> String {
+        if self.ca_bundle.is_none() {
+            return text.to_string();
+        }
+        let vars: Vec<String> = CA_VARIABLES.iter().map(|v| format!("{v}={CA_IN_IMAGE}")).collect();
+        let add = format!("COPY {CA_IN_CONTEXT} {CA_IN_IMAGE}\nENV {}\n", vars.join(" "));
+        let mut out = String::with_capacity(text.len() + 4 * add.len());
+        let mut in_from = false;
+        for line in text.lines() {
+            out.push_str(line);
+            out.push('\n');
+            let word = line.trim_start().split_whitespace().next().unwrap_or("");
+            in_from = in_from || word.eq_ignore_ascii_case("FROM");
+            // A FROM continued on the next line ends where the backslash stops.
+            if in_from && !line.trim_end().ends_with('\\') {
+                out.push_str(&add);
+                in_from = false;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_registry_repository_and_tag() {
+        let r = Reference::parse;
+        assert_eq!(r("debian:bookworm"), Reference { registry: None, repository: "debian", suffix: ":bookworm" });
+        assert_eq!(r("jq"), Reference { registry: None, repository: "jq", suffix: "" });
+        assert_eq!(r("docker.io/library/jq:1"), Reference { registry: None, repository: "library/jq", suffix: ":1" });
+        assert_eq!(r("localhost:5000/t/jq:1.7"), Reference { registry: Some("localhost:5000"), repository: "t/jq", suffix: ":1.7" });
+        assert_eq!(r("127.0.0.1:5000/jq"), Reference { registry: Some("127.0.0.1:5000"), repository: "jq", suffix: "" });
+        let pinned = r("ghcr.io/o/x@sha256:ab12");
+        assert_eq!((pinned.registry, pinned.repository, pinned.suffix), (Some("ghcr.io"), "o/x", "@sha256:ab12"));
+        assert!(pinned.pinned() && !r("o/x:1").pinned());
+        assert_eq!(r("odfs-test/busybox:latest").registry, None);
+    }
+
+    #[test]
+    fn mirrors_serve_docker_hub_tags_only() {
+        let o = Outbound { registry_mirrors: vec!["https://mirror.corp:5000/".into(), "10.0.0.2".into()], ..Default::default() };
+        assert_eq!(o.mirrored("debian:bookworm"), ["mirror.corp:5000/library/debian:bookworm", "10.0.0.2/library/debian:bookworm"]);
+        assert_eq!(o.mirrored("org/tool"), ["mirror.corp:5000/org/tool:latest", "10.0.0.2/org/tool:latest"]);
+        assert!(o.mirrored("quay.io/org/tool:1").is_empty());
+        assert!(o.mirrored("debian@sha256:abcd").is_empty());
+        assert!(Outbound::default().mirrored("debian").is_empty());
+    }
+
+    #[test]
+    fn proxies_become_build_arguments_and_tool_variables_in_both_spellings() {
+        let o = Outbound {
+            http_proxy: Some("http://proxy:3128".into()),
+            no_proxy: Some("localhost,.corp".into()),
+            ca_bundle: Some("/etc/ssl/corp.pem".into()),
+            ..Default::default()
+        };
+        let args = o.build_args();
+        assert_eq!(args["HTTP_PROXY"], "http://proxy:3128");
+        assert_eq!(args["http_proxy"], "http://proxy:3128");
+        assert_eq!(args["NO_PROXY"], "localhost,.corp");
+        assert!(!args.contains_key("https_proxy"));
+        let local = o.tool_env(true);
+        assert!(local.contains(&("SSL_CERT_FILE".into(), "/etc/ssl/corp.pem".into())));
+        assert!(!o.tool_env(false).iter().any(|(k, _)| k == "SSL_CERT_FILE"), "the remote side has no such path");
+    }
+
+    #[test]
+    fn the_ca_bundle_goes_into_every_stage_after_its_from() {
+        let o = Outbound { ca_bundle: Some("/x.pem".into()), ..Default::default() };
+        let text = "# syntax=docker/dockerfile:1\nFROM debian AS build\nRUN make\nfrom \\\n  busybox\nCOPY --from=build /a /a\n";
+        let out = o.dockerfile(text);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "# syntax=docker/dockerfile:1");
+        assert_eq!(lines[1], "FROM debian AS build");
+        assert!(lines[2].starts_with("COPY .odfs-ca-bundle.pem "), "{out}");
+        assert!(lines[3].starts_with("ENV SSL_CERT_FILE="));
+        assert_eq!(lines[4], "RUN make");
+        assert_eq!((lines[5], lines[6]), ("from \\", "  busybox"));
+        assert!(lines[7].starts_with("COPY .odfs-ca-bundle.pem "));
+        assert_eq!(out.matches("COPY .odfs").count(), 2);
+        assert_eq!(Outbound::default().dockerfile(text), text);
+    }
+}

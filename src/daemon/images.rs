@@ -1,0 +1,425 @@
+//! Images over time: `odfs update` (fetch again, report what changed, move
+//! containers to the new image when they are next idle), `odfs gc` (remove
+//! what odfs manages and nothing uses, least recently used first, within
+//! an age, a budget and the disk's free space) and the images' lines of
+//! `odfs status`. Which images to remove is [`plan_gc`], pure.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use super::call::Caller;
+use super::pool::short_id;
+use super::Daemon;
+use crate::backend::outbound::Reference;
+use crate::backend::{ContainerBackend, ImageInfo, LABEL_RECIPE};
+use crate::catalog::ImageSpec;
+use crate::protocol::{Failure, ImageUsage, Response};
+
+/// Leftover containers of odfs (never started, or exited) younger than this
+/// may belong to a scan under way: they stay.
+const LEFTOVER_AGE_S: i64 = 600;
+
+/// One local image odfs manages, as gc weighs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: String,
+    pub names: Vec<String>,
+    pub size: u64,
+    /// When a tool last ran in it, or it came here (Unix ms).
+    pub last_used_ms: i64,
+    /// A container holds it.
+    pub in_use: bool,
+    /// A catalog entry's reference names it.
+    pub needed: bool,
+}
+
+/// What gc removes and why, and what it could not get under.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GcPlan {
+    pub remove: Vec<(String, String)>,
+    /// Said when the budget or the free space is still not met.
+    pub short: Option<String>,
+}
+
+/// The limits of one gc run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_age_s: u64,
+    pub budget: Option<u64>,
+    /// (free bytes, bytes that should be free) of the engine's data root.
+    pub disk: Option<(u64, u64)>,
+}
+
+pub fn human_bytes(b: u64) -> String {
+    let (v, unit) = match b {
+        b if b >= 1 << 30 => (b as f64 / (1u64 << 30) as f64, "GiB"),
+        b if b >= 1 << 20 => (b as f64 / (1u64 << 20) as f64, "MiB"),
+        b => (b as f64 / 1024.0, "KiB"),
+    };
+    format!("{v:.1} {unit}")
+}
+
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    let s = ((now_ms - then_ms).max(0) / 1000) as u64;
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days ago", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours ago", s / 3600),
+        s if s >= 120 => format!("{} minutes ago", s / 60),
+        s => format!("{s} s ago"),
+    }
+}
+
+/// Which images go: every one unused for longer than the age (an image in
+/// use never goes); then, while the managed images hold more than the
+/// budget or the disk has less free than it should, the least recently
+/// used of those no catalog entry needs.
+pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
+    let mut plan = GcPlan::default();
+    let mut gone: HashSet<&str> = HashSet::new();
+    let age_ms = (limits.max_age_s as i64).saturating_mul(1000);
+    for c in images.iter().filter(|c| !c.in_use && now_ms - c.last_used_ms >= age_ms) {
+        plan.remove.push((c.id.clone(), format!("unused since {}", ago(now_ms, c.last_used_ms))));
+        gone.insert(&c.id);
+    }
+    let held = |gone: &HashSet<&str>| images.iter().filter(|c| !gone.contains(c.id.as_str())).map(|c| c.size).sum::<u64>();
+    let freed = |gone: &HashSet<&str>| images.iter().filter(|c| gone.contains(c.id.as_str())).map(|c| c.size).sum::<u64>();
+    let over = |gone: &HashSet<&str>| limits.budget.is_some_and(|b| held(gone) > b);
+    let short = |gone: &HashSet<&str>| limits.disk.is_some_and(|(free, want)| free + freed(gone) < want);
+    let mut lru: Vec<&Candidate> = images.iter().filter(|c| !c.in_use && !c.needed && !gone.contains(c.id.as_str())).collect();
+    lru.sort_by_key(|c| c.last_used_ms);
+    for c in lru {
+        if !over(&gone) && !short(&gone) {
+            break;
+        }
+        let why = if over(&gone) { "over the image budget" } else { "the disk is nearly full" };
+        plan.remove.push((c.id.clone(), format!("{why}, least recently used (last {})", ago(now_ms, c.last_used_ms))));
+        gone.insert(&c.id);
+    }
+    let rest = "the rest are in use, or needed by the catalog and used within image_max_age";
+    if let (true, Some(b)) = (over(&gone), limits.budget) {
+        plan.short = Some(format!("still {} over the image budget of {}: {rest}", human_bytes(held(&gone) - b), human_bytes(b)));
+    } else if let (true, Some((free, want))) = (short(&gone), limits.disk) {
+        plan.short = Some(format!("the engine's disk still has only {} free of the {} it should keep: {rest}", human_bytes(free + freed(&gone)), human_bytes(want)));
+    }
+    plan
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl<B: ContainerBackend> Daemon<B> {
+    /// The images of these commands (every image when empty), one per reference.
+    pub(super) fn images_of(&self, commands: &[String]) -> Result<Vec<Arc<ImageSpec>>, Response> {
+        let snapshot = self.snapshot();
+        let mut images: Vec<Arc<ImageSpec>> = if commands.is_empty() {
+            snapshot.images.values().cloned().collect()
+        } else {
+            let mut v = Vec::new();
+            for c in commands {
+                match snapshot.get(c) {
+                    Some(r) => v.push(r.image.clone()),
+                    None => return Err(Response::Error(Failure::with_status(format!("{c} is not in the catalog (odfs ls lists what is)"), 1))),
+                }
+            }
+            v
+        };
+        images.sort_by(|a, b| a.reference.cmp(&b.reference));
+        images.dedup_by(|a, b| a.reference == b.reference);
+        Ok(images)
+    }
+
+    /// `odfs update`: each image again, and what changed. A reference
+    /// pinned by digest never moves; a recipe is built again only when its
+    /// files or base images changed; `check` reports without fetching.
+    pub(super) async fn update(&self, caller: &Caller, commands: &[String], check: bool, client: &UnixStream) -> Response {
+        if let Err(r) = Self::require_root(caller, "update") {
+            return r;
+        }
+        let images = match self.images_of(commands) {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        let mut lines = Vec::new();
+        let mut failed = false;
+        for image in images {
+            match self.update_one(&image, check, client).await {
+                Ok(line) => lines.push(format!("{}: {line}", image.reference)),
+                Err(e) => {
+                    failed = true;
+                    lines.push(format!("{}: {e}", image.reference));
+                }
+            }
+        }
+        if failed {
+            Response::Error(Failure::with_status(lines.join("\n"), 1))
+        } else {
+            Response::Done(lines.join("\n"))
+        }
+    }
+
+    async fn update_one(&self, image: &Arc<ImageSpec>, check: bool, client: &UnixStream) -> Result<String, String> {
+        let backend = self.pool.backend();
+        let r = &image.reference;
+        let before = backend.image_info(r).await.map_err(|e| e.to_string())?;
+        if Reference::parse(r).pinned() {
+            return Ok(format!("pinned by digest: stays{}", before.map_or(String::new(), |b| format!(" at {}", short_id(&b.id)))));
+        }
+        // A recipe the image was built from (or no image yet) decides; an
+        // image that came from a registry is pulled.
+        let built = before.as_ref().map(|b| b.labels.get(LABEL_RECIPE).cloned());
+        let rebuild = match (&image.build, built) {
+            (Some(recipe), None | Some(Some(_))) => {
+                let stamp = backend.recipe_stamp(recipe).await.map_err(|e| format!("cannot read the recipe {}: {e}", recipe.display()))?;
+                let was = before.as_ref().and_then(|b| b.labels.get(LABEL_RECIPE));
+                if was == Some(&stamp) {
+                    return Ok(format!("up to date at {} (its recipe and base images are as built)", short_id(&before.unwrap_or_default().id)));
+                }
+                if check {
+                    return Ok(format!("would be built again: its recipe {} or a base image changed", recipe.display()));
+                }
+                true
+            }
+            _ => false,
+        };
+        if check {
+            let digest = backend.registry_digest(r).await.map_err(|e| format!("cannot ask its registry: {e}"))?;
+            let here = before.as_ref().is_some_and(|b| b.digests.iter().any(|d| d.ends_with(&format!("@{digest}"))));
+            return Ok(if here {
+                format!("up to date ({digest})")
+            } else {
+                format!("an update is available: {digest} (here: {})", before.map_or("nothing".into(), |b| short_id(&b.id).to_string()))
+            });
+        }
+        self.with_progress(client, image, self.pool.refetch(image, rebuild)).await.map_err(|e| e.to_string())?;
+        let after = backend.image_info(r).await.map_err(|e| e.to_string())?.ok_or("gone right after its fetch")?;
+        let Some(before) = before else { return Ok(format!("fetched: {}", short_id(&after.id))) };
+        if before.id == after.id {
+            return Ok(format!("up to date at {}", short_id(&after.id)));
+        }
+        // The old image stays odfs's to remove once nothing holds it.
+        self.store.image_seen(&before.id, r);
+        let moving = self.pool.retarget(r, &after.id);
+        let mut line = format!("updated {} → {}", short_id(&before.id), short_id(&after.id));
+        if !image.version_command.is_empty() {
+            let mount = self.pool.mount_id();
+            let version = |id: String| async move {
+                backend.version_of(&id, &image.version_command, mount).await.unwrap_or_else(|e| format!("(no version: {e})"))
+            };
+            line += &format!(" ({} → {})", version(before.id.clone()).await, version(after.id.clone()).await);
+        }
+        if moving > 0 {
+            line += &format!("; {moving} running container(s) move to it when their tools end");
+        }
+        Ok(line)
+    }
+
+    /// Every image odfs manages that is here, as gc weighs it.
+    async fn candidates(&self) -> Result<(Vec<Candidate>, Vec<crate::backend::Holder>), String> {
+        let backend = self.pool.backend();
+        let uses: HashMap<String, crate::catalog::ImageUse> =
+            self.store.image_uses().map_err(|e| format!("cannot read the history: {e}"))?.into_iter().map(|u| (u.id.clone(), u)).collect();
+        let images = backend.images().await.map_err(|e| e.to_string())?;
+        let holders = backend.holders().await.map_err(|e| e.to_string())?;
+        let mut needed = HashSet::new();
+        for image in self.snapshot().images.values() {
+            if let Ok(Some(i)) = backend.image_info(&image.reference).await {
+                needed.insert(i.id);
+            }
+        }
+        let in_use: HashSet<String> = holders.iter().map(|h| h.image_id.clone()).chain(self.pool.images_in_use().iter().map(|i| i.to_string())).collect();
+        let mut out = Vec::new();
+        for i in images {
+            let managed = uses.contains_key(&i.id) || needed.contains(&i.id) || i.labels.contains_key(LABEL_RECIPE);
+            if !managed {
+                continue;
+            }
+            let tagged = backend.image_info(&i.id).await.ok().flatten().and_then(|x| x.tagged_ms);
+            let u = uses.get(&i.id);
+            let last = [u.and_then(|u| u.last_ms), u.map(|u| u.first_ms), tagged, Some(i.created_s * 1000)].into_iter().flatten().max().unwrap_or(0);
+            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, id: i.id });
+        }
+        Ok((out, holders))
+    }
+
+    /// `odfs gc`, and the daemon's own runs: leftover containers, images
+    /// [`plan_gc`] picks, the build cache unused for the age.
+    pub(super) async fn gc(&self, caller: &Caller, dry_run: bool, max_age_s: Option<u64>, budget: Option<u64>) -> Response {
+        if let Err(r) = Self::require_root(caller, "gc") {
+            return r;
+        }
+        match self.collect(dry_run, max_age_s, budget).await {
+            Ok(text) => Response::Done(text),
+            Err(e) => Response::Error(Failure::with_status(format!("gc: {e}"), 1)),
+        }
+    }
+
+    pub(super) async fn collect(&self, dry_run: bool, max_age_s: Option<u64>, budget: Option<u64>) -> Result<String, String> {
+        let backend = self.pool.backend();
+        let mut lines = Vec::new();
+        let verb = if dry_run { "would remove" } else { "removed" };
+        // Containers odfs made that nothing runs in (a crash's scratch).
+        let (_, holders) = self.candidates().await?;
+        let now = now_ms();
+        for h in holders.iter().filter(|h| h.managed && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S) {
+            if !dry_run {
+                backend.remove(&h.id).await.map_err(|e| e.to_string())?;
+            }
+            lines.push(format!("{verb} leftover container {}", short_id(&h.id)));
+        }
+        let (images, _) = self.candidates().await?;
+        let space = backend.data_root_space().await.map_err(|e| e.to_string())?;
+        let limits = Limits {
+            max_age_s: max_age_s.unwrap_or(self.gc.max_age_s),
+            budget: budget.or(self.gc.budget),
+            disk: space.as_ref().map(|(_, free, total)| (*free, self.gc.min_free.bytes(*total))),
+        };
+        let plan = plan_gc(&images, now, limits);
+        let mut freed = 0;
+        for (id, why) in &plan.remove {
+            let c = images.iter().find(|c| &c.id == id).expect("planned from these");
+            let name = if c.names.is_empty() { "untagged".to_string() } else { c.names.join(", ") };
+            if !dry_run {
+                if let Err(e) = backend.remove_image(id).await {
+                    // In use since it was listed: it stays.
+                    lines.push(format!("kept image {} ({name}): {e}", short_id(id)));
+                    continue;
+                }
+                freed += c.size;
+            }
+            lines.push(format!("{verb} image {} ({name}, {}): {why}", short_id(id), human_bytes(c.size)));
+        }
+        if !dry_run && !plan.remove.is_empty() {
+            // The build cache unused for as long goes with them.
+            freed += backend.prune_build_cache().await.unwrap_or(0);
+        }
+        let held: u64 = images.iter().filter(|c| !plan.remove.iter().any(|(id, _)| id == &c.id)).map(|c| c.size).sum();
+        let mut summary = format!("{} image(s) odfs manages hold {}", images.len() - plan.remove.len(), human_bytes(held));
+        if let Some(b) = limits.budget {
+            summary += &format!(" of a budget of {}", human_bytes(b));
+        }
+        if let Some((root, free, _)) = &space {
+            summary += &format!("; {} free in {root}", human_bytes(free + freed));
+        }
+        lines.push(summary);
+        lines.extend(plan.short);
+        Ok(lines.join("\n"))
+    }
+
+    /// `odfs status`: the images odfs manages, newest use first, and the
+    /// engine's disk in a line.
+    pub(super) async fn image_usage(&self) -> (Vec<ImageUsage>, String) {
+        let (images, holders) = match self.candidates().await {
+            Ok(x) => x,
+            Err(e) => return (vec![], format!("images unknown: {e}")),
+        };
+        let mut out: Vec<ImageUsage> = images
+            .iter()
+            .map(|c| ImageUsage {
+                references: c.names.clone(),
+                id: c.id.clone(),
+                size: c.size,
+                last_used_ms: Some(c.last_used_ms).filter(|&t| t > 0),
+                containers: holders.iter().filter(|h| h.image_id == c.id).count() as u32,
+                needed: c.needed,
+            })
+            .collect();
+        out.sort_by_key(|u| std::cmp::Reverse(u.last_used_ms));
+        let total: u64 = images.iter().map(|c| c.size).sum();
+        let mut disk = format!("{} in {} image(s) odfs manages", human_bytes(total), images.len());
+        if let Some(b) = self.gc.budget {
+            disk += &format!(" (budget {})", human_bytes(b));
+        }
+        if let Ok(Some((root, free, size))) = self.pool.backend().data_root_space().await {
+            disk += &format!("; {root}: {} free of {}", human_bytes(free), human_bytes(size));
+        }
+        (out, disk)
+    }
+}
+
+/// The daemon's own gc, every `[gc] every` (none when 0): the first run an
+/// interval after start, so a start never waits on the engine for it.
+pub(super) async fn keep_collecting<B: ContainerBackend>(daemon: Arc<Daemon<B>>, stop: tokio_util::sync::CancellationToken) {
+    if daemon.gc.every_s == 0 {
+        return;
+    }
+    let every = std::time::Duration::from_secs(daemon.gc.every_s);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match daemon.collect(false, None, None).await {
+            Ok(text) => {
+                for line in text.lines().filter(|l| l.starts_with("removed") || l.starts_with("still") || l.contains("still has only")) {
+                    tracing::info!("gc: {line}");
+                }
+            }
+            Err(e) => tracing::warn!("gc: {e}"),
+        }
+    }
+}
+
+fn names(i: &ImageInfo) -> Vec<String> {
+    if i.tags.is_empty() {
+        i.digests.clone()
+    } else {
+        i.tags.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn image(id: &str, size: u64, days_ago: i64, in_use: bool, needed: bool) -> Candidate {
+        Candidate { id: id.into(), names: vec![], size, last_used_ms: 100 * DAY - days_ago * DAY, in_use, needed }
+    }
+
+    fn removed(p: &GcPlan) -> Vec<&str> {
+        p.remove.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn images_unused_past_the_age_go_unless_in_use() {
+        let images = [image("old", 10, 40, false, true), image("busy", 10, 40, true, true), image("fresh", 10, 3, false, true)];
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: None, disk: None });
+        assert_eq!(removed(&p), ["old"]);
+        assert!(p.remove[0].1.contains("40 days ago"), "{:?}", p.remove);
+        // An age of zero takes every unused one.
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 0, budget: None, disk: None });
+        assert_eq!(removed(&p), ["old", "fresh"]);
+    }
+
+    #[test]
+    fn the_budget_takes_the_least_recently_used_of_those_the_catalog_does_not_need() {
+        let images = [
+            image("needed", 50, 1, false, true),
+            image("older", 30, 9, false, false),
+            image("newer", 30, 2, false, false),
+            image("busy", 30, 20, true, false),
+        ];
+        let limits = Limits { max_age_s: 30 * 86_400, budget: Some(120), disk: None };
+        let p = plan_gc(&images, 100 * DAY, limits);
+        assert_eq!(removed(&p), ["older"], "140 held, 30 over: one image is enough");
+        assert!(p.short.is_none());
+        // A budget nothing can meet says so.
+        let p = plan_gc(&images, 100 * DAY, Limits { budget: Some(10), ..limits });
+        assert_eq!(removed(&p), ["older", "newer"]);
+        assert!(p.short.as_deref().unwrap().contains("over the image budget"), "{:?}", p.short);
+    }
+
+    #[test]
+    fn a_nearly_full_disk_frees_space_even_under_budget() {
+        let images = [image("a", 40, 5, false, false), image("b", 40, 4, false, false), image("c", 40, 1, false, true)];
+        // 50 free of the 100 it should keep: two images go.
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: Some(1000), disk: Some((50, 100)) });
+        assert_eq!(removed(&p), ["a", "b"]);
+        assert!(p.remove[0].1.contains("nearly full"));
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: None, disk: Some((500, 100)) });
+        assert!(p.remove.is_empty() && p.short.is_none());
+    }
+}
