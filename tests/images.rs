@@ -168,7 +168,8 @@ fn an_image_that_cannot_be_pulled_is_built_from_its_recipe() {
     let err = stderr(&o);
     // (The failed pull before the build may be over before the call waits.)
     assert!(err.contains(&format!("odfs: tool: building {reference} (cannot be pulled)")), "{err}");
-    assert!(err.contains(&format!("odfs: tool: built {reference} step 3/3 in ")), "{err}");
+    // (The engine counts the label odfs stamps the build with as a step.)
+    assert!(err.contains(&format!("odfs: tool: built {reference} step 4/4 in ")), "{err}");
     assert!(m.log_text().contains("building image from its recipe"), "{}", m.log_text());
 }
 
@@ -219,4 +220,234 @@ impl Drop for RemoveImage {
     fn drop(&mut self) {
         let _ = docker(&["rmi", "-f", &self.0]);
     }
+}
+
+/// An image of its own as `reference`: the busybox test image with
+/// `/version` holding `version`. Returns its id.
+fn build_version(dir: &std::path::Path, reference: &str, version: &str) -> String {
+    let context = dir.join(format!("context-{version}"));
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("version"), format!("{version}\n")).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM odfs-test/busybox:latest\nCOPY version /version\n").unwrap();
+    let o = docker(&["build", "-q", "-t", reference, context.to_str().unwrap()]);
+    assert!(o.status.success(), "build: {}", stderr(&o));
+    image_id(reference)
+}
+
+fn image_id(reference: &str) -> String {
+    let o = docker(&["image", "inspect", "-f", "{{.Id}}", reference]);
+    assert!(o.status.success(), "inspect {reference}: {}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+fn short(id: &str) -> &str {
+    &id.trim_start_matches("sha256:")[..12]
+}
+
+#[test]
+fn odfs_update_moves_a_tag_to_its_new_image_once_running_tools_end() {
+    let mut registry = Registry::start();
+    let reference = format!("{}/odfs-test/update-{}:1", registry.addr, std::process::id());
+    registry.pushed.push(reference.clone());
+    let v1 = build_version(&registry.dir, &reference, "v1");
+    assert!(docker(&["push", &reference]).status.success());
+    let digest = stdout(&docker(&["image", "inspect", "-f", "{{index .RepoDigests 0}}", &reference])).trim().to_string();
+    let catalog = format!(
+        "[image.tool]\nref = \"{reference}\"\nnetwork = \"none\"\nversion_command = [\"/bin/cat\", \"/version\"]\n\n\
+         [image.pinned]\nref = \"{digest}\"\nnetwork = \"none\"\n\n\
+         [command.ver]\nimage = \"tool\"\npath = \"/bin/cat\"\nargs = [\"/version\"]\n\n\
+         [command.sh]\nimage = \"tool\"\npath = \"/bin/sh\"\n\n\
+         [command.pinned-ver]\nimage = \"pinned\"\npath = \"/bin/cat\"\nargs = [\"/version\"]\n"
+    );
+    let m = TestMount::new(&catalog);
+    assert_eq!(stdout(&m.sh(r#""$M/ver""#)), "v1\n");
+    // v2 goes to the registry under the same tag; here the tag stays v1.
+    let v2 = build_version(&registry.dir, &reference, "v2");
+    assert!(docker(&["push", &reference]).status.success());
+    assert!(docker(&["tag", &v1, &reference]).status.success());
+    assert_ne!(v1, v2);
+
+    let o = m.odfs(&["update", "--check", "ver"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("{reference}: an update is available: sha256:")), "{}", stdout(&o));
+    assert_eq!(image_id(&reference), v1, "--check changes nothing");
+    assert_eq!(stdout(&m.sh(r#""$M/ver""#)), "v1\n");
+
+    // A tool running through the update finishes on v1.
+    let running = m.sh_cmd(r#""$M/sh" -c 'sleep 3; cat /version'"#).stdout(Stdio::piped()).spawn().unwrap();
+    assert!(eventually(Duration::from_secs(10), || String::from_utf8_lossy(&m.odfs(&["status", "--json"]).stdout).contains("\"running_tools\": 1")));
+    let o = m.odfs(&["update", "--all"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(&format!("{reference}: updated {} → {} (v1 → v2); 1 container(s) with tools running move to it when they end", short(&v1), short(&v2))), "{out}");
+    assert!(out.contains(&format!("{digest}: pinned by digest: stays at {}", short(&v1))), "{out}");
+    assert_eq!(image_id(&reference), v2);
+    assert_eq!(stdout(&running.wait_with_output().unwrap()), "v1\n", "the running tool kept its image");
+    // The next call runs v2; the digest-pinned entry still runs v1.
+    assert_eq!(stdout(&m.sh(r#""$M/ver""#)), "v2\n", "{}", m.log_text());
+    assert_eq!(stdout(&m.sh(r#""$M/pinned-ver""#)), "v1\n");
+    assert!(m.log_text().contains(&format!("image updated: {} → {}", short(&v1), short(&v2))), "{}", m.log_text());
+    let o = m.odfs(&["update", "ver"]);
+    assert_eq!(stdout(&o), format!("{reference}: up to date at {}\n", short(&v2)));
+    // Only root updates.
+    let o = m.sh_cmd(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {} update --socket {}", env!("CARGO_BIN_EXE_odfs"), m.socket.display())).output().unwrap();
+    assert!(!o.status.success() && stderr(&o).contains("update changes the system and needs root"), "{}", stderr(&o));
+    let _ = docker(&["rmi", "-f", &v1, &v2]);
+}
+
+#[test]
+fn a_recipe_is_built_again_only_when_it_changed() {
+    let dockerfile = "FROM odfs-test/busybox:latest\nCOPY marker /marker\n";
+    let (m, reference, _cleanup) = recipe_mount("rebuilt", "/bin/cat", dockerfile, &[("marker", "one\n")]);
+    assert_eq!(stdout(&m.sh(r#""$M/tool" /marker"#)), "one\n");
+    let first = image_id(&reference);
+    let o = m.odfs(&["update", "tool"]);
+    assert_eq!(stdout(&o), format!("{reference}: up to date at {} (its recipe and base images are as built)\n", short(&first)), "{}", stderr(&o));
+    std::fs::write(m.catalog.join("images/rebuilt/marker"), "two\n").unwrap();
+    let o = m.odfs(&["update", "--check", "tool"]);
+    assert!(stdout(&o).contains("would be built again"), "{}", stdout(&o));
+    assert_eq!(image_id(&reference), first);
+    let o = m.odfs(&["update", "tool"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = image_id(&reference);
+    assert_eq!(stdout(&o), format!("{reference}: updated {} → {}\n", short(&first), short(&second)));
+    assert_eq!(stdout(&m.sh(r#""$M/tool" /marker"#)), "two\n", "{}", m.log_text());
+    let _ = docker(&["rmi", "-f", &first]);
+}
+
+#[test]
+fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use() {
+    let dir = PathBuf::from(format!("/tmp/odfs-test-gc-{}", std::process::id()));
+    let _clean = Defer(|| {
+        let _ = std::fs::remove_dir_all(format!("/tmp/odfs-test-gc-{}", std::process::id()));
+    });
+    let refs: Vec<String> = ["x", "y", "z"].iter().map(|n| format!("odfs-test/gc-{n}-{}:1", std::process::id())).collect();
+    let _images: Vec<RemoveImage> = refs.iter().map(|r| RemoveImage(r.clone())).collect();
+    let ids: Vec<String> = refs.iter().zip(["x", "y", "z"]).map(|(r, n)| build_version(&dir, r, n)).collect();
+    let entry = |n: &str, r: &str| format!("[image.{n}]\nref = \"{r}\"\nnetwork = \"none\"\n\n[command.{n}]\nimage = \"{n}\"\npath = \"/bin/sh\"\n\n");
+    let all: String = ["x", "y", "z"].iter().zip(&refs).map(|(n, r)| entry(n, r)).collect();
+    let m = TestMount::new(&all);
+    // y used before z; x busy throughout.
+    for n in ["y", "z"] {
+        assert_eq!(stdout(&m.sh(&format!(r#""$M/{n}" -c 'cat /version'"#))), format!("{n}\n"));
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let mut busy = m.sh_cmd(r#""$M/x" -c 'echo started; sleep 60'"#).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(busy.stdout.take().unwrap()), &mut line).unwrap();
+    let _kill = Defer(move || {
+        let _ = busy.kill();
+    });
+    // y and z leave the catalog and their containers go.
+    std::fs::write(m.catalog.join("test.toml"), entry("x", &refs[0])).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !m.mnt.join("y").exists()));
+    let o = m.odfs(&["stop", "--all"]);
+    assert!(eventually(Duration::from_secs(10), || m.containers().len() == 1), "{:?} {} {}", m.containers(), stdout(&o), stderr(&o));
+    let size = |id: &str| -> u64 { stdout(&docker(&["image", "inspect", "-f", "{{.Size}}", id])).trim().parse().unwrap() };
+    let budget = size(&ids[0]) + size(&ids[2]) + 1024;
+
+    // Nothing to age out at the default age; the budget takes y, the older.
+    let o = m.odfs(&["gc", "--dry-run", "--budget", &budget.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("would remove image {} ({}", short(&ids[1]), refs[1])), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(short(&ids[2])) && !stdout(&o).contains(short(&ids[0])), "{}", stdout(&o));
+    assert!(docker(&["image", "inspect", &refs[1]]).status.success(), "--dry-run removes nothing");
+    let o = m.odfs(&["gc", "--budget", &budget.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("removed image {} ({}", short(&ids[1]), refs[1])), "{}", stdout(&o));
+    assert!(stdout(&o).contains("over the image budget, least recently used"), "{}", stdout(&o));
+    assert!(!docker(&["image", "inspect", &refs[1]]).status.success());
+    for kept in [&refs[0], &refs[2]] {
+        assert!(docker(&["image", "inspect", kept]).status.success(), "{kept} is gone: {}", stdout(&o));
+    }
+    // An age of zero takes every unused one: z, never x, whose tool runs.
+    let o = m.odfs(&["gc", "--dry-run", "--max-age", "0s"]);
+    assert!(stdout(&o).contains(&format!("would remove image {}", short(&ids[2]))), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(short(&ids[0])), "{}", stdout(&o));
+    // status shows the disk use per image.
+    let status = stdout(&m.odfs(&["status"]));
+    assert!(status.contains("disk: ") && status.contains(short(&ids[0])) && status.contains(&refs[0]), "{status}");
+    let o = m.sh_cmd(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {} gc --socket {}", env!("CARGO_BIN_EXE_odfs"), m.socket.display())).output().unwrap();
+    assert!(stderr(&o).contains("gc changes the system and needs root"), "{}", stderr(&o));
+}
+
+#[test]
+fn docker_hub_images_come_from_a_registry_mirror() {
+    let mut registry = Registry::start();
+    let hub_name = format!("odfs-mirror-{}/tool:1", std::process::id());
+    let on_mirror = format!("{}/{hub_name}", registry.addr);
+    registry.pushed.push(on_mirror.clone());
+    let _local = RemoveImage(hub_name.clone());
+    build_version(&registry.dir, &on_mirror, "mirrored");
+    assert!(docker(&["push", &on_mirror]).status.success());
+    assert!(docker(&["rmi", &on_mirror]).status.success());
+    let config = registry.dir.join("odfs.toml");
+    std::fs::write(&config, format!("[engine]\nregistry_mirrors = [\"http://{}/\"]\n", registry.addr)).unwrap();
+    let catalog = format!("[image.hub]\nref = \"{hub_name}\"\nnetwork = \"none\"\n\n[command.ver]\nimage = \"hub\"\npath = \"/bin/cat\"\nargs = [\"/version\"]\n");
+    let m = TestMount::with_files(&[("test.toml", &catalog)], &["--config", config.to_str().unwrap()]);
+    let o = m.sh(r#""$M/ver""#);
+    assert_eq!(stdout(&o), "mirrored\n", "{}\n{}", stderr(&o), m.log_text());
+    assert!(docker(&["image", "inspect", &hub_name]).status.success(), "tagged as the catalog names it");
+    assert!(!docker(&["image", "inspect", &on_mirror]).status.success(), "the mirror's name is not left behind");
+    assert!(m.log_text().contains("pulled from a registry mirror"), "{}", m.log_text());
+}
+
+/// An HTTP proxy on loopback that answers every request with `proxied` and
+/// keeps the request lines it saw.
+fn recording_proxy() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+            log.lock().unwrap().push(line.trim().to_string());
+            let _ = std::io::Write::write_all(&mut &conn, b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nproxied\n");
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn the_site_s_proxy_and_ca_bundle_reach_recipe_builds_and_networked_tools() {
+    let (proxy, seen) = recording_proxy();
+    let dir = PathBuf::from(format!("/tmp/odfs-test-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _clean = Defer(|| {
+        let _ = std::fs::remove_dir_all(format!("/tmp/odfs-test-proxy-{}", std::process::id()));
+    });
+    let bundle = dir.join("site-ca.pem");
+    std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\nb2Rmcy10ZXN0\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = dir.join("odfs.toml");
+    std::fs::write(&config, format!("[engine]\nhttp_proxy = \"{proxy}\"\nno_proxy = \"localhost\"\nca_bundle = \"{}\"\n", bundle.display())).unwrap();
+    let reference = format!("odfs-test/proxied-{}:1", std::process::id());
+    let _image = RemoveImage(reference.clone());
+    let toml = format!(
+        "[image.proxied]\nref = \"{reference}\"\nbuild = \"images/proxied\"\nnetwork = \"host\"\n\n[command.fetched]\nimage = \"proxied\"\npath = \"/bin/cat\"\n\n\
+         [command.penv]\nimage = \"proxied\"\npath = \"/usr/bin/env\"\n\n[command.psh]\nimage = \"proxied\"\npath = \"/bin/sh\"\n\n\
+         [image.offline]\nref = \"odfs-test/busybox:latest\"\nnetwork = \"none\"\n\n[command.oenv]\nimage = \"offline\"\npath = \"/usr/bin/env\"\n"
+    );
+    let dockerfile = "FROM odfs-test/busybox:latest\nRUN wget -q -O /fetched http://odfs-proxy-probe.invalid/x\n";
+    let m = TestMount::with_files(&[("test.toml", &toml), ("images/proxied/Dockerfile", dockerfile)], &["--config", config.to_str().unwrap()]);
+    let o = m.sh(r#""$M/fetched" /fetched"#);
+    assert_eq!(stdout(&o), "proxied\n", "{}\n{}", stderr(&o), m.log_text());
+    assert!(seen.lock().unwrap().iter().any(|l| l == "GET http://odfs-proxy-probe.invalid/x HTTP/1.1"), "{:?}", seen.lock().unwrap());
+    // The bundle is in the built image, named where TLS clients look (a
+    // path the host has too: named to the shim, it would be refused).
+    let o = m.sh(r#"env -u SSL_CERT_FILE "$M/psh" -c 'cat "$SSL_CERT_FILE" /usr/local/share/ca-certificates/odfs-ca-bundle.crt'"#);
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(stdout(&o), format!("{text}{text}"), "{}", stderr(&o));
+    // A networked tool gets the proxy and the host's bundle unless its
+    // caller set its own; an offline one gets neither.
+    let env = stdout(&m.sh(r#"env -u http_proxy -u HTTP_PROXY -u SSL_CERT_FILE "$M/penv""#));
+    assert!(env.lines().any(|l| l == format!("http_proxy={proxy}")) && env.lines().any(|l| l == format!("HTTP_PROXY={proxy}")), "{env}");
+    assert!(env.lines().any(|l| l == format!("SSL_CERT_FILE={}", bundle.display())), "{env}");
+    let env = stdout(&m.sh(r#"http_proxy=http://mine:1 "$M/penv""#));
+    assert!(env.lines().any(|l| l == "http_proxy=http://mine:1") && !env.contains(&format!("={proxy}")), "the caller's own proxy wins: {env}");
+    let env = stdout(&m.sh(r#"env -u http_proxy -u SSL_CERT_FILE "$M/oenv""#));
+    assert!(!env.lines().any(|l| l.starts_with("http_proxy=") || l.starts_with("HTTP_PROXY=") || l.starts_with("SSL_CERT_FILE=")), "{env}");
 }

@@ -316,17 +316,23 @@ impl<B: ContainerBackend> Daemon<B> {
                 Some(r) => vec![r.image.clone()],
                 None => return error(format!("{c} is not in the catalog")),
             },
-            None => snapshot.images.values().cloned().collect(),
+            // Every profile, also those the catalog no longer names.
+            None => self.pool.profiles(),
         };
-        let mut stopped = Vec::new();
+        let (mut stopped, mut busy) = (Vec::new(), Vec::new());
         for image in images {
             match self.pool.stop(&image, force).await {
                 Ok(true) => stopped.push(image.name.clone()),
                 Ok(false) => {}
+                Err(e @ super::call::PoolError::Busy { .. }) if command.is_none() => busy.push(e.to_string()),
                 Err(e) => return error(e.to_string()),
             }
         }
-        Response::Done(if stopped.is_empty() { "nothing was running".into() } else { format!("stopped: {}", stopped.join(", ")) })
+        let mut text = if stopped.is_empty() { "nothing was running".to_string() } else { format!("stopped: {}", stopped.join(", ")) };
+        for b in busy {
+            text += &format!("\nleft: {b}");
+        }
+        Response::Done(text)
     }
 
     pub(super) async fn prewarm(&self, command: &str, client: &UnixStream) -> Response {

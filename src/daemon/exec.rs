@@ -47,8 +47,9 @@ pub fn image_env(env: &mut Vec<Vec<u8>>, caller_env: &[Vec<u8>], image: &crate::
         env.extend(display);
     }
     if image.network != crate::catalog::Network::None {
+        // A caller that names a proxy in either spelling chose its own.
         for (k, v) in site {
-            if !caller_env.iter().any(|kv| key_of(kv).as_deref() == Some(k.as_bytes())) {
+            if !caller_env.iter().any(|kv| key_of(kv).is_some_and(|key| key.eq_ignore_ascii_case(k.as_bytes()))) {
                 env.push(format!("{k}={v}").into_bytes());
             }
         }

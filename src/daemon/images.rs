@@ -200,7 +200,7 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         // The old image stays odfs's to remove once nothing holds it.
         self.store.image_seen(&before.id, r);
-        let moving = self.pool.retarget(r, &after.id);
+        let moving = self.pool.retarget(r, &after.id).await;
         let mut line = format!("updated {} → {}", short_id(&before.id), short_id(&after.id));
         if !image.version_command.is_empty() {
             let mount = self.pool.mount_id();
@@ -210,7 +210,7 @@ impl<B: ContainerBackend> Daemon<B> {
             line += &format!(" ({} → {})", version(before.id.clone()).await, version(after.id.clone()).await);
         }
         if moving > 0 {
-            line += &format!("; {moving} running container(s) move to it when their tools end");
+            line += &format!("; {moving} container(s) with tools running move to it when they end");
         }
         Ok(line)
     }
@@ -231,7 +231,9 @@ impl<B: ContainerBackend> Daemon<B> {
         let in_use: HashSet<String> = holders.iter().map(|h| h.image_id.clone()).chain(self.pool.images_in_use().iter().map(|i| i.to_string())).collect();
         let mut out = Vec::new();
         for i in images {
-            let managed = uses.contains_key(&i.id) || needed.contains(&i.id) || i.labels.contains_key(LABEL_RECIPE);
+            // Only what this daemon fetched or ran, and what its catalog
+            // names: never another mount's or a user's own images.
+            let managed = uses.contains_key(&i.id) || needed.contains(&i.id);
             if !managed {
                 continue;
             }

@@ -736,16 +736,24 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// Profiles of `reference` move to image `id`: each container of
     /// another image goes when it is next idle (see [`Slot::wanted`]).
-    /// Returns how many containers still run the old one.
-    pub fn retarget(&self, reference: &str, id: &str) -> usize {
-        let mut outdated = 0;
-        for slot in self.slots.iter().filter(|s| s.image.reference == reference) {
+    /// Returns how many of those still run tools.
+    pub async fn retarget(&self, reference: &str, id: &str) -> usize {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().filter(|s| s.image.reference == reference).map(|s| s.value().clone()).collect();
+        let mut busy = 0;
+        for slot in slots {
             *slot.wanted.lock().unwrap() = Some(id.into());
-            if let Ok(state) = slot.state.try_lock() {
-                outdated += state.container().is_some_and(|c| slot.outdated(c).is_some()) as usize;
+            let c = slot.state.lock().await.container().cloned();
+            if let Some(c) = c.filter(|c| slot.outdated(c).is_some()) {
+                busy += self.agent_status(&slot, &c).await.is_ok_and(|(running, _)| running > 0) as usize;
             }
         }
-        outdated
+        busy
+    }
+
+    /// Every profile's image the pool has seen (the catalog's, and those it
+    /// no longer names whose containers may remain).
+    pub fn profiles(&self) -> Vec<Arc<ImageSpec>> {
+        self.slots.iter().map(|s| s.image.clone()).collect()
     }
 
     async fn step(&self, slot: &Slot, state: &mut State) -> Result<(), PoolError> {
@@ -980,14 +988,21 @@ impl<B: ContainerBackend> Pool<B> {
     /// Make sure an image is present: pulled if it is not, built from its
     /// recipe if it cannot be pulled. True if it had to be fetched.
     async fn fetch(&self, image: &ImageSpec, progress: &crate::backend::ProgressTx) -> Result<bool, PoolError> {
-        match (self.backend.ensure_image(&image.reference, progress).await, &image.build) {
+        let fetched = match (self.backend.ensure_image(&image.reference, progress).await, &image.build) {
             (Err(crate::backend::BackendError::ImageMissing { reason, .. }), Some(recipe)) => {
                 tracing::info!(image = image.reference, "cannot pull ({reason}); building it from its recipe");
                 self.backend.build_image(&image.reference, recipe, progress).await?;
-                Ok(true)
+                true
             }
-            (result, _) => Ok(result?),
+            (result, _) => result?,
+        };
+        // What odfs fetched is odfs's to remove one day (`odfs gc`).
+        if let (true, Some(store)) = (fetched, &self.store) {
+            if let Ok(Some(i)) = self.backend.image_info(&image.reference).await {
+                store.image_seen(&i.id, &image.reference);
+            }
         }
+        Ok(fetched)
     }
 
     /// `odfs pull`: fetch an image now, with progress on its profile's
