@@ -22,6 +22,9 @@ pub struct Docker {
     /// next call, so odfs survives starting before the engine.
     client: tokio::sync::OnceCell<bollard::Docker>,
     pub(super) engine: Engine,
+    /// The engine is Podman (asked once): its API ignores device requests
+    /// and takes CDI names among the devices instead.
+    podman: tokio::sync::OnceCell<bool>,
 }
 
 /// Seconds an engine request may take to answer (streams may then run on).
@@ -30,7 +33,7 @@ const REQUEST_TIMEOUT: u64 = 120;
 impl Docker {
     /// A client of `engine` (chosen by [`crate::config::engine`]).
     pub fn with_engine(engine: Engine) -> Docker {
-        Docker { client: tokio::sync::OnceCell::new(), engine }
+        Docker { client: tokio::sync::OnceCell::new(), engine, podman: tokio::sync::OnceCell::new() }
     }
 
     /// Labels and entry point of a local image; `None` when it is not here.
@@ -149,6 +152,17 @@ fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
     progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
 }
 
+/// A device asked by name as CDI names (NVIDIA's for GPUs).
+fn cdi_names(ask: &super::DeviceAsk) -> Vec<String> {
+    use crate::catalog::Gpus;
+    match ask {
+        super::DeviceAsk::Cdi(name) => vec![name.clone()],
+        super::DeviceAsk::Gpus(Gpus::All) => vec!["nvidia.com/gpu=all".into()],
+        super::DeviceAsk::Gpus(Gpus::Count(n)) => (0..*n).map(|i| format!("nvidia.com/gpu={i}")).collect(),
+        super::DeviceAsk::Gpus(Gpus::Ids(ids)) => ids.iter().map(|i| format!("nvidia.com/gpu={i}")).collect(),
+    }
+}
+
 /// The engine's form of a device the image asks for by name.
 fn device_request(ask: &super::DeviceAsk) -> DeviceRequest {
     use crate::catalog::Gpus;
@@ -240,6 +254,11 @@ pub(super) fn is_not_found(e: &bollard::errors::Error) -> bool {
 }
 
 impl Docker {
+    /// Whether the engine is Podman (its version's components say).
+    async fn is_podman(&self) -> bool {
+        *self.podman.get_or_init(|| async { self.version().await.is_ok_and(|v| v.contains("Podman")) }).await
+    }
+
     /// Whether the engine is on this machine.
     pub(super) fn local(&self) -> bool {
         self.exec_path() == ExecPath::Fd
@@ -421,6 +440,9 @@ impl ContainerBackend for Docker {
                 (p.to_string_lossy().into_owned(), format!("rw,nosuid,nodev,mode={mode}"))
             })
             .collect();
+        // Podman takes GPUs and CDI devices as CDI names among the devices.
+        let podman = !spec.device_requests.is_empty() && self.is_podman().await;
+        let cdi_names: Vec<String> = if podman { spec.device_requests.iter().flat_map(cdi_names).collect() } else { vec![] };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: Some(spec.entrypoint.clone()),
@@ -453,14 +475,16 @@ impl ContainerBackend for Docker {
                 devices: Some(
                     spec.devices
                         .iter()
+                        .cloned()
+                        .chain(cdi_names)
                         .map(|d| DeviceMapping {
-                            path_on_host: Some(d.clone()),
                             path_in_container: Some(d.clone()),
+                            path_on_host: Some(d),
                             cgroup_permissions: Some("rwm".into()),
                         })
                         .collect(),
                 ),
-                device_requests: (!spec.device_requests.is_empty()).then(|| spec.device_requests.iter().map(device_request).collect()),
+                device_requests: (!spec.device_requests.is_empty() && !podman).then(|| spec.device_requests.iter().map(device_request).collect()),
                 ..Default::default()
             }),
             ..Default::default()
