@@ -449,6 +449,47 @@ impl<B: ContainerBackend> Daemon<B> {
 mod tests {
     use super::*;
 
+    fn image(gui: bool, network: crate::catalog::Network) -> crate::catalog::ImageSpec {
+        let text = format!("[image.i]\nref = \"r\"\ngui = {gui}\nnetwork = \"{}\"\ncommands = [\"x\"]\n", network.as_str());
+        let cat = crate::catalog::parse_file(std::path::Path::new("t.toml"), &text).unwrap();
+        cat.images["i"].clone()
+    }
+
+    #[test]
+    fn a_display_is_passed_to_graphical_images_only() {
+        use crate::catalog::Network;
+        let caller: Vec<Vec<u8>> = ["DISPLAY=:1", "XAUTHORITY=/home/u/.Xauthority", "XDG_RUNTIME_DIR=/run/user/1000", "TERM=xterm", "WAYLAND_DISPLAY=wayland-0"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        let shaped = |gui, privileged| {
+            let mut env = tool_env(&caller, &[], privileged, None);
+            image_env(&mut env, &caller, &image(gui, Network::None), privileged, &[]);
+            env.iter().map(|v| String::from_utf8(v.clone()).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(shaped(false, false), ["XDG_RUNTIME_DIR=/run/user/1000", "TERM=xterm"]);
+        assert_eq!(shaped(true, false).len(), 5);
+        // A privileged graphical tool gets the display from the allowlist's side too.
+        let p = shaped(true, true);
+        assert!(p.contains(&"DISPLAY=:1".to_string()) && p.contains(&"XDG_RUNTIME_DIR=/run/user/1000".to_string()), "{p:?}");
+        assert!(!shaped(false, true).iter().any(|v| v.starts_with("DISPLAY=")));
+    }
+
+    #[test]
+    fn the_site_s_proxy_reaches_networked_tools_unless_the_caller_chose_one() {
+        use crate::catalog::Network;
+        let site = [("http_proxy".to_string(), "http://p:3128".to_string()), ("HTTP_PROXY".to_string(), "http://p:3128".to_string())];
+        let run = |caller: &[&str], network| {
+            let caller: Vec<Vec<u8>> = caller.iter().map(|s| s.as_bytes().to_vec()).collect();
+            let mut env = tool_env(&caller, &[], false, None);
+            image_env(&mut env, &caller, &image(false, network), false, &site);
+            env.iter().map(|v| String::from_utf8(v.clone()).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(&[], Network::Host), ["http_proxy=http://p:3128", "HTTP_PROXY=http://p:3128"]);
+        assert_eq!(run(&["HTTP_PROXY=http://mine:1"], Network::Bridge), ["HTTP_PROXY=http://mine:1"]);
+        assert!(run(&[], Network::None).is_empty());
+    }
+
     #[test]
     fn caller_tools_get_the_environment_as_it_is_privileged_ones_an_allowlist() {
         let env: Vec<Vec<u8>> =
