@@ -152,6 +152,11 @@ fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
     progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
 }
 
+/// An engine's message on one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// A device asked by name as CDI names (NVIDIA's for GPUs).
 fn cdi_names(ask: &super::DeviceAsk) -> Vec<String> {
     use crate::catalog::Gpus;
@@ -194,14 +199,14 @@ fn devices_unsupported(spec: &ContainerSpec, e: BackendError) -> BackendError {
     if let (Some(g), true) = (&gpus, lower.contains("device driver") || lower.contains("nvidia") || lower.contains("gpu")) {
         return BackendError::Unsupported(format!(
             "image {image} asks for GPUs ({g}) and the container engine has no GPU runtime ({}): install NVIDIA's container toolkit and restart the engine, or remove `gpus` from the image",
-            message.trim()
+            one_line(message)
         ));
     }
     if !cdi.is_empty() && (lower.contains("cdi") || lower.contains("device driver") || lower.contains("unresolvable")) {
         return BackendError::Unsupported(format!(
             "image {image} asks for the CDI device {} and the container engine cannot give it ({}): generate its CDI spec (nvidia-ctk cdi generate) on an engine with CDI support, or remove it from `devices`",
             cdi.join(", "),
-            message.trim()
+            one_line(message)
         ));
     }
     e
@@ -221,7 +226,7 @@ fn build_context(dir: &Path, outbound: &super::outbound::Outbound) -> std::io::R
             continue;
         }
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        if path.is_dir() {
             tar.append_dir_all(entry.file_name(), &path)?;
         } else {
             tar.append_path_with_name(&path, entry.file_name())?;
@@ -256,7 +261,11 @@ pub(super) fn is_not_found(e: &bollard::errors::Error) -> bool {
 impl Docker {
     /// Whether the engine is Podman (its version's components say).
     async fn is_podman(&self) -> bool {
-        *self.podman.get_or_init(|| async { self.version().await.is_ok_and(|v| v.contains("Podman")) }).await
+        // An engine that does not answer is asked again next time.
+        match self.podman.get_or_try_init(|| async { self.version().await.map(|v| v.contains("Podman")) }).await {
+            Ok(p) => *p,
+            Err(_) => false,
+        }
     }
 
     /// Whether the engine is on this machine.
@@ -324,7 +333,11 @@ impl ContainerBackend for Docker {
                     let client = self.client().await?;
                     let (repo, tag) = split_tag(reference);
                     let opts = bollard::query_parameters::TagImageOptionsBuilder::new().repo(&repo).tag(&tag).build();
-                    client.tag_image(&mirrored, Some(opts)).await.map_err(|e| self.classify(e))?;
+                    if let Err(e) = client.tag_image(&mirrored, Some(opts)).await {
+                        tracing::warn!(image = reference, mirror = mirrored, "pulled from a mirror but cannot tag it: {}", self.classify(e));
+                        let _ = client.remove_image(&mirrored, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+                        continue;
+                    }
                     // Only the mirror's name goes; the image stays under the catalog's.
                     let _ = client.remove_image(&mirrored, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
                     tracing::info!(image = reference, mirror = mirrored, "pulled from a registry mirror");
@@ -674,8 +687,8 @@ impl ContainerBackend for Docker {
         self.remove_image_id(id).await
     }
 
-    async fn prune_build_cache(&self) -> Result<u64, BackendError> {
-        self.prune_builds().await
+    async fn prune_build_cache(&self, unused_s: u64) -> Result<u64, BackendError> {
+        self.prune_builds(unused_s).await
     }
 
     async fn data_root_space(&self) -> Result<Option<(String, u64, u64)>, BackendError> {

@@ -62,7 +62,7 @@ impl ContainerBackend for Fake {
         Ok(())
     }
 
-    async fn prune_build_cache(&self) -> Result<u64, BackendError> {
+    async fn prune_build_cache(&self, _unused_s: u64) -> Result<u64, BackendError> {
         Ok(0)
     }
 

@@ -36,6 +36,8 @@ pub struct Holder {
     pub image_id: String,
     /// Made by odfs (any mount's).
     pub managed: bool,
+    /// The mount that made it (empty: not odfs's).
+    pub mount: String,
     pub running: bool,
     /// When it was created (Unix seconds).
     pub created_s: i64,
@@ -102,6 +104,7 @@ impl Docker {
                 id: c.id.unwrap_or_default(),
                 image_id: c.image_id.unwrap_or_default(),
                 managed: c.labels.as_ref().is_some_and(|l| l.contains_key(super::LABEL_MANAGED)),
+                mount: c.labels.as_ref().and_then(|l| l.get(super::LABEL_MOUNT)).cloned().unwrap_or_default(),
                 running: c.state.is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused" | "restarting")),
                 created_s: c.created.unwrap_or(0),
             })
@@ -115,22 +118,17 @@ impl Docker {
         match self.client().await?.remove_image(id, None::<bollard::query_parameters::RemoveImageOptions>, None).await {
             Ok(_) => Ok(()),
             Err(e) if super::docker::is_not_found(&e) => Ok(()),
-            // One id under several names: removing by id needs force, so
-            // each name goes, and the last takes the image.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, message }) if message.contains("multiple repositories") || message.contains("referenced in multiple") => {
-                let info = self.inspect_info(id).await?.unwrap_or_default();
-                for name in info.tags.iter().chain(&info.digests) {
-                    self.client().await?.remove_image(name, None::<bollard::query_parameters::RemoveImageOptions>, None).await.map_err(|e| self.classify(e))?;
-                }
-                Ok(())
-            }
+            // In use, or under several names (someone else's too): it stays.
             Err(e) => Err(self.classify(e)),
         }
     }
 
-    /// Drop the engine's build cache; the bytes it freed, when it says.
-    pub(super) async fn prune_builds(&self) -> Result<u64, BackendError> {
-        match self.client().await?.prune_build(None::<bollard::query_parameters::PruneBuildOptions>).await {
+    /// Drop the engine's build cache unused for `unused_s`; the bytes it
+    /// freed, when it says.
+    pub(super) async fn prune_builds(&self, unused_s: u64) -> Result<u64, BackendError> {
+        let filters = HashMap::from([("until".to_string(), vec![format!("{unused_s}s")])]);
+        let opts = bollard::query_parameters::PruneBuildOptions { filters: Some(filters), ..Default::default() };
+        match self.client().await?.prune_build(Some(opts)).await {
             Ok(r) => Ok(r.space_reclaimed.unwrap_or(0).max(0) as u64),
             // Engines without a build cache API (Podman's compat layer).
             Err(e) if super::docker::is_not_found(&e) => Ok(0),
@@ -231,7 +229,8 @@ impl Docker {
             }
             out.truncate(MAX_VERSION_OUTPUT);
             let text = String::from_utf8_lossy(&out);
-            Ok(text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string())
+            let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            Ok(line.chars().filter(|c| !c.is_control()).take(200).collect())
         };
         let result = match tokio::time::timeout(VERSION_LIMIT, run).await {
             Ok(r) => r,
@@ -257,7 +256,8 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Res
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_type()?.is_dir() {
+        // Followed as the build context's tar follows links.
+        if path.is_dir() {
             collect_files(root, &path, out)?;
         } else {
             out.push(path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned());

@@ -211,7 +211,7 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// Remove an image by id, never forced (an image in use stays).
     fn remove_image(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Drop the engine's build cache; the bytes freed.
-    fn prune_build_cache(&self) -> impl Future<Output = Result<u64, BackendError>> + Send;
+    fn prune_build_cache(&self, unused_s: u64) -> impl Future<Output = Result<u64, BackendError>> + Send;
     /// The engine's data root, its file system's free and total bytes
     /// (`None` on a remote engine).
     fn data_root_space(&self) -> impl Future<Output = Result<Option<(String, u64, u64)>, BackendError>> + Send;

@@ -124,20 +124,63 @@ impl Outbound {
         let vars: Vec<String> = CA_VARIABLES.iter().map(|v| format!("{v}={CA_IN_IMAGE}")).collect();
         let add = format!("COPY {CA_IN_CONTEXT} {CA_IN_IMAGE}\nENV {}\n", vars.join(" "));
         let mut out = String::with_capacity(text.len() + 4 * add.len());
-        let mut in_from = false;
+        // The escape character a parser directive may set (`# escape=``).
+        let mut escape = '\\';
+        let mut directives = true;
+        let (mut from, mut continued) = (false, false);
+        let mut heredocs: Vec<String> = Vec::new();
         for line in text.lines() {
             out.push_str(line);
             out.push('\n');
-            let word = line.trim_start().split_whitespace().next().unwrap_or("");
-            in_from = in_from || word.eq_ignore_ascii_case("FROM");
-            // A FROM continued on the next line ends where the backslash stops.
-            if in_from && !line.trim_end().ends_with('\\') {
+            let trimmed = line.trim();
+            if let Some(end) = heredocs.first() {
+                if line.trim_start_matches('\t') == end {
+                    heredocs.remove(0);
+                }
+                if heredocs.is_empty() && from && !continued {
+                    out.push_str(&add);
+                    from = false;
+                }
+                continue;
+            }
+            if directives {
+                match trimmed.strip_prefix('#').map(|d| d.trim().split_once('=')) {
+                    Some(Some((k, v))) if k.trim().eq_ignore_ascii_case("escape") => escape = v.trim().chars().next().unwrap_or('\\'),
+                    Some(Some(_)) => {}
+                    _ => directives = false,
+                }
+            }
+            // Comments and blank lines, also inside a continued instruction.
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if !continued {
+                from = trimmed.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("FROM"));
+            }
+            heredocs.extend(heredoc_ends(line));
+            continued = trimmed.ends_with(escape);
+            if from && !continued && heredocs.is_empty() {
                 out.push_str(&add);
-                in_from = false;
+                from = false;
             }
         }
         out
     }
+}
+
+/// The ends of the here-documents a line opens (`<<EOF`, `<<-"EOF"`).
+fn heredoc_ends(line: &str) -> Vec<String> {
+    let mut ends = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("<<") {
+        rest = &rest[i + 2..];
+        let word = rest.trim_start_matches('-').trim_start_matches(['"', '\'']);
+        let end: String = word.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !end.is_empty() {
+            ends.push(end);
+        }
+    }
+    ends
 }
 
 #[cfg(test)]
@@ -201,5 +244,19 @@ mod tests {
         assert!(lines[7].starts_with("COPY .odfs-ca-bundle.pem "));
         assert_eq!(out.matches("COPY .odfs").count(), 2);
         assert_eq!(Outbound::default().dockerfile(text), text);
+    }
+
+    #[test]
+    fn only_from_instructions_get_the_bundle_not_words_inside_others() {
+        let o = Outbound { ca_bundle: Some("/x.pem".into()), ..Default::default() };
+        let text = "# escape=`\nFROM debian\nRUN <<EOF\nfrom x import y\nFROM inside a heredoc\nEOF\nRUN echo a `\n  from b\n# FROM in a comment\nFROM busybox AS b `\n  # a comment inside\n  --platform=x\nCMD x\n";
+        let out = o.dockerfile(text);
+        assert_eq!(out.matches("COPY .odfs").count(), 2, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let after = |i: usize| lines[i + 1].starts_with("COPY .odfs");
+        assert!(after(1), "{out}");
+        let last_from = lines.iter().position(|l| l.contains("--platform=x")).unwrap();
+        assert!(after(last_from), "{out}");
+        assert!(!out.contains("from x import y\nCOPY"), "{out}");
     }
 }

@@ -329,10 +329,13 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         let mut text = if stopped.is_empty() { "nothing was running".to_string() } else { format!("stopped: {}", stopped.join(", ")) };
+        if busy.is_empty() {
+            return Response::Done(text);
+        }
         for b in busy {
             text += &format!("\nleft: {b}");
         }
-        Response::Done(text)
+        error(text)
     }
 
     pub(super) async fn prewarm(&self, command: &str, client: &UnixStream) -> Response {

@@ -33,8 +33,8 @@ const PASSED_ENV: [&str; 12] =
 pub const DISPLAY_ENV: [&str; 5] = ["DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "PULSE_SERVER", "PIPEWIRE_REMOTE"];
 
 /// What an image adds to and takes from [`tool_env`]: a graphical image's
-/// tools get the caller's display (privileged ones too, with
-/// `XDG_RUNTIME_DIR` where its sockets are); no other image's tools do. A
+/// tools get the caller's display (privileged ones its number only); no
+/// other image's tools do. A
 /// networked image's tools get the site's proxies and CA bundle, where
 /// their caller's environment names none.
 pub fn image_env(env: &mut Vec<Vec<u8>>, caller_env: &[Vec<u8>], image: &crate::catalog::ImageSpec, privileged: bool, site: &[(String, String)]) {
@@ -42,9 +42,11 @@ pub fn image_env(env: &mut Vec<Vec<u8>>, caller_env: &[Vec<u8>], image: &crate::
     if !image.gui {
         env.retain(|kv| key_of(kv).is_none_or(|k| !DISPLAY_ENV.iter().any(|d| d.as_bytes() == k.as_slice())));
     } else if privileged {
-        let wanted = |k: &[u8]| DISPLAY_ENV.iter().chain(&["XDG_RUNTIME_DIR"]).any(|d| d.as_bytes() == k);
-        let display: Vec<Vec<u8>> = caller_env.iter().filter(|kv| key_of(kv).is_some_and(|k| wanted(&k)) && !env.contains(kv)).cloned().collect();
-        env.extend(display);
+        // A tool holding privileges its caller lacks gets the display only
+        // as a number (`:0`, `:1.0`): the others name files and sockets it
+        // could open with those privileges.
+        let plain = |kv: &Vec<u8>| kv.strip_prefix(b"DISPLAY=:").is_some_and(|n| !n.is_empty() && n.iter().all(|b| b.is_ascii_digit() || *b == b'.'));
+        env.extend(caller_env.iter().filter(|kv| plain(kv)).cloned());
     }
     if image.network != crate::catalog::Network::None {
         // A caller that names a proxy in either spelling chose its own.
@@ -469,9 +471,9 @@ mod tests {
         };
         assert_eq!(shaped(false, false), ["XDG_RUNTIME_DIR=/run/user/1000", "TERM=xterm"]);
         assert_eq!(shaped(true, false).len(), 5);
-        // A privileged graphical tool gets the display from the allowlist's side too.
+        // A privileged graphical tool gets the display's number, no path.
         let p = shaped(true, true);
-        assert!(p.contains(&"DISPLAY=:1".to_string()) && p.contains(&"XDG_RUNTIME_DIR=/run/user/1000".to_string()), "{p:?}");
+        assert_eq!(p, ["TERM=xterm", "DISPLAY=:1"]);
         assert!(!shaped(false, true).iter().any(|v| v.starts_with("DISPLAY=")));
     }
 

@@ -20,6 +20,9 @@ use crate::protocol::{Failure, ImageUsage, Response};
 /// may belong to a scan under way: they stay.
 const LEFTOVER_AGE_S: i64 = 600;
 
+/// How long `odfs status` shows the images as last read.
+pub const USAGE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One local image odfs manages, as gc weighs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -32,6 +35,10 @@ pub struct Candidate {
     pub in_use: bool,
     /// A catalog entry's reference names it.
     pub needed: bool,
+    /// It can be had again: it came from a registry, or from a recipe, or
+    /// no name is left on it. A local build with a name and no recipe is
+    /// someone's only copy, never removed.
+    pub refetchable: bool,
 }
 
 /// What gc removes and why, and what it could not get under.
@@ -78,7 +85,7 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
     let mut plan = GcPlan::default();
     let mut gone: HashSet<&str> = HashSet::new();
     let age_ms = (limits.max_age_s as i64).saturating_mul(1000);
-    for c in images.iter().filter(|c| !c.in_use && now_ms - c.last_used_ms >= age_ms) {
+    for c in images.iter().filter(|c| !c.in_use && c.refetchable && now_ms - c.last_used_ms >= age_ms) {
         plan.remove.push((c.id.clone(), format!("unused since {}", ago(now_ms, c.last_used_ms))));
         gone.insert(&c.id);
     }
@@ -86,7 +93,7 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
     let freed = |gone: &HashSet<&str>| images.iter().filter(|c| gone.contains(c.id.as_str())).map(|c| c.size).sum::<u64>();
     let over = |gone: &HashSet<&str>| limits.budget.is_some_and(|b| held(gone) > b);
     let short = |gone: &HashSet<&str>| limits.disk.is_some_and(|(free, want)| free + freed(gone) < want);
-    let mut lru: Vec<&Candidate> = images.iter().filter(|c| !c.in_use && !c.needed && !gone.contains(c.id.as_str())).collect();
+    let mut lru: Vec<&Candidate> = images.iter().filter(|c| !c.in_use && c.refetchable && !c.needed && !gone.contains(c.id.as_str())).collect();
     lru.sort_by_key(|c| c.last_used_ms);
     for c in lru {
         if !over(&gone) && !short(&gone) {
@@ -96,7 +103,7 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
         plan.remove.push((c.id.clone(), format!("{why}, least recently used (last {})", ago(now_ms, c.last_used_ms))));
         gone.insert(&c.id);
     }
-    let rest = "the rest are in use, or needed by the catalog and used within image_max_age";
+    let rest = "the rest are in use, needed by the catalog and used within image_max_age, or local builds that could not be had again";
     if let (true, Some(b)) = (over(&gone), limits.budget) {
         plan.short = Some(format!("still {} over the image budget of {}: {rest}", human_bytes(held(&gone) - b), human_bytes(b)));
     } else if let (true, Some((free, want))) = (short(&gone), limits.disk) {
@@ -184,7 +191,9 @@ impl<B: ContainerBackend> Daemon<B> {
             _ => false,
         };
         if check {
-            let digest = backend.registry_digest(r).await.map_err(|e| format!("cannot ask its registry: {e}"))?;
+            let digest = backend.registry_digest(r).await.map_err(|e| {
+                format!("cannot ask its registry without pulling ({e}): the engine may lack the distribution API (Podman's does); run odfs update without --check")
+            })?;
             let here = before.as_ref().is_some_and(|b| b.digests.iter().any(|d| d.ends_with(&format!("@{digest}"))));
             return Ok(if here {
                 format!("up to date ({digest})")
@@ -222,9 +231,12 @@ impl<B: ContainerBackend> Daemon<B> {
             self.store.image_uses().map_err(|e| format!("cannot read the history: {e}"))?.into_iter().map(|u| (u.id.clone(), u)).collect();
         let images = backend.images().await.map_err(|e| e.to_string())?;
         let holders = backend.holders().await.map_err(|e| e.to_string())?;
-        let mut needed = HashSet::new();
+        let (mut needed, mut rebuildable) = (HashSet::new(), HashSet::new());
         for image in self.snapshot().images.values() {
             if let Ok(Some(i)) = backend.image_info(&image.reference).await {
+                if image.build.is_some() {
+                    rebuildable.insert(i.id.clone());
+                }
                 needed.insert(i.id);
             }
         }
@@ -237,10 +249,18 @@ impl<B: ContainerBackend> Daemon<B> {
             if !managed {
                 continue;
             }
+            // An image the catalog names and the history does not know yet
+            // (a daemon of an older version ran it) ages from now on.
+            let Some(u) = uses.get(&i.id) else {
+                self.store.image_seen(&i.id, i.tags.first().map_or("", String::as_str));
+                let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id);
+                out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: true, size: i.size, last_used_ms: now_ms(), refetchable, id: i.id });
+                continue;
+            };
             let tagged = backend.image_info(&i.id).await.ok().flatten().and_then(|x| x.tagged_ms);
-            let u = uses.get(&i.id);
-            let last = [u.and_then(|u| u.last_ms), u.map(|u| u.first_ms), tagged, Some(i.created_s * 1000)].into_iter().flatten().max().unwrap_or(0);
-            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, id: i.id });
+            let last = [u.last_ms, Some(u.first_ms), tagged].into_iter().flatten().max().unwrap_or(0);
+            let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id) || i.tags.is_empty();
+            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, refetchable, id: i.id });
         }
         Ok((out, holders))
     }
@@ -264,11 +284,12 @@ impl<B: ContainerBackend> Daemon<B> {
         // Containers odfs made that nothing runs in (a crash's scratch).
         let (_, holders) = self.candidates().await?;
         let now = now_ms();
-        for h in holders.iter().filter(|h| h.managed && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S) {
-            if !dry_run {
-                backend.remove(&h.id).await.map_err(|e| e.to_string())?;
+        let mount = self.pool.mount_id();
+        for h in holders.iter().filter(|h| h.mount == mount && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S) {
+            match if dry_run { Ok(()) } else { backend.remove(&h.id).await } {
+                Ok(()) => lines.push(format!("{verb} leftover container {}", short_id(&h.id))),
+                Err(e) => lines.push(format!("kept leftover container {}: {e}", short_id(&h.id))),
             }
-            lines.push(format!("{verb} leftover container {}", short_id(&h.id)));
         }
         let (images, _) = self.candidates().await?;
         let space = backend.data_root_space().await.map_err(|e| e.to_string())?;
@@ -294,7 +315,7 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         if !dry_run && !plan.remove.is_empty() {
             // The build cache unused for as long goes with them.
-            freed += backend.prune_build_cache().await.unwrap_or(0);
+            freed += backend.prune_build_cache(limits.max_age_s).await.unwrap_or(0);
         }
         let held: u64 = images.iter().filter(|c| !plan.remove.iter().any(|(id, _)| id == &c.id)).map(|c| c.size).sum();
         let mut summary = format!("{} image(s) odfs manages hold {}", images.len() - plan.remove.len(), human_bytes(held));
@@ -312,6 +333,18 @@ impl<B: ContainerBackend> Daemon<B> {
     /// `odfs status`: the images odfs manages, newest use first, and the
     /// engine's disk in a line.
     pub(super) async fn image_usage(&self) -> (Vec<ImageUsage>, String) {
+        // One reading at a time, reused for a while: many users' status
+        // calls cost the engine one.
+        let mut cached = self.image_usage.lock().await;
+        if let Some((_, usage, disk)) = cached.as_ref().filter(|(at, ..)| at.elapsed() < USAGE_FOR) {
+            return (usage.clone(), disk.clone());
+        }
+        let fresh = self.read_image_usage().await;
+        *cached = Some((std::time::Instant::now(), fresh.0.clone(), fresh.1.clone()));
+        fresh
+    }
+
+    async fn read_image_usage(&self) -> (Vec<ImageUsage>, String) {
         let (images, holders) = match self.candidates().await {
             Ok(x) => x,
             Err(e) => return (vec![], format!("images unknown: {e}")),
@@ -378,7 +411,7 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     fn image(id: &str, size: u64, days_ago: i64, in_use: bool, needed: bool) -> Candidate {
-        Candidate { id: id.into(), names: vec![], size, last_used_ms: 100 * DAY - days_ago * DAY, in_use, needed }
+        Candidate { id: id.into(), names: vec![], size, last_used_ms: 100 * DAY - days_ago * DAY, in_use, needed, refetchable: true }
     }
 
     fn removed(p: &GcPlan) -> Vec<&str> {
@@ -391,9 +424,12 @@ mod tests {
         let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: None, disk: None });
         assert_eq!(removed(&p), ["old"]);
         assert!(p.remove[0].1.contains("40 days ago"), "{:?}", p.remove);
-        // An age of zero takes every unused one.
+        // An age of zero takes every unused one, but never a local build
+        // that could not be had again.
         let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 0, budget: None, disk: None });
         assert_eq!(removed(&p), ["old", "fresh"]);
+        let only_copy = [Candidate { refetchable: false, ..image("mine", 10, 90, false, false) }];
+        assert!(plan_gc(&only_copy, 100 * DAY, Limits { max_age_s: 0, budget: Some(0), disk: Some((0, 100)) }).remove.is_empty());
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct Daemon<B> {
     outbound: crate::backend::outbound::Outbound,
     /// What `odfs gc` keeps (`[gc]`).
     gc: crate::config::GcSettings,
+    /// The images' lines of `odfs status`, as last read (any user may ask:
+    /// the engine is asked at most once per [`images::USAGE_FOR`]).
+    image_usage: tokio::sync::Mutex<Option<(std::time::Instant, Vec<crate::protocol::ImageUsage>, String)>>,
 }
 
 impl<B> Daemon<B> {

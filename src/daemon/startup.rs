@@ -184,7 +184,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // The shims' `#!` line names the launcher: the kernel resolves a
     // relative one against each caller's cwd, where it is not.
-    let cfg = DaemonConfig { launcher: std::path::absolute(&cfg.launcher)?, ..cfg };
+    let mut cfg = DaemonConfig { launcher: std::path::absolute(&cfg.launcher)?, ..cfg };
+    // The site's CA bundle is named to networked tools at its host path:
+    // shared at that path even under an image-owned directory (/etc/ssl).
+    if let Some(ca) = cfg.engine.outbound.ca_bundle.clone().filter(|ca| !cfg.view.share.contains(ca)) {
+        cfg.view.share.push(ca);
+    }
     check_binaries(&cfg)?;
     let text = shim_text(&cfg)?;
     for dir in [&cfg.state_dir, &cfg.run_dir] {
@@ -257,6 +262,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         pins: Default::default(),
         outbound: cfg.engine.outbound.clone(),
         gc: cfg.gc.clone(),
+        image_usage: Default::default(),
         docs: super::docs::Docs::new(crate::share::share_dir(&mountpoint, cfg.share_dir.as_deref()), &cfg.state_dir),
     });
 

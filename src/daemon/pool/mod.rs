@@ -741,8 +741,12 @@ impl<B: ContainerBackend> Pool<B> {
         let slots: Vec<Arc<Slot>> = self.slots.iter().filter(|s| s.image.reference == reference).map(|s| s.value().clone()).collect();
         let mut busy = 0;
         for slot in slots {
+            // Under the state lock: a start under way (which sets the id it
+            // made its container of) finishes first.
+            let state = slot.state.lock().await;
             *slot.wanted.lock().unwrap() = Some(id.into());
-            let c = slot.state.lock().await.container().cloned();
+            let c = state.container().cloned();
+            drop(state);
             if let Some(c) = c.filter(|c| slot.outdated(c).is_some()) {
                 busy += self.agent_status(&slot, &c).await.is_ok_and(|(running, _)| running > 0) as usize;
             }
