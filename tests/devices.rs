@@ -17,21 +17,23 @@ use common::*;
 struct Xvfb {
     child: Child,
     display: String,
+    log: std::path::PathBuf,
 }
 
 impl Xvfb {
     fn start() -> Xvfb {
+        let log = std::path::PathBuf::from(format!("/tmp/odfs-test-xvfb-{}.log", std::process::id()));
         let mut child = Command::new("Xvfb")
             .args(["-displayfd", "1", "-screen", "0", "320x240x24", "-nolisten", "tcp", "-br"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("Xvfb (scripts/setup installs it)");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let display = format!(":{}", line.trim());
         assert!(display.len() > 1, "Xvfb gave no display number");
-        Xvfb { child, display }
+        Xvfb { child, display, log }
     }
 
     /// The whole screen as `xwd` dumps it.
@@ -44,8 +46,10 @@ impl Xvfb {
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the server removes its socket and lock file.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -77,6 +81,9 @@ fn a_graphical_tool_draws_on_the_caller_s_display_and_others_get_none() {
     let user = TestUser::new();
     let blank = x.screenshot();
     assert_eq!(red_pixels(&blank), 0);
+    // The user reaches the display natively first.
+    let o = user.cmd("xwd").args(["-root", "-silent", "-display", &x.display]).output().unwrap();
+    assert!(o.status.success(), "the X server refuses the user itself: {}\n{}", stderr(&o), std::fs::read_to_string(&x.log).unwrap_or_default());
     // As a user of the machine, as natively: a red square at the top left.
     let shim = m.shim("display");
     let mut tool = user
@@ -92,7 +99,15 @@ fn a_graphical_tool_draws_on_the_caller_s_display_and_others_get_none() {
     let drawn = eventually(Duration::from_secs(30), || red_pixels(&x.screenshot()) >= 80 * 80);
     let _ = tool.kill();
     let out = tool.wait_with_output().unwrap();
-    assert!(drawn, "no window on {}: {} red pixels; {}\n{}", x.display, red_pixels(&x.screenshot()), stderr(&out), m.log_text());
+    assert!(
+        drawn,
+        "no window on {}: {} red pixels; {}\nXvfb: {}\n{}",
+        x.display,
+        red_pixels(&x.screenshot()),
+        stderr(&out),
+        std::fs::read_to_string(&x.log).unwrap_or_default(),
+        m.log_text()
+    );
 
     // The display is the gui image's only.
     let env = |cmd: &str| stdout(&user.cmd(m.shim(cmd)).env("DISPLAY", &x.display).env("PULSE_SERVER", "unix:/x").output().unwrap());

@@ -317,13 +317,19 @@ fn a_recipe_is_built_again_only_when_it_changed() {
 
 #[test]
 fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use() {
-    let dir = PathBuf::from(format!("/tmp/odfs-test-gc-{}", std::process::id()));
-    let _clean = Defer(|| {
-        let _ = std::fs::remove_dir_all(format!("/tmp/odfs-test-gc-{}", std::process::id()));
-    });
-    let refs: Vec<String> = ["x", "y", "z"].iter().map(|n| format!("odfs-test/gc-{n}-{}:1", std::process::id())).collect();
-    let _images: Vec<RemoveImage> = refs.iter().map(|r| RemoveImage(r.clone())).collect();
-    let ids: Vec<String> = refs.iter().zip(["x", "y", "z"]).map(|(r, n)| build_version(&dir, r, n)).collect();
+    // From a registry, so gc may remove them (they can be had again).
+    let mut registry = Registry::start();
+    let refs: Vec<String> = ["x", "y", "z"].iter().map(|n| format!("{}/odfs-test/gc-{n}-{}:1", registry.addr, std::process::id())).collect();
+    registry.pushed.extend(refs.iter().cloned());
+    let ids: Vec<String> = refs
+        .iter()
+        .zip(["x", "y", "z"])
+        .map(|(r, n)| {
+            let id = build_version(&registry.dir, r, n);
+            assert!(docker(&["push", r]).status.success());
+            id
+        })
+        .collect();
     let entry = |n: &str, r: &str| format!("[image.{n}]\nref = \"{r}\"\nnetwork = \"none\"\n\n[command.{n}]\nimage = \"{n}\"\npath = \"/bin/sh\"\n\n");
     let all: String = ["x", "y", "z"].iter().zip(&refs).map(|(n, r)| entry(n, r)).collect();
     let m = TestMount::new(&all);
@@ -338,13 +344,18 @@ fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use()
     let _kill = Defer(move || {
         let _ = busy.kill();
     });
-    // y and z leave the catalog and their containers go.
-    std::fs::write(m.catalog.join("test.toml"), entry("x", &refs[0])).unwrap();
-    assert!(eventually(Duration::from_secs(10), || !m.mnt.join("y").exists()));
+    // y and z leave the catalog and their containers go; w, a local build
+    // with no recipe (its only copy), comes.
+    let local = format!("odfs-test/gc-w-{}:1", std::process::id());
+    let _local = RemoveImage(local.clone());
+    let w = build_version(&registry.dir, &local, "w");
+    std::fs::write(m.catalog.join("test.toml"), entry("x", &refs[0]) + &entry("w", &local)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !m.mnt.join("y").exists() && m.mnt.join("w").exists()));
+    assert_eq!(stdout(&m.sh(r#""$M/w" -c 'cat /version'"#)), "w\n");
     let o = m.odfs(&["stop", "--all"]);
     assert!(eventually(Duration::from_secs(10), || m.containers().len() == 1), "{:?} {} {}", m.containers(), stdout(&o), stderr(&o));
     let size = |id: &str| -> u64 { stdout(&docker(&["image", "inspect", "-f", "{{.Size}}", id])).trim().parse().unwrap() };
-    let budget = size(&ids[0]) + size(&ids[2]) + 1024;
+    let budget = size(&ids[0]) + size(&ids[2]) + size(&w) + 1024;
 
     // Nothing to age out at the default age; the budget takes y, the older.
     let o = m.odfs(&["gc", "--dry-run", "--budget", &budget.to_string()]);
@@ -360,10 +371,12 @@ fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use()
     for kept in [&refs[0], &refs[2]] {
         assert!(docker(&["image", "inspect", kept]).status.success(), "{kept} is gone: {}", stdout(&o));
     }
-    // An age of zero takes every unused one: z, never x, whose tool runs.
+    // An age of zero takes every unused one: z, never x, whose tool runs,
+    // nor w, which could not be had again.
+    let _ = m.odfs(&["stop", "w"]);
     let o = m.odfs(&["gc", "--dry-run", "--max-age", "0s"]);
     assert!(stdout(&o).contains(&format!("would remove image {}", short(&ids[2]))), "{}", stdout(&o));
-    assert!(!stdout(&o).contains(short(&ids[0])), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(short(&ids[0])) && !stdout(&o).contains(short(&w)), "{}", stdout(&o));
     // status shows the disk use per image.
     let status = stdout(&m.odfs(&["status"]));
     assert!(status.contains("disk: ") && status.contains(short(&ids[0])) && status.contains(&refs[0]), "{status}");
@@ -419,7 +432,12 @@ fn the_site_s_proxy_and_ca_bundle_reach_recipe_builds_and_networked_tools() {
     let _clean = Defer(|| {
         let _ = std::fs::remove_dir_all(format!("/tmp/odfs-test-proxy-{}", std::process::id()));
     });
-    let bundle = dir.join("site-ca.pem");
+    // Where sites keep it: under /etc, which is the image's own in a
+    // container, so odfs shares it into the view at its path.
+    let bundle = PathBuf::from(format!("/etc/ssl/odfs-test-ca-{}.pem", std::process::id()));
+    let _bundle = Defer(|| {
+        let _ = std::fs::remove_file(format!("/etc/ssl/odfs-test-ca-{}.pem", std::process::id()));
+    });
     std::fs::write(&bundle, "-----BEGIN CERTIFICATE-----\nb2Rmcy10ZXN0\n-----END CERTIFICATE-----\n").unwrap();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = dir.join("odfs.toml");
