@@ -343,6 +343,7 @@ fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use()
     std::io::BufRead::read_line(&mut std::io::BufReader::new(busy.stdout.take().unwrap()), &mut line).unwrap();
     let _kill = Defer(move || {
         let _ = busy.kill();
+        let _ = busy.wait();
     });
     // y and z leave the catalog and their containers go; w, a local build
     // with no recipe (its only copy), comes.
