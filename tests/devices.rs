@@ -117,6 +117,10 @@ fn a_graphical_tool_draws_on_the_caller_s_display_and_others_get_none() {
     let o = user.cmd(m.shim("pdisplay")).args(["-size", "80x80", "xc:red"]).env("DISPLAY", &x.display).output().unwrap();
     assert!(!o.status.success() && stderr(&o).contains("unable to open X server"), "{}", stderr(&o));
     assert_eq!(red_pixels(&x.screenshot()), 0, "the window went with its tool; none came from the plain image");
+    // odfs show says which tools get the display.
+    let show = |cmd: &str| stdout(&m.odfs(&["show", cmd]));
+    assert!(show("display").contains("; the caller's display and sound (a graphical image)"), "{}", show("display"));
+    assert!(show("pdisplay").contains("; no display (DISPLAY, WAYLAND_DISPLAY"), "{}", show("pdisplay"));
 }
 
 /// A device node of the test's own (the kernel's tun device under another
@@ -166,6 +170,9 @@ fn a_device_passes_with_access_by_the_caller_s_groups_and_what_cannot_pass_is_on
     assert!(native(&other).contains("Permission denied"), "{}", native(&other));
     assert!(through(&other).contains("Permission denied"), "{}", through(&other));
 
+    let show = stdout(&m.odfs(&["show", "dcat"]));
+    assert!(show.contains(&format!("devices:    {} (access by the caller's groups, as natively)", node.path)), "{show}");
+    assert!(stdout(&m.odfs(&["show", "gtrue"])).contains("devices:    GPUs (gpus = \"all\")"));
     let o = m.sh(&format!(r#""$M/ncat" {missing}"#));
     assert_eq!(shell_status(&o), 126, "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));

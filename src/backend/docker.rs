@@ -280,8 +280,14 @@ impl Docker {
         }
     }
 
-    /// Pull `from`, shown as the fetch of `reference`.
-    async fn pull_one(&self, from: &str, reference: &str, progress: &ProgressTx) -> Result<(), BackendError> {
+    /// Pull `from`, shown as the fetch of `reference`; a failure is shown
+    /// only on the `last` attempt (a mirror that misses is not the caller's news).
+    async fn pull_one(&self, from: &str, reference: &str, progress: &ProgressTx, last: bool) -> Result<(), BackendError> {
+        let finish = |progress: &ProgressTx, p: &ImageProgress, ok: bool| {
+            if ok || last {
+                finish(progress, p, ok);
+            }
+        };
         let mut tracker = PullTracker::new(reference);
         progress.send_replace(Some(tracker.observe(None, "pulling", None, None).clone()));
         let opts = CreateImageOptionsBuilder::new().from_image(from).build();
@@ -328,7 +334,7 @@ impl ContainerBackend for Docker {
         // own `registry-mirrors` would (Podman's API has no such setting):
         // pulled under the mirror's name, then tagged as the catalog names it.
         for mirrored in self.engine.outbound.mirrored(reference) {
-            match self.pull_one(&mirrored, reference, progress).await {
+            match self.pull_one(&mirrored, reference, progress, false).await {
                 Ok(()) => {
                     let client = self.client().await?;
                     let (repo, tag) = split_tag(reference);
@@ -346,7 +352,7 @@ impl ContainerBackend for Docker {
                 Err(e) => tracing::info!(image = reference, mirror = mirrored, "not from this mirror: {e}"),
             }
         }
-        self.pull_one(reference, reference, progress).await
+        self.pull_one(reference, reference, progress, true).await
     }
 
     async fn build_image(&self, reference: &str, recipe: &Path, progress: &ProgressTx) -> Result<(), BackendError> {

@@ -508,6 +508,9 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
         println!("host view:  {} (the remote host's remote_dirs; nothing else of this host)", list(&v.host));
         println!("processes:  {}", v.namespaces);
         println!("environment: {}", v.environment);
+        if !v.devices.is_empty() {
+            println!("devices:    {}", v.devices);
+        }
         return Ok(());
     }
     println!("host view:  {} (same paths, the caller's permissions)", list(&v.host));
@@ -518,6 +521,9 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
     }
     println!("processes:  {}", v.namespaces);
     println!("environment: {}", v.environment);
+    if !v.devices.is_empty() {
+        println!("devices:    {}", v.devices);
+    }
     Ok(())
 }
 

@@ -235,8 +235,9 @@ impl<B: ContainerBackend> Daemon<B> {
             private: if remote { vec![] } else { view.host.iter().filter(|p| !crate::view::follows_host(&mountinfo, p)).map(shown).collect() },
             remote,
             namespaces: namespaces_line(&entry.image, remote),
-            environment: environment_line(&entry, &self.pool.inner().mountpoint),
+            environment: environment_line(&entry, &self.pool.inner().mountpoint, &self.outbound),
             version,
+            devices: devices_line(&entry.image),
         })
     }
 
@@ -410,12 +411,32 @@ fn namespaces_line(image: &crate::catalog::ImageSpec, remote: bool) -> String {
 
 /// `odfs show`'s line on which of the caller's environment a tool gets
 /// (see [`super::exec::tool_env`]).
-fn environment_line(entry: &crate::catalog::Resolved, mountpoint: &std::path::Path) -> String {
+fn environment_line(entry: &crate::catalog::Resolved, mountpoint: &std::path::Path, site: &crate::backend::outbound::Outbound) -> String {
     let path = format!("PATH is the image's, then {}", mountpoint.display());
-    if entry.image.user == crate::catalog::RunAs::Root || !entry.image.cap_add.is_empty() {
+    let privileged = entry.image.user == crate::catalog::RunAs::Root || !entry.image.cap_add.is_empty();
+    let mut line = if privileged {
         let extra = if entry.command.env.is_empty() { String::new() } else { format!(", {}", entry.command.env.join(" ")) };
         format!("for callers other than root, an allowlist (the tool holds privileges they lack): TERM, the locale, TZ, HOME, USER and the like{extra}; never a loader or interpreter variable; {path}")
     } else {
         format!("the caller's, as it is; {path}")
+    };
+    line += match (entry.image.gui, privileged) {
+        (false, _) => "; no display (DISPLAY, WAYLAND_DISPLAY, XAUTHORITY, PULSE_SERVER are kept out: the image is not graphical)",
+        (true, false) => "; the caller's display and sound (a graphical image)",
+        (true, true) => "; the caller's display as a number only (a graphical image whose tools hold privileges)",
+    };
+    if entry.image.network != crate::catalog::Network::None && !site.tool_env(true).is_empty() {
+        line += "; the site's proxy and CA bundle where the caller sets none";
     }
+    line
+}
+
+/// `odfs show`'s line on the devices and GPUs a tool gets.
+fn devices_line(image: &crate::catalog::ImageSpec) -> String {
+    let mut parts: Vec<String> = image.devices.iter().map(|d| d.to_string()).collect();
+    parts.extend(image.gpus.as_ref().map(|g| format!("GPUs ({})", g.describe())));
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!("{} (access by the caller's groups, as natively)", parts.join(", "))
 }

@@ -125,6 +125,8 @@ pub struct ViewInfo {
     /// Which version the asking caller gets in their directory, and why
     /// (empty for a command without versions).
     pub version: String,
+    /// The devices and GPUs it is given, in a line (empty: none).
+    pub devices: String,
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
