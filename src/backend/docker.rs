@@ -51,6 +51,13 @@ impl Docker {
         }
     }
 
+    /// The proxy the engine itself pulls through (its `HTTPS_PROXY`, else
+    /// `HTTP_PROXY`), for `odfs doctor`.
+    pub async fn engine_proxy(&self) -> Result<Option<String>, BackendError> {
+        let info = self.client().await?.info().await.map_err(|e| self.classify(e))?;
+        Ok(info.https_proxy.filter(|p| !p.is_empty()).or(info.http_proxy.filter(|p| !p.is_empty())))
+    }
+
     /// The engine's version line, for `odfs doctor`.
     pub async fn version(&self) -> Result<String, BackendError> {
         let v = self.client().await?.version().await.map_err(|e| self.classify(e))?;

@@ -564,6 +564,21 @@ fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow:
     for c in &containers {
         report(None, format!("image {} ({}): exec path {}", c.image, c.state, c.exec_path));
     }
+    // The site's proxy reaches builds and tools; pulls are the engine's own.
+    if let Ok(e) = odfs::config::engine(None, config) {
+        let site = e.outbound.https_proxy.clone().or(e.outbound.http_proxy.clone());
+        if let (Some(site), false) = (site, engine.remote) {
+            let docker = odfs::backend::docker::Docker::with_engine(e);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match rt.block_on(docker.engine_proxy()) {
+                Ok(Some(p)) => report(Some(true), format!("the engine pulls through the proxy {p}; builds and networked tools get {site}")),
+                Ok(None) => report(None, format!(
+                    "builds and networked tools get the proxy {site}, but the engine pulls without one: set HTTPS_PROXY in its service's environment, or name registry_mirrors"
+                )),
+                Err(_) => {}
+            }
+        }
+    }
     let commands = match ask(socket, Request::List) {
         Ok(Response::Commands(c)) => {
             report(Some(true), format!("daemon at {} serves {} commands", socket.display(), c.len()));
