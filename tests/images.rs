@@ -316,6 +316,38 @@ fn a_recipe_is_built_again_only_when_it_changed() {
 }
 
 #[test]
+fn an_image_made_outside_odfs_with_a_recipe_and_no_registry_is_built_again_by_update() {
+    // As scripts/build-images makes the shipped images: built here, no
+    // registry to pull from, a recipe in the catalog.
+    let dockerfile = "FROM odfs-test/busybox:latest\nCOPY marker /marker\n";
+    let reference = format!("odfs-test/offline-{}:1", std::process::id());
+    let _image = RemoveImage(reference.clone());
+    let dir = PathBuf::from(format!("/tmp/odfs-test-offline-{}", std::process::id()));
+    let _clean = Defer(|| {
+        let _ = std::fs::remove_dir_all(format!("/tmp/odfs-test-offline-{}", std::process::id()));
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(dir.join("marker"), "by hand\n").unwrap();
+    assert!(docker(&["build", "-q", "-t", &reference, dir.to_str().unwrap()]).status.success());
+    let by_hand = image_id(&reference);
+    let toml = format!("[image.offline]\nref = \"{reference}\"\nbuild = \"images/offline\"\nnetwork = \"none\"\n\n[command.tool]\nimage = \"offline\"\npath = \"/bin/cat\"\n");
+    let m = TestMount::with_files(&[("test.toml", &toml), ("images/offline/Dockerfile", dockerfile), ("images/offline/marker", "from the recipe\n")], &[]);
+    let o = m.odfs(&["update", "--check", "tool"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("would be built again from its recipe") && stdout(&o).contains("was not built by odfs"), "{}", stdout(&o));
+    assert_eq!(image_id(&reference), by_hand);
+    let o = m.odfs(&["update", "tool"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let built = image_id(&reference);
+    assert_eq!(stdout(&o), format!("{reference}: updated {} → {}\n", short(&by_hand), short(&built)));
+    assert_eq!(stdout(&m.sh(r#""$M/tool" /marker"#)), "from the recipe\n");
+    let o = m.odfs(&["update", "tool"]);
+    assert!(stdout(&o).contains("up to date at") && stdout(&o).contains("as built"), "{}", stdout(&o));
+    let _ = docker(&["rmi", "-f", &by_hand]);
+}
+
+#[test]
 fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use() {
     // From a registry, so gc may remove them (they can be had again).
     let mut registry = Registry::start();

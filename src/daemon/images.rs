@@ -174,26 +174,28 @@ impl<B: ContainerBackend> Daemon<B> {
             return Ok(format!("pinned by digest: stays{}", before.map_or(String::new(), |b| format!(" at {}", short_id(&b.id)))));
         }
         // A recipe the image was built from (or no image yet) decides; an
-        // image that came from a registry is pulled.
-        let built = before.as_ref().map(|b| b.labels.get(LABEL_RECIPE).cloned());
-        let rebuild = match (&image.build, built) {
-            (Some(recipe), None | Some(Some(_))) => {
-                let stamp = backend.recipe_stamp(recipe).await.map_err(|e| format!("cannot read the recipe {}: {e}", recipe.display()))?;
-                let was = before.as_ref().and_then(|b| b.labels.get(LABEL_RECIPE));
-                if was == Some(&stamp) {
-                    return Ok(format!("up to date at {} (its recipe and base images are as built)", short_id(&before.unwrap_or_default().id)));
-                }
-                if check {
-                    return Ok(format!("would be built again: its recipe {} or a base image changed", recipe.display()));
-                }
-                true
+        // image that came from a registry is pulled, and built from its
+        // recipe when the pull fails (an image made offline, as fetch does).
+        let stamped = before.as_ref().is_none_or(|b| b.labels.contains_key(LABEL_RECIPE));
+        let mut rebuild = false;
+        if image.build.is_some() && stamped {
+            match self.by_recipe(image, before.as_ref(), check).await? {
+                Some(line) => return Ok(line),
+                None => rebuild = true,
             }
-            _ => false,
-        };
+        }
         if check {
-            let digest = backend.registry_digest(r).await.map_err(|e| {
-                format!("cannot ask its registry without pulling ({e}): the engine may lack the distribution API (Podman's does); run odfs update without --check")
-            })?;
+            let digest = match backend.registry_digest(r).await {
+                Ok(d) => d,
+                Err(e) => match self.by_recipe(image, before.as_ref(), true).await? {
+                    Some(line) if image.build.is_some() => return Ok(format!("{line} (its registry does not answer: {e})")),
+                    _ => {
+                        return Err(format!(
+                            "cannot ask its registry without pulling ({e}): the engine may lack the distribution API (Podman's does); run odfs update without --check"
+                        ))
+                    }
+                },
+            };
             let here = before.as_ref().is_some_and(|b| b.digests.iter().any(|d| d.ends_with(&format!("@{digest}"))));
             return Ok(if here {
                 format!("up to date ({digest})")
@@ -201,7 +203,17 @@ impl<B: ContainerBackend> Daemon<B> {
                 format!("an update is available: {digest} (here: {})", before.map_or("nothing".into(), |b| short_id(&b.id).to_string()))
             });
         }
-        self.with_progress(client, image, self.pool.refetch(image, rebuild)).await.map_err(|e| e.to_string())?;
+        match self.with_progress(client, image, self.pool.refetch(image, rebuild)).await {
+            Ok(()) => {}
+            Err(super::call::PoolError::Backend(crate::backend::BackendError::ImageMissing { reason, .. })) if image.build.is_some() => {
+                tracing::info!(image = r.as_str(), "cannot pull ({reason}); its recipe decides");
+                if let Some(line) = self.by_recipe(image, before.as_ref(), false).await? {
+                    return Ok(line);
+                }
+                self.with_progress(client, image, self.pool.refetch(image, true)).await.map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
         let after = backend.image_info(r).await.map_err(|e| e.to_string())?.ok_or("gone right after its fetch")?;
         let Some(before) = before else { return Ok(format!("fetched: {}", short_id(&after.id))) };
         if before.id == after.id {
@@ -222,6 +234,23 @@ impl<B: ContainerBackend> Daemon<B> {
             line += &format!("; {moving} container(s) with tools running move to it when they end");
         }
         Ok(line)
+    }
+
+    /// Whether an image's recipe needs building: `Some(line)` when not (it
+    /// is as built) or when only checking; `None` when it must be built.
+    async fn by_recipe(&self, image: &ImageSpec, before: Option<&ImageInfo>, check: bool) -> Result<Option<String>, String> {
+        let Some(recipe) = &image.build else { return Ok(None) };
+        let stamp = self.pool.backend().recipe_stamp(recipe).await.map_err(|e| format!("cannot read the recipe {}: {e}", recipe.display()))?;
+        match before {
+            Some(b) if b.labels.get(LABEL_RECIPE) == Some(&stamp) => {
+                Ok(Some(format!("up to date at {} (its recipe and base images are as built)", short_id(&b.id))))
+            }
+            Some(b) if check && !b.labels.contains_key(LABEL_RECIPE) => {
+                Ok(Some(format!("would be built again from its recipe {} (this image was not built by odfs)", recipe.display())))
+            }
+            _ if check => Ok(Some(format!("would be built again: its recipe {} or a base image changed", recipe.display()))),
+            _ => Ok(None),
+        }
     }
 
     /// Every image odfs manages that is here, as gc weighs it.
