@@ -700,6 +700,9 @@ fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
         _ => "odfs",
     };
     let mut fetching = odfs_wire::progress::Fetching::new(subcommand, std::io::stderr().is_terminal(), Stderr(std::time::Instant::now()));
+    if subcommand == "update" {
+        fetching = fetching.again();
+    }
     loop {
         match protocol::recv::<Response>(&conn)? {
             Some((Response::Progress(p), _)) => fetching.show(&p),

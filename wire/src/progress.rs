@@ -25,12 +25,21 @@ pub struct Fetching<S: Screen> {
     /// whether a line of it is on screen.
     current: Option<((String, bool), f64)>,
     drawn: bool,
+    /// The image is fetched again on purpose (`odfs update`), not because
+    /// it is missing.
+    again: bool,
 }
 
 impl<S: Screen> Fetching<S> {
     /// `terminal`: stderr is a terminal, so a bar is redrawn in place.
     pub fn new(command: &str, terminal: bool, screen: S) -> Fetching<S> {
-        Fetching { command: command.to_string(), terminal, screen, current: None, drawn: false }
+        Fetching { command: command.to_string(), terminal, screen, current: None, drawn: false, again: false }
+    }
+
+    /// A display for images fetched again on purpose (`odfs update`).
+    pub fn again(mut self) -> Fetching<S> {
+        self.again = true;
+        self
     }
 
     pub fn show(&mut self, p: &ImageProgress) {
@@ -41,7 +50,13 @@ impl<S: Screen> Fetching<S> {
             _ => {
                 self.current = Some((key, now));
                 if !self.terminal {
-                    self.line(&format!("{} {} ({})", verb(p, false), p.reference, if p.building { "cannot be pulled" } else { "not on this machine" }));
+                    let why = match (self.again, p.building) {
+                        (true, true) => "from its recipe",
+                        (true, false) => "for an update",
+                        (false, true) => "cannot be pulled",
+                        (false, false) => "not on this machine",
+                    };
+                    self.line(&format!("{} {} ({why})", verb(p, false), p.reference));
                 }
                 now
             }
@@ -190,6 +205,11 @@ mod tests {
         f.show(&ImageProgress { done: true, ok: true, ..p((2, 2), (0, 0)) });
         drop(f);
         assert_eq!(kept.borrow().0, "odfs: jq: pulling r/x:1 (not on this machine)\nodfs: jq: pulled r/x:1 2/2 layers in 2.5s\n");
+        // An update fetches what is here already, and says why.
+        let kept_again = alloc::rc::Rc::new(core::cell::RefCell::new((String::new(), 0.0)));
+        let mut f = Fetching::new("update", false, Kept(kept_again.clone())).again();
+        f.show(&ImageProgress { building: true, ..p((0, 0), (0, 0)) });
+        assert!(kept_again.borrow().0.starts_with("odfs: update: building r/x:1 (from its recipe)"), "{}", kept_again.borrow().0);
     }
 
     #[test]
