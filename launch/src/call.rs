@@ -206,6 +206,10 @@ fn stop_self(sig: i32) -> bool {
     CONTINUED.load(Ordering::Relaxed)
 }
 
+/// How often a request the daemon dropped unanswered is sent again (about
+/// 30 s in all, enough for a service manager's restart).
+const LOST_RETRIES: i32 = 70;
+
 fn connect(socket: &[u8]) -> Result<Fd, sys::Errno> {
     let mut addr = sys::SockaddrUn { family: sys::AF_UNIX as u16, path: [0; 108] };
     if socket.len() >= addr.path.len() {
@@ -249,12 +253,6 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
     // Handlers first: a signal that arrives while the daemon starts the
     // container is kept and delivered to the tool once it runs.
     let signals = install_signal_forwarding()?;
-    let control = connect(socket).map_err(|e| {
-        fail(format!(
-            "daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)",
-            String::from_utf8_lossy(socket)
-        ))
-    })?;
     let req = Request::Exec(ExecRequest {
         version: PROTOCOL_VERSION,
         command: command.into(),
@@ -264,28 +262,49 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         tty,
         trace: stamps.is_some(),
     });
-    if let Some(s) = stamps.as_mut() {
-        s.sent = sys::now_ns();
-    }
-    if let Err(e) = frame::send(control.0, &req, &fds) {
-        // The daemon may have refused this connection before reading it
-        // (too many requests of this user, another namespace): its one
-        // line is waiting to be read.
-        return Err(match frame::recv::<Response>(control.0) {
-            Ok(Some((Response::Error(f), _))) => f,
-            _ => fail(format!("cannot send the request to the daemon: {e}")),
-        });
-    }
-    drop(req);
     // Progress frames come first when the image has to be fetched.
     let mut fetching = Fetching::new(command, tty::isatty(2), Stderr);
-    let answer = loop {
-        match frame::recv::<Response>(control.0) {
-            Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
-            Ok(Some((Response::Notice(text), _))) => say(command, &text),
-            other => break other,
+    let mut lost = 0;
+    let (control, answer) = loop {
+        let control = connect(socket).map_err(|e| {
+            fail(format!(
+                "daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)",
+                String::from_utf8_lossy(socket)
+            ))
+        })?;
+        if let Some(s) = stamps.as_mut() {
+            s.sent = sys::now_ns();
         }
+        let sent = frame::send(control.0, &req, &fds);
+        let answer = match sent {
+            Ok(()) => loop {
+                match frame::recv::<Response>(control.0) {
+                    Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
+                    Ok(Some((Response::Notice(text), _))) => say(command, &text),
+                    other => break other,
+                }
+            },
+            // The daemon may have refused this connection before reading it
+            // (too many requests of this user, another namespace): its one
+            // line is waiting to be read.
+            Err(e) => match frame::recv::<Response>(control.0) {
+                Ok(Some((Response::Error(f), _))) => return Err(f),
+                _ if lost < LOST_RETRIES => Ok(None),
+                _ => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
+            },
+        };
+        // A daemon that went away with the request unanswered (killed, and
+        // restarted by its service manager on the same listening socket):
+        // ask the one that comes next. Its tool, if it had started, was
+        // killed with the connection.
+        if matches!(answer, Ok(None)) && lost < LOST_RETRIES {
+            lost += 1;
+            let _ = sys::poll(&mut [], 20 * lost.min(25));
+            continue;
+        }
+        break (control, answer);
     };
+    drop(req);
     drop(fetching);
     let (agent, bridge, relayed) = match answer {
         Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))) if !got.is_empty() => {

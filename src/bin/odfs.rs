@@ -139,6 +139,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Restart the daemon without unmounting: a new one, of the binary now
+    /// installed, takes the mount, the control socket and the containers
+    /// over; calls meanwhile wait, none fails. What `systemctl reload` runs.
+    Restart {
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Remove the images odfs manages that nothing uses: those unused for
     /// the age, then, least recently used first, those the catalog does
     /// not need while over the budget or the disk is nearly full; and
@@ -403,6 +410,7 @@ fn main() -> ExitCode {
         Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
         Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
         Command::Update { commands, all: _, check, socket } => done(ask(&socket, Request::Update { commands, check })),
+        Command::Restart { socket } => restart(&socket),
         Command::Gc { dry_run, max_age, budget, socket } => {
             let limits = max_age
                 .as_deref()
@@ -688,6 +696,34 @@ fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> Exi
 }
 
 /// One request to a running daemon, one answer.
+/// `odfs restart`: ask for a successor, then wait for the daemon that
+/// answered (the control socket's peer) to hand over and exit.
+fn restart(socket: &std::path::Path) -> anyhow::Result<()> {
+    let conn = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;
+    let old = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)?.pid();
+    drop(conn);
+    let text = match ask(socket, Request::Restart)? {
+        Response::Done(text) => text,
+        Response::Error(f) => anyhow::bail!("{f}"),
+        other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Gone, or a zombie its parent has not reaped yet.
+    let running = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    while running(old) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("restart: the daemon (pid {old}) has not handed over after 60 s; see its log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ask(socket, Request::Status).context("restart: the new daemon does not answer; see its log")?;
+    println!("{text}");
+    Ok(())
+}
+
 fn ask(socket: &std::path::Path, req: Request) -> anyhow::Result<Response> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;

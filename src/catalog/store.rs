@@ -71,6 +71,8 @@ enum Write {
     Invocation(Invocation),
     ImageSeen { id: String, reference: String, at_ms: i64 },
     Finish { container: String, pid: i32, status: i32, run_ms: u64 },
+    /// Answered once everything queued before it is committed.
+    Flush(mpsc::SyncSender<()>),
 }
 
 /// Handle to the database writer thread.
@@ -156,6 +158,13 @@ impl Store {
         let _ = self.tx.try_send(Write::Catalog(Box::new(catalog.clone())));
     }
 
+    /// Wait (at most `limit`) until every write queued so far is in the
+    /// file: a successor that reads the history then sees it all.
+    pub fn flush(&self, limit: std::time::Duration) -> bool {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.tx.send(Write::Flush(done)).is_ok() && wait.recv_timeout(limit).is_ok()
+    }
+
     pub fn record(&self, inv: Invocation) {
         let _ = self.tx.try_send(Write::Invocation(inv));
     }
@@ -176,6 +185,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     let warn = |e: rusqlite::Error| tracing::warn!("state database write failed: {e}");
     while let Ok(first) = rx.recv() {
         let batch: Vec<Write> = std::iter::once(first).chain(rx.try_iter().take(WRITE_QUEUE)).collect();
+        let mut flushed = Vec::new();
         let mut tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
@@ -184,6 +194,10 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
             }
         };
         for w in batch {
+            if let Write::Flush(done) = w {
+                flushed.push(done);
+                continue;
+            }
             let one = tx.savepoint().and_then(|sp| {
                 apply(&sp, w, &mut since_trim)?;
                 sp.commit()
@@ -195,11 +209,15 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
         if let Err(e) = tx.commit() {
             warn(e);
         }
+        for done in flushed {
+            let _ = done.send(());
+        }
     }
 }
 
 fn apply(conn: &Connection, w: Write, since_trim: &mut u32) -> rusqlite::Result<()> {
     match w {
+        Write::Flush(_) => Ok(()),
         Write::Catalog(c) => write_catalog(conn, &c),
         Write::Finish { container, pid, status, run_ms } => conn
             .prepare_cached(

@@ -307,6 +307,28 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
+    /// `odfs restart`: start a successor with this daemon's command line (the
+    /// binary at its path now, so an upgrade takes effect), detached from
+    /// this process; it takes the mount over through the takeover socket.
+    pub(super) fn restart(&self, caller: &Caller) -> Response {
+        use std::os::unix::process::CommandExt;
+        if let Err(r) = Self::require_root(caller, "restart") {
+            return r;
+        }
+        let Some((exe, args)) = self.relaunch.split_first() else { return error("this daemon's command line is unknown".to_string()) };
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(args).stdin(std::process::Stdio::null()).process_group(0);
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = child.id();
+                // Reaped by a thread of its own: it outlives this daemon.
+                std::thread::spawn(move || drop(child.wait_with_output()));
+                Response::Done(format!("pid {pid} takes the mount over from pid {}", std::process::id()))
+            }
+            Err(e) => error(format!("cannot start {}: {e}", exe.to_string_lossy())),
+        }
+    }
+
     pub(super) async fn stop(&self, caller: &Caller, command: Option<&str>, force: bool) -> Response {
         if let Err(r) = Self::require_root(caller, "stop") {
             return r;

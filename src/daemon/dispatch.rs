@@ -132,6 +132,10 @@ impl<B: ContainerBackend> Daemon<B> {
                 let r = self.gc(&caller, dry_run, max_age_s, budget).await;
                 self.answer(conn, r)
             }
+            Ok(Some((Request::Restart, _))) => {
+                let r = self.restart(&caller);
+                self.answer(conn, r)
+            }
             Ok(Some((Request::Pull { commands }, _))) => {
                 let r = self.pull(&caller, &commands, &conn).await;
                 self.answer(conn, r)

@@ -204,5 +204,5 @@ pub(super) async fn keep_docs<B: ContainerBackend>(daemon: Arc<Daemon<B>>, stop:
         }
         last_layout_check = tokio::time::Instant::now();
     }
-    daemon.docs.withdraw();
+    // Withdrawn at a stop, not at a hand-over: the successor serves it on.
 }

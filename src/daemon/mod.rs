@@ -21,6 +21,8 @@ mod reload;
 mod report;
 mod stamps;
 mod startup;
+mod systemd;
+mod takeover;
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -58,6 +60,9 @@ pub struct Daemon<B> {
     /// The images' lines of `odfs status`, as last read (any user may ask:
     /// the engine is asked at most once per [`images::USAGE_FOR`]).
     image_usage: tokio::sync::Mutex<Option<(std::time::Instant, Vec<crate::protocol::ImageUsage>, String)>>,
+    /// This daemon's command line, for `odfs restart` (a successor started
+    /// with it takes the mount over).
+    relaunch: Vec<std::ffi::OsString>,
 }
 
 impl<B> Daemon<B> {

@@ -61,7 +61,7 @@ impl<B: ContainerBackend> Daemon<B> {
     /// Load the catalog again and serve it: new commands appear, removed ones
     /// vanish (the kernel's cached entries for them are dropped), running
     /// tools are not touched.
-    fn reload(&self, dirs: &[PathBuf], fs: &ShimFs, notifier: &fuser::Notifier) {
+    fn reload(&self, dirs: &[PathBuf], fs: &ShimFs, notifier: &crate::fuse::Notifier) {
         let (catalog, errors) = catalog::load_dirs(dirs);
         for e in &errors {
             tracing::error!("catalog: {e} (file skipped)");
@@ -70,26 +70,28 @@ impl<B: ContainerBackend> Daemon<B> {
         let snapshot = Arc::new(Snapshot::new(&catalog));
         *self.snapshot.write().unwrap() = snapshot.clone();
         let changed = fs.set_commands(snapshot.commands.keys().map(String::as_str));
-        let root = fuser::INodeNo(crate::fs::ROOT_INO);
+        let root = crate::fs::ROOT_INO;
         for name in &changed {
-            if let Err(e) = notifier.inval_entry(root, std::ffi::OsStr::new(name)) {
+            if let Err(e) = notifier.inval_entry(root, name.as_bytes()) {
                 tracing::debug!(name, "cache invalidation: {e}");
             }
         }
-        let _ = notifier.inval_inode(root, 0, 0);
+        let _ = notifier.inval_inode(root);
         tracing::info!(commands = snapshot.commands.len(), changed = changed.len(), "catalog reloaded");
         self.docs.wake.notify_one();
     }
 }
 
-/// Poll the catalog directories and serve what changed, until `stop`.
+/// Poll the catalog directories and serve what changed, until `stop`;
+/// then say what was last seen (`seen_out`), for the next round.
 pub(super) async fn watch_catalogs<B: ContainerBackend>(
     daemon: Arc<Daemon<B>>,
     dirs: Vec<PathBuf>,
     fs: Arc<ShimFs>,
-    notifier: fuser::Notifier,
+    notifier: crate::fuse::Notifier,
     mut seen: Fingerprint,
     stop: tokio_util::sync::CancellationToken,
+    seen_out: tokio::sync::oneshot::Sender<Fingerprint>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_POLL);
     while stop.run_until_cancelled(tick.tick()).await.is_some() {
@@ -99,4 +101,5 @@ pub(super) async fn watch_catalogs<B: ContainerBackend>(
             daemon.reload(&dirs, &fs, &notifier);
         }
     }
+    let _ = seen_out.send(seen);
 }

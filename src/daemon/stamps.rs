@@ -31,15 +31,28 @@ pub struct Stamp {
     pub depth: u32,
 }
 
-/// The daemon's signing key, new at every start (stamps do not outlive it).
+/// The daemon's signing key, new at every fresh start and passed on to a
+/// successor that takes the mount over (tools running then keep stamps
+/// that the successor honours).
 pub struct Stamps {
     key: hmac::Key,
+    secret: [u8; 32],
 }
 
 impl Stamps {
     pub fn new() -> Stamps {
-        let rng = ring::rand::SystemRandom::new();
-        Stamps { key: hmac::Key::generate(hmac::HMAC_SHA256, &rng).expect("the system's random source") }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).expect("the system's random source");
+        Stamps::with_secret(secret)
+    }
+
+    pub fn with_secret(secret: [u8; 32]) -> Stamps {
+        Stamps { key: hmac::Key::new(hmac::HMAC_SHA256, &secret), secret }
+    }
+
+    /// The key's bytes, for a successor only.
+    pub fn secret(&self) -> [u8; 32] {
+        self.secret
     }
 
     /// `uid.depth.MAC`.

@@ -1,7 +1,9 @@
 //! `odfs mount` from start to stop: checks, catalog and history, the pool,
-//! the mount and the control socket, the daemon's tasks, and a shutdown
-//! that every one of them hears and that waits for them.
+//! the mount and the control socket (fresh, taken over from a live daemon,
+//! or back from systemd's fd store), the daemon's tasks, and an end that
+//! every one of them hears and that waits for them: a stop, or a hand-over.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -17,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use super::dispatch::serve;
 use super::pool::{self, Pool, PoolConfig};
 use super::reload::{watch_catalogs, FsHooks, catalog_fingerprint};
-use super::{admin, stamps, Daemon};
+use super::{admin, stamps, systemd, takeover, Daemon};
 use crate::backend::docker::Docker;
 use crate::backend::ContainerBackend;
 use crate::catalog::{self, Snapshot, Store};
@@ -163,7 +165,67 @@ fn absolute_mountpoint(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(parent.join(name))
 }
 
-/// Run `odfs mount` until SIGTERM or SIGINT.
+/// What an earlier process of this mount passes on, instead of a fresh
+/// mount: a live daemon's takeover, or systemd's fd store after a restart.
+enum Inherited {
+    Predecessor(takeover::Taken),
+    /// The fd store: the daemon before this one stopped for a restart or
+    /// died. Requests it had read and not answered are sent again.
+    Store { fuse: OwnedFd, control: OwnedFd, state: takeover::State },
+}
+
+/// systemd's fd-store names.
+const STORE_FUSE: &str = "fuse";
+const STORE_CONTROL: &str = "control";
+const STORE_STATE: &str = "state";
+
+/// The fds systemd kept for this unit, if they are still a mount here.
+fn from_store(mountpoint: &std::path::Path) -> Option<Inherited> {
+    let mut fds = systemd::take_listen_fds();
+    let (fuse, control) = (fds.remove(STORE_FUSE)?, fds.remove(STORE_CONTROL)?);
+    if !crate::fuse::is_fuse_mountpoint(mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "the stored FUSE connection is no longer mounted here: mounting afresh");
+        return None;
+    }
+    let state = fds.remove(STORE_STATE).and_then(|fd| read_state(&fd)).unwrap_or_default();
+    Some(Inherited::Store { fuse, control, state })
+}
+
+/// A memfd holding `state`, for the fd store: a daemon restarted after a
+/// crash keeps the stamps key and knows the connection's INIT.
+fn state_memfd(state: &takeover::State) -> std::io::Result<OwnedFd> {
+    let fd = nix::sys::memfd::memfd_create(c"odfs-state", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+    write_state(&fd, state)?;
+    Ok(fd)
+}
+
+fn write_state(fd: &OwnedFd, state: &takeover::State) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::from(fd.try_clone()?);
+    let body = serde_json::to_vec(state)?;
+    file.set_len(0)?;
+    file.write_all_at(&body, 0)
+}
+
+fn read_state(fd: &OwnedFd) -> Option<takeover::State> {
+    use std::io::Read;
+    let mut file = std::fs::File::from(fd.try_clone().ok()?);
+    std::io::Seek::rewind(&mut file).ok()?;
+    let mut body = Vec::new();
+    file.take(1 << 20).read_to_end(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// How a round of serving ended.
+enum Ended {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A successor asked for the mount.
+    Asked(takeover::Asked),
+}
+
+/// Run `odfs mount` until SIGTERM or SIGINT, or until a successor takes
+/// the mount over.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // Signals first: one that comes while the daemon starts must stop it
     // cleanly once it serves, never kill it with its mount up.
@@ -195,6 +257,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     for dir in [&cfg.state_dir, &cfg.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o755))?;
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -209,16 +272,30 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     for e in &errors {
         tracing::error!("catalog: {e} (file skipped)");
     }
+    let mountpoint = absolute_mountpoint(&cfg.mountpoint)?;
+
+    // Take the mount over from a live daemon, or from systemd's store; only
+    // then read the history, which the predecessor wrote out before going.
+    let inherited = match from_store(&mountpoint) {
+        Some(i) => Some(i),
+        None => {
+            let (run_dir, mp) = (cfg.run_dir.clone(), mountpoint.clone());
+            tokio::task::spawn_blocking(move || takeover::take(&run_dir, &mp)).await??.map(Inherited::Predecessor)
+        }
+    };
     let store = Store::open(&cfg.state_dir.join("odfs.db")).context("cannot open the state database")?;
     store.save_catalog(&catalog);
     let snapshot = Arc::new(Snapshot::new(&catalog));
     tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
 
-    let mountpoint = absolute_mountpoint(&cfg.mountpoint)?;
-    if crate::fuse::clear_stale_mount(&mountpoint)? {
-        tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
+    // An inherited mount is not served until this process serves it: a
+    // look at it now (a stat) would wait on ourselves.
+    if inherited.is_none() {
+        if crate::fuse::clear_stale_mount(&mountpoint)? {
+            tracing::warn!(mountpoint = %mountpoint.display(), "cleared a stale mount left by a crashed daemon");
+        }
+        std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
     }
-    std::fs::create_dir_all(&mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
     let id = mount_id(&mountpoint, !cfg.engine.is_local());
     tracing::info!(engine = cfg.engine.describe(), "container engine");
     let pool = Pool::new(
@@ -237,15 +314,29 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     );
     let transitions = learn_from_earlier_runs(&pool, &store, &snapshot);
     let images: Vec<_> = snapshot.images.values().cloned().collect();
-    // The engine may hang (up to its request timeout): a stop now must
-    // not wait for it. Nothing is mounted yet.
-    tokio::select! {
-        adopted = pool.adopt(&images) => if let Err(e) = adopted {
-            tracing::warn!("cannot look for containers of an earlier run: {e}");
-        },
-        _ = stop.cancelled() => {
-            tracing::info!("stopped while starting");
-            return Ok(());
+    let handed = match &inherited {
+        Some(Inherited::Predecessor(t)) => Some(&t.state),
+        Some(Inherited::Store { state, .. }) => Some(state),
+        None => None,
+    };
+    let secret = handed.and_then(|s| s.stamps_secret());
+    let taken = match &inherited {
+        Some(Inherited::Predecessor(t)) => pool.import(&images, t.state.containers.clone()).await,
+        _ => 0,
+    };
+    if taken > 0 {
+        tracing::info!(containers = taken, "containers taken over");
+    } else {
+        // The engine may hang (up to its request timeout): a stop now must
+        // not wait for it. Nothing is served yet.
+        tokio::select! {
+            adopted = pool.adopt(&images) => if let Err(e) = adopted {
+                tracing::warn!("cannot look for containers of an earlier run: {e}");
+            },
+            _ = stop.cancelled() => {
+                tracing::info!("stopped while starting");
+                return Ok(());
+            }
         }
     }
     let cli_catalog = cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG));
@@ -257,78 +348,255 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         store,
         index: Default::default(),
         remote_notices: Default::default(),
-        stamps: stamps::Stamps::new(),
+        stamps: secret.map_or_else(stamps::Stamps::new, stamps::Stamps::with_secret),
         tasks: TaskTracker::new(),
         pins: Default::default(),
         outbound: cfg.engine.outbound.clone(),
         gc: cfg.gc.clone(),
         image_usage: Default::default(),
         docs: super::docs::Docs::new(crate::share::share_dir(&mountpoint, cfg.share_dir.as_deref()), &cfg.state_dir),
+        relaunch: relaunch_command(),
     });
 
     crate::backend::docker::raise_nofile();
-    let control = tokio::net::UnixListener::from_std(bind_control(&cfg.socket)?)?;
-    if let Err(e) = daemon.pool.inner().link_socket() {
-        tracing::warn!("containers of an earlier run cannot reach this one's socket (tools they run cannot run tools): {e}");
-    }
-
     let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<String>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
-    let session =
-        crate::fuse::mount(fs.clone(), &mountpoint).with_context(|| format!("cannot mount {}", mountpoint.display()))?;
+    let mount_err = || format!("cannot mount {}", mountpoint.display());
+    let (control, server, init, predecessor) = match inherited {
+        None => {
+            let control = bind_control(&cfg.socket)?;
+            let (server, init) = crate::fuse::mount(fs.clone(), &mountpoint).with_context(mount_err)?;
+            (control, server, Some(init), None)
+        }
+        Some(Inherited::Predecessor(t)) => {
+            let server = crate::fuse::resume(fs.clone(), t.fuse.try_clone()?).with_context(mount_err)?;
+            let (control, init) = (listener_from(t.control.try_clone()?)?, t.state.init);
+            (control, server, init, Some(t))
+        }
+        Some(Inherited::Store { fuse, control, state }) => {
+            let server = crate::fuse::resume(fs.clone(), fuse).with_context(mount_err)?;
+            // What the dead daemon had read and not answered.
+            match server.notifier().resend() {
+                Ok(()) => tracing::info!("asked the kernel to send again what the previous daemon had not answered"),
+                Err(e) => tracing::warn!("the kernel cannot send again what the previous daemon had read (needs Linux 6.9): those callers wait for their answer until the connection goes: {e}"),
+            }
+            (listener_from(control)?, server, state.init, None)
+        }
+    };
+    let control = tokio::net::UnixListener::from_std(control)?;
+    if let Err(e) = daemon.pool.inner().link_socket() {
+        tracing::warn!("containers of an earlier run cannot reach this one's socket (tools they run cannot run tools): {e}");
+    }
+    let (asks, mut asked) = mpsc::channel::<takeover::Asked>(1);
+    let offers = offer_takeovers(&cfg.run_dir, &mountpoint, asks)?;
     let connection = crate::fuse::connection_id(&mountpoint);
-    tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, "serving");
+    let state = takeover::State { init, mountpoint: mountpoint.clone(), ..Default::default() }.with_secret(daemon.stamps.secret());
+    let state_fd = if systemd::managed() {
+        let fd = state_memfd(&state)?;
+        systemd::store(STORE_FUSE, server.fd().as_raw_fd());
+        systemd::store(STORE_CONTROL, control.as_raw_fd());
+        systemd::store(STORE_STATE, fd.as_raw_fd());
+        let _ = systemd::notify(&format!("READY=1\nMAINPID={}\nSTATUS=serving {}", std::process::id(), mountpoint.display()), &[]);
+        Some(fd)
+    } else {
+        None
+    };
+    tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, taken_over = predecessor.is_some(), "serving");
+    if let Some(p) = &predecessor {
+        p.serving();
+        // Containers the predecessor did not hand over (their profile left
+        // the catalog) are left to adoption, now that calls are served.
+        let d = daemon.clone();
+        daemon.tasks.spawn(async move {
+            if let Err(e) = d.pool.adopt(&d.snapshot().images.values().cloned().collect::<Vec<_>>()).await {
+                tracing::warn!("cannot look for containers of an earlier run: {e}");
+            }
+        });
+    }
+    drop(predecessor);
 
-    // The daemon's own tasks: each ends when `stop` fires, after the step
-    // it is in (a reaper step that starts a container finishes it, so the
-    // pool's shutdown sees that container).
-    let tasks = daemon.tasks.clone();
-    let notifier = session.notifier();
-    tasks.spawn(watch_catalogs(daemon.clone(), cfg.catalogs.clone(), fs, notifier, loaded_fingerprint, stop.clone()));
-    tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx, tasks.clone(), stop.clone()));
-    tasks.spawn(reap(daemon.clone(), stop.clone()));
-    tasks.spawn(super::docs::keep_docs(daemon.clone(), stop.clone()));
-    tasks.spawn(super::images::keep_collecting(daemon.clone(), stop.clone()));
+    let mut server = Some(server);
+    let mut waiting_successor = None;
+    let prewarm_rx = Arc::new(tokio::sync::Mutex::new(prewarm_rx));
+    let mut fingerprint = loaded_fingerprint;
+    loop {
+        // The daemon's own tasks: each ends when the round ends, after the
+        // step it is in (a reaper step that starts a container finishes it,
+        // so whoever runs the pool next sees that container).
+        let Some(serving) = &server else { break };
+        let round = stop.child_token();
+        let tasks = daemon.tasks.clone();
+        tasks.reopen();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        tasks.spawn(watch_catalogs(daemon.clone(), cfg.catalogs.clone(), fs.clone(), serving.notifier(), fingerprint, round.clone(), seen_tx));
+        tasks.spawn(prewarm_on_open(daemon.clone(), prewarm_rx.clone(), tasks.clone(), round.clone()));
+        tasks.spawn(reap(daemon.clone(), round.clone()));
+        tasks.spawn(super::docs::keep_docs(daemon.clone(), round.clone()));
+        tasks.spawn(super::images::keep_collecting(daemon.clone(), round.clone()));
 
-    let requests = TaskTracker::new();
-    serve(&daemon, &control, &requests, &stop).await;
+        let requests = TaskTracker::new();
+        let ended = tokio::select! {
+            _ = serve(&daemon, &control, &requests, &round) => Ended::Signal,
+            Some(a) = asked.recv() => Ended::Asked(a),
+        };
+        round.cancel();
+        match &ended {
+            Ended::Signal => tracing::info!("stopping"),
+            Ended::Asked(_) => tracing::info!("a new daemon takes the mount over: finishing what is under way"),
+        }
+        tasks.close();
+        requests.close();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            tasks.wait().await;
+            requests.wait().await;
+        });
+        let drained = tokio::select! {
+            d = drained => d.is_ok(),
+            _ = hurry.cancelled() => false,
+        };
+        if !drained {
+            tracing::warn!(tasks = tasks.len(), requests = requests.len(), "going on without what is still under way");
+        }
+        fingerprint = seen_rx.await.unwrap_or_default();
 
-    tracing::info!("stopping: unmounting and removing idle containers");
+        let handover = match ended {
+            Ended::Asked(takeover::Asked::Handover(offer)) => Some(Some(offer)),
+            // Under systemd, a stop that is half of a restart leaves the
+            // mount in the fd store for the next process.
+            Ended::Signal if state_fd.is_some() && !hurry.is_cancelled() && systemd::restart_pending() => Some(None),
+            Ended::Signal => None,
+            Ended::Asked(takeover::Asked::Stop(successor)) => {
+                // Closed when the stop is over: the successor mounts then.
+                waiting_successor = Some(successor);
+                None
+            }
+        };
+        let Some(offer) = handover else { break };
+        let (fd, end) = server.take().expect("serving").pause()?;
+        if end == crate::fuse::End::Gone {
+            tracing::warn!("the mount went away meanwhile: nothing to hand over");
+            break;
+        }
+        daemon.store.flush(Duration::from_secs(5));
+        let state = takeover::State { containers: daemon.pool.export().await, ..state.clone() };
+        match offer {
+            None => {
+                if let Some(sfd) = &state_fd {
+                    write_state(sfd, &state)?;
+                }
+                tracing::info!("restarting: the mount, the control socket and the containers stay for the next process");
+                return Ok(());
+            }
+            Some(offer) => {
+                let handed = tokio::task::block_in_place(|| offer.hand(&state, &fd, &control));
+                if handed {
+                    tracing::info!("handed over: the new daemon serves the mount");
+                    offers.abort();
+                    return Ok(());
+                }
+                tracing::warn!("the new daemon did not take the mount over: serving on");
+                server = Some(crate::fuse::resume(fs.clone(), fd)?);
+            }
+        }
+    }
+
+    tracing::info!("unmounting and removing idle containers");
+    offers.abort();
+    let _ = std::fs::remove_file(takeover::socket_path(&cfg.run_dir));
+    if state_fd.is_some() {
+        for name in [STORE_FUSE, STORE_CONTROL, STORE_STATE] {
+            systemd::unstore(name);
+        }
+    }
     drop(control);
     let _ = std::fs::remove_file(&cfg.socket);
     if let (Some(dir), Some(name)) = (daemon.pool.inner().socket_dir(), cfg.socket.file_name()) {
         let _ = std::fs::remove_file(dir.join(name));
     }
-    tasks.close();
-    requests.close();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        tasks.wait().await;
-        requests.wait().await;
-    });
-    let drained = tokio::select! {
-        d = drained => d.is_ok(),
-        _ = hurry.cancelled() => false,
-    };
-    if !drained {
-        tracing::warn!(tasks = tasks.len(), requests = requests.len(), "stopping without what is still under way");
+    daemon.docs.withdraw();
+    if let Err(e) = crate::fuse::session::unmount(&mountpoint) {
+        tracing::warn!(mountpoint = %mountpoint.display(), "cannot unmount: {e}");
     }
-    drop(session);
+    drop(server);
     if let Some(id) = connection {
         crate::fuse::abort_connection(id);
     }
     daemon.pool.shutdown().await;
+    drop(waiting_successor);
     Ok(())
+}
+
+/// The control socket from an inherited fd.
+fn listener_from(fd: OwnedFd) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    // Listening again makes this process the socket's peer (SO_PEERCRED
+    // of each connection names the process that last called listen), so
+    // clients see who serves them now. The backlog is the kernel's most.
+    // SAFETY: a valid listening socket this process owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("the inherited control socket");
+    }
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// This process's command line with its binary's path as it is now: after
+/// an upgrade, `odfs restart` runs the new binary with the same arguments.
+fn relaunch_command() -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(exe) = std::fs::read_link("/proc/self/exe").ok().map(|p| {
+        // A replaced binary shows as `PATH (deleted)`: the path is what counts.
+        let s = p.to_string_lossy().trim_end_matches(" (deleted)").to_string();
+        std::ffi::OsString::from(s)
+    }) {
+        if let Some(first) = argv.first_mut() {
+            *first = exe;
+        }
+    }
+    argv
+}
+
+/// Listen for successors on the root-only takeover socket; each hello that
+/// asks for the mount goes to the serving loop.
+fn offer_takeovers(run_dir: &std::path::Path, mountpoint: &std::path::Path, asks: mpsc::Sender<takeover::Asked>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let path = takeover::socket_path(run_dir);
+    let _ = std::fs::remove_file(&path);
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let bound = std::os::unix::net::UnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("cannot listen on {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mountpoint = mountpoint.to_path_buf();
+    Ok(tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = stream.into_std() else { continue };
+            let _ = stream.set_nonblocking(false);
+            let mp = mountpoint.clone();
+            match tokio::task::spawn_blocking(move || takeover::hello(stream, &mp)).await {
+                Ok(Ok(Some(a))) => {
+                    if asks.send(a).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!("a takeover request failed: {e}"),
+                Err(_) => {}
+            }
+        }
+    }))
 }
 
 /// Warm the container of each shim opened (an exec is probably coming),
 /// each in a task of its own under `tasks`.
 async fn prewarm_on_open<B: ContainerBackend>(
     daemon: Arc<Daemon<B>>,
-    mut opened: mpsc::UnboundedReceiver<String>,
+    opened: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
+    let mut opened = opened.lock().await;
     while let Some(Some(name)) = stop.run_until_cancelled(opened.recv()).await {
         let Some(entry) = daemon.snapshot().get(&name).cloned() else { continue };
         let d = daemon.clone();

@@ -1,167 +1,107 @@
-//! fuser glue: translates kernel requests into [`crate::fs::ShimFs`] calls
-//! and mounts the session. Every answer comes from memory.
+//! The FUSE side of the shim directory: kernel requests translated into
+//! [`crate::fs::ShimFs`] calls (every answer from memory), the mount, and
+//! a dead mount's clean-up. `abi` decodes and encodes the kernel's
+//! messages; `session` owns the connection and the threads serving it.
 
-use std::ffi::OsStr;
+pub mod abi;
+pub mod session;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyXattr, Request,
-};
-
 use tracing::instrument;
 
+use self::abi::{Op, Reply, Request};
 use crate::fs::{Attr, FsError, Kind, ShimFs};
+
+pub use session::{End, Notifier, Server};
 
 /// How long the kernel may cache names and attributes. Misses are cached
 /// too, so PATH searches for native commands (`ls`, `git`…) cost one lookup
 /// per interval instead of one per exec.
 const TTL: Duration = Duration::from_secs(10);
 
+/// Threads reading the connection: one answers while the other reads.
+const THREADS: usize = 2;
+
 pub struct FuseFs(pub Arc<ShimFs>);
 
-fn attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.size.div_ceil(512),
-        atime: a.mtime,
-        mtime: a.mtime,
-        ctime: a.mtime,
-        crtime: a.mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
-        perm: a.perm,
-        nlink: if a.kind == Kind::Dir { 2 } else { 1 },
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        flags: 0,
-        blksize: 4096,
-    }
+fn attr(a: &Attr) -> abi::Attr {
+    abi::Attr { ino: a.ino, size: a.size, mtime: a.mtime, dir: a.kind == Kind::Dir, perm: a.perm }
 }
 
-fn errno(e: FsError) -> Errno {
-    Errno::from_i32(e.errno())
-}
-
-// Each operation is a span (its request id, the caller's pid): what is
-// logged while serving it says which request it was about.
-impl Filesystem for FuseFs {
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), parent = parent.0, name = ?name))]
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        use std::os::unix::ffi::OsStrExt;
-        match self.0.lookup(parent.0, name.as_bytes()) {
-            Ok(a) => reply.entry(&TTL, &attr(&a), Generation(0)),
-            Err(FsError::NotFound) => {
-                // Inode 0 is a negative entry: the kernel caches the miss.
-                let mut none = attr(&self.0.getattr(crate::fs::ROOT_INO).expect("root exists"));
-                none.ino = INodeNo(0);
-                reply.entry(&TTL, &none, Generation(0))
-            }
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.0.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &attr(&a)),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.0.open(ino.0, write) {
-            // The text never changes while mounted: let the page cache keep it.
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, offset, size))]
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        match self.0.read(ino.0, offset, size) {
-            Ok(data) => reply.data(data),
-            Err(e) => reply.error(errno(e)),
-        }
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, name = ?name))]
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        use std::os::unix::ffi::OsStrExt;
-        reply_xattr(self.0.getxattr(ino.0, name.as_bytes()), size, reply)
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0))]
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.0.listxattr(ino.0), size, reply)
-    }
-
-    #[instrument(level = "debug", skip_all, fields(req = req.unique().0, pid = req.pid(), ino = ino.0, offset))]
-    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.0.readdir(ino.0, offset) {
-            Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.into_iter().enumerate() {
-                    let kind = if kind == Kind::Dir { FileType::Directory } else { FileType::RegularFile };
-                    if reply.add(INodeNo(ino), offset + i as u64 + 1, kind, &name) {
-                        break;
-                    }
+impl session::Handler for FuseFs {
+    // Each operation is a span (its request id, the caller's pid): what is
+    // logged while serving it says which request it was about.
+    #[instrument(level = "debug", skip_all, fields(req = req.header.unique, pid = req.header.pid, op = req.header.opcode, ino = req.header.nodeid))]
+    fn handle(&self, req: &Request<'_>) -> Option<Reply> {
+        let (unique, ino) = (req.header.unique, req.header.nodeid);
+        let fail = |e: FsError| Reply::error(unique, e.errno());
+        Some(match req.op {
+            Op::Lookup { name } => match self.0.lookup(ino, name) {
+                Ok(a) => Reply::entry(unique, &attr(&a), TTL),
+                Err(FsError::NotFound) => {
+                    // Inode 0 is a negative entry: the kernel caches the miss.
+                    let mut none = attr(&self.0.getattr(crate::fs::ROOT_INO).expect("root exists"));
+                    none.ino = 0;
+                    Reply::entry(unique, &none, TTL)
                 }
-                reply.ok()
+                Err(e) => fail(e),
+            },
+            Op::Getattr => self.0.getattr(ino).map_or_else(fail, |a| Reply::attr(unique, &attr(&a), TTL)),
+            Op::Open { flags } => {
+                let write = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0;
+                // The text never changes while mounted: let the page cache keep it.
+                self.0.open(ino, write).map_or_else(fail, |()| Reply::opened(unique, abi::KEEP_CACHE))
             }
-            Err(e) => reply.error(errno(e)),
-        }
+            Op::Read { offset, size } => self.0.read(ino, offset, size).map_or_else(fail, |d| Reply::data(unique, d)),
+            Op::Readdir { offset, size } => match self.0.readdir(ino, offset) {
+                Ok(entries) => Reply::dir(
+                    unique,
+                    size,
+                    entries.iter().enumerate().map(|(i, (ino, kind, name))| (*ino, offset + i as u64 + 1, *kind == Kind::Dir, name.as_bytes())),
+                ),
+                Err(e) => fail(e),
+            },
+            Op::Getxattr { size, name } => xattr_reply(unique, self.0.getxattr(ino, name), size),
+            Op::Listxattr { size } => xattr_reply(unique, self.0.listxattr(ino), size),
+            Op::Statfs => Reply::statfs(unique, self.0.getattr(crate::fs::ROOT_INO).map_or(0, |a| a.size)),
+            Op::Opendir => Reply::opened(unique, 0),
+            Op::Release => Reply::empty(unique),
+            Op::NoReply | Op::Destroy => return None,
+            Op::Init { .. } => Reply::error(unique, libc::EPROTO),
+            Op::Other(_) => Reply::error(unique, libc::ENOSYS),
+        })
     }
 }
 
 /// Answer an xattr request: the size when asked for it (size 0), ERANGE
 /// when the caller's buffer is too small, else the bytes.
-fn reply_xattr(value: Result<Vec<u8>, FsError>, size: u32, reply: ReplyXattr) {
+fn xattr_reply(unique: u64, value: Result<Vec<u8>, FsError>, size: u32) -> Reply {
     match value {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(e)),
+        Ok(v) if size == 0 => Reply::xattr_size(unique, v.len() as u32),
+        Ok(v) if v.len() > size as usize => Reply::error(unique, libc::ERANGE),
+        Ok(v) => Reply::data(unique, &v),
+        Err(e) => Reply::error(unique, e.errno()),
     }
 }
 
-/// Mount read-only, `nosuid,nodev`, readable and executable by every user.
-pub fn mount(fs: Arc<ShimFs>, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
-    let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        MountOption::RO,
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::Exec,
-        MountOption::NoAtime,
-        MountOption::DefaultPermissions,
-        MountOption::FSName("odfs".into()),
-        MountOption::Subtype("odfs".into()),
-    ];
-    cfg.acl = fuser::SessionACL::All;
-    cfg.n_threads = Some(2);
-    fuser::spawn_mount(FuseFs(fs), mountpoint, &cfg)
+/// Mount read-only, `nosuid,nodev`, readable and executable by every user,
+/// and serve it. The connection's fd is the whole mount: whoever holds it
+/// (a successor, systemd's fd store) can serve it on.
+pub fn mount(fs: Arc<ShimFs>, mountpoint: &Path) -> std::io::Result<(Server, abi::Init)> {
+    let (fd, init) = session::mount(mountpoint)?;
+    Ok((Server::start(fd, Arc::new(FuseFs(fs)), THREADS)?, init))
+}
+
+/// Serve a connection another process mounted and set up (past its INIT).
+pub fn resume(fs: Arc<ShimFs>, fd: std::os::fd::OwnedFd) -> std::io::Result<Server> {
+    Server::start(fd, Arc::new(FuseFs(fs)), THREADS)
 }
 
 /// Whether `/proc/self/mountinfo` shows a FUSE mount at exactly this path.
-fn is_fuse_mountpoint(mountpoint: &Path) -> bool {
+pub fn is_fuse_mountpoint(mountpoint: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = mountpoint.to_string_lossy();
     info.lines().any(|line| {

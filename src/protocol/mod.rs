@@ -3,7 +3,7 @@
 //! and their encoding, are `odfs_wire`'s, re-exported here: the launcher,
 //! which runs without libc, speaks the same crate.
 
-mod framing;
+pub(crate) mod framing;
 pub mod peer;
 pub mod pty;
 pub mod relay;

@@ -87,6 +87,9 @@ pub enum Request {
     /// leftovers; with `dry_run`, only list. The limits override the
     /// config for this run (root only).
     Gc { dry_run: bool, max_age_s: Option<u64>, budget: Option<u64> },
+    /// Start a new daemon with this one's command line (its binary as it is
+    /// now), which takes the mount over; this one then exits (root only).
+    Restart,
 }
 
 /// A local image odfs manages, for `odfs status`.

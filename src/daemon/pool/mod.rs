@@ -50,6 +50,19 @@ pub struct PoolConfig {
     pub inner: InnerCalls,
 }
 
+/// A container as one daemon hands it to the next (`odfs restart`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handed {
+    pub profile: String,
+    pub name: String,
+    pub id: String,
+    pub token: String,
+    pub view: String,
+    pub image: String,
+    pub paused: bool,
+    pub wanted: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Served {
     Warm,
@@ -853,6 +866,10 @@ impl<B: ContainerBackend> Pool<B> {
             if let (true, false, Some(image)) = (found.running, found.paused, by_key.get(&found.profile)) {
                 let slot = self.slot(image);
                 let mut state = slot.state.lock().await;
+                // Handed over by the daemon this one took the mount from.
+                if state.container().is_some_and(|c| c.id == found.id) {
+                    continue;
+                }
                 if *state == State::Absent
                     && found.name == slot.name
                     && slot.link.probe(&*self.backend, &found.id, &found.token, Duration::ZERO).await.is_ok()
@@ -874,6 +891,56 @@ impl<B: ContainerBackend> Pool<B> {
             self.backend.remove(&found.id).await?;
         }
         Ok(())
+    }
+
+    /// Every container this pool holds, for a successor that takes the mount
+    /// over (`takeover`). Called once nothing else runs: no request, no
+    /// reaper step.
+    pub async fn export(&self) -> Vec<Handed> {
+        let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            let state = slot.state.lock().await;
+            let Some(c) = state.container() else { continue };
+            out.push(Handed {
+                profile: slot.key.clone(),
+                name: slot.name.clone(),
+                id: c.id.clone(),
+                token: c.token.clone(),
+                view: c.view.to_label(),
+                image: c.image.to_string(),
+                paused: matches!(*state, State::Paused { .. }),
+                wanted: slot.wanted.lock().unwrap().as_ref().map(|w| w.to_string()),
+            });
+        }
+        out
+    }
+
+    /// Take the containers a predecessor handed over, without asking the
+    /// engine: those whose profile this catalog still has (the same key,
+    /// hence the same agent protocol). Returns how many; the rest are left
+    /// to [`Pool::adopt`], which removes what no profile wants.
+    pub async fn import(&self, images: &[Arc<ImageSpec>], handed: Vec<Handed>) -> usize {
+        let by_key: HashMap<String, &Arc<ImageSpec>> = images.iter().map(|i| (self.profile_key(i), i)).collect();
+        let mut taken = 0;
+        for h in handed {
+            let Some(image) = by_key.get(&h.profile) else { continue };
+            let slot = self.slot(image);
+            if slot.name != h.name {
+                continue;
+            }
+            let mut state = slot.state.lock().await;
+            if *state != State::Absent {
+                continue;
+            }
+            slot.link.started();
+            *slot.wanted.lock().unwrap() = h.wanted.map(Into::into);
+            let c = Container { id: h.id, token: h.token, view: Arc::new(View::from_label(&h.view)), image: h.image.into() };
+            let to = if h.paused { State::Paused { c } } else { State::Warm { c, since: Instant::now(), fetched: false } };
+            transition(&slot.name, &mut state, to, "taken over from the previous daemon");
+            taken += 1;
+        }
+        taken
     }
 
     /// At shutdown: remove idle containers; leave busy ones running (their
