@@ -14,7 +14,7 @@
 //!   std or libc, on `odfs-wire`.
 //! - [`agent`]: `odfs-agent`, PID 1 in each container (static).
 //! - [`catalog`]: TOML entries, validation, SQLite store, snapshot.
-//! - [`fs`]: the shim directory as plain logic; [`fuse`] translates fuser calls.
+//! - [`fs`]: the shim directory as plain logic; [`fuse`] serves it over `/dev/fuse`.
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
 //! - [`daemon`]: control socket, exec handling, container pool and reaper.
 //! - [`view`]: which host paths a tool sees, and the paths a caller names.
@@ -23,7 +23,7 @@
 //! - `bench`: `odfs-bench`, the side-by-side benchmark (feature `bench`).
 //!
 //! The `daemon` feature (default) gates everything only the host daemon
-//! needs, so the agent builds without tokio, fuser or SQLite.
+//! needs, so the agent builds without tokio or SQLite.
 
 pub mod agent;
 #[cfg(feature = "bench")]

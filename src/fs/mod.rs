@@ -1,5 +1,5 @@
 //! The shim filesystem as plain logic: one read-only directory holding one
-//! executable text file per catalog command. No fuser types here, so it is
+//! executable text file per catalog command. No FUSE types here, so it is
 //! tested without a kernel mount; [`crate::fuse`] only translates.
 
 use std::collections::{BTreeMap, HashMap};
