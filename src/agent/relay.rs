@@ -437,7 +437,12 @@ mod tests {
         // Output written before the end is sent before the end.
         assert_eq!((out.as_slice(), end), (&b"ABC"[..], AgentEvent::Exited(3)));
         assert_eq!(r.done.join().unwrap(), 0);
-        // fd 7 cannot cross machines: only 0 and 1 reached the agent.
+        // fd 7 cannot cross machines: only 0 and 1 reached the agent. The
+        // fake agent notes the end on its own thread, maybe after sending it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while r.agent.seen().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(r.agent.seen(), ["spawn upcase fds [0, 1]", "exited 3"]);
     }
 
