@@ -377,7 +377,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         Some(Inherited::Store { fuse, control, state }) => {
             let server = crate::fuse::resume(fs.clone(), fuse).with_context(mount_err)?;
             // What the dead daemon had read and not answered.
-            match server.notifier().resend() {
+            // The INIT the first daemon agreed says whether the kernel can.
+            let resend = match state.init {
+                Some(init) if !init.can_resend() => Err(std::io::Error::other("the kernel did not offer FUSE_HAS_RESEND")),
+                _ => server.notifier().resend(),
+            };
+            match resend {
                 Ok(()) => tracing::info!("asked the kernel to send again what the previous daemon had not answered"),
                 Err(e) => tracing::warn!("the kernel cannot send again what the previous daemon had read (needs Linux 6.9): those callers wait for their answer until the connection goes: {e}"),
             }

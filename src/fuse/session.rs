@@ -168,11 +168,6 @@ impl Server {
         let fd = self.fd.try_clone()?;
         Ok((fd, end))
     }
-
-    /// Whether every worker has ended on its own (the mount went away).
-    pub fn is_finished(&self) -> bool {
-        self.workers.iter().all(|w| w.is_finished())
-    }
 }
 
 fn serve(fd: &OwnedFd, handler: &dyn Handler, pause: &OwnedFd) -> io::Result<End> {
