@@ -59,6 +59,7 @@ fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
         fds: vec![],
         tty: None,
         trace: false,
+        channel: false,
     });
     for request in [Request::List, exec] {
         let answer = from_a_container(&m, &m.socket, &frame(&request));
@@ -156,6 +157,7 @@ fn host_spawn(token: &str, program: &[u8], argv: Vec<Vec<u8>>) -> AgentRequest {
         fds: vec![],
         tty: None,
         trace: false,
+        channel: false,
     }))
 }
 
@@ -273,6 +275,7 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
             fds: vec![],
             tty: None,
             trace: false,
+            channel: false,
         });
         match decode_response(&send_raw(&frame(&req))) {
             Response::Error(odfs::protocol::Failure { exit_code: 127, .. }) => {}

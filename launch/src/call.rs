@@ -206,8 +206,9 @@ fn stop_self(sig: i32) -> bool {
     CONTINUED.load(Ordering::Relaxed)
 }
 
-/// How often a request the daemon dropped unanswered is sent again (about
-/// 30 s in all, enough for a service manager's restart).
+/// How often a request the daemon dropped unanswered, before any agent took
+/// its channel, is sent again (about 30 s in all, enough for a service
+/// manager's restart).
 const LOST_RETRIES: i32 = 70;
 
 fn connect(socket: &[u8]) -> Result<Fd, sys::Errno> {
@@ -261,21 +262,30 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         fds: fds.clone(),
         tty,
         trace: stamps.is_some(),
+        channel: true,
     });
     // Progress frames come first when the image has to be fetched.
     let mut fetching = Fetching::new(command, tty::isatty(2), Stderr);
     let mut lost = 0;
-    let (control, answer) = loop {
+    let (control, answer, channel) = loop {
         let control = connect(socket).map_err(|e| {
             fail(format!(
                 "daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)",
                 String::from_utf8_lossy(socket)
             ))
         })?;
+        // The call's channel: the agent gets the other end. Ours hangs up
+        // with no word on it only if no agent ever held that end, which
+        // tells a lost request (safe to send again) from a started tool.
+        let [ours, theirs] = sys::socketpair(sys::AF_UNIX, sys::SOCK_STREAM | sys::SOCK_CLOEXEC).map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
+        let (channel, theirs) = (Fd(ours), Fd(theirs));
         if let Some(s) = stamps.as_mut() {
             s.sent = sys::now_ns();
         }
-        let sent = frame::send(control.0, &req, &fds);
+        let mut attached = fds.clone();
+        attached.push(theirs.0);
+        let sent = frame::send(control.0, &req, &attached);
+        drop(theirs);
         let answer = match sent {
             Ok(()) => loop {
                 match frame::recv::<Response>(control.0) {
@@ -294,20 +304,46 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
             },
         };
         // A daemon that went away with the request unanswered (killed, and
-        // restarted by its service manager on the same listening socket):
-        // ask the one that comes next. Its tool, if it had started, was
-        // killed with the connection.
-        if matches!(answer, Ok(None)) && lost < LOST_RETRIES {
-            lost += 1;
-            let _ = sys::poll(&mut [], 20 * lost.min(25));
-            continue;
+        // restarted by its service manager on the same listening socket).
+        // If an agent holds the channel, the tool started: follow it there.
+        // If not, nothing ran: ask the daemon that comes next.
+        if matches!(answer, Ok(None)) {
+            match started_on(&channel) {
+                Ok(Some(started)) => break (control, Ok(None), Some((channel, started))),
+                Ok(None) if lost < LOST_RETRIES => {
+                    lost += 1;
+                    let _ = sys::poll(&mut [], 20 * lost.min(25));
+                    continue;
+                }
+                Ok(None) => {}
+                Err(f) => return Err(f),
+            }
         }
-        break (control, answer);
+        // A hand-off without an agent connection: the agent reports on
+        // the channel, starting with `Started` (and the pty master).
+        if let Ok(Some((Response::Handoff { .. }, got))) = &answer {
+            if got.is_empty() {
+                let started = started_on(&channel)?.ok_or_else(|| fail("the tool's channel closed before it started (see the daemon's log)".into()))?;
+                break (control, answer, Some((channel, started)));
+            }
+        }
+        break (control, answer, None);
     };
     drop(req);
     drop(fetching);
-    let (agent, bridge, relayed) = match answer {
-        Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))) if !got.is_empty() => {
+    let (agent, bridge, relayed) = match (answer, channel) {
+        (answer, Some((channel, master))) => {
+            if let (Some(s), Ok(Some((Response::Handoff { stamps: daemon, .. }, _)))) = (stamps.as_mut(), &answer) {
+                s.handoff = sys::now_ns();
+                s.daemon = daemon.clone().unwrap_or_default();
+            }
+            let bridge = match (term, master) {
+                (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+                _ => None,
+            };
+            (channel, bridge, false)
+        }
+        (Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))), None) if !got.is_empty() => {
             if let Some(s) = stamps.as_mut() {
                 s.handoff = sys::now_ns();
                 s.daemon = daemon.unwrap_or_default();
@@ -319,14 +355,27 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
             };
             (agent, bridge, relayed)
         }
-        Ok(Some((Response::Error(f), _))) => return Err(f),
-        Ok(Some(_)) => return Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
-        Ok(None) => return Err(fail("the daemon closed the connection without an answer (see its log)".into())),
-        Err(e) => return Err(fail(format!("bad answer from the daemon: {e}"))),
+        (Ok(Some((Response::Error(f), _))), None) => return Err(f),
+        (Ok(Some(_)), None) => return Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
+        (Ok(None), None) => return Err(fail("the daemon closed the connection without an answer (see its log)".into())),
+        (Err(e), None) => return Err(fail(format!("bad answer from the daemon: {e}"))),
     };
     drop(control);
     follow(command, &agent, &signals, bridge, relayed, stamps)
     // The bridge, if any, has restored the terminal by now.
+}
+
+/// The first word on a call's channel: `Started` (with the pty master in pty
+/// mode), or `None` when it hung up without one: no agent took it, the tool
+/// never started. An agent that refused the tool says why.
+fn started_on(channel: &Fd) -> Result<Option<Option<Fd>>, Failure> {
+    match frame::recv::<AgentEvent>(channel.0) {
+        Ok(Some((AgentEvent::Started { .. }, mut got))) => Ok(Some(got.pop())),
+        Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
+        Ok(Some(_)) => Err(fail("unexpected first word from the agent (is it another version of odfs?)".into())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(fail(format!("bad word from the agent: {e}"))),
+    }
 }
 
 /// Bridge signals (and, in pty mode, terminal bytes) until the agent reports

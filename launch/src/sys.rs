@@ -83,6 +83,7 @@ const SYS_IOCTL: usize = 16;
 const SYS_GETPID: usize = 39;
 const SYS_SOCKET: usize = 41;
 const SYS_CONNECT: usize = 42;
+const SYS_SOCKETPAIR: usize = 53;
 const SYS_SENDMSG: usize = 46;
 const SYS_RECVMSG: usize = 47;
 const SYS_FCNTL: usize = 72;
@@ -168,6 +169,12 @@ pub const SOCK_CLOEXEC: i32 = O_CLOEXEC;
 
 pub fn socket(domain: i32, ty: i32) -> Result<i32> {
     sys!(SYS_SOCKET, domain, ty, 0).map(|fd| fd as i32)
+}
+
+pub fn socketpair(domain: i32, ty: i32) -> Result<[i32; 2]> {
+    let mut p = [0i32; 2];
+    sys!(SYS_SOCKETPAIR, domain, ty, 0, p.as_mut_ptr())?;
+    Ok(p)
 }
 
 /// `struct sockaddr_un`.

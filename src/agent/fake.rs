@@ -21,6 +21,7 @@ pub fn spawn_request(fds: Vec<i32>) -> protocol::SpawnRequest {
         fds,
         tty: None,
         trace: false,
+        channel: false,
     }
 }
 

@@ -279,8 +279,10 @@ impl Agent {
 
     /// Start the tool, then follow its launcher: forward its signals, and
     /// end what the tool started if the connection drops (the launcher was
-    /// killed). The reaper reports the tool's end ([`inflight`]).
-    fn run_tool(&self, stream: UnixStream, req: SpawnRequest, fds: Vec<std::os::fd::OwnedFd>) {
+    /// killed). The reaper reports the tool's end ([`inflight`]). With the
+    /// launcher's own channel, the launcher is followed there and the
+    /// requester (the daemon) hears only that the tool started.
+    fn run_tool(&self, stream: UnixStream, req: SpawnRequest, mut fds: Vec<std::os::fd::OwnedFd>) {
         let received = protocol::stages::now_ns();
         let refuse = |msg: String| {
             let _ = protocol::send(&stream, &AgentEvent::Failed(crate::protocol::Failure::new(msg)), &[]);
@@ -289,7 +291,15 @@ impl Agent {
             return refuse(format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version));
         }
         identity::ensure_known(&req.identity);
-        let flight = match inflight::InFlight::new(&stream, req.tty.is_some(), req.trace, received) {
+        let channel = match req.channel {
+            false => None,
+            true => match fds.pop() {
+                Some(fd) if fds.len() == req.fds.len() => Some(UnixStream::from(fd)),
+                _ => return refuse(format!("{} fds announced with a channel, {} received", req.fds.len(), fds.len() + 1)),
+            },
+        };
+        let follows = channel.as_ref().unwrap_or(&stream);
+        let flight = match inflight::InFlight::new(follows, req.tty.is_some(), req.trace, received) {
             Ok(f) => Arc::new(f),
             Err(e) => return refuse(format!("cannot follow the tool: {e}")),
         };
@@ -306,6 +316,13 @@ impl Agent {
         let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
         flight.started(pid, forked, exec, &master_fd);
         drop(master);
+        if channel.is_some() {
+            // After the launcher has its `Started`: the daemon hands off only
+            // once this arrives, and a launcher whose daemon dies meanwhile
+            // finds the call on its channel.
+            let _ = protocol::send(&stream, &AgentEvent::Started { pid }, &[]);
+            drop(stream);
+        }
         flight.follow(|request| match request {
             AgentRequest::Signal(sig) => {
                 // Without a pty the tool leads its own session, an

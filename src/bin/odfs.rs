@@ -697,7 +697,9 @@ fn hint(socket: &std::path::Path, command: &str, mount: &std::path::Path) -> Exi
 
 /// One request to a running daemon, one answer.
 /// `odfs restart`: ask for a successor, then wait for the daemon that
-/// answered (the control socket's peer) to hand over and exit.
+/// answered (the control socket's peer) to hand over and exit. Under
+/// systemd the daemon runs its binary anew in place and answers once it
+/// serves again.
 fn restart(socket: &std::path::Path) -> anyhow::Result<()> {
     let conn = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("daemon not reachable at {} (is `odfs mount` running?)", socket.display()))?;
@@ -705,6 +707,10 @@ fn restart(socket: &std::path::Path) -> anyhow::Result<()> {
     drop(conn);
     let text = match ask(socket, Request::Restart)? {
         Response::Done(text) => text,
+        Response::Restarted(text) => {
+            println!("{text}");
+            return Ok(());
+        }
         Response::Error(f) => anyhow::bail!("{f}"),
         other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
     };

@@ -13,11 +13,12 @@ pub type Caller = Arc<crate::protocol::peer::Peer>;
 
 pub use crate::protocol::Failure;
 
-/// A tool the agent started: its connection (handed to the launcher), pid
-/// and, in pty mode, the pty master. `relayed`: the connection is served by
-/// the daemon for a call on a remote engine.
+/// A tool the agent started: its connection (handed to the launcher; none
+/// when the agent follows the launcher over the launcher's own channel),
+/// pid and, in pty mode, the pty master. `relayed`: the connection is served
+/// by the daemon for a call on a remote engine.
 pub struct Started {
-    pub agent: UnixStream,
+    pub agent: Option<UnixStream>,
     pub pid: i32,
     pub container: String,
     pub pty_master: Option<OwnedFd>,

@@ -132,10 +132,21 @@ impl<B: ContainerBackend> Daemon<B> {
                 let r = self.gc(&caller, dry_run, max_age_s, budget).await;
                 self.answer(conn, r)
             }
-            Ok(Some((Request::Restart, _))) => {
-                let r = self.restart(&caller);
-                self.answer(conn, r)
-            }
+            Ok(Some((Request::Restart, _))) => match self.in_place.get() {
+                // Under systemd the unit's main process must stay its own:
+                // the binary runs anew in it, and answers once it serves.
+                Some(tx) if super::systemd::managed() && caller.uid == 0 => {
+                    if let Err(e) = tx.send(super::takeover::Asked::InPlace(conn)).await {
+                        if let super::takeover::Asked::InPlace(conn) = e.0 {
+                            self.answer(conn, Response::Error(Failure::new("restart: the daemon is stopping")));
+                        }
+                    }
+                }
+                _ => {
+                    let r = self.restart(&caller);
+                    self.answer(conn, r)
+                }
+            },
             Ok(Some((Request::Pull { commands }, _))) => {
                 let r = self.pull(&caller, &commands, &conn).await;
                 self.answer(conn, r)

@@ -306,7 +306,8 @@ impl<B: ContainerBackend> Daemon<B> {
         tokio::task::spawn_blocking(move || {
             let sent = match outcome {
                 Ok((started, _, _, _)) => {
-                    let mut fds = vec![started.agent.as_raw_fd()];
+                    // None on the launcher's channel: the agent reports there.
+                    let mut fds: Vec<i32> = started.agent.iter().map(|a| a.as_raw_fd()).collect();
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
                     let stamps = trace.then_some(crate::protocol::stages::DaemonStamps { agent: started.sent_at, started: started.started_at, ..stamps });
                     protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed, stamps }, &fds)
@@ -411,9 +412,11 @@ impl<B: ContainerBackend> Daemon<B> {
             tty: req.tty.clone(),
             // The agent's clock is ours only on the fd path.
             trace: req.trace && !relayed,
+            channel: false,
         };
         image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &self.outbound.tool_env(!relayed));
-        let fds = Arc::new(fds);
+        let (fds, channel) = split_channel(fds, &req)?;
+        let (fds, channel) = (Arc::new(fds), channel.map(Arc::new));
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
         for attempt in 0..2 {
@@ -428,6 +431,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 args: req.args.clone(),
                 image: entry.image.name.clone(),
                 accounts: accounts.clone(),
+                channel: channel.clone(),
             };
             let result = self.pool.start(&ready, launch).await;
             match result {
@@ -444,6 +448,20 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+}
+
+/// The caller's fds, and the launcher's channel when the request says the
+/// last one is it; that one must be a stream socket, as the agent speaks
+/// frames on it (anything else the caller sent is refused, not written to).
+fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), Failure> {
+    if !req.channel {
+        return Ok((fds, None));
+    }
+    let stream = |fd: &OwnedFd| nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SockType) == Ok(nix::sys::socket::SockType::Stream);
+    match fds.pop() {
+        Some(channel) if fds.len() == req.fds.len() && stream(&channel) => Ok((fds, Some(channel))),
+        _ => Err(Failure::new("the request's channel is missing or not a stream socket (is odfs-launch another version?)")),
     }
 }
 

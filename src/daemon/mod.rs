@@ -63,6 +63,9 @@ pub struct Daemon<B> {
     /// This daemon's command line, for `odfs restart` (a successor started
     /// with it takes the mount over).
     relaunch: Vec<std::ffi::OsString>,
+    /// Where `odfs restart` under systemd asks the serving loop to run the
+    /// binary anew in place (set once the loop runs).
+    in_place: std::sync::OnceLock<tokio::sync::mpsc::Sender<takeover::Asked>>,
 }
 
 impl<B> Daemon<B> {

@@ -3,7 +3,9 @@
 //! or back from systemd's fd store), the daemon's tasks, and an end that
 //! every one of them hears and that waits for them: a stop, or a hand-over.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::protocol;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -170,25 +172,74 @@ fn absolute_mountpoint(path: &std::path::Path) -> anyhow::Result<PathBuf> {
 enum Inherited {
     Predecessor(takeover::Taken),
     /// The fd store: the daemon before this one stopped for a restart or
-    /// died. Requests it had read and not answered are sent again.
-    Store { fuse: OwnedFd, control: OwnedFd, state: takeover::State },
+    /// died. Requests it had read and not answered are sent again. Or the
+    /// same fds kept across an in-place restart ([`IN_PLACE_ENV`]), with
+    /// `odfs restart`'s connection to answer.
+    Store { fuse: OwnedFd, control: OwnedFd, state: takeover::State, state_fd: Option<OwnedFd>, reply: Option<std::os::unix::net::UnixStream> },
 }
+
+/// Names the fds an in-place restart keeps across `execve`
+/// (`fuse=N,control=N,state=N,reply=N`); this process's own, read once.
+const IN_PLACE_ENV: &str = "ODFS_IN_PLACE_FDS";
 
 /// systemd's fd-store names.
 const STORE_FUSE: &str = "fuse";
 const STORE_CONTROL: &str = "control";
 const STORE_STATE: &str = "state";
 
-/// The fds systemd kept for this unit, if they are still a mount here.
+/// The fds systemd kept for this unit, or those an in-place restart kept,
+/// if they are still a mount here.
 fn from_store(mountpoint: &std::path::Path) -> Option<Inherited> {
-    let mut fds = systemd::take_listen_fds();
+    let mut fds = match take_in_place_fds() {
+        Some(fds) => fds,
+        None => systemd::take_listen_fds(),
+    };
+    let reply = fds.remove("reply").map(std::os::unix::net::UnixStream::from);
     let (fuse, control) = (fds.remove(STORE_FUSE)?, fds.remove(STORE_CONTROL)?);
     if !crate::fuse::is_fuse_mountpoint(mountpoint) {
         tracing::warn!(mountpoint = %mountpoint.display(), "the stored FUSE connection is no longer mounted here: mounting afresh");
         return None;
     }
-    let state = fds.remove(STORE_STATE).and_then(|fd| read_state(&fd)).unwrap_or_default();
-    Some(Inherited::Store { fuse, control, state })
+    let state_fd = fds.remove(STORE_STATE);
+    let state = state_fd.as_ref().and_then(read_state).unwrap_or_default();
+    Some(Inherited::Store { fuse, control, state, state_fd, reply })
+}
+
+/// The fds [`IN_PLACE_ENV`] names, made close-on-exec again.
+fn take_in_place_fds() -> Option<std::collections::HashMap<String, OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let named = std::env::var(IN_PLACE_ENV).ok()?;
+    // SAFETY: read at start-up, before any thread reads the environment.
+    unsafe { std::env::remove_var(IN_PLACE_ENV) };
+    let mut out = std::collections::HashMap::new();
+    for (name, fd) in named.split(',').filter_map(|kv| kv.split_once('=')) {
+        let Ok(fd) = fd.parse::<i32>() else { continue };
+        // Only an open fd, once: the variable is this process's own.
+        if fd > 2 && !out.values().any(|o: &OwnedFd| o.as_raw_fd() == fd) && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_ok() {
+            // SAFETY: the image before this one left this fd open for us.
+            out.insert(name.to_string(), unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    Some(out)
+}
+
+/// Run this daemon's binary anew in this process (same pid: it stays the
+/// unit's main process), keeping the mount, the control socket, the state
+/// and `reply`. Returns only if the exec failed.
+fn exec_in_place(relaunch: &[std::ffi::OsString], fds: &[(&str, RawFd)]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let Some((exe, args)) = relaunch.split_first() else { return std::io::Error::other("this daemon's command line is unknown") };
+    for (_, fd) in fds {
+        if let Err(e) = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+            return e.into();
+        }
+    }
+    let named: Vec<String> = fds.iter().map(|(name, fd)| format!("{name}={fd}")).collect();
+    let e = std::process::Command::new(exe).args(args).env(IN_PLACE_ENV, named.join(",")).exec();
+    for (_, fd) in fds {
+        let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
+    e
 }
 
 /// A memfd holding `state`, for the fd store: a daemon restarted after a
@@ -214,6 +265,16 @@ fn read_state(fd: &OwnedFd) -> Option<takeover::State> {
     let mut body = Vec::new();
     file.take(1 << 20).read_to_end(&mut body).ok()?;
     serde_json::from_slice(&body).ok()
+}
+
+/// What follows a round that ends without unmounting.
+enum Next {
+    /// Under systemd: exit, the fds wait in the store.
+    Store,
+    /// Hand everything to a successor.
+    Hand(takeover::Offer),
+    /// Run the binary anew in this process; answer `odfs restart` here.
+    InPlace(std::os::unix::net::UnixStream),
 }
 
 /// How a round of serving ended.
@@ -276,7 +337,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // Take the mount over from a live daemon, or from systemd's store; only
     // then read the history, which the predecessor wrote out before going.
-    let inherited = match from_store(&mountpoint) {
+    let mut inherited = match from_store(&mountpoint) {
         Some(i) => Some(i),
         None => {
             let (run_dir, mp) = (cfg.run_dir.clone(), mountpoint.clone());
@@ -356,6 +417,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         image_usage: Default::default(),
         docs: super::docs::Docs::new(crate::share::share_dir(&mountpoint, cfg.share_dir.as_deref()), &cfg.state_dir),
         relaunch: relaunch_command(),
+        in_place: Default::default(),
     });
 
     crate::backend::docker::raise_nofile();
@@ -363,6 +425,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
     let mount_err = || format!("cannot mount {}", mountpoint.display());
+    let (inherited_state_fd, in_place_reply) = match &mut inherited {
+        Some(Inherited::Store { state_fd, reply, .. }) => (state_fd.take(), reply.take()),
+        _ => (None, None),
+    };
     let (control, server, init, predecessor) = match inherited {
         None => {
             let control = bind_control(&cfg.socket)?;
@@ -374,7 +440,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             let (control, init) = (listener_from(t.control.try_clone()?)?, t.state.init);
             (control, server, init, Some(t))
         }
-        Some(Inherited::Store { fuse, control, state }) => {
+        Some(Inherited::Store { fuse, control, state, .. }) => {
             let server = crate::fuse::resume(fs.clone(), fuse).with_context(mount_err)?;
             // What the dead daemon had read and not answered.
             // The INIT the first daemon agreed says whether the kernel can.
@@ -394,11 +460,20 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         tracing::warn!("containers of an earlier run cannot reach this one's socket (tools they run cannot run tools): {e}");
     }
     let (asks, mut asked) = mpsc::channel::<takeover::Asked>(1);
+    let _ = daemon.in_place.set(asks.clone());
     let offers = offer_takeovers(&cfg.run_dir, &mountpoint, asks)?;
     let connection = crate::fuse::connection_id(&mountpoint);
     let state = takeover::State { init, mountpoint: mountpoint.clone(), ..Default::default() }.with_secret(daemon.stamps.secret());
     let state_fd = if systemd::managed() {
-        let fd = state_memfd(&state)?;
+        // The stored one again (a restart from the store, or in place): the
+        // store keeps one state, not one per start.
+        let fd = match inherited_state_fd {
+            Some(fd) => {
+                write_state(&fd, &state)?;
+                fd
+            }
+            None => state_memfd(&state)?,
+        };
         systemd::store(STORE_FUSE, server.fd().as_raw_fd());
         systemd::store(STORE_CONTROL, control.as_raw_fd());
         systemd::store(STORE_STATE, fd.as_raw_fd());
@@ -408,6 +483,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None
     };
     tracing::info!(mountpoint = %mountpoint.display(), socket = %cfg.socket.display(), mount_id = id, taken_over = predecessor.is_some(), "serving");
+    if let Some(reply) = in_place_reply {
+        let text = format!("pid {} runs {} anew and serves {}", std::process::id(), daemon.relaunch.first().map_or("odfs".into(), |e| e.to_string_lossy()), mountpoint.display());
+        tokio::task::spawn_blocking(move || protocol::send(&reply, &protocol::Response::Restarted(text), &[]));
+    }
     if let Some(p) = &predecessor {
         p.serving();
         // Containers the predecessor did not hand over (their profile left
@@ -466,10 +545,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         fingerprint = seen_rx.await.unwrap_or_default();
 
         let handover = match ended {
-            Ended::Asked(takeover::Asked::Handover(offer)) => Some(Some(offer)),
+            Ended::Asked(takeover::Asked::Handover(offer)) => Some(Next::Hand(offer)),
+            Ended::Asked(takeover::Asked::InPlace(reply)) => Some(Next::InPlace(reply)),
             // Under systemd, a stop that is half of a restart leaves the
             // mount in the fd store for the next process.
-            Ended::Signal if state_fd.is_some() && !hurry.is_cancelled() && systemd::restart_pending() => Some(None),
+            Ended::Signal if state_fd.is_some() && !hurry.is_cancelled() && systemd::restart_pending() => Some(Next::Store),
             Ended::Signal => None,
             Ended::Asked(takeover::Asked::Stop(successor)) => {
                 // Closed when the stop is over: the successor mounts then.
@@ -486,14 +566,27 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         daemon.store.flush(Duration::from_secs(5));
         let state = takeover::State { containers: daemon.pool.export().await, ..state.clone() };
         match offer {
-            None => {
+            Next::Store => {
                 if let Some(sfd) = &state_fd {
                     write_state(sfd, &state)?;
                 }
                 tracing::info!("restarting: the mount, the control socket and the containers stay for the next process");
                 return Ok(());
             }
-            Some(offer) => {
+            Next::InPlace(reply) => {
+                let sfd = state_fd.as_ref().expect("in place only under systemd");
+                write_state(sfd, &state)?;
+                tracing::info!("restarting in place: the mount, the control socket and the containers stay for the new image");
+                let _ = systemd::notify("RELOADING=1", &[]);
+                let kept = [(STORE_FUSE, fd.as_raw_fd()), (STORE_CONTROL, control.as_raw_fd()), (STORE_STATE, sfd.as_raw_fd()), ("reply", reply.as_raw_fd())];
+                let e = exec_in_place(&daemon.relaunch, &kept);
+                tracing::warn!("cannot run the binary anew: {e}; serving on");
+                let _ = systemd::notify("READY=1", &[]);
+                let text = format!("restart: cannot run {} anew: {e}", daemon.relaunch.first().map_or("odfs".into(), |p| p.to_string_lossy()));
+                let _ = protocol::send(&reply, &protocol::Response::Error(protocol::Failure::new(text)), &[]);
+                server = Some(crate::fuse::resume(fs.clone(), fd)?);
+            }
+            Next::Hand(offer) => {
                 let handed = tokio::task::block_in_place(|| offer.hand(&state, &fd, &control));
                 if handed {
                     tracing::info!("handed over: the new daemon serves the mount");

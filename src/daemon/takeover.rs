@@ -144,6 +144,10 @@ pub enum Asked {
     Handover(Offer),
     /// Stop as for SIGTERM, then close the socket.
     Stop(UnixStream),
+    /// `odfs restart` under systemd: run the binary anew in this process,
+    /// which stays the unit's main process; answer on this connection once
+    /// the new image serves.
+    InPlace(UnixStream),
 }
 
 /// Read a successor's hello on a connection the takeover listener accepted.

@@ -126,7 +126,7 @@ mod tests {
                                     env in proptest::collection::vec(bytes(), 0..8),
                                     fds in proptest::collection::vec(0i32..1024, 0..4)) {
             let tty = (fds.len() % 2 == 0).then(|| TtyRequest { targets: vec![0, 1], rows: 24, cols: 80, xpixel: 0, ypixel: 0, termios: vec![1; 60] });
-            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, trace: fds.len() % 3 == 0, fds, tty });
+            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, channel: args.len() % 2 == 0, args, env, trace: fds.len() % 3 == 0, fds, tty });
             let back: Request = decode(&encode(&req).unwrap()).unwrap();
             prop_assert_eq!(back, req);
         }
@@ -136,8 +136,8 @@ mod tests {
             // The wire format of older builds: a list of sequences of u8.
             #[derive(Serialize)]
             struct Plain<'a> { args: &'a Vec<Vec<u8>>, env: &'a Vec<Vec<u8>> }
-            let req = ExecRequest { version: 1, command: "c".into(), args: args.clone(), env: args.clone(), fds: vec![], tty: None, trace: false };
-            let plain = postcard::to_stdvec(&(1u32, "c", Plain { args: &args, env: &args }, Vec::<i32>::new(), Option::<TtyRequest>::None, false)).unwrap();
+            let req = ExecRequest { version: 1, command: "c".into(), args: args.clone(), env: args.clone(), fds: vec![], tty: None, trace: false, channel: true };
+            let plain = postcard::to_stdvec(&(1u32, "c", Plain { args: &args, env: &args }, Vec::<i32>::new(), Option::<TtyRequest>::None, false, true)).unwrap();
             prop_assert_eq!(encode(&req).unwrap(), plain);
         }
 
@@ -151,6 +151,7 @@ mod tests {
                 fds: vec![0],
                 tty: None,
                 trace: uid % 2 == 0,
+                channel: false,
             }));
             send(&a, &msg, &[0]).unwrap();
             send(&a, &AgentRequest::Signal(15), &[]).unwrap();

@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -169,6 +169,12 @@ pub struct ExecRequest {
     pub tty: Option<TtyRequest>,
     /// The caller asked for stage stamps ([`stages`]).
     pub trace: bool,
+    /// The last attached fd is the launcher's end of the call's channel
+    /// (a socketpair): the agent reports on it and takes signals from it.
+    /// A daemon that dies before the agent holds it leaves the launcher's
+    /// end hung up, so the launcher knows the tool never started and may ask
+    /// again; once the agent holds it, the call survives the daemon.
+    pub channel: bool,
 }
 
 /// The caller's terminal, for a pty inside the container that looks the same.
@@ -228,8 +234,9 @@ pub enum Response {
     /// `odfs: CMD: text`.
     Notice(String),
     /// The tool runs; the attached fds are the agent connection to follow
-    /// and, in pty mode, the pty master. `relayed`: the connection is the
-    /// daemon's, relaying a call on a remote engine.
+    /// and, in pty mode, the pty master; none when the agent reports on the
+    /// launcher's channel ([`ExecRequest::channel`]). `relayed`: the
+    /// connection is the daemon's, relaying a call on a remote engine.
     Handoff { pid: i32, relayed: bool, stamps: Option<stages::DaemonStamps> },
     /// odfs could not run the tool (or do what was asked).
     Error(Failure),
@@ -240,6 +247,9 @@ pub enum Response {
     /// A change was made; the text says what.
     Done(String),
     View(ViewInfo),
+    /// `odfs restart` under systemd: the daemon ran its binary anew in
+    /// place (same pid, the unit's main process) and serves again.
+    Restarted(String),
 }
 
 /// How far the fetch of a missing image has come, for everyone waiting on it.
@@ -346,6 +356,11 @@ pub struct SpawnRequest {
     pub tty: Option<TtyRequest>,
     /// Send [`AgentEvent::Stamps`] before the tool's end ([`stages`]).
     pub trace: bool,
+    /// The last attached fd, not among `fds`, is the launcher's channel
+    /// ([`ExecRequest::channel`]): `Started` (with the pty master) and every
+    /// later event go there, and signals come from it; the requester hears
+    /// only `Started` or `Failed`.
+    pub channel: bool,
 }
 
 /// Messages to the agent.

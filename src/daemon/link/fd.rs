@@ -179,7 +179,7 @@ impl FdLink {
         if let Err(e) = crate::daemon::accounts::ensure_known(&self.dir, id.uid, id.gid, passwd.as_deref(), group.as_deref()) {
             tracing::warn!(container = to.name, "cannot add uid {} to the container's account files: {e}", id.uid);
         }
-        start_tool(&self.socket(), launch.spawn, &launch.fds, to.name.clone())
+        start_tool(&self.socket(), launch.spawn, &launch.fds, launch.channel.as_deref(), to.name.clone())
     }
 }
 
@@ -262,11 +262,14 @@ fn agent_gone(e: &protocol::FrameError) -> bool {
     }
 }
 
-/// Ask the agent to start the tool with the caller's fds; blocking. Only an
+/// Ask the agent to start the tool with the caller's fds, and the launcher's
+/// channel if it sent one (the agent then reports there, and answers here
+/// only whether the tool started); blocking. Only an
 /// agent that is gone makes the container be replaced: the container serves
 /// other callers, so a request that fails on its own merits is refused to
 /// its caller alone.
-fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, container: String) -> Result<Started, StartError> {
+fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, channel: Option<&OwnedFd>, container: String) -> Result<Started, StartError> {
+    spawn.channel = channel.is_some();
     let classify = |e: protocol::FrameError| {
         if agent_gone(&e) {
             StartError::Unreachable(e.to_string())
@@ -282,7 +285,7 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
     // The tool's start (its cwd, its program) may sit on a file system that
     // never answers: the caller is told, and this thread is not held.
     conn.set_read_timeout(Some(START_LIMIT)).map_err(|e| classify(e.into()))?;
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let raw: Vec<i32> = fds.iter().chain(channel).map(|f| f.as_raw_fd()).collect();
     let sent_at = protocol::stages::now_ns();
     protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
     let answer = protocol::recv::<AgentEvent>(&conn);
@@ -296,7 +299,8 @@ fn start_tool(socket: &Path, spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, conta
             ))))
         }
         Ok(Some((AgentEvent::Started { pid }, mut got))) => {
-            Ok(Started { agent: conn, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at })
+            let agent = (channel.is_none()).then_some(conn);
+            Ok(Started { agent, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at })
         }
         Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
         Ok(Some((other, _))) => Err(StartError::Refused(Failure::new(format!("unexpected agent answer {other:?}")))),

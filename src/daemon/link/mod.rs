@@ -124,6 +124,9 @@ pub struct Launch {
     pub image: String,
     /// The caller's passwd and group lines, where the link writes them.
     pub accounts: (Option<String>, Option<String>),
+    /// The launcher's channel ([`crate::protocol::ExecRequest::channel`]),
+    /// which the fd path passes to the agent; a relayed call does not use it.
+    pub channel: Option<Arc<OwnedFd>>,
 }
 
 /// One profile's way to its container's agent.

@@ -254,7 +254,7 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     let call = calls.begin(pid);
     let follow = follow(stream.output, stream.input, decoder, fds, ours, slave, call);
     tokio::spawn(tracing::Instrument::instrument(follow, tracing::Span::current()));
-    Ok(Started { agent: launcher, pid, container: to.name.clone(), pty_master: master, relayed: true, sent_at: 0, started_at: 0 })
+    Ok(Started { agent: Some(launcher), pid, container: to.name.clone(), pty_master: master, relayed: true, sent_at: 0, started_at: 0 })
 }
 
 /// Messages for the relay, from the threads around the caller and the
@@ -562,7 +562,7 @@ mod tests {
         let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let target = Target { id: "fake-0".into(), name: "c".into(), token: "t".into(), view: Arc::default() };
-        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None) };
+        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None), channel: None };
         let link = RelayLink::default();
         link.started();
         let started = match link.start(&fake, &target, launch).await {
@@ -572,7 +572,7 @@ mod tests {
         };
         assert!(started.relayed);
         assert_eq!((started.pid, started.container.as_str()), (4242, "c"));
-        Running { link, launcher: started.agent, stdin: Some(in_w.into()), stdout: out_r.into(), agent, _dir: dir }
+        Running { link, launcher: started.agent.unwrap(), stdin: Some(in_w.into()), stdout: out_r.into(), agent, _dir: dir }
     }
 
     /// Wait (a few seconds at most) until the link counts no running call.
