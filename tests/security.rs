@@ -93,10 +93,15 @@ fn a_tool_inside_a_container_cannot_use_another_containers_agent() {
     let c = m.containers()[0].clone();
     let token = stdout(&docker(&["inspect", "-f", "{{index .Config.Labels \"io.odfs.token\"}}", &c])).trim().to_string();
     assert_eq!(token.len(), 32, "{token:?}");
-    let environ = docker(&["exec", &c, "cat", &format!("{}/environ", agent_proc(&c))]).stdout;
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(environ.contains("ODFS_AGENT_TOKEN=0000"), "not the agent's environment block: {environ:?}");
-    assert!(!environ.contains(&token), "the token is readable in the agent's /proc/PID/environ");
+    // The agent is not dumpable either (a spawn's child shares its memory
+    // as the caller's uid until its exec): root in the container, without
+    // CAP_SYS_PTRACE, cannot open the block or the memory at all.
+    for file in ["environ", "mem"] {
+        let o = docker(&["exec", &c, "cat", &format!("{}/{file}", agent_proc(&c))]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(!o.status.success() && stderr(&o).contains("denied"), "the agent's /proc/PID/{file} is readable: {text:?} {}", stderr(&o));
+        assert!(!text.contains(&token), "the token is readable in the agent's /proc/PID/{file}");
+    }
 }
 
 fn agent_sockets(state: &Path) -> Vec<PathBuf> {
@@ -315,4 +320,43 @@ fn a_working_directory_reached_through_a_symlink_counts_where_it_really_is() {
     let o = m.sh(r#"cd etc-link && "$M/cat" hostname"#);
     assert_eq!(shell_status(&o), 126);
     assert!(stderr(&o).starts_with("odfs: cat: working directory /etc is not shared with image bb"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_channel_that_is_not_a_socketpair_of_the_callers_is_refused_and_never_written_to() {
+    use std::os::fd::AsRawFd;
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    let exec = |channel: i32| -> Response {
+        let conn = UnixStream::connect(&m.socket).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let req = Request::Exec(ExecRequest {
+            version: PROTOCOL_VERSION,
+            command: "true".into(),
+            args: vec![],
+            env: vec![],
+            fds: vec![],
+            tty: None,
+            trace: false,
+            channel: true,
+        });
+        protocol::send(&conn, &req, &[channel]).unwrap();
+        protocol::recv::<Response>(&conn).unwrap().expect("an answer").0
+    };
+    let refused = |r: Response, what: &str| match r {
+        Response::Error(f) => assert!(f.message.contains("channel") && f.exit_code == 126, "{what}: {f:?}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    // A pipe, and a listening socket (a connected socket of another user's
+    // is refused by its peer's uid, which a socketpair gives its creator).
+    let (pipe_r, pipe_w) = nix::unistd::pipe().unwrap();
+    refused(exec(pipe_w.as_raw_fd()), "a pipe");
+    drop(pipe_w);
+    let mut left = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::from(pipe_r), &mut left).unwrap();
+    assert!(left.is_empty(), "the daemon or the agent wrote to it: {left:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let listening = std::os::unix::net::UnixListener::bind(dir.path().join("l.sock")).unwrap();
+    refused(exec(listening.as_raw_fd()), "a listening socket");
+    // The daemon serves on.
+    assert_eq!(stdout(&m.sh(r#""$M/echo" served"#)), "served\n");
 }

@@ -170,7 +170,8 @@ fn inherited_fds() -> Vec<i32> {
         }
     }
     fds.sort_unstable();
-    fds.truncate(MAX_FDS);
+    // One place is the call's channel's.
+    fds.truncate(MAX_FDS - 1);
     fds
 }
 
@@ -304,11 +305,13 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
             },
         };
         // A daemon that went away with the request unanswered (killed, and
-        // restarted by its service manager on the same listening socket).
+        // restarted by its service manager on the same listening socket;
+        // killed before it read the request, the connection is reset).
         // If an agent holds the channel, the tool started: follow it there.
         // If not, nothing ran: ask the daemon that comes next.
-        if matches!(answer, Ok(None)) {
-            match started_on(&channel) {
+        use odfs_wire::frame::Error as F;
+        if matches!(answer, Ok(None) | Err(frame::Error::Frame(F::Io(_) | F::Truncated))) {
+            match started_on(&channel, &signals) {
                 Ok(Some(started)) => break (control, Ok(None), Some((channel, started))),
                 Ok(None) if lost < LOST_RETRIES => {
                     lost += 1;
@@ -323,7 +326,7 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         // the channel, starting with `Started` (and the pty master).
         if let Ok(Some((Response::Handoff { .. }, got))) = &answer {
             if got.is_empty() {
-                let started = started_on(&channel)?.ok_or_else(|| fail("the tool's channel closed before it started (see the daemon's log)".into()))?;
+                let started = started_on(&channel, &signals)?.ok_or_else(|| fail("the tool's channel closed before it started (see the daemon's log)".into()))?;
                 break (control, answer, Some((channel, started)));
             }
         }
@@ -367,8 +370,28 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
 
 /// The first word on a call's channel: `Started` (with the pty master in pty
 /// mode), or `None` when it hung up without one: no agent took it, the tool
-/// never started. An agent that refused the tool says why.
-fn started_on(channel: &Fd) -> Result<Option<Option<Fd>>, Failure> {
+/// never started. An agent that refused the tool says why. A terminating
+/// signal that comes first (the tool's start hangs, the daemon that would
+/// have timed it out is gone) ends the call; the agent kills a tool that
+/// starts after, its channel gone. Other signals wait for the tool.
+fn started_on(channel: &Fd, signals: &Fd) -> Result<Option<Option<Fd>>, Failure> {
+    let mut kept = Vec::new();
+    let ended = loop {
+        let mut pfds = [Pollfd { fd: channel.0, events: POLLIN, revents: 0 }, Pollfd { fd: signals.0, events: POLLIN, revents: 0 }];
+        if sys::poll(&mut pfds, -1).is_err() || pfds[0].revents != 0 {
+            break None;
+        }
+        let mut buf = [0u8; 16];
+        let n = sys::read(signals.0, &mut buf).unwrap_or(0);
+        if let Some(&sig) = buf[..n].iter().find(|&&s| [SIGINT, SIGTERM, SIGHUP, SIGQUIT].contains(&i32::from(s))) {
+            break Some(i32::from(sig));
+        }
+        kept.extend_from_slice(&buf[..n]);
+    };
+    let _ = sys::write(SIGNAL_PIPE.load(Ordering::Relaxed), &kept);
+    if let Some(sig) = ended {
+        return Err(Failure { message: format!("signal {sig} before the tool started"), exit_code: 128 + sig });
+    }
     match frame::recv::<AgentEvent>(channel.0) {
         Ok(Some((AgentEvent::Started { .. }, mut got))) => Ok(Some(got.pop())),
         Ok(Some((AgentEvent::Failed(f), _))) => Err(f),

@@ -166,6 +166,13 @@ pub fn run(config: AgentConfig) -> ! {
     // tools come to it all the same, to be reaped.
     // SAFETY: plain prctl on ourselves.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // Not dumpable, ever: a spawn's child shares the agent's memory until
+    // its exec, already as its caller's uid, and may be held there (a cwd
+    // that never answers). Were the agent dumpable then, a process of that
+    // uid could read or write it (/proc/PID/mem, process_vm_readv) and take
+    // its token and other callers' channels.
+    // SAFETY: plain prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 
     std::thread::spawn(move || {
         let sig = term.wait().unwrap_or(Signal::SIGTERM);
@@ -294,7 +301,16 @@ impl Agent {
         let channel = match req.channel {
             false => None,
             true => match fds.pop() {
-                Some(fd) if fds.len() == req.fds.len() => Some(UnixStream::from(fd)),
+                Some(fd) if fds.len() == req.fds.len() => {
+                    let channel = UnixStream::from(fd);
+                    // The caller holds the other end, and may hold a copy
+                    // of this one and fill it: no send here waits long
+                    // (one that cannot go counts as a launcher gone).
+                    if let Err(e) = channel.set_write_timeout(Some(std::time::Duration::from_secs(5))) {
+                        return refuse(format!("cannot use the call's channel: {e}"));
+                    }
+                    Some(channel)
+                }
                 _ => return refuse(format!("{} fds announced with a channel, {} received", req.fds.len(), fds.len() + 1)),
             },
         };

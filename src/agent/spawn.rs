@@ -208,10 +208,6 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
         for (wait, at) in seen {
             flight.waited(wait, at);
         }
-        // The child's change of ids marked the memory it shared with us
-        // not dumpable; the agent's own stays as it was.
-        // SAFETY: plain prctl on ourselves.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         if pid < 0 {
             // SAFETY: closing both pipe ends we own.
             unsafe {

@@ -415,7 +415,7 @@ impl<B: ContainerBackend> Daemon<B> {
             channel: false,
         };
         image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &self.outbound.tool_env(!relayed));
-        let (fds, channel) = split_channel(fds, &req)?;
+        let (fds, channel) = split_channel(fds, &req, &caller)?;
         let (fds, channel) = (Arc::new(fds), channel.map(Arc::new));
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
@@ -452,17 +452,26 @@ impl<B: ContainerBackend> Daemon<B> {
 }
 
 /// The caller's fds, and the launcher's channel when the request says the
-/// last one is it; that one must be a stream socket, as the agent speaks
-/// frames on it (anything else the caller sent is refused, not written to).
-fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), Failure> {
+/// last one is it. The agent speaks frames on that one: it must be what
+/// odfs-launch makes, a connected Unix stream socket of the caller's own
+/// (a socketpair's peer is its creator); anything else is refused, never
+/// written to.
+fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest, caller: &Caller) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), Failure> {
     if !req.channel {
         return Ok((fds, None));
     }
-    let stream = |fd: &OwnedFd| nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SockType) == Ok(nix::sys::socket::SockType::Stream);
     match fds.pop() {
-        Some(channel) if fds.len() == req.fds.len() && stream(&channel) => Ok((fds, Some(channel))),
-        _ => Err(Failure::new("the request's channel is missing or not a stream socket (is odfs-launch another version?)")),
+        Some(channel) if fds.len() == req.fds.len() && is_callers_channel(&channel, caller.uid) => Ok((fds, Some(channel))),
+        _ => Err(Failure::new("the request's channel is missing or not a socketpair of the caller's (is odfs-launch another version?)")),
     }
+}
+
+fn is_callers_channel(fd: &OwnedFd, uid: u32) -> bool {
+    use nix::sys::socket::{getsockopt, getsockname, sockopt, AddressFamily, SockType, SockaddrLike, UnixAddr};
+    let unix = getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok_and(|a| a.family() == Some(AddressFamily::Unix));
+    unix && getsockopt(fd, sockopt::SockType) == Ok(SockType::Stream)
+        && getsockopt(fd, sockopt::AcceptConn) == Ok(false)
+        && getsockopt(fd, sockopt::PeerCredentials).is_ok_and(|c| c.uid() == uid)
 }
 
 #[cfg(test)]

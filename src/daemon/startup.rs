@@ -211,9 +211,17 @@ fn take_in_place_fds() -> Option<std::collections::HashMap<String, OwnedFd>> {
     let named = std::env::var(IN_PLACE_ENV).ok()?;
     // SAFETY: read at start-up, before any thread reads the environment.
     unsafe { std::env::remove_var(IN_PLACE_ENV) };
+    let mut pairs = named.split(',').filter_map(|kv| kv.split_once('='));
+    // Meant for this very process (an exec keeps the pid), as LISTEN_PID is.
+    if pairs.next() != Some(("pid", &std::process::id().to_string())) {
+        return None;
+    }
     let mut out = std::collections::HashMap::new();
-    for (name, fd) in named.split(',').filter_map(|kv| kv.split_once('=')) {
+    for (name, fd) in pairs {
         let Ok(fd) = fd.parse::<i32>() else { continue };
+        if ![STORE_FUSE, STORE_CONTROL, STORE_STATE, "reply"].contains(&name) {
+            continue;
+        }
         // Only an open fd, once: the variable is this process's own.
         if fd > 2 && !out.values().any(|o: &OwnedFd| o.as_raw_fd() == fd) && nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_ok() {
             // SAFETY: the image before this one left this fd open for us.
@@ -227,19 +235,36 @@ fn take_in_place_fds() -> Option<std::collections::HashMap<String, OwnedFd>> {
 /// unit's main process), keeping the mount, the control socket, the state
 /// and `reply`. Returns only if the exec failed.
 fn exec_in_place(relaunch: &[std::ffi::OsString], fds: &[(&str, RawFd)]) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
-    let Some((exe, args)) = relaunch.split_first() else { return std::io::Error::other("this daemon's command line is unknown") };
+    use std::ffi::CString;
+    let c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+    let named: Vec<String> = fds.iter().map(|(name, fd)| format!("{name}={fd}")).collect();
+    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(k, _)| k != IN_PLACE_ENV)
+        .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
+        .collect();
+    env.push(format!("{IN_PLACE_ENV}=pid={},{}", std::process::id(), named.join(",")).into_bytes());
+    let words = || -> std::io::Result<(Vec<CString>, Vec<CString>)> {
+        let argv = relaunch.iter().map(|a| c(a.as_encoded_bytes())).collect::<std::io::Result<Vec<_>>>()?;
+        Ok((argv, env.iter().map(|e| c(e)).collect::<std::io::Result<Vec<_>>>()?))
+    };
+    let (argv, env) = match words() {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    let Some(exe) = argv.first().cloned() else { return std::io::Error::other("this daemon's command line is unknown") };
     for (_, fd) in fds {
         if let Err(e) = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
             return e.into();
         }
     }
-    let named: Vec<String> = fds.iter().map(|(name, fd)| format!("{name}={fd}")).collect();
-    let e = std::process::Command::new(exe).args(args).env(IN_PLACE_ENV, named.join(",")).exec();
+    // execve itself, not std's Command: that one sets SIGPIPE back to its
+    // default first and leaves it so if the exec fails, and a daemon that
+    // serves on must not die of a closed pipe.
+    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
     for (_, fd) in fds {
         let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
-    e
+    e.into()
 }
 
 /// A memfd holding `state`, for the fd store: a daemon restarted after a

@@ -288,6 +288,13 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
     let raw: Vec<i32> = fds.iter().chain(channel).map(|f| f.as_raw_fd()).collect();
     let sent_at = protocol::stages::now_ns();
     protocol::write_frame(&conn, &body, &raw).map_err(classify)?;
+    // Once the agent may hold the channel it may have started the tool and
+    // said so there: an agent lost now is not retried in a new container,
+    // which would run the tool a second time on the same channel.
+    let classify = |e: protocol::FrameError| match (classify(e), channel) {
+        (StartError::Unreachable(e), Some(_)) => StartError::Refused(Failure::new(format!("the container's agent went away while starting the tool ({e})"))),
+        (other, _) => other,
+    };
     let answer = protocol::recv::<AgentEvent>(&conn);
     let started_at = protocol::stages::now_ns();
     let _ = conn.set_read_timeout(None);
@@ -304,6 +311,7 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
         }
         Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
         Ok(Some((other, _))) => Err(StartError::Refused(Failure::new(format!("unexpected agent answer {other:?}")))),
+        Ok(None) if channel.is_some() => Err(StartError::Refused(Failure::new("the container's agent went away while starting the tool"))),
         Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
         Err(e) => Err(classify(e)),
     }
