@@ -334,34 +334,32 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
     };
     drop(req);
     drop(fetching);
-    let (agent, bridge, relayed) = match (answer, channel) {
+    // The agent's end: the channel, or a relayed call's connection. The
+    // daemon's stamps come with a hand-off, not after a lost request.
+    let (agent, master, relayed, daemon) = match (answer, channel) {
         (answer, Some((channel, master))) => {
-            if let (Some(s), Ok(Some((Response::Handoff { stamps: daemon, .. }, _)))) = (stamps.as_mut(), &answer) {
-                s.handoff = sys::now_ns();
-                s.daemon = daemon.clone().unwrap_or_default();
-            }
-            let bridge = match (term, master) {
-                (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+            let daemon = match answer {
+                Ok(Some((Response::Handoff { stamps, .. }, _))) => Some(stamps),
                 _ => None,
             };
-            (channel, bridge, false)
+            (channel, master, false, daemon)
         }
-        (Ok(Some((Response::Handoff { relayed, stamps: daemon, .. }, mut got))), None) if !got.is_empty() => {
-            if let Some(s) = stamps.as_mut() {
-                s.handoff = sys::now_ns();
-                s.daemon = daemon.unwrap_or_default();
-            }
+        (Ok(Some((Response::Handoff { relayed, stamps, .. }, mut got))), None) if !got.is_empty() => {
             let agent = got.remove(0);
-            let bridge = match (term, got.pop()) {
-                (Some(t), Some(master)) => Some(Bridge::new(t, master)),
-                _ => None,
-            };
-            (agent, bridge, relayed)
+            (agent, got.pop(), relayed, Some(stamps))
         }
         (Ok(Some((Response::Error(f), _))), None) => return Err(f),
         (Ok(Some(_)), None) => return Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
         (Ok(None), None) => return Err(fail("the daemon closed the connection without an answer (see its log)".into())),
         (Err(e), None) => return Err(fail(format!("bad answer from the daemon: {e}"))),
+    };
+    if let (Some(s), Some(daemon)) = (stamps.as_mut(), daemon) {
+        s.handoff = sys::now_ns();
+        s.daemon = daemon.unwrap_or_default();
+    }
+    let bridge = match (term, master) {
+        (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+        _ => None,
     };
     drop(control);
     follow(command, &agent, &signals, bridge, relayed, stamps)

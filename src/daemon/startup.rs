@@ -181,6 +181,8 @@ enum Inherited {
 /// Names the fds an in-place restart keeps across `execve`
 /// (`fuse=N,control=N,state=N,reply=N`); this process's own, read once.
 const IN_PLACE_ENV: &str = "ODFS_IN_PLACE_FDS";
+/// The name of `odfs restart`'s connection among them.
+const IN_PLACE_REPLY: &str = "reply";
 
 /// systemd's fd-store names.
 const STORE_FUSE: &str = "fuse";
@@ -194,7 +196,7 @@ fn from_store(mountpoint: &std::path::Path) -> Option<Inherited> {
         Some(fds) => fds,
         None => systemd::take_listen_fds(),
     };
-    let reply = fds.remove("reply").map(std::os::unix::net::UnixStream::from);
+    let reply = fds.remove(IN_PLACE_REPLY).map(std::os::unix::net::UnixStream::from);
     let (fuse, control) = (fds.remove(STORE_FUSE)?, fds.remove(STORE_CONTROL)?);
     if !crate::fuse::is_fuse_mountpoint(mountpoint) {
         tracing::warn!(mountpoint = %mountpoint.display(), "the stored FUSE connection is no longer mounted here: mounting afresh");
@@ -219,7 +221,7 @@ fn take_in_place_fds() -> Option<std::collections::HashMap<String, OwnedFd>> {
     let mut out = std::collections::HashMap::new();
     for (name, fd) in pairs {
         let Ok(fd) = fd.parse::<i32>() else { continue };
-        if ![STORE_FUSE, STORE_CONTROL, STORE_STATE, "reply"].contains(&name) {
+        if ![STORE_FUSE, STORE_CONTROL, STORE_STATE, IN_PLACE_REPLY].contains(&name) {
             continue;
         }
         // Only an open fd, once: the variable is this process's own.
@@ -232,39 +234,31 @@ fn take_in_place_fds() -> Option<std::collections::HashMap<String, OwnedFd>> {
 }
 
 /// Run this daemon's binary anew in this process (same pid: it stays the
-/// unit's main process), keeping the mount, the control socket, the state
-/// and `reply`. Returns only if the exec failed.
-fn exec_in_place(relaunch: &[std::ffi::OsString], fds: &[(&str, RawFd)]) -> std::io::Error {
-    use std::ffi::CString;
-    let c = |s: &[u8]| CString::new(s).map_err(std::io::Error::other);
+/// unit's main process), keeping `fds` open under their names (the mount,
+/// the control socket, the state, `reply`). Returns only if the exec failed.
+fn exec_in_place(relaunch: &[std::ffi::OsString], fds: &[(&str, RawFd)]) -> std::io::Result<std::convert::Infallible> {
+    use nix::fcntl::{fcntl, FcntlArg::F_SETFD, FdFlag};
+    let cstr = |b: &[u8]| std::ffi::CString::new(b).map_err(std::io::Error::other);
+    let argv = relaunch.iter().map(|a| cstr(a.as_encoded_bytes())).collect::<std::io::Result<Vec<_>>>()?;
     let named: Vec<String> = fds.iter().map(|(name, fd)| format!("{name}={fd}")).collect();
-    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+    let mut env = std::env::vars_os()
         .filter(|(k, _)| k != IN_PLACE_ENV)
-        .map(|(k, v)| [k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat())
-        .collect();
-    env.push(format!("{IN_PLACE_ENV}=pid={},{}", std::process::id(), named.join(",")).into_bytes());
-    let words = || -> std::io::Result<(Vec<CString>, Vec<CString>)> {
-        let argv = relaunch.iter().map(|a| c(a.as_encoded_bytes())).collect::<std::io::Result<Vec<_>>>()?;
-        Ok((argv, env.iter().map(|e| c(e)).collect::<std::io::Result<Vec<_>>>()?))
-    };
-    let (argv, env) = match words() {
-        Ok(w) => w,
-        Err(e) => return e,
-    };
-    let Some(exe) = argv.first().cloned() else { return std::io::Error::other("this daemon's command line is unknown") };
-    for (_, fd) in fds {
-        if let Err(e) = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
-            return e.into();
-        }
-    }
+        .map(|(k, v)| cstr(&[k.as_encoded_bytes(), b"=", v.as_encoded_bytes()].concat()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    env.push(cstr(format!("{IN_PLACE_ENV}=pid={},{}", std::process::id(), named.join(",")).as_bytes())?);
+    let exe = argv.first().ok_or_else(|| std::io::Error::other("this daemon's command line is unknown"))?;
     // execve itself, not std's Command: that one sets SIGPIPE back to its
     // default first and leaves it so if the exec fails, and a daemon that
     // serves on must not die of a closed pipe.
-    let e = nix::unistd::execve(&exe, &argv, &env).unwrap_err();
+    let e = match fds.iter().try_for_each(|(_, fd)| fcntl(*fd, F_SETFD(FdFlag::empty())).map(drop)) {
+        Ok(()) => nix::unistd::execve(exe, &argv, &env).unwrap_err(),
+        Err(e) => e,
+    };
+    // Serving on: none of them may reach a child.
     for (_, fd) in fds {
-        let _ = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = fcntl(*fd, F_SETFD(FdFlag::FD_CLOEXEC));
     }
-    e.into()
+    Err(e.into())
 }
 
 /// A memfd holding `state`, for the fd store: a daemon restarted after a
@@ -603,8 +597,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 write_state(sfd, &state)?;
                 tracing::info!("restarting in place: the mount, the control socket and the containers stay for the new image");
                 let _ = systemd::notify("RELOADING=1", &[]);
-                let kept = [(STORE_FUSE, fd.as_raw_fd()), (STORE_CONTROL, control.as_raw_fd()), (STORE_STATE, sfd.as_raw_fd()), ("reply", reply.as_raw_fd())];
-                let e = exec_in_place(&daemon.relaunch, &kept);
+                let kept = [(STORE_FUSE, fd.as_raw_fd()), (STORE_CONTROL, control.as_raw_fd()), (STORE_STATE, sfd.as_raw_fd()), (IN_PLACE_REPLY, reply.as_raw_fd())];
+                let Err(e) = exec_in_place(&daemon.relaunch, &kept);
                 tracing::warn!("cannot run the binary anew: {e}; serving on");
                 let _ = systemd::notify("READY=1", &[]);
                 let text = format!("restart: cannot run {} anew: {e}", daemon.relaunch.first().map_or("odfs".into(), |p| p.to_string_lossy()));
