@@ -307,7 +307,7 @@ impl Tool {
 /// SIGKILL every process of session `sid` (the tool's session: the tool,
 /// its process group, its background jobs), among the container's; its
 /// group at once when the tool, its leader, still lives (`leader_alive`).
-fn kill_session(sid: i32, leader_alive: bool) {
+pub(super) fn kill_session(sid: i32, leader_alive: bool) {
     if leader_alive {
         // SAFETY: plain kill(2); the session leader's group first, then the rest.
         unsafe { libc::kill(-sid, libc::SIGKILL) };

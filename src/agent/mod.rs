@@ -14,6 +14,7 @@ mod identity;
 mod inflight;
 pub mod relay;
 mod spawn;
+mod starts;
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -137,6 +138,10 @@ struct Agent {
     allow_local_peers: bool,
     token: Option<String>,
     inherited: spawn::Inherited,
+    /// Starts under way: each user's places, and the watch over them.
+    starts: starts::Starts,
+    /// The image's `tty` group, which owns the ptys of tools.
+    tty_group: Option<u32>,
 }
 
 /// Run the agent until SIGTERM/SIGINT; never returns.
@@ -160,6 +165,8 @@ pub fn run(config: AgentConfig) -> ! {
         allow_local_peers: config.allow_local_peers,
         token: config.token,
         inherited: spawn::Inherited::read(),
+        starts: starts::Starts::default(),
+        tty_group: tty_group(&std::fs::read_to_string("/etc/group").unwrap_or_default()),
     });
 
     // In the host's pid namespace the agent is not PID 1: orphans of the
@@ -190,6 +197,8 @@ pub fn run(config: AgentConfig) -> ! {
 
     let reaper = agent.clone();
     std::thread::spawn(move || reaper.reap());
+    let watch = agent.clone();
+    std::thread::spawn(move || watch.starts.watch());
 
     let _ = std::fs::remove_file(&config.socket);
     let listener = match UnixListener::bind(&config.socket) {
@@ -228,6 +237,7 @@ impl Agent {
                         let flight = if let Wait::Stopped(..) = status {
                             reg.waiting.get(&pid).cloned()
                         } else {
+                            self.starts.reaped(pid);
                             reg.waiting.remove(&pid).inspect(|(_, started)| {
                                 reg.tally.end(pid, status.status(), started.elapsed().as_millis() as u64);
                             })
@@ -319,14 +329,29 @@ impl Agent {
             Ok(f) => Arc::new(f),
             Err(e) => return refuse(format!("cannot follow the tool: {e}")),
         };
-        let spawn::Spawned { pid, master, forked, exec } = match spawn::spawn(self, &req, &fds, flight.clone()) {
+        // A place of the tool's user, or a refusal; the agent's copies of
+        // the caller's fds go into it, to be let go once the child has its own.
+        let watch: Vec<i32> = [Some(stream.as_raw_fd()), channel.as_ref().map(|c| c.as_raw_fd())].into_iter().flatten().collect();
+        let start = match self.starts.enter(req.identity.uid, fds, watch) {
+            Ok(start) => start,
+            Err(starts::NoPlace::Abandoned) => return,
+            Err(starts::NoPlace::Full) => {
+                return refuse(format!(
+                    "{} tools of uid {} are already starting in this container, held before their exec (a working directory that does not answer, or stopped); end them or try again",
+                    starts::STARTS_PER_UID,
+                    req.identity.uid
+                ))
+            }
+        };
+        let spawned = spawn::spawn(self, &req, &start, flight.clone());
+        self.starts.leave(&start);
+        let spawn::Spawned { pid, master, forked, exec } = match spawned {
             Ok(spawned) => spawned,
             Err(failure) => {
                 let _ = protocol::send(&stream, &failure, &[]);
                 return;
             }
         };
-        drop(fds);
         // The pty master goes to the launcher; the agent keeps no copy, so
         // when the launcher goes away the tool's terminal hangs up.
         let master_fd: Vec<i32> = master.iter().map(|m| m.as_raw_fd()).collect();
@@ -373,6 +398,14 @@ impl Agent {
 fn peer_outside(stream: &UnixStream) -> bool {
     let Ok(peer) = protocol::peer::peer(stream.as_raw_fd()) else { return false };
     peer.pid == 0 || (cgroup::in_our_cgroup(peer.pid) == Some(false) && peer.alive())
+}
+
+/// The gid of the `tty` group in a group file.
+fn tty_group(group: &str) -> Option<u32> {
+    group.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next() == Some("tty")).then(|| f.nth(1)?.parse().ok()).flatten()
+    })
 }
 
 /// Compare secrets in time independent of where they differ.

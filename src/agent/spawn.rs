@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::inflight::InFlight;
+use super::starts::Start;
 use super::Agent;
 use crate::protocol::{AgentEvent, SpawnRequest, TtyRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
 
@@ -44,10 +45,13 @@ fn candidates(program: &[u8], path: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// A pty for the tool, shaped like the caller's terminal. The slave belongs
-/// to the caller, as a login terminal would. Both fds are close-on-exec from
+/// to the caller and to the image's `tty` group, as a login terminal would
+/// (mode 0620: `write` and `wall` reach it, no other user reads it); 0600
+/// in an image without that group. Never the caller's primary group, which
+/// other users may share. Both fds are close-on-exec from
 /// birth (`O_CLOEXEC`, `TIOCGPTPEER`): another caller's spawn may fork at any
 /// moment, and its tool must never inherit this one.
-fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), AgentEvent> {
+fn open_pty(tty: &TtyRequest, uid: u32, tty_group: Option<u32>) -> Result<(OwnedFd, OwnedFd), AgentEvent> {
     let (master, slave) = crate::protocol::pty::open().map_err(|e| failed(format!("cannot allocate a pty in the container: {e}")))?;
     // SAFETY: plain syscalls on the fds just made.
     unsafe {
@@ -59,7 +63,11 @@ fn open_pty(tty: &TtyRequest, uid: u32, gid: u32) -> Result<(OwnedFd, OwnedFd), 
         let ws = libc::winsize { ws_row: tty.rows, ws_col: tty.cols, ws_xpixel: tty.xpixel, ws_ypixel: tty.ypixel };
         libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &ws);
         // Mode first: once the caller owns it, changing it would need CAP_FOWNER.
-        libc::fchmod(slave.as_raw_fd(), 0o620);
+        let (mode, gid) = match tty_group {
+            Some(g) => (0o620, g),
+            None => (0o600, 0),
+        };
+        libc::fchmod(slave.as_raw_fd(), mode);
         libc::fchown(slave.as_raw_fd(), uid, gid);
         Ok((master, slave))
     }
@@ -112,9 +120,11 @@ pub(super) struct Spawned {
     pub exec: u64,
 }
 
-/// Fork, register the child with the reaper, exec. Returns the tool that
-/// runs, or the `Failed` event to send back.
-pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: Arc<InFlight>) -> Result<Spawned, AgentEvent> {
+/// Fork, register the child with the reaper, exec, with the caller's fds
+/// that `start` holds (it lets them go once the child has its own).
+/// Returns the tool that runs, or the `Failed` event to send back.
+pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, start: &Start, flight: Arc<InFlight>) -> Result<Spawned, AgentEvent> {
+    let fds = start.raw_fds();
     if fds.len() != req.fds.len() {
         return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
     }
@@ -144,11 +154,11 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
     let groups: Vec<libc::gid_t> = req.identity.groups.clone();
     let (uid, gid, caps) = (req.identity.uid, req.identity.gid, req.identity.caps);
     let pty = match &req.tty {
-        Some(tty) => Some(open_pty(tty, uid, gid)?),
+        Some(tty) => Some(open_pty(tty, uid, agent.tty_group)?),
         None => None,
     };
     // The pty slave stands in for each fd that was a terminal in the caller.
-    let mut sources: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut sources: Vec<i32> = fds;
     let mut targets = req.fds.clone();
     let slave = pty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd());
     if let (Some(tty), true) = (&req.tty, slave >= 0) {
@@ -198,11 +208,16 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
                 // SAFETY: in the child, with everything prepared above.
                 unsafe { child(&args) }
             }
+            if pid > 0 {
+                start.forked(pid);
+            }
             pid
         } else {
-            spawn_vfork(&args)
+            spawn_vfork(&args, start.pid_slot())
         };
         let errno = std::io::Error::last_os_error();
+        // The child has its own copies (or there is no child).
+        start.release_fds();
         let seen = agent.registry.lock().unwrap().started(pid, flight.clone());
         agent.children.notify_all();
         for (wait, at) in seen {
@@ -230,6 +245,12 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, fds: &[OwnedFd], flight: 
     };
     // SAFETY: closing the read end we own.
     unsafe { libc::close(err_r) };
+    if start.killed() {
+        return Err(failed(format!(
+            "the tool did not start: it was held before its exec (a working directory that does not answer, or a stopped process) until the call was given up; {} was ended",
+            String::from_utf8_lossy(&req.program)
+        )));
+    }
     let Some(report) = report else {
         // The pipe closed on exec: the tool runs. Our slave copy goes now.
         if exec == 0 {
@@ -279,8 +300,11 @@ fn failed(message: String) -> AgentEvent {
 /// `fork` of the agent pays on every call. The child runs [`child`] in our
 /// memory: raw syscalls only, touching nothing but its own stack; every
 /// signal blocked until it resets the mask before the exec, so none of our
-/// handlers runs in it. Returns the child's pid, or -1 (errno set).
-fn spawn_vfork(args: &ChildArgs) -> i32 {
+/// handlers runs in it. The kernel writes the child's pid at `pid_slot`
+/// before the child runs (`CLONE_PARENT_SETTID`), so another thread can
+/// end a child that is held before its exec while this one is suspended.
+/// Returns the child's pid, or -1 (errno set).
+fn spawn_vfork(args: &ChildArgs, pid_slot: *mut libc::pid_t) -> i32 {
     /// Enough for `child`'s frames (the fd table it parks is 1 KiB).
     const STACK: usize = 256 << 10;
     extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
@@ -297,7 +321,13 @@ fn spawn_vfork(args: &ChildArgs) -> i32 {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(entry, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, args as *const ChildArgs as *mut libc::c_void);
+        let pid = libc::clone(
+            entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD,
+            args as *const ChildArgs as *mut libc::c_void,
+            pid_slot,
+        );
         let errno = *libc::__errno_location();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         *libc::__errno_location() = errno;
@@ -398,6 +428,15 @@ unsafe fn become_caller(ids: &Ids) -> Result<(), ()> {
 /// see [`spawn_vfork`]).
 unsafe fn child(a: &ChildArgs) -> ! {
     let ChildArgs { err_w, ref ids, cwd, pty_slave, sources, targets, park_base, progs, argv, env, ignored, trace } = *a;
+    // First, while still root (no caller can stop or hold it yet): this
+    // call's fds parked high (close-on-exec), and every other fd of the
+    // agent's table closed, other callers' pipes, channels and ptys among
+    // them. From here on the child holds nothing but its own caller's.
+    let mut parked = [0i32; crate::protocol::MAX_FDS];
+    let (err_w, pty_slave) = match park(err_w, pty_slave, sources, park_base, &mut parked) {
+        Some(kept) => kept,
+        None => libc::_exit(EXIT_ODFS_ERROR),
+    };
     let fail = |stage: u8| -> ! {
         let errno = *libc::__errno_location();
         let e = errno.to_le_bytes();
@@ -447,21 +486,8 @@ unsafe fn child(a: &ChildArgs) -> ! {
         fail(STAGE_CWD);
     }
 
-    // Park every received fd high (close-on-exec), then place each on its target.
-    let mut parked = [0i32; crate::protocol::MAX_FDS];
-    for (i, &src) in sources.iter().enumerate() {
-        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, park_base);
-        if fd < 0 {
-            fail(STAGE_FDS);
-        }
-        parked[i] = fd;
-    }
-    // Standard fds the caller did not have stay closed, as they would natively.
-    for std_fd in 0..3 {
-        if !targets.contains(&std_fd) {
-            libc::close(std_fd);
-        }
-    }
+    // Each parked fd onto its target. Standard fds the caller did not have
+    // stay closed (`park` closed them), as they would natively.
     for (i, &target) in targets.iter().enumerate() {
         if libc::dup2(parked[i], target) < 0 {
             fail(STAGE_FDS);
@@ -499,6 +525,50 @@ unsafe fn child(a: &ChildArgs) -> ! {
     }
     *libc::__errno_location() = last_errno;
     fail(STAGE_EXEC)
+}
+
+/// Keep only this call's fds in the child's table: `err_w`, the pty slave
+/// and every source, each parked at or above `park_base` (above every
+/// target, close-on-exec; `parked[i]` is `sources[i]`'s copy), and close
+/// every other fd. Returns where `err_w` and the slave went, or `None`.
+/// Raw syscalls and the stack only.
+unsafe fn park(err_w: i32, pty_slave: i32, sources: &[i32], park_base: i32, parked: &mut [i32; crate::protocol::MAX_FDS]) -> Option<(i32, i32)> {
+    let up = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, park_base);
+    let err = up(err_w);
+    let slave = if pty_slave >= 0 { up(pty_slave) } else { -1 };
+    if err < 0 || (pty_slave >= 0 && slave < 0) {
+        return None;
+    }
+    for (i, &src) in sources.iter().enumerate() {
+        parked[i] = up(src);
+        if parked[i] < 0 {
+            return None;
+        }
+    }
+    // The fds to keep, in order, then closed around: every gap is one close_range.
+    let mut keep = [0i32; crate::protocol::MAX_FDS + 2];
+    let n = sources.len() + 2;
+    keep[..sources.len()].copy_from_slice(&parked[..sources.len()]);
+    keep[sources.len()] = err;
+    keep[sources.len() + 1] = slave;
+    let keep = &mut keep[..n];
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && keep[j - 1] > keep[j] {
+            keep.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let mut low: u32 = 0;
+    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
+        let fd = fd as u32;
+        if fd > low {
+            libc::syscall(libc::SYS_close_range, low, fd - 1, 0);
+        }
+        low = low.max(fd + 1);
+    }
+    libc::syscall(libc::SYS_close_range, low, u32::MAX, 0);
+    Some((err, slave))
 }
 
 /// Pid of the tool, for the session holder's signal handlers.

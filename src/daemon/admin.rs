@@ -207,7 +207,10 @@ impl<B: ContainerBackend> Daemon<B> {
                     Ok(c) => c,
                     Err(f) => return Response::Error(f),
                 };
-                let (choice, ignored) = self.pins.choose(&cwd, command, caller.uid);
+                let (choice, ignored) = match self.choose_pin(&cwd, command, caller).await {
+                    Ok(chosen) => chosen,
+                    Err(f) => return Response::Error(f),
+                };
                 let passed: String = ignored.iter().map(|i| format!("; {} ignored: {}", i.file.display(), i.why)).collect();
                 match choice {
                     super::pins::Choice::Default => format!("{} in {}: the catalog's default (it has {}){passed}", v.default, cwd.display(), v.all.join(", ")),

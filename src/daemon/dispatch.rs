@@ -29,7 +29,7 @@ pub(super) async fn serve<B: ContainerBackend>(
             accepted = control.accept() => match accepted {
                 Ok((stream, _)) => {
                     if let Some(admitted) = admit(&stream, &gates) {
-                        requests.spawn(daemon.clone().handle(stream, admitted, gates.large.clone()));
+                        requests.spawn(daemon.clone().handle(stream, admitted, gates.clone()));
                     }
                 }
                 Err(e) => {
@@ -51,9 +51,9 @@ impl<B: ContainerBackend> Daemon<B> {
     /// One control connection: the peer fixed now, the request read within
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
     /// user's few places for requests being read.
-    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, large: Arc<listener::Gate>) {
-        let Admitted { accepted, peer, inside, serving: _serving, reading: ticket } = admitted;
-        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &large)).await {
+    async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, gates: Gates) {
+        let Admitted { accepted, peer, inside, places, serving: _serving, reading: ticket } = admitted;
+        let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &gates.large)).await {
             Ok(m) => m,
             Err(_) => return tracing::debug!(uid = peer.uid, "dropped a request not complete within {:?}", listener::REQUEST_DEADLINE),
         };
@@ -80,6 +80,20 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => {
+                // The caller's fds count against its user's share of the
+                // daemon's until the call is handed off or refused.
+                let Some(_held) = gates.fds.enter_n(places, fds.len()) else {
+                    drop(fds);
+                    let message = format!(
+                        "too many open files passed at once by the calls of uid {} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
+                        caller.uid,
+                        gates.fds.taken(places),
+                        req.fds.len(),
+                        gates.fds.per_uid()
+                    );
+                    REFUSALS.note(caller.uid, &message);
+                    return self.answer(conn, Response::Error(Failure::new(message)));
+                };
                 let span = super::exec::call_span(&req, &caller);
                 tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await
             }
@@ -197,6 +211,8 @@ struct Admitted {
     accepted: u64,
     peer: listener::Peer,
     inside: bool,
+    /// Whose places it takes (root inside containers has its own).
+    places: u32,
     serving: listener::Ticket,
     reading: listener::Ticket,
 }
@@ -241,7 +257,7 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
             listener::IN_FLIGHT_PER_UID
         ));
     };
-    Some(Admitted { accepted: protocol::stages::now_ns(), peer, inside, serving, reading })
+    Some(Admitted { accepted: protocol::stages::now_ns(), peer, inside, places, serving, reading })
 }
 
 /// A warning that a flood could repeat without end: written at most every
@@ -274,14 +290,25 @@ static REFUSALS: Throttled = Throttled::new();
 static ACCEPT_ERRORS: Throttled = Throttled::new();
 
 /// The control socket's places (see [`listener`]).
+#[derive(Clone)]
 struct Gates {
     in_flight: Arc<listener::Gate>,
     reading: Arc<listener::Gate>,
     large: Arc<listener::Gate>,
+    /// The callers' fds the daemon holds.
+    fds: Arc<listener::Gate>,
 }
 
 impl Gates {
     fn new() -> Gates {
-        Gates { in_flight: listener::Gate::in_flight(), reading: listener::Gate::reading(), large: listener::Gate::large() }
+        let mut nofile = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+        // SAFETY: getrlimit fills the struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
+        Gates {
+            in_flight: listener::Gate::in_flight(),
+            reading: listener::Gate::reading(),
+            large: listener::Gate::large(),
+            fds: listener::Gate::fds(nofile.rlim_cur),
+        }
     }
 }

@@ -222,13 +222,13 @@ impl<B: ContainerBackend> Daemon<B> {
     /// The entry a call of `command` runs: for a bare name with versions,
     /// the one the nearest pin file of the caller's directory names, else
     /// the catalog's default.
-    fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, Failure> {
+    async fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, Failure> {
         let snapshot = self.snapshot();
         let missing = || Failure::with_status("not in the catalog of this mount (odfs status shows what runs)", EXIT_NOT_FOUND);
         let entry = snapshot.get(command).cloned().ok_or_else(missing)?;
         let Some(versions) = snapshot.versions.get(command) else { return Ok(entry) };
         let cwd = self.local_cwd(caller)?;
-        match self.pins.choose(&cwd, command, caller.uid).0 {
+        match self.choose_pin(&cwd, command, caller).await?.0 {
             super::pins::Choice::Default => Ok(entry),
             super::pins::Choice::Pinned { file, version } => snapshot.get(&format!("{command}@{version}")).cloned().ok_or_else(|| {
                 Failure::new(format!(
@@ -238,6 +238,15 @@ impl<B: ContainerBackend> Daemon<B> {
                 ))
             }),
         }
+    }
+
+    /// The version the nearest pin file above `cwd` names for `command`, and
+    /// the files passed over: read off the async workers, in bounded time
+    /// ([`super::paths`]).
+    pub(super) async fn choose_pin(&self, cwd: &std::path::Path, command: &str, caller: &Caller) -> Result<(super::pins::Choice, Vec<super::pins::Ignored>), Failure> {
+        let place = super::paths::place(caller.uid).await?;
+        let (pins, cwd, command, uid) = (self.pins.clone(), cwd.to_path_buf(), command.to_string(), caller.uid);
+        super::paths::look(&place, "the pin files above the working directory", move || pins.choose(&cwd, &command, uid)).await
     }
 
     /// The caller's working directory, as the kernel has it (whether the
@@ -363,7 +372,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 req.version
             )));
         }
-        let entry = self.resolve(&req.command, &caller)?;
+        let entry = self.resolve(&req.command, &caller).await?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.
         let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;
@@ -432,6 +441,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 image: entry.image.name.clone(),
                 accounts: accounts.clone(),
                 channel: channel.clone(),
+                caller_uid: caller.uid,
             };
             let result = self.pool.start(&ready, launch).await;
             match result {

@@ -44,10 +44,28 @@ const IN_FLIGHT_TOTAL: usize = 4096;
 pub const LARGE_PER_UID: usize = 2;
 const LARGE_TOTAL: usize = 32;
 
-/// A place held in the [`Gate`], given back on drop.
+/// The callers' fds the daemon holds at once, at most: half its open-files
+/// limit, the other half its own (connections, containers' agents, the
+/// history, the engine). Each user (root excepted) a quarter of that, at
+/// most [`FDS_PER_UID_MOST`]: four users at their bound fit, and no user's
+/// flood reaches the daemon's own fds or another user's calls.
+pub fn fds_total(nofile: u64) -> usize {
+    (nofile / 2).min(1 << 20) as usize
+}
+
+/// See [`fds_total`].
+pub fn fds_per_uid(total: usize) -> usize {
+    (total / 4).min(FDS_PER_UID_MOST)
+}
+
+/// The most callers' fds one user's calls may have the daemon hold.
+const FDS_PER_UID_MOST: usize = 4096;
+
+/// A place held in the [`Gate`] (`n` of them), given back on drop.
 pub struct Ticket {
     gate: Arc<Gate>,
     uid: u32,
+    n: usize,
 }
 
 impl Gate {
@@ -70,26 +88,48 @@ impl Gate {
         Gate::new(LARGE_PER_UID, LARGE_TOTAL)
     }
 
+    /// The places for the callers' fds the daemon holds (see [`fds_total`]).
+    pub fn fds(nofile: u64) -> Arc<Gate> {
+        let total = fds_total(nofile);
+        Gate::new(fds_per_uid(total), total)
+    }
+
     /// A place for a connection of `uid`, unless that user (or everyone) has
     /// as many as allowed.
     pub fn enter(self: &Arc<Self>, uid: u32) -> Option<Ticket> {
+        self.enter_n(uid, 1)
+    }
+
+    /// `n` places for `uid` at once, unless that would take that user (or
+    /// everyone) past the bound.
+    pub fn enter_n(self: &Arc<Self>, uid: u32, n: usize) -> Option<Ticket> {
         let mut c = self.counts.lock().unwrap();
         let mine = c.1.get(&uid).copied().unwrap_or(0);
-        if c.0 >= self.total || (uid != 0 && mine >= self.per_uid) {
+        if c.0 + n > self.total || (uid != 0 && mine + n > self.per_uid) {
             return None;
         }
-        c.0 += 1;
-        c.1.insert(uid, mine + 1);
-        Some(Ticket { gate: self.clone(), uid })
+        c.0 += n;
+        c.1.insert(uid, mine + n);
+        Some(Ticket { gate: self.clone(), uid, n })
+    }
+
+    /// Places of `uid` taken now.
+    pub fn taken(&self, uid: u32) -> usize {
+        self.counts.lock().unwrap().1.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// The bound of one user.
+    pub fn per_uid(&self) -> usize {
+        self.per_uid
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut c = self.gate.counts.lock().unwrap();
-        c.0 -= 1;
+        c.0 -= self.n;
         if let Some(n) = c.1.get_mut(&self.uid) {
-            *n -= 1;
+            *n -= self.n;
             if *n == 0 {
                 c.1.remove(&self.uid);
             }
@@ -224,6 +264,19 @@ mod tests {
         let root: Vec<Ticket> = (0..READING_TOTAL).map(|_| gate.enter(0).unwrap()).collect();
         assert!(gate.enter(1002).is_none(), "everyone past the total");
         drop(root);
+        // Weighted: a user's fds, within its bound and everyone's.
+        let fds = Gate::fds(20_000);
+        assert_eq!((fds.per_uid(), fds_total(20_000)), (2_500, 10_000));
+        let a = fds.enter_n(1000, 2_000).unwrap();
+        assert!(fds.enter_n(1000, 501).is_none(), "one user past its bound");
+        let b = fds.enter_n(1000, 500).unwrap();
+        assert_eq!(fds.taken(1000), 2_500);
+        drop((a, b));
+        assert_eq!(fds.taken(1000), 0);
+        let others: Vec<Ticket> = (1..=4).map(|u| fds.enter_n(u, 2_500).unwrap()).collect();
+        assert!(fds.enter_n(0, 1).is_none(), "root too, past everyone's");
+        drop(others);
+        assert_eq!(fds_per_uid(fds_total(1_048_576)), 4096);
     }
 
     #[tokio::test]

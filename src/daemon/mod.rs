@@ -15,6 +15,7 @@ mod facts;
 mod images;
 mod link;
 mod listener;
+mod paths;
 pub mod pins;
 pub mod pool;
 mod reload;
@@ -52,7 +53,7 @@ pub struct Daemon<B> {
     /// The man pages and completions beside the mount.
     docs: docs::Docs,
     /// Per-project version pins, as read so far.
-    pins: pins::Pins,
+    pins: Arc<pins::Pins>,
     /// The site's proxies and CA bundle, for networked tools.
     outbound: crate::backend::outbound::Outbound,
     /// What `odfs gc` keeps (`[gc]`).

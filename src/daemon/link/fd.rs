@@ -14,11 +14,18 @@ use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, RUN_IN_CONTA
 use crate::backend::{Bind, ContainerBackend, ContainerSpec};
 use crate::catalog::ImageSpec;
 use crate::daemon::call::{Failure, PoolError, StartError, Started};
+use crate::daemon::paths;
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest};
 use crate::view::{RealFs, View};
 
 /// How long the agent may take to report a tool started.
 const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// The view checked against the paths the call names (see [`paths`]).
+pub async fn check_in_time(place: &paths::Place, to: &Target, launch: &Launch) -> Result<(), Failure> {
+    let (view, image, cwd, args) = (to.view.clone(), launch.image.clone(), launch.spawn.cwd.clone(), launch.args.clone());
+    paths::look(place, "the paths the call names", move || check_view(&view, &image, Path::new(std::ffi::OsStr::from_bytes(&cwd)), &args)).await?
+}
 
 /// How long a status question may take: a frozen container cannot hang us.
 const STATUS_LIMIT: Duration = Duration::from_secs(2);
@@ -168,13 +175,11 @@ impl FdLink {
         protocol::retry(limit, || self.status(token))
     }
 
-    /// Start a tool: the view checked against the paths the caller names,
-    /// the caller made known to the container's account files, the request
-    /// and the caller's fds passed to the agent. Blocking.
+    /// Start a tool whose paths passed [`check_in_time`]: the caller made
+    /// known to the container's account files, the request and the
+    /// caller's fds passed to the agent. Blocking.
     pub fn start(&self, to: &Target, launch: Launch) -> Result<Started, StartError> {
-        let spawn = &launch.spawn;
-        check_view(&to.view, &launch.image, Path::new(std::ffi::OsStr::from_bytes(&spawn.cwd)), &launch.args).map_err(StartError::Refused)?;
-        let id = &spawn.identity;
+        let id = &launch.spawn.identity;
         let (passwd, group) = &launch.accounts;
         if let Err(e) = crate::daemon::accounts::ensure_known(&self.dir, id.uid, id.gid, passwd.as_deref(), group.as_deref()) {
             tracing::warn!(container = to.name, "cannot add uid {} to the container's account files: {e}", id.uid);

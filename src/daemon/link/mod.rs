@@ -127,6 +127,8 @@ pub struct Launch {
     /// The launcher's channel ([`crate::protocol::ExecRequest::channel`]),
     /// which the fd path passes to the agent; a relayed call does not use it.
     pub channel: Option<Arc<OwnedFd>>,
+    /// Who asked: the start takes one of that user's places.
+    pub caller_uid: u32,
 }
 
 /// One profile's way to its container's agent.
@@ -198,10 +200,15 @@ impl Link {
     pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: Launch) -> Result<Started, StartError> {
         match self {
             Link::Fd(l) => {
+                let place = super::paths::place(launch.caller_uid).await.map_err(StartError::Refused)?;
+                fd::check_in_time(&place, to, &launch).await.map_err(StartError::Refused)?;
                 let (l, to, span) = (l.clone(), to.clone(), tracing::Span::current());
-                tokio::task::spawn_blocking(move || span.in_scope(|| l.start(&to, launch)))
-                    .await
-                    .map_err(|e| StartError::Refused(super::call::Failure::new(e.to_string())))?
+                tokio::task::spawn_blocking(move || {
+                    let _place = place;
+                    span.in_scope(|| l.start(&to, launch))
+                })
+                .await
+                .map_err(|e| StartError::Refused(super::call::Failure::new(e.to_string())))?
             }
             Link::Relay(l) => l.start(backend, to, launch).await,
         }

@@ -562,7 +562,7 @@ mod tests {
         let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let target = Target { id: "fake-0".into(), name: "c".into(), token: "t".into(), view: Arc::default() };
-        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None), channel: None };
+        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None), channel: None, caller_uid: 1000 };
         let link = RelayLink::default();
         link.started();
         let started = match link.start(&fake, &target, launch).await {
