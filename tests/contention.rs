@@ -58,6 +58,37 @@ while time.time() < until:
 print(len(caught))
 "#;
 
+/// An attacker's flood from a directory that stops answering, in Python
+/// (a shell would itself hang on its working directory): enter DIR, wait
+/// for a line on stdin (the file system stops answering then), open 200
+/// files, and for SECONDS keep 32 calls in flight (`true`, and `cat` of a
+/// file in DIR, which the daemon resolves), each given up after 60 s; then
+/// one more call, whose status and message go to TOLD.
+const HUNG_FLOOD: &str = r#"
+import os, subprocess, sys, time
+where, mnt, seconds, told = sys.argv[1:5]
+os.chdir(where)
+sys.stdin.readline()
+files = [os.open("/dev/null", os.O_RDONLY) for _ in range(200)]
+until, running, n = time.time() + float(seconds), [], 0
+while time.time() < until:
+    for p, t in running:
+        if p.poll() is None and time.time() - t > 60:
+            p.kill()
+    running = [(p, t) for p, t in running if p.poll() is None]
+    while len(running) < 32:
+        argv = [f"{mnt}/true"] if n % 2 else [f"{mnt}/cat", "./true"]
+        n += 1
+        p = subprocess.Popen(argv, pass_fds=files, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running.append((p, time.time()))
+    time.sleep(0.05)
+for p, _ in running:
+    p.kill()
+    p.wait()
+last = subprocess.run([f"{mnt}/true"], stderr=subprocess.PIPE, timeout=120)
+open(told, "w").write(last.stderr.decode() + f"status {last.returncode}\n")
+"#;
+
 /// The victim's call: `echo NAME | cat` through the mount, its output read
 /// to the end of the pipe. Returns how long it took, or panics with what
 /// went wrong; a pipe that some other process keeps open never ends, so a
@@ -97,7 +128,9 @@ fn victim_call(m: &TestMount, victim: &TestUser, n: usize) -> Duration {
 fn victim_meanwhile(m: &TestMount, victim: &TestUser, attack: &mut [Child]) -> Duration {
     let mut slowest = Duration::ZERO;
     let mut n = 0;
+    let deadline = Instant::now() + ATTACK + Duration::from_secs(180);
     while attack.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        assert!(Instant::now() < deadline, "the attack did not end");
         slowest = slowest.max(victim_call(m, victim, n));
         n += 1;
         std::thread::sleep(Duration::from_millis(200));
@@ -236,15 +269,17 @@ fn a_working_directory_that_stops_answering_holds_only_its_own_user_s_share() {
     let daemon = m.daemon_pid();
     let before = (fds_and_threads(daemon), fds_and_threads(agent));
     // The attacker calls from there (its cwd, and a file it names there,
-    // which the daemon resolves as root), 8 at a time, with 200 open
+    // which the daemon resolves as root), 32 calls in flight with 200 open
     // files; then once more, to hear what it is told.
     let told = attacker.home.join("told");
-    let script = format!(
-        "cd '{}' || exit 9; read go; {}",
-        hung.mnt.display(),
-        flood("\"$M/true\"; \"$M/cat\" ./true", 60, &format!("timeout 120 \"$M/true\" 2>{0}; echo \"status $?\" >>{0}", told.display()))
-    );
-    let mut flooder = attacker.cmd("bash").arg("-c").arg(script).env("M", &m.mnt).stdin(Stdio::piped()).spawn().unwrap();
+    let mut flooder = attacker
+        .cmd("/usr/bin/python3")
+        .args(["-c", HUNG_FLOOD])
+        .args([hung.mnt.as_os_str(), m.mnt.as_os_str(), ATTACK.as_secs().to_string().as_ref(), told.as_os_str()])
+        .current_dir(&attacker.home)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
     let _end = Defer(|| {
         let _ = Command::new("pkill").args(["-KILL", "-u", &attacker.uid.to_string()]).status();
     });
@@ -273,8 +308,21 @@ fn a_working_directory_that_stops_answering_holds_only_its_own_user_s_share() {
     assert!(most.1 <= before.0 .1 + 40, "the daemon went from {} to {} threads", before.0 .1, most.1);
     assert!(most.3 <= before.1 .1 + 40, "the agent went from {} to {} threads", before.1 .1, most.3);
     assert!(most.0 < 5_000 && most.2 < 5_000, "fds: daemon {}, agent {}", most.0, most.2);
+    // Both of the attacker's ways were tried: the daemon's look at a named
+    // path cut off, and the agent's child held in its chdir until the call
+    // was given up (what each call was told is in the history).
+    let outcomes = Command::new("sqlite3")
+        .arg(m.state.join("odfs.db"))
+        .arg(format!("select outcome, count(*) from invocations where uid = {} group by outcome", attacker.uid))
+        .output()
+        .unwrap();
+    let outcomes = stdout(&outcomes);
+    eprintln!("the attacker's calls:\n{outcomes}");
+    assert!(outcomes.contains("could not be read within 10s"), "{outcomes}");
+    assert!(outcomes.contains("did not start within 30s") || outcomes.contains("held before its exec"), "{outcomes}");
     // The attacker was told, in one line, why its call did not run.
     let told = std::fs::read_to_string(&told).unwrap();
+    eprintln!("the attacker's last call: {told}");
     let lines: Vec<&str> = told.lines().collect();
     assert!(lines.len() == 2 && lines[1] == "status 126", "{told}");
     // SAFETY: signalling a child of this test.
