@@ -223,6 +223,56 @@ fn an_oversized_request_is_refused_to_its_caller_alone() {
     tool.wait().unwrap();
 }
 
+#[test]
+fn requests_at_every_size_around_the_frame_limit_get_one_answer_at_once() {
+    use std::os::unix::process::CommandExt;
+    let m = TestMount::new(CATALOG);
+    let (victim, caller) = (TestUser::new(), TestUser::new());
+    let mut tool = victim.cmd(m.shim("sleep")).arg("60").current_dir("/tmp").spawn().unwrap();
+    let container = m.wait_running("sleep");
+    let limit = protocol::MAX_FRAME;
+    let (mut ran, mut too_long, mut refused) = (0, 0, 0);
+    // Arguments whose size takes the request from well under the limit to
+    // past it (the rest of the request is a few hundred bytes), in pieces
+    // of 64 KiB (the kernel's limit for one argument is 128 KiB).
+    for size in (limit - 6144..=limit + 2048).step_by(128) {
+        let mut call = caller.cmd(m.shim("true"));
+        let piece = 64 << 10;
+        call.args((0..size.div_ceil(piece)).map(|i| "x".repeat(piece.min(size - i * piece)))).env_clear().env("PATH", "/usr/bin:/bin").current_dir("/tmp").stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: setrlimit only, between fork and exec: room for a 4 MiB
+        // argument (a quarter of the stack limit), as `ulimit -s 65536` gives.
+        unsafe {
+            call.pre_exec(|| {
+                let stack = libc::rlimit { rlim_cur: 64 << 20, rlim_max: libc::RLIM_INFINITY };
+                libc::setrlimit(libc::RLIMIT_STACK, &stack);
+                Ok(())
+            })
+        };
+        let mut child = call.spawn().unwrap();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(20), "a request of {size} bytes of argument got no answer:\n{}", m.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        match o.status.code() {
+            Some(0) => ran += 1,
+            Some(126) if err.lines().count() == 1 && err.contains("argument list too long") => too_long += 1,
+            // The daemon's request to the agent too large, or the tool's
+            // exec in the container (whose stack limit is the engine's).
+            Some(126) if err.lines().count() == 1 && (err.contains("cannot be passed to the tool") || err.contains("Argument list too long")) => refused += 1,
+            other => panic!("{size} bytes of argument: {other:?}: {err}"),
+        }
+    }
+    // The sizes straddle the launcher's limit: some went, some were too long to send.
+    assert!(refused > 0 && too_long > 0, "ran {ran}, refused on the way {refused}, too long to send {too_long}");
+    assert!(tool.try_wait().unwrap().is_none(), "the victim's tool died:\n{}", m.log_text());
+    assert_eq!(m.containers(), vec![container], "the shared container was replaced");
+    tool.kill().unwrap();
+    tool.wait().unwrap();
+}
+
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }

@@ -295,6 +295,16 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
                     other => break other,
                 }
             },
+            // Too large to be a frame: nothing was sent, and nothing will
+            // come back (the daemon waits for a request that never comes).
+            // As execve would answer E2BIG: one line, at once.
+            Err(frame::Error::Frame(odfs_wire::frame::Error::TooLarge(n))) => {
+                return Err(fail(format!(
+                    "argument list too long: the arguments and environment take {n} bytes, more than the {} a call can pass; pass fewer or shorter ones",
+                    odfs_wire::MAX_FRAME
+                )))
+            }
+            Err(e @ frame::Error::Encode) => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
             // The daemon may have refused this connection before reading it
             // (too many requests of this user, another namespace): its one
             // line is waiting to be read.
