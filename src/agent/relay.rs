@@ -188,7 +188,10 @@ fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input, out: Out) -> i32
     if let Some(m) = &master {
         set_nonblocking(m.as_raw_fd());
         if input.is_none() {
-            input = Some(m.try_clone().expect("dup the pty master"));
+            match m.try_clone() {
+                Ok(copy) => input = Some(copy),
+                Err(e) => return out.fail(format!("cannot relay the terminal: {e}")),
+            }
         }
     }
     let mut c = Call { conn, input, pending: Vec::new(), consumed: 0, input_ended: false, outputs, master, out };

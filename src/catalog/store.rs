@@ -274,11 +274,13 @@ fn write_catalog(tx: &Connection, c: &Catalog) -> rusqlite::Result<()> {
             ],
         )?;
     }
-    for cmd in c.commands.values() {
+    // By the catalog's key: the versions of one command (`jq`, `jq@1.6`)
+    // share its name.
+    for (name, cmd) in &c.commands {
         tx.execute(
             "INSERT INTO commands VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
-                cmd.name.as_str(),
+                name.as_str(),
                 cmd.image,
                 cmd.path,
                 serde_json::to_string(&cmd.args).unwrap_or_default(),
@@ -293,6 +295,22 @@ fn write_catalog(tx: &Connection, c: &Catalog) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_version_of_a_command_is_stored_under_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[image.a]\nref = \"r\"\nversion = \"1\"\ncommands = [\"t\"]\n[image.b]\nref = \"r\"\nversion = \"2\"\ncommands = [\"t\"]\n";
+        let cat = super::super::load::parse_file(Path::new("x.toml"), text).unwrap();
+        let mut conn = Connection::open(dir.path().join("odfs.db")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let tx = conn.transaction().unwrap();
+        write_catalog(&tx, &cat).unwrap();
+        tx.commit().unwrap();
+        let mut names: Vec<String> = conn.prepare("SELECT name FROM commands ORDER BY name").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        names.sort();
+        assert_eq!(names.len(), cat.commands.len());
+        assert!(names.len() >= 2 && names.iter().any(|n| n.contains('@')), "{names:?}");
+    }
 
     #[test]
     fn catalog_and_invocations_land_in_the_database() {

@@ -341,12 +341,19 @@ async fn follow(
         let (tx, stop) = (to_relay.clone(), stop_r.clone());
         std::thread::spawn(move || read_input(&stdin, &stop, &tx, true));
     }
-    if let Some(s) = &slave {
-        let (tx, stop, s) = (to_relay.clone(), stop_r.clone(), s.try_clone().expect("dup the pty slave"));
+    // Out of fds, the call ends (its launcher sees the connection close),
+    // never the daemon.
+    let copies = (slave.as_ref().map(|s| s.try_clone()).transpose(), launcher.try_clone());
+    let (Ok(slave_copy), Ok(conn)) = copies else {
+        tracing::warn!("cannot relay the call: out of file descriptors");
+        return;
+    };
+    if let Some(s) = slave_copy {
+        let (tx, stop) = (to_relay.clone(), stop_r.clone());
         std::thread::spawn(move || read_input(&s, &stop, &tx, false));
     }
     {
-        let (tx, stop, conn) = (to_relay.clone(), stop_r.clone(), launcher.try_clone().expect("dup the launcher connection"));
+        let (tx, stop) = (to_relay.clone(), stop_r.clone());
         std::thread::spawn(move || read_launcher(&conn, &stop, &tx));
     }
     let (out_tx, out_rx) = mpsc::channel::<Out>(64);

@@ -97,6 +97,8 @@ impl Shown {
 /// p5 …)". `plan` is its idle plan, if it has one; `running` its busy tools.
 pub fn next_action(plan: Option<&Plan>, shown: Shown, running: u32, now: Secs) -> String {
     let inn = |t: Secs| format!("{:.0}s", (t - now).max(0.0));
+    // A plan without an end (a `keep_alive` of forever) removes nothing.
+    let remove = |t: Secs| if t.is_finite() { format!("remove in {}", inn(t)) } else { "kept until the daemon stops".to_string() };
     let Some(p) = plan else {
         return match (shown, running) {
             (_, r) if r > 0 => "busy: kept while tools run".into(),
@@ -112,10 +114,10 @@ pub fn next_action(plan: Option<&Plan>, shown: Shown, running: u32, now: Secs) -
             Some(t) if t < p.remove_at => format!("pre-warm in {}", inn(t)),
             _ => "none: starts on the next call".into(),
         },
-        Shown::Paused => format!("remove in {}", inn(p.remove_at)),
+        Shown::Paused => remove(p.remove_at),
         _ => match p.pause_at {
-            Some(t) if t < p.remove_at && t > now => format!("pause in {}", inn(t)),
-            _ => format!("remove in {}", inn(p.remove_at)),
+            Some(t) if t < p.remove_at && t > now && t.is_finite() => format!("pause in {}", inn(t)),
+            _ => remove(p.remove_at),
         },
     };
     format!("{step} ({})", p.reason)
@@ -138,6 +140,8 @@ mod tests {
         assert_eq!(next_action(Some(&p), Shown::Warm, 2, 0.0), "busy: kept while tools run");
         assert_eq!(next_action(Some(&plan(None, 100.0, Some(40.0))), Shown::Absent, 0, 0.0), "pre-warm in 40s (r)");
         assert_eq!(next_action(None, Shown::Absent, 0, 0.0), "none: starts on the next call");
+        assert_eq!(next_action(Some(&plan(None, f64::INFINITY, None)), Shown::Warm, 0, 0.0), "kept until the daemon stops (r)");
+        assert_eq!(next_action(Some(&plan(Some(5.0), f64::INFINITY, None)), Shown::Paused, 0, 9.0), "kept until the daemon stops (r)");
         assert_eq!(next_action(None, Shown::Warm, 0, 0.0), "planned once the current call ends");
         assert_eq!(next_action(None, Shown::Warm, 1, 0.0), "busy: kept while tools run");
     }
