@@ -347,8 +347,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // Fingerprint before loading: an edit made while we load or mount is then
     // seen by the first poll instead of being lost.
-    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs);
-    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs);
+    // A catalog directory or file that cannot be read stops the start: a
+    // mount without its commands would look like a catalog without them.
+    let unreadable = |e: catalog::Unreadable| anyhow::anyhow!("mount: {e}; create it or make it readable, or leave it out of --catalog");
+    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs).map_err(unreadable)?;
+    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs).map_err(unreadable)?;
     for e in &errors {
         tracing::error!("catalog: {e} (file skipped)");
     }
