@@ -70,6 +70,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 },
                 state: self.pool.shown(&r.image).as_str().to_string(),
                 origin: r.command.origin.clone(),
+                source: self.outbound.describe(&r.image.reference, r.image.build.as_deref()),
             })
             .collect()
     }
