@@ -132,6 +132,44 @@ path = "/bin/cat"
     assert!(!target.exists());
 }
 
+#[test]
+fn another_user_cannot_read_the_history_of_calls() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    let o = user.cmd(m.shim("true")).current_dir("/tmp").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = ["odfs.db", "odfs.db-wal", "odfs.db-shm"];
+    let private = |m: &TestMount| {
+        for f in files {
+            let path = m.state.join(f);
+            let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0), "{f}");
+            let o = user.cmd("cat").arg(&path).output().unwrap();
+            assert!(!o.status.success() && stderr(&o).contains("Permission denied"), "{f} read by {}: {}", user.name, stderr(&o));
+        }
+    };
+    private(&m);
+    // As a daemon of an older version left them: made private at the start.
+    m.stop();
+    for f in files {
+        let _ = std::fs::set_permissions(m.state.join(f), std::fs::Permissions::from_mode(0o644));
+    }
+    m.start(&[]);
+    private(&m);
+    // A state directory the daemon makes can be passed through (its
+    // socket may be in it) but not listed.
+    m.stop();
+    std::fs::remove_dir_all(&m.state).unwrap();
+    m.start(&[]);
+    assert_eq!(std::fs::metadata(&m.state).unwrap().mode() & 0o777, 0o711);
+    let o = user.cmd("ls").arg(&m.state).output().unwrap();
+    assert!(!o.status.success(), "{} listed the state directory: {}", user.name, stdout(&o));
+    let o = user.cmd(m.shim("true")).current_dir("/tmp").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    private(&m);
+}
+
 /// Run this test binary's `helper` as `user`, acting out `mode` against `socket`.
 fn hostile(user: &TestUser, mode: &str, socket: &Path) -> std::process::Child {
     user.cmd(std::env::current_exe().unwrap())

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use crate::protocol;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -334,9 +334,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     check_binaries(&cfg)?;
     let text = shim_text(&cfg)?;
-    for dir in [&cfg.state_dir, &cfg.run_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    create_state_dir(&cfg.state_dir).with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o755))?;
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)?;
@@ -706,6 +705,21 @@ fn offer_takeovers(run_dir: &std::path::Path, mountpoint: &std::path::Path, asks
             }
         }
     }))
+}
+
+/// The state directory, made 0711 when odfs makes it: other users may
+/// pass through (the control socket may be in it, with `--state`) but not
+/// list it. Its database is root's alone by its own mode (`Store::open`);
+/// an existing directory keeps the mode its admin gave it.
+fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
 }
 
 /// Warm the container of each shim opened (an exec is probably coming),
