@@ -362,10 +362,15 @@ impl<B: ContainerBackend> Daemon<B> {
         error(text)
     }
 
-    pub(super) async fn prewarm(&self, command: &str, client: &UnixStream) -> Response {
+    pub(super) async fn prewarm(&self, caller: &Caller, command: &str, client: &UnixStream) -> Response {
         let Some(entry) = self.snapshot().get(command).cloned() else {
             return error(format!("{command} is not in the catalog"));
         };
+        // Starting the container is a use of the image: those its
+        // allow_groups leave out may not make it hold its capabilities.
+        if let Err(f) = self.authorize(&entry, caller) {
+            return error(format!("prewarm {command}: {}; only members of those groups may start its container", f.message));
+        }
         match self.with_progress(client, &entry.image, self.pool.warm_up(&entry.image, None)).await {
             Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.shown(&entry.image).as_str())),
             Err(e) => error(format!("{command}: {e}")),

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::Daemon;
 use crate::backend::ContainerBackend;
 use crate::catalog::{self, Snapshot, Unreadable};
-use crate::fs::ShimFs;
+use crate::fs::{Requester, ShimFs};
 
 /// How often catalog directories are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_millis(400);
@@ -19,12 +19,14 @@ const RELOAD_POLL: Duration = Duration::from_millis(400);
 /// What the FUSE side asks the daemon, answered from memory.
 pub(super) struct FsHooks<B> {
     pub daemon: std::sync::Weak<Daemon<B>>,
-    pub prewarm: mpsc::UnboundedSender<String>,
+    /// Shims opened, and by whom (whether they may use the image is for
+    /// the async side: it reads the opener's groups).
+    pub prewarm: mpsc::UnboundedSender<(String, Requester)>,
 }
 
 impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
-    fn opened(&self, command: &str) {
-        let _ = self.prewarm.send(command.to_string());
+    fn opened(&self, command: &str, by: Requester) {
+        let _ = self.prewarm.send((command.to_string(), by));
     }
 
     fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {

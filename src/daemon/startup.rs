@@ -442,7 +442,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     });
 
     crate::backend::docker::raise_nofile();
-    let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<String>();
+    let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<(String, crate::fs::Requester)>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
     let mount_err = || format!("cannot mount {}", mountpoint.display());
@@ -723,16 +723,31 @@ fn create_state_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Warm the container of each shim opened (an exec is probably coming),
-/// each in a task of its own under `tasks`.
+/// each in a task of its own under `tasks`; only for an opener the image's
+/// `allow_groups` let in, as for a call: anyone may open a shim (`cat`
+/// it), but a container that holds the image's capabilities is started
+/// only for those who may use it.
 async fn prewarm_on_open<B: ContainerBackend>(
     daemon: Arc<Daemon<B>>,
-    opened: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>>,
+    opened: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, crate::fs::Requester)>>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
     let mut opened = opened.lock().await;
-    while let Some(Some(name)) = stop.run_until_cancelled(opened.recv()).await {
+    while let Some(Some((name, by))) = stop.run_until_cancelled(opened.recv()).await {
         let Some(entry) = daemon.snapshot().get(&name).cloned() else { continue };
+        // The groups are read only where they matter: most images let
+        // everyone in, and an open is on every call's path.
+        let opener = if entry.image.allow_groups.is_empty() {
+            protocol::peer::Peer { pid: by.pid as i32, uid: by.uid, gid: by.gid, groups: vec![], pidfd: None }
+        } else {
+            protocol::peer::requester(by.pid, by.uid, by.gid)
+        };
+        let opener = Arc::new(opener);
+        if let Err(refused) = daemon.authorize(&entry, &opener) {
+            tracing::debug!(command = name, uid = by.uid, pid = by.pid, groups = ?opener.groups, "no prewarm on open: {}", refused.message);
+            continue;
+        }
         let d = daemon.clone();
         tasks.spawn(async move {
             // Not cut short when the daemon stops: a start cut in the middle
