@@ -165,7 +165,7 @@ enum Command {
         socket: PathBuf,
     },
     /// List the executables on an image's PATH, without running anything
-    /// from it; with --add, map them all as commands.
+    /// from it; with --add, map them all as commands (root only).
     Scan {
         image: String,
         #[arg(long)]

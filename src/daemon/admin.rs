@@ -136,10 +136,14 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     pub(super) async fn scan(&self, caller: &Caller, reference: &str, add: bool) -> Response {
-        if add {
-            if let Err(r) = Self::require_root(caller, "scan --add") {
-                return r;
-            }
+        // Root's, as the other admin requests: each scan exports a whole
+        // image (disk and time), and it would list what any local image
+        // holds, private ones included, to whoever asks.
+        if caller.uid != 0 {
+            return Response::Error(Failure::new(format!(
+                "scan reads any local image, private ones too, and needs root (sudo odfs scan {reference}{})",
+                if add { " --add" } else { "" }
+            )));
         }
         // Always scanned afresh (the image may have been rebuilt), and the
         // index the command-not-found hook reads is refreshed with it.
