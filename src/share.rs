@@ -128,6 +128,24 @@ fn set_dir_modes(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// man-db's configuration, where a site makes a manpath a system one.
+pub const MANDB_CONFIG: &str = "/etc/manpath.config";
+
+/// Whether man-db takes `man` (a manpath) as a system one: a `MANDB_MAP`
+/// line of its configuration (`config`) names it or a directory above it
+/// (man-db's own test: that line's directory is a prefix of the path).
+/// Then man-db keeps its index and cat pages in the cache directory the
+/// line gives. Any other manpath is its own cache directory to man-db, and
+/// `mandb` run as root gives it, with the cat directories it makes there,
+/// to man-db's `man` user.
+pub fn mandb_maps(config: &str, man: &Path) -> bool {
+    let man = man.to_string_lossy();
+    config.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("MANDB_MAP") && words.next().is_some_and(|dir| man.starts_with(dir)) && words.next().is_some()
+    })
+}
+
 /// Where a mount serves its `share`: beside it when it is a `bin`
 /// directory, else where `--share-dir` says (`None`: nowhere).
 pub fn share_dir(mountpoint: &Path, given: Option<&Path>) -> Option<PathBuf> {
@@ -190,6 +208,17 @@ mod tests {
         assert!(share.join("fish/vendor_completions.d").is_dir());
         Layout::default().write(&share).unwrap();
         assert!(!share.join("man/man1/jq.1.gz").exists());
+    }
+
+    #[test]
+    fn a_manpath_is_a_system_one_when_a_mandb_map_line_names_it_or_a_directory_above() {
+        let config = "# MANDB_MAP\t/opt/od/share/man\t/x\nMANDATORY_MANPATH\t/usr/share/man\nMANDB_MAP\t/usr/share/man\t/var/cache/man\n";
+        assert!(!mandb_maps(config, Path::new("/opt/od/share/man")), "a comment registers nothing");
+        assert!(mandb_maps(config, Path::new("/usr/share/man")) && mandb_maps(config, Path::new("/usr/share/man/de")));
+        let registered = format!("{config}MANDB_MAP   /opt/od/share/man   /var/cache/man/odfs\n");
+        assert!(mandb_maps(&registered, Path::new("/opt/od/share/man")));
+        assert!(!mandb_maps(&registered, Path::new("/srv/doc/man")));
+        assert!(!mandb_maps("MANDB_MAP /opt/od/share/man\n", Path::new("/opt/od/share/man")), "no cache directory: no map");
     }
 
     #[test]

@@ -267,3 +267,17 @@ fn the_command_not_found_hook_names_the_image_or_the_mount_at_once() {
         .unwrap();
     assert_eq!((o.status.code(), stderr(&o)), (Some(127), "rev: command not found\n".to_string()));
 }
+
+#[test]
+fn scan_is_root_s_alone_and_says_so_in_one_line() {
+    let m = TestMount::new(BUSYBOX_CATALOG);
+    for (args, shown) in [(vec!["scan", TEST_IMAGE], TEST_IMAGE.to_string()), (vec!["scan", TEST_IMAGE, "--add"], format!("{TEST_IMAGE} --add"))] {
+        let o = odfs_as_nobody(&m, &args);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(stderr(&o), format!("odfs: scan reads any local image, private ones too, and needs root (sudo odfs scan {shown})\n"));
+        assert_eq!(stdout(&o), "");
+    }
+    assert!(!m.shim("awk").exists(), "a refused scan --add maps nothing");
+    let o = odfs(&m, &["scan", TEST_IMAGE]);
+    assert!(o.status.success() && stdout(&o).lines().any(|l| l == "/bin/busybox"), "{}", stderr(&o));
+}

@@ -160,14 +160,13 @@ fn a_terminal_sees_a_progress_bar_that_ends_on_its_own_line() {
 }
 
 #[test]
-fn an_image_that_cannot_be_pulled_is_built_from_its_recipe() {
+fn a_missing_image_with_a_recipe_is_built_from_it() {
     let dockerfile = "FROM odfs-test/busybox:latest\nCOPY marker /marker\nRUN echo built-by-recipe >> /marker\n";
     let (m, reference, _cleanup) = recipe_mount("built", "/bin/cat", dockerfile, &[("marker", "from-the-context\n")]);
     let o = m.sh(r#""$M/tool" /marker"#);
     assert_eq!(stdout(&o), "from-the-context\nbuilt-by-recipe\n", "{}", stderr(&o));
     let err = stderr(&o);
-    // (The failed pull before the build may be over before the call waits.)
-    assert!(err.contains(&format!("odfs: tool: building {reference} (cannot be pulled)")), "{err}");
+    assert!(err.starts_with(&format!("odfs: tool: building {reference} (not on this machine)\n")), "{err}");
     // (The engine counts the label odfs stamps the build with as a step.)
     assert!(err.contains(&format!("odfs: tool: built {reference} step 4/4 in ")), "{err}");
     assert!(m.log_text().contains("building image from its recipe"), "{}", m.log_text());
@@ -436,6 +435,52 @@ fn docker_hub_images_come_from_a_registry_mirror() {
     assert!(docker(&["image", "inspect", &hub_name]).status.success(), "tagged as the catalog names it");
     assert!(!docker(&["image", "inspect", &on_mirror]).status.success(), "the mirror's name is not left behind");
     assert!(m.log_text().contains("pulled from a registry mirror"), "{}", m.log_text());
+}
+
+#[test]
+fn an_image_with_a_recipe_is_never_pulled_from_docker_hub_s_namespace_nor_its_mirrors() {
+    // A registry that serves the recipe image's name, as a site's Docker
+    // Hub mirror would after someone published an image under that name.
+    let mut registry = Registry::start();
+    let hub_name = format!("odfs-squat-{}/netcap:latest", std::process::id());
+    let on_mirror = format!("{}/{hub_name}", registry.addr);
+    let named = format!("{}/odfs-test/named-{}:1", registry.addr, std::process::id());
+    registry.pushed.extend([on_mirror.clone(), named.clone()]);
+    for r in [&on_mirror, &named] {
+        build_version(&registry.dir, r, "from-the-registry");
+        assert!(docker(&["push", r]).status.success());
+        assert!(docker(&["rmi", r]).status.success());
+    }
+    let _images = [RemoveImage(hub_name.clone()), RemoveImage(named.clone())];
+    assert!(!docker(&["image", "inspect", &hub_name]).status.success(), "{hub_name} is here already");
+    let config = registry.dir.join("odfs.toml");
+    std::fs::write(&config, format!("[engine]\nregistry_mirrors = [\"http://{}/\"]\n", registry.addr)).unwrap();
+    // The same recipe for both: one named by Docker Hub's name, one by the
+    // registry the site names in the reference.
+    let entry = |name: &str, r: &str| {
+        format!("[image.{name}]\nref = \"{r}\"\nbuild = \"images/recipe\"\nnetwork = \"none\"\n\n[command.{name}]\nimage = \"{name}\"\npath = \"/bin/cat\"\nargs = [\"/version\"]\n\n")
+    };
+    let toml = entry("hub", &hub_name) + &entry("named", &named);
+    let m = TestMount::with_files(
+        &[("test.toml", &toml), ("images/recipe/Dockerfile", "FROM odfs-test/busybox:latest\nCOPY version /version\n"), ("images/recipe/version", "from-the-recipe\n")],
+        &["--config", config.to_str().unwrap()],
+    );
+    let recipe = m.catalog.join("images/recipe");
+    let show = |c: &str| stdout(&m.odfs(&["show", c])).lines().find_map(|l| l.strip_prefix("source:     ").map(String::from)).unwrap_or_default();
+    assert_eq!(show("hub"), format!("built from its recipe at {} (never pulled)", recipe.display()));
+    assert_eq!(show("named"), format!("pulled from {named}, or built from its recipe at {} when that fails", recipe.display()));
+
+    let o = m.sh(r#""$M/hub""#);
+    assert_eq!(stdout(&o), "from-the-recipe\n", "{}\n{}", stderr(&o), m.log_text());
+    assert_eq!(stderr(&o).lines().next(), Some(format!("odfs: hub: building {hub_name} (not on this machine)").as_str()));
+    assert!(!m.log_text().contains("pulled from a registry mirror") && !m.log_text().contains("not from this mirror"), "{}", m.log_text());
+    // Neither does an update ask the mirror: the recipe decides.
+    let o = m.odfs(&["update", "hub"]);
+    assert!(stdout(&o).contains("up to date at") && stdout(&o).contains("as built"), "{}{}", stdout(&o), stderr(&o));
+    assert!(!m.log_text().contains("mirror"), "{}", m.log_text());
+    // The registry a reference names is the site's word: pulled from it.
+    let o = m.sh(r#""$M/named""#);
+    assert_eq!(stdout(&o), "from-the-registry\n", "{}\n{}", stderr(&o), m.log_text());
 }
 
 /// An HTTP proxy on loopback that answers every request with `proxied` and

@@ -45,12 +45,16 @@ fn setuid_image() {
     });
 }
 
-/// A group made for one test, deleted on drop.
+/// A group made for one test, deleted on drop. Named per test: tests run
+/// side by side, and one that made the group again would give it a gid
+/// another's members lack.
 struct TestGroup(String);
+
+static GROUP_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl TestGroup {
     fn new() -> TestGroup {
-        let name = format!("odfs-g{}", std::process::id() % 100_000);
+        let name = format!("odfs-g{}-{}", std::process::id() % 100_000, GROUP_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let _ = Command::new("groupdel").arg(&name).output();
         let o = Command::new("groupadd").arg(&name).output().unwrap();
         assert!(o.status.success(), "groupadd: {}", stderr(&o));
@@ -130,6 +134,89 @@ path = "/bin/cat"
     assert!(!o.status.success(), "tcpdump wrote into /root");
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
     assert!(!target.exists());
+}
+
+#[test]
+fn a_non_member_starts_no_container_of_a_gated_image_by_prewarm_or_by_opening_its_shim() {
+    let group = TestGroup::new();
+    let m = TestMount::new(&format!(
+        "[image.netcap]\nref = \"odfs/netcap:latest\"\nnetwork = \"host\"\ncap_add = [\"NET_RAW\", \"NET_ADMIN\"]\nallow_groups = [\"{}\"]\ncommands = [\"tcpdump\"]\n",
+        group.0
+    ));
+    let (outsider, member) = (TestUser::new(), TestUser::new());
+    let o = Command::new("usermod").args(["-aG", &group.0, &member.name]).output().unwrap();
+    assert!(o.status.success(), "usermod: {}", stderr(&o));
+    let odfs = |u: &TestUser, args: &[&str]| u.cmd(env!("CARGO_BIN_EXE_odfs")).args(args).arg("--socket").arg(&m.socket).output().unwrap();
+    // Held open by a process that lives on, as an exec's is, so its groups
+    // can be read: what decides is the group, not the process being gone.
+    let hold_open = |u: &TestUser| {
+        let script = format!("exec 3< {}; sleep 3", m.shim("tcpdump").display());
+        u.cmd("sh").args(["-c", &script]).current_dir("/tmp").output().unwrap()
+    };
+
+    let o = odfs(&outsider, &["prewarm", "tcpdump"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        format!("odfs: prewarm tcpdump: permission denied (allowed groups: {}); only members of those groups may start its container\n", group.0)
+    );
+    // Reading the shim is no use of the image: allowed, and nothing starts.
+    let o = outsider.cmd("cat").arg(m.shim("tcpdump")).output().unwrap();
+    assert!(o.status.success() && stdout(&o).starts_with("#!"), "{}", stderr(&o));
+    assert!(hold_open(&outsider).status.success());
+    let o = outsider.cmd(m.shim("tcpdump")).arg("--version").current_dir("/tmp").output().unwrap();
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(m.containers().is_empty(), "a non-member started {:?}:\n{}", m.containers(), m.log_text());
+    assert!(m.log_text().contains("no prewarm on open"), "{}", m.log_text());
+
+    // A member (by a supplementary group) warms it by opening the shim…
+    assert!(hold_open(&member).status.success());
+    assert!(eventually(Duration::from_secs(30), || m.containers().len() == 1), "the member's open warmed nothing:\n{}", m.log_text());
+    // …and by prewarm.
+    assert!(m.odfs(&["stop", "--all"]).status.success());
+    assert!(eventually(Duration::from_secs(10), || m.containers().is_empty()));
+    let o = odfs(&member, &["prewarm", "tcpdump"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(m.containers().len(), 1);
+}
+
+#[test]
+fn another_user_cannot_read_the_history_of_calls() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut m = TestMount::new(CATALOG);
+    let user = TestUser::new();
+    let o = user.cmd(m.shim("true")).current_dir("/tmp").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let files = ["odfs.db", "odfs.db-wal", "odfs.db-shm"];
+    let private = |m: &TestMount| {
+        for f in files {
+            let path = m.state.join(f);
+            let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert_eq!((meta.mode() & 0o777, meta.uid()), (0o600, 0), "{f}");
+            let o = user.cmd("cat").arg(&path).output().unwrap();
+            assert!(!o.status.success() && stderr(&o).contains("Permission denied"), "{f} read by {}: {}", user.name, stderr(&o));
+        }
+    };
+    private(&m);
+    // As a daemon of an older version left them: made private at the start.
+    m.stop();
+    for f in files {
+        let _ = std::fs::set_permissions(m.state.join(f), std::fs::Permissions::from_mode(0o644));
+    }
+    m.start(&[]);
+    private(&m);
+    // A state directory the daemon makes can be passed through (its
+    // socket may be in it) but not listed.
+    m.stop();
+    std::fs::remove_dir_all(&m.state).unwrap();
+    m.start(&[]);
+    assert_eq!(std::fs::metadata(&m.state).unwrap().mode() & 0o777, 0o711);
+    let o = user.cmd("ls").arg(&m.state).output().unwrap();
+    assert!(!o.status.success(), "{} listed the state directory: {}", user.name, stdout(&o));
+    let o = user.cmd(m.shim("true")).current_dir("/tmp").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    private(&m);
 }
 
 /// Run this test binary's `helper` as `user`, acting out `mode` against `socket`.

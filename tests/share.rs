@@ -193,3 +193,95 @@ fn a_pin_file_picks_the_version_in_its_tree_only_and_only_when_it_is_safe() {
     std::os::unix::fs::chown(&pin, Some(other.uid), Some(other.gid)).unwrap();
     assert_eq!(stdout(&run(&deep)), "vtool 1.7\n");
 }
+
+/// What is wrong with `dir` as a tree root's alone, if anything: every
+/// entry root's (uid and gid 0) and writable by no one else, and none of
+/// the `catN` directories man-db makes in what it takes for its own cache.
+fn not_root_s_alone(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    if (meta.uid(), meta.gid()) != (0, 0) || meta.mode() & 0o022 != 0 {
+        return Some(format!("{}: owner {}:{}, mode {:o}", dir.display(), meta.uid(), meta.gid(), meta.mode() & 0o7777));
+    }
+    let name = dir.file_name().unwrap().to_string_lossy();
+    if name.len() == 4 && name.starts_with("cat") && name.ends_with(|c: char| c.is_ascii_digit()) {
+        return Some(format!("{}: a cat directory", dir.display()));
+    }
+    if meta.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            if let Some(wrong) = not_root_s_alone(&e.unwrap().path()) {
+                return Some(wrong);
+            }
+        }
+    }
+    None
+}
+
+/// The share's `man` as a system manpath of man-db, its index and cat
+/// pages in a cache directory of man-db's (what scripts/install does for
+/// /opt/od/share/man); taken out of the configuration again on drop.
+struct SystemManpath {
+    line: String,
+    cache: PathBuf,
+}
+
+const MANPATH_CONFIG: &str = "/etc/manpath.config";
+
+impl SystemManpath {
+    fn add(man: &Path) -> SystemManpath {
+        let cache = PathBuf::from(format!("/var/cache/man/odfs-test-{}", std::process::id()));
+        let line = format!("MANDB_MAP\t{}\t{}\n", man.display(), cache.display());
+        let mut config = std::fs::OpenOptions::new().append(true).open(MANPATH_CONFIG).unwrap();
+        std::io::Write::write_all(&mut config, line.as_bytes()).unwrap();
+        SystemManpath { line, cache }
+    }
+}
+
+impl Drop for SystemManpath {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(MANPATH_CONFIG).unwrap_or_default();
+        let tmp = format!("{MANPATH_CONFIG}.odfs-test");
+        if std::fs::write(&tmp, text.replace(&self.line, "")).is_ok() {
+            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644));
+            let _ = std::fs::rename(&tmp, MANPATH_CONFIG);
+        }
+        let _ = std::fs::remove_dir_all(&self.cache);
+    }
+}
+
+#[test]
+fn mandb_run_as_root_never_gives_the_share_to_man_db_s_user_and_man_still_finds_the_pages() {
+    let (mut m, root, share) = mount();
+    let _c = Cleanup(root.clone());
+    assert!(served(&share, "man/man1/rg.1.gz"));
+    // Unmapped, the daemon indexes the tree in place (`man -k` reads the
+    // index there) and leaves it root's, and says how to map it.
+    let generation = std::fs::canonicalize(&share).unwrap();
+    assert!(generation.join("man/index.db").is_file());
+    assert_eq!(not_root_s_alone(&generation), None);
+    assert!(stdout(&man(&root, &["-k", "recursively search"])).lines().any(|l| l.starts_with("rg (1)")));
+    let said = format!("{}/man is no system manpath of man-db", share.display());
+    assert!(m.log_text().contains(&said), "{}", m.log_text());
+
+    // Mapped, as the installed /opt/od/share/man is: its index goes to
+    // man-db's cache, and no mandb run as root touches the share.
+    m.stop();
+    let map = SystemManpath::add(&share.join("man"));
+    m.start(&["--share-dir", share.to_str().unwrap()]);
+    assert!(served(&share, "man/man1/rg.1.gz"));
+    assert!(eventually(Duration::from_secs(30), || map.cache.join("index.db").is_file()), "no index in {}:\n{}", map.cache.display(), m.log_text());
+    let path = format!("/usr/bin:/bin:{}", root.join("bin").display());
+    let man_dir = share.join("man");
+    for args in [vec!["--quiet"], vec!["--quiet", "--user-db"], vec!["--quiet", man_dir.to_str().unwrap()]] {
+        let o = Command::new("mandb").args(&args).env("PATH", &path).env_remove("MANPATH").current_dir("/tmp").output().unwrap();
+        assert!(o.status.success(), "mandb {args:?}: {}", stderr(&o));
+        assert_eq!(not_root_s_alone(&std::fs::canonicalize(&share).unwrap()), None, "after mandb {args:?}");
+    }
+    assert!(!std::fs::canonicalize(&share).unwrap().join("man/index.db").exists(), "the index is man-db's, in its cache");
+    let o = man(&root, &["-w", "rg"]);
+    assert_eq!(stdout(&o).trim(), share.join("man/man1/rg.1.gz").display().to_string(), "{}", stderr(&o));
+    assert!(stdout(&man(&root, &["-P", "cat", "rg"])).contains("recursively search"));
+    let o = man(&root, &["-k", "recursively search"]);
+    assert!(stdout(&o).lines().any(|l| l.starts_with("rg (1)")), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(m.log_text().matches(&said).count(), 1, "said once, before it was mapped");
+}

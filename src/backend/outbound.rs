@@ -1,10 +1,11 @@
-//! What odfs sends towards the network on a site's terms: registry mirrors
-//! for pulls, HTTP proxies and an extra CA bundle for recipe builds and for
-//! the tools of networked images (`[engine]` of the config file). Pure:
-//! the engine code applies it.
+//! What odfs sends towards the network on a site's terms: where a missing
+//! image comes from ([`Source`]: a recipe, a registry, Docker Hub through
+//! the site's mirrors), HTTP proxies and an extra CA bundle for recipe
+//! builds and for the tools of networked images (`[engine]` of the config
+//! file). Pure: the engine code applies it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The name the CA bundle has in a recipe's build context, and where the
 /// built image keeps it.
@@ -67,7 +68,52 @@ impl<'a> Reference<'a> {
     }
 }
 
+/// Where a missing image comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// Pulled from its reference: Docker Hub's tags from the site's
+    /// mirrors first.
+    Pull,
+    /// Built from its recipe. `pull_first`: its reference names a registry
+    /// (a host part other than Docker Hub's) or pins a digest, so a pull
+    /// from exactly there is tried first. Any other name is one of Docker
+    /// Hub's, where whoever holds the namespace decides what it is: such
+    /// an image is never pulled, from Docker Hub or from a mirror of it,
+    /// since its catalog entry says how it is made.
+    Recipe { recipe: &'a Path, pull_first: bool },
+}
+
+impl<'a> Source<'a> {
+    pub fn of(reference: &'a str, recipe: Option<&'a Path>) -> Source<'a> {
+        match recipe {
+            None => Source::Pull,
+            Some(recipe) => {
+                let r = Reference::parse(reference);
+                Source::Recipe { recipe, pull_first: r.registry.is_some() || r.pinned() }
+            }
+        }
+    }
+
+    /// Whether a missing image may be pulled at all.
+    pub fn pulls(&self) -> bool {
+        !matches!(self, Source::Recipe { pull_first: false, .. })
+    }
+}
+
 impl Outbound {
+    /// Where `reference` (with `recipe`, if it has one) comes from, in
+    /// words (`odfs show`).
+    pub fn describe(&self, reference: &str, recipe: Option<&Path>) -> String {
+        match Source::of(reference, recipe) {
+            Source::Recipe { recipe, pull_first: false } => format!("built from its recipe at {} (never pulled)", recipe.display()),
+            Source::Recipe { recipe, pull_first: true } => {
+                format!("pulled from {reference}, or built from its recipe at {} when that fails", recipe.display())
+            }
+            Source::Pull if self.mirrored(reference).is_empty() => format!("pulled from {reference}"),
+            Source::Pull => format!("pulled from {reference} (Docker Hub, the site's registry mirrors first)"),
+        }
+    }
+
     /// The same image on each mirror, in order, for a Docker Hub tag (a
     /// digest or another registry's image is pulled from where it is).
     pub fn mirrored(&self, reference: &str) -> Vec<String> {
@@ -209,6 +255,31 @@ mod tests {
         assert!(o.mirrored("quay.io/org/tool:1").is_empty());
         assert!(o.mirrored("debian@sha256:abcd").is_empty());
         assert!(Outbound::default().mirrored("debian").is_empty());
+    }
+
+    #[test]
+    fn an_image_with_a_recipe_is_pulled_only_from_a_registry_it_names() {
+        let recipe = Path::new("/c/images/netcap");
+        let source = |r| Source::of(r, Some(recipe));
+        // Docker Hub's namespace, named or implied: built, never pulled.
+        for hub in ["odfs/netcap:latest", "netcap", "docker.io/odfs/netcap:1", "index.docker.io/odfs/netcap"] {
+            assert_eq!(source(hub), Source::Recipe { recipe, pull_first: false }, "{hub}");
+            assert!(!source(hub).pulls());
+        }
+        // A registry the reference names, or a digest: pulled from there first.
+        for named in ["registry.example:5000/odfs/netcap:1", "localhost:5000/netcap", "odfs/netcap@sha256:ab12"] {
+            assert_eq!(source(named), Source::Recipe { recipe, pull_first: true }, "{named}");
+        }
+        assert_eq!(Source::of("odfs/netcap:latest", None), Source::Pull);
+        assert!(Source::Pull.pulls());
+        let o = Outbound { registry_mirrors: vec!["mirror.corp:5000".into()], ..Default::default() };
+        assert_eq!(o.describe("odfs/netcap:latest", Some(recipe)), "built from its recipe at /c/images/netcap (never pulled)");
+        assert_eq!(
+            o.describe("localhost:5000/netcap:1", Some(recipe)),
+            "pulled from localhost:5000/netcap:1, or built from its recipe at /c/images/netcap when that fails"
+        );
+        assert_eq!(o.describe("debian:12", None), "pulled from debian:12 (Docker Hub, the site's registry mirrors first)");
+        assert_eq!(Outbound::default().describe("debian:12", None), "pulled from debian:12");
     }
 
     #[test]

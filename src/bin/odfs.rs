@@ -165,7 +165,7 @@ enum Command {
         socket: PathBuf,
     },
     /// List the executables on an image's PATH, without running anything
-    /// from it; with --add, map them all as commands.
+    /// from it; with --add, map them all as commands (root only).
     Scan {
         image: String,
         #[arg(long)]
@@ -480,13 +480,13 @@ fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Res
         let rows: Vec<_> = list
             .iter()
             .map(|i| serde_json::json!({"command": i.command, "image": i.image, "ref": i.reference, "program": i.program,
-                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin, "version": i.version}))
+                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin, "version": i.version, "source": i.source}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&if only.is_some() { rows[0].clone() } else { serde_json::Value::Array(rows) })?);
     } else if let (Some(_), Some(i)) = (only, list.first()) {
         let args = if i.args.is_empty() { String::new() } else { format!(" {}", i.args.join(" ")) };
-        println!("command:    {}\nimage:      {} ({})\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
-            i.command, i.image, i.reference, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
+        println!("command:    {}\nimage:      {} ({})\nsource:     {}\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
+            i.command, i.image, i.reference, i.source, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
         if !i.version.is_empty() {
             println!("version:    {}", i.version);
         }

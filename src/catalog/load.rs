@@ -1,5 +1,6 @@
 //! Reading catalog TOML files: every error carries `file:line`, a bad file is
-//! skipped as a whole, and the good files keep serving.
+//! skipped as a whole, and the good files keep serving. A directory or file
+//! that cannot be read at all fails the whole load ([`Unreadable`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,46 @@ impl fmt::Display for CatalogError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
     }
+}
+
+/// A catalog directory or file that could not be read (out of file
+/// descriptors, an I/O error, no permission): unlike a bad file, it says
+/// nothing of what it holds, so a catalog loaded without it would silently
+/// lose its commands. Whoever loads keeps what it served before.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub directory: bool,
+    pub error: std::io::Error,
+}
+
+impl fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.directory { "directory" } else { "file" };
+        write!(f, "cannot read catalog {what} {}: {}", self.path.display(), self.error)
+    }
+}
+
+impl std::error::Error for Unreadable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The `*.toml` files of one catalog directory, by name.
+pub fn catalog_files(dir: &Path) -> Result<Vec<PathBuf>, Unreadable> {
+    let unreadable = |error| Unreadable { path: dir.to_path_buf(), directory: true, error };
+    let mut files = Vec::new();
+    // An entry that fails to come is as bad as the directory failing: the
+    // listing would be missing files.
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 #[derive(Deserialize)]
@@ -315,29 +356,23 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
 
 /// Load every `*.toml` file of every directory, in directory order then file
 /// name order. Later definitions of an image or command already defined are
-/// reported and ignored; commands whose image is unknown are reported and left out.
-pub fn load_dirs(dirs: &[PathBuf]) -> (Catalog, Vec<CatalogError>) {
+/// reported and ignored; commands whose image is unknown are reported and left
+/// out. A directory or file that cannot be read is an error of the whole load.
+pub fn load_dirs(dirs: &[PathBuf]) -> Result<(Catalog, Vec<CatalogError>), Unreadable> {
     let mut catalog = Catalog::default();
     let mut errors = Vec::new();
     for dir in dirs {
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect(),
-            Err(e) => {
-                errors.push(CatalogError { file: dir.clone(), line: 0, message: format!("cannot read catalog directory: {e}") });
-                continue;
-            }
-        };
-        files.sort();
-        for file in files {
+        for file in catalog_files(dir)? {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
-                Err(e) => {
+                // What the file is, not whether it can be read: gone since
+                // the listing (removed), a directory, or not UTF-8. Skipped
+                // like a file with a bad line.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory | std::io::ErrorKind::InvalidData) => {
                     errors.push(CatalogError { file, line: 0, message: format!("cannot read: {e}") });
                     continue;
                 }
+                Err(error) => return Err(Unreadable { path: file, directory: false, error }),
             };
             match parse_file(&file, &text) {
                 Ok(part) => merge(&mut catalog, part, &mut errors),
@@ -362,7 +397,7 @@ pub fn load_dirs(dirs: &[PathBuf]) -> (Catalog, Vec<CatalogError>) {
         let cmd = catalog.commands.remove(&name).expect("listed above");
         errors.push(located(&cmd.origin, format!("command {name}: image {} is not that version", cmd.image)));
     }
-    (catalog, errors)
+    Ok((catalog, errors))
 }
 
 fn located(origin: &str, message: String) -> CatalogError {
@@ -461,7 +496,7 @@ env = ["JQ_COLORS"]
         std::fs::write(dir.path().join("b-bad.toml"), "[image.y]\nref = 1\ncommands = [\"vi\"]\n").unwrap();
         std::fs::write(dir.path().join("c-orphan.toml"), "[command.zz]\nimage = \"nope\"\n").unwrap();
         std::fs::write(dir.path().join("d-dup.toml"), "[command.cat]\nimage = \"busybox\"\n").unwrap();
-        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]);
+        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(cat.commands.keys().collect::<Vec<_>>(), ["cat", "jq", "ls", "sh"]);
         assert_eq!(cat.commands["cat"].origin, format!("{}:2", dir.path().join("a-good.toml").display()));
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -472,12 +507,36 @@ env = ["JQ_COLORS"]
     }
 
     #[test]
+    fn a_source_that_cannot_be_read_fails_the_whole_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a-good.toml"), GOOD).unwrap();
+        // A file whose every read fails with EIO, as a failing disk's does
+        // (root reads whatever its mode says, so a mode would not do).
+        std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("b-broken.toml")).unwrap();
+        let e = load_dirs(&[dir.path().to_path_buf()]).unwrap_err();
+        assert_eq!((e.path.as_path(), e.directory), (dir.path().join("b-broken.toml").as_path(), false));
+        assert_eq!(e.error.raw_os_error(), Some(libc::EIO), "{e}");
+        assert!(e.to_string().starts_with(&format!("cannot read catalog file {}: ", dir.path().join("b-broken.toml").display())), "{e}");
+        // So does a directory that is not there, even after a good one.
+        std::fs::remove_file(dir.path().join("b-broken.toml")).unwrap();
+        let gone = dir.path().join("gone");
+        let e = load_dirs(&[dir.path().to_path_buf(), gone.clone()]).unwrap_err();
+        assert_eq!((e.path, e.directory, e.error.kind()), (gone, true, std::io::ErrorKind::NotFound));
+        // What a file is, rather than whether it can be read, skips that file.
+        std::fs::create_dir(dir.path().join("c-dir.toml")).unwrap();
+        std::fs::write(dir.path().join("d-latin1.toml"), b"# caf\xe9\n").unwrap();
+        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(cat.commands.len(), 4, "{errs:?}");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
     fn versioned_images_list_name_at_version_and_the_bare_name_runs_the_default() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.toml"), "[image.jq16]\nref = \"jq:1.6\"\nversion = \"1.6\"\ncommands = [\"jq\"]\n").unwrap();
         std::fs::write(dir.path().join("b.toml"), "[image.jq17]\nref = \"jq:1.7\"\nversion = \"1.7\"\n[command.jq]\nimage = \"jq17\"\npath = \"/usr/bin/jq\"\n").unwrap();
         std::fs::write(dir.path().join("c.toml"), "[command.\"jq@1.6\"]\nimage = \"jq17\"\n").unwrap();
-        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]);
+        let (cat, errs) = load_dirs(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(cat.commands.keys().collect::<Vec<_>>(), ["jq@1.6", "jq@1.7"], "{errs:?}");
         // The tool still sees itself as jq, and runs as the image has it.
         assert_eq!((cat.commands["jq@1.6"].program(), cat.commands["jq@1.6"].argv0()), ("jq", "jq"));
@@ -488,7 +547,7 @@ env = ["JQ_COLORS"]
         assert_eq!(snap.versions["jq"], super::super::Versions { all: vec!["1.6".into(), "1.7".into()], default: "1.7".into() });
         // default = true wins over the highest version.
         std::fs::write(dir.path().join("a.toml"), "[image.jq16]\nref = \"jq:1.6\"\nversion = \"1.6\"\ndefault = true\ncommands = [\"jq\"]\n").unwrap();
-        let (cat, _) = load_dirs(&[dir.path().to_path_buf()]);
+        let (cat, _) = load_dirs(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(super::super::Snapshot::new(&cat).commands["jq"].image.name, "jq16");
         // A version that names another image's, or none, is refused.
         let errs = parse_file(Path::new("d.toml"), "[image.x]\nref = \"x\"\nversion = \"2\"\n[command.\"x@3\"]\nimage = \"x\"\n").unwrap_err();

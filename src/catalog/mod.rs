@@ -9,7 +9,7 @@ mod load;
 mod model;
 mod store;
 
-pub use load::{load_dirs, parse_file, CatalogError};
+pub use load::{catalog_files, load_dirs, parse_file, CatalogError, Unreadable};
 pub use model::{capability, capability_mask, code_loading_variable, is_cdi_name, validate_name, validate_path, version_order, Catalog, CommandName, CommandSpec, Gpus, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
 pub use store::{ImageUse, Invocation, PastCall, Store};
 

@@ -2,9 +2,11 @@
 //! invocations. Writes go through one thread so request handling never waits
 //! on the database, in one transaction for all that queued meanwhile, and
 //! with `synchronous = NORMAL`: a crash of the machine may lose the newest
-//! history rows, never the file, and a call costs no `fsync`.
+//! history rows, never the file, and a call costs no `fsync`. The files are
+//! root's alone: the history is every user's.
 
-use std::path::Path;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use rusqlite::{params, Connection};
@@ -96,8 +98,50 @@ pub struct PastCall {
     pub served: String,
 }
 
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot make {path} readable by root alone: {source}")]
+    Private { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The database and its `-wal` and `-shm` files, root's alone (0600): the
+/// history says which user ran what, when, and which of their paths were
+/// refused. The database is made so before SQLite opens it, and SQLite
+/// gives the files it makes beside a database that database's mode; files
+/// of an older daemon (made 0644) are changed. Never through a symlink.
+fn make_private(db: &Path) -> Result<(), OpenError> {
+    let private = |path: &Path, create: bool| -> std::io::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .read(!create)
+            .write(create)
+            .create(create)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        match file {
+            Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    };
+    let mut paths = vec![(db.to_path_buf(), true)];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_os_string();
+        name.push(suffix);
+        paths.push((PathBuf::from(name), false));
+    }
+    for (path, create) in paths {
+        private(&path, create).map_err(|source| OpenError::Private { path, source })?;
+    }
+    Ok(())
+}
+
 impl Store {
-    pub fn open(path: &Path) -> rusqlite::Result<Store> {
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
+        make_private(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
         // Older databases gain the newer columns (an error means it is there).
@@ -310,6 +354,29 @@ mod tests {
         names.sort();
         assert_eq!(names.len(), cat.commands.len());
         assert!(names.len() >= 2 && names.iter().any(|n| n.contains('@')), "{names:?}");
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_are_root_s_alone_even_when_made_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("odfs.db");
+        let mode = |suffix: &str| std::fs::metadata(format!("{}{suffix}", db.display())).unwrap().permissions().mode() & 0o777;
+        let store = Store::open(&db).unwrap();
+        store.image_seen("sha256:a", "r");
+        assert!(store.flush(std::time::Duration::from_secs(5)));
+        assert_eq!([mode(""), mode("-wal"), mode("-shm")], [0o600; 3]);
+        // As an older daemon left them (while it runs, so all three exist).
+        for suffix in ["", "-wal", "-shm"] {
+            std::fs::set_permissions(format!("{}{suffix}", db.display()), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let again = Store::open(&db).unwrap();
+        assert_eq!([mode(""), mode("-wal"), mode("-shm")], [0o600; 3]);
+        drop((store, again));
+        // A symlink in the database's place is not followed.
+        let other = dir.path().join("other");
+        std::fs::write(&other, "").unwrap();
+        std::os::unix::fs::symlink(&other, dir.path().join("link.db")).unwrap();
+        assert!(matches!(Store::open(&dir.path().join("link.db")), Err(OpenError::Private { .. })));
     }
 
     #[test]

@@ -70,6 +70,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 },
                 state: self.pool.shown(&r.image).as_str().to_string(),
                 origin: r.command.origin.clone(),
+                source: self.outbound.describe(&r.image.reference, r.image.build.as_deref()),
             })
             .collect()
     }
@@ -135,10 +136,14 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     pub(super) async fn scan(&self, caller: &Caller, reference: &str, add: bool) -> Response {
-        if add {
-            if let Err(r) = Self::require_root(caller, "scan --add") {
-                return r;
-            }
+        // Root's, as the other admin requests: each scan exports a whole
+        // image (disk and time), and it would list what any local image
+        // holds, private ones included, to whoever asks.
+        if caller.uid != 0 {
+            return Response::Error(Failure::new(format!(
+                "scan reads any local image, private ones too, and needs root (sudo odfs scan {reference}{})",
+                if add { " --add" } else { "" }
+            )));
         }
         // Always scanned afresh (the image may have been rebuilt), and the
         // index the command-not-found hook reads is refreshed with it.
@@ -364,10 +369,15 @@ impl<B: ContainerBackend> Daemon<B> {
         error(text)
     }
 
-    pub(super) async fn prewarm(&self, command: &str, client: &UnixStream) -> Response {
+    pub(super) async fn prewarm(&self, caller: &Caller, command: &str, client: &UnixStream) -> Response {
         let Some(entry) = self.snapshot().get(command).cloned() else {
             return error(format!("{command} is not in the catalog"));
         };
+        // Starting the container is a use of the image: those its
+        // allow_groups leave out may not make it hold its capabilities.
+        if let Err(f) = self.authorize(&entry, caller) {
+            return error(format!("prewarm {command}: {}; only members of those groups may start its container", f.message));
+        }
         match self.with_progress(client, &entry.image, self.pool.warm_up(&entry.image, None)).await {
             Ok(()) => Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.shown(&entry.image).as_str())),
             Err(e) => error(format!("{command}: {e}")),

@@ -119,7 +119,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(Some((Request::Prewarm { command }, _))) => {
-                let r = self.prewarm(&command, &conn).await;
+                let r = self.prewarm(&caller, &command, &conn).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Scan { image, add }, _))) => {

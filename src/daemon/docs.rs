@@ -8,7 +8,8 @@
 //! directory beside it (`.share.gen-N`: readable by every user whatever the
 //! state directory's mode), replaced in one `rename`: a `man` or a
 //! completion that reads it meanwhile sees the old tree or the new one,
-//! never half of one.
+//! never half of one. Its man pages are indexed for `man -k` without ever
+//! giving man-db's `man` user a directory of it ([`index_in_place`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,12 +37,14 @@ pub(super) struct Docs {
     pub wake: tokio::sync::Notify,
     /// What is served now: an unchanged tree is not written again.
     served: std::sync::Mutex<Option<Layout>>,
+    /// The warning that the share is no system manpath of man-db was given.
+    unmapped_said: std::sync::atomic::AtomicBool,
 }
 
 
 impl Docs {
     pub fn new(dir: Option<PathBuf>, state: &Path) -> Docs {
-        Docs { dir, store: state.join("docs"), wake: tokio::sync::Notify::new(), served: Default::default() }
+        Docs { dir, store: state.join("docs"), wake: tokio::sync::Notify::new(), served: Default::default(), unmapped_said: Default::default() }
     }
 
     fn cache_file(&self, image_id: &str, commands: &[String]) -> PathBuf {
@@ -88,11 +91,30 @@ impl Docs {
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let generation = parent.join(format!("{prefix}{stamp}"));
         layout.write(&generation)?;
-        index_man_pages(&generation.join("man"));
+        // Where man-db keeps the index: its own cache for a manpath its
+        // configuration maps (made once the tree is served, under the
+        // share's name, which is what the map names), else the tree.
+        let config = std::fs::read_to_string(crate::share::MANDB_CONFIG).unwrap_or_default();
+        let mapped = crate::share::mandb_maps(&config, &dir.join("man"));
+        if !mapped {
+            if !self.unmapped_said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "{}/man is no system manpath of man-db: a mandb run as root over it (mandb -u, mandb {}/man) would give it to man-db's man user; add `MANDB_MAP {}/man /var/cache/man/odfs` to {}",
+                    dir.display(),
+                    dir.display(),
+                    dir.display(),
+                    crate::share::MANDB_CONFIG
+                );
+            }
+            index_in_place(&generation)?;
+        }
         let link = parent.join(format!(".{}.new", name.to_string_lossy()));
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(generation.file_name().expect("named above"), &link)?;
         std::fs::rename(&link, dir)?;
+        if mapped {
+            mandb(&dir.join("man"));
+        }
         for e in std::fs::read_dir(parent)?.flatten() {
             if e.path() != generation && e.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -118,13 +140,53 @@ impl Docs {
     }
 }
 
-/// `man -k` and `apropos` read an index beside the pages: made by man-db's
+/// `man -k` and `apropos` read an index of the pages: made by man-db's
 /// `mandb` where the host has it (nothing to index for otherwise).
-fn index_man_pages(man: &Path) {
+fn mandb(man: &Path) {
     let Ok(out) = std::process::Command::new("mandb").arg("--quiet").arg("--no-straycats").arg(man).output() else { return };
     if !out.status.success() {
         tracing::warn!("mandb could not index {}: {}", man.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
+}
+
+/// Index a generation's man pages in the tree itself, where man-db looks
+/// for the index of a manpath it does not map, and leave the tree root's
+/// alone. Run as root on such a manpath, `mandb` gives the directory, and
+/// the `catN` directories it makes in it, to its `man` user (its cache
+/// directories are its own): so the generation is root's alone (0700)
+/// while it runs, then every entry is root's again and the directories
+/// mandb made are gone, before anyone else can reach the tree.
+fn index_in_place(generation: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let man = generation.join("man");
+    let ours: std::collections::HashSet<PathBuf> = tree(&man)?.into_iter().filter(|(_, dir)| *dir).map(|(p, _)| p).collect();
+    std::fs::set_permissions(generation, std::fs::Permissions::from_mode(0o700))?;
+    mandb(&man);
+    for (path, dir) in tree(&man)?.into_iter().rev() {
+        if dir && !ours.contains(&path) {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(0), Some(0))?;
+        }
+    }
+    std::os::unix::fs::lchown(&man, Some(0), Some(0))?;
+    std::fs::set_permissions(&man, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(generation, std::fs::Permissions::from_mode(0o755))
+}
+
+/// Every path under `dir` (not `dir` itself), parents before their
+/// entries, and whether each is a directory (symlinks are not followed).
+fn tree(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let is_dir = e.file_type()?.is_dir();
+        out.push((e.path(), is_dir));
+        if is_dir {
+            out.extend(tree(&e.path())?);
+        }
+    }
+    Ok(out)
 }
 
 impl<B: ContainerBackend> Daemon<B> {

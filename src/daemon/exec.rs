@@ -201,7 +201,7 @@ impl<B: ContainerBackend> Daemon<B> {
         }
     }
 
-    fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Failure> {
+    pub(super) fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Failure> {
         let allowed = &entry.image.allow_groups;
         if allowed.is_empty() || caller.uid == 0 {
             return Ok(());

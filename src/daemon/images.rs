@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::call::Caller;
 use super::pool::short_id;
 use super::Daemon;
-use crate::backend::outbound::Reference;
+use crate::backend::outbound::{Reference, Source};
 use crate::backend::{ContainerBackend, ImageInfo, LABEL_RECIPE};
 use crate::catalog::ImageSpec;
 use crate::protocol::{Failure, ImageUsage, Response};
@@ -173,12 +173,15 @@ impl<B: ContainerBackend> Daemon<B> {
         if Reference::parse(r).pinned() {
             return Ok(format!("pinned by digest: stays{}", before.map_or(String::new(), |b| format!(" at {}", short_id(&b.id)))));
         }
-        // A recipe the image was built from (or no image yet) decides; an
-        // image that came from a registry is pulled, and built from its
-        // recipe when the pull fails (an image made offline, as fetch does).
+        // A recipe decides when the image was built from it, when there is
+        // no image yet, and always when its name is Docker Hub's (never
+        // pulled: see `Source`); an image that came from the registry its
+        // reference names is pulled, and built from its recipe when the
+        // pull fails (an image made offline, as fetch does).
         let stamped = before.as_ref().is_none_or(|b| b.labels.contains_key(LABEL_RECIPE));
+        let pulls = Source::of(r, image.build.as_deref()).pulls();
         let mut rebuild = false;
-        if image.build.is_some() && stamped {
+        if image.build.is_some() && (stamped || !pulls) {
             match self.by_recipe(image, before.as_ref(), check).await? {
                 Some(line) => return Ok(line),
                 None => rebuild = true,

@@ -1,5 +1,6 @@
 //! Catalog reload: the catalog directories polled for changes, a changed
-//! catalog served without unmounting, and what the FUSE side asks of it.
+//! catalog served without unmounting (or, when a directory or file of it
+//! cannot be read, the previous one kept), and what the FUSE side asks of it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{self, Snapshot};
-use crate::fs::ShimFs;
+use crate::catalog::{self, Snapshot, Unreadable};
+use crate::fs::{Requester, ShimFs};
 
 /// How often catalog directories are checked for changes.
 const RELOAD_POLL: Duration = Duration::from_millis(400);
@@ -18,12 +19,14 @@ const RELOAD_POLL: Duration = Duration::from_millis(400);
 /// What the FUSE side asks the daemon, answered from memory.
 pub(super) struct FsHooks<B> {
     pub daemon: std::sync::Weak<Daemon<B>>,
-    pub prewarm: mpsc::UnboundedSender<String>,
+    /// Shims opened, and by whom (whether they may use the image is for
+    /// the async side: it reads the opener's groups).
+    pub prewarm: mpsc::UnboundedSender<(String, Requester)>,
 }
 
 impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
-    fn opened(&self, command: &str) {
-        let _ = self.prewarm.send(command.to_string());
+    fn opened(&self, command: &str, by: Requester) {
+        let _ = self.prewarm.send((command.to_string(), by));
     }
 
     fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
@@ -38,31 +41,30 @@ impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
 }
 
 /// Names, sizes and times of every catalog file: a change in any means reload.
-/// Names, sizes and times of every catalog file.
 pub(super) type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
 
-pub(super) fn catalog_fingerprint(dirs: &[PathBuf]) -> Fingerprint {
+/// The fingerprint of the catalog directories; a directory that cannot be
+/// listed fails it, as it would fail the load.
+pub(super) fn catalog_fingerprint(dirs: &[PathBuf]) -> Result<Fingerprint, Unreadable> {
     let mut out = Vec::new();
     for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                let meta = std::fs::metadata(&p).ok();
-                out.push((p, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok())));
-            }
+        for p in catalog::catalog_files(dir)? {
+            let meta = std::fs::metadata(&p).ok();
+            out.push((p, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok())));
         }
     }
     out.sort();
-    out
+    Ok(out)
 }
 
 impl<B: ContainerBackend> Daemon<B> {
     /// Load the catalog again and serve it: new commands appear, removed ones
     /// vanish (the kernel's cached entries for them are dropped), running
-    /// tools are not touched.
-    fn reload(&self, dirs: &[PathBuf], fs: &ShimFs, notifier: &crate::fuse::Notifier) {
-        let (catalog, errors) = catalog::load_dirs(dirs);
+    /// tools are not touched. A catalog directory or file that cannot be
+    /// read changes nothing: what it holds is unknown, and serving the
+    /// catalog without it would take its commands from every user.
+    fn reload(&self, dirs: &[PathBuf], fs: &ShimFs, notifier: &crate::fuse::Notifier) -> Result<(), Unreadable> {
+        let (catalog, errors) = catalog::load_dirs(dirs)?;
         for e in &errors {
             tracing::error!("catalog: {e} (file skipped)");
         }
@@ -79,6 +81,18 @@ impl<B: ContainerBackend> Daemon<B> {
         let _ = notifier.inval_inode(root);
         tracing::info!(commands = snapshot.commands.len(), changed = changed.len(), "catalog reloaded");
         self.docs.wake.notify_one();
+        Ok(())
+    }
+
+    /// Say once per cause that the catalog could not be read and the one
+    /// served stays (`failing` holds the cause last said).
+    fn keep_previous(&self, e: &Unreadable, failing: &mut Option<String>) {
+        let cause = e.to_string();
+        if failing.as_deref() != Some(cause.as_str()) {
+            let commands = self.snapshot().commands.len();
+            tracing::warn!("catalog not reloaded: {cause}; the previous catalog, with {commands} commands, stays served until it can be read");
+            *failing = Some(cause);
+        }
     }
 }
 
@@ -94,11 +108,25 @@ pub(super) async fn watch_catalogs<B: ContainerBackend>(
     seen_out: tokio::sync::oneshot::Sender<Fingerprint>,
 ) {
     let mut tick = tokio::time::interval(RELOAD_POLL);
+    // The cause of the last failed reload, until one succeeds. `seen`
+    // stays what was last loaded, so a failed reload is tried again at
+    // every poll and no edit made meanwhile is lost.
+    let mut failing: Option<String> = None;
     while stop.run_until_cancelled(tick.tick()).await.is_some() {
-        let now = catalog_fingerprint(&dirs);
-        if now != seen {
-            seen = now;
-            daemon.reload(&dirs, &fs, &notifier);
+        let result = catalog_fingerprint(&dirs).and_then(|now| {
+            if now != seen {
+                daemon.reload(&dirs, &fs, &notifier)?;
+                seen = now;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                if failing.take().is_some() {
+                    tracing::info!("catalog readable again");
+                }
+            }
+            Err(e) => daemon.keep_previous(&e, &mut failing),
         }
     }
     let _ = seen_out.send(seen);

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use crate::protocol;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -334,9 +334,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     check_binaries(&cfg)?;
     let text = shim_text(&cfg)?;
-    for dir in [&cfg.state_dir, &cfg.run_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    create_state_dir(&cfg.state_dir).with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create {}", cfg.run_dir.display()))?;
     std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o755))?;
     if let Some(parent) = cfg.socket.parent() {
         std::fs::create_dir_all(parent)?;
@@ -347,8 +346,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
 
     // Fingerprint before loading: an edit made while we load or mount is then
     // seen by the first poll instead of being lost.
-    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs);
-    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs);
+    // A catalog directory or file that cannot be read stops the start: a
+    // mount without its commands would look like a catalog without them.
+    let unreadable = |e: catalog::Unreadable| anyhow::anyhow!("mount: {e}; create it or make it readable, or leave it out of --catalog");
+    let loaded_fingerprint = catalog_fingerprint(&cfg.catalogs).map_err(unreadable)?;
+    let (catalog, errors) = catalog::load_dirs(&cfg.catalogs).map_err(unreadable)?;
     for e in &errors {
         tracing::error!("catalog: {e} (file skipped)");
     }
@@ -440,7 +442,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     });
 
     crate::backend::docker::raise_nofile();
-    let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<String>();
+    let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<(String, crate::fs::Requester)>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
     fs.set_commands(snapshot.commands.keys().map(String::as_str));
     let mount_err = || format!("cannot mount {}", mountpoint.display());
@@ -705,17 +707,47 @@ fn offer_takeovers(run_dir: &std::path::Path, mountpoint: &std::path::Path, asks
     }))
 }
 
+/// The state directory, made 0711 when odfs makes it: other users may
+/// pass through (the control socket may be in it, with `--state`) but not
+/// list it. Its database is root's alone by its own mode (`Store::open`);
+/// an existing directory keeps the mode its admin gave it.
+fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
 /// Warm the container of each shim opened (an exec is probably coming),
-/// each in a task of its own under `tasks`.
+/// each in a task of its own under `tasks`; only for an opener the image's
+/// `allow_groups` let in, as for a call: anyone may open a shim (`cat`
+/// it), but a container that holds the image's capabilities is started
+/// only for those who may use it.
 async fn prewarm_on_open<B: ContainerBackend>(
     daemon: Arc<Daemon<B>>,
-    opened: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>>,
+    opened: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, crate::fs::Requester)>>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 ) {
     let mut opened = opened.lock().await;
-    while let Some(Some(name)) = stop.run_until_cancelled(opened.recv()).await {
+    while let Some(Some((name, by))) = stop.run_until_cancelled(opened.recv()).await {
         let Some(entry) = daemon.snapshot().get(&name).cloned() else { continue };
+        // The groups are read only where they matter: most images let
+        // everyone in, and an open is on every call's path.
+        let opener = if entry.image.allow_groups.is_empty() {
+            protocol::peer::Peer { pid: by.pid as i32, uid: by.uid, gid: by.gid, groups: vec![], pidfd: None }
+        } else {
+            protocol::peer::requester(by.pid, by.uid, by.gid)
+        };
+        let opener = Arc::new(opener);
+        if let Err(refused) = daemon.authorize(&entry, &opener) {
+            tracing::debug!(command = name, uid = by.uid, pid = by.pid, groups = ?opener.groups, "no prewarm on open: {}", refused.message);
+            continue;
+        }
         let d = daemon.clone();
         tasks.spawn(async move {
             // Not cut short when the daemon stops: a start cut in the middle

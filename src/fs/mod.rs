@@ -60,12 +60,22 @@ struct Table {
     next: u64,
 }
 
+/// Who made a request, as the kernel tells the file system: the process's
+/// file-system uid and gid, and its pid (in the mount's pid namespace).
+/// Supplementary groups are not told; they are the process's to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
 /// What the shim directory asks of the daemon. Both are answered from
 /// memory, without waiting: they run on FUSE threads.
 pub trait Hooks: Send + Sync {
-    /// A shim was opened: an exec is probably on its way, so its container
-    /// can start warming now.
-    fn opened(&self, command: &str);
+    /// A shim was opened by `by`: an exec is probably on its way, so its
+    /// container can start warming now, if `by` may use it.
+    fn opened(&self, command: &str, by: Requester);
     /// Extended attribute `name` of a command's shim, if it has one.
     fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>>;
 }
@@ -146,7 +156,7 @@ impl ShimFs {
         Ok(dots.into_iter().chain(shims).skip(offset as usize).collect())
     }
 
-    pub fn open(&self, ino: u64, write: bool) -> Result<(), FsError> {
+    pub fn open(&self, ino: u64, write: bool, by: Requester) -> Result<(), FsError> {
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -154,7 +164,7 @@ impl ShimFs {
             return Err(FsError::IsDir);
         }
         let name = self.table.read().unwrap().by_ino.get(&ino).cloned().ok_or(FsError::NotFound)?;
-        self.hooks.opened(&name);
+        self.hooks.opened(&name, by);
         Ok(())
     }
 
@@ -199,18 +209,18 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    struct Recorder(Arc<Mutex<Vec<String>>>);
+    struct Recorder(Arc<Mutex<Vec<(String, Requester)>>>);
 
     impl Hooks for Recorder {
-        fn opened(&self, command: &str) {
-            self.0.lock().unwrap().push(command.to_string());
+        fn opened(&self, command: &str, by: Requester) {
+            self.0.lock().unwrap().push((command.to_string(), by));
         }
         fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
             Some(format!("{command}:{name}").into_bytes())
         }
     }
 
-    fn fs() -> (ShimFs, Arc<Mutex<Vec<String>>>) {
+    fn fs() -> (ShimFs, Arc<Mutex<Vec<(String, Requester)>>>) {
         let opened = Arc::new(Mutex::new(Vec::new()));
         let fs = ShimFs::new(b"#!/l /s\n".to_vec(), Box::new(Recorder(opened.clone())));
         fs.set_commands(["jq", "cat", "sh"]);
@@ -241,9 +251,12 @@ mod tests {
         assert_eq!(fs.read(a.ino, 2, 2).unwrap(), b"/l");
         assert_eq!(fs.read(a.ino, 100, 2).unwrap(), b"");
         assert_eq!(fs.lookup(ROOT_INO, b"ls"), Err(FsError::NotFound));
-        fs.open(a.ino, false).unwrap();
-        assert_eq!(fs.open(a.ino, true), Err(FsError::ReadOnly));
-        assert_eq!(*opened.lock().unwrap(), ["jq"]);
+        let by = Requester { uid: 1000, gid: 100, pid: 42 };
+        fs.open(a.ino, false, by).unwrap();
+        assert_eq!(fs.open(a.ino, true, by), Err(FsError::ReadOnly));
+        // Who opened it goes with the name: the daemon decides whether
+        // that one may warm the command's container.
+        assert_eq!(*opened.lock().unwrap(), [("jq".to_string(), by)]);
     }
 
     #[test]

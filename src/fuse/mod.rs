@@ -53,7 +53,8 @@ impl session::Handler for FuseFs {
             Op::Open { flags } => {
                 let write = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0;
                 // The text never changes while mounted: let the page cache keep it.
-                self.0.open(ino, write).map_or_else(fail, |()| Reply::opened(unique, abi::KEEP_CACHE))
+                let by = crate::fs::Requester { uid: req.header.uid, gid: req.header.gid, pid: req.header.pid };
+                self.0.open(ino, write, by).map_or_else(fail, |()| Reply::opened(unique, abi::KEEP_CACHE))
             }
             Op::Read { offset, size } => self.0.read(ino, offset, size).map_or_else(fail, |d| Reply::data(unique, d)),
             Op::Readdir { offset, size } => match self.0.readdir(ino, offset) {

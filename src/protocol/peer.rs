@@ -57,6 +57,29 @@ pub fn peer(fd: RawFd) -> std::io::Result<Peer> {
     Ok(Peer { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd })
 }
 
+/// The process behind a file-system request, with the file-system uid and
+/// gid the kernel gave for it. Its supplementary groups are read from
+/// `/proc/PID/status` and kept only if that status is still the
+/// requester's: the same file-system ids, and the process still there
+/// after the read (a pid is not reused while its process exists).
+/// Otherwise it has none, which can only deny it what its groups allow.
+pub fn requester(pid: u32, uid: u32, gid: u32) -> Peer {
+    let pid = i32::try_from(pid).unwrap_or(0);
+    let pidfd = (pid > 0).then(|| pidfd_open(pid)).flatten();
+    let groups = pidfd.as_ref().and_then(|fd| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let ids = |name: &str| -> Option<Vec<u32>> {
+            let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+            line.split_whitespace().map(|x| x.parse().ok()).collect()
+        };
+        // Uid: and Gid: hold real, effective, saved and file-system ids.
+        let same = ids("Uid:")?.get(3) == Some(&uid) && ids("Gid:")?.get(3) == Some(&gid);
+        let groups = ids("Groups:")?;
+        (same && running(fd)).then_some(groups)
+    });
+    Peer { pid, uid, gid, groups: groups.unwrap_or_default(), pidfd }
+}
+
 impl Peer {
     /// Whether the peer process still exists: what was read from
     /// `/proc/PID` before this said true was the peer's own, since a pid is

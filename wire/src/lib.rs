@@ -149,6 +149,9 @@ pub struct CommandInfo {
     /// Its image's version; for a bare name with versions, the default one
     /// and the others (empty: no versions).
     pub version: String,
+    /// Where its image comes from when it is missing, in words: "built from
+    /// its recipe at PATH (never pulled)", "pulled from REF", …
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -53,8 +53,9 @@ impl<S: Screen> Fetching<S> {
                     let why = match (self.again, p.building) {
                         (true, true) => "from its recipe",
                         (true, false) => "for an update",
-                        (false, true) => "cannot be pulled",
-                        (false, false) => "not on this machine",
+                        // A build is how an image with a recipe is had,
+                        // not only a failed pull's fallback.
+                        (false, _) => "not on this machine",
                     };
                     self.line(&format!("{} {} ({why})", verb(p, false), p.reference));
                 }

@@ -21,6 +21,7 @@ use super::call::{PoolError, StartError, Started};
 use super::facts::Facts;
 use super::link::{Launch, Link, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
+use crate::backend::outbound::Source;
 use crate::catalog::{ImageSpec, KeepAlive};
 use crate::policy::{self, Action, Call, Costs, Phase, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
@@ -1056,16 +1057,29 @@ impl<B: ContainerBackend> Pool<B> {
         Ok(self.backend.local_images().await?)
     }
 
-    /// Make sure an image is present: pulled if it is not, built from its
-    /// recipe if it cannot be pulled. True if it had to be fetched.
+    /// Make sure an image is present, fetched as its [`Source`] says: pulled;
+    /// or built from its recipe, after a pull from the registry its
+    /// reference names, if it names one. True if it had to be fetched.
     async fn fetch(&self, image: &ImageSpec, progress: &crate::backend::ProgressTx) -> Result<bool, PoolError> {
-        let fetched = match (self.backend.ensure_image(&image.reference, progress).await, &image.build) {
-            (Err(crate::backend::BackendError::ImageMissing { reason, .. }), Some(recipe)) => {
-                tracing::info!(image = image.reference, "cannot pull ({reason}); building it from its recipe");
-                self.backend.build_image(&image.reference, recipe, progress).await?;
-                true
+        let fetched = match Source::of(&image.reference, image.build.as_deref()) {
+            Source::Pull => self.backend.ensure_image(&image.reference, progress).await?,
+            Source::Recipe { recipe, pull_first: true } => match self.backend.ensure_image(&image.reference, progress).await {
+                Err(crate::backend::BackendError::ImageMissing { reason, .. }) => {
+                    tracing::info!(image = image.reference, "cannot pull ({reason}); building it from its recipe");
+                    self.backend.build_image(&image.reference, recipe, progress).await?;
+                    true
+                }
+                result => result?,
+            },
+            Source::Recipe { recipe, pull_first: false } => {
+                if self.backend.image_id(&image.reference).await?.is_some() {
+                    false
+                } else {
+                    tracing::info!(image = image.reference, "image missing; building it from its recipe (a name of Docker Hub's with a recipe is never pulled)");
+                    self.backend.build_image(&image.reference, recipe, progress).await?;
+                    true
+                }
             }
-            (result, _) => result?,
         };
         // What odfs fetched is odfs's to remove one day (`odfs gc`).
         if let (true, Some(store)) = (fetched, &self.store) {
@@ -1084,11 +1098,14 @@ impl<B: ContainerBackend> Pool<B> {
     }
 
     /// `odfs update`: pull an image's reference again, or build its recipe
-    /// again, with progress on its profile's channel.
+    /// again (always, for an image its [`Source`] never pulls), with
+    /// progress on its profile's channel.
     pub async fn refetch(&self, image: &Arc<ImageSpec>, rebuild: bool) -> Result<(), PoolError> {
         let slot = self.slot(image);
-        match (&image.build, rebuild) {
-            (Some(recipe), true) => self.backend.build_image(&image.reference, recipe, &slot.progress).await?,
+        match Source::of(&image.reference, image.build.as_deref()) {
+            Source::Recipe { recipe, pull_first } if rebuild || !pull_first => {
+                self.backend.build_image(&image.reference, recipe, &slot.progress).await?
+            }
             _ => self.backend.pull(&image.reference, &slot.progress).await?,
         }
         // A fetch that failed before need not wait out its backoff now.
