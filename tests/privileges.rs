@@ -410,10 +410,11 @@ fn refused_requests_keep_the_history_small() {
 }
 
 #[test]
-fn a_scan_by_any_user_exports_nothing_others_can_read() {
+fn a_scan_exports_nothing_others_can_read_and_other_users_learn_only_the_catalog_s_images() {
     let m = TestMount::new(CATALOG);
     let user = TestUser::new();
-    let mut provides = user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["provides", "sh", "--socket"]).arg(&m.socket).stdout(Stdio::piped()).spawn().unwrap();
+    // Root's `provides` scans the machine's images (each an export).
+    let mut provides = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["provides", "sh", "--socket"]).arg(&m.socket).stdout(Stdio::piped()).spawn().unwrap();
     let mut seen = vec![];
     while provides.try_wait().unwrap().is_none() {
         for e in std::fs::read_dir("/tmp").unwrap().flatten() {
@@ -426,5 +427,14 @@ fn a_scan_by_any_user_exports_nothing_others_can_read() {
     assert!(seen.is_empty(), "exports visible in /tmp: {seen:?}");
     let mut out = String::new();
     std::io::Read::read_to_string(provides.stdout.as_mut().unwrap(), &mut out).unwrap();
-    assert!(out.contains(TEST_IMAGE), "{out}");
+    assert!(out.contains(TEST_IMAGE) && out.lines().any(|l| !l.starts_with("odfs-test/")), "{out}");
+    // Another user scans nothing and hears only of the catalog's images,
+    // never of the machine's others (which may be someone's own).
+    for ask in ["provides", "hint"] {
+        let o = user.cmd(env!("CARGO_BIN_EXE_odfs")).args([ask, "sh", "--socket"]).arg(&m.socket).output().unwrap();
+        let text = stdout(&o) + &stderr(&o);
+        assert!(text.lines().all(|l| !l.contains("odfs/")), "{ask}: {text}");
+    }
+    let o = user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["provides", "sh", "--socket"]).arg(&m.socket).output().unwrap();
+    assert!(stdout(&o).lines().any(|l| l.starts_with(TEST_IMAGE)), "{}{}", stdout(&o), stderr(&o));
 }

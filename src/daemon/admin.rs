@@ -185,10 +185,15 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(paths)
     }
 
-    fn providers(&self, command: &str) -> Vec<String> {
+    /// The indexed images that have `command` on their PATH, as `IMAGE PATH`
+    /// lines. For any user but root, only images the catalog names: the
+    /// machine's other images may be someone's own.
+    fn providers(&self, command: &str, caller: &Caller) -> Vec<String> {
+        let listed: std::collections::HashSet<String> = self.snapshot().commands.values().map(|e| e.image.reference.clone()).collect();
         let mut lines: Vec<String> = self
             .index
             .iter()
+            .filter(|e| caller.uid == 0 || listed.contains(e.key()))
             .flat_map(|e| {
                 let image = e.key().clone();
                 e.value().iter().filter(|p| p.rsplit('/').next() == Some(command)).map(move |p| format!("{image} {p}")).collect::<Vec<_>>()
@@ -249,19 +254,22 @@ impl<B: ContainerBackend> Daemon<B> {
         })
     }
 
-    pub(super) async fn provides(&self, command: &str) -> Response {
+    pub(super) async fn provides(&self, command: &str, caller: &Caller) -> Response {
         let images = match self.pool.local_images().await {
             Ok(i) => i,
             Err(e) => return error(e.to_string()),
         };
-        // Forget images that are gone; scan the new ones.
+        // Forget images that are gone; scan the new ones, for root only:
+        // each scan exports a whole image, as `odfs scan` does.
         self.index.retain(|k, _| images.contains(k));
-        for image in images {
-            if let Err(e) = self.indexed_executables(&image).await {
-                tracing::debug!(image, "cannot scan: {e}");
+        if caller.uid == 0 {
+            for image in images {
+                if let Err(e) = self.indexed_executables(&image).await {
+                    tracing::debug!(image, "cannot scan: {e}");
+                }
             }
         }
-        let lines = self.providers(command);
+        let lines = self.providers(command, caller);
         if lines.is_empty() {
             error(format!("no image on this machine has {command} on its PATH"))
         } else {
@@ -270,7 +278,7 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// `provides` from the index alone: never waits on the engine.
-    pub(super) fn hint(&self, command: &str) -> Response {
+    pub(super) fn hint(&self, command: &str, caller: &Caller) -> Response {
         let snapshot = self.snapshot();
         // The versions the catalog offers of this name (or of `NAME@V`'s).
         let base = command.split_once('@').map_or(command, |(b, _)| b);
@@ -282,7 +290,7 @@ impl<B: ContainerBackend> Daemon<B> {
         if let Some(v) = versions {
             return Response::Done(v);
         }
-        let lines = self.providers(command);
+        let lines = self.providers(command, caller);
         if lines.is_empty() {
             error(format!("no indexed image has {command}"))
         } else {

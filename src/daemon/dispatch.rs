@@ -127,11 +127,11 @@ impl<B: ContainerBackend> Daemon<B> {
                 self.answer(conn, r)
             }
             Ok(Some((Request::Provides { command }, _))) => {
-                let r = self.provides(&command).await;
+                let r = self.provides(&command, &caller).await;
                 self.answer(conn, r)
             }
             Ok(Some((Request::Hint { command }, _))) => {
-                let r = self.hint(&command);
+                let r = self.hint(&command, &caller);
                 self.answer(conn, r)
             }
             Ok(Some((Request::View { command }, _))) => {
