@@ -71,6 +71,7 @@ impl<B: ContainerBackend> Daemon<B> {
         self.store.save_catalog(&catalog);
         let snapshot = Arc::new(Snapshot::new(&catalog));
         *self.snapshot.write().unwrap() = snapshot.clone();
+        self.pool.catalog_is(catalog.images.values());
         let changed = fs.set_commands(snapshot.commands.keys().map(String::as_str));
         let root = crate::fs::ROOT_INO;
         for name in &changed {

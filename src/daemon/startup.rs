@@ -394,6 +394,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         },
         Some(store.clone()),
     );
+    pool.catalog_is(catalog.images.values());
     let transitions = learn_from_earlier_runs(&pool, &store, &snapshot);
     let images: Vec<_> = snapshot.images.values().cloned().collect();
     let handed = match &inherited {

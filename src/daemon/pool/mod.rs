@@ -228,6 +228,8 @@ pub struct Pool<B> {
     cache: Mutex<policy::cache::Cache<String>>,
     /// When memory pressure last shed a container.
     last_shed: Mutex<Option<Instant>>,
+    /// The profiles the catalog names now (`None`: not told yet, all are).
+    listed: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl<B: ContainerBackend> Pool<B> {
@@ -242,7 +244,21 @@ impl<B: ContainerBackend> Pool<B> {
             facts: Facts::default(),
             cache: Mutex::default(),
             last_shed: Mutex::new(None),
+            listed: Mutex::new(None),
         }
+    }
+
+    /// The catalog now names these images: a profile of any other keeps no
+    /// idle container (the next reaper round removes it) and is never
+    /// pre-warmed; its running tools finish where they are.
+    pub fn catalog_is<'a>(&self, images: impl Iterator<Item = &'a ImageSpec>) {
+        let keys = images.map(|i| self.profile_key(i)).collect();
+        *self.listed.lock().unwrap() = Some(keys);
+    }
+
+    /// Whether the catalog no longer names the slot's profile.
+    fn dropped(&self, slot: &Slot) -> bool {
+        self.listed.lock().unwrap().as_ref().is_some_and(|keys| !keys.contains(&slot.key))
     }
 
     /// What the profiles' links need to set up containers.
@@ -809,7 +825,14 @@ impl<B: ContainerBackend> Pool<B> {
             State::Absent => (Phase::Absent, slot.life.lock().unwrap().plan.clone()),
         };
         let reason = plan.as_ref().map_or("no plan", |p| p.reason.as_str());
-        match (policy::decide(phase, plan.as_ref(), now), state.clone()) {
+        let action = match policy::decide(phase, plan.as_ref(), now) {
+            // Nothing of a profile the catalog dropped is kept idle or brought back.
+            _ if self.dropped(slot) && matches!(phase, Phase::Idle | Phase::Paused) => Action::Remove,
+            Action::Prewarm if self.dropped(slot) => Action::Nothing,
+            action => action,
+        };
+        let reason = if self.dropped(slot) { "its image left the catalog" } else { reason };
+        match (action, state.clone()) {
             (Action::Pause, State::Warm { c, .. }) => {
                 self.backend.pause(&c.id).await?;
                 transition(&slot.name, state, State::Paused { c }, &format!("idle: paused ({reason})"));

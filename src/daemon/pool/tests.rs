@@ -137,3 +137,26 @@ async fn restart_adopts_current_profiles_and_removes_stale_ones() {
     assert_eq!(second.ensure(&a, "x").await.unwrap().served, Served::Warm);
     assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    let (kept, dropped) = (image("kept", KeepAlive::Fixed(Duration::from_secs(3600))), image("gone", KeepAlive::Fixed(Duration::from_secs(3600))));
+    pool.catalog_is([&*kept, &*dropped].into_iter());
+    drop(pool.ensure(&kept, "sh").await.unwrap());
+    drop(pool.ensure(&dropped, "sh").await.unwrap());
+    pool.reap().await;
+    assert!(fake.removed.lock().unwrap().is_empty(), "both are in the catalog and kept for an hour");
+    // The catalog drops one image; its container serves a tool: it stays
+    // until the tool ends, then goes at the next round. The other stays.
+    pool.catalog_is([&*kept].into_iter());
+    fake.running.store(1, Ordering::SeqCst);
+    pool.reap().await;
+    assert!(fake.removed.lock().unwrap().is_empty(), "removed while a tool ran");
+    fake.running.store(0, Ordering::SeqCst);
+    pool.reap().await;
+    assert_eq!(fake.removed.lock().unwrap().len(), 1);
+    assert_eq!(pool.ensure(&kept, "sh").await.unwrap().served, Served::Warm);
+}
