@@ -285,3 +285,22 @@ fn mandb_run_as_root_never_gives_the_share_to_man_db_s_user_and_man_still_finds_
     assert!(stdout(&o).lines().any(|l| l.starts_with("rg (1)")), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(m.log_text().matches(&said).count(), 1, "said once, before it was mapped");
 }
+
+#[test]
+fn man_finds_pages_that_debian_names_through_its_alternatives() {
+    let share_root = PathBuf::from(format!("/tmp/odfs-test-share-{}-{}", std::process::id(), SEQ_SHARE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
+    let _c = Cleanup(share_root.clone());
+    let share = share_root.join("share");
+    std::fs::create_dir_all(&share_root).unwrap();
+    std::fs::set_permissions(&share_root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // traceroute.1.gz and nc.1.gz are links to /etc/alternatives, which
+    // links to traceroute.db.1.gz and nc_openbsd.1.gz.
+    let catalog = "[image.nu]\nref = \"odfs/netutils:latest\"\nnetwork = \"none\"\ncommands = [\"traceroute\", \"nc\"]\n";
+    let m = TestMount::with_files(&[("n.toml", catalog)], &["--share-dir", share.to_str().unwrap()]);
+    std::os::unix::fs::symlink(&m.mnt, share_root.join("bin")).unwrap();
+    for (tool, words) in [("traceroute", "print the route packets trace"), ("nc", "arbitrary TCP and UDP connections")] {
+        assert!(served(&share, &format!("man/man1/{tool}.1.gz")), "no {tool} page");
+        let o = man(&share_root, &["-P", "cat", tool]);
+        assert!(stdout(&o).contains(words), "{tool}: {}{}", stdout(&o), stderr(&o));
+    }
+}

@@ -632,32 +632,19 @@ impl ContainerBackend for Docker {
         let client = self.client().await?;
         let created = self.scratch(reference, mount_id).await?;
         let result = async {
-            let io = |e: std::io::Error| BackendError::Engine(format!("cannot keep the image's documentation: {e}"));
             let mut docs = Vec::new();
             let mut budget = crate::share::MAX_IMAGE;
             let mut room = Room { bytes: crate::share::MAX_IMAGE, files: crate::share::MAX_FILES };
+            // Debian names many pages through its alternatives
+            // (`nc.1.gz` → `/etc/alternatives/nc.1.gz` → `nc_openbsd.1.gz`).
+            let (file, _) = self.download(&client, &created, "/etc/alternatives", 1 << 20, reference).await?;
+            let alternatives = tokio::task::spawn_blocking(move || alternatives_in(file)).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+            let alternatives = std::sync::Arc::new(alternatives);
             for (dir, kind) in crate::share::SOURCES {
-                let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(dir).build();
-                let mut stream = client.download_from_container(&created, Some(opts));
-                let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(io)?);
-                let mut size = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = match chunk {
-                        Ok(c) => c,
-                        Err(e) if is_not_found(&e) => break,
-                        Err(e) => return Err(self.classify(e)),
-                    };
-                    size += chunk.len() as u64;
-                    if size > budget {
-                        tracing::warn!(image = reference, dir, "documentation beyond {} MiB left out", crate::share::MAX_IMAGE >> 20);
-                        break;
-                    }
-                    tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(io)?;
-                }
+                let (file, size) = self.download(&client, &created, dir, budget, reference).await?;
                 budget = budget.saturating_sub(size);
-                tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io)?;
-                let (file, commands) = (file.into_std().await, commands.to_vec());
-                let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, &commands, room))
+                let (commands, alternatives) = (commands.to_vec(), alternatives.clone());
+                let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, dir, &commands, &alternatives, room))
                     .await
                     .map_err(|e| BackendError::Engine(e.to_string()))?
                     .map_err(|e| BackendError::Engine(format!("reading the image's {dir}: {e}")))?;
@@ -809,6 +796,33 @@ impl ContainerBackend for Docker {
 const MAX_ACCOUNTS_FILE: usize = 1 << 20;
 
 impl Docker {
+    /// Copy `dir` of the container `created` (a tar) into an unnamed file,
+    /// at most `limit` bytes (the rest is left out, with a warning); an
+    /// empty file when the image has no such directory. Returns the file,
+    /// at its start, and its size.
+    async fn download(&self, client: &bollard::Docker, created: &str, dir: &str, limit: u64, reference: &str) -> Result<(std::fs::File, u64), BackendError> {
+        let io = |e: std::io::Error| BackendError::Engine(format!("cannot keep the image's documentation: {e}"));
+        let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(dir).build();
+        let mut stream = client.download_from_container(created, Some(opts));
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(io)?);
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(self.classify(e)),
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                tracing::warn!(image = reference, dir, "{dir} beyond {} KiB left out", limit >> 10);
+                break;
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(io)?;
+        }
+        tokio::io::AsyncSeekExt::rewind(&mut file).await.map_err(io)?;
+        Ok((file.into_std().await, size))
+    }
+
     /// A container of `reference` that is created to be read and removed,
     /// never started: nothing from the image runs. It carries the mount's
     /// label, so one left behind by a crash is removed at the next start.
@@ -871,7 +885,51 @@ fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// name): regular files, and symlinks to another file of the same archive
 /// (Debian links one man page to another), by where [`crate::share::place`]
 /// puts them. The archive may be cut short.
-fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String], room: Room) -> std::io::Result<(Vec<crate::share::Doc>, Room)> {
+/// The links of an image's `/etc/alternatives` (a tar of it), by name,
+/// each target an absolute path; at most 10,000.
+fn alternatives_in(tar_file: std::fs::File) -> HashMap<String, String> {
+    let mut found = HashMap::new();
+    let mut archive = tar::Archive::new(std::io::BufReader::new(tar_file));
+    let Ok(entries) = archive.entries() else { return found };
+    for entry in entries.take(10_000) {
+        let Ok(entry) = entry else { break };
+        if entry.header().entry_type() != tar::EntryType::Symlink {
+            continue;
+        }
+        let (Ok(path), Ok(Some(target))) = (entry.path(), entry.link_name()) else { continue };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let target = std::path::Path::new("/etc/alternatives").join(target);
+        found.insert(name.to_string(), target.to_string_lossy().into_owned());
+    }
+    found
+}
+
+/// Where a link at `base` in the tree of `dir` leads, as a path in that
+/// tree: a relative target as it is; an absolute one when it is under
+/// `dir`, directly or through the image's alternatives (up to 8 links).
+fn within(dir: &str, base: &std::path::Path, target: &std::path::Path, alternatives: &HashMap<String, String>) -> Option<String> {
+    let mut target = target.to_path_buf();
+    for _ in 0..8 {
+        if target.is_relative() {
+            return Some(normalize(&base.join(&target)));
+        }
+        if let Ok(rest) = target.strip_prefix(dir) {
+            return Some(normalize(rest));
+        }
+        let name = target.strip_prefix("/etc/alternatives").ok()?.to_str()?;
+        target = std::path::PathBuf::from(alternatives.get(name)?);
+    }
+    None
+}
+
+fn docs_in(
+    tar_file: std::fs::File,
+    kind: crate::share::Kind,
+    dir: &str,
+    commands: &[String],
+    alternatives: &HashMap<String, String>,
+    room: Room,
+) -> std::io::Result<(Vec<crate::share::Doc>, Room)> {
     use std::io::{Read, Seek};
     let mut tar_file = tar_file;
     let mut room = room;
@@ -898,11 +956,10 @@ fn docs_in(tar_file: std::fs::File, kind: crate::share::Kind, commands: &[String
                 }
                 tar::EntryType::Symlink => {
                     let Ok(Some(target)) = entry.link_name() else { continue };
-                    if target.is_absolute() {
-                        continue;
-                    }
                     let base = std::path::Path::new(&path).parent().unwrap_or(std::path::Path::new(""));
-                    links.entry(normalize(&base.join(target))).or_default().push(to);
+                    if let Some(at) = within(dir, base, &target, alternatives) {
+                        links.entry(at).or_default().push(to);
+                    }
                 }
                 _ => {}
             }
@@ -996,4 +1053,32 @@ pub fn executables_in(tar_file: std::fs::File, path: &str) -> std::io::Result<Ve
     let mut out: Vec<String> = found.into_iter().filter(|(_, name, _)| seen.insert(name.clone())).map(|(_, _, full)| full).collect();
     out.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within;
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    #[test]
+    fn a_page_named_through_debian_s_alternatives_is_found_in_the_tree() {
+        let alt: HashMap<String, String> = [
+            ("nc.1.gz", "/usr/share/man/man1/nc_openbsd.1.gz"),
+            ("loop.1.gz", "/etc/alternatives/loop.1.gz"),
+            ("away.1.gz", "/opt/elsewhere/away.1.gz"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let dir = "/usr/share/man";
+        let at = |target: &str| within(dir, Path::new("man1"), Path::new(target), &alt);
+        assert_eq!(at("/etc/alternatives/nc.1.gz").as_deref(), Some("man1/nc_openbsd.1.gz"));
+        assert_eq!(at("jq.1.gz").as_deref(), Some("man1/jq.1.gz"));
+        assert_eq!(at("/usr/share/man/man8/x.8.gz").as_deref(), Some("man8/x.8.gz"));
+        // Outside the tree, unknown, or a loop of links: nothing.
+        for nowhere in ["/etc/alternatives/away.1.gz", "/etc/alternatives/none.1.gz", "/etc/alternatives/loop.1.gz", "/etc/passwd"] {
+            assert_eq!(at(nowhere), None, "{nowhere}");
+        }
+    }
 }
