@@ -54,7 +54,10 @@ while time.time() < until:
                     continue
             except OSError:
                 pass
-            os.kill(p, signal.SIGCONT)
+            try:
+                os.kill(p, signal.SIGCONT)
+            except OSError:
+                pass
 print(len(caught))
 "#;
 
@@ -235,7 +238,7 @@ fn stopping_the_agents_children_while_flooding_with_open_files_reaches_no_other_
     };
     let mut stopped = String::new();
     attack[1].stdout.take().unwrap().read_to_string(&mut stopped).unwrap();
-    let stopped: usize = stopped.trim().parse().unwrap();
+    let stopped: usize = stopped.trim().parse().unwrap_or_else(|_| panic!("the attacker's stopper did not finish: {stopped:?}"));
     assert!(stopped > 0, "the attack never caught a child before its exec");
     eprintln!("stopped {stopped} children; slowest victim call {slowest:?}; agent at most {} fds, {} threads", most.0, most.1);
     // Bounded: the attacker's places in the agent (16 starts with their
