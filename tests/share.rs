@@ -304,3 +304,39 @@ fn man_finds_pages_that_debian_names_through_its_alternatives() {
         assert!(stdout(&o).contains(words), "{tool}: {}{}", stdout(&o), stderr(&o));
     }
 }
+
+#[test]
+fn a_restarted_mount_serves_the_last_share_before_it_lists_a_command_and_nothing_of_a_dropped_image() {
+    let (mut m, root, share) = mount();
+    let _c = Cleanup(root.clone());
+    assert!(served(&share, "man/man1/rg.1.gz") && served(&share, "man/man1/jq.1.gz"));
+    let generation = std::fs::read_link(&share).unwrap();
+    m.stop();
+    assert!(std::fs::symlink_metadata(&share).is_err(), "a stopped mount serves no share");
+
+    // The mount is up (it lists rg) and, from that moment, man and bash
+    // completion find rg: the same generation, served before the mount,
+    // with no engine asked.
+    m.start(&["--share-dir", share.to_str().unwrap()]);
+    assert!(m.shim("rg").exists());
+    let o = man(&root, &["-w", "rg"]);
+    assert_eq!(stdout(&o).trim(), share.join("man/man1/rg.1.gz").display().to_string(), "{}\n{}", stderr(&o), m.log_text());
+    assert!(share.join("bash-completion/completions/rg").is_file());
+    assert!(stdout(&man(&root, &["-k", "recursively search"])).lines().any(|l| l.starts_with("rg (1)")), "its index too");
+    assert_eq!(std::fs::read_link(&share).unwrap(), generation);
+    // The first refresh finds the images unchanged: nothing is rewritten.
+    assert!(eventually(Duration::from_secs(30), || m.log_text().contains("man pages and completions unchanged")), "{}", m.log_text());
+    assert_eq!(std::fs::read_link(&share).unwrap(), generation, "{}", m.log_text());
+
+    // An image left the catalog while the mount was stopped: its pages are
+    // not served again, not even for a moment.
+    m.stop();
+    let without_jq = CATALOG.split_at(CATALOG.find("[image.v17]").unwrap()).0.replace("[image.data]\nref = \"odfs/data:latest\"\nnetwork = \"none\"\ncommands = [\"jq\"]\n", "");
+    assert!(!without_jq.contains("jq"));
+    std::fs::write(m.catalog.join("a.toml"), without_jq).unwrap();
+    m.start(&["--share-dir", share.to_str().unwrap()]);
+    assert!(!m.shim("jq").exists());
+    assert!(!share.join("man/man1/jq.1.gz").exists(), "a dropped image's page served again");
+    assert!(served(&share, "man/man1/rg.1.gz"));
+    assert!(!share.join("man/man1/jq.1.gz").exists());
+}

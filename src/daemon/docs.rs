@@ -10,6 +10,12 @@
 //! completion that reads it meanwhile sees the old tree or the new one,
 //! never half of one. Its man pages are indexed for `man -k` without ever
 //! giving man-db's `man` user a directory of it ([`index_in_place`]).
+//!
+//! A stop removes the symlink and keeps the generation, and the state
+//! directory keeps what made it (`docs/served`): the next start serves it
+//! again before the mount lists a command ([`Docs::restore`]), so `man` and
+//! completion answer from the first call on, and the first refresh
+//! replaces it only if the images or the catalog changed meanwhile.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,54 @@ use crate::share::{Doc, Layout};
 /// How often the images are looked at again without a reason.
 const REFRESH: Duration = Duration::from_secs(60);
 
+/// What a served generation was made of: a start that finds the catalog
+/// still mapping the same commands to the same images serves it again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Served {
+    /// The generation's directory name, beside the share directory.
+    generation: String,
+    /// Each image's part, by image name.
+    images: BTreeMap<String, Part>,
+}
+
+/// One image's part of a generation: what the catalog said of it, and the
+/// cache file its documents came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Part {
+    reference: String,
+    completions: bool,
+    commands: Vec<String>,
+    cache: String,
+}
+
+impl Part {
+    fn of(image: &crate::catalog::ImageSpec, commands: &[String]) -> Part {
+        Part { reference: image.reference.clone(), completions: image.completions, commands: commands.to_vec(), cache: String::new() }
+    }
+
+    /// The same catalog entry (whatever its cache file).
+    fn same_entry(&self, other: &Part) -> bool {
+        (&self.reference, self.completions, &self.commands) == (&other.reference, other.completions, &other.commands)
+    }
+}
+
+/// The catalog's images that have commands, each with its commands.
+type Wanted = BTreeMap<String, (Arc<crate::catalog::ImageSpec>, Vec<String>)>;
+
+fn wanted(snapshot: &crate::catalog::Snapshot) -> Wanted {
+    let mut by_image: Wanted = BTreeMap::new();
+    for (name, entry) in &snapshot.commands {
+        by_image.entry(entry.image.name.clone()).or_insert_with(|| (entry.image.clone(), Vec::new())).1.push(name.clone());
+    }
+    by_image
+}
+
+/// An image's documents as the share serves them: its completions only
+/// where its catalog entry allows them.
+fn add_part(layout: &mut Layout, docs: Vec<Doc>, completions: bool) {
+    docs.into_iter().filter(|d| completions || d.path.starts_with("man/")).for_each(|d| layout.add(d));
+}
+
 /// Where the share directory is served and where its pieces are kept.
 pub(super) struct Docs {
     /// The share directory (a symlink we own); `None`: not served.
@@ -37,6 +91,8 @@ pub(super) struct Docs {
     pub wake: tokio::sync::Notify,
     /// What is served now: an unchanged tree is not written again.
     served: std::sync::Mutex<Option<Layout>>,
+    /// What made the generation served now (kept in `STATE/docs/served`).
+    made_of: std::sync::Mutex<BTreeMap<String, Part>>,
     /// The warning that the share is no system manpath of man-db was given.
     unmapped_said: std::sync::atomic::AtomicBool,
 }
@@ -44,7 +100,7 @@ pub(super) struct Docs {
 
 impl Docs {
     pub fn new(dir: Option<PathBuf>, state: &Path) -> Docs {
-        Docs { dir, store: state.join("docs"), wake: tokio::sync::Notify::new(), served: Default::default(), unmapped_said: Default::default() }
+        Docs { dir, store: state.join("docs"), wake: tokio::sync::Notify::new(), served: Default::default(), made_of: Default::default(), unmapped_said: Default::default() }
     }
 
     fn cache_file(&self, image_id: &str, commands: &[String]) -> PathBuf {
@@ -58,44 +114,31 @@ impl Docs {
         self.store.join(key)
     }
 
+    fn served_file(&self) -> PathBuf {
+        self.store.join("served")
+    }
+
     fn read_cache(file: &Path) -> Option<Vec<Doc>> {
         postcard::from_bytes(&std::fs::read(file).ok()?).ok()
     }
 
     fn write_cache(file: &Path, docs: &[Doc]) -> std::io::Result<()> {
-        let bytes = postcard::to_stdvec(docs).map_err(std::io::Error::other)?;
-        std::fs::create_dir_all(file.parent().expect("in the store"))?;
-        let tmp = file.with_extension("new");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(tmp, file)
+        write_whole(file, &postcard::to_stdvec(docs).map_err(std::io::Error::other)?)
     }
 
     /// Serve `layout`: a new generation, the symlink moved to it, older
-    /// generations removed.
-    fn publish(&self, dir: &Path, layout: &Layout) -> std::io::Result<()> {
-        if let Ok(meta) = std::fs::symlink_metadata(dir) {
-            if !meta.file_type().is_symlink() {
-                return Err(std::io::Error::other(format!("{} exists and is not odfs's (odfs serves it as a symlink; move it away or give --share-dir)", dir.display())));
-            }
-        }
-        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-            return Err(std::io::Error::other(format!("{} cannot hold a share directory", dir.display())));
-        };
-        std::fs::create_dir_all(parent)?;
-        // Root writes and removes trees here: no one else may plant a name.
-        let meta = std::fs::metadata(parent)?;
-        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-            return Err(std::io::Error::other(format!("{} is not root's alone (owner uid {}, mode {:o}): a share directory there could be tampered with", parent.display(), meta.uid(), meta.mode() & 0o777)));
-        }
-        let prefix = format!(".{}.gen-", name.to_string_lossy());
+    /// generations removed. Returns the generation's name.
+    fn publish(&self, dir: &Path, layout: &Layout) -> std::io::Result<String> {
+        let (parent, name) = served_beside(dir)?;
+        let prefix = format!(".{name}.gen-");
         let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let generation = parent.join(format!("{prefix}{stamp}"));
-        layout.write(&generation)?;
+        let generation = format!("{prefix}{stamp}");
+        let path = parent.join(&generation);
+        layout.write(&path)?;
         // Where man-db keeps the index: its own cache for a manpath its
         // configuration maps (made once the tree is served, under the
         // share's name, which is what the map names), else the tree.
-        let config = std::fs::read_to_string(crate::share::MANDB_CONFIG).unwrap_or_default();
-        let mapped = crate::share::mandb_maps(&config, &dir.join("man"));
+        let mapped = mapped(dir);
         if !mapped {
             if !self.unmapped_said.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(
@@ -106,38 +149,122 @@ impl Docs {
                     crate::share::MANDB_CONFIG
                 );
             }
-            index_in_place(&generation)?;
+            index_in_place(&path)?;
         }
-        let link = parent.join(format!(".{}.new", name.to_string_lossy()));
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(generation.file_name().expect("named above"), &link)?;
-        std::fs::rename(&link, dir)?;
+        link(&parent, &name, &generation)?;
         if mapped {
             mandb(&dir.join("man"));
         }
-        for e in std::fs::read_dir(parent)?.flatten() {
-            if e.path() != generation && e.file_name().to_string_lossy().starts_with(&prefix) {
+        for e in std::fs::read_dir(&parent)?.flatten() {
+            if e.file_name().to_string_lossy() != generation && e.file_name().to_string_lossy().starts_with(&prefix) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
-        Ok(())
+        Ok(generation)
     }
 
-    /// Stop serving: the symlink and its generation go (the cache stays
-    /// for the next start).
+    /// What is served now is `layout`, in `generation`, made of `parts`:
+    /// kept for the next start.
+    fn record(&self, layout: Layout, generation: String, parts: BTreeMap<String, Part>) {
+        let served = Served { generation, images: parts.clone() };
+        let saved = postcard::to_stdvec(&served).map_err(std::io::Error::other).and_then(|b| write_whole(&self.served_file(), &b));
+        if let Err(e) = saved {
+            tracing::warn!("cannot keep what the share directory serves for the next start ({}): {e}", self.served_file().display());
+        }
+        *self.served.lock().unwrap() = Some(layout);
+        *self.made_of.lock().unwrap() = parts;
+    }
+
+    /// At start, before the mount lists a command: serve again the
+    /// generation the last run served, when the catalog still maps every
+    /// image of it as it did. No engine is asked and nothing is written but
+    /// a symlink; the first refresh brings what changed meanwhile (and
+    /// builds a new generation where an image of it left the catalog).
+    pub fn restore(&self, snapshot: &crate::catalog::Snapshot) {
+        let Some(dir) = &self.dir else { return };
+        let Some(served) = std::fs::read(self.served_file()).ok().and_then(|b| postcard::from_bytes::<Served>(&b).ok()) else { return };
+        let wanted = wanted(snapshot);
+        let mut layout = Layout::default();
+        for (name, part) in &served.images {
+            let still = wanted.get(name).is_some_and(|(image, commands)| Part::of(image, commands).same_entry(part));
+            let Some(docs) = still.then(|| Docs::read_cache(&self.store.join(&part.cache))).flatten() else { return };
+            add_part(&mut layout, docs, part.completions);
+        }
+        let linked = served_beside(dir).and_then(|(parent, name)| {
+            let meta = std::fs::symlink_metadata(parent.join(&served.generation))?;
+            if !meta.is_dir() || meta.uid() != 0 || !served.generation.starts_with(&format!(".{name}.gen-")) {
+                return Err(std::io::Error::other(format!("{} is no generation of odfs's", served.generation)));
+            }
+            // Indexed where man-db now looks: in the tree for a manpath
+            // it does not map, in its cache (made from a tree without one)
+            // for one it does.
+            if parent.join(&served.generation).join("man/index.db").exists() == mapped(dir) {
+                return Err(std::io::Error::other("man-db's map of the share changed"));
+            }
+            link(&parent, &name, &served.generation)
+        });
+        match linked {
+            Ok(()) => {
+                tracing::info!(files = layout.files.len(), dir = %dir.display(), "man pages and completions of the last run served again");
+                *self.served.lock().unwrap() = Some(layout);
+                *self.made_of.lock().unwrap() = served.images;
+            }
+            Err(e) => tracing::debug!(dir = %dir.display(), "the last run's man pages and completions are not served again: {e}"),
+        }
+    }
+
+    /// Stop serving: the symlink goes; its generation and the cache stay
+    /// for the next start (a directory only root can write, beside it).
     pub fn withdraw(&self) {
         let Some(dir) = &self.dir else { return };
         if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-            // Only a generation of ours, beside it.
-            let ours = |t: &Path| t.components().count() == 1 && t.to_string_lossy().contains(".gen-");
-            if let (Ok(target), Some(parent)) = (std::fs::read_link(dir), dir.parent()) {
-                if ours(&target) {
-                    let _ = std::fs::remove_dir_all(parent.join(target));
-                }
-            }
             let _ = std::fs::remove_file(dir);
         }
     }
+}
+
+/// Write `file` whole or not at all (a reader sees the old one or the new).
+fn write_whole(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(file.parent().expect("in the store"))?;
+    let tmp = file.with_extension("new");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, file)
+}
+
+/// The directory that holds the share directory `dir` and the share's
+/// name, once both are fit to serve it: `dir` is odfs's symlink or
+/// nothing, and no one but root can plant a name beside it.
+fn served_beside(dir: &Path) -> std::io::Result<(PathBuf, String)> {
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        if !meta.file_type().is_symlink() {
+            return Err(std::io::Error::other(format!("{} exists and is not odfs's (odfs serves it as a symlink; move it away or give --share-dir)", dir.display())));
+        }
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::Error::other(format!("{} cannot hold a share directory", dir.display())));
+    };
+    std::fs::create_dir_all(parent)?;
+    // Root writes and removes trees here: no one else may plant a name.
+    let meta = std::fs::metadata(parent)?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(format!("{} is not root's alone (owner uid {}, mode {:o}): a share directory there could be tampered with", parent.display(), meta.uid(), meta.mode() & 0o777)));
+    }
+    Ok((parent.to_path_buf(), name.to_string_lossy().into_owned()))
+}
+
+/// Whether man-db's configuration maps the share's `man` (its index is
+/// then in man-db's cache, not in the tree).
+fn mapped(dir: &Path) -> bool {
+    let config = std::fs::read_to_string(crate::share::MANDB_CONFIG).unwrap_or_default();
+    crate::share::mandb_maps(&config, &dir.join("man"))
+}
+
+/// Point the share directory `parent/name` at `generation`, in one rename.
+fn link(parent: &Path, name: &str, generation: &str) -> std::io::Result<()> {
+    let link = parent.join(format!(".{name}.new"));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(generation, &link)?;
+    std::fs::rename(&link, parent.join(name))
 }
 
 /// `man -k` and `apropos` read an index of the pages: made by man-db's
@@ -194,13 +321,9 @@ impl<B: ContainerBackend> Daemon<B> {
     /// from the image), for the commands the catalog maps to it.
     async fn refresh_docs(&self) {
         let Some(dir) = self.docs.dir.clone() else { return };
-        let snapshot = self.snapshot();
-        let mut by_image: BTreeMap<String, (Arc<crate::catalog::ImageSpec>, Vec<String>)> = BTreeMap::new();
-        for (name, entry) in &snapshot.commands {
-            by_image.entry(entry.image.name.clone()).or_insert_with(|| (entry.image.clone(), Vec::new())).1.push(name.clone());
-        }
         let mut layout = Layout::default();
-        for (image, commands) in by_image.values() {
+        let mut parts = BTreeMap::new();
+        for (name, (image, commands)) in wanted(&self.snapshot()) {
             let id = match self.pool.backend().image_id(&image.reference).await {
                 Ok(Some(id)) => id,
                 // Not here yet: its pages come once it is pulled.
@@ -210,10 +333,10 @@ impl<B: ContainerBackend> Daemon<B> {
                     continue;
                 }
             };
-            let file = self.docs.cache_file(&id, commands);
+            let file = self.docs.cache_file(&id, &commands);
             let docs = match Docs::read_cache(&file) {
                 Some(d) => d,
-                None => match self.pool.backend().image_docs(&image.reference, commands, self.pool.mount_id()).await {
+                None => match self.pool.backend().image_docs(&image.reference, &commands, self.pool.mount_id()).await {
                     Ok(d) => {
                         if let Err(e) = Docs::write_cache(&file, &d) {
                             tracing::warn!("documentation cache {}: {e}", file.display());
@@ -230,20 +353,30 @@ impl<B: ContainerBackend> Daemon<B> {
             // Completions are scripts the user's shell runs on the host: an
             // image whose catalog entry says `completions = false` gives
             // its man pages only.
-            docs.into_iter().filter(|d| image.completions || d.path.starts_with("man/")).for_each(|d| layout.add(d));
+            add_part(&mut layout, docs, image.completions);
+            let cache = file.file_name().expect("a file of the store").to_string_lossy().into_owned();
+            parts.insert(name, Part { cache, ..Part::of(&image, &commands) });
         }
-        if self.docs.served.lock().unwrap().as_ref() == Some(&layout) && std::fs::symlink_metadata(&dir).is_ok() {
-            return;
+        let unchanged = self.docs.served.lock().unwrap().as_ref() == Some(&layout);
+        if unchanged {
+            if let Ok(generation) = std::fs::read_link(&dir) {
+                // The same tree, perhaps from other cache files (an image
+                // rebuilt the same): the next start reads these.
+                if *self.docs.made_of.lock().unwrap() != parts {
+                    self.docs.record(layout, generation.to_string_lossy().into_owned(), parts);
+                }
+                tracing::debug!(dir = %dir.display(), "man pages and completions unchanged");
+                return;
+            }
         }
-        let store = self.docs.store.clone();
         let published = {
             let docs = &self.docs;
             tokio::task::block_in_place(|| docs.publish(&dir, &layout))
         };
         match published {
-            Ok(()) => {
-                tracing::info!(files = layout.files.len(), dir = %dir.display(), store = %store.display(), "man pages and completions served");
-                *self.docs.served.lock().unwrap() = Some(layout);
+            Ok(generation) => {
+                tracing::info!(files = layout.files.len(), dir = %dir.display(), store = %self.docs.store.display(), "man pages and completions served");
+                self.docs.record(layout, generation, parts);
             }
             Err(e) => tracing::warn!(dir = %dir.display(), "cannot serve man pages and completions: {e}"),
         }

@@ -442,6 +442,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         in_place: Default::default(),
     });
 
+    // Before the mount lists a command: `man` and completion answer at once.
+    daemon.docs.restore(&snapshot);
     crate::backend::docker::raise_nofile();
     let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel::<(String, crate::fs::Requester)>();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(&daemon), prewarm: prewarm_tx })));
