@@ -313,6 +313,9 @@ fn a_restarted_mount_serves_the_last_share_before_it_lists_a_command_and_nothing
     let generation = std::fs::read_link(&share).unwrap();
     m.stop();
     assert!(std::fs::symlink_metadata(&share).is_err(), "a stopped mount serves no share");
+    let store = m.state.join("docs");
+    let kept = || std::fs::read_dir(&store).unwrap().count();
+    let kept_before = kept();
 
     // The mount is up (it lists rg) and, from that moment, man and bash
     // completion find rg: the same generation, served before the mount,
@@ -339,4 +342,6 @@ fn a_restarted_mount_serves_the_last_share_before_it_lists_a_command_and_nothing
     assert!(!share.join("man/man1/jq.1.gz").exists(), "a dropped image's page served again");
     assert!(served(&share, "man/man1/rg.1.gz"));
     assert!(!share.join("man/man1/jq.1.gz").exists());
+    // And the state directory keeps no documents of it.
+    assert!(eventually(Duration::from_secs(30), || kept() == kept_before - 1), "{kept_before} → {}", kept());
 }

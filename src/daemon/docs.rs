@@ -171,6 +171,14 @@ impl Docs {
         if let Err(e) = saved {
             tracing::warn!("cannot keep what the share directory serves for the next start ({}): {e}", self.served_file().display());
         }
+        // Documents of images no longer served (updated, dropped) go: the
+        // store holds what the share serves, whatever the images' history.
+        let keep: std::collections::HashSet<_> = parts.values().map(|p| p.cache.as_str()).chain(["served"]).collect();
+        for e in std::fs::read_dir(&self.store).into_iter().flatten().flatten() {
+            if !keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         *self.served.lock().unwrap() = Some(layout);
         *self.made_of.lock().unwrap() = parts;
     }
