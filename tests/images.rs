@@ -6,7 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -393,7 +393,12 @@ fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use()
     let o = m.odfs(&["gc", "--dry-run", "--budget", &budget.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains(&format!("would remove image {} ({}", short(&ids[1]), refs[1])), "{}", stdout(&o));
-    assert!(!stdout(&o).contains(short(&ids[2])) && !stdout(&o).contains(short(&ids[0])), "{}", stdout(&o));
+    // Each image kept says why.
+    let kept = |o: &Output, id: &str, why: &str| stdout(o).lines().any(|l| l.starts_with(&format!("kept image {}", short(id))) && l.contains(why));
+    assert!(kept(&o, &ids[0], "in use by a container"), "{}", stdout(&o));
+    assert!(kept(&o, &ids[2], "within the age of 30 days"), "{}", stdout(&o));
+    assert!(kept(&o, &w, "cannot be had again"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(&format!("remove image {}", short(&ids[2]))) && !stdout(&o).contains(&format!("remove image {}", short(&ids[0]))), "{}", stdout(&o));
     assert!(docker(&["image", "inspect", &refs[1]]).status.success(), "--dry-run removes nothing");
     let o = m.odfs(&["gc", "--budget", &budget.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -408,12 +413,52 @@ fn odfs_gc_removes_the_least_recently_used_unneeded_image_and_keeps_one_in_use()
     let _ = m.odfs(&["stop", "w"]);
     let o = m.odfs(&["gc", "--dry-run", "--max-age", "0s"]);
     assert!(stdout(&o).contains(&format!("would remove image {}", short(&ids[2]))), "{}", stdout(&o));
-    assert!(!stdout(&o).contains(short(&ids[0])) && !stdout(&o).contains(short(&w)), "{}", stdout(&o));
+    assert!(kept(&o, &ids[0], "in use by a container") && kept(&o, &w, "cannot be had again"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(&format!("remove image {}", short(&ids[0]))) && !stdout(&o).contains(&format!("remove image {}", short(&w))), "{}", stdout(&o));
     // status shows the disk use per image.
     let status = stdout(&m.odfs(&["status"]));
     assert!(status.contains("disk: ") && status.contains(short(&ids[0])) && status.contains(&refs[0]), "{status}");
     let o = m.sh_cmd(&format!("setpriv --reuid=65534 --regid=65534 --clear-groups {} gc --socket {}", env!("CARGO_BIN_EXE_odfs"), m.socket.display())).output().unwrap();
     assert!(stderr(&o).contains("gc changes the system and needs root"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_dropped_image_s_warm_container_goes_at_once_and_gc_removes_the_image_but_not_one_someone_else_named() {
+    let mut registry = Registry::start();
+    let refs: Vec<String> = ["d", "e"].iter().map(|n| format!("{}/odfs-test/drop-{n}-{}:1", registry.addr, std::process::id())).collect();
+    registry.pushed.extend(refs.iter().cloned());
+    let ids: Vec<String> = refs
+        .iter()
+        .zip(["d", "e"])
+        .map(|(r, n)| {
+            let id = build_version(&registry.dir, r, n);
+            assert!(docker(&["push", r]).status.success());
+            id
+        })
+        .collect();
+    // Someone tags e for themselves.
+    let mine = format!("odfs-test/mine-{}:1", std::process::id());
+    let _mine = RemoveImage(mine.clone());
+    assert!(docker(&["tag", &refs[1], &mine]).status.success());
+    // Kept warm for an hour: only leaving the catalog ends them early.
+    let entry = |n: &str, r: &str| format!("[image.{n}]\nref = \"{r}\"\nnetwork = \"none\"\nkeep_alive = \"1h\"\n\n[command.{n}]\nimage = \"{n}\"\npath = \"/bin/sh\"\n\n");
+    let m = TestMount::new(&(entry("d", &refs[0]) + &entry("e", &refs[1])));
+    for n in ["d", "e"] {
+        assert_eq!(stdout(&m.sh(&format!(r#""$M/{n}" -c 'cat /version'"#))), format!("{n}\n"));
+    }
+    assert_eq!(m.containers().len(), 2);
+    std::fs::write(m.catalog.join("test.toml"), "").unwrap();
+    assert!(eventually(Duration::from_secs(10), || !m.mnt.join("d").exists()));
+    // The next reaper round (every half second) removes them.
+    assert!(eventually(Duration::from_secs(5), || m.containers().is_empty()), "{:?}\n{}", m.containers(), m.log_text());
+    let o = m.odfs(&["gc", "--max-age", "0s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&format!("removed image {} ({}", short(&ids[0]), refs[0])), "{}", stdout(&o));
+    assert!(!docker(&["image", "inspect", &refs[0]]).status.success(), "{}", stdout(&o));
+    let kept = format!("kept image {} (", short(&ids[1]));
+    let line = stdout(&o).lines().find(|l| l.starts_with(&kept)).map(String::from);
+    assert!(line.as_deref().is_some_and(|l| l.ends_with(&format!("also named {mine}, a name odfs did not give it"))), "{}", stdout(&o));
+    assert!(docker(&["image", "inspect", &mine]).status.success());
 }
 
 #[test]

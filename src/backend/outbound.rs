@@ -62,6 +62,19 @@ impl<'a> Reference<'a> {
         }
     }
 
+    /// Whether both name the same image name, however spelled
+    /// (`debian` and `docker.io/library/debian:latest`).
+    pub fn same_name(&self, other: &Reference) -> bool {
+        self.spelled() == other.spelled()
+    }
+
+    /// (registry, repository, suffix) with Docker Hub's `library/` and the
+    /// implied `:latest` made one spelling.
+    fn spelled(&self) -> (Option<&str>, &str, &str) {
+        let repository = if self.registry.is_none() { self.repository.strip_prefix("library/").unwrap_or(self.repository) } else { self.repository };
+        (self.registry, repository, if self.suffix.is_empty() { ":latest" } else { self.suffix })
+    }
+
     /// Pinned by digest: it names one image forever.
     pub fn pinned(&self) -> bool {
         self.suffix.starts_with('@')

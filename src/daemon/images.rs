@@ -39,12 +39,18 @@ pub struct Candidate {
     /// no name is left on it. A local build with a name and no recipe is
     /// someone's only copy, never removed.
     pub refetchable: bool,
+    /// Names on it that neither the catalog nor odfs's history gave it:
+    /// someone else's too, never removed.
+    pub other_names: Vec<String>,
 }
 
-/// What gc removes and why, and what it could not get under.
+/// What gc removes and why, what it keeps and why, and what it could not
+/// get under.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GcPlan {
     pub remove: Vec<(String, String)>,
+    /// Every other image, with the first reason it stays.
+    pub keep: Vec<(String, String)>,
     /// Said when the budget or the free space is still not met.
     pub short: Option<String>,
 }
@@ -68,12 +74,15 @@ pub fn human_bytes(b: u64) -> String {
 }
 
 fn ago(now_ms: i64, then_ms: i64) -> String {
-    let s = ((now_ms - then_ms).max(0) / 1000) as u64;
+    format!("{} ago", age(((now_ms - then_ms).max(0) / 1000) as u64))
+}
+
+fn age(s: u64) -> String {
     match s {
-        s if s >= 2 * 86_400 => format!("{} days ago", s / 86_400),
-        s if s >= 2 * 3600 => format!("{} hours ago", s / 3600),
-        s if s >= 120 => format!("{} minutes ago", s / 60),
-        s => format!("{s} s ago"),
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3600 => format!("{} hours", s / 3600),
+        s if s >= 120 => format!("{} minutes", s / 60),
+        s => format!("{s} s"),
     }
 }
 
@@ -85,7 +94,8 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
     let mut plan = GcPlan::default();
     let mut gone: HashSet<&str> = HashSet::new();
     let age_ms = (limits.max_age_s as i64).saturating_mul(1000);
-    for c in images.iter().filter(|c| !c.in_use && c.refetchable && now_ms - c.last_used_ms >= age_ms) {
+    let removable = |c: &&Candidate| !c.in_use && c.refetchable && c.other_names.is_empty();
+    for c in images.iter().filter(removable).filter(|c| now_ms - c.last_used_ms >= age_ms) {
         plan.remove.push((c.id.clone(), format!("unused since {}", ago(now_ms, c.last_used_ms))));
         gone.insert(&c.id);
     }
@@ -93,7 +103,7 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
     let freed = |gone: &HashSet<&str>| images.iter().filter(|c| gone.contains(c.id.as_str())).map(|c| c.size).sum::<u64>();
     let over = |gone: &HashSet<&str>| limits.budget.is_some_and(|b| held(gone) > b);
     let short = |gone: &HashSet<&str>| limits.disk.is_some_and(|(free, want)| free + freed(gone) < want);
-    let mut lru: Vec<&Candidate> = images.iter().filter(|c| !c.in_use && c.refetchable && !c.needed && !gone.contains(c.id.as_str())).collect();
+    let mut lru: Vec<&Candidate> = images.iter().filter(removable).filter(|c| !c.needed && !gone.contains(c.id.as_str())).collect();
     lru.sort_by_key(|c| c.last_used_ms);
     for c in lru {
         if !over(&gone) && !short(&gone) {
@@ -103,7 +113,21 @@ pub fn plan_gc(images: &[Candidate], now_ms: i64, limits: Limits) -> GcPlan {
         plan.remove.push((c.id.clone(), format!("{why}, least recently used (last {})", ago(now_ms, c.last_used_ms))));
         gone.insert(&c.id);
     }
-    let rest = "the rest are in use, needed by the catalog and used within image_max_age, or local builds that could not be had again";
+    for c in images.iter().filter(|c| !gone.contains(c.id.as_str())) {
+        let why = if c.in_use {
+            "in use by a container".to_string()
+        } else if !c.other_names.is_empty() {
+            format!("also named {}, a name odfs did not give it", c.other_names.join(", "))
+        } else if !c.refetchable {
+            "cannot be had again: a local build with no recipe in the catalog".to_string()
+        } else if c.needed {
+            format!("needed by the catalog, last used {}", ago(now_ms, c.last_used_ms))
+        } else {
+            format!("last used {}, within the age of {}", ago(now_ms, c.last_used_ms), age(limits.max_age_s))
+        };
+        plan.keep.push((c.id.clone(), why));
+    }
+    let rest = "the rest are in use, needed by the catalog and used within image_max_age, someone else's too, or local builds that could not be had again";
     if let (true, Some(b)) = (over(&gone), limits.budget) {
         plan.short = Some(format!("still {} over the image budget of {}: {rest}", human_bytes(held(&gone) - b), human_bytes(b)));
     } else if let (true, Some((free, want))) = (short(&gone), limits.disk) {
@@ -272,6 +296,11 @@ impl<B: ContainerBackend> Daemon<B> {
                 needed.insert(i.id);
             }
         }
+        let snapshot = self.snapshot();
+        // The catalog's names, and those its images are pulled under from a
+        // mirror (a name the engine failed to drop after the pull).
+        let mirrored: Vec<String> = snapshot.images.values().flat_map(|i| self.outbound.mirrored(&i.reference)).collect();
+        let ours: Vec<&str> = snapshot.images.values().map(|i| i.reference.as_str()).chain(mirrored.iter().map(String::as_str)).collect();
         let in_use: HashSet<String> = holders.iter().map(|h| h.image_id.clone()).chain(self.pool.images_in_use().iter().map(|i| i.to_string())).collect();
         let mut out = Vec::new();
         for i in images {
@@ -286,13 +315,15 @@ impl<B: ContainerBackend> Daemon<B> {
             let Some(u) = uses.get(&i.id) else {
                 self.store.image_seen(&i.id, i.tags.first().map_or("", String::as_str));
                 let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id);
-                out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: true, size: i.size, last_used_ms: now_ms(), refetchable, id: i.id });
+                let other_names = others(&i.tags, &ours);
+                out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: true, size: i.size, last_used_ms: now_ms(), refetchable, other_names, id: i.id });
                 continue;
             };
             let tagged = backend.image_info(&i.id).await.ok().flatten().and_then(|x| x.tagged_ms);
             let last = [u.last_ms, Some(u.first_ms), tagged].into_iter().flatten().max().unwrap_or(0);
             let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id) || i.tags.is_empty();
-            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, refetchable, id: i.id });
+            let other_names = others(&i.tags, &ours.iter().copied().chain([u.reference.as_str()]).collect::<Vec<_>>());
+            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, refetchable, other_names, id: i.id });
         }
         Ok((out, holders))
     }
@@ -332,18 +363,25 @@ impl<B: ContainerBackend> Daemon<B> {
         };
         let plan = plan_gc(&images, now, limits);
         let mut freed = 0;
-        for (id, why) in &plan.remove {
-            let c = images.iter().find(|c| &c.id == id).expect("planned from these");
+        let named = |id: &str| {
+            let c = images.iter().find(|c| c.id == id).expect("planned from these");
             let name = if c.names.is_empty() { "untagged".to_string() } else { c.names.join(", ") };
+            (c.size, format!("{} ({name}, {})", short_id(id), human_bytes(c.size)))
+        };
+        for (id, why) in &plan.remove {
+            let (size, image) = named(id);
             if !dry_run {
                 if let Err(e) = backend.remove_image(id).await {
                     // In use since it was listed: it stays.
-                    lines.push(format!("kept image {} ({name}): {e}", short_id(id)));
+                    lines.push(format!("kept image {image}: {e}"));
                     continue;
                 }
-                freed += c.size;
+                freed += size;
             }
-            lines.push(format!("{verb} image {} ({name}, {}): {why}", short_id(id), human_bytes(c.size)));
+            lines.push(format!("{verb} image {image}: {why}"));
+        }
+        for (id, why) in &plan.keep {
+            lines.push(format!("kept image {}: {why}", named(id).1));
         }
         if !dry_run && !plan.remove.is_empty() {
             // The build cache unused for as long goes with them.
@@ -428,6 +466,14 @@ pub(super) async fn keep_collecting<B: ContainerBackend>(daemon: Arc<Daemon<B>>,
     }
 }
 
+/// The names among `tags` that none of `ours` (references as the catalog
+/// or the history spell them) gives. Podman lists a short name it made
+/// here as `localhost/NAME`.
+fn others(tags: &[String], ours: &[&str]) -> Vec<String> {
+    let ours_too = |t: &str| ours.iter().any(|o| Reference::parse(o).same_name(&Reference::parse(t)));
+    tags.iter().filter(|t| !ours_too(t) && !t.strip_prefix("localhost/").is_some_and(ours_too)).cloned().collect()
+}
+
 fn names(i: &ImageInfo) -> Vec<String> {
     if i.tags.is_empty() {
         i.digests.clone()
@@ -443,7 +489,7 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     fn image(id: &str, size: u64, days_ago: i64, in_use: bool, needed: bool) -> Candidate {
-        Candidate { id: id.into(), names: vec![], size, last_used_ms: 100 * DAY - days_ago * DAY, in_use, needed, refetchable: true }
+        Candidate { id: id.into(), names: vec![], size, last_used_ms: 100 * DAY - days_ago * DAY, in_use, needed, refetchable: true, other_names: vec![] }
     }
 
     fn removed(p: &GcPlan) -> Vec<&str> {
@@ -491,5 +537,38 @@ mod tests {
         assert!(p.remove[0].1.contains("nearly full"));
         let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: None, disk: Some((500, 100)) });
         assert!(p.remove.is_empty() && p.short.is_none());
+    }
+
+    #[test]
+    fn every_image_kept_says_why_and_one_someone_else_named_too_is_never_removed() {
+        let images = [
+            image("busy", 10, 90, true, true),
+            Candidate { other_names: vec!["mine:1".into()], ..image("shared", 10, 90, false, false) },
+            Candidate { refetchable: false, ..image("only", 10, 90, false, false) },
+            image("needed", 10, 2, false, true),
+            image("recent", 10, 2, false, false),
+            image("old", 10, 90, false, false),
+        ];
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: Some(0), disk: Some((0, 100)) });
+        assert_eq!(removed(&p), ["old", "recent"]);
+        let kept: Vec<(&str, &str)> = p.keep.iter().map(|(id, why)| (id.as_str(), why.as_str())).collect();
+        assert_eq!(
+            kept,
+            [
+                ("busy", "in use by a container"),
+                ("shared", "also named mine:1, a name odfs did not give it"),
+                ("only", "cannot be had again: a local build with no recipe in the catalog"),
+                ("needed", "needed by the catalog, last used 2 days ago"),
+            ]
+        );
+        let p = plan_gc(&images, 100 * DAY, Limits { max_age_s: 30 * 86_400, budget: None, disk: None });
+        assert!(p.keep.iter().any(|(id, why)| id == "recent" && why == "last used 2 days ago, within the age of 30 days"), "{:?}", p.keep);
+    }
+
+    #[test]
+    fn a_name_is_odfs_s_however_the_catalog_spells_it() {
+        let ours = ["debian", "docker.io/library/jq:1.7", "127.0.0.1:5000/t/x", "odfs/text"];
+        let tags = ["debian:latest", "jq:1.7", "127.0.0.1:5000/t/x:latest", "localhost/odfs/text:latest", "library/debian:12", "127.0.0.1:5001/t/x:latest", "mine:1"];
+        assert_eq!(others(&tags.map(String::from), &ours), ["library/debian:12", "127.0.0.1:5001/t/x:latest", "mine:1"]);
     }
 }
