@@ -338,6 +338,15 @@ impl<B: ContainerBackend> Pool<B> {
             .clone()
     }
 
+    /// A profile the catalog dropped, once no container is left: gone from
+    /// the pool (and `odfs status`). Not while anyone else holds the slot
+    /// (a call on its way in): the map and this tick's list are its only
+    /// holders, counted under the map's lock, which [`Pool::slot`] clones
+    /// under too.
+    fn forget(&self, slot: &Arc<Slot>) {
+        self.slots.remove_if(&slot.key, |_, s| Arc::ptr_eq(s, slot) && Arc::strong_count(s) == 2);
+    }
+
     /// Learn from calls of an earlier run (oldest first): each profile's
     /// history, so its plan is the one it had before a restart. Times are
     /// moved from the wall clock onto the pool's clock.
@@ -632,6 +641,10 @@ impl<B: ContainerBackend> Pool<B> {
             // Removed by its own plan this tick: no longer idle.
             if *state == State::Absent {
                 slot.idle.store(false, Ordering::SeqCst);
+                if self.dropped(slot) {
+                    drop(state);
+                    self.forget(slot);
+                }
             }
         }
         self.keep_within_budget(&slots).await;

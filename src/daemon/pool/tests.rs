@@ -159,4 +159,9 @@ async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_roun
     pool.reap().await;
     assert_eq!(fake.removed.lock().unwrap().len(), 1);
     assert_eq!(pool.ensure(&kept, "sh").await.unwrap().served, Served::Warm);
+    // Nothing of it is left to show; back in the catalog, it starts anew.
+    assert_eq!(pool.status().await.iter().map(|c| c.image.as_str()).collect::<Vec<_>>(), ["kept"]);
+    pool.catalog_is([&*kept, &*dropped].into_iter());
+    assert_eq!(pool.ensure(&dropped, "sh").await.unwrap().served, Served::Cold);
+    assert_eq!(pool.status().await.len(), 2);
 }
