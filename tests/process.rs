@@ -42,6 +42,24 @@ fn every_open_fd_reaches_the_tool() {
 }
 
 #[test]
+fn more_fds_than_a_call_can_pass_get_one_line_and_126_and_up_to_the_limit_all_arrive() {
+    let m = TestMount::new(CATALOG);
+    // 249 fds (stdio and 246 more, at 10..=255) reach the tool, each at its
+    // number; one more and the tool would miss one: it does not run.
+    let opens = |last: i32| (10..=last).map(|fd| format!("exec {fd}</dev/null; ")).collect::<String>();
+    let count = r#""$M/sh" -c 'ls /proc/self/fd | wc -l; [ -e /proc/self/fd/255 ] && echo 255 there'"#;
+    let o = m.sh_cmd(&format!("exec bash -c '{}{}'", opens(255), count.replace('\'', "'\\''"))).output().unwrap();
+    // ls's own directory fd is the one more.
+    assert_eq!(stdout(&o), "250\n255 there\n", "{}", stderr(&o));
+    let o = m.sh_cmd(&format!("exec bash -c '{}{}; echo \"status $?\"'", opens(256), count.replace('\'', "'\\''"))).output().unwrap();
+    assert_eq!(stdout(&o), "status 126\n", "{}", stderr(&o));
+    let err = stderr(&o);
+    let said: Vec<&str> = err.lines().collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with("odfs: sh: 250 open files") && said[0].contains("more than the 249 a call can pass"), "{said:?}");
+}
+
+#[test]
 fn a_reader_that_stops_ends_the_writer_at_once() {
     let m = TestMount::new(CATALOG);
     assert!(m.sh(r#""$M/true""#).status.success());

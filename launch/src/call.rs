@@ -170,8 +170,6 @@ fn inherited_fds() -> Vec<i32> {
         }
     }
     fds.sort_unstable();
-    // One place is the call's channel's.
-    fds.truncate(MAX_FDS - 1);
     fds
 }
 
@@ -250,6 +248,16 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
     // the terminal in raw mode and read keys another program is waiting for.
     let terminals: Vec<i32> = if tty::isatty(0) { fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect() } else { Vec::new() };
     fds.retain(|fd| !terminals.contains(fd));
+    // The tool gets every fd or does not run: one that could not pass
+    // would be a file its caller gave it and it does not have. One place
+    // of a call is its channel's.
+    if fds.len() > MAX_FDS - 1 {
+        return Err(fail(format!(
+            "{} open files are passed to it, more than the {} a call can pass; close the others, or mark them close-on-exec, before running it",
+            fds.len(),
+            MAX_FDS - 1
+        )));
+    }
     let term = terminals.first().copied();
     let tty = term.map(|t| tty::request(t, terminals.clone()));
     // Handlers first: a signal that arrives while the daemon starts the
