@@ -637,11 +637,11 @@ impl ContainerBackend for Docker {
             let mut room = Room { bytes: crate::share::MAX_IMAGE, files: crate::share::MAX_FILES };
             // Debian names many pages through its alternatives
             // (`nc.1.gz` → `/etc/alternatives/nc.1.gz` → `nc_openbsd.1.gz`).
-            let (file, _) = self.download(&client, &created, "/etc/alternatives", 1 << 20, reference).await?;
+            let (file, _) = self.download(client, &created, "/etc/alternatives", 1 << 20, reference).await?;
             let alternatives = tokio::task::spawn_blocking(move || alternatives_in(file)).await.map_err(|e| BackendError::Engine(e.to_string()))?;
             let alternatives = std::sync::Arc::new(alternatives);
             for (dir, kind) in crate::share::SOURCES {
-                let (file, size) = self.download(&client, &created, dir, budget, reference).await?;
+                let (file, size) = self.download(client, &created, dir, budget, reference).await?;
                 budget = budget.saturating_sub(size);
                 let (commands, alternatives) = (commands.to_vec(), alternatives.clone());
                 let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, dir, &commands, &alternatives, room))

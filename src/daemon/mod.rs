@@ -1,18 +1,20 @@
 //! The daemon behind `odfs mount`. A call goes through one file per stage:
 //! [`dispatch`] (who asks, which handler), [`exec`] (one exec request),
 //! [`pool`] (its container), [`link`] (the way to the container's agent),
-//! then the launcher. [`startup`] runs it all, from start to a shutdown
-//! that waits for every task; [`reload`] serves catalog edits; [`admin`]
+//! then the launcher. [`server`] runs it all in phases ([`boot`],
+//! [`inherit`], rounds of serving, a stop that waits for every task); [`reload`] serves catalog edits; [`admin`]
 //! and [`report`] answer the admin commands.
 
 mod accounts;
 mod admin;
+mod boot;
 mod call;
 mod dispatch;
 mod docs;
 mod exec;
 mod facts;
 mod images;
+mod inherit;
 mod link;
 mod listener;
 mod paths;
@@ -21,7 +23,7 @@ pub mod pool;
 mod reload;
 mod report;
 mod stamps;
-mod startup;
+mod server;
 mod systemd;
 mod takeover;
 
@@ -31,7 +33,8 @@ use std::sync::{Arc, RwLock};
 use crate::catalog::{Snapshot, Store};
 use pool::Pool;
 
-pub use startup::{mount_id, run};
+pub use boot::mount_id;
+pub use server::run;
 
 pub struct Daemon<B> {
     pool: Pool<B>,
