@@ -237,27 +237,7 @@ impl Screen for Stderr {
 }
 
 fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut Option<CallStamps>, closed: &[i32]) -> Result<Outcome, Failure> {
-    let mut fds = inherited_fds();
-    // The placeholders of closed stdio are the launcher's, not the caller's.
-    fds.retain(|fd| !closed.contains(fd));
-    // Pty mode when stdin is a terminal, as for an interactive program: the
-    // terminal fds are not passed, the tool gets a pty of its own in their
-    // place (a real controlling terminal in its container), and every other
-    // fd goes straight to the tool. With stdin elsewhere (`jq . < f | less`)
-    // even a terminal stderr is passed as it is: the launcher must not put
-    // the terminal in raw mode and read keys another program is waiting for.
-    let terminals: Vec<i32> = if tty::isatty(0) { fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect() } else { Vec::new() };
-    fds.retain(|fd| !terminals.contains(fd));
-    // The tool gets every fd or does not run: one that could not pass
-    // would be a file its caller gave it and it does not have. One place
-    // of a call is its channel's.
-    if fds.len() > MAX_FDS - 1 {
-        return Err(fail(format!(
-            "{} open files are passed to it, more than the {} a call can pass; close the others, or mark them close-on-exec, before running it",
-            fds.len(),
-            MAX_FDS - 1
-        )));
-    }
+    let (fds, terminals) = passed_fds(closed)?;
     let term = terminals.first().copied();
     let tty = term.map(|t| tty::request(t, terminals.clone()));
     // Handlers first: a signal that arrives while the daemon starts the
@@ -273,55 +253,79 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         trace: stamps.is_some(),
         channel: true,
     });
+    let answer = ask(socket, command, &req, &fds, &signals, stamps)?;
+    drop(req);
+    if let (Some(s), Some(daemon)) = (stamps.as_mut(), answer.daemon) {
+        s.handoff = sys::now_ns();
+        s.daemon = daemon.unwrap_or_default();
+    }
+    let bridge = match (term, answer.master) {
+        (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+        _ => None,
+    };
+    follow(command, &answer.agent, &signals, bridge, answer.relayed, stamps)
+    // The bridge, if any, has restored the terminal by now.
+}
+
+/// The fds the tool gets, and the terminals it gets a pty in place of.
+///
+/// Pty mode when stdin is a terminal, as for an interactive program: the
+/// terminal fds are not passed, the tool gets a pty of its own in their
+/// place (a real controlling terminal in its container), and every other
+/// fd goes straight to the tool. With stdin elsewhere (`jq . < f | less`)
+/// even a terminal stderr is passed as it is: the launcher must not put
+/// the terminal in raw mode and read keys another program is waiting for.
+fn passed_fds(closed: &[i32]) -> Result<(Vec<i32>, Vec<i32>), Failure> {
+    let mut fds = inherited_fds();
+    // The placeholders of closed stdio are the launcher's, not the caller's.
+    fds.retain(|fd| !closed.contains(fd));
+    let terminals: Vec<i32> = if tty::isatty(0) { fds.iter().copied().filter(|&fd| tty::isatty(fd)).collect() } else { Vec::new() };
+    fds.retain(|fd| !terminals.contains(fd));
+    // The tool gets every fd or does not run: one that could not pass
+    // would be a file its caller gave it and it does not have. One place
+    // of a call is its channel's.
+    if fds.len() > MAX_FDS - 1 {
+        return Err(fail(format!(
+            "{} open files are passed to it, more than the {} a call can pass; close the others, or mark them close-on-exec, before running it",
+            fds.len(),
+            MAX_FDS - 1
+        )));
+    }
+    Ok((fds, terminals))
+}
+
+/// Where the tool's end will be reported, once a daemon took the request.
+struct Answer {
+    /// The agent's end: the call's channel, or a relayed call's connection.
+    agent: Fd,
+    /// The pty master, in pty mode.
+    master: Option<Fd>,
+    relayed: bool,
+    /// The daemon's stamps: they come with a hand-off, not after a lost
+    /// request.
+    daemon: Option<Option<odfs_wire::stages::DaemonStamps>>,
+}
+
+/// What a call's channel said first.
+enum Channel {
+    /// An agent started the tool (with the pty master in pty mode).
+    Started(Option<Fd>),
+    /// It hung up without a word: no agent ever held it, nothing ran.
+    HungUp,
+}
+
+/// One try: the daemon's connection, the call's channel, and what the
+/// daemon answered (after any progress and notices).
+type Sent = (Fd, Fd, Result<Option<(Response, Vec<Fd>)>, frame::Error>);
+
+/// Send the request, again to the daemon that comes next when one went
+/// away without it, until one answers or the agent reports on the channel.
+fn ask(socket: &[u8], command: &str, req: &Request, fds: &[i32], signals: &Fd, stamps: &mut Option<CallStamps>) -> Result<Answer, Failure> {
     // Progress frames come first when the image has to be fetched.
     let mut fetching = Fetching::new(command, tty::isatty(2), Stderr);
     let mut lost = 0;
-    let (control, answer, channel) = loop {
-        let control = connect(socket).map_err(|e| {
-            fail(format!(
-                "daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)",
-                String::from_utf8_lossy(socket)
-            ))
-        })?;
-        // The call's channel: the agent gets the other end. Ours hangs up
-        // with no word on it only if no agent ever held that end, which
-        // tells a lost request (safe to send again) from a started tool.
-        let [ours, theirs] = sys::socketpair(sys::AF_UNIX, sys::SOCK_STREAM | sys::SOCK_CLOEXEC).map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
-        let (channel, theirs) = (Fd(ours), Fd(theirs));
-        if let Some(s) = stamps.as_mut() {
-            s.sent = sys::now_ns();
-        }
-        let mut attached = fds.clone();
-        attached.push(theirs.0);
-        let sent = frame::send(control.0, &req, &attached);
-        drop(theirs);
-        let answer = match sent {
-            Ok(()) => loop {
-                match frame::recv::<Response>(control.0) {
-                    Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
-                    Ok(Some((Response::Notice(text), _))) => say(command, &text),
-                    other => break other,
-                }
-            },
-            // Too large to be a frame: nothing was sent, and nothing will
-            // come back (the daemon waits for a request that never comes).
-            // As execve would answer E2BIG: one line, at once.
-            Err(frame::Error::Frame(odfs_wire::frame::Error::TooLarge(n))) => {
-                return Err(fail(format!(
-                    "argument list too long: the arguments and environment take {n} bytes, more than the {} a call can pass; pass fewer or shorter ones",
-                    odfs_wire::MAX_FRAME
-                )))
-            }
-            Err(e @ frame::Error::Encode) => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
-            // The daemon may have refused this connection before reading it
-            // (too many requests of this user, another namespace): its one
-            // line is waiting to be read.
-            Err(e) => match frame::recv::<Response>(control.0) {
-                Ok(Some((Response::Error(f), _))) => return Err(f),
-                _ if lost < LOST_RETRIES => Ok(None),
-                _ => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
-            },
-        };
+    loop {
+        let (_control, channel, answer) = send(socket, command, req, fds, stamps, &mut fetching, lost < LOST_RETRIES)?;
         // A daemon that went away with the request unanswered (killed, and
         // restarted by its service manager on the same listening socket;
         // killed before it read the request, the connection is reset).
@@ -329,68 +333,91 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         // If not, nothing ran: ask the daemon that comes next.
         use odfs_wire::frame::Error as F;
         if matches!(answer, Ok(None) | Err(frame::Error::Frame(F::Io(_) | F::Truncated))) {
-            match started_on(&channel, &signals) {
-                Ok(Some(started)) => break (control, Ok(None), Some((channel, started))),
-                Ok(None) if lost < LOST_RETRIES => {
+            match started_on(&channel, signals)? {
+                Channel::Started(master) => return Ok(Answer { agent: channel, master, relayed: false, daemon: None }),
+                Channel::HungUp if lost < LOST_RETRIES => {
                     lost += 1;
                     let _ = sys::poll(&mut [], 20 * lost.min(25));
                     continue;
                 }
-                Ok(None) => {}
-                Err(f) => return Err(f),
+                Channel::HungUp => {}
             }
         }
-        // A hand-off without an agent connection: the agent reports on
-        // the channel, starting with `Started` (and the pty master).
-        if let Ok(Some((Response::Handoff { .. }, got))) = &answer {
-            if got.is_empty() {
-                let started = started_on(&channel, &signals)?.ok_or_else(|| fail("the tool's channel closed before it started (see the daemon's log)".into()))?;
-                break (control, answer, Some((channel, started)));
+        return match answer {
+            // A hand-off without an agent connection: the agent reports on
+            // the channel, starting with `Started` (and the pty master).
+            Ok(Some((Response::Handoff { stamps, .. }, got))) if got.is_empty() => match started_on(&channel, signals)? {
+                Channel::Started(master) => Ok(Answer { agent: channel, master, relayed: false, daemon: Some(stamps) }),
+                Channel::HungUp => Err(fail("the tool's channel closed before it started (see the daemon's log)".into())),
+            },
+            Ok(Some((Response::Handoff { relayed, stamps, .. }, mut got))) => {
+                let agent = got.remove(0);
+                Ok(Answer { agent, master: got.pop(), relayed, daemon: Some(stamps) })
             }
-        }
-        break (control, answer, None);
-    };
-    drop(req);
-    drop(fetching);
-    // The agent's end: the channel, or a relayed call's connection. The
-    // daemon's stamps come with a hand-off, not after a lost request.
-    let (agent, master, relayed, daemon) = match (answer, channel) {
-        (answer, Some((channel, master))) => {
-            let daemon = match answer {
-                Ok(Some((Response::Handoff { stamps, .. }, _))) => Some(stamps),
-                _ => None,
-            };
-            (channel, master, false, daemon)
-        }
-        (Ok(Some((Response::Handoff { relayed, stamps, .. }, mut got))), None) if !got.is_empty() => {
-            let agent = got.remove(0);
-            (agent, got.pop(), relayed, Some(stamps))
-        }
-        (Ok(Some((Response::Error(f), _))), None) => return Err(f),
-        (Ok(Some(_)), None) => return Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
-        (Ok(None), None) => return Err(fail("the daemon closed the connection without an answer (see its log)".into())),
-        (Err(e), None) => return Err(fail(format!("bad answer from the daemon: {e}"))),
-    };
-    if let (Some(s), Some(daemon)) = (stamps.as_mut(), daemon) {
-        s.handoff = sys::now_ns();
-        s.daemon = daemon.unwrap_or_default();
+            Ok(Some((Response::Error(f), _))) => Err(f),
+            Ok(Some(_)) => Err(fail("unexpected answer from the daemon (is it another version of odfs?)".into())),
+            Ok(None) => Err(fail("the daemon closed the connection without an answer (see its log)".into())),
+            Err(e) => Err(fail(format!("bad answer from the daemon: {e}"))),
+        };
     }
-    let bridge = match (term, master) {
-        (Some(t), Some(master)) => Some(Bridge::new(t, master)),
-        _ => None,
+}
+
+/// Send the request once, with the caller's fds and the call's channel,
+/// and read the daemon's answer. A request that cannot be sent whole is
+/// the caller's one line at once; one the daemon may not have read is
+/// `Ok(None)` while `retry` allows another try.
+fn send(socket: &[u8], command: &str, req: &Request, fds: &[i32], stamps: &mut Option<CallStamps>, fetching: &mut Fetching<Stderr>, retry: bool) -> Result<Sent, Failure> {
+    let control = connect(socket)
+        .map_err(|e| fail(format!("daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)", String::from_utf8_lossy(socket))))?;
+    // The call's channel: the agent gets the other end. Ours hangs up
+    // with no word on it only if no agent ever held that end, which
+    // tells a lost request (safe to send again) from a started tool.
+    let [ours, theirs] = sys::socketpair(sys::AF_UNIX, sys::SOCK_STREAM | sys::SOCK_CLOEXEC).map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
+    let (channel, theirs) = (Fd(ours), Fd(theirs));
+    if let Some(s) = stamps.as_mut() {
+        s.sent = sys::now_ns();
+    }
+    let mut attached = fds.to_vec();
+    attached.push(theirs.0);
+    let sent = frame::send(control.0, req, &attached);
+    drop(theirs);
+    let answer = match sent {
+        Ok(()) => loop {
+            match frame::recv::<Response>(control.0) {
+                Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
+                Ok(Some((Response::Notice(text), _))) => say(command, &text),
+                other => break other,
+            }
+        },
+        // Too large to be a frame: nothing was sent, and nothing will
+        // come back (the daemon waits for a request that never comes).
+        // As execve would answer E2BIG: one line, at once.
+        Err(frame::Error::Frame(odfs_wire::frame::Error::TooLarge(n))) => {
+            return Err(fail(format!(
+                "argument list too long: the arguments and environment take {n} bytes, more than the {} a call can pass; pass fewer or shorter ones",
+                odfs_wire::MAX_FRAME
+            )))
+        }
+        Err(e @ frame::Error::Encode) => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
+        // The daemon may have refused this connection before reading it
+        // (too many requests of this user, another namespace): its one
+        // line is waiting to be read.
+        Err(e) => match frame::recv::<Response>(control.0) {
+            Ok(Some((Response::Error(f), _))) => return Err(f),
+            _ if retry => Ok(None),
+            _ => return Err(fail(format!("cannot send the request to the daemon: {e}"))),
+        },
     };
-    drop(control);
-    follow(command, &agent, &signals, bridge, relayed, stamps)
-    // The bridge, if any, has restored the terminal by now.
+    Ok((control, channel, answer))
 }
 
 /// The first word on a call's channel: `Started` (with the pty master in pty
-/// mode), or `None` when it hung up without one: no agent took it, the tool
-/// never started. An agent that refused the tool says why. A terminating
+/// mode), or a hang-up without one: no agent took it, the tool never
+/// started. An agent that refused the tool says why. A terminating
 /// signal that comes first (the tool's start hangs, the daemon that would
 /// have timed it out is gone) ends the call; the agent kills a tool that
 /// starts after, its channel gone. Other signals wait for the tool.
-fn started_on(channel: &Fd, signals: &Fd) -> Result<Option<Option<Fd>>, Failure> {
+fn started_on(channel: &Fd, signals: &Fd) -> Result<Channel, Failure> {
     let mut kept = Vec::new();
     let ended = loop {
         let mut pfds = [Pollfd { fd: channel.0, events: POLLIN, revents: 0 }, Pollfd { fd: signals.0, events: POLLIN, revents: 0 }];
@@ -409,10 +436,10 @@ fn started_on(channel: &Fd, signals: &Fd) -> Result<Option<Option<Fd>>, Failure>
         return Err(Failure { message: format!("signal {sig} before the tool started"), exit_code: 128 + sig });
     }
     match frame::recv::<AgentEvent>(channel.0) {
-        Ok(Some((AgentEvent::Started { .. }, mut got))) => Ok(Some(got.pop())),
+        Ok(Some((AgentEvent::Started { .. }, mut got))) => Ok(Channel::Started(got.pop())),
         Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
         Ok(Some(_)) => Err(fail("unexpected first word from the agent (is it another version of odfs?)".into())),
-        Ok(None) => Ok(None),
+        Ok(None) => Ok(Channel::HungUp),
         Err(e) => Err(fail(format!("bad word from the agent: {e}"))),
     }
 }
@@ -449,33 +476,7 @@ fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, r
             }
         }
         if ready[1] {
-            let mut buf = [0u8; 64];
-            let n = sys::read(signals.0, &mut buf).unwrap_or(0);
-            for &sig in &buf[..n] {
-                let sig = i32::from(sig);
-                match sig {
-                    SIGWINCH => {
-                        if let Some(ws) = bridge.as_ref().and_then(|r| r.sync_size()) {
-                            // A relayed call's pty is on another machine.
-                            if relayed {
-                                let _ = frame::send(agent.0, &AgentRequest::Resize { rows: ws.rows, cols: ws.cols }, &[]);
-                            }
-                        }
-                    }
-                    SIGCONT => {
-                        // Resumed (`fg` or `bg`): take the terminal back if
-                        // we are in the foreground now, and resume the tool.
-                        if let Some(r) = bridge.as_mut() {
-                            r.enter();
-                        }
-                        let _ = frame::send(agent.0, &AgentRequest::Continue, &[]);
-                    }
-                    // A failed send means the agent is gone; the read below says how.
-                    _ => {
-                        let _ = frame::send(agent.0, &AgentRequest::Signal(sig), &[]);
-                    }
-                }
-            }
+            forward_signals(signals, agent, bridge.as_mut(), relayed);
         }
         if ready[0] {
             let event = frame::recv::<AgentEvent>(agent.0);
@@ -506,22 +507,60 @@ fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, r
                 }
             }
             drop(bridge);
-            return match event {
-                Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
-                Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
-                Ok(Some((AgentEvent::Killed { signal, reason }, _))) => {
-                    say(command, &reason);
-                    Ok(Outcome::Signal(signal))
-                }
-                Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
-                Ok(Some(_)) => Err(fail("unexpected message from the agent (is it another version of odfs?)".into())),
-                Ok(None) | Err(_) if relayed => Err(Failure::with_status(
-                    "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped",
-                    128 + SIGKILL,
-                )),
-                Ok(None) | Err(_) => Err(Failure::with_status("the tool's container stopped while the tool ran (removed or killed?)", 128 + SIGKILL)),
-            };
+            return ended(command, event, relayed);
         }
+    }
+}
+
+/// Pass the signals the launcher caught to the tool, and act on those it
+/// handles itself (terminal size, resuming after a stop).
+fn forward_signals(signals: &Fd, agent: &Fd, mut bridge: Option<&mut Bridge>, relayed: bool) {
+    let mut buf = [0u8; 64];
+    let n = sys::read(signals.0, &mut buf).unwrap_or(0);
+    for &sig in &buf[..n] {
+        let sig = i32::from(sig);
+        match sig {
+            SIGWINCH => {
+                if let Some(ws) = bridge.as_ref().and_then(|r| r.sync_size()) {
+                    // A relayed call's pty is on another machine.
+                    if relayed {
+                        let _ = frame::send(agent.0, &AgentRequest::Resize { rows: ws.rows, cols: ws.cols }, &[]);
+                    }
+                }
+            }
+            SIGCONT => {
+                // Resumed (`fg` or `bg`): take the terminal back if we are
+                // in the foreground now, and resume the tool.
+                if let Some(r) = bridge.as_mut() {
+                    r.enter();
+                }
+                let _ = frame::send(agent.0, &AgentRequest::Continue, &[]);
+            }
+            // A failed send means the agent is gone; the read of its
+            // connection says how.
+            _ => {
+                let _ = frame::send(agent.0, &AgentRequest::Signal(sig), &[]);
+            }
+        }
+    }
+}
+
+/// How the call ends, from the agent's last word (or its silence).
+fn ended(command: &str, event: Result<Option<(AgentEvent, Vec<Fd>)>, frame::Error>, relayed: bool) -> Result<Outcome, Failure> {
+    match event {
+        Ok(Some((AgentEvent::Exited(code), _))) => Ok(Outcome::Exit(code)),
+        Ok(Some((AgentEvent::Signaled(sig), _))) => Ok(Outcome::Signal(sig)),
+        Ok(Some((AgentEvent::Killed { signal, reason }, _))) => {
+            say(command, &reason);
+            Ok(Outcome::Signal(signal))
+        }
+        Ok(Some((AgentEvent::Failed(f), _))) => Err(f),
+        Ok(Some(_)) => Err(fail("unexpected message from the agent (is it another version of odfs?)".into())),
+        Ok(None) | Err(_) if relayed => Err(Failure::with_status(
+            "the odfs daemon relaying this call to the remote engine stopped (restarted?); the tool there was stopped",
+            128 + SIGKILL,
+        )),
+        Ok(None) | Err(_) => Err(Failure::with_status("the tool's container stopped while the tool ran (removed or killed?)", 128 + SIGKILL)),
     }
 }
 
