@@ -13,15 +13,35 @@ use super::Agent;
 use crate::protocol::{AgentEvent, SpawnRequest, TtyRequest, EXIT_NOT_FOUND, EXIT_ODFS_ERROR};
 
 /// What the child reports through the exec-error pipe, in records of
-/// [`RECORD`] bytes: a stage it failed at (then the errno), or, in a traced
-/// call, that it is about to exec (then the time).
-const STAGE_READY: u8 = 0;
-const STAGE_IDENTITY: u8 = 1;
-const STAGE_CWD: u8 = 2;
-const STAGE_FDS: u8 = 3;
-const STAGE_EXEC: u8 = 4;
-const STAGE_TTY: u8 = 5;
+/// [`RECORD`] bytes: the stage it failed at (then the errno), or, in a
+/// traced call, that it is about to exec (`Ready`, then the time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(u8)]
+enum Stage {
+    Ready = 0,
+    Identity = 1,
+    Cwd = 2,
+    Fds = 3,
+    Exec = 4,
+    Tty = 5,
+}
+
+impl Stage {
+    fn of(byte: u8) -> Option<Stage> {
+        [Stage::Ready, Stage::Identity, Stage::Cwd, Stage::Fds, Stage::Exec, Stage::Tty].into_iter().find(|s| *s as u8 == byte)
+    }
+}
+
 const RECORD: usize = 9;
+
+/// What the exec-error pipe said before it closed.
+enum Report {
+    /// Closed on exec: the tool runs (`exec`: when the child was about to,
+    /// in a traced call).
+    Running { exec: Option<u64> },
+    /// The child failed at a stage, with an errno, and exited.
+    Failed(Stage, i32),
+}
 
 
 fn cstring(bytes: &[u8]) -> Result<CString, AgentEvent> {
@@ -124,152 +144,179 @@ pub(super) struct Spawned {
 /// that `start` holds (it lets them go once the child has its own).
 /// Returns the tool that runs, or the `Failed` event to send back.
 pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, start: &Start, flight: Arc<InFlight>) -> Result<Spawned, AgentEvent> {
-    let fds = start.raw_fds();
-    if fds.len() != req.fds.len() {
-        return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
-    }
-    let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
-    let mut env: Vec<CString> = req
-        .env
-        .iter()
-        .filter(|kv| !kv.starts_with(b"PATH="))
-        .map(|kv| cstring(kv))
-        .collect::<Result<_, _>>()?;
-    // The image's PATH, then the mount's shims: a tool finds the image's
-    // own programs first, and every other catalog tool after them.
-    let mut path_var = b"PATH=".to_vec();
-    path_var.extend_from_slice(&agent.path);
-    if let Some(tail) = &agent.path_tail {
-        path_var.push(b':');
-        path_var.extend_from_slice(tail);
-    }
-    env.push(cstring(&path_var)?);
-    let progs: Vec<CString> =
-        candidates(&req.program, &agent.path).iter().map(|p| cstring(p)).collect::<Result<_, _>>()?;
-    let cwd = cstring(&req.cwd)?;
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-    env_ptrs.push(std::ptr::null());
-    let groups: Vec<libc::gid_t> = req.identity.groups.clone();
-    let (uid, gid, caps) = (req.identity.uid, req.identity.gid, req.identity.caps);
-    let pty = match &req.tty {
-        Some(tty) => Some(open_pty(tty, uid, agent.tty_group)?),
-        None => None,
-    };
-    // The pty slave stands in for each fd that was a terminal in the caller.
-    let mut sources: Vec<i32> = fds;
-    let mut targets = req.fds.clone();
-    let slave = pty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd());
-    if let (Some(tty), true) = (&req.tty, slave >= 0) {
-        for &t in &tty.targets {
-            sources.push(slave);
-            targets.push(t);
-        }
-    }
-    if sources.len() > crate::protocol::MAX_FDS {
-        return Err(failed("too many file descriptors".into()));
-    }
-    // Fds are first parked above every target, so that moving them onto
-    // their targets cannot clobber one another; as low as that allows, to
-    // stay within the container's open-files limit.
-    let park_base = targets.iter().copied().max().unwrap_or(2).max(2) + 1;
-
+    let call = Prepared::new(agent, req, start)?;
+    let mut argv: Vec<*const libc::c_char> = call.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut env: Vec<*const libc::c_char> = call.env.iter().map(|a| a.as_ptr()).collect();
+    env.push(std::ptr::null());
     let mut pipe = [0i32; 2];
     // SAFETY: pipe2 fills the two-element array.
     if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(failed(format!("cannot create pipe: {}", std::io::Error::last_os_error())));
     }
     let (err_r, err_w) = (pipe[0], pipe[1]);
-
+    let (uid, gid) = (req.identity.uid, req.identity.gid);
     let args = ChildArgs {
         err_w,
-        ids: Ids { uid, gid, groups: &groups, caps, bounding: agent.inherited.bounding },
-        cwd: &cwd,
-        pty_slave: slave,
-        sources: &sources,
-        targets: &targets,
-        park_base,
-        progs: &progs,
-        argv: &argv_ptrs,
-        env: &env_ptrs,
+        ids: Ids { uid, gid, groups: &req.identity.groups, caps: req.identity.caps, bounding: agent.inherited.bounding },
+        cwd: &call.cwd,
+        pty_slave: call.pty.as_ref().map_or(-1, |(_, s)| s.as_raw_fd()),
+        sources: &call.sources,
+        targets: &call.targets,
+        park_base: call.park_base,
+        progs: &call.progs,
+        argv: &argv,
+        env: &env,
         ignored: agent.inherited.ignored,
         trace: req.trace,
     };
-    agent.registry.lock().unwrap().starting += 1;
-    let pid = {
-        let pid = if pty.is_some() {
-            // The pty path forks once more in the child (its session
-            // holder), which a child sharing our memory must not: a plain
-            // fork. It is the interactive path, where a fork's cost is not felt.
-            // SAFETY: the child only makes async-signal-safe calls (see child()).
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // SAFETY: in the child, with everything prepared above.
-                unsafe { child(&args) }
-            }
-            if pid > 0 {
-                start.forked(pid);
-            }
-            pid
-        } else {
-            spawn_vfork(&args, start.pid_slot())
-        };
-        let errno = std::io::Error::last_os_error();
-        // The child has its own copies (or there is no child).
-        start.release_fds();
-        let seen = agent.registry.lock().unwrap().started(pid, flight.clone());
-        agent.children.notify_all();
-        for (wait, at) in seen {
-            flight.waited(wait, at);
-        }
-        if pid < 0 {
-            // SAFETY: closing both pipe ends we own.
-            unsafe {
-                libc::close(err_w);
-                libc::close(err_r);
-            }
-            return Err(failed(format!("cannot start the tool: {errno}")));
-        }
-        pid
-    };
+    let cloned = clone_child(agent, &args, call.pty.is_some(), start, &flight);
     let forked = crate::protocol::stages::now_ns();
-    // SAFETY: closing our copy of the write end; the child has its own.
+    // SAFETY: closing our copy of the write end; the child has its own (or
+    // there is no child).
     unsafe { libc::close(err_w) };
-    let mut exec = 0;
-    let report = loop {
-        match read_record(err_r) {
-            Some(r) if r[0] == STAGE_READY => exec = u64::from_le_bytes(r[1..].try_into().unwrap_or_default()),
-            other => break other,
-        }
+    let report = match cloned {
+        Ok(pid) => Ok((pid, read_report(err_r))),
+        Err(e) => Err(failed(format!("cannot start the tool: {e}"))),
     };
     // SAFETY: closing the read end we own.
     unsafe { libc::close(err_r) };
+    let (pid, report) = report?;
     if start.killed() {
         return Err(failed(format!(
             "the tool did not start: it was held before its exec (a working directory that does not answer, or a stopped process) until the call was given up; {} was ended",
             String::from_utf8_lossy(&req.program)
         )));
     }
-    let Some(report) = report else {
+    match report {
         // The pipe closed on exec: the tool runs. Our slave copy goes now.
-        if exec == 0 {
-            exec = crate::protocol::stages::now_ns();
+        Report::Running { exec } => Ok(Spawned { pid, master: call.pty.map(|(master, _slave)| master), forked, exec: exec.unwrap_or_else(crate::protocol::stages::now_ns) }),
+        Report::Failed(stage, errno) => Err(stage_failure(agent, req, stage, errno)),
+    }
+}
+
+/// What a spawn needs, made before the child exists: in the child only
+/// raw syscalls on memory prepared here are allowed.
+struct Prepared {
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// Where the program may be: itself, or each entry of the image's PATH.
+    progs: Vec<CString>,
+    cwd: CString,
+    /// In pty mode, the master and the slave.
+    pty: Option<(OwnedFd, OwnedFd)>,
+    /// The fds to pass, and the numbers each gets in the tool.
+    sources: Vec<i32>,
+    targets: Vec<i32>,
+    /// Fds are first parked from here up, above every target.
+    park_base: i32,
+}
+
+impl Prepared {
+    fn new(agent: &Agent, req: &SpawnRequest, start: &Start) -> Result<Prepared, AgentEvent> {
+        let fds = start.raw_fds();
+        if fds.len() != req.fds.len() {
+            return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
         }
-        return Ok(Spawned { pid, master: pty.map(|(master, _slave)| master), forked, exec });
+        let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+        let mut env: Vec<CString> = req.env.iter().filter(|kv| !kv.starts_with(b"PATH=")).map(|kv| cstring(kv)).collect::<Result<_, _>>()?;
+        // The image's PATH, then the mount's shims: a tool finds the image's
+        // own programs first, and every other catalog tool after them.
+        let mut path_var = b"PATH=".to_vec();
+        path_var.extend_from_slice(&agent.path);
+        if let Some(tail) = &agent.path_tail {
+            path_var.push(b':');
+            path_var.extend_from_slice(tail);
+        }
+        env.push(cstring(&path_var)?);
+        let progs: Vec<CString> = candidates(&req.program, &agent.path).iter().map(|p| cstring(p)).collect::<Result<_, _>>()?;
+        let cwd = cstring(&req.cwd)?;
+        let pty = match &req.tty {
+            Some(tty) => Some(open_pty(tty, req.identity.uid, agent.tty_group)?),
+            None => None,
+        };
+        // The pty slave stands in for each fd that was a terminal in the caller.
+        let mut sources: Vec<i32> = fds;
+        let mut targets = req.fds.clone();
+        if let (Some(tty), Some((_, slave))) = (&req.tty, &pty) {
+            for &t in &tty.targets {
+                sources.push(slave.as_raw_fd());
+                targets.push(t);
+            }
+        }
+        if sources.len() > crate::protocol::MAX_FDS {
+            return Err(failed("too many file descriptors".into()));
+        }
+        // Fds are first parked above every target, so that moving them onto
+        // their targets cannot clobber one another; as low as that allows, to
+        // stay within the container's open-files limit.
+        let park_base = targets.iter().copied().max().unwrap_or(2).max(2) + 1;
+        Ok(Prepared { argv, env, progs, cwd, pty, sources, targets, park_base })
+    }
+}
+
+/// Start the child, and register it with the reaper (a failed start too:
+/// the reaper counts starts under way); `start` lets go of the caller's fds,
+/// which the child has its own copies of by then.
+fn clone_child(agent: &Agent, args: &ChildArgs, pty: bool, start: &Start, flight: &Arc<InFlight>) -> std::io::Result<i32> {
+    agent.registry.lock().unwrap().starting += 1;
+    let pid = if pty {
+        // The pty path forks once more in the child (its session holder),
+        // which a child sharing our memory must not: a plain fork. It is the
+        // interactive path, where a fork's cost is not felt.
+        // SAFETY: the child only makes async-signal-safe calls (see child()).
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: in the child, with everything prepared above.
+            unsafe { child(args) }
+        }
+        if pid > 0 {
+            start.forked(pid);
+        }
+        pid
+    } else {
+        spawn_vfork(args, start.pid_slot())
     };
-    let errno = i32::from_le_bytes([report[1], report[2], report[3], report[4]]);
+    let errno = std::io::Error::last_os_error();
+    start.release_fds();
+    let seen = agent.registry.lock().unwrap().started(pid, flight.clone());
+    agent.children.notify_all();
+    for (wait, at) in seen {
+        flight.waited(wait, at);
+    }
+    if pid < 0 {
+        return Err(errno);
+    }
+    Ok(pid)
+}
+
+/// Read the exec-error pipe to its end.
+fn read_report(err_r: i32) -> Report {
+    let mut exec = None;
+    loop {
+        let Some(r) = read_record(err_r) else { return Report::Running { exec } };
+        let stage = Stage::of(r[0]).unwrap_or(Stage::Exec);
+        if stage == Stage::Ready {
+            exec = Some(u64::from_le_bytes(r[1..].try_into().unwrap_or_default()));
+            continue;
+        }
+        return Report::Failed(stage, i32::from_le_bytes([r[1], r[2], r[3], r[4]]));
+    }
+}
+
+/// The caller's line for a child that failed at `stage` with `errno`.
+fn stage_failure(agent: &Agent, req: &SpawnRequest, stage: Stage, errno: i32) -> AgentEvent {
     let err = std::io::Error::from_raw_os_error(errno);
-    let cwd = String::from_utf8_lossy(&req.cwd);
+    let (uid, gid) = (req.identity.uid, req.identity.gid);
     let prog = String::from_utf8_lossy(&req.program);
-    Err(match report[0] {
-        STAGE_IDENTITY => failed(format!("cannot switch to uid {uid} gid {gid}: {err}")),
-        STAGE_CWD => failed(format!("cannot enter working directory {cwd}: {err}")),
-        STAGE_FDS => failed(format!("cannot pass file descriptors: {err}")),
-        STAGE_TTY => failed(format!("cannot make the pty the controlling terminal: {err}")),
+    match stage {
+        Stage::Identity => failed(format!("cannot switch to uid {uid} gid {gid}: {err}")),
+        Stage::Cwd => failed(format!("cannot enter working directory {}: {err}", String::from_utf8_lossy(&req.cwd))),
+        Stage::Fds => failed(format!("cannot pass file descriptors: {err}")),
+        Stage::Tty => failed(format!("cannot make the pty the controlling terminal: {err}")),
         _ if errno == libc::ENOENT => AgentEvent::Failed(crate::protocol::Failure::with_status(format!("{prog} not found in the image (searched {})", String::from_utf8_lossy(&agent.path)), EXIT_NOT_FOUND)),
         _ => failed(format!("cannot execute {prog}: {err}")),
-    })
+    }
 }
 
 /// One record from the exec-error pipe; `None` at its end (the exec closed it).
@@ -437,10 +484,10 @@ unsafe fn child(a: &ChildArgs) -> ! {
         Some(kept) => kept,
         None => libc::_exit(EXIT_ODFS_ERROR),
     };
-    let fail = |stage: u8| -> ! {
+    let fail = |stage: Stage| -> ! {
         let errno = *libc::__errno_location();
         let e = errno.to_le_bytes();
-        let msg: [u8; RECORD] = [stage, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
+        let msg: [u8; RECORD] = [stage as u8, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
         libc::write(err_w, msg.as_ptr().cast(), msg.len());
         libc::_exit(EXIT_ODFS_ERROR);
     };
@@ -452,7 +499,7 @@ unsafe fn child(a: &ChildArgs) -> ! {
         // The pty becomes the session's controlling terminal: /dev/tty works,
         // Ctrl-C, Ctrl-Z and window changes reach the tool.
         if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
-            fail(STAGE_TTY);
+            fail(Stage::Tty);
         }
         // Like a shell, this process stays as session leader and runs the
         // tool in its own foreground process group. A tool that led the
@@ -461,7 +508,7 @@ unsafe fn child(a: &ChildArgs) -> ! {
         // (SIGTSTP) for those.
         let tool = libc::fork();
         if tool < 0 {
-            fail(STAGE_TTY);
+            fail(Stage::Tty);
         }
         if tool > 0 {
             session_holder(tool, err_w);
@@ -474,23 +521,23 @@ unsafe fn child(a: &ChildArgs) -> ! {
         libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
         libc::setpgid(0, 0);
         if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
-            fail(STAGE_TTY);
+            fail(Stage::Tty);
         }
     }
 
     if become_caller(ids).is_err() {
-        fail(STAGE_IDENTITY);
+        fail(Stage::Identity);
     }
     // After dropping privileges, so the caller's own rights decide.
     if libc::chdir(cwd.as_ptr()) != 0 {
-        fail(STAGE_CWD);
+        fail(Stage::Cwd);
     }
 
     // Each parked fd onto its target. Standard fds the caller did not have
     // stay closed (`park` closed them), as they would natively.
     for (i, &target) in targets.iter().enumerate() {
         if libc::dup2(parked[i], target) < 0 {
-            fail(STAGE_FDS);
+            fail(Stage::Fds);
         }
     }
 
@@ -510,7 +557,7 @@ unsafe fn child(a: &ChildArgs) -> ! {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
         let t = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).to_le_bytes();
-        let msg: [u8; RECORD] = [STAGE_READY, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+        let msg: [u8; RECORD] = [Stage::Ready as u8, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
         libc::write(err_w, msg.as_ptr().cast(), msg.len());
     }
     let mut last_errno = libc::ENOENT;
@@ -524,7 +571,7 @@ unsafe fn child(a: &ChildArgs) -> ! {
         }
     }
     *libc::__errno_location() = last_errno;
-    fail(STAGE_EXEC)
+    fail(Stage::Exec)
 }
 
 /// Keep only this call's fds in the child's table: `err_w`, the pty slave
