@@ -165,193 +165,181 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
     for (name, spanned) in raw.image {
         let line = line_of(text, spanned.span().start);
         let origin = format!("{}:{line}", file.display());
-        let img = spanned.into_inner();
-        if let Err(e) = validate_name(&name) {
-            errors.push(err(line, format!("image {e}")));
-            continue;
-        }
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            errors.push(err(line, format!("image name {name:?} may only hold letters, digits, '-', '_' and '.'")));
-            continue;
-        }
-        if img.reference.trim().is_empty() {
-            errors.push(err(line, format!("image {name}: `ref` is empty")));
-        }
-        let keep_alive = match KeepAlive::parse(&img.keep_alive) {
-            Ok(k) => k,
-            Err(e) => {
-                errors.push(err(line, format!("image {name}: {e}")));
-                continue;
-            }
-        };
-        let pause_after = match img.pause_after.as_deref().map(humantime::parse_duration) {
-            None => None,
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                errors.push(err(line, format!("image {name}: pause_after is not a duration like \"30s\": {e}")));
-                continue;
-            }
-        };
-        let limits = match Limits::parse(img.memory.as_deref(), img.cpus, img.pids) {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(err(line, format!("image {name}: {e}")));
-                continue;
-            }
-        };
-        // The recipe is checked now, so a typo shows at load, not at the
-        // first call on a machine without the image.
-        let build = img.build.as_deref().map(|b| file.parent().unwrap_or(Path::new(".")).join(b));
-        if let Some(dir) = &build {
-            if !dir.join("Dockerfile").is_file() {
-                errors.push(err(line, format!("image {name}: build recipe {} has no Dockerfile", dir.display())));
-            }
-        }
-        let mut absolute = |key: &str, dirs: &[String]| -> Vec<PathBuf> {
-            let mut out = Vec::new();
-            for dir in dirs {
-                if dir.starts_with('/') && dir != "/" && !dir.split('/').any(|c| c == "..") {
-                    out.push(PathBuf::from(dir));
-                } else {
-                    errors.push(err(line, format!("image {name}: {key} entry {dir:?} is not an absolute path below /")));
-                }
-            }
-            out
-        };
-        let remote_dirs = absolute("remote_dirs", &img.remote_dirs);
-        let scratch = absolute("scratch", &img.scratch);
-        for cap in &img.cap_add {
-            if super::model::capability(cap).is_none() {
-                errors.push(err(line, format!("image {name}: capability {cap:?} is not a Linux capability name like NET_RAW")));
-            }
-        }
-        if img.user == RunAs::Root && img.allow_groups.is_empty() {
-            errors.push(err(
-                line,
-                format!(
-                    "image {name}: user = \"root\" gives every caller root in its container (and as root in every host directory it sees): name the groups that may have it in allow_groups, or grant capabilities with cap_add to tools that run as the caller"
-                ),
-            ));
-        }
-        if img.pid == Some(PidMode::Host) && !super::model::shares_host_namespaces(img.user, &img.cap_add) {
-            errors.push(err(
-                line,
-                format!("image {name}: pid = \"host\" with user = \"root\" or a capability other than NET_RAW, NET_ADMIN, NET_BIND_SERVICE, NET_BROADCAST would let its tools act on other users' processes on the host: remove pid (such images get namespaces of their own)"),
-            ));
-        }
-        if let Some(v) = &img.version {
-            if let Err(e) = super::model::validate_version(v) {
-                errors.push(err(line, format!("image {name}: {e}")));
-            }
-        } else if img.default {
-            errors.push(err(line, format!("image {name}: default = true needs a version (the default of which versions?)")));
-        }
-        for dev in &img.devices {
-            if let Err(e) = super::model::validate_device(dev) {
-                errors.push(err(line, format!("image {name}: {e}")));
-            }
-        }
-        let gpus = match img.gpus.as_ref().map(super::model::Gpus::parse).transpose() {
-            Ok(g) => g,
-            Err(e) => {
-                errors.push(err(line, format!("image {name}: {e}")));
-                continue;
-            }
-        };
-        for cmd in &img.commands {
+        let mut img = spanned.into_inner();
+        let commands = std::mem::take(&mut img.commands);
+        let version = img.version.clone();
+        let mut said = Vec::new();
+        let spec = image_spec(&name, img, file, origin.clone(), &mut said);
+        errors.extend(said.into_iter().map(|m| err(line, m)));
+        let Some(spec) = spec else { continue };
+        for cmd in &commands {
             match CommandName::new(cmd) {
                 Ok(cname) => {
                     catalog.commands.insert(
-                        super::model::versioned(cmd, img.version.as_deref()),
+                        super::model::versioned(cmd, version.as_deref()),
                         CommandSpec { name: cname, image: name.clone(), path: None, args: vec![], env: vec![], origin: origin.clone() },
                     );
                 }
                 Err(e) => errors.push(err(line, format!("image {name}: command {e}"))),
             }
         }
-        versions.insert(name.clone(), img.version.clone());
-        catalog.images.insert(
-            name.clone(),
-            ImageSpec {
-                name,
-                reference: img.reference,
-                network: img.network,
-                user: img.user,
-                cap_add: img.cap_add,
-                keep_alive,
-                pause_after,
-                allow_groups: img.allow_groups,
-                limits,
-                build,
-                remote_dirs,
-                scratch,
-                pid: img.pid,
-                version: img.version,
-                default_version: img.default,
-                completions: img.completions,
-                gui: img.gui,
-                devices: img.devices,
-                gpus,
-                version_command: img.version_command,
-                origin,
-            },
-        );
+        versions.insert(name.clone(), version);
+        catalog.images.insert(name, spec);
     }
     for (name, spanned) in raw.command {
         let line = line_of(text, spanned.span().start);
-        let cmd = spanned.into_inner();
-        // `[command."jq@1.6"]` names its version; `[command.jq]` of an
-        // image of this file with a version is that version's.
-        let (base, named) = match name.split_once('@') {
-            Some((b, v)) => (b.to_string(), Some(v.to_string())),
-            None => (name.clone(), None),
-        };
-        let cname = match CommandName::new(&base) {
-            Ok(n) => n,
-            Err(e) => {
-                errors.push(err(line, format!("command {e}")));
-                continue;
-            }
-        };
-        // (An image of another file is checked once all are loaded.)
-        let key = match (named, versions.get(&cmd.image)) {
-            (Some(v), Some(image_v)) if image_v.as_deref() != Some(v.as_str()) => {
-                errors.push(err(line, format!("command {name}: image {} is not version {v}", cmd.image)));
-                continue;
-            }
-            (Some(_), _) => name.clone(),
-            (None, v) => super::model::versioned(&base, v.cloned().flatten().as_deref()),
-        };
-        if let Some(Err(e)) = cmd.path.as_deref().map(validate_path) {
-            errors.push(err(line, format!("command {name}: {e}")));
+        let mut said = Vec::new();
+        let entry = command_spec(&name, spanned.into_inner(), &versions, format!("{}:{line}", file.display()), &mut said);
+        errors.extend(said.into_iter().map(|m| err(line, m)));
+        if let Some((key, spec)) = entry {
+            catalog.commands.insert(key, spec);
         }
-        for var in &cmd.env {
-            if var.is_empty() || var.contains('=') {
-                errors.push(err(line, format!("command {name}: env entry {var:?} must be a variable name")));
-            } else if super::model::code_loading_variable(var) {
-                errors.push(err(
-                    line,
-                    format!("command {name}: env entry {var} makes the loader or an interpreter run other code and is never passed"),
-                ));
-            }
-        }
-        catalog.commands.insert(
-            key,
-            CommandSpec {
-                name: cname,
-                image: cmd.image,
-                path: cmd.path,
-                args: cmd.args,
-                env: cmd.env,
-                origin: format!("{}:{line}", file.display()),
-            },
-        );
     }
     if errors.is_empty() {
         Ok(catalog)
     } else {
         Err(errors)
     }
+}
+
+/// One `[image.NAME]` section checked, its problems said in `errors`;
+/// `None` when it cannot even be read as an image.
+fn image_spec(name: &str, img: RawImage, file: &Path, origin: String, errors: &mut Vec<String>) -> Option<ImageSpec> {
+    if let Err(e) = validate_name(name) {
+        errors.push(format!("image {e}"));
+        return None;
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        errors.push(format!("image name {name:?} may only hold letters, digits, '-', '_' and '.'"));
+        return None;
+    }
+    let mut said = |e: String| errors.push(format!("image {name}: {e}"));
+    if img.reference.trim().is_empty() {
+        said("`ref` is empty".into());
+    }
+    let keep_alive = KeepAlive::parse(&img.keep_alive).map_err(|e| said(e.to_string())).ok()?;
+    let pause_after = match img.pause_after.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            said(format!("pause_after is not a duration like \"30s\": {e}"));
+            return None;
+        }
+    };
+    let limits = Limits::parse(img.memory.as_deref(), img.cpus, img.pids).map_err(|e| said(e.to_string())).ok()?;
+    // The recipe is checked now, so a typo shows at load, not at the
+    // first call on a machine without the image.
+    let build = img.build.as_deref().map(|b| file.parent().unwrap_or(Path::new(".")).join(b));
+    if let Some(dir) = &build {
+        if !dir.join("Dockerfile").is_file() {
+            said(format!("build recipe {} has no Dockerfile", dir.display()));
+        }
+    }
+    let mut absolute = |key: &str, dirs: &[String]| -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for dir in dirs {
+            if dir.starts_with('/') && dir != "/" && !dir.split('/').any(|c| c == "..") {
+                out.push(PathBuf::from(dir));
+            } else {
+                said(format!("{key} entry {dir:?} is not an absolute path below /"));
+            }
+        }
+        out
+    };
+    let remote_dirs = absolute("remote_dirs", &img.remote_dirs);
+    let scratch = absolute("scratch", &img.scratch);
+    check_privileges(&img, &mut said);
+    if let Some(v) = &img.version {
+        if let Err(e) = super::model::validate_version(v) {
+            said(e.to_string());
+        }
+    } else if img.default {
+        said("default = true needs a version (the default of which versions?)".into());
+    }
+    for dev in &img.devices {
+        if let Err(e) = super::model::validate_device(dev) {
+            said(e.to_string());
+        }
+    }
+    let gpus = img.gpus.as_ref().map(super::model::Gpus::parse).transpose().map_err(|e| said(e.to_string())).ok()?;
+    Some(ImageSpec {
+        name: name.to_string(),
+        reference: img.reference,
+        network: img.network,
+        user: img.user,
+        cap_add: img.cap_add,
+        keep_alive,
+        pause_after,
+        allow_groups: img.allow_groups,
+        limits,
+        build,
+        remote_dirs,
+        scratch,
+        pid: img.pid,
+        version: img.version,
+        default_version: img.default,
+        completions: img.completions,
+        gui: img.gui,
+        devices: img.devices,
+        gpus,
+        version_command: img.version_command,
+        origin,
+    })
+}
+
+/// What an image may give its callers beyond their own privileges: only
+/// what the catalog says, and never what reaches other users.
+fn check_privileges(img: &RawImage, said: &mut impl FnMut(String)) {
+    for cap in &img.cap_add {
+        if super::model::capability(cap).is_none() {
+            said(format!("capability {cap:?} is not a Linux capability name like NET_RAW"));
+        }
+    }
+    if img.user == RunAs::Root && img.allow_groups.is_empty() {
+        said("user = \"root\" gives every caller root in its container (and as root in every host directory it sees): name the groups that may have it in allow_groups, or grant capabilities with cap_add to tools that run as the caller".into());
+    }
+    if img.pid == Some(PidMode::Host) && !super::model::shares_host_namespaces(img.user, &img.cap_add) {
+        said("pid = \"host\" with user = \"root\" or a capability other than NET_RAW, NET_ADMIN, NET_BIND_SERVICE, NET_BROADCAST would let its tools act on other users' processes on the host: remove pid (such images get namespaces of their own)".into());
+    }
+}
+
+/// One `[command.NAME]` section checked, its problems said in `errors`:
+/// the name it is listed under and what it runs. `versions`: this file's
+/// images' versions (an image of another file is checked once all are
+/// loaded).
+fn command_spec(name: &str, cmd: RawCommand, versions: &BTreeMap<String, Option<String>>, origin: String, errors: &mut Vec<String>) -> Option<(String, CommandSpec)> {
+    // `[command."jq@1.6"]` names its version; `[command.jq]` of an
+    // image of this file with a version is that version's.
+    let (base, named) = match name.split_once('@') {
+        Some((b, v)) => (b.to_string(), Some(v.to_string())),
+        None => (name.to_string(), None),
+    };
+    let cname = match CommandName::new(&base) {
+        Ok(n) => n,
+        Err(e) => {
+            errors.push(format!("command {e}"));
+            return None;
+        }
+    };
+    let key = match (named, versions.get(&cmd.image)) {
+        (Some(v), Some(image_v)) if image_v.as_deref() != Some(v.as_str()) => {
+            errors.push(format!("command {name}: image {} is not version {v}", cmd.image));
+            return None;
+        }
+        (Some(_), _) => name.to_string(),
+        (None, v) => super::model::versioned(&base, v.cloned().flatten().as_deref()),
+    };
+    if let Some(Err(e)) = cmd.path.as_deref().map(validate_path) {
+        errors.push(format!("command {name}: {e}"));
+    }
+    for var in &cmd.env {
+        if var.is_empty() || var.contains('=') {
+            errors.push(format!("command {name}: env entry {var:?} must be a variable name"));
+        } else if super::model::code_loading_variable(var) {
+            errors.push(format!("command {name}: env entry {var} makes the loader or an interpreter run other code and is never passed"));
+        }
+    }
+    Some((key, CommandSpec { name: cname, image: cmd.image, path: cmd.path, args: cmd.args, env: cmd.env, origin }))
 }
 
 /// Load every `*.toml` file of every directory, in directory order then file
