@@ -2,6 +2,7 @@
 //! agent, list and remove the ones a mount owns. [`docker::Docker`] talks to
 //! the Docker Engine API; [`fake::Fake`] records calls for pool logic tests.
 
+mod archive;
 pub mod docker;
 pub mod engine;
 mod images;
