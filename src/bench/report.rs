@@ -33,7 +33,6 @@ fn check(ok: bool) -> &'static str {
 pub fn markdown(r: &Results, machine: &str) -> String {
     let header = ["candidate", "n", "median", "p90", "ratio"];
     let native = &r.warm[0];
-    let (shim, exec) = (&r.warm[1], &r.warm[2]);
     let mut out = format!("Machine: {machine}\n\n");
 
     out += "### 1. Warm call of `true` (ratio: to native)\n\n";
@@ -74,19 +73,7 @@ pub fn markdown(r: &Results, machine: &str) -> String {
     };
 
     out += "\n### 7. Remote engine: the relay path against the local fd path\n\n";
-    out += &match &r.remote {
-        Some(rr) => {
-            let mut t = format!("Remote engine: {} (loopback TCP with TLS).\n\nWarm call of `true` (ratio: to the local fd path):\n\n", rr.engine);
-            t += &markdown_table(&header, &rr.warm.iter().map(|m| row(m, "ms", Some(&rr.warm[0]))).collect::<Vec<_>>());
-            t += "\nStdio throughput through `cat` (MB/s; ratio: to the local fd path):\n\n";
-            t += &markdown_table(&header, &rr.stdio.iter().map(|m| row(m, "MB/s", Some(&rr.stdio[0]))).collect::<Vec<_>>());
-            t += &format!("\nCalls of `true` per second, {} concurrent callers:\n\n", rr.parallel);
-            let rows: Vec<Vec<String>> = rr.calls_per_s.iter().map(|(name, v)| vec![name.clone(), format!("{v:.0} calls/s")]).collect();
-            t += &markdown_table(&["path", "throughput"], &rows);
-            t
-        }
-        None => "not measured: no remote engine given (`--remote`).\n".to_string(),
-    };
+    out += &remote(r.remote.as_ref(), &header);
 
     let (calls, loops) = r.loops.first().map_or((0, 0), |l| (l.calls, l.native.samples.len()));
     out += &format!("\n### 8. Loops of {calls} calls of `true` (ms per call, {loops} loop(s) each; ratio: to native)\n\n");
@@ -94,6 +81,33 @@ pub fn markdown(r: &Results, machine: &str) -> String {
     out += &markdown_table(&header, &rows);
 
     out += "\n### Targets\n\n";
+    out += &targets(r);
+    out
+}
+
+/// Section 7: the relay path of a remote engine against the local fd path.
+fn remote(rr: Option<&super::run::RemoteResults>, header: &[&str]) -> String {
+    match rr {
+        Some(rr) => {
+            let mut t = format!("Remote engine: {} (loopback TCP with TLS).\n\nWarm call of `true` (ratio: to the local fd path):\n\n", rr.engine);
+            t += &markdown_table(header, &rr.warm.iter().map(|m| row(m, "ms", Some(&rr.warm[0]))).collect::<Vec<_>>());
+            t += "\nStdio throughput through `cat` (MB/s; ratio: to the local fd path):\n\n";
+            t += &markdown_table(header, &rr.stdio.iter().map(|m| row(m, "MB/s", Some(&rr.stdio[0]))).collect::<Vec<_>>());
+            t += &format!("\nCalls of `true` per second, {} concurrent callers:\n\n", rr.parallel);
+            let rows: Vec<Vec<String>> = rr.calls_per_s.iter().map(|(name, v)| vec![name.clone(), format!("{v:.0} calls/s")]).collect();
+            t += &markdown_table(&["path", "throughput"], &rows);
+            t
+        }
+        None => "not measured: no remote engine given (`--remote`).\n".to_string(),
+    }
+}
+
+/// The targets, each with what was measured and whether it was met.
+fn targets(r: &Results) -> String {
+    let native = &r.warm[0];
+    let (shim, exec) = (&r.warm[1], &r.warm[2]);
+    let docker_cold = &r.cold[1];
+    let (b, d) = (&r.burst, &r.discovery);
     let med = |m: &Measured| m.summary.median;
     let targets = vec![
         vec!["warm shim ≤ 2.0× native".into(), ratio(med(shim), med(native)), check(med(shim) <= 2.0 * med(native)).into()],
@@ -137,8 +151,7 @@ pub fn markdown(r: &Results, machine: &str) -> String {
             vec![format!("{} ≤ 2.2× native", l.how), ratio(odfs, native), check(odfs <= 2.2 * native).into()]
         });
     }
-    out += &markdown_table(&["target", "measured", ""], &targets);
-    out
+    markdown_table(&["target", "measured", ""], &targets)
 }
 
 /// Section 1b: the stages of traced warm calls, with their share of the
