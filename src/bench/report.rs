@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::run::{Measured, Results};
+use super::run::Results;
+use super::stats::Measured;
 use super::stats::{figure, markdown_table, ratio};
 
 /// Markers around the generated part of docs/performance.md: the text

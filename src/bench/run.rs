@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::stats::Measured;
 use super::stats::Summary;
 
 /// How many samples each section takes.
@@ -75,22 +76,6 @@ impl Counts {
             loop_calls: 4,
             stage_rounds: 3,
         }
-    }
-}
-
-/// One measured candidate: a name, its samples (ms, or MB/s for
-/// throughput) and their summary.
-#[derive(Debug, Clone)]
-pub struct Measured {
-    pub name: String,
-    pub samples: Vec<f64>,
-    pub summary: Summary,
-}
-
-impl Measured {
-    pub(super) fn new(name: &str, samples: Vec<f64>) -> Measured {
-        let summary = Summary::of(&samples).unwrap_or(Summary { n: 0, median: f64::NAN, p90: f64::NAN, min: f64::NAN, max: f64::NAN });
-        Measured { name: name.to_string(), samples, summary }
     }
 }
 

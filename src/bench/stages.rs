@@ -1,7 +1,7 @@
 //! Where a warm call's time goes: traced calls' stamps (see
 //! [`crate::protocol::stages`]) cut into the stages of the report (pure).
 
-use super::run::Measured;
+use super::stats::Measured;
 use crate::protocol::stages::CallStamps;
 
 /// One traced call: when the caller spawned the shim, the call's stamps,

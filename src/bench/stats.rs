@@ -1,4 +1,5 @@
-//! Order statistics of latency samples, and the table they print as.
+//! Order statistics of latency samples, a candidate's measurements, and
+//! the table they print as.
 
 use std::time::Duration;
 
@@ -85,6 +86,22 @@ pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
         out += &line(cells);
     }
     out
+}
+
+/// One measured candidate: a name, its samples (ms, or MB/s for
+/// throughput) and their summary.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub name: String,
+    pub samples: Vec<f64>,
+    pub summary: Summary,
+}
+
+impl Measured {
+    pub fn new(name: &str, samples: Vec<f64>) -> Measured {
+        let summary = Summary::of(&samples).unwrap_or(Summary { n: 0, median: f64::NAN, p90: f64::NAN, min: f64::NAN, max: f64::NAN });
+        Measured { name: name.to_string(), samples, summary }
+    }
 }
 
 #[cfg(test)]
