@@ -13,6 +13,7 @@
 //! - `odfs-launch` (`launch/`, its own crate): the shim interpreter, without
 //!   std or libc, on `odfs-wire`.
 //! - [`agent`]: `odfs-agent`, PID 1 in each container (static).
+//! - [`accounts`]: passwd- and group-style files, as agent and daemon edit them.
 //! - [`catalog`]: TOML entries, validation, SQLite store, snapshot.
 //! - [`fs`]: the shim directory as plain logic; [`fuse`] serves it over `/dev/fuse`.
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
@@ -25,6 +26,7 @@
 //! The `daemon` feature (default) gates everything only the host daemon
 //! needs, so the agent builds without tokio or SQLite.
 
+pub mod accounts;
 pub mod agent;
 #[cfg(feature = "bench")]
 pub mod bench;

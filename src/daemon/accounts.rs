@@ -6,7 +6,6 @@
 //! Files only grow, by appends to the same inode (a file bind pins it), so
 //! a reader inside never sees one half written.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -15,15 +14,7 @@ use crate::backend::ImageFacts;
 /// Appends to every container's files go one at a time.
 static EDIT: Mutex<()> = Mutex::new(());
 
-/// (name, id) of each entry of a passwd- or group-style file.
-fn entries(content: &str) -> impl Iterator<Item = (&str, u32)> {
-    content.lines().filter_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let id = f.nth(1)?.parse().ok()?;
-        Some((name, id))
-    })
-}
+use crate::accounts::entries;
 
 /// `image`, then the lines of `host` whose name and id the image does not use.
 fn merge(image: &str, host: &str) -> String {
@@ -59,23 +50,15 @@ pub fn seed(run: &Path, facts: &ImageFacts) -> std::io::Result<(PathBuf, PathBuf
     Ok((paths.remove(0), paths.remove(0)))
 }
 
-/// Append a line for `id` to a container's account file unless it has one.
-fn ensure_line(path: &Path, id: u32, line: Option<&str>) -> std::io::Result<()> {
-    let Some(line) = line else { return Ok(()) };
-    let content = std::fs::read_to_string(path)?;
-    if entries(&content).any(|(_, i)| i == id) {
-        return Ok(());
-    }
-    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
-    let sep = if content.is_empty() || content.ends_with('\n') { "" } else { "\n" };
-    f.write_all(format!("{sep}{line}\n").as_bytes())
-}
-
 /// Make the caller known in a container whose run dir is `run`.
 pub fn ensure_known(run: &Path, uid: u32, gid: u32, passwd_line: Option<&str>, group_line: Option<&str>) -> std::io::Result<()> {
     let _guard = EDIT.lock().unwrap();
-    ensure_line(&run.join("passwd"), uid, passwd_line)?;
-    ensure_line(&run.join("group"), gid, group_line)
+    for (file, id, line) in [("passwd", uid, passwd_line), ("group", gid, group_line)] {
+        if let Some(line) = line {
+            crate::accounts::append_once(&run.join(file), id, line, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// A passwd or group field as the files allow: no separator, no line end.
