@@ -4,13 +4,14 @@
 //! restart. How a container is reached is its profile's [`Link`]; its
 //! states and their changes are [`state`].
 
+mod slot;
 mod state;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::call::{PoolError, StartError, Started};
 use super::facts::Facts;
-use super::link::{Launch, Link, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
+use super::link::{Launch, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, ExecPath, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
 use crate::backend::outbound::Source;
 use crate::catalog::{ImageSpec, KeepAlive};
@@ -28,6 +29,8 @@ use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
 use crate::view::View;
 pub use super::link::InnerCalls;
 pub use state::Shown;
+use slot::Slot;
+use slot::{ENGINE_OVERHEAD, HISTORY};
 use state::{transition, Container, State};
 
 /// How long a new container's agent may take to answer.
@@ -100,15 +103,6 @@ pub struct Seen {
     pub call: Call,
 }
 
-/// A profile's history and what the policy decided for its idle period.
-#[derive(Debug, Default)]
-struct Life {
-    calls: std::collections::VecDeque<Seen>,
-    /// The last call's end is not known yet (the agent reports it idle).
-    open: bool,
-    plan: Option<Plan>,
-}
-
 #[derive(Debug, Clone)]
 struct PullFailure {
     retry_at: Instant,
@@ -135,67 +129,8 @@ pub fn short_id(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// Calls remembered per profile.
-const HISTORY: usize = 500;
-
-/// What the engine keeps beside each running container, outside its
-/// cgroup, when it cannot be measured (a remote engine, before the first
-/// status): containerd's shim process, 12 MiB of proportional set with
-/// Docker 20.10 on the reference machine. Measured, it is less per
-/// container with many running, as the shims share their code pages.
-const ENGINE_OVERHEAD: u64 = 12 << 20;
-
 /// At most one idle container shed per this while memory is short.
 const SHED_EVERY: Duration = Duration::from_secs(3);
-
-/// One image profile's container.
-pub struct Slot {
-    pub image: Arc<ImageSpec>,
-    pub name: String,
-    key: String,
-    state: tokio::sync::Mutex<State>,
-    life: Mutex<Life>,
-    /// The last failed pull: until when not to try again, why, how often.
-    pull_failure: Mutex<Option<PullFailure>>,
-    /// Exec requests between "container ready" and "tool started": the agent
-    /// does not count them yet, so the reaper must not remove the container.
-    pending: AtomicU32,
-    /// The fetch of its image (pull or build) as it goes, for every caller
-    /// that waits on it.
-    progress: crate::backend::ProgressTx,
-    /// The way to its container's agent.
-    link: Link,
-    /// What its container's cgroup held at the last status (bytes; 0
-    /// unknown).
-    memory: AtomicU64,
-    /// What the engine's process beside it held then (0: not measured).
-    beside: AtomicU64,
-    /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
-    idle: AtomicBool,
-    /// The image id its containers should run, once `odfs update` moved
-    /// its reference: a container of another one is replaced when it is
-    /// next idle (its running tools finish where they are).
-    wanted: Mutex<Option<Arc<str>>>,
-}
-
-impl Slot {
-    /// Its container runs an image its reference no longer names.
-    fn outdated(&self, c: &Container) -> Option<Arc<str>> {
-        self.wanted.lock().unwrap().clone().filter(|w| !c.image.is_empty() && **w != *c.image)
-    }
-}
-
-impl Slot {
-    /// What its container holds, as the idle budget counts it: its cgroup
-    /// and the engine's process beside it.
-    fn held(&self) -> u64 {
-        let beside = match self.beside.load(Ordering::Relaxed) {
-            0 => ENGINE_OVERHEAD,
-            b => b,
-        };
-        self.memory.load(Ordering::Relaxed) + beside
-    }
-}
 
 /// A container ready for one exec. Dropping it ends the request's claim.
 pub struct Ready {
@@ -311,40 +246,6 @@ impl<B: ContainerBackend> Pool<B> {
         );
         h.update(text.as_bytes());
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn slot(&self, image: &Arc<ImageSpec>) -> Arc<Slot> {
-        let key = self.profile_key(image);
-        self.slots
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let name = format!("odfs-{}-{}-{}", self.cfg.mount_id, image.name, &key[..8]);
-                Arc::new(Slot {
-                    image: image.clone(),
-                    link: Link::new(self.backend.exec_path(), &self.cfg.run_dir, &name),
-                    memory: AtomicU64::new(0),
-                    beside: AtomicU64::new(0),
-                    idle: AtomicBool::new(false),
-                    wanted: Mutex::new(None),
-                    name,
-                    key,
-                    state: tokio::sync::Mutex::new(State::Absent),
-                    life: Mutex::new(Life::default()),
-                    pending: AtomicU32::new(0),
-                    pull_failure: Mutex::new(None),
-                    progress: tokio::sync::watch::Sender::new(None),
-                })
-            })
-            .clone()
-    }
-
-    /// A profile the catalog dropped, once no container is left: gone from
-    /// the pool (and `odfs status`). Not while anyone else holds the slot
-    /// (a call on its way in): the map and this tick's list are its only
-    /// holders, counted under the map's lock, which [`Pool::slot`] clones
-    /// under too.
-    fn forget(&self, slot: &Arc<Slot>) {
-        self.slots.remove_if(&slot.key, |_, s| Arc::ptr_eq(s, slot) && Arc::strong_count(s) == 2);
     }
 
     /// Learn from calls of an earlier run (oldest first): each profile's
@@ -596,24 +497,6 @@ impl<B: ContainerBackend> Pool<B> {
             return Ok(c.view.clone());
         }
         Ok(Arc::new(slot.link.plan_view(&self.setup(), image).await?))
-    }
-
-    /// The agent's (running tools, idle ms), or why it does not answer.
-    /// Tool ends it reports go to the store.
-    async fn agent_status(&self, slot: &Slot, c: &Container) -> std::io::Result<(u32, u64)> {
-        let s = slot.link.status(&c.token).await?;
-        if s.memory > 0 {
-            slot.memory.store(s.memory, Ordering::Relaxed);
-        }
-        if s.beside > 0 {
-            slot.beside.store(s.beside, Ordering::Relaxed);
-        }
-        if let Some(store) = &self.store {
-            for f in s.finished {
-                store.finish(&slot.name, f.pid, f.status, f.run_ms);
-            }
-        }
-        Ok((s.running, s.idle_ms))
     }
 
     /// The policy for an image: its catalog `keep_alive`, or the daemon's.
