@@ -6,8 +6,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::images::PullFailure;
 use super::state::{Container, State};
-use super::{PullFailure, Pool, Seen};
+use super::{Pool, Seen};
 use crate::backend::ContainerBackend;
 use crate::catalog::ImageSpec;
 use crate::daemon::link::Link;

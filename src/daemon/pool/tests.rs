@@ -1,6 +1,7 @@
 //! The pool's logic against the fake engine: single flight, the reaper's
 //! care for busy containers, the pause tier, backoff, adoption.
 
+use super::images::pull_backoff;
 use super::*;
 use crate::backend::fake::Fake;
 use crate::catalog::{Network, RunAs};
