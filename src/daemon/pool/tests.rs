@@ -4,7 +4,7 @@
 use super::images::pull_backoff;
 use super::*;
 use crate::backend::fake::Fake;
-use crate::catalog::{Network, RunAs};
+use crate::catalog::{KeepAlive, Network, RunAs};
 use std::path::Path;
 
 fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
