@@ -4,8 +4,11 @@
 use super::images::pull_backoff;
 use super::*;
 use crate::backend::fake::Fake;
+use crate::backend::LABEL_MOUNT;
 use crate::catalog::{KeepAlive, Network, RunAs};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
     Arc::new(ImageSpec {
