@@ -3,6 +3,7 @@
 //! channel, a failed fetch not tried again until its backoff ends, and
 //! profiles moved onto a new image by `odfs update`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,10 @@ use crate::backend::outbound::Source;
 use crate::backend::ContainerBackend;
 use crate::catalog::ImageSpec;
 use crate::daemon::call::PoolError;
+use crate::protocol::ImageProgress;
+
+/// How often a waiting client hears of a fetch's progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub(super) struct PullFailure {
@@ -124,8 +129,41 @@ impl<B: ContainerBackend> Pool<B> {
     }
 
     /// Follow the fetches of an image's profile (see [`Slot::progress`]).
-    pub fn progress(&self, image: &Arc<ImageSpec>) -> tokio::sync::watch::Receiver<Option<crate::protocol::ImageProgress>> {
+    fn progress(&self, image: &Arc<ImageSpec>) -> tokio::sync::watch::Receiver<Option<ImageProgress>> {
         self.slot(image).progress.subscribe()
+    }
+
+    /// Run `work`, which may fetch `image`, while every change in that
+    /// fetch's progress goes to `shown`: at most ten a second, and never
+    /// without the one that says it is done. A fetch already under way (a
+    /// prewarm's, another caller's) is shown from where it is.
+    pub async fn with_progress<T>(&self, image: &Arc<ImageSpec>, shown: impl Fn(ImageProgress), work: impl Future<Output = T>) -> T {
+        let mut rx = self.progress(image);
+        if rx.borrow().as_ref().is_some_and(|p| !p.done) {
+            rx.mark_changed();
+        }
+        let mut last_sent: Option<Instant> = None;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => {
+                    if rx.has_changed().unwrap_or(false) {
+                        if let Some(p) = rx.borrow_and_update().clone().filter(|p| p.done) {
+                            shown(p);
+                        }
+                    }
+                    return out;
+                }
+                Ok(()) = rx.changed() => {
+                    let Some(p) = rx.borrow_and_update().clone() else { continue };
+                    if p.done || last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                        last_sent = Some(Instant::now());
+                        shown(p);
+                    }
+                }
+            }
+        }
     }
 
     /// Remove a container of an image its profile's reference moved off.

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use super::slot::{Slot, HISTORY};
 use super::state::{transition, Container, State};
 use super::{Pool, Seen, Served};
-use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, LABEL_IMAGE, LABEL_MANAGED, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW, LABEL_MOUNT};
+use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{PoolError, StartError, Started};
+use crate::daemon::call::{Failure, PoolError, StartError, Started};
 use crate::daemon::link::{Launch, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::policy::{Call, Plan, Secs};
+use crate::protocol::ImageProgress;
 
 /// How long a new container's agent may take to answer.
 const AGENT_START_LIMIT: Duration = Duration::from_secs(20);
@@ -29,7 +30,7 @@ fn new_token() -> std::io::Result<String> {
 }
 
 /// A container ready for one exec. Dropping it ends the request's claim.
-pub struct Ready {
+pub(super) struct Ready {
     pub target: Target,
     pub served: Served,
     /// The id of the image its container runs.
@@ -44,10 +45,36 @@ impl Drop for Ready {
 }
 
 impl<B: ContainerBackend> Pool<B> {
+    /// Start a tool for a call of `command` in the container of `image`'s
+    /// profile (resumed if paused, started if absent, one start for all
+    /// who wait), while `shown` follows a fetch of its image
+    /// ([`Pool::with_progress`]). Returns the tool, how its container was
+    /// found and the id of the image it runs.
+    pub async fn run(&self, image: &Arc<ImageSpec>, command: &str, launch: Launch, shown: impl Fn(ImageProgress)) -> Result<(Started, Served, Arc<str>), Failure> {
+        // A container that vanished under us (removed by hand, crashed) is
+        // replaced once, transparently.
+        let mut replaced = false;
+        loop {
+            let ready = self.with_progress(image, &shown, self.ensure(image, command)).await.map_err(|e| Failure::new(e.to_string()))?;
+            let mut launch = launch.clone();
+            launch.spawn.token = ready.target.token.clone();
+            match self.start(&ready, launch).await {
+                Ok(started) => return Ok((started, ready.served, ready.image.clone())),
+                Err(StartError::Refused(r)) => return Err(r),
+                Err(StartError::Unreachable(e)) if !replaced => {
+                    tracing::warn!(image = image.name, "agent unreachable ({e}); replacing its container");
+                    self.discard(&ready).await;
+                    replaced = true;
+                }
+                Err(StartError::Unreachable(e)) => return Err(Failure::new(format!("the container of image {} does not answer: {e}", image.name))),
+            }
+        }
+    }
+
     /// A running container for this image for a call of `command`: resumed
     /// if paused, started if absent. Concurrent callers of one profile wait
     /// for the same start.
-    pub async fn ensure(&self, image: &Arc<ImageSpec>, command: &str) -> Result<Ready, PoolError> {
+    pub(super) async fn ensure(&self, image: &Arc<ImageSpec>, command: &str) -> Result<Ready, PoolError> {
         let arrived = Instant::now();
         let at = self.now();
         let slot = self.slot(image);
@@ -81,7 +108,7 @@ impl<B: ContainerBackend> Pool<B> {
     }
 
     /// Start a tool in the container `ready` holds.
-    pub async fn start(&self, ready: &Ready, launch: Launch) -> Result<Started, StartError> {
+    async fn start(&self, ready: &Ready, launch: Launch) -> Result<Started, StartError> {
         ready.slot.link.start(&*self.backend, &ready.target, launch).await
     }
 
@@ -153,7 +180,7 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// The container behind `ready` stopped answering: forget and remove it
     /// so the next `ensure` starts a fresh one.
-    pub async fn discard(&self, ready: &Ready) {
+    async fn discard(&self, ready: &Ready) {
         let mut state = ready.slot.state.lock().await;
         if matches!(&*state, State::Warm { c, .. } if c.id == ready.target.id) {
             let _ = self.backend.remove(&ready.target.id).await;

@@ -1,5 +1,6 @@
 //! The pool's logic against the fake engine: single flight, the reaper's
-//! care for busy containers, the pause tier, backoff, adoption.
+//! care for busy containers, the pause tier, backoff, adoption, the
+//! replacement of a container whose agent is gone.
 
 use super::images::pull_backoff;
 use super::*;
@@ -168,4 +169,21 @@ async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_roun
     pool.catalog_is([&*kept, &*dropped].into_iter());
     assert_eq!(pool.ensure(&dropped, "sh").await.unwrap().served, Served::Cold);
     assert_eq!(pool.status().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_container_whose_agent_does_not_answer_is_replaced_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    let img = image("b", KeepAlive::Auto);
+    // The fake agent answers status questions only: a spawn finds it gone.
+    let spawn = crate::agent::fake::spawn_request(vec![]);
+    let launch = crate::daemon::link::Launch { spawn, fds: Arc::default(), args: vec![], image: "b".into(), accounts: (None, None), channel: None, caller_uid: 1000 };
+    let Err(refused) = pool.run(&img, "sh", launch, |_| {}).await else { panic!("a tool started") };
+    assert_eq!(refused.message, "the container of image b does not answer: the agent closed the connection");
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
+    // Neither attempt's claim outlives the call.
+    assert_eq!(pool.slot(&img).pending.load(Ordering::SeqCst), 0);
 }
