@@ -54,6 +54,15 @@ fn pool(fake: Arc<Fake>, dir: &Path) -> Arc<Pool<Fake>> {
     ))
 }
 
+/// A pool on the fake engine as it comes, its run dirs in a fresh
+/// directory (removed when the first value is dropped).
+fn fake_pool() -> (tempfile::TempDir, Arc<Fake>, Arc<Pool<Fake>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    (dir, fake, pool)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_calls_start_one_container() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,9 +91,7 @@ async fn concurrent_first_calls_start_one_container() {
 
 #[tokio::test]
 async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let img = image("b", KeepAlive::Fixed(Duration::ZERO));
     let claim = pool.ensure(&img, "sh").await.unwrap();
     pool.reap().await;
@@ -101,9 +108,7 @@ async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
 
 #[tokio::test]
 async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let img = image("b", KeepAlive::Auto);
     let now = pool.now();
     let plan = Plan { prewarm_at: None, unload: true, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
@@ -145,9 +150,7 @@ async fn restart_adopts_current_profiles_and_removes_stale_ones() {
 
 #[tokio::test]
 async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let (kept, dropped) = (image("kept", KeepAlive::Fixed(Duration::from_secs(3600))), image("gone", KeepAlive::Fixed(Duration::from_secs(3600))));
     pool.catalog_is([&*kept, &*dropped].into_iter());
     drop(pool.ensure(&kept, "sh").await.unwrap());
@@ -173,9 +176,7 @@ async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_roun
 
 #[tokio::test]
 async fn a_container_whose_agent_does_not_answer_is_replaced_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let img = image("b", KeepAlive::Auto);
     // The fake agent answers status questions only: a spawn finds it gone.
     let spawn = crate::agent::fake::spawn_request(vec![]);
