@@ -5,7 +5,7 @@ use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -234,24 +234,17 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(cwd)
     }
 
-    /// The working directory of a call on a remote engine: the caller's, when
-    /// it is under one of the image's `remote_dirs`; else `/`, and the caller
-    /// hears why once per user, image and directory.
-    fn remote_cwd(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec) -> PathBuf {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid))
-            .ok()
-            .filter(|_| caller.alive())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
-            return cwd;
-        }
+    /// Tell the caller that its working directory `cwd` is not on the
+    /// remote engine its tool runs on ([`super::link::Reach::cwd`]), and
+    /// why: once per user, image and directory.
+    fn tell_not_there(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec, cwd: &Path) {
         let first = {
             let mut told = self.remote_notices.lock().unwrap();
             // Bounded: after many directories, some callers hear it again.
             if told.len() >= 10_000 {
                 told.clear();
             }
-            told.insert((caller.uid, image.name.clone(), cwd.clone()))
+            told.insert((caller.uid, image.name.clone(), cwd.to_path_buf()))
         };
         if first {
             let dirs = if image.remote_dirs.is_empty() {
@@ -262,7 +255,6 @@ impl<B: ContainerBackend> Daemon<B> {
             let text = format!("note: {} is not available on the remote engine ({dirs}); running in /", cwd.display());
             send_if_room(client, &Response::Notice(text));
         }
-        PathBuf::from("/")
     }
 
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
@@ -353,26 +345,20 @@ impl<B: ContainerBackend> Daemon<B> {
         let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
-        // On a remote engine the caller's paths are the remote side's.
-        let relayed = self.pool.relayed();
-        let cwd = if relayed { self.remote_cwd(control, &caller, &entry.image) } else { self.local_cwd(&caller)? };
+        // Where its tools run decides what of this host's the call gets.
+        let reach = self.pool.reach();
+        let (cwd, not_there) = reach.cwd(self.local_cwd(&caller), &entry.image)?;
+        if let Some(asked) = not_there {
+            self.tell_not_there(control, &caller, &entry.image, &asked);
+        }
         let accounts = match entry.image.user {
             RunAs::Root => (None, None),
             RunAs::Caller => identity_lines(caller.uid, caller.gid),
         };
-        // On the fd path the account files are the daemon's (the image's
-        // root is read-only); the agent appends them only on remote engines.
         let caps = entry.image.tool_caps(caller.uid);
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
-            RunAs::Caller => Identity {
-                uid: caller.uid,
-                gid: caller.gid,
-                groups,
-                passwd_line: accounts.0.clone().filter(|_| relayed),
-                group_line: accounts.1.clone().filter(|_| relayed),
-                caps,
-            },
+            RunAs::Caller => Identity { uid: caller.uid, gid: caller.gid, groups, passwd_line: None, group_line: None, caps },
         };
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
@@ -394,11 +380,10 @@ impl<B: ContainerBackend> Daemon<B> {
             identity,
             fds: req.fds.clone(),
             tty: req.tty.clone(),
-            // The agent's clock is ours only on the fd path.
-            trace: req.trace && !relayed,
+            trace: req.trace,
             channel: false,
         };
-        image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &self.outbound.tool_env(!relayed));
+        image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &reach.site_env(&self.outbound));
         let (fds, channel) = split_channel(fds, &req, &caller)?;
         let launch = Launch {
             spawn,

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use super::call::PoolError;
 use super::facts::Facts;
-use super::link::Setup;
-use crate::backend::{ContainerBackend, ExecPath};
+use super::link::{Reach, Setup};
+use crate::backend::ContainerBackend;
 use crate::catalog::ImageSpec;
 use crate::policy::{self, Call, Costs, Plan, Policy, Secs};
 use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
@@ -190,10 +190,9 @@ impl<B: ContainerBackend> Pool<B> {
         h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether calls go to a remote engine through the relay (their cwd and
-    /// accounts are the remote side's).
-    pub fn relayed(&self) -> bool {
-        self.backend.exec_path() == ExecPath::Relay
+    /// Where this engine's tools run, which shapes a call's request.
+    pub fn reach(&self) -> Reach {
+        Reach::of(self.backend.exec_path())
     }
 
     /// The paths tools run other tools through.
