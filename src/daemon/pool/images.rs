@@ -1,7 +1,7 @@
 //! The images containers run: fetched on first use as their source says
 //! (pulled, or built from a recipe), with progress on the profile's
-//! channel, a failed fetch not tried again until its backoff ends, and
-//! profiles moved onto a new image by `odfs update`.
+//! channel for everyone who waits, a failed fetch not tried again until
+//! its backoff ends, and profiles moved onto a new image by `odfs update`.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,8 +1,12 @@
 //! The container pool: one container per image profile, started once no
 //! matter how many callers arrive together (single flight), reused while
 //! warm, paused and removed as its keep-alive plan says, adopted after a
-//! restart. How a container is reached is its profile's [`Link`]; its
-//! states and their changes are [`state`].
+//! restart. How a container is reached is its profile's
+//! [`Link`](super::link::Link); its states and their changes are
+//! [`state`]. Here: the pool, its profiles and what it tells; a profile's
+//! place is `slot`, a call's way in `serve`, the images `images`, the
+//! lifecycle and idle budget `reaper`, what passes between two runs
+//! `handover`.
 
 mod handover;
 mod images;
