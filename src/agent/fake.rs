@@ -69,7 +69,10 @@ fn fake_agent_connection(conn: std::os::unix::net::UnixStream, log: &Mutex<Vec<S
         AgentRequest::Spawn(s) => s,
         other => return note(format!("unexpected {other:?}")),
     };
-    note(format!("spawn {} fds {:?}", String::from_utf8_lossy(&spawn.program), spawn.fds));
+    // Account lines to append, and a request to trace, only where asked.
+    let id = &spawn.identity;
+    let extra: String = [&id.passwd_line, &id.group_line].into_iter().flatten().map(|l| format!(" + {l}")).chain(spawn.trace.then(|| " traced".into())).collect();
+    note(format!("spawn {} fds {:?}{extra}", String::from_utf8_lossy(&spawn.program), spawn.fds));
     let mut by_target: std::collections::HashMap<i32, std::fs::File> =
         spawn.fds.iter().copied().zip(fds.into_iter().map(std::fs::File::from)).collect();
     let _ = protocol::send(&conn, &AgentEvent::Started { pid: 4242 }, &[]);

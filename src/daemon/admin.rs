@@ -237,7 +237,7 @@ impl<B: ContainerBackend> Daemon<B> {
             Ok(v) => v,
             Err(e) => return error(format!("cannot tell what image {} has: {e}", entry.image.name)),
         };
-        let remote = self.pool.relayed();
+        let remote = self.pool.reach().remote();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let shown = |p: &PathBuf| p.display().to_string();
         let image = self.pool.host_top().iter().map(|n| PathBuf::from("/").join(n)).filter(|p| !view.sees_host(p)).map(|p| shown(&p)).collect();

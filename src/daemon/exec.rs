@@ -5,11 +5,11 @@ use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::call::{Caller, Failure, StartError, Started};
+use super::call::{Caller, Failure, Started};
 use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
@@ -19,9 +19,6 @@ use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Response, Spaw
 
 /// Bytes of a call's outcome kept in the history.
 const MAX_OUTCOME: usize = 300;
-
-/// How often a waiting client hears of a fetch's progress.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Environment variables a tool holding capabilities its caller lacks gets
 /// from the caller, besides the entry's own `env` list.
@@ -120,6 +117,12 @@ fn send_if_room(client: &UnixStream, r: &Response) {
     }
 }
 
+/// Where a fetch's progress goes for `client`: [`Response::Progress`]
+/// frames, sent when its socket has room.
+fn progress_to(client: &UnixStream) -> impl Fn(ImageProgress) + '_ {
+    move |p| send_if_room(client, &Response::Progress(p))
+}
+
 /// The caller's passwd and group lines, so the tool can look them up. An
 /// entry with a field that would break the file (a `:` or a line end, which
 /// NSS sources other than the files may hold) is left out.
@@ -167,38 +170,10 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Run `work`, which may fetch `image`, while every change in that
-    /// fetch's progress goes to `client` as a [`Response::Progress`] frame:
-    /// at most ten a second, and never without the one that says it is done.
-    /// A fetch already under way (a prewarm's, another caller's) is shown
-    /// from where it is.
+    /// fetch's progress goes to `client` as a [`Response::Progress`] frame
+    /// ([`super::pool::Pool::with_progress`]).
     pub(super) async fn with_progress<T>(&self, client: &UnixStream, image: &Arc<ImageSpec>, work: impl Future<Output = T>) -> T {
-        let mut rx = self.pool.progress(image);
-        if rx.borrow().as_ref().is_some_and(|p| !p.done) {
-            rx.mark_changed();
-        }
-        let send = |p: ImageProgress| send_if_room(client, &Response::Progress(p));
-        let mut last_sent: Option<Instant> = None;
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut work => {
-                    if rx.has_changed().unwrap_or(false) {
-                        if let Some(p) = rx.borrow_and_update().clone().filter(|p| p.done) {
-                            send(p);
-                        }
-                    }
-                    return out;
-                }
-                Ok(()) = rx.changed() => {
-                    let Some(p) = rx.borrow_and_update().clone() else { continue };
-                    if p.done || last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
-                        last_sent = Some(Instant::now());
-                        send(p);
-                    }
-                }
-            }
-        }
+        self.pool.with_progress(image, progress_to(client), work).await
     }
 
     pub(super) fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Failure> {
@@ -259,24 +234,17 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(cwd)
     }
 
-    /// The working directory of a call on a remote engine: the caller's, when
-    /// it is under one of the image's `remote_dirs`; else `/`, and the caller
-    /// hears why once per user, image and directory.
-    fn remote_cwd(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec) -> PathBuf {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid))
-            .ok()
-            .filter(|_| caller.alive())
-            .unwrap_or_else(|| PathBuf::from("/"));
-        if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
-            return cwd;
-        }
+    /// Tell the caller that its working directory `cwd` is not on the
+    /// remote engine its tool runs on ([`super::link::Reach::cwd`]), and
+    /// why: once per user, image and directory.
+    fn tell_not_there(&self, client: &UnixStream, caller: &Caller, image: &ImageSpec, cwd: &Path) {
         let first = {
             let mut told = self.remote_notices.lock().unwrap();
             // Bounded: after many directories, some callers hear it again.
             if told.len() >= 10_000 {
                 told.clear();
             }
-            told.insert((caller.uid, image.name.clone(), cwd.clone()))
+            told.insert((caller.uid, image.name.clone(), cwd.to_path_buf()))
         };
         if first {
             let dirs = if image.remote_dirs.is_empty() {
@@ -287,7 +255,6 @@ impl<B: ContainerBackend> Daemon<B> {
             let text = format!("note: {} is not available on the remote engine ({dirs}); running in /", cwd.display());
             send_if_room(client, &Response::Notice(text));
         }
-        PathBuf::from("/")
     }
 
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
@@ -378,26 +345,20 @@ impl<B: ContainerBackend> Daemon<B> {
         let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
-        // On a remote engine the caller's paths are the remote side's.
-        let relayed = self.pool.relayed();
-        let cwd = if relayed { self.remote_cwd(control, &caller, &entry.image) } else { self.local_cwd(&caller)? };
+        // Where its tools run decides what of this host's the call gets.
+        let reach = self.pool.reach();
+        let (cwd, not_there) = reach.cwd(self.local_cwd(&caller), &entry.image)?;
+        if let Some(asked) = not_there {
+            self.tell_not_there(control, &caller, &entry.image, &asked);
+        }
         let accounts = match entry.image.user {
             RunAs::Root => (None, None),
             RunAs::Caller => identity_lines(caller.uid, caller.gid),
         };
-        // On the fd path the account files are the daemon's (the image's
-        // root is read-only); the agent appends them only on remote engines.
         let caps = entry.image.tool_caps(caller.uid);
         let identity = match entry.image.user {
             RunAs::Root => Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps },
-            RunAs::Caller => Identity {
-                uid: caller.uid,
-                gid: caller.gid,
-                groups,
-                passwd_line: accounts.0.clone().filter(|_| relayed),
-                group_line: accounts.1.clone().filter(|_| relayed),
-                caps,
-            },
+            RunAs::Caller => Identity { uid: caller.uid, gid: caller.gid, groups, passwd_line: None, group_line: None, caps },
         };
         let mut argv = vec![entry.command.argv0().as_bytes().to_vec()];
         argv.extend(entry.command.args.iter().map(|a| a.as_bytes().to_vec()));
@@ -419,45 +380,23 @@ impl<B: ContainerBackend> Daemon<B> {
             identity,
             fds: req.fds.clone(),
             tty: req.tty.clone(),
-            // The agent's clock is ours only on the fd path.
-            trace: req.trace && !relayed,
+            trace: req.trace,
             channel: false,
         };
-        image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &self.outbound.tool_env(!relayed));
+        image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &reach.site_env(&self.outbound));
         let (fds, channel) = split_channel(fds, &req, &caller)?;
-        let (fds, channel) = (Arc::new(fds), channel.map(Arc::new));
-        // A container that vanished under us (removed by hand, crashed) is
-        // replaced once, transparently.
-        for attempt in 0..2 {
-            let ready = self
-                .with_progress(control, &entry.image, self.pool.ensure(&entry.image, &req.command))
-                .await
-                .map_err(|e| Failure::new(e.to_string()))?;
-            spawn.token = ready.target.token.clone();
-            let launch = Launch {
-                spawn: spawn.clone(),
-                fds: fds.clone(),
-                args: req.args.clone(),
-                image: entry.image.name.clone(),
-                accounts: accounts.clone(),
-                channel: channel.clone(),
-                caller_uid: caller.uid,
-            };
-            let result = self.pool.start(&ready, launch).await;
-            match result {
-                Ok(started) => {
-                    self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
-                    return Ok((started, entry.image.name.clone(), ready.served, ready.image.clone()));
-                }
-                Err(StartError::Refused(r)) => return Err(r),
-                Err(StartError::Unreachable(e)) if attempt == 0 => {
-                    tracing::warn!(image = entry.image.name, "agent unreachable ({e}); replacing its container");
-                    self.pool.discard(&ready).await;
-                }
-                Err(StartError::Unreachable(e)) => return Err(Failure::new(format!("the container of image {} does not answer: {e}", entry.image.name))),
-            }
-        }
-        unreachable!("the loop returns on its second attempt")
+        let launch = Launch {
+            spawn,
+            fds: Arc::new(fds),
+            args: req.args.clone(),
+            image: entry.image.name.clone(),
+            accounts,
+            channel: channel.map(Arc::new),
+            caller_uid: caller.uid,
+        };
+        let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
+        self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
+        Ok((started, entry.image.name.clone(), served, image_id))
     }
 }
 

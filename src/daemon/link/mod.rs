@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::call::{PoolError, StartError, Started};
+use super::call::{Failure, PoolError, StartError, Started};
 use super::facts::Facts;
+use crate::backend::outbound::Outbound;
 use crate::backend::{ContainerBackend, ContainerSpec, ExecPath};
 use crate::catalog::ImageSpec;
 use crate::protocol::{Finished, SpawnRequest};
@@ -115,6 +116,7 @@ pub struct Target {
 
 /// A tool to start: the agent's request, the caller's fds (numbered as
 /// `spawn.fds` says), and what the checks and the account files need.
+#[derive(Clone)]
 pub struct Launch {
     pub spawn: SpawnRequest,
     pub fds: Arc<Vec<OwnedFd>>,
@@ -129,6 +131,48 @@ pub struct Launch {
     pub channel: Option<Arc<OwnedFd>>,
     /// Who asked: the start takes one of that user's places.
     pub caller_uid: u32,
+}
+
+/// Where the tools of this engine run, as a call's request is shaped
+/// before its container is known: on this host (the fd path), where the
+/// caller's working directory and the site's files are the tool's too; or
+/// on a remote engine (the relay), where only the image's `remote_dirs`
+/// are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach(ExecPath);
+
+impl Reach {
+    /// Where tools run on an engine that offers `path`.
+    pub fn of(path: ExecPath) -> Reach {
+        Reach(path)
+    }
+
+    /// Whether tools run on a remote engine.
+    pub fn remote(self) -> bool {
+        self.0 == ExecPath::Relay
+    }
+
+    /// The tool's working directory, from the caller's (`cwd`, or why it
+    /// cannot be read): on this host that one, which must be known. On a
+    /// remote engine the caller's paths are the remote side's: the
+    /// caller's when it is under one of the image's `remote_dirs`, else
+    /// `/`, with the caller's given back as the one the tool does not get.
+    pub fn cwd(self, cwd: Result<PathBuf, Failure>, image: &ImageSpec) -> Result<(PathBuf, Option<PathBuf>), Failure> {
+        if !self.remote() {
+            return Ok((cwd?, None));
+        }
+        let cwd = cwd.unwrap_or_else(|_| PathBuf::from("/"));
+        if image.remote_dirs.iter().any(|d| cwd.starts_with(d)) {
+            return Ok((cwd, None));
+        }
+        Ok((PathBuf::from("/"), Some(cwd)))
+    }
+
+    /// The site's variables for a networked tool ([`Outbound::tool_env`]):
+    /// its CA bundle is a file of this host's.
+    pub fn site_env(self, outbound: &Outbound) -> Vec<(String, String)> {
+        outbound.tool_env(!self.remote())
+    }
 }
 
 /// One profile's way to its container's agent.
@@ -223,4 +267,26 @@ async fn blocking<T: Send + 'static>(
 ) -> std::io::Result<T> {
     let (l, token) = (l.clone(), token.to_string());
     tokio::task::spawn_blocking(move || ask(l, token)).await.map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(remote_dirs: &str) -> ImageSpec {
+        let text = format!("[image.i]\nref = \"r\"\nremote_dirs = {remote_dirs}\ncommands = [\"x\"]\n");
+        crate::catalog::parse_file(Path::new("t.toml"), &text).unwrap().images["i"].clone()
+    }
+
+    #[test]
+    fn a_tool_here_runs_where_its_caller_is_a_remote_one_only_under_the_image_s_remote_dirs() {
+        let (here, remote, image) = (Reach::of(ExecPath::Fd), Reach::of(ExecPath::Relay), image("[\"/srv\"]"));
+        let gone = || Err::<PathBuf, _>(Failure::new("gone"));
+        assert_eq!(here.cwd(Ok("/home/u".into()), &image), Ok(("/home/u".into(), None)));
+        assert_eq!(here.cwd(gone(), &image), Err(Failure::new("gone")));
+        assert_eq!(remote.cwd(Ok("/srv/data".into()), &image), Ok(("/srv/data".into(), None)));
+        assert_eq!(remote.cwd(Ok("/home/u".into()), &image), Ok(("/".into(), Some("/home/u".into()))));
+        // A directory it cannot read is `/` to the remote side.
+        assert_eq!(remote.cwd(gone(), &image), Ok(("/".into(), Some("/".into()))));
+    }
 }

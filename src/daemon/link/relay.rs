@@ -91,7 +91,13 @@ impl RelayLink {
     /// until the tool ends.
     pub async fn start<B: ContainerBackend>(&self, backend: &B, to: &Target, launch: Launch) -> Result<Started, StartError> {
         let fds = CallerFds::of(&launch);
-        start(backend, to, launch.spawn, fds, &self.calls).await
+        let mut spawn = launch.spawn;
+        // On the fd path the account files are the daemon's (the image's
+        // root is read-only); the agent appends them only on remote engines.
+        (spawn.identity.passwd_line, spawn.identity.group_line) = launch.accounts;
+        // The agent's clock is ours only on the fd path.
+        spawn.trace = false;
+        start(backend, to, spawn, fds, &self.calls).await
     }
 }
 
@@ -550,6 +556,9 @@ mod tests {
     use crate::backend::fake::Fake;
     use std::io::{Read, Write};
 
+    /// What the agent is asked for a call of [`start_call`].
+    const SPAWNED: &str = "spawn upcase fds [0, 1] + u:x:1000:1000::/:/bin/sh + u:x:1000:";
+
     /// A relayed call under way: its link, the launcher's end, the caller's
     /// stdin (to write) and stdout (to read), and the agent behind it.
     struct Running {
@@ -569,7 +578,11 @@ mod tests {
         let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let target = Target { id: "fake-0".into(), name: "c".into(), token: "t".into(), view: Arc::default() };
-        let launch = Launch { spawn: spawn_request(vec![0, 1]), fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts: (None, None), channel: None, caller_uid: 1000 };
+        // Asked to trace, with the caller's account lines beside the request:
+        // the relay does not trace, and the lines go to the agent.
+        let spawn = SpawnRequest { trace: true, ..spawn_request(vec![0, 1]) };
+        let accounts = (Some("u:x:1000:1000::/:/bin/sh".to_string()), Some("u:x:1000:".to_string()));
+        let launch = Launch { spawn, fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts, channel: None, caller_uid: 1000 };
         let link = RelayLink::default();
         link.started();
         let started = match link.start(&fake, &target, launch).await {
@@ -614,7 +627,7 @@ mod tests {
         assert_eq!(out, "HELLO RELAY");
         let s = settled(&c.link).await;
         assert_eq!(s.finished.iter().map(|f| (f.pid, f.status)).collect::<Vec<_>>(), [(4242, 3)]);
-        assert_eq!(c.agent.seen(), ["spawn upcase fds [0, 1]", "exited 3"]);
+        assert_eq!(c.agent.seen(), [SPAWNED, "exited 3"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,7 +637,7 @@ mod tests {
         assert_eq!(next_event(&c.launcher).await, Some(AgentEvent::Signaled(libc::SIGTERM)));
         let s = settled(&c.link).await;
         assert_eq!(s.finished[0].status, 128 + libc::SIGTERM);
-        assert_eq!(c.agent.seen(), ["spawn upcase fds [0, 1]", format!("signal {}", libc::SIGTERM).as_str()]);
+        assert_eq!(c.agent.seen(), [SPAWNED, format!("signal {}", libc::SIGTERM).as_str()]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,15 @@
 //! The pool's logic against the fake engine: single flight, the reaper's
-//! care for busy containers, the pause tier, backoff, adoption.
+//! care for busy containers, the pause tier, backoff, adoption, the
+//! replacement of a container whose agent is gone.
 
+use super::images::pull_backoff;
 use super::*;
 use crate::backend::fake::Fake;
-use crate::catalog::{Network, RunAs};
+use crate::backend::LABEL_MOUNT;
+use crate::catalog::{KeepAlive, Network, RunAs};
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
     Arc::new(ImageSpec {
@@ -49,6 +54,15 @@ fn pool(fake: Arc<Fake>, dir: &Path) -> Arc<Pool<Fake>> {
     ))
 }
 
+/// A pool on the fake engine as it comes, its run dirs in a fresh
+/// directory (removed when the first value is dropped).
+fn fake_pool() -> (tempfile::TempDir, Arc<Fake>, Arc<Pool<Fake>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let pool = pool(fake.clone(), dir.path());
+    (dir, fake, pool)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_first_calls_start_one_container() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,9 +91,7 @@ async fn concurrent_first_calls_start_one_container() {
 
 #[tokio::test]
 async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let img = image("b", KeepAlive::Fixed(Duration::ZERO));
     let claim = pool.ensure(&img, "sh").await.unwrap();
     pool.reap().await;
@@ -96,9 +108,7 @@ async fn reaper_spares_busy_and_claimed_containers_and_removes_idle_ones() {
 
 #[tokio::test]
 async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let img = image("b", KeepAlive::Auto);
     let now = pool.now();
     let plan = Plan { prewarm_at: None, unload: true, pause_at: Some(now), remove_at: now + 3600.0, reason: "test".into() };
@@ -140,9 +150,7 @@ async fn restart_adopts_current_profiles_and_removes_stale_ones() {
 
 #[tokio::test]
 async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_round() {
-    let dir = tempfile::tempdir().unwrap();
-    let fake = Arc::new(Fake::default());
-    let pool = pool(fake.clone(), dir.path());
+    let (_dir, fake, pool) = fake_pool();
     let (kept, dropped) = (image("kept", KeepAlive::Fixed(Duration::from_secs(3600))), image("gone", KeepAlive::Fixed(Duration::from_secs(3600))));
     pool.catalog_is([&*kept, &*dropped].into_iter());
     drop(pool.ensure(&kept, "sh").await.unwrap());
@@ -164,4 +172,19 @@ async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_roun
     pool.catalog_is([&*kept, &*dropped].into_iter());
     assert_eq!(pool.ensure(&dropped, "sh").await.unwrap().served, Served::Cold);
     assert_eq!(pool.status().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_container_whose_agent_does_not_answer_is_replaced_once() {
+    let (_dir, fake, pool) = fake_pool();
+    let img = image("b", KeepAlive::Auto);
+    // The fake agent answers status questions only: a spawn finds it gone.
+    let spawn = crate::agent::fake::spawn_request(vec![]);
+    let launch = crate::daemon::link::Launch { spawn, fds: Arc::default(), args: vec![], image: "b".into(), accounts: (None, None), channel: None, caller_uid: 1000 };
+    let Err(refused) = pool.run(&img, "sh", launch, |_| {}).await else { panic!("a tool started") };
+    assert_eq!(refused.message, "the container of image b does not answer: the agent closed the connection");
+    assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
+    assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
+    // Neither attempt's claim outlives the call.
+    assert_eq!(pool.slot(&img).pending.load(Ordering::SeqCst), 0);
 }
