@@ -334,7 +334,7 @@ async fn follow(
     fds: CallerFds,
     launcher: UnixStream,
     slave: Option<OwnedFd>,
-    mut call: Call,
+    call: Call,
 ) {
     let (data_tx, data_rx) = mpsc::channel(INPUT_QUEUE);
     let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -409,6 +409,14 @@ async fn follow(
         }
     };
     inputs.abort();
+    end_call(end, call, output, out_tx, done, stop_w).await;
+}
+
+/// The end of a relayed call: the tool's last word passed on (`Some`) and
+/// the writer let finish, or, with no one waiting for the tool (`None`),
+/// the exec closed so the relay kills it and the writer stopped even if a
+/// reader that reads no more holds it.
+async fn end_call(end: Option<AgentEvent>, mut call: Call, output: ExecOutput, out_tx: mpsc::Sender<Out>, done: tokio::sync::oneshot::Receiver<()>, stop_w: OwnedFd) {
     match end {
         Some(ev) => {
             call.finish(ev.status().unwrap_or(EXIT_ODFS_ERROR));
@@ -418,9 +426,6 @@ async fn follow(
             drop(stop_w);
         }
         None => {
-            // Nobody waits for the tool: close the exec now, so the relay
-            // kills it, and stop the writer even if it is stuck on a reader
-            // that reads no more.
             drop(output);
             drop(out_tx);
             drop(stop_w);
