@@ -1,6 +1,7 @@
 //! The control socket's front door: who is asking (admission at accept,
 //! from kernel-reported credentials), and which handler answers a request.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use super::call::Caller;
 use super::{listener, stamps, Daemon};
 use crate::backend::ContainerBackend;
-use crate::protocol::{self, Failure, Request, Response};
+use crate::protocol::{self, ExecRequest, Failure, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -80,19 +81,9 @@ impl<B: ContainerBackend> Daemon<B> {
         }
         match msg {
             Ok(Some((Request::Exec(req), fds))) => {
-                // The caller's fds count against its user's share of the
-                // daemon's until the call is handed off or refused.
-                let Some(_held) = gates.fds.enter_n(places, fds.len()) else {
-                    drop(fds);
-                    let message = format!(
-                        "too many open files passed at once by the calls of uid {} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
-                        caller.uid,
-                        gates.fds.taken(places),
-                        req.fds.len(),
-                        gates.fds.per_uid()
-                    );
-                    REFUSALS.note(caller.uid, &message);
-                    return self.answer(conn, Response::Error(Failure::new(message)));
+                let (_held, fds) = match hold_fds(&gates, places, caller.uid, &req, fds) {
+                    Ok(held) => held,
+                    Err(f) => return self.answer(conn, Response::Error(f)),
                 };
                 let span = super::exec::call_span(&req, &caller);
                 tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await
@@ -169,6 +160,24 @@ impl<B: ContainerBackend> Daemon<B> {
             Err(e) => REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
         }
     }
+}
+
+/// Places for the fds a call brings: they count against its user's share
+/// of the daemon's until the call is handed off or refused. Refused, the
+/// fds are closed before the caller hears how to pass fewer.
+fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<OwnedFd>) -> Result<(listener::Ticket, Vec<OwnedFd>), Failure> {
+    let Some(held) = gates.fds.enter_n(places, fds.len()) else {
+        drop(fds);
+        let message = format!(
+            "too many open files passed at once by the calls of uid {uid} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
+            gates.fds.taken(places),
+            req.fds.len(),
+            gates.fds.per_uid()
+        );
+        REFUSALS.note(uid, &message);
+        return Err(Failure::new(message));
+    };
+    Ok((held, fds))
 }
 
 /// Whether a peer runs in the daemon's user namespace (the host's): in
