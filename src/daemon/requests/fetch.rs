@@ -4,6 +4,7 @@
 //! pinned by digest never moves; a recipe is built again only when its
 //! files or base images changed; `check` reports without fetching.
 
+use std::future::Future;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -18,41 +19,38 @@ use crate::protocol::{Failure, Response};
 
 impl<B: ContainerBackend> Daemon<B> {
     pub(in crate::daemon) async fn pull(&self, caller: &Caller, commands: &[String], client: &UnixStream) -> Answer {
-        require_root(caller, "pull")?;
-        let images = self.images_of(commands)?;
-        let mut lines = Vec::new();
-        let mut failed_any = false;
-        for image in images {
-            let r = &image.reference;
+        self.each_image(caller, "pull", commands, |image| async move {
             match self.with_progress(client, &image, self.pool.pull(&image)).await {
-                Ok(true) => lines.push(format!("{r}: fetched")),
-                Ok(false) => lines.push(format!("{r}: present")),
-                Err(e) => {
-                    failed_any = true;
-                    lines.push(format!("{r}: {e}"));
-                }
+                Ok(true) => Ok("fetched".to_string()),
+                Ok(false) => Ok("present".to_string()),
+                Err(e) => Err(e.to_string()),
             }
-        }
-        if failed_any {
-            Err(failed(lines.join("\n")))
-        } else {
-            Ok(Response::Done(lines.join("\n")))
-        }
+        })
+        .await
     }
 
     pub(in crate::daemon) async fn update(&self, caller: &Caller, commands: &[String], check: bool, client: &UnixStream) -> Answer {
-        require_root(caller, "update")?;
-        let images = self.images_of(commands)?;
+        self.each_image(caller, "update", commands, |image| async move { self.update_one(&image, check, client).await }).await
+    }
+
+    /// `one` on each image of `commands` in turn, a line each: one that
+    /// fails does not keep the rest from their turn, and fails the request.
+    async fn each_image<F: Future<Output = Result<String, String>>>(
+        &self,
+        caller: &Caller,
+        what: &str,
+        commands: &[String],
+        one: impl Fn(Arc<ImageSpec>) -> F,
+    ) -> Answer {
+        require_root(caller, what)?;
         let mut lines = Vec::new();
         let mut failed_any = false;
-        for image in images {
-            match self.update_one(&image, check, client).await {
-                Ok(line) => lines.push(format!("{}: {line}", image.reference)),
-                Err(e) => {
-                    failed_any = true;
-                    lines.push(format!("{}: {e}", image.reference));
-                }
-            }
+        for image in self.images_of(commands)? {
+            let line = one(image.clone()).await.unwrap_or_else(|e| {
+                failed_any = true;
+                e
+            });
+            lines.push(format!("{}: {line}", image.reference));
         }
         if failed_any {
             Err(failed(lines.join("\n")))
