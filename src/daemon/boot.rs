@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::pool::{self, Pool, PoolConfig};
 use super::reload::{catalog_fingerprint, Fingerprint, FsHooks};
-use super::{admin, stamps, Daemon};
+use super::{requests, stamps, Daemon};
 use crate::backend::docker::Docker;
 use crate::backend::ContainerBackend;
 use crate::catalog::{self, Catalog, Snapshot, Store};
@@ -118,7 +118,7 @@ pub(super) fn daemon<B: ContainerBackend>(
 ) -> Arc<Daemon<B>> {
     let daemon = Arc::new(Daemon {
         pool,
-        cli_catalog: cfg.catalogs.last().map(|d| d.join(admin::CLI_CATALOG)),
+        cli_catalog: cfg.catalogs.last().map(|d| d.join(requests::cli_catalog::CLI_CATALOG)),
         transitions: std::sync::Mutex::new(transitions),
         snapshot: RwLock::new(snapshot.clone()),
         store,

@@ -1,7 +1,8 @@
 //! The control socket's front door: who is asking (admission at accept,
-//! from kernel-reported credentials), and which handler answers a request.
+//! from kernel-reported credentials, and the places a user's requests and
+//! fds may take), and the one table of which handler answers a request.
 
-use std::os::unix::net::UnixStream;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use super::call::Caller;
 use super::{listener, stamps, Daemon};
 use crate::backend::ContainerBackend;
-use crate::protocol::{self, Failure, Request, Response};
+use crate::protocol::{self, ExecRequest, Failure, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,14 +44,10 @@ pub(super) async fn serve<B: ContainerBackend>(
 }
 
 impl<B: ContainerBackend> Daemon<B> {
-    /// Send an admin answer from the blocking pool.
-    fn answer(&self, conn: UnixStream, r: Response) {
-        tokio::task::spawn_blocking(move || protocol::send(&conn, &r, &[]));
-    }
-
     /// One control connection: the peer fixed now, the request read within
     /// [`listener::REQUEST_DEADLINE`] while the peer holds one of its
-    /// user's few places for requests being read.
+    /// user's few places for requests being read, then answered by its
+    /// handler (exec.rs for a call, [`requests`](super::requests) for the rest).
     async fn handle(self: Arc<Self>, stream: tokio::net::UnixStream, admitted: Admitted, gates: Gates) {
         let Admitted { accepted, peer, inside, places, serving: _serving, reading: ticket } = admitted;
         let msg = match tokio::time::timeout(listener::REQUEST_DEADLINE, listener::read_frame(&stream, peer.uid, &gates.large)).await {
@@ -78,97 +75,56 @@ impl<B: ContainerBackend> Daemon<B> {
             REFUSALS.note(caller.uid, "refused a request from inside a container");
             return self.answer(conn, Response::Error(Failure::new(stamps::INSIDE_UNSTAMPED)));
         }
-        match msg {
-            Ok(Some((Request::Exec(req), fds))) => {
-                // The caller's fds count against its user's share of the
-                // daemon's until the call is handed off or refused.
-                let Some(_held) = gates.fds.enter_n(places, fds.len()) else {
-                    drop(fds);
-                    let message = format!(
-                        "too many open files passed at once by the calls of uid {} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
-                        caller.uid,
-                        gates.fds.taken(places),
-                        req.fds.len(),
-                        gates.fds.per_uid()
-                    );
-                    REFUSALS.note(caller.uid, &message);
-                    return self.answer(conn, Response::Error(Failure::new(message)));
+        let (request, fds) = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => return REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
+        };
+        let answer = match request {
+            Request::Exec(req) => {
+                let (_held, fds) = match hold_fds(&gates, places, caller.uid, &req, fds) {
+                    Ok(held) => held,
+                    Err(f) => return self.answer(conn, Response::Error(f)),
                 };
                 let span = super::exec::call_span(&req, &caller);
-                tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await
+                return tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await;
             }
-            Ok(Some((Request::Status, _))) => {
-                let containers = self.pool.status().await;
-                let engine = self.pool.backend().engine_info().await;
-                let idle = self.pool.budget_line(&containers);
-                let (images, disk) = self.image_usage().await;
-                self.answer(conn, Response::Status { engine, containers, idle, images, disk });
-            }
-            Ok(Some((Request::Stats, _))) => self.answer(conn, Response::Stats(self.stats())),
-            Ok(Some((Request::List, _))) => self.answer(conn, Response::Commands(self.list())),
-            Ok(Some((Request::Add { command, image, path }, _))) => {
-                let r = self.add(&caller, &command, &image, path.as_deref());
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Remove { command }, _))) => {
-                let r = self.remove(&caller, &command);
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Stop { command, force }, _))) => {
-                let r = self.stop(&caller, command.as_deref(), force).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Prewarm { command }, _))) => {
-                let r = self.prewarm(&caller, &command, &conn).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Scan { image, add }, _))) => {
-                let r = self.scan(&caller, &image, add).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Provides { command }, _))) => {
-                let r = self.provides(&command, &caller).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Hint { command }, _))) => {
-                let r = self.hint(&command, &caller);
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::View { command }, _))) => {
-                let r = self.view(&command, &caller).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Update { commands, check }, _))) => {
-                let r = self.update(&caller, &commands, check, &conn).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Gc { dry_run, max_age_s, budget }, _))) => {
-                let r = self.gc(&caller, dry_run, max_age_s, budget).await;
-                self.answer(conn, r)
-            }
-            Ok(Some((Request::Restart, _))) => match self.in_place.get() {
-                // Under systemd the unit's main process must stay its own:
-                // the binary runs anew in it, and answers once it serves.
-                Some(tx) if super::systemd::managed() && caller.uid == 0 => {
-                    if let Err(e) = tx.send(super::takeover::Asked::InPlace(conn)).await {
-                        if let super::takeover::Asked::InPlace(conn) = e.0 {
-                            self.answer(conn, Response::Error(Failure::new("restart: the daemon is stopping")));
-                        }
-                    }
-                }
-                _ => {
-                    let r = self.restart(&caller);
-                    self.answer(conn, r)
-                }
-            },
-            Ok(Some((Request::Pull { commands }, _))) => {
-                let r = self.pull(&caller, &commands, &conn).await;
-                self.answer(conn, r)
-            }
-            Ok(None) => {}
-            Err(e) => REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
-        }
+            Request::Status => self.status().await,
+            Request::Stats => self.stats(),
+            Request::List => self.list(),
+            Request::Add { command, image, path } => self.add(&caller, &command, &image, path.as_deref()),
+            Request::Remove { command } => self.remove(&caller, &command),
+            Request::Stop { command, force } => self.stop(&caller, command.as_deref(), force).await,
+            Request::Prewarm { command } => self.prewarm(&caller, &command, &conn).await,
+            Request::Scan { image, add } => self.scan(&caller, &image, add).await,
+            Request::Provides { command } => self.provides(&caller, &command).await,
+            Request::Hint { command } => self.hint(&caller, &command),
+            Request::View { command } => self.view(&caller, &command).await,
+            Request::Update { commands, check } => self.update(&caller, &commands, check, &conn).await,
+            Request::Gc { dry_run, max_age_s, budget } => self.gc(&caller, dry_run, max_age_s, budget).await,
+            Request::Restart => return self.restart(&caller, conn).await,
+            Request::Pull { commands } => self.pull(&caller, &commands, &conn).await,
+        };
+        self.answer(conn, answer.unwrap_or_else(Response::Error));
     }
+}
+
+/// Places for the fds a call brings: they count against its user's share
+/// of the daemon's until the call is handed off or refused. Refused, the
+/// fds are closed before the caller hears how to pass fewer.
+fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<OwnedFd>) -> Result<(listener::Ticket, Vec<OwnedFd>), Failure> {
+    let Some(held) = gates.fds.enter_n(places, fds.len()) else {
+        drop(fds);
+        let message = format!(
+            "too many open files passed at once by the calls of uid {uid} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
+            gates.fds.taken(places),
+            req.fds.len(),
+            gates.fds.per_uid()
+        );
+        REFUSALS.note(uid, &message);
+        return Err(Failure::new(message));
+    };
+    Ok((held, fds))
 }
 
 /// Whether a peer runs in the daemon's user namespace (the host's): in

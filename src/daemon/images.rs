@@ -1,27 +1,20 @@
-//! Images over time: `odfs update` (fetch again, report what changed, move
-//! containers to the new image when they are next idle), `odfs gc` (remove
-//! what odfs manages and nothing uses, least recently used first, within
-//! an age, a budget and the disk's free space) and the images' lines of
-//! `odfs status`. Which images to remove is [`plan_gc`], pure.
+//! The images odfs manages, as gc weighs them ([`Candidate`]: the `odfs
+//! status` lines read them too), and their collection: remove what nothing
+//! uses, least recently used first, within an age, a budget and the disk's
+//! free space, for `odfs gc` and the daemon's own runs. Which images to
+//! remove is [`plan_gc`], pure.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use super::call::Caller;
 use super::pool::short_id;
 use super::Daemon;
-use crate::backend::outbound::{Reference, Source};
+use crate::backend::outbound::Reference;
 use crate::backend::{ContainerBackend, ImageInfo, LABEL_RECIPE};
-use crate::catalog::ImageSpec;
-use crate::protocol::{Failure, ImageUsage, Response};
 
 /// Leftover containers of odfs (never started, or exited) younger than this
 /// may belong to a scan under way: they stay.
 const LEFTOVER_AGE_S: i64 = 600;
-
-/// How long `odfs status` shows the images as last read.
-pub const USAGE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One local image odfs manages, as gc weighs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,147 +134,8 @@ fn now_ms() -> i64 {
 }
 
 impl<B: ContainerBackend> Daemon<B> {
-    /// The images of these commands (every image when empty), one per reference.
-    pub(super) fn images_of(&self, commands: &[String]) -> Result<Vec<Arc<ImageSpec>>, Response> {
-        let snapshot = self.snapshot();
-        let mut images: Vec<Arc<ImageSpec>> = if commands.is_empty() {
-            snapshot.images.values().cloned().collect()
-        } else {
-            let mut v = Vec::new();
-            for c in commands {
-                match snapshot.get(c) {
-                    Some(r) => v.push(r.image.clone()),
-                    None => return Err(Response::Error(Failure::with_status(format!("{c} is not in the catalog (odfs ls lists what is)"), 1))),
-                }
-            }
-            v
-        };
-        images.sort_by(|a, b| a.reference.cmp(&b.reference));
-        images.dedup_by(|a, b| a.reference == b.reference);
-        Ok(images)
-    }
-
-    /// `odfs update`: each image again, and what changed. A reference
-    /// pinned by digest never moves; a recipe is built again only when its
-    /// files or base images changed; `check` reports without fetching.
-    pub(super) async fn update(&self, caller: &Caller, commands: &[String], check: bool, client: &UnixStream) -> Response {
-        if let Err(r) = Self::require_root(caller, "update") {
-            return r;
-        }
-        let images = match self.images_of(commands) {
-            Ok(i) => i,
-            Err(r) => return r,
-        };
-        let mut lines = Vec::new();
-        let mut failed = false;
-        for image in images {
-            match self.update_one(&image, check, client).await {
-                Ok(line) => lines.push(format!("{}: {line}", image.reference)),
-                Err(e) => {
-                    failed = true;
-                    lines.push(format!("{}: {e}", image.reference));
-                }
-            }
-        }
-        if failed {
-            Response::Error(Failure::with_status(lines.join("\n"), 1))
-        } else {
-            Response::Done(lines.join("\n"))
-        }
-    }
-
-    async fn update_one(&self, image: &Arc<ImageSpec>, check: bool, client: &UnixStream) -> Result<String, String> {
-        let backend = self.pool.backend();
-        let r = &image.reference;
-        let before = backend.image_info(r).await.map_err(|e| e.to_string())?;
-        if Reference::parse(r).pinned() {
-            return Ok(format!("pinned by digest: stays{}", before.map_or(String::new(), |b| format!(" at {}", short_id(&b.id)))));
-        }
-        // A recipe decides when the image was built from it, when there is
-        // no image yet, and always when its name is Docker Hub's (never
-        // pulled: see `Source`); an image that came from the registry its
-        // reference names is pulled, and built from its recipe when the
-        // pull fails (an image made offline, as fetch does).
-        let stamped = before.as_ref().is_none_or(|b| b.labels.contains_key(LABEL_RECIPE));
-        let pulls = Source::of(r, image.build.as_deref()).pulls();
-        let mut rebuild = false;
-        if image.build.is_some() && (stamped || !pulls) {
-            match self.by_recipe(image, before.as_ref(), check).await? {
-                Some(line) => return Ok(line),
-                None => rebuild = true,
-            }
-        }
-        if check {
-            let digest = match backend.registry_digest(r).await {
-                Ok(d) => d,
-                Err(e) => match self.by_recipe(image, before.as_ref(), true).await? {
-                    Some(line) if image.build.is_some() => return Ok(format!("{line} (its registry does not answer: {e})")),
-                    _ => {
-                        return Err(format!(
-                            "cannot ask its registry without pulling ({e}): the engine may lack the distribution API (Podman's does); run odfs update without --check"
-                        ))
-                    }
-                },
-            };
-            let here = before.as_ref().is_some_and(|b| b.digests.iter().any(|d| d.ends_with(&format!("@{digest}"))));
-            return Ok(if here {
-                format!("up to date ({digest})")
-            } else {
-                format!("an update is available: {digest} (here: {})", before.map_or("nothing".into(), |b| short_id(&b.id).to_string()))
-            });
-        }
-        match self.with_progress(client, image, self.pool.refetch(image, rebuild)).await {
-            Ok(()) => {}
-            Err(super::call::PoolError::Backend(crate::backend::BackendError::ImageMissing { reason, .. })) if image.build.is_some() => {
-                tracing::info!(image = r.as_str(), "cannot pull ({reason}); its recipe decides");
-                if let Some(line) = self.by_recipe(image, before.as_ref(), false).await? {
-                    return Ok(line);
-                }
-                self.with_progress(client, image, self.pool.refetch(image, true)).await.map_err(|e| e.to_string())?;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        let after = backend.image_info(r).await.map_err(|e| e.to_string())?.ok_or("gone right after its fetch")?;
-        let Some(before) = before else { return Ok(format!("fetched: {}", short_id(&after.id))) };
-        if before.id == after.id {
-            return Ok(format!("up to date at {}", short_id(&after.id)));
-        }
-        // The old image stays odfs's to remove once nothing holds it.
-        self.store.image_seen(&before.id, r);
-        let moving = self.pool.retarget(r, &after.id).await;
-        let mut line = format!("updated {} → {}", short_id(&before.id), short_id(&after.id));
-        if !image.version_command.is_empty() {
-            let mount = self.pool.mount_id();
-            let version = |id: String| async move {
-                backend.version_of(&id, &image.version_command, mount).await.unwrap_or_else(|e| format!("(no version: {e})"))
-            };
-            line += &format!(" ({} → {})", version(before.id.clone()).await, version(after.id.clone()).await);
-        }
-        if moving > 0 {
-            line += &format!("; {moving} container(s) with tools running move to it when they end");
-        }
-        Ok(line)
-    }
-
-    /// Whether an image's recipe needs building: `Some(line)` when not (it
-    /// is as built) or when only checking; `None` when it must be built.
-    async fn by_recipe(&self, image: &ImageSpec, before: Option<&ImageInfo>, check: bool) -> Result<Option<String>, String> {
-        let Some(recipe) = &image.build else { return Ok(None) };
-        let stamp = self.pool.backend().recipe_stamp(recipe).await.map_err(|e| format!("cannot read the recipe {}: {e}", recipe.display()))?;
-        match before {
-            Some(b) if b.labels.get(LABEL_RECIPE) == Some(&stamp) => {
-                Ok(Some(format!("up to date at {} (its recipe and base images are as built)", short_id(&b.id))))
-            }
-            Some(b) if check && !b.labels.contains_key(LABEL_RECIPE) => {
-                Ok(Some(format!("would be built again from its recipe {} (this image was not built by odfs)", recipe.display())))
-            }
-            _ if check => Ok(Some(format!("would be built again: its recipe {} or a base image changed", recipe.display()))),
-            _ => Ok(None),
-        }
-    }
-
     /// Every image odfs manages that is here, as gc weighs it.
-    async fn candidates(&self) -> Result<(Vec<Candidate>, Vec<crate::backend::Holder>), String> {
+    pub(super) async fn candidates(&self) -> Result<(Vec<Candidate>, Vec<crate::backend::Holder>), String> {
         let backend = self.pool.backend();
         let uses: HashMap<String, crate::catalog::ImageUse> =
             self.store.image_uses().map_err(|e| format!("cannot read the history: {e}"))?.into_iter().map(|u| (u.id.clone(), u)).collect();
@@ -328,18 +182,9 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok((out, holders))
     }
 
-    /// `odfs gc`, and the daemon's own runs: leftover containers, images
-    /// [`plan_gc`] picks, the build cache unused for the age.
-    pub(super) async fn gc(&self, caller: &Caller, dry_run: bool, max_age_s: Option<u64>, budget: Option<u64>) -> Response {
-        if let Err(r) = Self::require_root(caller, "gc") {
-            return r;
-        }
-        match self.collect(dry_run, max_age_s, budget).await {
-            Ok(text) => Response::Done(text),
-            Err(e) => Response::Error(Failure::with_status(format!("gc: {e}"), 1)),
-        }
-    }
-
+    /// Leftover containers, and the images [`plan_gc`] picks, with the
+    /// build cache unused for the age: for `odfs gc` and the daemon's own
+    /// runs.
     pub(super) async fn collect(&self, dry_run: bool, max_age_s: Option<u64>, budget: Option<u64>) -> Result<String, String> {
         let backend = self.pool.backend();
         let mut lines = Vec::new();
@@ -398,48 +243,6 @@ impl<B: ContainerBackend> Daemon<B> {
         lines.push(summary);
         lines.extend(plan.short);
         Ok(lines.join("\n"))
-    }
-
-    /// `odfs status`: the images odfs manages, newest use first, and the
-    /// engine's disk in a line.
-    pub(super) async fn image_usage(&self) -> (Vec<ImageUsage>, String) {
-        // One reading at a time, reused for a while: many users' status
-        // calls cost the engine one.
-        let mut cached = self.image_usage.lock().await;
-        if let Some((_, usage, disk)) = cached.as_ref().filter(|(at, ..)| at.elapsed() < USAGE_FOR) {
-            return (usage.clone(), disk.clone());
-        }
-        let fresh = self.read_image_usage().await;
-        *cached = Some((std::time::Instant::now(), fresh.0.clone(), fresh.1.clone()));
-        fresh
-    }
-
-    async fn read_image_usage(&self) -> (Vec<ImageUsage>, String) {
-        let (images, holders) = match self.candidates().await {
-            Ok(x) => x,
-            Err(e) => return (vec![], format!("images unknown: {e}")),
-        };
-        let mut out: Vec<ImageUsage> = images
-            .iter()
-            .map(|c| ImageUsage {
-                references: c.names.clone(),
-                id: c.id.clone(),
-                size: c.size,
-                last_used_ms: Some(c.last_used_ms).filter(|&t| t > 0),
-                containers: holders.iter().filter(|h| h.image_id == c.id).count() as u32,
-                needed: c.needed,
-            })
-            .collect();
-        out.sort_by_key(|u| std::cmp::Reverse(u.last_used_ms));
-        let total: u64 = images.iter().map(|c| c.size).sum();
-        let mut disk = format!("{} in {} image(s) odfs manages", human_bytes(total), images.len());
-        if let Some(b) = self.gc.budget {
-            disk += &format!(" (budget {})", human_bytes(b));
-        }
-        if let Ok(Some((root, free, size))) = self.pool.backend().data_root_space().await {
-            disk += &format!("; {root}: {} free of {}", human_bytes(free), human_bytes(size));
-        }
-        (out, disk)
     }
 }
 

@@ -2,11 +2,11 @@
 //! [`dispatch`] (who asks, which handler), [`exec`] (one exec request),
 //! [`pool`] (its container), [`link`] (the way to the container's agent),
 //! then the launcher. [`server`] runs it all in phases ([`boot`],
-//! [`inherit`], rounds of serving, a stop that waits for every task); [`reload`] serves catalog edits; [`admin`]
-//! and [`report`] answer the admin commands.
+//! [`inherit`], rounds of serving, a stop that waits for every task);
+//! [`reload`] serves catalog edits; [`requests`] answers the admin
+//! requests, one file per request; [`images`] weighs and collects images.
 
 mod accounts;
-mod admin;
 mod boot;
 mod call;
 mod dispatch;
@@ -21,7 +21,7 @@ mod paths;
 pub mod pins;
 pub mod pool;
 mod reload;
-mod report;
+mod requests;
 mod stamps;
 mod server;
 mod systemd;
@@ -62,7 +62,7 @@ pub struct Daemon<B> {
     /// What `odfs gc` keeps (`[gc]`).
     gc: crate::config::GcSettings,
     /// The images' lines of `odfs status`, as last read (any user may ask:
-    /// the engine is asked at most once per [`images::USAGE_FOR`]).
+    /// the engine is asked at most once per [`requests::status::USAGE_FOR`]).
     image_usage: tokio::sync::Mutex<Option<(std::time::Instant, Vec<crate::protocol::ImageUsage>, String)>>,
     /// This daemon's command line, for `odfs restart` (a successor started
     /// with it takes the mount over).

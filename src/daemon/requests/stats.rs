@@ -1,9 +1,11 @@
-//! What the daemon tells about its containers and calls: `odfs stats`
-//! figures per command, and how a keep-alive window reads.
+//! `odfs stats`: call figures per command from the pool's history, and
+//! what is left of each keep-alive window.
 
-use super::pool::Served;
-use super::Daemon;
+use super::Answer;
 use crate::backend::ContainerBackend;
+use crate::daemon::pool::Served;
+use crate::daemon::Daemon;
+use crate::protocol::Response;
 
 /// What is left of a keep-alive window, as `odfs stats` says it: `2m left`,
 /// `45s left` (whole seconds, never negative).
@@ -12,8 +14,7 @@ fn time_left(secs: f64) -> String {
 }
 
 impl<B: ContainerBackend> Daemon<B> {
-    /// Figures per command from the pool's history.
-    pub(super) fn stats(&self) -> Vec<crate::protocol::CommandStats> {
+    pub(in crate::daemon) fn stats(&self) -> Answer {
         use crate::policy::{epsilon, Call};
         let mut out = Vec::new();
         for (image, seen, plan) in self.pool.history() {
@@ -45,7 +46,7 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         out.sort_by(|a, b| a.command.cmp(&b.command));
-        out
+        Ok(Response::Stats(out))
     }
 }
 
