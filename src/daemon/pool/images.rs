@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::slot::Slot;
+use super::slot::{PullFailure, Slot};
 use super::state::{transition, Container, State};
 use super::Pool;
 use crate::backend::outbound::Source;
@@ -18,13 +18,6 @@ use crate::protocol::ImageProgress;
 
 /// How often a waiting client hears of a fetch's progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-
-#[derive(Debug, Clone)]
-pub(super) struct PullFailure {
-    retry_at: Instant,
-    message: String,
-    attempts: u32,
-}
 
 /// Wait after a failed pull: 5 s, doubling per failure, at most 5 min.
 pub(super) fn pull_backoff(attempts: u32) -> Duration {

@@ -6,7 +6,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::images::PullFailure;
 use super::state::{Container, State};
 use super::{Pool, Seen};
 use crate::backend::ContainerBackend;
@@ -31,6 +30,15 @@ pub(super) struct Life {
     /// The last call's end is not known yet (the agent reports it idle).
     pub(super) open: bool,
     pub(super) plan: Option<Plan>,
+}
+
+/// A failed pull (or build) of the slot's image: callers get its message
+/// until `retry_at`, and each failure in a row waits longer.
+#[derive(Debug, Clone)]
+pub(super) struct PullFailure {
+    pub(super) retry_at: std::time::Instant,
+    pub(super) message: String,
+    pub(super) attempts: u32,
 }
 
 /// One image profile's container.
