@@ -26,6 +26,10 @@
 //! The `daemon` feature (default) gates everything only the host daemon
 //! needs, so the agent builds without tokio or SQLite.
 
+// Every unsafe operation is in a block of its own that says why it holds.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod accounts;
 pub mod agent;
 #[cfg(feature = "bench")]

@@ -417,161 +417,167 @@ struct Ids<'a> {
 /// no_new_privs, so a setuid or file-capability program runs with the
 /// caller's privileges (as under `nosuid`). Raw syscalls only.
 unsafe fn become_caller(ids: &Ids) -> Result<(), ()> {
-    for cap in 0..=LAST_CAP {
-        if ids.bounding & !ids.caps & (1u64 << cap) != 0
-            && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
-            && *libc::__errno_location() != libc::EINVAL
+    // SAFETY: in the child, before its exec: raw syscalls on the ids prepared before the clone (see the function's contract).
+    unsafe {
+        for cap in 0..=LAST_CAP {
+            if ids.bounding & !ids.caps & (1u64 << cap) != 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                return Err(());
+            }
+        }
+        // Raw syscalls, not libc's wrappers: those would change the ids of
+        // every thread libc knows of, and a child sharing the agent's memory
+        // (see `spawn_vfork`) would change the agent's threads'.
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0
+            || libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0
+            || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0
         {
             return Err(());
         }
-    }
-    // Raw syscalls, not libc's wrappers: those would change the ids of
-    // every thread libc knows of, and a child sharing the agent's memory
-    // (see `spawn_vfork`) would change the agent's threads'.
-    if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
-        || libc::syscall(libc::SYS_setgroups, ids.groups.len(), ids.groups.as_ptr()) != 0
-        || libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) != 0
-        || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) != 0
-    {
-        return Err(());
-    }
-    // struct __user_cap_header_struct / __user_cap_data_struct, version 3.
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header { version: 0x2008_0522, pid: 0 };
-    let half = |shift: u32| {
-        let bits = (ids.caps >> shift) as u32;
-        Data { effective: bits, permitted: bits, inheritable: bits }
-    };
-    let data = [half(0), half(32)];
-    if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
-        return Err(());
-    }
-    for cap in 0..=LAST_CAP {
-        if ids.caps & (1u64 << cap) != 0
-            && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0) != 0
-        {
+        // struct __user_cap_header_struct / __user_cap_data_struct, version 3.
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut header = Header { version: 0x2008_0522, pid: 0 };
+        let half = |shift: u32| {
+            let bits = (ids.caps >> shift) as u32;
+            Data { effective: bits, permitted: bits, inheritable: bits }
+        };
+        let data = [half(0), half(32)];
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
             return Err(());
         }
+        for cap in 0..=LAST_CAP {
+            if ids.caps & (1u64 << cap) != 0
+                && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap as libc::c_ulong, 0, 0) != 0
+            {
+                return Err(());
+            }
+        }
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(());
+        }
+        Ok(())
     }
-    if libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) != 0 || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        return Err(());
-    }
-    Ok(())
 }
 
 /// The child between fork and exec. Only raw syscalls: no allocation, no
 /// locks, no write to memory but its own stack (it may share the agent's:
 /// see [`spawn_vfork`]).
 unsafe fn child(a: &ChildArgs) -> ! {
-    let ChildArgs { err_w, ref ids, cwd, pty_slave, sources, targets, park_base, progs, argv, env, ignored, trace } = *a;
-    // First, while still root (no caller can stop or hold it yet): this
-    // call's fds parked high (close-on-exec), and every other fd of the
-    // agent's table closed, other callers' pipes, channels and ptys among
-    // them. From here on the child holds nothing but its own caller's.
-    let mut parked = [0i32; crate::protocol::MAX_FDS];
-    let (err_w, pty_slave) = match park(err_w, pty_slave, sources, park_base, &mut parked) {
-        Some(kept) => kept,
-        None => libc::_exit(EXIT_ODFS_ERROR),
-    };
-    let fail = |stage: Stage| -> ! {
-        let errno = *libc::__errno_location();
-        let e = errno.to_le_bytes();
-        let msg: [u8; RECORD] = [stage as u8, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
-        libc::write(err_w, msg.as_ptr().cast(), msg.len());
-        libc::_exit(EXIT_ODFS_ERROR);
-    };
+    // SAFETY: in the child only, which shares the agent's memory until its exec: raw, async-signal-safe syscalls on memory prepared before the clone; it never returns.
+    unsafe {
+        let ChildArgs { err_w, ref ids, cwd, pty_slave, sources, targets, park_base, progs, argv, env, ignored, trace } = *a;
+        // First, while still root (no caller can stop or hold it yet): this
+        // call's fds parked high (close-on-exec), and every other fd of the
+        // agent's table closed, other callers' pipes, channels and ptys among
+        // them. From here on the child holds nothing but its own caller's.
+        let mut parked = [0i32; crate::protocol::MAX_FDS];
+        let (err_w, pty_slave) = match park(err_w, pty_slave, sources, park_base, &mut parked) {
+            Some(kept) => kept,
+            None => libc::_exit(EXIT_ODFS_ERROR),
+        };
+        let fail = |stage: Stage| -> ! {
+            let errno = *libc::__errno_location();
+            let e = errno.to_le_bytes();
+            let msg: [u8; RECORD] = [stage as u8, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
+            libc::write(err_w, msg.as_ptr().cast(), msg.len());
+            libc::_exit(EXIT_ODFS_ERROR);
+        };
 
-    // A session of its own, so everything the tool starts can be found and
-    // ended as a whole when the caller disappears.
-    libc::setsid();
-    if pty_slave >= 0 {
-        // The pty becomes the session's controlling terminal: /dev/tty works,
-        // Ctrl-C, Ctrl-Z and window changes reach the tool.
-        if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
-            fail(Stage::Tty);
+        // A session of its own, so everything the tool starts can be found and
+        // ended as a whole when the caller disappears.
+        libc::setsid();
+        if pty_slave >= 0 {
+            // The pty becomes the session's controlling terminal: /dev/tty works,
+            // Ctrl-C, Ctrl-Z and window changes reach the tool.
+            if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
+                fail(Stage::Tty);
+            }
+            // Like a shell, this process stays as session leader and runs the
+            // tool in its own foreground process group. A tool that led the
+            // session itself would sit in an orphaned process group (its parent,
+            // the agent, is in another session), and the kernel discards Ctrl-Z
+            // (SIGTSTP) for those.
+            let tool = libc::fork();
+            if tool < 0 {
+                fail(Stage::Tty);
+            }
+            if tool > 0 {
+                session_holder(tool, err_w);
+            }
+            // The tool: its own group, in the terminal's foreground. SIGTTOU is
+            // blocked for tcsetpgrp (the mask is reset before exec).
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+            libc::setpgid(0, 0);
+            if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
+                fail(Stage::Tty);
+            }
         }
-        // Like a shell, this process stays as session leader and runs the
-        // tool in its own foreground process group. A tool that led the
-        // session itself would sit in an orphaned process group (its parent,
-        // the agent, is in another session), and the kernel discards Ctrl-Z
-        // (SIGTSTP) for those.
-        let tool = libc::fork();
-        if tool < 0 {
-            fail(Stage::Tty);
-        }
-        if tool > 0 {
-            session_holder(tool, err_w);
-        }
-        // The tool: its own group, in the terminal's foreground. SIGTTOU is
-        // blocked for tcsetpgrp (the mask is reset before exec).
-        let mut ttou: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut ttou);
-        libc::sigaddset(&mut ttou, libc::SIGTTOU);
-        libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-        libc::setpgid(0, 0);
-        if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
-            fail(Stage::Tty);
-        }
-    }
 
-    if become_caller(ids).is_err() {
-        fail(Stage::Identity);
-    }
-    // After dropping privileges, so the caller's own rights decide.
-    if libc::chdir(cwd.as_ptr()) != 0 {
-        fail(Stage::Cwd);
-    }
-
-    // Each parked fd onto its target. Standard fds the caller did not have
-    // stay closed (`park` closed them), as they would natively.
-    for (i, &target) in targets.iter().enumerate() {
-        if libc::dup2(parked[i], target) < 0 {
-            fail(Stage::Fds);
+        if become_caller(ids).is_err() {
+            fail(Stage::Identity);
         }
-    }
-
-    // A clean signal state: the agent blocks some signals, Rust ignores
-    // SIGPIPE and handles SIGSEGV and SIGBUS; tools must see the defaults
-    // (`yes | head -1` must end). Dispositions first, then the mask.
-    for sig in 1..=64 {
-        if ignored & (1u64 << (sig - 1)) != 0 {
-            libc::signal(sig, libc::SIG_DFL);
+        // After dropping privileges, so the caller's own rights decide.
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(Stage::Cwd);
         }
-    }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
 
-    if trace {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        let t = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).to_le_bytes();
-        let msg: [u8; RECORD] = [Stage::Ready as u8, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
-        libc::write(err_w, msg.as_ptr().cast(), msg.len());
-    }
-    let mut last_errno = libc::ENOENT;
-    for prog in progs {
-        libc::execve(prog.as_ptr(), argv.as_ptr(), env.as_ptr());
-        let e = *libc::__errno_location();
-        // Like execvp: keep looking past missing files and unreadable dirs,
-        // but remember a permission problem to report it.
-        if e == libc::EACCES || (last_errno != libc::EACCES && e != libc::ENOENT && e != libc::ENOTDIR) {
-            last_errno = e;
+        // Each parked fd onto its target. Standard fds the caller did not have
+        // stay closed (`park` closed them), as they would natively.
+        for (i, &target) in targets.iter().enumerate() {
+            if libc::dup2(parked[i], target) < 0 {
+                fail(Stage::Fds);
+            }
         }
+
+        // A clean signal state: the agent blocks some signals, Rust ignores
+        // SIGPIPE and handles SIGSEGV and SIGBUS; tools must see the defaults
+        // (`yes | head -1` must end). Dispositions first, then the mask.
+        for sig in 1..=64 {
+            if ignored & (1u64 << (sig - 1)) != 0 {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        if trace {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+            let t = (ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64).to_le_bytes();
+            let msg: [u8; RECORD] = [Stage::Ready as u8, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]];
+            libc::write(err_w, msg.as_ptr().cast(), msg.len());
+        }
+        let mut last_errno = libc::ENOENT;
+        for prog in progs {
+            libc::execve(prog.as_ptr(), argv.as_ptr(), env.as_ptr());
+            let e = *libc::__errno_location();
+            // Like execvp: keep looking past missing files and unreadable dirs,
+            // but remember a permission problem to report it.
+            if e == libc::EACCES || (last_errno != libc::EACCES && e != libc::ENOENT && e != libc::ENOTDIR) {
+                last_errno = e;
+            }
+        }
+        *libc::__errno_location() = last_errno;
+        fail(Stage::Exec)
     }
-    *libc::__errno_location() = last_errno;
-    fail(Stage::Exec)
 }
 
 /// Keep only this call's fds in the child's table: `err_w`, the pty slave
@@ -580,42 +586,45 @@ unsafe fn child(a: &ChildArgs) -> ! {
 /// every other fd. Returns where `err_w` and the slave went, or `None`.
 /// Raw syscalls and the stack only.
 unsafe fn park(err_w: i32, pty_slave: i32, sources: &[i32], park_base: i32, parked: &mut [i32; crate::protocol::MAX_FDS]) -> Option<(i32, i32)> {
-    let up = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, park_base);
-    let err = up(err_w);
-    let slave = if pty_slave >= 0 { up(pty_slave) } else { -1 };
-    if err < 0 || (pty_slave >= 0 && slave < 0) {
-        return None;
-    }
-    for (i, &src) in sources.iter().enumerate() {
-        parked[i] = up(src);
-        if parked[i] < 0 {
+    // SAFETY: in the child, while still root: raw syscalls on fds this call owns and a buffer of the child's stack.
+    unsafe {
+        let up = |fd: i32| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, park_base);
+        let err = up(err_w);
+        let slave = if pty_slave >= 0 { up(pty_slave) } else { -1 };
+        if err < 0 || (pty_slave >= 0 && slave < 0) {
             return None;
         }
-    }
-    // The fds to keep, in order, then closed around: every gap is one close_range.
-    let mut keep = [0i32; crate::protocol::MAX_FDS + 2];
-    let n = sources.len() + 2;
-    keep[..sources.len()].copy_from_slice(&parked[..sources.len()]);
-    keep[sources.len()] = err;
-    keep[sources.len() + 1] = slave;
-    let keep = &mut keep[..n];
-    for i in 1..n {
-        let mut j = i;
-        while j > 0 && keep[j - 1] > keep[j] {
-            keep.swap(j - 1, j);
-            j -= 1;
+        for (i, &src) in sources.iter().enumerate() {
+            parked[i] = up(src);
+            if parked[i] < 0 {
+                return None;
+            }
         }
-    }
-    let mut low: u32 = 0;
-    for &fd in keep.iter().filter(|&&fd| fd >= 0) {
-        let fd = fd as u32;
-        if fd > low {
-            libc::syscall(libc::SYS_close_range, low, fd - 1, 0);
+        // The fds to keep, in order, then closed around: every gap is one close_range.
+        let mut keep = [0i32; crate::protocol::MAX_FDS + 2];
+        let n = sources.len() + 2;
+        keep[..sources.len()].copy_from_slice(&parked[..sources.len()]);
+        keep[sources.len()] = err;
+        keep[sources.len() + 1] = slave;
+        let keep = &mut keep[..n];
+        for i in 1..n {
+            let mut j = i;
+            while j > 0 && keep[j - 1] > keep[j] {
+                keep.swap(j - 1, j);
+                j -= 1;
+            }
         }
-        low = low.max(fd + 1);
+        let mut low: u32 = 0;
+        for &fd in keep.iter().filter(|&&fd| fd >= 0) {
+            let fd = fd as u32;
+            if fd > low {
+                libc::syscall(libc::SYS_close_range, low, fd - 1, 0);
+            }
+            low = low.max(fd + 1);
+        }
+        libc::syscall(libc::SYS_close_range, low, u32::MAX, 0);
+        Some((err, slave))
     }
-    libc::syscall(libc::SYS_close_range, low, u32::MAX, 0);
-    Some((err, slave))
 }
 
 /// Pid of the tool, for the session holder's signal handlers.
@@ -639,41 +648,44 @@ extern "C" fn pass_to_tool(sig: libc::c_int) {
 /// in its own orphaned group) and ends exactly as the tool ended.
 /// Only raw syscalls: it runs in a fork of the multithreaded agent.
 unsafe fn session_holder(tool: i32, err_w: i32) -> ! {
-    TOOL.store(tool, std::sync::atomic::Ordering::Relaxed);
-    // The tool reports exec errors itself; this copy must not hold the pipe
-    // open, nor any of the caller's fds.
-    libc::close(err_w);
-    libc::close_range(3, u32::MAX, 0);
-    libc::setpgid(tool, tool);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT] {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = pass_to_tool as extern "C" fn(libc::c_int) as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(sig, &sa, std::ptr::null_mut());
-    }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-    loop {
-        let mut status = 0;
-        if libc::waitpid(tool, &mut status, libc::WUNTRACED) < 0 {
-            if *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            libc::_exit(EXIT_ODFS_ERROR);
+    // SAFETY: in the pty path's child, a fork of its own: raw syscalls waiting for the tool it forked.
+    unsafe {
+        TOOL.store(tool, std::sync::atomic::Ordering::Relaxed);
+        // The tool reports exec errors itself; this copy must not hold the pipe
+        // open, nor any of the caller's fds.
+        libc::close(err_w);
+        libc::close_range(3, u32::MAX, 0);
+        libc::setpgid(tool, tool);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2, libc::SIGCONT] {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = pass_to_tool as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
-        if libc::WIFSTOPPED(status) {
-            libc::kill(libc::getpid(), libc::SIGSTOP);
-        } else if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
-        } else if libc::WIFSIGNALED(status) {
-            let sig = libc::WTERMSIG(status);
-            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            libc::signal(sig, libc::SIG_DFL);
-            libc::kill(libc::getpid(), sig);
-            libc::_exit(128 + sig);
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        loop {
+            let mut status = 0;
+            if libc::waitpid(tool, &mut status, libc::WUNTRACED) < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(EXIT_ODFS_ERROR);
+            }
+            if libc::WIFSTOPPED(status) {
+                libc::kill(libc::getpid(), libc::SIGSTOP);
+            } else if libc::WIFEXITED(status) {
+                libc::_exit(libc::WEXITSTATUS(status));
+            } else if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(sig, libc::SIG_DFL);
+                libc::kill(libc::getpid(), sig);
+                libc::_exit(128 + sig);
+            }
         }
     }
 }

@@ -244,6 +244,7 @@ impl Docker {
 /// Free and total bytes of the file system holding `path`.
 pub fn statvfs(path: &Path) -> Option<(u64, u64)> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, for which all zeroes is a value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid C string and a buffer of the right type.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
