@@ -41,6 +41,10 @@ struct Served {
     generation: String,
     /// Each image's part, by image name.
     images: BTreeMap<String, Part>,
+    /// Whether man-db's configuration mapped the share when it was made
+    /// (its index is then in man-db's cache, else in the tree, if man-db
+    /// is here at all).
+    mapped: bool,
 }
 
 /// One image's part of a generation: what the catalog said of it, and the
@@ -118,6 +122,12 @@ impl Docs {
         self.store.join("served")
     }
 
+    /// The documents of a cache file named in the store (a name of ours:
+    /// hex digits).
+    fn cached(&self, name: &str) -> Option<Vec<Doc>> {
+        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Docs::read_cache(&self.store.join(name))).flatten()
+    }
+
     fn read_cache(file: &Path) -> Option<Vec<Doc>> {
         postcard::from_bytes(&std::fs::read(file).ok()?).ok()
     }
@@ -165,8 +175,8 @@ impl Docs {
 
     /// What is served now is `layout`, in `generation`, made of `parts`:
     /// kept for the next start.
-    fn record(&self, layout: Layout, generation: String, parts: BTreeMap<String, Part>) {
-        let served = Served { generation, images: parts.clone() };
+    fn record(&self, layout: Layout, generation: String, parts: BTreeMap<String, Part>, mapped: bool) {
+        let served = Served { generation, images: parts.clone(), mapped };
         let saved = postcard::to_stdvec(&served).map_err(std::io::Error::other).and_then(|b| write_whole(&self.served_file(), &b));
         if let Err(e) = saved {
             tracing::warn!("cannot keep what the share directory serves for the next start ({}): {e}", self.served_file().display());
@@ -195,18 +205,21 @@ impl Docs {
         let mut layout = Layout::default();
         for (name, part) in &served.images {
             let still = wanted.get(name).is_some_and(|(image, commands)| Part::of(image, commands).same_entry(part));
-            let Some(docs) = still.then(|| Docs::read_cache(&self.store.join(&part.cache))).flatten() else { return };
+            let Some(docs) = still.then(|| self.cached(&part.cache)).flatten() else { return };
             add_part(&mut layout, docs, part.completions);
         }
         let linked = served_beside(dir).and_then(|(parent, name)| {
+            let stamp = served.generation.strip_prefix(&format!(".{name}.gen-")).unwrap_or_default();
+            if stamp.is_empty() || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(std::io::Error::other(format!("{:?} is no generation of odfs's", served.generation)));
+            }
             let meta = std::fs::symlink_metadata(parent.join(&served.generation))?;
-            if !meta.is_dir() || meta.uid() != 0 || !served.generation.starts_with(&format!(".{name}.gen-")) {
+            if !meta.is_dir() || meta.uid() != 0 {
                 return Err(std::io::Error::other(format!("{} is no generation of odfs's", served.generation)));
             }
-            // Indexed where man-db now looks: in the tree for a manpath
-            // it does not map, in its cache (made from a tree without one)
-            // for one it does.
-            if parent.join(&served.generation).join("man/index.db").exists() == mapped(dir) {
+            // Indexed where man-db now looks: in the tree for a manpath it
+            // does not map, in its cache for one it does.
+            if served.mapped != mapped(dir) {
                 return Err(std::io::Error::other("man-db's map of the share changed"));
             }
             link(&parent, &name, &served.generation)
@@ -337,7 +350,14 @@ impl<B: ContainerBackend> Daemon<B> {
                 // Not here yet: its pages come once it is pulled.
                 Ok(None) => continue,
                 Err(e) => {
+                    // The engine does not answer now (starting, restarting):
+                    // what was served of the image stays, cache and all.
                     tracing::debug!(image = image.name, "documentation: cannot inspect the image: {e}");
+                    let before = self.docs.made_of.lock().unwrap().get(&name).filter(|p| p.same_entry(&Part::of(&image, &commands))).cloned();
+                    if let Some((part, docs)) = before.and_then(|p| Some((p.clone(), self.docs.cached(&p.cache)?))) {
+                        add_part(&mut layout, docs, image.completions);
+                        parts.insert(name, part);
+                    }
                     continue;
                 }
             };
@@ -371,7 +391,7 @@ impl<B: ContainerBackend> Daemon<B> {
                 // The same tree, perhaps from other cache files (an image
                 // rebuilt the same): the next start reads these.
                 if *self.docs.made_of.lock().unwrap() != parts {
-                    self.docs.record(layout, generation.to_string_lossy().into_owned(), parts);
+                    self.docs.record(layout, generation.to_string_lossy().into_owned(), parts, mapped(&dir));
                 }
                 tracing::debug!(dir = %dir.display(), "man pages and completions unchanged");
                 return;
@@ -384,7 +404,7 @@ impl<B: ContainerBackend> Daemon<B> {
         match published {
             Ok(generation) => {
                 tracing::info!(files = layout.files.len(), dir = %dir.display(), store = %self.docs.store.display(), "man pages and completions served");
-                self.docs.record(layout, generation, parts);
+                self.docs.record(layout, generation, parts, mapped(&dir));
             }
             Err(e) => tracing::warn!(dir = %dir.display(), "cannot serve man pages and completions: {e}"),
         }
