@@ -63,6 +63,7 @@ pub struct Invocation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageUse {
     pub id: String,
+    /// The names odfs gave it, a line each.
     pub reference: String,
     pub first_ms: i64,
     pub last_ms: Option<i64>,
@@ -271,8 +272,13 @@ fn apply(conn: &Connection, w: Write, since_trim: &mut u32) -> rusqlite::Result<
             .execute(params![status, run_ms as i64, container, pid])
             .map(|_| ()),
         Write::ImageSeen { id, reference, at_ms } => {
-            conn.prepare_cached("INSERT INTO image_uses (id, reference, first_ms) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING")?
-                .execute(params![id, reference, at_ms])?;
+            // Every name odfs gave the image, a line each (gc keeps an image
+            // that carries a name of someone else's, never one of its own).
+            conn.prepare_cached(
+                "INSERT INTO image_uses (id, reference, first_ms) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET reference = reference || char(10) || excluded.reference \
+                 WHERE excluded.reference != '' AND instr(char(10) || reference || char(10), char(10) || excluded.reference || char(10)) = 0",
+            )?
+            .execute(params![id, reference, at_ms])?;
             Ok(())
         }
         Write::Invocation(i) => {
@@ -388,6 +394,8 @@ mod tests {
         let store = Store::open(&db).unwrap();
         store.save_catalog(&cat);
         store.image_seen("sha256:b1", "r");
+        store.image_seen("sha256:b1", "r2");
+        store.image_seen("sha256:b1", "r");
         store.record(Invocation {
             command: "sh".into(),
             image: "b".into(),
@@ -426,7 +434,7 @@ mod tests {
         // The image's last use is its newest call.
         let uses = again.image_uses().unwrap();
         assert_eq!(uses.len(), 1);
-        assert_eq!((uses[0].id.as_str(), uses[0].reference.as_str(), uses[0].last_ms), ("sha256:b1", "r", Some(1)));
+        assert_eq!((uses[0].id.as_str(), uses[0].reference.as_str(), uses[0].last_ms), ("sha256:b1", "r\nr2", Some(1)));
         let past = again.recent_calls(10).unwrap();
         assert_eq!(
             past,

@@ -141,13 +141,15 @@ impl<B: ContainerBackend> Daemon<B> {
             self.store.image_uses().map_err(|e| format!("cannot read the history: {e}"))?.into_iter().map(|u| (u.id.clone(), u)).collect();
         let images = backend.images().await.map_err(|e| e.to_string())?;
         let holders = backend.holders().await.map_err(|e| e.to_string())?;
-        let (mut needed, mut rebuildable) = (HashSet::new(), HashSet::new());
+        // The images the catalog names, each with the reference that
+        // resolved to it.
+        let (mut needed, mut rebuildable) = (HashMap::new(), HashSet::new());
         for image in self.snapshot().images.values() {
             if let Ok(Some(i)) = backend.image_info(&image.reference).await {
                 if image.build.is_some() {
                     rebuildable.insert(i.id.clone());
                 }
-                needed.insert(i.id);
+                needed.insert(i.id, image.reference.clone());
             }
         }
         let snapshot = self.snapshot();
@@ -160,14 +162,16 @@ impl<B: ContainerBackend> Daemon<B> {
         for i in images {
             // Only what this daemon fetched or ran, and what its catalog
             // names: never another mount's or a user's own images.
-            let managed = uses.contains_key(&i.id) || needed.contains(&i.id);
+            let managed = uses.contains_key(&i.id) || needed.contains_key(&i.id);
             if !managed {
                 continue;
             }
             // An image the catalog names and the history does not know yet
             // (a daemon of an older version ran it) ages from now on.
+            // Its name is the catalog's reference, never a tag it carries
+            // (which may be someone else's).
             let Some(u) = uses.get(&i.id) else {
-                self.store.image_seen(&i.id, i.tags.first().map_or("", String::as_str));
+                self.store.image_seen(&i.id, needed.get(&i.id).map_or("", String::as_str));
                 let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id);
                 let other_names = others(&i.tags, &ours);
                 out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: true, size: i.size, last_used_ms: now_ms(), refetchable, other_names, id: i.id });
@@ -176,8 +180,8 @@ impl<B: ContainerBackend> Daemon<B> {
             let tagged = backend.image_info(&i.id).await.ok().flatten().and_then(|x| x.tagged_ms);
             let last = [u.last_ms, Some(u.first_ms), tagged].into_iter().flatten().max().unwrap_or(0);
             let refetchable = !i.digests.is_empty() || i.labels.contains_key(LABEL_RECIPE) || rebuildable.contains(&i.id) || i.tags.is_empty();
-            let other_names = others(&i.tags, &ours.iter().copied().chain([u.reference.as_str()]).collect::<Vec<_>>());
-            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains(&i.id), size: i.size, last_used_ms: last, refetchable, other_names, id: i.id });
+            let other_names = others(&i.tags, &ours.iter().copied().chain(u.reference.lines()).collect::<Vec<_>>());
+            out.push(Candidate { names: names(&i), in_use: in_use.contains(&i.id), needed: needed.contains_key(&i.id), size: i.size, last_used_ms: last, refetchable, other_names, id: i.id });
         }
         Ok((out, holders))
     }
