@@ -20,10 +20,13 @@ pub fn entries(content: &str) -> impl Iterator<Item = (&str, u32)> {
 /// rewrite: a reader sees the file before or after, and a bind of the file
 /// keeps seeing it.
 pub fn append_once(path: &Path, id: u32, line: &str, create: bool) -> std::io::Result<()> {
-    let content = match std::fs::read_to_string(path) {
-        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+    // Read as bytes: a name or comment field need not be UTF-8, and the
+    // ids that matter here are ASCII.
+    let content = match std::fs::read(path) {
+        Err(e) if create && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         other => other?,
     };
+    let content = String::from_utf8_lossy(&content);
     if entries(&content).any(|(_, i)| i == id) {
         return Ok(());
     }
@@ -54,5 +57,9 @@ mod tests {
         append_once(&file, 1000, "again:x:1000:1000::/:/bin/sh", false).unwrap();
         append_once(&file, 1002, "w:x:1002:1002::/:/bin/sh", false).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "u:x:1000:1000::/home/u:/bin/sh\nv:x:1001:1001::/:/bin/sh\nw:x:1002:1002::/:/bin/sh\n");
+        // A Latin-1 comment field does not stop the append.
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b"l:x:1003:1003:Jos\xe9:/:/bin/sh\n").unwrap();
+        append_once(&file, 1004, "m:x:1004:1004::/:/bin/sh", false).unwrap();
+        assert!(std::fs::read(&file).unwrap().ends_with(b"m:x:1004:1004::/:/bin/sh\n"));
     }
 }
