@@ -283,11 +283,12 @@ fn passed_fds(closed: &[i32]) -> Result<(Vec<i32>, Vec<i32>), Failure> {
     fds.retain(|fd| !terminals.contains(fd));
     // The tool gets every fd or does not run: one that could not pass
     // would be a file its caller gave it and it does not have. One place
-    // of a call is its channel's.
-    if fds.len() > MAX_FDS - 1 {
+    // of a call is its channel's; in pty mode the pty takes the terminals'
+    // places among the fds the agent sets up.
+    let passed = fds.len() + terminals.len();
+    if passed > MAX_FDS - 1 {
         return Err(fail(format!(
-            "{} open files are passed to it, more than the {} a call can pass; close the others, or mark them close-on-exec, before running it",
-            fds.len(),
+            "{passed} open files are passed to it, more than the {} a call can pass; close the others, or mark them close-on-exec, before running it",
             MAX_FDS - 1
         )));
     }
