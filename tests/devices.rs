@@ -36,11 +36,19 @@ impl Xvfb {
         Xvfb { child, display, log }
     }
 
-    /// The whole screen as `xwd` dumps it.
+    /// The whole screen as `xwd` dumps it. A window that goes while xwd
+    /// walks the tree makes it fail (BadWindow): it is asked again.
     fn screenshot(&self) -> Vec<u8> {
-        let o = Command::new("xwd").args(["-root", "-silent", "-display", &self.display]).output().expect("xwd (scripts/setup installs x11-apps)");
-        assert!(o.status.success(), "xwd: {}", stderr(&o));
-        o.stdout
+        let mut said = String::new();
+        for _ in 0..10 {
+            let o = Command::new("xwd").args(["-root", "-silent", "-display", &self.display]).output().expect("xwd (scripts/setup installs x11-apps)");
+            if o.status.success() {
+                return o.stdout;
+            }
+            said = stderr(&o);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("xwd: {said}")
     }
 }
 
