@@ -143,12 +143,16 @@ impl InFlight {
             // found out off the reaper's thread.
             Wait::Signaled(_, libc::SIGKILL) => {
                 let me = self.clone();
-                std::thread::spawn(move || {
+                let report = move || {
                     me.report_end(match cgroup::oom_reason(me.oom_before) {
                         Some(reason) => AgentEvent::Killed { signal: libc::SIGKILL, reason },
                         None => AgentEvent::Signaled(libc::SIGKILL),
                     })
-                });
+                };
+                // Where no thread can be had, the reaper finds out itself.
+                if let Err(report) = super::on_a_thread(report) {
+                    report();
+                }
             }
             Wait::Signaled(_, sig) => self.report_end(AgentEvent::Signaled(sig)),
             Wait::Exited(_, code) => self.report_end(AgentEvent::Exited(code)),

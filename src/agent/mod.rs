@@ -211,14 +211,47 @@ pub fn run(config: AgentConfig) -> ! {
     let _ = std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600));
     for conn in listener.incoming() {
         match conn {
-            Ok(stream) => {
-                let agent = agent.clone();
-                std::thread::spawn(move || agent.serve(stream));
-            }
+            Ok(stream) => serve_on_a_thread(&agent, stream),
             Err(e) => eprintln!("odfs-agent: accept: {e}"),
         }
     }
     std::process::exit(1)
+}
+
+/// Run `f` on a thread of its own, or give it back where no thread can be
+/// had: in a container at its memory limit a thread's stacks are charged
+/// to the container, and `std::thread::spawn` would panic, which would end
+/// PID 1, and with it the container and every tool in it.
+pub(crate) fn on_a_thread<F: FnOnce() + Send + 'static>(f: F) -> Result<(), F> {
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(f)));
+    let on_thread = shared.clone();
+    let spawned = std::thread::Builder::new().spawn(move || {
+        if let Some(f) = on_thread.lock().unwrap().take() {
+            f();
+        }
+    });
+    if spawned.is_ok() {
+        return Ok(());
+    }
+    // Not spawned, so not run: it is still here.
+    let back = shared.lock().unwrap().take();
+    back.map_or(Ok(()), Err)
+}
+
+/// Serve one connection on a thread of its own, asking for one again for
+/// a while (memory comes back as the OOM killer ends a tool), and only
+/// then closing the connection.
+fn serve_on_a_thread(agent: &std::sync::Arc<Agent>, stream: std::os::unix::net::UnixStream) {
+    let agent = agent.clone();
+    let mut serve: Box<dyn FnOnce() + Send> = Box::new(move || agent.serve(stream));
+    for _ in 0..50 {
+        match on_a_thread(serve) {
+            Ok(()) => return,
+            Err(back) => serve = back,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    eprintln!("odfs-agent: cannot serve a connection: no thread can be had");
 }
 
 impl Agent {
