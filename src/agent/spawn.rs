@@ -489,45 +489,13 @@ unsafe fn child(a: &ChildArgs) -> ! {
             Some(kept) => kept,
             None => libc::_exit(EXIT_ODFS_ERROR),
         };
-        let fail = |stage: Stage| -> ! {
-            let errno = *libc::__errno_location();
-            let e = errno.to_le_bytes();
-            let msg: [u8; RECORD] = [stage as u8, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
-            libc::write(err_w, msg.as_ptr().cast(), msg.len());
-            libc::_exit(EXIT_ODFS_ERROR);
-        };
+        let fail = |stage: Stage| -> ! { fail_at(err_w, stage) };
 
         // A session of its own, so everything the tool starts can be found and
         // ended as a whole when the caller disappears.
         libc::setsid();
         if pty_slave >= 0 {
-            // The pty becomes the session's controlling terminal: /dev/tty works,
-            // Ctrl-C, Ctrl-Z and window changes reach the tool.
-            if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
-                fail(Stage::Tty);
-            }
-            // Like a shell, this process stays as session leader and runs the
-            // tool in its own foreground process group. A tool that led the
-            // session itself would sit in an orphaned process group (its parent,
-            // the agent, is in another session), and the kernel discards Ctrl-Z
-            // (SIGTSTP) for those.
-            let tool = libc::fork();
-            if tool < 0 {
-                fail(Stage::Tty);
-            }
-            if tool > 0 {
-                session_holder(tool, err_w);
-            }
-            // The tool: its own group, in the terminal's foreground. SIGTTOU is
-            // blocked for tcsetpgrp (the mask is reset before exec).
-            let mut ttou: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut ttou);
-            libc::sigaddset(&mut ttou, libc::SIGTTOU);
-            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-            libc::setpgid(0, 0);
-            if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
-                fail(Stage::Tty);
-            }
+            take_terminal(pty_slave, err_w);
         }
 
         if become_caller(ids).is_err() {
@@ -546,17 +514,7 @@ unsafe fn child(a: &ChildArgs) -> ! {
             }
         }
 
-        // A clean signal state: the agent blocks some signals, Rust ignores
-        // SIGPIPE and handles SIGSEGV and SIGBUS; tools must see the defaults
-        // (`yes | head -1` must end). Dispositions first, then the mask.
-        for sig in 1..=64 {
-            if ignored & (1u64 << (sig - 1)) != 0 {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        default_signals(ignored);
 
         if trace {
             let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -577,6 +535,75 @@ unsafe fn child(a: &ChildArgs) -> ! {
         }
         *libc::__errno_location() = last_errno;
         fail(Stage::Exec)
+    }
+}
+
+/// Report why the child could not become the tool (`stage` and errno, one
+/// record on `err_w`) and end it. Raw syscalls and the stack only.
+unsafe fn fail_at(err_w: i32, stage: Stage) -> ! {
+    // SAFETY: in the child: errno is the thread's own; one write of a stack buffer, then _exit.
+    unsafe {
+        let e = (*libc::__errno_location()).to_le_bytes();
+        let msg: [u8; RECORD] = [stage as u8, e[0], e[1], e[2], e[3], 0, 0, 0, 0];
+        libc::write(err_w, msg.as_ptr().cast(), msg.len());
+        libc::_exit(EXIT_ODFS_ERROR)
+    }
+}
+
+/// Make `pty_slave` the new session's controlling terminal and run the tool
+/// in its foreground group, this process staying behind as the session's
+/// holder ([`session_holder`]). Returns in the tool's process only. Raw
+/// syscalls and the stack only.
+unsafe fn take_terminal(pty_slave: i32, err_w: i32) {
+    // SAFETY: in the child, after setsid: raw syscalls on its own fds and stack; the holder never returns.
+    unsafe {
+        // The pty becomes the session's controlling terminal: /dev/tty works,
+        // Ctrl-C, Ctrl-Z and window changes reach the tool.
+        if libc::ioctl(pty_slave, libc::TIOCSCTTY, 0) != 0 {
+            fail_at(err_w, Stage::Tty);
+        }
+        // Like a shell, this process stays as session leader and runs the
+        // tool in its own foreground process group. A tool that led the
+        // session itself would sit in an orphaned process group (its parent,
+        // the agent, is in another session), and the kernel discards Ctrl-Z
+        // (SIGTSTP) for those.
+        let tool = libc::fork();
+        if tool < 0 {
+            fail_at(err_w, Stage::Tty);
+        }
+        if tool > 0 {
+            session_holder(tool, err_w);
+        }
+        // The tool: its own group, in the terminal's foreground. SIGTTOU is
+        // blocked for tcsetpgrp (the mask is reset before exec).
+        let mut ttou: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut ttou);
+        libc::sigaddset(&mut ttou, libc::SIGTTOU);
+        libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
+        libc::setpgid(0, 0);
+        if libc::tcsetpgrp(pty_slave, libc::getpid()) != 0 {
+            fail_at(err_w, Stage::Tty);
+        }
+    }
+}
+
+/// The signal state a tool expects: default dispositions for those the
+/// agent ignores (`ignored`, a bit per signal), and nothing blocked. Raw
+/// syscalls and the stack only.
+unsafe fn default_signals(ignored: u64) {
+    // SAFETY: in the child: sigaction and sigprocmask on its own state, a set on its stack.
+    unsafe {
+        // A clean signal state: the agent blocks some signals, Rust ignores
+        // SIGPIPE and handles SIGSEGV and SIGBUS; tools must see the defaults
+        // (`yes | head -1` must end). Dispositions first, then the mask.
+        for sig in 1..=64 {
+            if ignored & (1u64 << (sig - 1)) != 0 {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
 }
 
