@@ -66,7 +66,7 @@ impl Input {
     /// The next message, blocking; `None` at the end of the stream.
     fn next(&mut self) -> Option<RelayIn> {
         loop {
-            match self.decoder.next() {
+            match self.decoder.next_message() {
                 Ok(Some(m)) => return Some(m),
                 Ok(None) if !self.eof => self.fill(),
                 _ => return None,
@@ -248,7 +248,7 @@ impl Call {
             }
             if ready[1] {
                 stdin.fill();
-                while let Ok(Some(msg)) = stdin.decoder.next::<RelayIn>() {
+                while let Ok(Some(msg)) = stdin.decoder.next_message::<RelayIn>() {
                     self.take(msg);
                 }
                 if stdin.eof {
@@ -405,7 +405,7 @@ mod tests {
         fn next(&mut self) -> Option<RelayOut> {
             use std::io::Read;
             loop {
-                if let Some(m) = self.decoder.next().unwrap() {
+                if let Some(m) = self.decoder.next_message().unwrap() {
                     return Some(m);
                 }
                 let mut buf = [0u8; 4096];

@@ -1,11 +1,16 @@
 //! The words every stage of a call shares (dispatch, exec, pool, link): who
-//! calls, how a call is refused ([`Failure`]), what a started tool is, and why a container
-//! could not serve. A leaf: it depends on nothing else of the daemon but
-//! the listener's peer.
+//! calls, why a call did not start ([`CallError`], turned into what its
+//! caller sees in one place: [`CallError::into_failure`]), what a started
+//! tool is, and why a container could not serve. A leaf: it depends on
+//! nothing else of the daemon.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{EXIT_NOT_FOUND, EXIT_ODFS_ERROR, PROTOCOL_VERSION};
 
 /// The caller as the kernel reported it when it connected (SO_PEERCRED,
 /// SO_PEERGROUPS, SO_PEERPIDFD), never as it claims.
@@ -33,8 +38,137 @@ pub struct Started {
 /// is replaced, once), or this request is refused (the container serves on).
 pub enum StartError {
     Unreachable(String),
-    Refused(Failure),
+    Refused(CallError),
 }
+
+/// Why a call did not start. Every stage returns it (exec, paths, pool,
+/// link); the caller sees its text and [`CallError::status`], and the log
+/// gets it at [`CallError::level`], both only through
+/// [`CallError::into_failure`]. The caller's own mistakes are logged at
+/// debug (a user can make them at will), odfs's and the engine's troubles
+/// as throttled warnings.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No catalog entry: 127, as a shell's "command not found".
+    #[error("not in the catalog of this mount (odfs status shows what runs)")]
+    NotInCatalog,
+    /// The image is for some groups, none of them the caller's.
+    #[error("permission denied (allowed groups: {})", .groups.join(", "))]
+    Denied { groups: Vec<String> },
+    /// The nearest pin file names a version the catalog lacks.
+    #[error("{} pins {command} to {version}, which this catalog does not offer (it has {}); change the pin, or add an image with version = \"{version}\"", .file.display(), .offered.join(", "))]
+    BadPin { file: PathBuf, command: String, version: String, offered: Vec<String> },
+    /// The launcher speaks another protocol: one of the two was upgraded.
+    #[error("odfs-launch speaks protocol {launcher} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)")]
+    Version { launcher: u32 },
+    /// The call's stamp: missing inside a container, or nested too deep.
+    #[error(transparent)]
+    Stamp(#[from] super::stamps::StampRefusal),
+    /// The request is refused as sent (its fds, its channel, its size).
+    #[error("{0}")]
+    Request(String),
+    /// The caller cannot be followed: its working directory, or it exited.
+    #[error("{0}")]
+    Caller(String),
+    /// The tool would not see, at a path the call names, the caller's file.
+    #[error("{0}")]
+    NotShared(String),
+    /// A file system under the paths the call names does not answer.
+    #[error("{0}")]
+    Hung(String),
+    /// No container could be had (the engine, a fetch, a setup step).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The container's agent is gone, and so was its replacement's.
+    #[error("the container of image {image} does not answer: {cause}")]
+    AgentGone { image: String, cause: String },
+    /// The agent could not make the tool: its own answer, with its status
+    /// (127 for a program the image lacks).
+    #[error("{}", .0.message)]
+    Spawn(Failure),
+    /// Starting the tool failed on the way: the agent lost mid-start, no
+    /// answer in time, the relay not set up.
+    #[error("{0}")]
+    Start(String),
+}
+
+impl CallError {
+    /// The exit status the caller's launcher ends with.
+    pub fn status(&self) -> i32 {
+        match self {
+            CallError::NotInCatalog => EXIT_NOT_FOUND,
+            CallError::Spawn(f) => f.exit_code,
+            _ => EXIT_ODFS_ERROR,
+        }
+    }
+
+    /// How loud the daemon's log says it.
+    pub fn level(&self) -> tracing::Level {
+        match self {
+            CallError::Pool(PoolError::Backoff { .. }) => tracing::Level::DEBUG,
+            CallError::Pool(_) | CallError::AgentGone { .. } => tracing::Level::WARN,
+            CallError::Version { .. } | CallError::Hung(_) | CallError::Start(_) => tracing::Level::INFO,
+            CallError::NotInCatalog
+            | CallError::Denied { .. }
+            | CallError::BadPin { .. }
+            | CallError::Stamp(_)
+            | CallError::Request(_)
+            | CallError::Caller(_)
+            | CallError::NotShared(_)
+            | CallError::Spawn(_) => tracing::Level::DEBUG,
+        }
+    }
+
+    /// What the caller is told: the one place a call's failure becomes
+    /// text and an exit status, logged here at its level (in the call's
+    /// span, which names the call, its command and its caller).
+    pub fn into_failure(self) -> Failure {
+        let message = self.to_string();
+        match self.level() {
+            tracing::Level::WARN => CALL_TROUBLE.note(None, &message),
+            tracing::Level::INFO => tracing::info!("call refused: {message}"),
+            _ => tracing::debug!("call refused: {message}"),
+        }
+        Failure::with_status(message, self.status())
+    }
+}
+
+/// Admin requests share the stages of a call (a pin, the caller's
+/// directory): their failures reach the admin CLI the same way.
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Failure {
+        e.into_failure()
+    }
+}
+
+/// A warning that a flood could repeat without end: written at most every
+/// 10 s, with how often it came meanwhile; the rest go to debug.
+pub struct Throttled {
+    /// When the last line was written, and notes since.
+    since: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttled {
+    pub const fn new() -> Throttled {
+        Throttled { since: std::sync::Mutex::new((None, 0)) }
+    }
+
+    /// Note `why`, of a request of `uid` where known.
+    pub fn note(&self, uid: Option<u32>, why: &str) {
+        let mut s = self.since.lock().unwrap();
+        s.1 += 1;
+        if s.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(uid, times = s.1, "{why} (times since the last such line)");
+            *s = (Some(Instant::now()), 0);
+        } else {
+            tracing::debug!(uid, "{why}");
+        }
+    }
+}
+
+/// Calls that failed for odfs's or the engine's reasons: any user can
+/// repeat one at will while the engine is down.
+static CALL_TROUBLE: Throttled = Throttled::new();
 
 /// Why the pool could not give a call a container.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,5 +194,32 @@ impl PoolError {
     /// A setup step that failed with an I/O error.
     pub fn setup(what: impl Into<String>, cause: impl std::fmt::Display) -> PoolError {
         PoolError::Setup { what: what.into(), cause: cause.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_the_status_scripts_rely_on_and_a_level_a_user_cannot_raise() {
+        let cases = [
+            (CallError::NotInCatalog, EXIT_NOT_FOUND, tracing::Level::DEBUG),
+            (CallError::Spawn(Failure::with_status("jq: not found in the image", EXIT_NOT_FOUND)), EXIT_NOT_FOUND, tracing::Level::DEBUG),
+            (CallError::Denied { groups: vec!["video".into()] }, EXIT_ODFS_ERROR, tracing::Level::DEBUG),
+            (CallError::Stamp(super::super::stamps::StampRefusal::TooDeep), EXIT_ODFS_ERROR, tracing::Level::DEBUG),
+            (CallError::Pool(PoolError::Backoff { message: "pull failed".into(), wait_s: 4 }), EXIT_ODFS_ERROR, tracing::Level::DEBUG),
+            (CallError::Pool(PoolError::setup("create /run/x", "denied")), EXIT_ODFS_ERROR, tracing::Level::WARN),
+            (CallError::AgentGone { image: "i".into(), cause: "refused".into() }, EXIT_ODFS_ERROR, tracing::Level::WARN),
+            (CallError::Version { launcher: 1 }, EXIT_ODFS_ERROR, tracing::Level::INFO),
+        ];
+        for (e, status, level) in cases {
+            assert_eq!((e.status(), e.level()), (status, level), "{e}");
+            let text = e.to_string();
+            let f = e.into_failure();
+            assert_eq!((f.message, f.exit_code), (text, status));
+        }
+        let pin = CallError::BadPin { file: "/p/.tool-versions".into(), command: "jq".into(), version: "9".into(), offered: vec!["1.6".into(), "1.7".into()] };
+        assert_eq!(pin.to_string(), "/p/.tool-versions pins jq to 9, which this catalog does not offer (it has 1.6, 1.7); change the pin, or add an image with version = \"9\"");
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::call::Caller;
+use super::call::{CallError, Caller, Throttled};
 use super::{listener, stamps, Daemon};
 use crate::backend::ContainerBackend;
 use crate::protocol::{self, ExecRequest, Failure, Request, Response};
@@ -35,7 +35,7 @@ pub(super) async fn serve<B: ContainerBackend>(
                 }
                 Err(e) => {
                     // Wait instead of spinning on the same error.
-                    ACCEPT_ERRORS.note(0, &format!("accept: {e} (waiting before the next connection)"));
+                    ACCEPT_ERRORS.note(None, &format!("accept: {e} (waiting before the next connection)"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -72,19 +72,19 @@ impl<B: ContainerBackend> Daemon<B> {
         // Inside a container a process may only ask for a tool, under its
         // tool's stamp ([`stamps`]): never manage odfs.
         if inside && !matches!(msg, Ok(Some((Request::Exec(_), _)))) {
-            REFUSALS.note(caller.uid, "refused a request from inside a container");
-            return self.answer(conn, Response::Error(Failure::new(stamps::INSIDE_UNSTAMPED)));
+            REFUSALS.note(Some(caller.uid), "refused a request from inside a container");
+            return self.answer(conn, Response::Error(CallError::from(stamps::StampRefusal::Unstamped).into_failure()));
         }
         let (request, fds) = match msg {
             Ok(Some(m)) => m,
             Ok(None) => return,
-            Err(e) => return REFUSALS.note(caller.uid, &format!("refused a bad request: {e}")),
+            Err(e) => return REFUSALS.note(Some(caller.uid), &format!("refused a bad request: {e}")),
         };
         let answer = match request {
             Request::Exec(req) => {
                 let (_held, fds) = match hold_fds(&gates, places, caller.uid, &req, fds) {
                     Ok(held) => held,
-                    Err(f) => return self.answer(conn, Response::Error(f)),
+                    Err(e) => return self.answer(conn, Response::Error(e.into_failure())),
                 };
                 let span = super::exec::call_span(&req, &caller);
                 return tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await;
@@ -112,7 +112,7 @@ impl<B: ContainerBackend> Daemon<B> {
 /// Places for the fds a call brings: they count against its user's share
 /// of the daemon's until the call is handed off or refused. Refused, the
 /// fds are closed before the caller hears how to pass fewer.
-fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<OwnedFd>) -> Result<(listener::Ticket, Vec<OwnedFd>), Failure> {
+fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<OwnedFd>) -> Result<(listener::Ticket, Vec<OwnedFd>), CallError> {
     let Some(held) = gates.fds.enter_n(places, fds.len()) else {
         drop(fds);
         let message = format!(
@@ -121,8 +121,8 @@ fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<Ow
             req.fds.len(),
             gates.fds.per_uid()
         );
-        REFUSALS.note(uid, &message);
-        return Err(Failure::new(message));
+        REFUSALS.note(Some(uid), &message);
+        return Err(CallError::Request(message));
     };
     Ok((held, fds))
 }
@@ -183,12 +183,12 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
     let peer = match listener::peer(std::os::fd::AsRawFd::as_raw_fd(stream)) {
         Ok(p) => p,
         Err(e) => {
-            REFUSALS.note(u32::MAX, &format!("refused a connection: no peer credentials: {e}"));
+            REFUSALS.note(None, &format!("refused a connection: no peer credentials: {e}"));
             return None;
         }
     };
     let refuse = |message: String| {
-        REFUSALS.note(peer.uid, &format!("refused a connection: {message}"));
+        REFUSALS.note(Some(peer.uid), &format!("refused a connection: {message}"));
         if let Ok(frame) = protocol::frame(&Response::Error(Failure::new(message))) {
             // Straight to the socket, never waiting (tokio's try_write
             // would give up on a socket it has not seen writable yet).
@@ -214,30 +214,6 @@ fn admit(stream: &tokio::net::UnixStream, gates: &Gates) -> Option<Admitted> {
         ));
     };
     Some(Admitted { accepted: protocol::stages::now_ns(), peer, inside, places, serving, reading })
-}
-
-/// A warning that a flood could repeat without end: written at most every
-/// 10 s, with how often it came meanwhile; the rest go to debug.
-struct Throttled {
-    /// When the last line was written, and notes since.
-    since: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl Throttled {
-    const fn new() -> Throttled {
-        Throttled { since: std::sync::Mutex::new((None, 0)) }
-    }
-
-    fn note(&self, uid: u32, why: &str) {
-        let mut s = self.since.lock().unwrap();
-        s.1 += 1;
-        if s.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            tracing::warn!(uid, times = s.1, "{why} (times since the last such line)");
-            *s = (Some(std::time::Instant::now()), 0);
-        } else {
-            tracing::debug!(uid, "{why}");
-        }
-    }
 }
 
 /// Refused connections and bad requests.

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::call::{Caller, Failure, Started};
+use super::call::{CallError, Caller, Started};
 use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
 use crate::backend::ContainerBackend;
 use crate::catalog::{ImageSpec, Invocation, Resolved, RunAs};
-use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, EXIT_NOT_FOUND, PROTOCOL_VERSION};
+use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, PROTOCOL_VERSION};
 
 /// Bytes of a call's outcome kept in the history.
 const MAX_OUTCOME: usize = 300;
@@ -176,7 +176,7 @@ impl<B: ContainerBackend> Daemon<B> {
         self.pool.with_progress(image, progress_to(client), work).await
     }
 
-    pub(super) fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), Failure> {
+    pub(super) fn authorize(&self, entry: &Resolved, caller: &Caller) -> Result<(), CallError> {
         let allowed = &entry.image.allow_groups;
         if allowed.is_empty() || caller.uid == 0 {
             return Ok(());
@@ -190,35 +190,31 @@ impl<B: ContainerBackend> Daemon<B> {
         if member {
             Ok(())
         } else {
-            Err(Failure::new(format!("permission denied (allowed groups: {})", allowed.join(", "))))
+            Err(CallError::Denied { groups: allowed.clone() })
         }
     }
 
     /// The entry a call of `command` runs: for a bare name with versions,
     /// the one the nearest pin file of the caller's directory names, else
     /// the catalog's default.
-    async fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, Failure> {
+    async fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, CallError> {
         let snapshot = self.snapshot();
-        let missing = || Failure::with_status("not in the catalog of this mount (odfs status shows what runs)", EXIT_NOT_FOUND);
-        let entry = snapshot.get(command).cloned().ok_or_else(missing)?;
+        let entry = snapshot.get(command).cloned().ok_or(CallError::NotInCatalog)?;
         let Some(versions) = snapshot.versions.get(command) else { return Ok(entry) };
         let cwd = self.local_cwd(caller)?;
         match self.choose_pin(&cwd, command, caller).await?.0 {
             super::pins::Choice::Default => Ok(entry),
-            super::pins::Choice::Pinned { file, version } => snapshot.get(&format!("{command}@{version}")).cloned().ok_or_else(|| {
-                Failure::new(format!(
-                    "{} pins {command} to {version}, which this catalog does not offer (it has {}); change the pin, or add an image with version = \"{version}\"",
-                    file.display(),
-                    versions.all.join(", ")
-                ))
-            }),
+            super::pins::Choice::Pinned { file, version } => snapshot
+                .get(&format!("{command}@{version}"))
+                .cloned()
+                .ok_or_else(|| CallError::BadPin { file, command: command.to_string(), version, offered: versions.all.clone() }),
         }
     }
 
     /// The version the nearest pin file above `cwd` names for `command`, and
     /// the files passed over: read off the async workers, in bounded time
     /// ([`super::paths`]).
-    pub(super) async fn choose_pin(&self, cwd: &std::path::Path, command: &str, caller: &Caller) -> Result<(super::pins::Choice, Vec<super::pins::Ignored>), Failure> {
+    pub(super) async fn choose_pin(&self, cwd: &std::path::Path, command: &str, caller: &Caller) -> Result<(super::pins::Choice, Vec<super::pins::Ignored>), CallError> {
         let place = super::paths::place(caller.uid).await?;
         let (pins, cwd, command, uid) = (self.pins.clone(), cwd.to_path_buf(), command.to_string(), caller.uid);
         super::paths::look(&place, "the pin files above the working directory", move || pins.choose(&cwd, &command, uid)).await
@@ -226,10 +222,10 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// The caller's working directory, as the kernel has it (whether the
     /// tool may run there is for its container's view: [`check_view`]).
-    pub(super) fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, Failure> {
-        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| Failure::new(format!("cannot read the caller's working directory: {e}")))?;
+    pub(super) fn local_cwd(&self, caller: &Caller) -> Result<PathBuf, CallError> {
+        let cwd = std::fs::read_link(format!("/proc/{}/cwd", caller.pid)).map_err(|e| CallError::Caller(format!("cannot read the caller's working directory: {e}")))?;
         if !caller.alive() {
-            return Err(Failure::new("the caller exited before its request was served"));
+            return Err(CallError::Caller("the caller exited before its request was served".into()));
         }
         Ok(cwd)
     }
@@ -274,6 +270,8 @@ impl<B: ContainerBackend> Daemon<B> {
         let session = crate::protocol::peer::session_of(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
         let outcome = self.clone().run(&control, req, fds, caller.clone(), session, inside).await;
+        // The one place a call's failure becomes what its caller sees.
+        let outcome = outcome.map_err(CallError::into_failure);
         let (image, served, outcome_text, container, pid, image_id) = match &outcome {
             Ok((started, image, served, id)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid, id.to_string()),
             Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0, String::new()),
@@ -332,17 +330,14 @@ impl<B: ContainerBackend> Daemon<B> {
         caller: Caller,
         session: Option<i32>,
         inside: bool,
-    ) -> Result<(Started, String, Served, Arc<str>), Failure> {
+    ) -> Result<(Started, String, Served, Arc<str>), CallError> {
         if req.version != PROTOCOL_VERSION {
-            return Err(Failure::new(format!(
-                "odfs-launch speaks protocol {} but the daemon speaks {PROTOCOL_VERSION} (restart the daemon after an upgrade)",
-                req.version
-            )));
+            return Err(CallError::Version { launcher: req.version });
         }
         let entry = self.resolve(&req.command, &caller).await?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.
-        let depth = self.stamps.depth(caller.uid, &req.env, inside).map_err(Failure::new)?;
+        let depth = self.stamps.depth(caller.uid, &req.env, inside)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
         // Where its tools run decides what of this host's the call gets.
@@ -405,13 +400,13 @@ impl<B: ContainerBackend> Daemon<B> {
 /// odfs-launch makes, a connected Unix stream socket of the caller's own
 /// (a socketpair's peer is its creator); anything else is refused, never
 /// written to.
-fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest, caller: &Caller) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), Failure> {
+fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest, caller: &Caller) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), CallError> {
     if !req.channel {
         return Ok((fds, None));
     }
     match fds.pop() {
         Some(channel) if fds.len() == req.fds.len() && is_callers_channel(&channel, caller.uid) => Ok((fds, Some(channel))),
-        _ => Err(Failure::new("the request's channel is missing or not a socketpair of the caller's (is odfs-launch another version?)")),
+        _ => Err(CallError::Request("the request's channel is missing or not a socketpair of the caller's (is odfs-launch another version?)".into())),
     }
 }
 

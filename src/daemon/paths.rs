@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::call::Failure;
+use super::call::CallError;
 
 /// A user's looks and local starts at once (whoever the tool runs as): each
 /// holds one of the daemon's blocking threads.
@@ -29,16 +29,16 @@ pub const LOOK_LIMIT: Duration = Duration::from_secs(10);
 pub type Place = Arc<OwnedSemaphorePermit>;
 
 /// A place for a call of `uid`'s, waiting up to [`WAIT_FOR_PLACE`].
-pub async fn place(uid: u32) -> Result<Place, Failure> {
+pub async fn place(uid: u32) -> Result<Place, CallError> {
     place_within(uid, WAIT_FOR_PLACE).await
 }
 
-async fn place_within(uid: u32, wait: Duration) -> Result<Place, Failure> {
+async fn place_within(uid: u32, wait: Duration) -> Result<Place, CallError> {
     static PLACES: OnceLock<Mutex<HashMap<u32, Arc<Semaphore>>>> = OnceLock::new();
     let places = PLACES.get_or_init(Default::default).lock().unwrap().entry(uid).or_insert_with(|| Arc::new(Semaphore::new(PLACES_PER_UID))).clone();
     match tokio::time::timeout(wait, places.acquire_owned()).await {
         Ok(Ok(permit)) => Ok(Arc::new(permit)),
-        _ => Err(Failure::new(format!(
+        _ => Err(CallError::Hung(format!(
             "{PLACES_PER_UID} calls of uid {uid} have been held for {}s by paths that do not answer (a working directory or a file named on a file system that hangs); end them, or wait until that file system answers",
             wait.as_secs()
         ))),
@@ -47,11 +47,11 @@ async fn place_within(uid: u32, wait: Duration) -> Result<Place, Failure> {
 
 /// Run `look` on a blocking thread that holds `place`, for at most
 /// [`LOOK_LIMIT`]; `what` names what it looks at, for the caller.
-pub async fn look<T: Send + 'static>(place: &Place, what: &str, look: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+pub async fn look<T: Send + 'static>(place: &Place, what: &str, look: impl FnOnce() -> T + Send + 'static) -> Result<T, CallError> {
     look_within(place, what, LOOK_LIMIT, look).await
 }
 
-async fn look_within<T: Send + 'static>(place: &Place, what: &str, limit: Duration, look: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+async fn look_within<T: Send + 'static>(place: &Place, what: &str, limit: Duration, look: impl FnOnce() -> T + Send + 'static) -> Result<T, CallError> {
     let place = place.clone();
     let work = tokio::task::spawn_blocking(move || {
         let _place = place;
@@ -59,8 +59,8 @@ async fn look_within<T: Send + 'static>(place: &Place, what: &str, limit: Durati
     });
     match tokio::time::timeout(limit, work).await {
         Ok(Ok(done)) => Ok(done),
-        Ok(Err(e)) => Err(Failure::new(format!("cannot look at {what}: {e}"))),
-        Err(_) => Err(Failure::new(format!(
+        Ok(Err(e)) => Err(CallError::Start(format!("cannot look at {what}: {e}"))),
+        Err(_) => Err(CallError::Hung(format!(
             "{what} could not be read within {}s: a file system under them does not answer (cd elsewhere, or wait until it answers)",
             limit.as_secs_f32()
         ))),
@@ -84,10 +84,10 @@ mod tests {
         // Every place of that user is held by a look that does not return...
         for h in held {
             let e = h.await.unwrap().unwrap_err();
-            assert!(e.message.contains("the test's paths could not be read within 0.1s"), "{}", e.message);
+            assert!(matches!(&e, CallError::Hung(m) if m.contains("the test's paths could not be read within 0.1s")), "{e}");
         }
         let refused = place_within(4242, limit).await.unwrap_err();
-        assert!(refused.message.contains("16 calls of uid 4242"), "{}", refused.message);
+        assert!(matches!(&refused, CallError::Hung(m) if m.contains("16 calls of uid 4242")), "{refused}");
         // ...and another user's calls go on.
         let other = place(4243).await.unwrap();
         assert_eq!(look(&other, "x", || 7).await.unwrap(), 7);

@@ -429,7 +429,7 @@ async fn prewarm_on_open<B: ContainerBackend>(
         };
         let opener = Arc::new(opener);
         if let Err(refused) = daemon.authorize(&entry, &opener) {
-            tracing::debug!(command = name, uid = by.uid, pid = by.pid, groups = ?opener.groups, "no prewarm on open: {}", refused.message);
+            tracing::debug!(command = name, uid = by.uid, pid = by.pid, groups = ?opener.groups, "no prewarm on open: {}", refused);
             continue;
         }
         let d = daemon.clone();

@@ -20,8 +20,15 @@ pub const CALLER_ENV: &str = "ODFS_CALLER";
 /// Calls nested deeper than this are refused (a tool that runs itself).
 pub const MAX_DEPTH: u32 = 8;
 
-/// What a process inside a container hears when it may not ask.
-pub const INSIDE_UNSTAMPED: &str = "inside a container, odfs serves only tools run from a tool odfs started, as that tool's own caller (ODFS_CALLER); a tool of an image that runs as root or holds capabilities other than network ones cannot run odfs tools";
+/// Why a call's stamp does not let it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StampRefusal {
+    /// What a process inside a container hears when it may not ask.
+    #[error("inside a container, odfs serves only tools run from a tool odfs started, as that tool's own caller (ODFS_CALLER); a tool of an image that runs as root or holds capabilities other than network ones cannot run odfs tools")]
+    Unstamped,
+    #[error("calls nested {MAX_DEPTH} deep: a tool that runs odfs tools ran into itself, or loops (ODFS_CALLER counts the depth)")]
+    TooDeep,
+}
 
 /// A tool's stamp: its caller's uid and the depth of its call (1: called
 /// from the host).
@@ -77,7 +84,7 @@ impl Stamps {
 
     /// The depth of a request from a peer of `uid` whose environment is
     /// `env`, or why it is refused; `inside`: the peer runs in a container.
-    pub fn depth(&self, uid: u32, env: &[Vec<u8>], inside: bool) -> Result<u32, String> {
+    pub fn depth(&self, uid: u32, env: &[Vec<u8>], inside: bool) -> Result<u32, StampRefusal> {
         let prefix = format!("{CALLER_ENV}=");
         let stamp = env
             .iter()
@@ -87,11 +94,11 @@ impl Stamps {
             .filter(|s| s.uid == uid);
         let depth = match stamp {
             Some(s) => s.depth + 1,
-            None if inside => return Err(INSIDE_UNSTAMPED.into()),
+            None if inside => return Err(StampRefusal::Unstamped),
             None => 1,
         };
         if depth > MAX_DEPTH {
-            return Err(format!("calls nested {MAX_DEPTH} deep: a tool that runs odfs tools ran into itself, or loops (ODFS_CALLER counts the depth)"));
+            return Err(StampRefusal::TooDeep);
         }
         Ok(depth)
     }
@@ -138,7 +145,8 @@ mod tests {
         let s = Stamps::new();
         let deep = s.sign(Stamp { uid: 1000, depth: MAX_DEPTH });
         let e = s.depth(1000, &env(&deep), true).unwrap_err();
-        assert!(e.contains("nested 8 deep"), "{e}");
+        assert_eq!(e, StampRefusal::TooDeep);
+        assert!(e.to_string().contains("nested 8 deep"), "{e}");
         let ok = s.sign(Stamp { uid: 1000, depth: MAX_DEPTH - 1 });
         assert_eq!(s.depth(1000, &env(&ok), true), Ok(MAX_DEPTH));
     }

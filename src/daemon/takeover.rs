@@ -6,7 +6,7 @@
 //! The exchange, one JSON frame each way (fds attached to `Handing`):
 //! `Hello{version}` → the old daemon stops accepting, lets what is under
 //! way finish, pauses its FUSE threads between requests → `Handing{state}`
-//! + fds → the new one serves → `Serving` → the old one exits without
+//! with the fds → the new one serves → `Serving` → the old one exits without
 //! unmounting. A new daemon of another takeover version gets `Incompatible`
 //! and may ask for `Stop`: the old one then stops as for SIGTERM (unmount,
 //! idle containers removed) and closes the socket when it is done, and the

@@ -69,7 +69,7 @@ impl Decoder {
     }
 
     /// The next complete message, if one has arrived.
-    pub fn next<T: for<'a> Deserialize<'a>>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn next_message<T: for<'a> Deserialize<'a>>(&mut self) -> Result<Option<T>, FrameError> {
         let rest = &self.buf[self.start..];
         let Some(len) = rest.get(..4) else { return Ok(None) };
         let n = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
@@ -108,7 +108,7 @@ mod tests {
             let mut got = Vec::new();
             for piece in bytes.chunks(cut) {
                 d.push(piece);
-                while let Some(m) = d.next::<RelayOut>().unwrap() {
+                while let Some(m) = d.next_message::<RelayOut>().unwrap() {
                     got.push(m);
                 }
             }
@@ -121,6 +121,6 @@ mod tests {
     fn an_oversized_length_is_refused_before_buffering() {
         let mut d = Decoder::default();
         d.push(&u32::MAX.to_le_bytes());
-        assert!(matches!(d.next::<RelayIn>(), Err(FrameError::TooLarge(_))));
+        assert!(matches!(d.next_message::<RelayIn>(), Err(FrameError::TooLarge(_))));
     }
 }

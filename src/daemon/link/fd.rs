@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, RUN_IN_CONTAINER};
 use crate::backend::{Bind, ContainerBackend, ContainerSpec};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{Failure, PoolError, StartError, Started};
+use crate::daemon::call::{CallError, PoolError, StartError, Started};
 use crate::daemon::paths;
 use crate::protocol::{self, AgentEvent, AgentRequest, SpawnRequest};
 use crate::view::{RealFs, View};
@@ -22,7 +22,7 @@ use crate::view::{RealFs, View};
 const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// The view checked against the paths the call names (see [`paths`]).
-pub async fn check_in_time(place: &paths::Place, to: &Target, launch: &Launch) -> Result<(), Failure> {
+pub async fn check_in_time(place: &paths::Place, to: &Target, launch: &Launch) -> Result<(), CallError> {
     let (view, image, cwd, args) = (to.view.clone(), launch.image.clone(), launch.spawn.cwd.clone(), launch.args.clone());
     paths::look(place, "the paths the call names", move || check_view(&view, &image, Path::new(std::ffi::OsStr::from_bytes(&cwd)), &args)).await?
 }
@@ -242,15 +242,15 @@ fn pss_bytes(rollup: &str) -> Option<u64> {
 
 /// Refuse a call whose tool would not see, at a path the caller names (its
 /// cwd, its arguments), the host's file the caller means.
-fn check_view(view: &View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), Failure> {
+fn check_view(view: &View, image: &str, cwd: &Path, args: &[Vec<u8>]) -> Result<(), CallError> {
     if let Err(c) = view.check_cwd(cwd) {
-        return Err(Failure::new(format!(
+        return Err(CallError::NotShared(format!(
             "working directory {} is not shared with image {image} (the tool would see the image's own {}; cd into a shared directory or add it to shared)",
             cwd.display(),
             c.image_dir
         )));
     }
-    view.check_args(cwd, args, &RealFs).map_err(|c| Failure::new(c.message(image)))
+    view.check_args(cwd, args, &RealFs).map_err(|c| CallError::NotShared(c.message(image)))
 }
 
 /// Whether a failure talking to an agent means the agent is gone (its
@@ -279,7 +279,7 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
         if agent_gone(&e) {
             StartError::Unreachable(e.to_string())
         } else {
-            StartError::Refused(Failure::new(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
+            StartError::Refused(CallError::Request(format!("the request cannot be passed to the tool: {e} (fewer or shorter arguments or environment)")))
         }
     };
     let body = protocol::encode(&AgentRequest::Spawn(Box::new(spawn))).map_err(classify)?;
@@ -297,7 +297,7 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
     // said so there: an agent lost now is not retried in a new container,
     // which would run the tool a second time on the same channel.
     let classify = |e: protocol::FrameError| match (classify(e), channel) {
-        (StartError::Unreachable(e), Some(_)) => StartError::Refused(Failure::new(format!("the container's agent went away while starting the tool ({e})"))),
+        (StartError::Unreachable(e), Some(_)) => StartError::Refused(CallError::Start(format!("the container's agent went away while starting the tool ({e})"))),
         (other, _) => other,
     };
     let answer = protocol::recv::<AgentEvent>(&conn);
@@ -305,7 +305,7 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
     let _ = conn.set_read_timeout(None);
     match answer {
         Err(protocol::FrameError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(StartError::Refused(Failure::new(format!(
+            Err(StartError::Refused(CallError::Start(format!(
                 "the tool did not start within {}s (its working directory or a file system it needs does not answer)",
                 START_LIMIT.as_secs()
             ))))
@@ -314,9 +314,9 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
             let agent = (channel.is_none()).then_some(conn);
             Ok(Started { agent, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at })
         }
-        Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(f)),
-        Ok(Some((other, _))) => Err(StartError::Refused(Failure::new(format!("unexpected agent answer {other:?}")))),
-        Ok(None) if channel.is_some() => Err(StartError::Refused(Failure::new("the container's agent went away while starting the tool"))),
+        Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(CallError::Spawn(f))),
+        Ok(Some((other, _))) => Err(StartError::Refused(CallError::Start(format!("unexpected agent answer {other:?}")))),
+        Ok(None) if channel.is_some() => Err(StartError::Refused(CallError::Start("the container's agent went away while starting the tool".into()))),
         Ok(None) => Err(StartError::Unreachable("the agent closed the connection".into())),
         Err(e) => Err(classify(e)),
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::call::{Failure, PoolError, StartError, Started};
+use super::call::{CallError, PoolError, StartError, Started};
 use super::facts::Facts;
 use crate::backend::outbound::Outbound;
 use crate::backend::{ContainerBackend, ContainerSpec, ExecPath};
@@ -157,7 +157,7 @@ impl Reach {
     /// remote engine the caller's paths are the remote side's: the
     /// caller's when it is under one of the image's `remote_dirs`, else
     /// `/`, with the caller's given back as the one the tool does not get.
-    pub fn cwd(self, cwd: Result<PathBuf, Failure>, image: &ImageSpec) -> Result<(PathBuf, Option<PathBuf>), Failure> {
+    pub fn cwd(self, cwd: Result<PathBuf, CallError>, image: &ImageSpec) -> Result<(PathBuf, Option<PathBuf>), CallError> {
         if !self.remote() {
             return Ok((cwd?, None));
         }
@@ -252,7 +252,7 @@ impl Link {
                     span.in_scope(|| l.start(&to, launch))
                 })
                 .await
-                .map_err(|e| StartError::Refused(super::call::Failure::new(e.to_string())))?
+                .map_err(|e| StartError::Refused(CallError::Start(e.to_string())))?
             }
             Link::Relay(l) => l.start(backend, to, launch).await,
         }
@@ -281,12 +281,12 @@ mod tests {
     #[test]
     fn a_tool_here_runs_where_its_caller_is_a_remote_one_only_under_the_image_s_remote_dirs() {
         let (here, remote, image) = (Reach::of(ExecPath::Fd), Reach::of(ExecPath::Relay), image("[\"/srv\"]"));
-        let gone = || Err::<PathBuf, _>(Failure::new("gone"));
-        assert_eq!(here.cwd(Ok("/home/u".into()), &image), Ok(("/home/u".into(), None)));
-        assert_eq!(here.cwd(gone(), &image), Err(Failure::new("gone")));
-        assert_eq!(remote.cwd(Ok("/srv/data".into()), &image), Ok(("/srv/data".into(), None)));
-        assert_eq!(remote.cwd(Ok("/home/u".into()), &image), Ok(("/".into(), Some("/home/u".into()))));
+        let gone = || Err::<PathBuf, _>(CallError::Caller("gone".into()));
+        assert_eq!(here.cwd(Ok("/home/u".into()), &image).ok(), Some(("/home/u".into(), None)));
+        assert!(matches!(here.cwd(gone(), &image), Err(CallError::Caller(m)) if m == "gone"));
+        assert_eq!(remote.cwd(Ok("/srv/data".into()), &image).ok(), Some(("/srv/data".into(), None)));
+        assert_eq!(remote.cwd(Ok("/home/u".into()), &image).ok(), Some(("/".into(), Some("/home/u".into()))));
         // A directory it cannot read is `/` to the remote side.
-        assert_eq!(remote.cwd(gone(), &image), Ok(("/".into(), Some("/".into()))));
+        assert_eq!(remote.cwd(gone(), &image).ok(), Some(("/".into(), Some("/".into()))));
     }
 }

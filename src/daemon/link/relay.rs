@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::{AgentStatus, Launch, Setup, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::backend::{Bind, ContainerBackend, ContainerSpec, ExecInput, ExecOutput};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{PoolError, Failure, StartError, Started};
+use crate::daemon::call::{CallError, PoolError, StartError, Started};
 use crate::view::View;
 use crate::protocol::tally::Tally;
 use crate::protocol::relay::{frame, Decoder, RelayIn, RelayOut, CHUNK, PTY};
@@ -164,7 +164,7 @@ fn relay_command() -> Vec<String> {
 /// it writes on stderr is its own complaint, logged.
 async fn next_out(output: &mut ExecOutput, decoder: &mut Decoder) -> std::io::Result<Option<RelayOut>> {
     loop {
-        if let Some(m) = decoder.next().map_err(std::io::Error::other)? {
+        if let Some(m) = decoder.next_message().map_err(std::io::Error::other)? {
             return Ok(Some(m));
         }
         match output.next().await {
@@ -186,7 +186,7 @@ async fn remote_status<B: ContainerBackend>(backend: &B, id: &str, token: String
     let mut stream = backend.exec_stream(id, relay_command()).await.map_err(std::io::Error::other)?;
     send(&mut stream.input, &RelayIn::Status { token }).await?;
     match next_out(&mut stream.output, &mut Decoder::default()).await? {
-        Some(RelayOut::Event(AgentEvent::Failed(Failure { message, .. }))) => Err(std::io::Error::other(message)),
+        Some(RelayOut::Event(AgentEvent::Failed(crate::protocol::Failure { message, .. }))) => Err(std::io::Error::other(message)),
         Some(RelayOut::Event(ev)) => AgentStatus::of(ev).map_err(|ev| std::io::Error::other(format!("unexpected answer from the relay: {ev:?}"))),
         other => Err(std::io::Error::other(format!("unexpected answer from the relay: {other:?}"))),
     }
@@ -212,7 +212,7 @@ impl CallerFds {
 async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRequest, fds: CallerFds, calls: &Calls) -> Result<Started, StartError> {
     // Only a container the engine no longer has is replaced: any other
     // failure may be passing, and the container serves other calls.
-    let refused = |message: String| StartError::Refused(Failure::new(message));
+    let refused = |message: String| StartError::Refused(CallError::Start(message));
     let mut stream = match backend.exec_stream(&to.id, relay_command()).await {
         Ok(s) => s,
         Err(e) if e.container_gone() => return Err(StartError::Unreachable(e.to_string())),
@@ -232,12 +232,12 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     });
     let pid = match started.await {
         Ok(Ok(Some(RelayOut::Event(AgentEvent::Started { pid })))) => pid,
-        Ok(Ok(Some(RelayOut::Event(AgentEvent::Failed(f))))) => return Err(StartError::Refused(f)),
+        Ok(Ok(Some(RelayOut::Event(AgentEvent::Failed(f))))) => return Err(StartError::Refused(CallError::Spawn(f))),
         Ok(Ok(other)) => return Err(refused(format!("the relay in the container answered {other:?} instead of starting the tool"))),
         Ok(Err(e)) => return Err(refused(format!("lost the remote engine while starting the tool: {e}"))),
         Err(_) => return Err(refused(format!("the remote engine did not start the tool within {}s", START_LIMIT.as_secs()))),
     };
-    let fail = |e: std::io::Error| StartError::Refused(Failure::new(format!("cannot set up the relay: {e}")));
+    let fail = |e: std::io::Error| StartError::Refused(CallError::Start(format!("cannot set up the relay: {e}")));
     // In pty mode the launcher relays its terminal to a local pty; its
     // slave, raw, carries the bytes to and from the tool's real pty, whose
     // line discipline (the caller's settings) does the rest.

@@ -13,7 +13,7 @@ use super::state::{transition, Container, State};
 use super::{Pool, Seen, Served};
 use crate::backend::{ContainerBackend, ContainerSpec, DeviceAsk, LABEL_IMAGE, LABEL_MANAGED, LABEL_MOUNT, LABEL_PROFILE, LABEL_TOKEN, LABEL_VIEW};
 use crate::catalog::ImageSpec;
-use crate::daemon::call::{Failure, PoolError, StartError, Started};
+use crate::daemon::call::{CallError, PoolError, StartError, Started};
 use crate::daemon::link::{Launch, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::policy::{Call, Plan, Secs};
 use crate::protocol::ImageProgress;
@@ -50,12 +50,12 @@ impl<B: ContainerBackend> Pool<B> {
     /// who wait), while `shown` follows a fetch of its image
     /// ([`Pool::with_progress`]). Returns the tool, how its container was
     /// found and the id of the image it runs.
-    pub async fn run(&self, image: &Arc<ImageSpec>, command: &str, launch: Launch, shown: impl Fn(ImageProgress)) -> Result<(Started, Served, Arc<str>), Failure> {
+    pub async fn run(&self, image: &Arc<ImageSpec>, command: &str, launch: Launch, shown: impl Fn(ImageProgress)) -> Result<(Started, Served, Arc<str>), CallError> {
         // A container that vanished under us (removed by hand, crashed) is
         // replaced once, transparently.
         let mut replaced = false;
         loop {
-            let ready = self.with_progress(image, &shown, self.ensure(image, command)).await.map_err(|e| Failure::new(e.to_string()))?;
+            let ready = self.with_progress(image, &shown, self.ensure(image, command)).await?;
             let mut launch = launch.clone();
             launch.spawn.token = ready.target.token.clone();
             match self.start(&ready, launch).await {
@@ -66,7 +66,7 @@ impl<B: ContainerBackend> Pool<B> {
                     self.discard(&ready).await;
                     replaced = true;
                 }
-                Err(StartError::Unreachable(e)) => return Err(Failure::new(format!("the container of image {} does not answer: {e}", image.name))),
+                Err(StartError::Unreachable(cause)) => return Err(CallError::AgentGone { image: image.name.clone(), cause }),
             }
         }
     }

@@ -182,7 +182,8 @@ async fn a_container_whose_agent_does_not_answer_is_replaced_once() {
     let spawn = crate::agent::fake::spawn_request(vec![]);
     let launch = crate::daemon::link::Launch { spawn, fds: Arc::default(), args: vec![], image: "b".into(), accounts: (None, None), channel: None, caller_uid: 1000 };
     let Err(refused) = pool.run(&img, "sh", launch, |_| {}).await else { panic!("a tool started") };
-    assert_eq!(refused.message, "the container of image b does not answer: the agent closed the connection");
+    assert_eq!(refused.to_string(), "the container of image b does not answer: the agent closed the connection");
+    assert_eq!(refused.status(), crate::protocol::EXIT_ODFS_ERROR);
     assert_eq!(fake.starts.load(Ordering::SeqCst), 2);
     assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
     // Neither attempt's claim outlives the call.

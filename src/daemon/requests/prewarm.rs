@@ -17,7 +17,7 @@ impl<B: ContainerBackend> Daemon<B> {
         // Starting the container is a use of the image: those its
         // allow_groups leave out may not make it hold its capabilities.
         if let Err(f) = self.authorize(&entry, caller) {
-            return Err(failed(format!("prewarm {command}: {}; only members of those groups may start its container", f.message)));
+            return Err(failed(format!("prewarm {command}: {}; only members of those groups may start its container", f)));
         }
         match self.with_progress(client, &entry.image, self.pool.warm_up(&entry.image, None)).await {
             Ok(()) => Ok(Response::Done(format!("{command}: container of image {} is {}", entry.image.name, self.pool.shown(&entry.image).as_str()))),
