@@ -6,6 +6,7 @@
 //! the exec path above it do not branch on the path.
 
 mod fd;
+mod host_view;
 mod relay;
 
 use std::os::fd::OwnedFd;
