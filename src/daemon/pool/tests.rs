@@ -119,7 +119,7 @@ async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
     fake.running.store(0, Ordering::SeqCst);
     pool.reap().await;
     assert_eq!(*fake.paused.lock().unwrap(), ["fake-0"]);
-    assert_eq!(pool.status().await[0].state, "paused");
+    assert_eq!(pool.status().await[0].state, ContainerPhase::Paused);
     let call = pool.ensure(&img, "sh").await.unwrap();
     assert_eq!(call.served, Served::Paused);
     assert!(fake.paused.lock().unwrap().is_empty(), "not resumed");
