@@ -78,9 +78,11 @@ impl Served {
         }
     }
 
-    /// The name [`Served::as_str`] gives; a name it never gives reads as cold.
-    pub fn parse(name: &str) -> Served {
-        Served::ALL.into_iter().find(|s| s.as_str() == name).unwrap_or(Served::Cold)
+    /// The one whose [`Served::as_str`] is `name`; `None` for a name it
+    /// never gives (another version's, or a damaged row): the caller says
+    /// what such a call counts as.
+    pub fn parse(name: &str) -> Option<Served> {
+        Served::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
