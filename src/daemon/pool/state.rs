@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::policy::{Plan, Secs};
+use crate::policy::{Phase, Plan, Secs};
 use crate::protocol::ContainerPhase;
 use crate::view::View;
 
@@ -62,6 +62,19 @@ pub fn shown(state: &State) -> ContainerPhase {
         State::Absent => ContainerPhase::Absent,
         State::Warm { .. } => ContainerPhase::Warm,
         State::Paused { .. } => ContainerPhase::Paused,
+    }
+}
+
+/// A profile's state as the lifecycle rule ([`crate::policy::decide`]) sees it;
+/// `busy`: its tools running and its execs on their way in. A paused
+/// container is not asked (its agent is frozen) and is never busy: a
+/// container is paused only once idle, and a call resumes it first.
+pub fn phase(state: &State, busy: u32) -> Phase {
+    match state {
+        State::Absent => Phase::Absent,
+        State::Warm { .. } if busy > 0 => Phase::Busy,
+        State::Warm { .. } => Phase::Idle,
+        State::Paused { .. } => Phase::Paused,
     }
 }
 
@@ -128,5 +141,18 @@ mod tests {
         assert_eq!(shown(&s), ContainerPhase::Paused);
         transition("x", &mut s, State::Absent, "removed");
         assert_eq!(s.container(), None);
+    }
+
+    #[test]
+    fn the_lifecycle_s_phase_is_the_state_with_its_busy_tools() {
+        let c = Container { id: "abc".into(), token: "t".into(), view: Arc::default(), image: "".into() };
+        let warm = State::Warm { c: c.clone(), since: Instant::now(), fetched: false };
+        assert_eq!(phase(&State::Absent, 0), Phase::Absent);
+        assert_eq!(phase(&warm, 0), Phase::Idle);
+        assert_eq!(phase(&warm, 1), Phase::Busy);
+        assert_eq!(phase(&State::Paused { c: c.clone() }, 0), Phase::Paused);
+        // Nothing runs in a frozen container: its count changes nothing.
+        assert_eq!(phase(&State::Paused { c }, 3), Phase::Paused);
+        assert_eq!(phase(&State::Absent, 2), Phase::Absent);
     }
 }
