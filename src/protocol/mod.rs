@@ -146,7 +146,7 @@ mod tests {
                                               uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..5)) {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
             let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
-                version: PROTOCOL_VERSION, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
+                version: PROTOCOL_VERSION, call_id: uid as u64, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None, caps: 0 },
                 fds: vec![0],
                 tty: None,

@@ -388,6 +388,10 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub version: u32,
+    /// The daemon's id of the call (its log's `call` span): the agent's log
+    /// lines about this spawn carry it, so one call can be followed from
+    /// the daemon's log into the container's.
+    pub call_id: u64,
     /// The container's agent token: only the daemon knows it.
     pub token: String,
     /// Program: an absolute path, or a name looked up on the agent's own PATH
