@@ -146,6 +146,8 @@ fn the_agent_answers_only_requests_with_its_token() {
     agent.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     agent.wait().unwrap();
     assert!(err.contains("refused a request without this container's token"), "{err}");
+    // The spawn's line names its call, to be found from the daemon's log.
+    assert!(err.contains("odfs-agent: call=1: refused a request without this container's token"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -153,6 +155,7 @@ fn the_agent_answers_only_requests_with_its_token() {
 fn host_spawn(token: &str, program: &[u8], argv: Vec<Vec<u8>>) -> AgentRequest {
     AgentRequest::Spawn(Box::new(odfs::protocol::SpawnRequest {
         version: PROTOCOL_VERSION,
+        call_id: 1,
         token: token.into(),
         program: program.to_vec(),
         argv,

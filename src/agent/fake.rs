@@ -12,6 +12,7 @@ use crate::protocol::{self, AgentEvent, AgentRequest};
 pub fn spawn_request(fds: Vec<i32>) -> protocol::SpawnRequest {
     protocol::SpawnRequest {
         version: protocol::PROTOCOL_VERSION,
+        call_id: 7,
         token: "t".into(),
         program: b"upcase".to_vec(),
         argv: vec![b"upcase".to_vec()],
@@ -72,7 +73,7 @@ fn fake_agent_connection(conn: std::os::unix::net::UnixStream, log: &Mutex<Vec<S
     // Account lines to append, and a request to trace, only where asked.
     let id = &spawn.identity;
     let extra: String = [&id.passwd_line, &id.group_line].into_iter().flatten().map(|l| format!(" + {l}")).chain(spawn.trace.then(|| " traced".into())).collect();
-    note(format!("spawn {} fds {:?}{extra}", String::from_utf8_lossy(&spawn.program), spawn.fds));
+    note(format!("spawn {} call={} fds {:?}{extra}", String::from_utf8_lossy(&spawn.program), spawn.call_id, spawn.fds));
     let mut by_target: std::collections::HashMap<i32, std::fs::File> =
         spawn.fds.iter().copied().zip(fds.into_iter().map(std::fs::File::from)).collect();
     let _ = protocol::send(&conn, &AgentEvent::Started { pid: 4242 }, &[]);

@@ -9,13 +9,14 @@ use crate::protocol::Identity;
 
 static EDIT: Mutex<()> = Mutex::new(());
 
-pub(super) fn ensure_known(identity: &Identity) {
+/// `call`: the daemon's id of the call, for the log.
+pub(super) fn ensure_known(identity: &Identity, call: u64) {
     let _guard = EDIT.lock().unwrap();
     for (file, id, line) in [("/etc/passwd", identity.uid, &identity.passwd_line), ("/etc/group", identity.gid, &identity.group_line)] {
         let Some(line) = line else { continue };
         let _ = std::fs::create_dir_all("/etc");
         if let Err(e) = crate::accounts::append_once(Path::new(file), id, line, true) {
-            eprintln!("odfs-agent: cannot add uid/gid {id} to {file}: {e}");
+            eprintln!("odfs-agent: call={call}: cannot add uid/gid {id} to {file}: {e}");
         }
     }
 }

@@ -306,13 +306,17 @@ impl Agent {
                 return;
             }
         };
-        let token = match &first.0 {
-            AgentRequest::Status { token } => Some(token.as_str()),
-            AgentRequest::Spawn(req) => Some(req.token.as_str()),
-            _ => None,
+        // A spawn's log lines name its call, as the daemon's log does.
+        let (token, call) = match &first.0 {
+            AgentRequest::Status { token } => (Some(token.as_str()), None),
+            AgentRequest::Spawn(req) => (Some(req.token.as_str()), Some(req.call_id)),
+            _ => (None, None),
         };
         if !self.token.as_deref().is_none_or(|ours| token.is_some_and(|t| same_secret(t, ours))) {
-            eprintln!("odfs-agent: refused a request without this container's token");
+            match call {
+                Some(call) => eprintln!("odfs-agent: call={call}: refused a request without this container's token"),
+                None => eprintln!("odfs-agent: refused a request without this container's token"),
+            }
             return;
         }
         match first {
@@ -340,7 +344,7 @@ impl Agent {
         if req.version != PROTOCOL_VERSION {
             return refuse(format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version));
         }
-        identity::ensure_known(&req.identity);
+        identity::ensure_known(&req.identity, req.call_id);
         let channel = match req.channel {
             false => None,
             true => match fds.pop() {

@@ -446,7 +446,7 @@ mod tests {
         while r.agent.seen().len() < 2 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(r.agent.seen(), ["spawn upcase fds [0, 1]", "exited 3"]);
+        assert_eq!(r.agent.seen(), ["spawn upcase call=7 fds [0, 1]", "exited 3"]);
     }
 
     #[test]

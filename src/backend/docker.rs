@@ -695,7 +695,7 @@ impl ContainerBackend for Docker {
         crate::protocol::EngineInfo {
             host: self.engine.host.clone(),
             remote: !self.engine.is_local(),
-            exec_path: self.engine.exec_path().as_str().to_string(),
+            exec_path: self.engine.exec_path(),
             source: self.engine.source.to_string(),
             version: self.version().await.map_err(|e| e.to_string()),
         }

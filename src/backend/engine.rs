@@ -21,25 +21,9 @@ pub struct Engine {
     pub outbound: super::outbound::Outbound,
 }
 
-/// How calls reach tools on an engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecPath {
-    /// The caller's fds go to the agent over a unix socket bind-mounted into
-    /// the container: zero copies, and calls outlive a daemon restart.
-    Fd,
-    /// Frames over the engine's exec API, relayed by the daemon (remote
-    /// engines, where no fd and no host path can cross).
-    Relay,
-}
-
-impl ExecPath {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecPath::Fd => "fd",
-            ExecPath::Relay => "relay",
-        }
-    }
-}
+/// How calls reach tools on an engine: the wire's own type, so what
+/// `odfs status` shows is what the daemon chose.
+pub use crate::protocol::ExecPath;
 
 /// The `[engine]` table of the config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]

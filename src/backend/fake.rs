@@ -173,7 +173,7 @@ impl ContainerBackend for Fake {
         crate::protocol::EngineInfo {
             host: "fake://".into(),
             remote: false,
-            exec_path: "fd".into(),
+            exec_path: super::ExecPath::Fd,
             source: "test".into(),
             version: Ok("fake".into()),
         }

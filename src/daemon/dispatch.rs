@@ -86,8 +86,9 @@ impl<B: ContainerBackend> Daemon<B> {
                     Ok(held) => held,
                     Err(e) => return self.answer(conn, Response::Error(e.into_failure())),
                 };
-                let span = super::exec::call_span(&req, &caller);
-                return tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span).await;
+                let (id, span) = super::exec::call_span(&req, &caller);
+                let served = tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span);
+                return super::exec::CALL_ID.scope(id, served).await;
             }
             Request::Status => self.status().await,
             Request::Stats => self.stats(),

@@ -95,15 +95,21 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
 /// Calls served since the daemon started, for their spans' ids.
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// The span of one exec request: every line logged while it is served (in
-/// exec, pool and link) carries the call's id, command, caller and, once
-/// known, its profile's container. Debug level: at the default level the
-/// warm path makes no span.
-pub(super) fn call_span(req: &ExecRequest, caller: &Caller) -> tracing::Span {
+tokio::task_local! {
+    /// The id of the call a task serves (its span's), for the spawn request
+    /// that carries it to the agent's log.
+    pub(super) static CALL_ID: u64;
+}
+
+/// The id of one exec request and its span: every line logged while it is
+/// served (in exec, pool and link) carries the call's id, command, caller
+/// and, once known, its profile's container. Debug level: at the default
+/// level the warm path makes no span, but the id is drawn all the same.
+pub(super) fn call_span(req: &ExecRequest, caller: &Caller) -> (u64, tracing::Span) {
     let id = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The command is the caller's bytes until the catalog says otherwise.
     let command = if crate::catalog::validate_name(&req.command).is_ok() { req.command.as_str() } else { "(invalid name)" };
-    tracing::debug_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty)
+    (id, tracing::debug_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty))
 }
 
 /// Send a small frame in place, from an async worker, only when the socket
@@ -360,6 +366,8 @@ impl<B: ContainerBackend> Daemon<B> {
         argv.extend(req.args.iter().cloned());
         let mut spawn = SpawnRequest {
             version: PROTOCOL_VERSION,
+            // 0: served outside a call's scope (none in the daemon).
+            call_id: CALL_ID.try_with(|id| *id).unwrap_or(0),
             token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,

@@ -12,7 +12,7 @@ pub mod tally;
 
 pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError};
 pub use odfs_wire::{
-    AgentEvent, AgentRequest, CommandInfo, CommandStats, ContainerStatus, EngineInfo, ExecRequest, ImageUsage, Failure, Finished,
+    AgentEvent, AgentRequest, CommandInfo, CommandStats, ContainerPhase, ContainerStatus, EngineInfo, ExecPath, ExecRequest, ImageUsage, Failure, Finished,
     Identity, ImageProgress, Request, Response, SpawnRequest, TtyRequest, ViewInfo, DEFAULT_PATH, EXIT_NOT_FOUND,
     EXIT_ODFS_ERROR, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, TOKEN_ENV,
 };
@@ -146,7 +146,7 @@ mod tests {
                                               uid in any::<u32>(), groups in proptest::collection::vec(any::<u32>(), 0..5)) {
             let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
             let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
-                version: PROTOCOL_VERSION, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
+                version: PROTOCOL_VERSION, call_id: uid as u64, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None, caps: 0 },
                 fds: vec![0],
                 tty: None,

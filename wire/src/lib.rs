@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 11;
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -143,7 +143,7 @@ pub struct CommandInfo {
     pub network: String,
     pub user: String,
     pub keep_alive: String,
-    pub state: String,
+    pub state: ContainerPhase,
     /// `file:line` of its definition.
     pub origin: String,
     /// Its image's version; for a bare name with versions, the default one
@@ -279,24 +279,74 @@ pub struct EngineInfo {
     pub host: String,
     pub remote: bool,
     /// How calls reach tools: `fd` (local) or `relay` (remote).
-    pub exec_path: String,
+    pub exec_path: ExecPath,
     /// Where the choice came from (`--engine`, config file, DOCKER_HOST…).
     pub source: String,
     /// Product and version, or why the engine does not answer.
     pub version: Result<String, String>,
 }
 
+/// A profile's container as `odfs status`, `odfs ls` and the
+/// `user.odfs.state` xattr show it. One type on both ends, so the daemon
+/// cannot send a state the CLI does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerPhase {
+    /// No container: the next call starts one.
+    Absent,
+    /// Someone holds the profile's lock to start or change its container.
+    Starting,
+    Warm,
+    /// Frozen by the engine (cgroup freezer): no CPU, resumes in milliseconds.
+    Paused,
+    /// Warm, but its agent does not answer.
+    Unreachable,
+}
+
+impl ContainerPhase {
+    /// The word users and scripts read (`odfs status`, its `--json`, the xattr).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerPhase::Absent => "absent",
+            ContainerPhase::Starting => "starting",
+            ContainerPhase::Warm => "warm",
+            ContainerPhase::Paused => "paused",
+            ContainerPhase::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// How calls reach tools on an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecPath {
+    /// The caller's fds go to the agent over a unix socket bind-mounted into
+    /// the container: zero copies, and calls outlive a daemon restart.
+    Fd,
+    /// Frames over the engine's exec API, relayed by the daemon (remote
+    /// engines, where no fd and no host path can cross).
+    Relay,
+}
+
+impl ExecPath {
+    /// The word `odfs status` and `odfs doctor` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecPath::Fd => "fd",
+            ExecPath::Relay => "relay",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
     pub image: String,
     pub container: String,
-    pub state: String,
+    pub state: ContainerPhase,
     pub running_tools: u32,
     pub idle_ms: u64,
     /// The next lifecycle step and why.
     pub next: String,
-    /// How calls reach its tools: `fd` or `relay`.
-    pub exec_path: String,
+    /// How calls reach its tools.
+    pub exec_path: ExecPath,
     /// Memory the container holds with the engine's process beside it, as
     /// the idle budget counts it (bytes; 0 when absent).
     pub memory: u64,
@@ -338,6 +388,10 @@ pub struct Identity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub version: u32,
+    /// The daemon's id of the call (its log's `call` span): the agent's log
+    /// lines about this spawn carry it, so one call can be followed from
+    /// the daemon's log into the container's.
+    pub call_id: u64,
     /// The container's agent token: only the daemon knows it.
     pub token: String,
     /// Program: an absolute path, or a name looked up on the agent's own PATH
@@ -447,5 +501,29 @@ mod byte_strings {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
         Ok(Vec::<serde_bytes::ByteBuf>::deserialize(d)?.into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_s_status_round_trips_with_its_words_unchanged() {
+        let status = ContainerStatus {
+            image: "jq".into(),
+            container: "odfs-jq".into(),
+            state: ContainerPhase::Unreachable,
+            running_tools: 0,
+            idle_ms: 5,
+            next: "none".into(),
+            exec_path: ExecPath::Relay,
+            memory: 0,
+        };
+        assert_eq!(decode::<ContainerStatus>(&encode(&status).unwrap()).unwrap(), status);
+        // Scripts read these words in `odfs status --json`.
+        let phases = [ContainerPhase::Absent, ContainerPhase::Starting, ContainerPhase::Warm, ContainerPhase::Paused, ContainerPhase::Unreachable];
+        assert_eq!(phases.map(ContainerPhase::as_str), ["absent", "starting", "warm", "paused", "unreachable"]);
+        assert_eq!([ExecPath::Fd, ExecPath::Relay].map(ExecPath::as_str), ["fd", "relay"]);
     }
 }

@@ -73,11 +73,11 @@ fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::pa
     };
     let place = if engine.remote { "remote" } else { "local" };
     match &engine.version {
-        Ok(v) => checks.report(Some(true), format!("container engine {} ({place}, {v}, from {}): calls take the {} path", engine.host, engine.source, engine.exec_path)),
+        Ok(v) => checks.report(Some(true), format!("container engine {} ({place}, {v}, from {}): calls take the {} path", engine.host, engine.source, engine.exec_path.as_str())),
         Err(e) => checks.report(Some(false), format!("container engine {} ({place}, from {}): {e}", engine.host, engine.source)),
     }
     for c in &containers {
-        checks.report(None, format!("image {} ({}): exec path {}", c.image, c.state, c.exec_path));
+        checks.report(None, format!("image {} ({}): exec path {}", c.image, c.state.as_str(), c.exec_path.as_str()));
     }
     // The site's proxy reaches builds and tools; pulls are the engine's own.
     if let Ok(e) = odfs::config::engine(None, config) {

@@ -27,13 +27,13 @@ pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> 
         let rows: Vec<_> = list
             .iter()
             .map(|i| serde_json::json!({"command": i.command, "image": i.image, "ref": i.reference, "program": i.program,
-                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state, "origin": i.origin, "version": i.version, "source": i.source}))
+                "args": i.args, "network": i.network, "user": i.user, "keep_alive": i.keep_alive, "state": i.state.as_str(), "origin": i.origin, "version": i.version, "source": i.source}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&if only.is_some() { rows[0].clone() } else { serde_json::Value::Array(rows) })?);
     } else if let (Some(_), Some(i)) = (only, list.first()) {
         let args = if i.args.is_empty() { String::new() } else { format!(" {}", i.args.join(" ")) };
         println!("command:    {}\nimage:      {} ({})\nsource:     {}\nruns:       {}{}\nnetwork:    {}\nuser:       {}\nkeep-alive: {}\nstate:      {}\ndefined at: {}",
-            i.command, i.image, i.reference, i.source, i.program, args, i.network, i.user, i.keep_alive, i.state, i.origin);
+            i.command, i.image, i.reference, i.source, i.program, args, i.network, i.user, i.keep_alive, i.state.as_str(), i.origin);
         if !i.version.is_empty() {
             println!("version:    {}", i.version);
         }
@@ -42,7 +42,7 @@ pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> 
         println!("{:<20} {:<16} {:<10} {:<10} REF", "COMMAND", "IMAGE", "VERSION", "STATE");
         for i in list {
             let version = i.version.split(' ').next().unwrap_or("");
-            println!("{:<20} {:<16} {:<10} {:<10} {}", i.command, i.image, if version.is_empty() { "-" } else { version }, i.state, i.reference);
+            println!("{:<20} {:<16} {:<10} {:<10} {}", i.command, i.image, if version.is_empty() { "-" } else { version }, i.state.as_str(), i.reference);
         }
     }
     Ok(())
@@ -157,11 +157,11 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
     if json {
         let rows: Vec<_> = list
             .iter()
-            .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state,
+            .map(|c| serde_json::json!({"image": c.image, "container": c.container, "state": c.state.as_str(),
                                         "running_tools": c.running_tools, "idle_ms": c.idle_ms, "next": c.next,
-                                        "exec_path": c.exec_path, "memory": c.memory}))
+                                        "exec_path": c.exec_path.as_str(), "memory": c.memory}))
             .collect();
-        let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path,
+        let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path.as_str(),
                                         "source": engine.source, "version": engine.version.as_ref().ok(),
                                         "error": engine.version.as_ref().err()});
         let images: Vec<_> = images
@@ -176,13 +176,13 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
     } else {
         let place = if engine.remote { "remote" } else { "local" };
         let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
-        println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path, engine.source);
+        println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path.as_str(), engine.source);
         println!("idle: {budget}");
         println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "MEMORY", "EXEC", "CONTAINER");
         for c in list {
             let idle = format!("{}s", c.idle_ms / 1000);
             let memory = if c.memory == 0 { "-".to_string() } else { format!("{:.1}M", c.memory as f64 / (1u64 << 20) as f64) };
-            println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} {}", c.image, c.state, c.running_tools, idle, memory, c.exec_path, c.container, c.next);
+            println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} {}", c.image, c.state.as_str(), c.running_tools, idle, memory, c.exec_path.as_str(), c.container, c.next);
         }
         println!();
         println!("disk: {disk}");

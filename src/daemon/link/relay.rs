@@ -562,7 +562,7 @@ mod tests {
     use std::io::{Read, Write};
 
     /// What the agent is asked for a call of [`start_call`].
-    const SPAWNED: &str = "spawn upcase fds [0, 1] + u:x:1000:1000::/:/bin/sh + u:x:1000:";
+    const SPAWNED: &str = "spawn upcase call=7 fds [0, 1] + u:x:1000:1000::/:/bin/sh + u:x:1000:";
 
     /// A relayed call under way: its link, the launcher's end, the caller's
     /// stdin (to write) and stdout (to read), and the agent behind it.

@@ -30,12 +30,11 @@ use super::link::{Reach, Setup};
 use crate::backend::ContainerBackend;
 use crate::catalog::ImageSpec;
 use crate::policy::{self, Call, Costs, Plan, Policy, Secs};
-use crate::protocol::{ContainerStatus, PROTOCOL_VERSION};
+use crate::protocol::{ContainerPhase, ContainerStatus, PROTOCOL_VERSION};
 use crate::view::View;
 pub use super::link::InnerCalls;
 pub use handover::Handed;
 pub use images::short_id;
-pub use state::Shown;
 use slot::Slot;
 use state::{transition, State};
 
@@ -79,9 +78,11 @@ impl Served {
         }
     }
 
-    /// The name [`Served::as_str`] gives; a name it never gives reads as cold.
-    pub fn parse(name: &str) -> Served {
-        Served::ALL.into_iter().find(|s| s.as_str() == name).unwrap_or(Served::Cold)
+    /// The one whose [`Served::as_str`] is `name`; `None` for a name it
+    /// never gives (another version's, or a damaged row): the caller says
+    /// what such a call counts as.
+    pub fn parse(name: &str) -> Option<Served> {
+        Served::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -233,27 +234,27 @@ impl<B: ContainerBackend> Pool<B> {
         for slot in slots {
             let state = slot.state.lock().await.clone();
             let (shown, running, idle_ms) = match &state {
-                State::Absent => (Shown::Absent, 0, 0),
+                State::Absent => (ContainerPhase::Absent, 0, 0),
                 State::Paused { .. } => {
                     // Idle since its last call ended (or it was warmed).
                     let end = slot.life.lock().unwrap().calls.back().map(|s| s.call.end());
-                    (Shown::Paused, 0, end.map_or(0, |e| ((now - e).max(0.0) * 1000.0) as u64))
+                    (ContainerPhase::Paused, 0, end.map_or(0, |e| ((now - e).max(0.0) * 1000.0) as u64))
                 }
                 State::Warm { c, .. } => match self.agent_status(&slot, c).await {
-                    Ok((r, i)) => (Shown::Warm, r, i),
-                    Err(_) => (Shown::Unreachable, 0, 0),
+                    Ok((r, i)) => (ContainerPhase::Warm, r, i),
+                    Err(_) => (ContainerPhase::Unreachable, 0, 0),
                 },
             };
             let plan = slot.life.lock().unwrap().plan.clone();
             out.push(ContainerStatus {
                 image: slot.image.name.clone(),
                 container: slot.name.clone(),
-                state: shown.as_str().into(),
+                state: shown,
                 running_tools: running,
                 idle_ms,
                 next: state::next_action(plan.as_ref(), shown, running, now),
-                exec_path: slot.link.path().as_str().to_string(),
-                memory: if shown == Shown::Absent { 0 } else { slot.held() },
+                exec_path: slot.link.path(),
+                memory: if shown == ContainerPhase::Absent { 0 } else { slot.held() },
             });
         }
         out
@@ -261,7 +262,7 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// The idle budget and what idle containers hold of it, in a line.
     pub fn budget_line(&self, containers: &[ContainerStatus]) -> String {
-        let idle: Vec<&ContainerStatus> = containers.iter().filter(|c| c.running_tools == 0 && (c.state == "warm" || c.state == "paused")).collect();
+        let idle: Vec<&ContainerStatus> = containers.iter().filter(|c| c.running_tools == 0 && matches!(c.state, ContainerPhase::Warm | ContainerPhase::Paused)).collect();
         let held: u64 = idle.iter().map(|c| c.memory).sum();
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
         let b = &self.cfg.idle.budget;
@@ -305,11 +306,11 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// The state of an image's container, without waiting (FUSE threads ask):
     /// `starting` while someone holds its lock to start or change it.
-    pub fn shown(&self, image: &ImageSpec) -> Shown {
-        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return Shown::Absent };
+    pub fn shown(&self, image: &ImageSpec) -> ContainerPhase {
+        let Some(slot) = self.slots.get(&self.profile_key(image)).map(|s| s.value().clone()) else { return ContainerPhase::Absent };
         let shown = match slot.state.try_lock() {
-            Ok(s) => Shown::of(&s),
-            Err(_) => Shown::Starting,
+            Ok(s) => state::shown(&s),
+            Err(_) => ContainerPhase::Starting,
         };
         shown
     }

@@ -65,28 +65,31 @@ impl<B: ContainerBackend> Pool<B> {
                 }
             }
         }
-        let (phase, plan) = match state.clone() {
-            State::Warm { c, .. } => {
-                let (running, idle_ms) = match self.agent_status(slot, &c).await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        self.backend.remove(&c.id).await?;
-                        transition(&slot.name, state, State::Absent, "agent unreachable; container removed");
-                        return Ok(());
-                    }
-                };
-                if running > 0 || slot.pending.load(Ordering::SeqCst) > 0 {
-                    (Phase::Busy, None)
-                } else {
-                    slot.idle.store(true, Ordering::SeqCst);
-                    (Phase::Idle, Some(self.idle_plan(slot, now - idle_ms as f64 / 1000.0)))
+        // Only a warm container's agent answers; one that does not is gone.
+        let (running, idle_ms) = match state.clone() {
+            State::Warm { c, .. } => match self.agent_status(slot, &c).await {
+                Ok(s) => s,
+                Err(_) => {
+                    self.backend.remove(&c.id).await?;
+                    transition(&slot.name, state, State::Absent, "agent unreachable; container removed");
+                    return Ok(());
                 }
-            }
-            State::Paused { .. } => {
+            },
+            State::Paused { .. } | State::Absent => (0, 0),
+        };
+        // An exec on its way in counts as a running tool.
+        let phase = super::state::phase(state, running.saturating_add(slot.pending.load(Ordering::SeqCst)));
+        let plan = match phase {
+            Phase::Busy => None,
+            Phase::Idle => {
                 slot.idle.store(true, Ordering::SeqCst);
-                (Phase::Paused, slot.life.lock().unwrap().plan.clone())
+                Some(self.idle_plan(slot, now - idle_ms as f64 / 1000.0))
             }
-            State::Absent => (Phase::Absent, slot.life.lock().unwrap().plan.clone()),
+            Phase::Paused => {
+                slot.idle.store(true, Ordering::SeqCst);
+                slot.life.lock().unwrap().plan.clone()
+            }
+            Phase::Absent => slot.life.lock().unwrap().plan.clone(),
         };
         let reason = plan.as_ref().map_or("no plan", |p| p.reason.as_str());
         let action = match policy::decide(phase, plan.as_ref(), now) {

@@ -119,7 +119,7 @@ async fn the_pause_tier_freezes_idle_containers_and_calls_resume_them() {
     fake.running.store(0, Ordering::SeqCst);
     pool.reap().await;
     assert_eq!(*fake.paused.lock().unwrap(), ["fake-0"]);
-    assert_eq!(pool.status().await[0].state, "paused");
+    assert_eq!(pool.status().await[0].state, ContainerPhase::Paused);
     let call = pool.ensure(&img, "sh").await.unwrap();
     assert_eq!(call.served, Served::Paused);
     assert!(fake.paused.lock().unwrap().is_empty(), "not resumed");
@@ -188,4 +188,23 @@ async fn a_container_whose_agent_does_not_answer_is_replaced_once() {
     assert_eq!(*fake.removed.lock().unwrap(), ["fake-0"]);
     // Neither attempt's claim outlives the call.
     assert_eq!(pool.slot(&img).pending.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_past_call_served_in_an_unknown_way_is_left_out_of_the_history() {
+    let (_dir, _fake, pool) = fake_pool();
+    let img = image("jq", KeepAlive::Auto);
+    let past = |served: &str| crate::catalog::PastCall {
+        command: "jq".into(),
+        image: "jq".into(),
+        session: None,
+        started_ms: 1_000,
+        setup_us: 2_000,
+        run_ms: Some(10),
+        served: served.into(),
+    };
+    pool.seed(&[(img.clone(), past("paused")), (img.clone(), past("teleported")), (img, past("pulled"))], 5_000);
+    let history = pool.history();
+    let served: Vec<Served> = history[0].1.iter().map(|s| s.served).collect();
+    assert_eq!(served, [Served::Paused, Served::Pulled]);
 }

@@ -32,7 +32,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     KeepAlive::Auto => format!("auto ({})", self.pool.policy_for(&r.image)),
                     KeepAlive::Fixed(d) => humantime::format_duration(d).to_string(),
                 },
-                state: self.pool.shown(&r.image).as_str().to_string(),
+                state: self.pool.shown(&r.image),
                 origin: r.command.origin.clone(),
                 source: self.outbound.describe(&r.image.reference, r.image.build.as_deref()),
             })
