@@ -243,7 +243,7 @@ fn helper() {
     let parts: Vec<&str> = mode.split(':').collect();
     let n = |i: usize| parts[i].parse::<usize>().unwrap();
     let exec = |command: String, args: Vec<Vec<u8>>| {
-        Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env: vec![], fds: vec![], tty: None, trace: false, channel: false })
+        Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env: vec![], passed: Default::default(), })
     };
     match parts[0] {
         // N connections that say nothing, held SECS seconds.

@@ -56,10 +56,7 @@ fn root_inside_a_container_cannot_use_the_control_socket_as_root() {
         command: "socat".into(),
         args: vec![b"-V".to_vec()],
         env: vec![],
-        fds: vec![],
-        tty: None,
-        trace: false,
-        channel: false,
+        passed: Default::default(),
     });
     for request in [Request::List, exec] {
         let answer = from_a_container(&m, &m.socket, &frame(&request));
@@ -162,10 +159,7 @@ fn host_spawn(token: &str, program: &[u8], argv: Vec<Vec<u8>>) -> AgentRequest {
         env: vec![],
         cwd: b"/".to_vec(),
         identity: odfs::protocol::Identity { uid: 0, gid: 0, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
-        fds: vec![],
-        tty: None,
-        trace: false,
-        channel: false,
+        passed: Default::default(),
     }))
 }
 
@@ -280,10 +274,7 @@ fn hostile_frames_on_the_control_socket_are_dropped_and_the_daemon_serves_on() {
             command: command.to_string(),
             args: vec![],
             env: vec![],
-            fds: vec![],
-            tty: None,
-            trace: false,
-            channel: false,
+            passed: Default::default(),
         });
         match decode_response(&send_raw(&frame(&req))) {
             Response::Error(odfs::protocol::Failure { exit_code: 127, .. }) => {}

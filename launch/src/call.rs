@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use odfs_wire::progress::{Fetching, Screen};
 use odfs_wire::stages::{CallStamps, STAGES_ENV};
-use odfs_wire::{AgentEvent, AgentRequest, ExecRequest, Failure, Request, Response, EXIT_ODFS_ERROR, MAX_FDS, PROTOCOL_VERSION};
+use odfs_wire::{AgentEvent, AgentRequest, ExecRequest, Failure, Passed, Request, Response, EXIT_ODFS_ERROR, MAX_FDS, PROTOCOL_VERSION};
 
 use crate::frame;
 use crate::sys::{self, Fd, Pollfd, POLLIN};
@@ -248,10 +248,7 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         command: command.into(),
         args: args.iter().map(|a| a.to_vec()).collect(),
         env: env.iter().map(|e| e.to_vec()).collect(),
-        fds: fds.clone(),
-        tty,
-        trace: stamps.is_some(),
-        channel: true,
+        passed: Passed { fds: fds.clone(), tty, trace: stamps.is_some(), channel: true },
     });
     let answer = ask(socket, command, &req, &fds, &signals, stamps)?;
     drop(req);

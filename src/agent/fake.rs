@@ -19,10 +19,7 @@ pub fn spawn_request(fds: Vec<i32>) -> protocol::SpawnRequest {
         env: vec![],
         cwd: b"/".to_vec(),
         identity: protocol::Identity { uid: 1000, gid: 1000, groups: vec![], passwd_line: None, group_line: None, caps: 0 },
-        fds,
-        tty: None,
-        trace: false,
-        channel: false,
+        passed: protocol::Passed { fds, ..Default::default() },
     }
 }
 
@@ -72,10 +69,10 @@ fn fake_agent_connection(conn: std::os::unix::net::UnixStream, log: &Mutex<Vec<S
     };
     // Account lines to append, and a request to trace, only where asked.
     let id = &spawn.identity;
-    let extra: String = [&id.passwd_line, &id.group_line].into_iter().flatten().map(|l| format!(" + {l}")).chain(spawn.trace.then(|| " traced".into())).collect();
-    note(format!("spawn {} call={} fds {:?}{extra}", String::from_utf8_lossy(&spawn.program), spawn.call_id, spawn.fds));
+    let extra: String = [&id.passwd_line, &id.group_line].into_iter().flatten().map(|l| format!(" + {l}")).chain(spawn.passed.trace.then(|| " traced".into())).collect();
+    note(format!("spawn {} call={} fds {:?}{extra}", String::from_utf8_lossy(&spawn.program), spawn.call_id, spawn.passed.fds));
     let mut by_target: std::collections::HashMap<i32, std::fs::File> =
-        spawn.fds.iter().copied().zip(fds.into_iter().map(std::fs::File::from)).collect();
+        spawn.passed.fds.iter().copied().zip(fds.into_iter().map(std::fs::File::from)).collect();
     let _ = protocol::send(&conn, &AgentEvent::Started { pid: 4242 }, &[]);
     let stdin = by_target.remove(&0);
     let mut stdout = by_target.remove(&1);

@@ -345,10 +345,10 @@ impl Agent {
             return refuse(format!("agent speaks protocol {PROTOCOL_VERSION}, request has {}", req.version));
         }
         identity::ensure_known(&req.identity, req.call_id);
-        let channel = match req.channel {
+        let channel = match req.passed.channel {
             false => None,
             true => match fds.pop() {
-                Some(fd) if fds.len() == req.fds.len() => {
+                Some(fd) if fds.len() == req.passed.fds.len() => {
                     let channel = UnixStream::from(fd);
                     // The caller holds the other end, and may hold a copy
                     // of this one and fill it: no send here waits long
@@ -358,11 +358,11 @@ impl Agent {
                     }
                     Some(channel)
                 }
-                _ => return refuse(format!("{} fds announced with a channel, {} received", req.fds.len(), fds.len() + 1)),
+                _ => return refuse(format!("{} fds announced with a channel, {} received", req.passed.fds.len(), fds.len() + 1)),
             },
         };
         let follows = channel.as_ref().unwrap_or(&stream);
-        let flight = match inflight::InFlight::new(follows, req.tty.is_some(), req.trace, received) {
+        let flight = match inflight::InFlight::new(follows, req.passed.tty.is_some(), req.passed.trace, received) {
             Ok(f) => Arc::new(f),
             Err(e) => return refuse(format!("cannot follow the tool: {e}")),
         };

@@ -153,11 +153,11 @@ struct Call {
 fn call(socket: &Path, mut req: SpawnRequest, mut stdin: Input, out: Out) -> i32 {
     // Pipes stand for the caller's standard fds off the terminal; higher
     // fds cannot cross machines.
-    req.fds.retain(|fd| (0..=2).contains(fd));
+    req.passed.fds.retain(|fd| (0..=2).contains(fd));
     let mut attach = Vec::new();
     let mut input = None;
     let mut outputs = Vec::new();
-    for &target in &req.fds {
+    for &target in &req.passed.fds {
         let Ok((r, w)) = pipe() else { return out.fail("cannot make a pipe".into()) };
         if target == 0 {
             set_nonblocking(w.as_raw_fd());

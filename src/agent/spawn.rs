@@ -168,7 +168,7 @@ pub(super) fn spawn(agent: &Agent, req: &SpawnRequest, start: &Start, flight: Ar
         argv: &argv,
         env: &env,
         ignored: agent.inherited.ignored,
-        trace: req.trace,
+        trace: req.passed.trace,
     };
     let cloned = clone_child(agent, &args, call.pty.is_some(), start, &flight);
     let forked = crate::protocol::stages::now_ns();
@@ -215,8 +215,8 @@ struct Prepared {
 impl Prepared {
     fn new(agent: &Agent, req: &SpawnRequest, start: &Start) -> Result<Prepared, AgentEvent> {
         let fds = start.raw_fds();
-        if fds.len() != req.fds.len() {
-            return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.fds.len(), fds.len()))));
+        if fds.len() != req.passed.fds.len() {
+            return Err(AgentEvent::Failed(crate::protocol::Failure::new(format!("{} fds announced, {} received", req.passed.fds.len(), fds.len()))));
         }
         let argv: Vec<CString> = req.argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
         let mut env: Vec<CString> = req.env.iter().filter(|kv| !kv.starts_with(b"PATH=")).map(|kv| cstring(kv)).collect::<Result<_, _>>()?;
@@ -231,14 +231,14 @@ impl Prepared {
         env.push(cstring(&path_var)?);
         let progs: Vec<CString> = candidates(&req.program, &agent.path).iter().map(|p| cstring(p)).collect::<Result<_, _>>()?;
         let cwd = cstring(&req.cwd)?;
-        let pty = match &req.tty {
+        let pty = match &req.passed.tty {
             Some(tty) => Some(open_pty(tty, req.identity.uid, agent.tty_group)?),
             None => None,
         };
         // The pty slave stands in for each fd that was a terminal in the caller.
         let mut sources: Vec<i32> = fds;
-        let mut targets = req.fds.clone();
-        if let (Some(tty), Some((_, slave))) = (&req.tty, &pty) {
+        let mut targets = req.passed.fds.clone();
+        if let (Some(tty), Some((_, slave))) = (&req.passed.tty, &pty) {
             for &t in &tty.targets {
                 sources.push(slave.as_raw_fd());
                 targets.push(t);

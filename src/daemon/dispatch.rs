@@ -86,9 +86,9 @@ impl<B: ContainerBackend> Daemon<B> {
                     Ok(held) => held,
                     Err(e) => return self.answer(conn, Response::Error(e.into_failure())),
                 };
-                let (id, span) = super::exec::call_span(&req, &caller);
-                let served = tracing::Instrument::instrument(self.exec(conn, req, fds, caller, inside, stamps), span);
-                return super::exec::CALL_ID.scope(id, served).await;
+                let call = super::exec::Call::new(caller, inside, stamps);
+                let span = call.span(&req);
+                return tracing::Instrument::instrument(self.exec(conn, req, fds, call), span).await;
             }
             Request::Status => self.status().await,
             Request::Stats => self.stats(),
@@ -119,7 +119,7 @@ fn hold_fds(gates: &Gates, places: u32, uid: u32, req: &ExecRequest, fds: Vec<Ow
         let message = format!(
             "too many open files passed at once by the calls of uid {uid} ({} held, this call brings {}, at most {} per user): run fewer calls at once, or close the files the tool does not need",
             gates.fds.taken(places),
-            req.fds.len(),
+            req.passed.fds.len(),
             gates.fds.per_uid()
         );
         REFUSALS.note(Some(uid), &message);

@@ -15,7 +15,7 @@ use super::pool::Served;
 use super::Daemon;
 use crate::backend::ContainerBackend;
 use crate::catalog::{ImageSpec, Invocation, Resolved, RunAs};
-use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Response, SpawnRequest, PROTOCOL_VERSION};
+use crate::protocol::{self, ExecRequest, Identity, ImageProgress, Passed, Response, SpawnRequest, PROTOCOL_VERSION};
 
 /// Bytes of a call's outcome kept in the history.
 const MAX_OUTCOME: usize = 300;
@@ -95,21 +95,33 @@ pub fn tool_env(env: &[Vec<u8>], extra: &[String], privileged: bool, stamp: Opti
 /// Calls served since the daemon started, for their spans' ids.
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-tokio::task_local! {
-    /// The id of the call a task serves (its span's), for the spawn request
-    /// that carries it to the agent's log.
-    pub(super) static CALL_ID: u64;
+/// One exec request as the dispatch let it in: its id, its caller
+/// (whether inside a container), and the dispatch's stage stamps,
+/// completed and sent back if the caller traces.
+pub(super) struct Call {
+    /// The call's span's, and its spawn request's: the agent's log lines
+    /// about it carry it too.
+    pub id: u64,
+    pub caller: Caller,
+    pub inside: bool,
+    pub stamps: crate::protocol::stages::DaemonStamps,
 }
 
-/// The id of one exec request and its span: every line logged while it is
-/// served (in exec, pool and link) carries the call's id, command, caller
-/// and, once known, its profile's container. Debug level: at the default
-/// level the warm path makes no span, but the id is drawn all the same.
-pub(super) fn call_span(req: &ExecRequest, caller: &Caller) -> (u64, tracing::Span) {
-    let id = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The command is the caller's bytes until the catalog says otherwise.
-    let command = if crate::catalog::validate_name(&req.command).is_ok() { req.command.as_str() } else { "(invalid name)" };
-    (id, tracing::debug_span!("call", id, command, uid = caller.uid, pid = caller.pid, container = tracing::field::Empty))
+impl Call {
+    /// A new call of `caller`'s, with the next id.
+    pub fn new(caller: Caller, inside: bool, stamps: crate::protocol::stages::DaemonStamps) -> Call {
+        Call { id: CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed), caller, inside, stamps }
+    }
+
+    /// The span of the call's request: every line logged while it is
+    /// served (in exec, pool and link) carries the call's id, command,
+    /// caller and, once known, its profile's container. Debug level: at the
+    /// default level the warm path makes no span.
+    pub fn span(&self, req: &ExecRequest) -> tracing::Span {
+        // The command is the caller's bytes until the catalog says otherwise.
+        let command = if crate::catalog::validate_name(&req.command).is_ok() { req.command.as_str() } else { "(invalid name)" };
+        tracing::debug_span!("call", id = self.id, command, uid = self.caller.uid, pid = self.caller.pid, container = tracing::field::Empty)
+    }
 }
 
 /// Send a small frame in place, from an async worker, only when the socket
@@ -260,22 +272,14 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Handle an exec request: answer the launcher with a hand-off or a refusal.
-    /// `stamps`: the dispatch's, completed and sent back if the caller traces.
-    pub async fn exec(
-        self: Arc<Self>,
-        control: UnixStream,
-        req: ExecRequest,
-        fds: Vec<OwnedFd>,
-        caller: Caller,
-        inside: bool,
-        stamps: crate::protocol::stages::DaemonStamps,
-    ) {
+    pub(super) async fn exec(self: Arc<Self>, control: UnixStream, req: ExecRequest, fds: Vec<OwnedFd>, call: Call) {
+        let (caller, stamps) = (call.caller.clone(), call.stamps);
         let started = Instant::now();
-        let trace = req.trace;
+        let trace = req.passed.trace;
         // Read now: the launcher is certainly alive while it waits for us.
         let session = crate::protocol::peer::session_of(caller.pid).filter(|_| caller.alive());
         let command = req.command.clone();
-        let outcome = self.clone().run(&control, req, fds, caller.clone(), session, inside).await;
+        let outcome = self.clone().run(&control, req, fds, &call, session).await;
         // The one place a call's failure becomes what its caller sees.
         let outcome = outcome.map_err(CallError::into_failure);
         let (image, served, outcome_text, container, pid, image_id) = match &outcome {
@@ -333,17 +337,17 @@ impl<B: ContainerBackend> Daemon<B> {
         control: &UnixStream,
         req: ExecRequest,
         fds: Vec<OwnedFd>,
-        caller: Caller,
+        call: &Call,
         session: Option<i32>,
-        inside: bool,
     ) -> Result<(Started, String, Served, Arc<str>), CallError> {
+        let caller = &call.caller;
         if req.version != PROTOCOL_VERSION {
             return Err(CallError::Version { launcher: req.version });
         }
         let entry = self.resolve(&req.command, &caller).await?;
         // The call is the peer's, always; from inside a container only under
         // its tool's stamp for that very uid.
-        let depth = self.stamps.depth(caller.uid, &req.env, inside)?;
+        let depth = self.stamps.depth(caller.uid, &req.env, call.inside)?;
         let groups = caller.groups.clone();
         self.authorize(&entry, &caller)?;
         // Where its tools run decides what of this host's the call gets.
@@ -366,8 +370,7 @@ impl<B: ContainerBackend> Daemon<B> {
         argv.extend(req.args.iter().cloned());
         let mut spawn = SpawnRequest {
             version: PROTOCOL_VERSION,
-            // 0: served outside a call's scope (none in the daemon).
-            call_id: CALL_ID.try_with(|id| *id).unwrap_or(0),
+            call_id: call.id,
             token: String::new(),
             program: entry.command.program().as_bytes().to_vec(),
             argv,
@@ -381,10 +384,8 @@ impl<B: ContainerBackend> Daemon<B> {
             ),
             cwd: cwd.as_os_str().as_bytes().to_vec(),
             identity,
-            fds: req.fds.clone(),
-            tty: req.tty.clone(),
-            trace: req.trace,
-            channel: false,
+            // The channel is the link's to pass, or not.
+            passed: Passed { channel: false, ..req.passed.clone() },
         };
         image_env(&mut spawn.env, &req.env, &entry.image, caps != 0 && caller.uid != 0, &reach.site_env(&self.outbound));
         let (fds, channel) = split_channel(fds, &req, &caller)?;
@@ -409,11 +410,11 @@ impl<B: ContainerBackend> Daemon<B> {
 /// (a socketpair's peer is its creator); anything else is refused, never
 /// written to.
 fn split_channel(mut fds: Vec<OwnedFd>, req: &ExecRequest, caller: &Caller) -> Result<(Vec<OwnedFd>, Option<OwnedFd>), CallError> {
-    if !req.channel {
+    if !req.passed.channel {
         return Ok((fds, None));
     }
     match fds.pop() {
-        Some(channel) if fds.len() == req.fds.len() && is_callers_channel(&channel, caller.uid) => Ok((fds, Some(channel))),
+        Some(channel) if fds.len() == req.passed.fds.len() && is_callers_channel(&channel, caller.uid) => Ok((fds, Some(channel))),
         _ => Err(CallError::Request("the request's channel is missing or not a socketpair of the caller's (is odfs-launch another version?)".into())),
     }
 }

@@ -13,7 +13,7 @@ pub mod tally;
 pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError};
 pub use odfs_wire::{
     AgentEvent, AgentRequest, CommandInfo, CommandStats, ContainerPhase, ContainerStatus, EngineInfo, ExecPath, ExecRequest, ImageUsage, Failure, Finished,
-    Identity, ImageProgress, Request, Response, SpawnRequest, TtyRequest, ViewInfo, DEFAULT_PATH, EXIT_NOT_FOUND,
+    Identity, ImageProgress, Passed, Request, Response, SpawnRequest, TtyRequest, ViewInfo, DEFAULT_PATH, EXIT_NOT_FOUND,
     EXIT_ODFS_ERROR, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, TOKEN_ENV,
 };
 
@@ -126,7 +126,8 @@ mod tests {
                                     env in proptest::collection::vec(bytes(), 0..8),
                                     fds in proptest::collection::vec(0i32..1024, 0..4)) {
             let tty = (fds.len() % 2 == 0).then(|| TtyRequest { targets: vec![0, 1], rows: 24, cols: 80, xpixel: 0, ypixel: 0, termios: vec![1; 60] });
-            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, channel: args.len() % 2 == 0, args, env, trace: fds.len() % 3 == 0, fds, tty });
+            let passed = Passed { channel: args.len() % 2 == 0, trace: fds.len() % 3 == 0, fds, tty };
+            let req = Request::Exec(ExecRequest { version: PROTOCOL_VERSION, command, args, env, passed });
             let back: Request = decode(&encode(&req).unwrap()).unwrap();
             prop_assert_eq!(back, req);
         }
@@ -136,7 +137,7 @@ mod tests {
             // The wire format of older builds: a list of sequences of u8.
             #[derive(Serialize)]
             struct Plain<'a> { args: &'a Vec<Vec<u8>>, env: &'a Vec<Vec<u8>> }
-            let req = ExecRequest { version: 1, command: "c".into(), args: args.clone(), env: args.clone(), fds: vec![], tty: None, trace: false, channel: true };
+            let req = ExecRequest { version: 1, command: "c".into(), args: args.clone(), env: args.clone(), passed: Passed { channel: true, ..Default::default() } };
             let plain = postcard::to_stdvec(&(1u32, "c", Plain { args: &args, env: &args }, Vec::<i32>::new(), Option::<TtyRequest>::None, false, true)).unwrap();
             prop_assert_eq!(encode(&req).unwrap(), plain);
         }
@@ -148,10 +149,7 @@ mod tests {
             let msg = AgentRequest::Spawn(Box::new(SpawnRequest {
                 version: PROTOCOL_VERSION, call_id: uid as u64, token: "t".into(), program, argv, env: vec![], cwd: b"/tmp".to_vec(),
                 identity: Identity { uid, gid: uid, groups, passwd_line: None, group_line: None, caps: 0 },
-                fds: vec![0],
-                tty: None,
-                trace: uid % 2 == 0,
-                channel: false,
+                passed: Passed { fds: vec![0], trace: uid % 2 == 0, ..Default::default() },
             }));
             send(&a, &msg, &[0]).unwrap();
             send(&a, &AgentRequest::Signal(15), &[]).unwrap();

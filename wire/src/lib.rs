@@ -165,18 +165,31 @@ pub struct ExecRequest {
     /// The launcher's environment as `KEY=VALUE` strings; the daemon filters it.
     #[serde(with = "byte_strings")]
     pub env: Vec<Vec<u8>>,
-    /// Fd numbers in the caller that the attached fds stand for, in order.
-    /// Terminal fds are not among them: see `tty`.
+    /// The caller's fds, terminal and channel, passed on as they are in
+    /// the daemon's [`SpawnRequest`].
+    pub passed: Passed,
+}
+
+/// What a call passes its tool besides arguments and environment: the
+/// same from the launcher to the daemon ([`ExecRequest`]) as from the
+/// daemon to the agent ([`SpawnRequest`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passed {
+    /// Fd numbers in the caller (the tool's too) that the attached fds
+    /// stand for, in order. Terminal fds are not among them: see `tty`.
     pub fds: Vec<i32>,
     /// Set when the caller has a terminal: the tool gets a pty of its own.
     pub tty: Option<TtyRequest>,
-    /// The caller asked for stage stamps ([`stages`]).
+    /// The caller asked for stage stamps ([`stages`]); the agent sends
+    /// [`AgentEvent::Stamps`] before the tool's end.
     pub trace: bool,
-    /// The last attached fd is the launcher's end of the call's channel
-    /// (a socketpair): the agent reports on it and takes signals from it.
-    /// A daemon that dies before the agent holds it leaves the launcher's
-    /// end hung up, so the launcher knows the tool never started and may ask
-    /// again; once the agent holds it, the call survives the daemon.
+    /// The last attached fd, not among `fds`, is the launcher's end of the
+    /// call's channel (a socketpair): the agent sends `Started` (with the
+    /// pty master) and every later event there, and takes signals from it;
+    /// the daemon hears only `Started` or `Failed`. A daemon that dies
+    /// before the agent holds it leaves the launcher's end hung up, so the
+    /// launcher knows the tool never started and may ask again; once the
+    /// agent holds it, the call survives the daemon.
     pub channel: bool,
 }
 
@@ -408,16 +421,8 @@ pub struct SpawnRequest {
     #[serde(with = "serde_bytes")]
     pub cwd: Vec<u8>,
     pub identity: Identity,
-    /// Target fd numbers of the attached fds, in order.
-    pub fds: Vec<i32>,
-    pub tty: Option<TtyRequest>,
-    /// Send [`AgentEvent::Stamps`] before the tool's end ([`stages`]).
-    pub trace: bool,
-    /// The last attached fd, not among `fds`, is the launcher's channel
-    /// ([`ExecRequest::channel`]): `Started` (with the pty master) and every
-    /// later event go there, and signals come from it; the requester hears
-    /// only `Started` or `Failed`.
-    pub channel: bool,
+    /// The caller's fds (their numbers in the tool), terminal and channel.
+    pub passed: Passed,
 }
 
 /// Messages to the agent.

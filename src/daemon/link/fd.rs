@@ -164,7 +164,7 @@ fn agent_gone(e: &protocol::FrameError) -> bool {
 /// other callers, so a request that fails on its own merits is refused to
 /// its caller alone.
 fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, channel: Option<&OwnedFd>, container: String) -> Result<Started, StartError> {
-    spawn.channel = channel.is_some();
+    spawn.passed.channel = channel.is_some();
     let classify = |e: protocol::FrameError| {
         if agent_gone(&e) {
             StartError::Unreachable(e.to_string())

@@ -116,7 +116,7 @@ pub struct Target {
 }
 
 /// A tool to start: the agent's request, the caller's fds (numbered as
-/// `spawn.fds` says), and what the checks and the account files need.
+/// `spawn.passed.fds` says), and what the checks and the account files need.
 #[derive(Clone)]
 pub struct Launch {
     pub spawn: SpawnRequest,

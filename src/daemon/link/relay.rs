@@ -96,7 +96,7 @@ impl RelayLink {
         // root is read-only); the agent appends them only on remote engines.
         (spawn.identity.passwd_line, spawn.identity.group_line) = launch.accounts;
         // The agent's clock is ours only on the fd path.
-        spawn.trace = false;
+        spawn.passed.trace = false;
         start(backend, to, spawn, fds, &self.calls).await
     }
 }
@@ -202,7 +202,7 @@ struct CallerFds {
 impl CallerFds {
     /// Copies of the caller's fds 0, 1 and 2 among those it passed.
     fn of(launch: &Launch) -> CallerFds {
-        let standard = |n: i32| launch.spawn.fds.iter().position(|&t| t == n).and_then(|i| launch.fds.get(i)?.try_clone().ok());
+        let standard = |n: i32| launch.spawn.passed.fds.iter().position(|&t| t == n).and_then(|i| launch.fds.get(i)?.try_clone().ok());
         CallerFds { stdin: standard(0), stdout: standard(1), stderr: standard(2) }
     }
 }
@@ -218,13 +218,13 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
         Err(e) if e.container_gone() => return Err(StartError::Unreachable(e.to_string())),
         Err(e) => return Err(refused(e.to_string())),
     };
-    spawn.fds.retain(|fd| match fd {
+    spawn.passed.fds.retain(|fd| match fd {
         0 => fds.stdin.is_some(),
         1 => fds.stdout.is_some(),
         2 => fds.stderr.is_some(),
         _ => false,
     });
-    let tty = spawn.tty.clone();
+    let tty = spawn.passed.tty.clone();
     let mut decoder = Decoder::default();
     let started = tokio::time::timeout(START_LIMIT, async {
         send(&mut stream.input, &RelayIn::Spawn(Box::new(spawn))).await?;
@@ -585,7 +585,8 @@ mod tests {
         let target = Target { id: "fake-0".into(), name: "c".into(), token: "t".into(), view: Arc::default() };
         // Asked to trace, with the caller's account lines beside the request:
         // the relay does not trace, and the lines go to the agent.
-        let spawn = SpawnRequest { trace: true, ..spawn_request(vec![0, 1]) };
+        let mut spawn = spawn_request(vec![0, 1]);
+        spawn.passed.trace = true;
         let accounts = (Some("u:x:1000:1000::/:/bin/sh".to_string()), Some("u:x:1000:".to_string()));
         let launch = Launch { spawn, fds: Arc::new(vec![in_r, out_w]), args: vec![], image: "i".into(), accounts, channel: None, caller_uid: 1000 };
         let link = RelayLink::default();
