@@ -328,10 +328,7 @@ fn a_channel_that_is_not_a_socketpair_of_the_callers_is_refused_and_never_writte
             command: "true".into(),
             args: vec![],
             env: vec![],
-            fds: vec![],
-            tty: None,
-            trace: false,
-            channel: true,
+            passed: odfs::protocol::Passed { channel: true, ..Default::default() },
         });
         protocol::send(&conn, &req, &[channel]).unwrap();
         protocol::recv::<Response>(&conn).unwrap().expect("an answer").0
