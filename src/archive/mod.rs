@@ -50,6 +50,7 @@
 //! daemon loads it at start without the network; commands are sorted by
 //! name, so a lookup is a binary search and a listing walks them in order.
 
+pub mod alternatives;
 pub mod contents;
 pub mod packages;
 pub mod provider;
