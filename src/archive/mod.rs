@@ -52,5 +52,8 @@
 
 pub mod alternatives;
 pub mod contents;
+pub mod index;
 pub mod packages;
 pub mod provider;
+
+pub use index::{Index, Indexes, Resolved};
