@@ -52,6 +52,7 @@
 
 pub mod alternatives;
 pub mod contents;
+pub mod fetch;
 pub mod index;
 pub mod packages;
 pub mod provider;
