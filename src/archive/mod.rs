@@ -10,6 +10,9 @@
 //! - [`alternatives`]: the names update-alternatives makes.
 //! - [`index`]: the index in memory and on disk, one per suite.
 //!
+//! What was measured, and how the rules were checked against Debian's own
+//! tools and real installs: `docs/archive.md`.
+//!
 //! # Commands
 //! A command is a file right under `/bin`, `/sbin`, `/usr/bin`, `/usr/sbin`
 //! or `/usr/games` in the Contents files of the suite's main component, for
