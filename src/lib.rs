@@ -15,6 +15,8 @@
 //! - [`agent`]: `odfs-agent`, PID 1 in each container (static).
 //! - [`accounts`]: passwd- and group-style files, as agent and daemon edit them.
 //! - [`catalog`]: TOML entries, validation, SQLite store, snapshot.
+//! - [`archive`]: the command index of a Debian suite (every command of
+//!   its main component, and the package that provides it).
 //! - [`fs`]: the shim directory as plain logic; [`fuse`] serves it over `/dev/fuse`.
 //! - [`backend`]: the `ContainerBackend` trait, Docker via bollard, a fake.
 //! - [`daemon`]: control socket, exec handling, container pool and reaper.
@@ -37,6 +39,8 @@ pub mod bench;
 pub mod policy;
 pub mod protocol;
 
+#[cfg(feature = "daemon")]
+pub mod archive;
 #[cfg(feature = "daemon")]
 pub mod backend;
 #[cfg(feature = "daemon")]

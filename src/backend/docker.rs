@@ -632,6 +632,10 @@ impl ContainerBackend for Docker {
         self.version_output(image, argv, mount_id).await
     }
 
+    async fn run_job(&self, job: &super::Job) -> Result<super::JobOutput, BackendError> {
+        self.job_run(job).await
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         let images = self
             .client()

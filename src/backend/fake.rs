@@ -27,6 +27,9 @@ pub struct Fake {
     /// The agent socket an exec stream's relay talks to (a fake agent);
     /// without one, exec streams fail.
     pub relay_agent: Option<std::path::PathBuf>,
+    /// Jobs run, and what the next one answers (an error when unset).
+    pub jobs: Mutex<Vec<super::Job>>,
+    pub job_output: Mutex<Option<super::JobOutput>>,
 }
 
 impl ContainerBackend for Fake {
@@ -76,6 +79,11 @@ impl ContainerBackend for Fake {
 
     async fn version_of(&self, _image: &str, _argv: &[String], _mount_id: &str) -> Result<String, BackendError> {
         Ok(String::new())
+    }
+
+    async fn run_job(&self, job: &super::Job) -> Result<super::JobOutput, BackendError> {
+        self.jobs.lock().unwrap().push(job.clone());
+        self.job_output.lock().unwrap().take().ok_or_else(|| BackendError::Engine("the fake has no job output".into()))
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {

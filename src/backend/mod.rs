@@ -6,6 +6,7 @@ mod archive;
 pub mod docker;
 pub mod engine;
 mod images;
+pub mod job;
 pub mod outbound;
 #[cfg(test)]
 pub mod fake;
@@ -21,6 +22,7 @@ use std::pin::Pin;
 
 pub use engine::ExecPath;
 pub use images::{statvfs, Holder, ImageInfo};
+pub use job::{Job, JobOutput};
 
 /// Labels every odfs container carries.
 pub const LABEL_MANAGED: &str = "io.odfs.managed";
@@ -220,6 +222,9 @@ pub trait ContainerBackend: Send + Sync + 'static {
     fn recipe_stamp(&self, recipe: &Path) -> impl Future<Output = std::io::Result<String>> + Send;
     /// The first line a version command prints in a throw-away container.
     fn version_of(&self, image: &str, argv: &[String], mount_id: &str) -> impl Future<Output = Result<String, BackendError>> + Send;
+    /// Run a script to its end in a throw-away container with the host's
+    /// network and read back the files it left (see [`job`]).
+    fn run_job(&self, job: &Job) -> impl Future<Output = Result<JobOutput, BackendError>> + Send;
     /// References (repo:tag) of the images on this machine.
     fn local_images(&self) -> impl Future<Output = Result<Vec<String>, BackendError>> + Send;
     /// Containers labelled with this mount id.
