@@ -40,8 +40,8 @@
 //! table generated from a real install ([`alternatives`]) gives each such
 //! name the commands its link may point to, and the name resolves to the
 //! packages that ship those commands, ranked by the same provider rule as
-//! providers of the name itself (`nc`: netcat-openbsd, important, before
-//! netcat-traditional). A package that ships the name as a file wins over
+//! providers of the name itself (`nc`: netcat-traditional, of Priority
+//! standard in bookworm, before netcat-openbsd). A package that ships the name as a file wins over
 //! the table. Installing the chosen package runs its postinst, which makes
 //! the link: the name is there once the image is built. Only the names of
 //! the table are known; others (`java`, whose targets are outside the
