@@ -144,7 +144,7 @@ fn the_agent_answers_only_requests_with_its_token() {
     agent.wait().unwrap();
     assert!(err.contains("refused a request without this container's token"), "{err}");
     // The spawn's line names its call, to be found from the daemon's log.
-    assert!(err.contains("odfs-agent: call=1: refused a request without this container's token"), "{err}");
+    assert!(err.contains("odfs-agent: refused a request without this container's token (it claims call=1)"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -314,7 +314,8 @@ impl Agent {
         };
         if !self.token.as_deref().is_none_or(|ours| token.is_some_and(|t| same_secret(t, ours))) {
             match call {
-                Some(call) => eprintln!("odfs-agent: call={call}: refused a request without this container's token"),
+                // Unverified: the id is whatever the request claims.
+                Some(call) => eprintln!("odfs-agent: refused a request without this container's token (it claims call={call})"),
                 None => eprintln!("odfs-agent: refused a request without this container's token"),
             }
             return;

@@ -66,6 +66,10 @@ pub fn command_of(line: &str) -> Option<(Dir, &str, impl Iterator<Item = &str>)>
     Some((dir, name, packages))
 }
 
+/// Providers kept per command: far more than a real command has, few enough
+/// that a damaged file with thousands of packages on a line costs linear time.
+const MAX_PROVIDERS: usize = 256;
+
 /// Commands and who ships them, gathered over one suite's Contents files
 /// (the architecture's and `all`'s, which name distinct packages).
 #[derive(Debug, Default)]
@@ -100,10 +104,12 @@ impl Commands {
         let Some((dir, name, packages)) = command_of(line) else { return };
         let entry = self.providers.entry(name.to_string()).or_default();
         for package in packages {
+            let full = entry.len() >= MAX_PROVIDERS;
             match entry.iter_mut().find(|(p, _)| p == package) {
                 // The same package in two directories: keep the preferred one.
                 Some((_, d)) => *d = (*d).min(dir),
-                None => entry.push((package.to_string(), dir)),
+                None if !full => entry.push((package.to_string(), dir)),
+                None => {}
             }
         }
     }
@@ -123,6 +129,13 @@ mod tests {
         let mut p = c.providers.get(name).cloned().unwrap_or_default();
         p.sort();
         p
+    }
+
+    #[test]
+    fn a_line_naming_thousands_of_packages_keeps_a_bounded_few() {
+        let many: Vec<String> = (0..5000).map(|i| format!("utils/p{i}")).collect();
+        let c = read(&format!("usr/bin/x {}\n", many.join(",")));
+        assert_eq!(providers(&c, "x").len(), MAX_PROVIDERS);
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! Apt fetches Contents files when told to, as Debian's apt-file package
 //! tells it (an `Acquire::IndexTargets` entry whose MetaKey is
 //! `$(COMPONENT)/Contents-$(ARCHITECTURE)`): one for the image's
-//! architecture and one for `all`. Apt keeps index files compressed (lz4
-//! or gz in Debian images); `apt-helper cat-file` reads any of them.
+//! architecture and one for `all`. Apt keeps the Contents files
+//! compressed (lz4 in Debian images) and Packages plain; `apt-helper
+//! cat-file` reads any of them.
 //!
 //! Bookworm's main on amd64, measured (2 cores, Debian's CDN): `apt-get
 //! update` of the suite alone takes 4.5 to 9.5 s for about 60 MB of
@@ -63,7 +64,7 @@ impl Source {
 /// The directory the script leaves its files in.
 const OUT: &str = "/odfs-archive";
 
-/// Bytes the script may leave: bookworm leaves about 15 MB.
+/// Bytes the script may leave: bookworm leaves about 24 MB.
 const MAX_BYTES: u64 = 256 << 20;
 
 /// How long the whole run may take (a slow mirror, a big suite).

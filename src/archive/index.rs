@@ -259,8 +259,18 @@ impl Index {
                 format!("{}: index layout {} (this odfs reads {FORMAT}): fetch it again", path.display(), index.format),
             ));
         }
+        // A file that decodes may still be damaged: lookups index and
+        // search by these, and must not panic on it.
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}: fetch it again", path.display()));
         if !index.commands.windows(2).all(|w| w[0].name < w[1].name) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: commands out of order", path.display())));
+            return Err(bad("commands out of order"));
+        }
+        if !index.packages.windows(2).all(|w| w[0].name < w[1].name) {
+            return Err(bad("packages out of order"));
+        }
+        let known = index.packages.len();
+        if index.commands.iter().flat_map(|c| &c.providers).any(|p| p.package as usize >= known) {
+            return Err(bad("a command names a package the index does not hold"));
         }
         Ok(index)
     }
@@ -492,6 +502,16 @@ Priority: optional
         assert!(e.to_string().contains("fetch it again"), "{e}");
         std::fs::write(&path, b"garbage").unwrap();
         assert!(Index::load(&path).is_err());
+        // Decodes, but a lookup would index past the packages: refused.
+        let mut damaged = index.clone();
+        damaged.commands[0].providers[0].package = damaged.packages.len() as u32;
+        std::fs::write(&path, postcard::to_stdvec(&damaged).unwrap()).unwrap();
+        let e = Index::load(&path).unwrap_err();
+        assert!(e.to_string().contains("a command names a package the index does not hold"), "{e}");
+        let mut unsorted = index.clone();
+        unsorted.packages.reverse();
+        std::fs::write(&path, postcard::to_stdvec(&unsorted).unwrap()).unwrap();
+        assert!(Index::load(&path).unwrap_err().to_string().contains("packages out of order"));
     }
 
     #[test]

@@ -49,8 +49,9 @@
 //!
 //! # Storage
 //! One postcard file per suite in the state directory (`SUITE.index`),
-//! with the suite, the Release file's date and when it was fetched. The
-//! daemon loads it at start without the network; commands are sorted by
+//! with the suite, the Release file's date and when it was fetched, made
+//! to be loaded at start without the network (the daemon does not serve
+//! the index yet); commands are sorted by
 //! name, so a lookup is a binary search and a listing walks them in order.
 
 pub mod alternatives;

@@ -44,6 +44,31 @@ pub struct JobOutput {
 /// Bytes of a job's output kept for its log.
 const LOG_TAIL: usize = 4096;
 
+/// The capabilities a job's script holds (root's, in the container).
+const JOB_CAPS: [&str; 5] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"];
+
+/// Processes a job's container may hold at once.
+const JOB_PIDS: i64 = 256;
+
+/// A job's container, removed (forced) when this is dropped with `id` set.
+struct Removal {
+    client: bollard::Docker,
+    id: Option<String>,
+}
+
+impl Drop for Removal {
+    fn drop(&mut self) {
+        let (Some(id), Ok(rt)) = (self.id.take(), tokio::runtime::Handle::try_current()) else { return };
+        let client = self.client.clone();
+        rt.spawn(async move {
+            let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+            if let Err(e) = client.remove_container(&id, Some(opts)).await {
+                tracing::warn!(container = id, "cannot remove a job's container: {e}");
+            }
+        });
+    }
+}
+
 impl Docker {
     /// Run `job` with the host's network (a package manager reaching its
     /// mirror as the host does), wait for it, and read its files; the
@@ -61,34 +86,51 @@ impl Docker {
             host_config: Some(HostConfig {
                 network_mode: Some("host".into()),
                 security_opt: Some(vec!["no-new-privileges".into()]),
+                // On the host's network, no raw sockets and nothing but what
+                // a package manager needs as root: its files' owners and
+                // modes, and its download sandbox's user (apt's `_apt`).
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(JOB_CAPS.iter().map(|c| c.to_string()).collect()),
+                pids_limit: Some(JOB_PIDS),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = client.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.map_err(|e| self.classify(e))?;
+        let limit = job.time_limit;
+        let timed_out = || BackendError::Engine(format!("the script in {} did not finish within {}s (is the mirror it fetches from reachable?)", job.image, limit.as_secs()));
+        let created = tokio::time::timeout(limit, client.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| self.classify(e))?;
         let id = created.id;
+        // Removed however the job ends, a dropped future (the daemon
+        // stopping, its caller gone) included: else the script would run on
+        // as root on the host's network.
+        let mut removal = Removal { client: client.clone(), id: Some(id.clone()) };
         let run = async {
             client.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await.map_err(|e| self.classify(e))?;
-            let mut status = 0;
+            // None until the engine says how it ended: a wait cut short
+            // (a remote engine's connection lost) is no success.
+            let mut status = None;
             let mut wait = client.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>);
             while let Some(r) = wait.next().await {
                 match r {
-                    Ok(w) => status = w.status_code,
-                    Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => status = code,
+                    Ok(w) => status = Some(w.status_code),
+                    Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => status = Some(code),
                     Err(e) => return Err(self.classify(e)),
                 }
             }
             let log = self.log_tail(&id).await;
-            if status != 0 {
-                return Err(BackendError::Engine(format!("the script in {} exited with {status}: {}", job.image, log.trim())));
+            match status {
+                Some(0) => {}
+                Some(status) => return Err(BackendError::Engine(format!("the script in {} exited with {status}: {}", job.image, log.trim()))),
+                None => return Err(BackendError::Engine(format!("the engine did not say how the script in {} ended: {}", job.image, log.trim()))),
             }
             let files = self.read_out_dir(&id, &job.out_dir, job.max_bytes).await?;
             Ok(JobOutput { files, log })
         };
-        let result = match tokio::time::timeout(job.time_limit, run).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Engine(format!("the script in {} did not finish within {}s", job.image, job.time_limit.as_secs()))),
-        };
+        let result = tokio::time::timeout(limit, run).await.unwrap_or_else(|_| Err(timed_out()));
+        removal.id = None;
         self.remove_quietly(&id).await;
         result
     }
@@ -102,6 +144,10 @@ impl Docker {
         let mut out = Vec::new();
         while let Some(Ok(chunk)) = logs.next().await {
             out.extend_from_slice(&chunk.into_bytes());
+            // Forty lines may be long ones: keep only the tail as it comes.
+            if out.len() > 4 * LOG_TAIL {
+                out.drain(..out.len() - LOG_TAIL);
+            }
         }
         let start = out.len().saturating_sub(LOG_TAIL);
         String::from_utf8_lossy(&out[start..]).into_owned()
@@ -139,7 +185,8 @@ fn regular_files(tar: &[u8]) -> std::io::Result<Vec<(String, Vec<u8>)>> {
         }
         let path = entry.path()?.to_string_lossy().into_owned();
         let relative = path.split_once('/').map_or(path.as_str(), |(_, rest)| rest).to_string();
-        let mut content = Vec::with_capacity(entry.size() as usize);
+        // The header's size is the engine's word: the bytes read decide.
+        let mut content = Vec::with_capacity((entry.size() as usize).min(1 << 20));
         entry.read_to_end(&mut content)?;
         files.push((relative, content));
     }

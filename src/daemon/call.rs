@@ -106,9 +106,10 @@ impl CallError {
     pub fn level(&self) -> tracing::Level {
         match self {
             CallError::Pool(PoolError::Backoff { .. }) => tracing::Level::DEBUG,
-            CallError::Pool(_) | CallError::AgentGone { .. } => tracing::Level::WARN,
-            CallError::Version { .. } | CallError::Hung(_) | CallError::Start(_) => tracing::Level::INFO,
+            CallError::Pool(_) | CallError::AgentGone { .. } | CallError::Start(_) => tracing::Level::WARN,
             CallError::NotInCatalog
+            | CallError::Version { .. }
+            | CallError::Hung(_)
             | CallError::Denied { .. }
             | CallError::BadPin { .. }
             | CallError::Stamp(_)
@@ -119,15 +120,15 @@ impl CallError {
         }
     }
 
-    /// What the caller is told: the one place a call's failure becomes
-    /// text and an exit status, logged here at its level (in the call's
-    /// span, which names the call, its command and its caller).
-    pub fn into_failure(self) -> Failure {
+    /// What the caller (of `uid`, where known) is told: the one place a
+    /// call's failure becomes text and an exit status, logged here at its
+    /// level (at debug, in the call's span, which names the call and its
+    /// command).
+    pub fn into_failure(self, uid: Option<u32>) -> Failure {
         let message = self.to_string();
         match self.level() {
-            tracing::Level::WARN => CALL_TROUBLE.note(None, &message),
-            tracing::Level::INFO => tracing::info!("call refused: {message}"),
-            _ => tracing::debug!("call refused: {message}"),
+            tracing::Level::WARN => CALL_TROUBLE.note(uid, &message),
+            _ => tracing::debug!(uid, "call refused: {message}"),
         }
         Failure::with_status(message, self.status())
     }
@@ -137,7 +138,7 @@ impl CallError {
 /// directory): their failures reach the admin CLI the same way.
 impl From<CallError> for Failure {
     fn from(e: CallError) -> Failure {
-        e.into_failure()
+        e.into_failure(None)
     }
 }
 
@@ -211,12 +212,14 @@ mod tests {
             (CallError::Pool(PoolError::Backoff { message: "pull failed".into(), wait_s: 4 }), EXIT_ODFS_ERROR, tracing::Level::DEBUG),
             (CallError::Pool(PoolError::setup("create /run/x", "denied")), EXIT_ODFS_ERROR, tracing::Level::WARN),
             (CallError::AgentGone { image: "i".into(), cause: "refused".into() }, EXIT_ODFS_ERROR, tracing::Level::WARN),
-            (CallError::Version { launcher: 1 }, EXIT_ODFS_ERROR, tracing::Level::INFO),
+            (CallError::Version { launcher: 1 }, EXIT_ODFS_ERROR, tracing::Level::DEBUG),
+            (CallError::Hung("a file system does not answer".into()), EXIT_ODFS_ERROR, tracing::Level::DEBUG),
+            (CallError::Start("the agent went away".into()), EXIT_ODFS_ERROR, tracing::Level::WARN),
         ];
         for (e, status, level) in cases {
             assert_eq!((e.status(), e.level()), (status, level), "{e}");
             let text = e.to_string();
-            let f = e.into_failure();
+            let f = e.into_failure(Some(1000));
             assert_eq!((f.message, f.exit_code), (text, status));
         }
         let pin = CallError::BadPin { file: "/p/.tool-versions".into(), command: "jq".into(), version: "9".into(), offered: vec!["1.6".into(), "1.7".into()] };

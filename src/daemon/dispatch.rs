@@ -73,7 +73,7 @@ impl<B: ContainerBackend> Daemon<B> {
         // tool's stamp ([`stamps`]): never manage odfs.
         if inside && !matches!(msg, Ok(Some((Request::Exec(_), _)))) {
             REFUSALS.note(Some(caller.uid), "refused a request from inside a container");
-            return self.answer(conn, Response::Error(CallError::from(stamps::StampRefusal::Unstamped).into_failure()));
+            return self.answer(conn, Response::Error(CallError::from(stamps::StampRefusal::Unstamped).into_failure(Some(caller.uid))));
         }
         let (request, fds) = match msg {
             Ok(Some(m)) => m,
@@ -84,7 +84,7 @@ impl<B: ContainerBackend> Daemon<B> {
             Request::Exec(req) => {
                 let (_held, fds) = match hold_fds(&gates, places, caller.uid, &req, fds) {
                     Ok(held) => held,
-                    Err(e) => return self.answer(conn, Response::Error(e.into_failure())),
+                    Err(e) => return self.answer(conn, Response::Error(e.into_failure(Some(caller.uid)))),
                 };
                 let call = super::exec::Call::new(caller, inside, stamps);
                 let span = call.span(&req);

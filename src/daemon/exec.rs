@@ -281,7 +281,7 @@ impl<B: ContainerBackend> Daemon<B> {
         let command = req.command.clone();
         let outcome = self.clone().run(&control, req, fds, &call, session).await;
         // The one place a call's failure becomes what its caller sees.
-        let outcome = outcome.map_err(CallError::into_failure);
+        let outcome = outcome.map_err(|e| e.into_failure(Some(caller.uid)));
         let (image, served, outcome_text, container, pid, image_id) = match &outcome {
             Ok((started, image, served, id)) => (image.clone(), served.as_str(), "started".to_string(), started.container.clone(), started.pid, id.to_string()),
             Err(r) => (String::new(), "none", r.message.clone(), String::new(), 0, String::new()),

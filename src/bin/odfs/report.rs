@@ -8,13 +8,13 @@ use odfs::protocol::{self, Request, Response};
 
 use super::ask;
 
-/// The rows of `list` for the command `only` names (all when none); an
-/// error that names it and says `why` when it has none.
-fn only_of<T>(mut list: Vec<T>, only: Option<&str>, command: impl Fn(&T) -> &String, why: &str) -> anyhow::Result<Vec<T>> {
+/// The rows of `list` for the command `only` names (all when none); the
+/// error `none(command)` when it has none.
+fn only_of<T>(mut list: Vec<T>, only: Option<&str>, command: impl Fn(&T) -> &String, none: impl Fn(&str) -> String) -> anyhow::Result<Vec<T>> {
     if let Some(c) = only {
         list.retain(|row| command(row) == c);
         if list.is_empty() {
-            anyhow::bail!("{c} {why}");
+            anyhow::bail!(none(c));
         }
     }
     Ok(list)
@@ -22,7 +22,7 @@ fn only_of<T>(mut list: Vec<T>, only: Option<&str>, command: impl Fn(&T) -> &Str
 
 pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
     let Response::Commands(list) = ask(socket, Request::List)? else { anyhow::bail!("unexpected answer from the daemon") };
-    let list = only_of(list, only, |i| &i.command, "is not in the catalog (odfs ls lists what is)")?;
+    let list = only_of(list, only, |i| &i.command, |c| format!("{c} is not in the catalog (odfs ls lists what is)"))?;
     if json {
         let rows: Vec<_> = list
             .iter()
@@ -201,7 +201,7 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
 
 pub(crate) fn stats(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
     let Response::Stats(list) = ask(socket, Request::Stats)? else { anyhow::bail!("unexpected answer from the daemon") };
-    let list = only_of(list, only, |s| &s.command, "has no calls recorded since the daemon started")?;
+    let list = only_of(list, only, |s| &s.command, |c| format!("{c}: no calls recorded since the daemon started"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list.iter().map(|s| serde_json::json!({
             "command": s.command, "image": s.image, "calls": s.calls, "warm": s.warm, "paused": s.paused, "cold": s.cold,
