@@ -355,8 +355,23 @@ impl Drop for TestMount {
 /// its first line, which must be `ready`.
 pub fn spawn_until_ready(m: &TestMount, cmd: &str, args: &[&str], stdin: Stdio) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     use std::io::BufRead;
-    let mut child =
-        Command::new(m.shim(cmd)).args(args).current_dir(&m.work).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(m.shim(cmd));
+    command.args(args).current_dir(&m.work).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The caller's signals at their defaults, however the suite was started:
+    // a background job's INT and QUIT are ignored, and a caller that ignores
+    // a signal passes that on to its tool, as a native one would.
+    // SAFETY: signal(2) is async-signal-safe, and only this child's
+    // dispositions change.
+    unsafe {
+        command.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    };
+    let mut child = command.spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
