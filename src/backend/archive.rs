@@ -161,20 +161,26 @@ impl Docker {
     /// container, reading at most `limit` bytes of it; no entries when the
     /// path is absent.
     async fn archive_head(&self, container: &str, path: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
+        Ok(self.download_head(container, path, limit).await?.map_or_else(Vec::new, |(tar, _)| tar_entries(&tar)))
+    }
+
+    /// The tar archive of `path` in a container, its first `limit` bytes
+    /// and whether there was more (`None`: the path is absent).
+    pub(super) async fn download_head(&self, container: &str, path: &str, limit: usize) -> Result<Option<(Vec<u8>, bool)>, BackendError> {
         let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(path).build();
         let mut stream = self.client().await?.download_from_container(container, Some(opts));
         let mut buf = Vec::new();
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => buf.extend_from_slice(&bytes),
-                Err(e) if is_not_found(&e) => return Ok(vec![]),
+                Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) => return Err(self.classify(e)),
             }
             if buf.len() >= limit {
-                break;
+                return Ok(Some((buf, true)));
             }
         }
-        Ok(tar_entries(&buf))
+        Ok(Some((buf, false)))
     }
 }
 

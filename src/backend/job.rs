@@ -10,7 +10,7 @@ use std::time::Duration;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use futures_util::StreamExt;
 
-use super::docker::{is_not_found, Docker};
+use super::docker::Docker;
 use super::BackendError;
 
 /// A script to run and what to bring back.
@@ -155,20 +155,13 @@ impl Docker {
 
     /// The regular files under `dir` in a (stopped) container.
     async fn read_out_dir(&self, id: &str, dir: &str, max_bytes: u64) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
-        let opts = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new().path(dir).build();
-        let mut stream = self.client().await?.download_from_container(id, Some(opts));
-        let mut tar = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => tar.extend_from_slice(&bytes),
-                Err(e) if is_not_found(&e) => return Err(BackendError::Engine(format!("the script left no {dir}"))),
-                Err(e) => return Err(self.classify(e)),
-            }
-            // The tar's headers and padding come on top of the files.
-            if tar.len() as u64 > max_bytes + (1 << 20) {
-                return Err(BackendError::Engine(format!("the script left more than {max_bytes} bytes in {dir}")));
-            }
-        }
+        // The tar's headers and padding come on top of the files.
+        let limit = max_bytes as usize + (1 << 20);
+        let tar = match self.download_head(id, dir, limit).await? {
+            None => return Err(BackendError::Engine(format!("the script left no {dir}"))),
+            Some((_, true)) => return Err(BackendError::Engine(format!("the script left more than {max_bytes} bytes in {dir}"))),
+            Some((tar, false)) => tar,
+        };
         regular_files(&tar).map_err(|e| BackendError::Engine(format!("the archive of {dir}: {e}")))
     }
 }
