@@ -489,8 +489,12 @@ impl ContainerBackend for Docker {
                 Ok(info) => {
                     if let Some(e) = info.error_detail.and_then(|d| d.message).or(info.error) {
                         error = Some(e);
-                    } else if let Some(p) = info.stream.as_deref().and_then(|line| tracker.observe(line)) {
-                        progress.send_replace(Some(p.clone()));
+                    } else if let Some(text) = info.stream.as_deref() {
+                        // A message may hold several lines.
+                        let step = text.lines().filter_map(|line| tracker.observe(line).cloned()).last();
+                        if let Some(p) = step {
+                            progress.send_replace(Some(p));
+                        }
                     }
                 }
                 Err(bollard::errors::Error::DockerStreamError { error: e }) => error = Some(e),
@@ -515,7 +519,7 @@ impl ContainerBackend for Docker {
                 )));
             }
         }
-        Err(failed(reason.trim().to_string()))
+        Err(failed(tracker.cause().unwrap_or(reason.trim()).to_string()))
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {

@@ -67,20 +67,37 @@ impl PullTracker {
 #[derive(Debug)]
 pub struct BuildTracker {
     progress: ImageProgress,
+    /// The last line a step's program wrote, and the last of apt's errors.
+    last: Option<String>,
+    apt_error: Option<String>,
 }
 
 impl BuildTracker {
     pub fn new(reference: &str) -> BuildTracker {
-        BuildTracker { progress: ImageProgress { reference: reference.into(), building: true, ..Default::default() } }
+        BuildTracker { progress: ImageProgress { reference: reference.into(), building: true, ..Default::default() }, last: None, apt_error: None }
     }
 
     pub fn progress(&self) -> &ImageProgress {
         &self.progress
     }
 
+    /// Why a failed build failed, in its program's words: apt's error
+    /// (`E: Unable to locate package x`), else the last line it wrote.
+    pub fn cause(&self) -> Option<&str> {
+        self.apt_error.as_deref().or(self.last.as_deref())
+    }
+
     /// One line of build output; `None` when it says nothing new.
     pub fn observe(&mut self, line: &str) -> Option<&ImageProgress> {
         let line = line.trim();
+        let builder_own = ["Step ", "---> ", "Removing intermediate", "Successfully ", " ---> "].iter().any(|p| line.starts_with(p));
+        if !line.is_empty() && !builder_own {
+            let kept: String = line.chars().take(300).collect();
+            if line.starts_with("E: ") {
+                self.apt_error = Some(kept.clone());
+            }
+            self.last = Some(kept);
+        }
         let (counts, _) = line.strip_prefix("Step ")?.split_once(" :")?;
         let (n, m) = counts.split_once('/')?;
         let (n, m): (u32, u32) = (n.parse().ok()?, m.parse().ok()?);

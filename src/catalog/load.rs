@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{validate_name, validate_path, Catalog, CommandName, CommandSpec, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
+use super::model::{
+    validate_name, validate_path, ArchiveSpec, Catalog, CommandName, CommandSpec, FetchPolicy, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs,
+};
 
 /// One problem in one catalog file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,52 @@ struct RawFile {
     image: BTreeMap<String, Spanned<RawImage>>,
     #[serde(default)]
     command: BTreeMap<String, Spanned<RawCommand>>,
+    #[serde(default)]
+    archive: BTreeMap<String, Spanned<RawArchive>>,
+}
+
+/// `[archive.debian]`: the archive's own keys, then the image keys that
+/// apply to every package's image.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArchive {
+    #[serde(default = "bookworm")]
+    suites: Vec<String>,
+    #[serde(default = "debian_mirror")]
+    mirror: String,
+    #[serde(default)]
+    fetch: FetchPolicy,
+    #[serde(default = "yes")]
+    list: bool,
+    /// Command → package, over the provider rule.
+    #[serde(default)]
+    packages: BTreeMap<String, String>,
+    #[serde(default = "twenty")]
+    new_packages_per_hour: u32,
+    #[serde(default)]
+    network: Network,
+    #[serde(default = "auto")]
+    keep_alive: String,
+    pause_after: Option<String>,
+    #[serde(default)]
+    allow_groups: Vec<String>,
+    memory: Option<String>,
+    cpus: Option<f64>,
+    pids: Option<u64>,
+    #[serde(default = "yes")]
+    completions: bool,
+}
+
+fn bookworm() -> Vec<String> {
+    vec!["bookworm".into()]
+}
+
+fn debian_mirror() -> String {
+    crate::archive::fetch::Source::new("bookworm").mirror
+}
+
+fn twenty() -> u32 {
+    20
 }
 
 #[derive(Deserialize)]
@@ -195,6 +243,12 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Catalog, Vec<CatalogError>>
             catalog.commands.insert(key, spec);
         }
     }
+    for (name, spanned) in raw.archive {
+        let line = line_of(text, spanned.span().start);
+        let mut said = Vec::new();
+        catalog.archive = archive_spec(&name, spanned.into_inner(), file, format!("{}:{line}", file.display()), &mut said);
+        errors.extend(said.into_iter().map(|m| err(line, m)));
+    }
     if errors.is_empty() {
         Ok(catalog)
     } else {
@@ -283,6 +337,71 @@ fn image_spec(name: &str, img: RawImage, file: &Path, origin: String, errors: &m
         devices: img.devices,
         gpus,
         version_command: img.version_command,
+        origin,
+        package: None,
+    })
+}
+
+/// The `[archive.NAME]` section checked (only `debian` is known), its
+/// problems said in `errors`.
+fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors: &mut Vec<String>) -> Option<ArchiveSpec> {
+    if name != "debian" {
+        errors.push(format!("archive {name:?} is not known (the one archive is [archive.debian])"));
+        return None;
+    }
+    let before = errors.len();
+    if raw.suites.is_empty() {
+        errors.push("archive debian: suites is empty (name at least one, like [\"bookworm\"])".into());
+    }
+    for suite in &raw.suites {
+        let source = crate::archive::fetch::Source { mirror: raw.mirror.clone(), ..crate::archive::fetch::Source::new(suite) };
+        if let Err(e) = source.validate() {
+            errors.push(format!("archive debian: {e}"));
+        }
+    }
+    for (command, package) in &raw.packages {
+        let package_ok = !package.is_empty() && package.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if validate_name(command).is_err() || !package_ok {
+            errors.push(format!("archive debian: packages entry {command:?} = {package:?} is not a command name and a Debian package name"));
+        }
+    }
+    // The image keys are an image's: checked as one.
+    let image = RawImage {
+        reference: "odfs-archive".into(),
+        network: raw.network,
+        user: RunAs::Caller,
+        cap_add: vec![],
+        keep_alive: raw.keep_alive,
+        pause_after: raw.pause_after,
+        allow_groups: raw.allow_groups,
+        build: None,
+        remote_dirs: vec![],
+        scratch: vec![],
+        pid: None,
+        memory: raw.memory,
+        cpus: raw.cpus,
+        pids: raw.pids,
+        version: None,
+        default: false,
+        completions: raw.completions,
+        gui: false,
+        devices: vec![],
+        gpus: None,
+        version_command: vec![],
+        commands: vec![],
+    };
+    let mut said = Vec::new();
+    let image = image_spec("archive", image, file, origin.clone(), &mut said);
+    errors.extend(said.into_iter().map(|m| m.replacen("image archive", "archive debian", 1)));
+    let image = image.filter(|_| errors.len() == before)?;
+    Some(ArchiveSpec {
+        suites: raw.suites,
+        mirror: raw.mirror,
+        fetch: raw.fetch,
+        list: raw.list,
+        packages: raw.packages,
+        new_per_hour: raw.new_packages_per_hour,
+        image,
         origin,
     })
 }
@@ -394,6 +513,11 @@ fn located(origin: &str, message: String) -> CatalogError {
 }
 
 fn merge(into: &mut Catalog, part: Catalog, errors: &mut Vec<CatalogError>) {
+    match (&into.archive, part.archive) {
+        (Some(first), Some(again)) => errors.push(located(&again.origin, format!("archive debian is already defined at {}; ignored", first.origin))),
+        (None, again) => into.archive = again,
+        (Some(_), None) => {}
+    }
     for (name, img) in part.images {
         if let Some(first) = into.images.get(&name) {
             errors.push(located(&img.origin, format!("image {name} is already defined at {}; ignored", first.origin)));

@@ -4,13 +4,17 @@
 //! [`load`], gathered into a [`Catalog`], and turned into an immutable
 //! [`Snapshot`] that FUSE callbacks and exec requests read without locks or I/O.
 
+pub mod archive;
 pub mod import;
 mod load;
 mod model;
 mod store;
 
 pub use load::{catalog_files, load_dirs, parse_file, CatalogError, Unreadable};
-pub use model::{capability, capability_mask, code_loading_variable, is_cdi_name, validate_name, validate_path, version_order, Catalog, CommandName, CommandSpec, Gpus, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs};
+pub use model::{
+    capability, capability_mask, code_loading_variable, is_cdi_name, validate_name, validate_path, version_order, ArchivePackage, ArchiveSpec, Catalog,
+    CommandName, CommandSpec, FetchPolicy, Gpus, ImageSpec, KeepAlive, Limits, Network, PidMode, RunAs,
+};
 pub use store::{ImageUse, Invocation, PastCall, Store};
 
 use std::collections::BTreeMap;
@@ -32,6 +36,9 @@ pub struct Snapshot {
     /// A bare name that versioned images provide → their versions, in
     /// order, and which one the bare name runs by default.
     pub versions: BTreeMap<String, Versions>,
+    /// `[archive.debian]` and its indexes: every name the catalog does not
+    /// map, resolved in the archive.
+    pub archive: Option<Arc<archive::Archive>>,
 }
 
 /// The versions of one bare command name.
@@ -77,10 +84,29 @@ impl Snapshot {
                 commands.insert(base.clone(), chosen);
             }
         }
-        Snapshot { commands, images, versions }
+        Snapshot { commands, images, versions, archive: None }
     }
 
-    pub fn get(&self, command: &str) -> Option<&Resolved> {
-        self.commands.get(command)
+    /// The snapshot with the archive's commands behind the catalog's.
+    pub fn with_archive(self, archive: Option<archive::Archive>) -> Snapshot {
+        Snapshot { archive: archive.map(Arc::new), ..self }
+    }
+
+    /// What `command` runs: the catalog's entry, else the archive's.
+    pub fn get(&self, command: &str) -> Option<Resolved> {
+        self.commands.get(command).cloned().or_else(|| self.archive.as_ref()?.resolve(command))
+    }
+
+    /// Every name the mount lists: the catalog's, then the archive's
+    /// (listing on) that the catalog does not have.
+    pub fn listed(&self) -> impl Iterator<Item = &str> {
+        let archive = self.archive.iter().flat_map(|a| a.listed()).filter(|n| !self.commands.contains_key(*n));
+        self.commands.keys().map(String::as_str).chain(archive)
+    }
+
+    /// Whether a lookup of a name the mount does not list finds a command
+    /// (an archive's `NAME@SUITE`, or any of its names with listing off).
+    pub fn knows(&self, command: &str) -> bool {
+        self.commands.contains_key(command) || self.archive.as_ref().is_some_and(|a| a.knows(command))
     }
 }

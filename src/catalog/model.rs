@@ -299,6 +299,68 @@ pub struct ImageSpec {
     pub version_command: Vec<String>,
     /// `file:line` where it was defined.
     pub origin: String,
+    /// For an image of the archive: the package it installs.
+    pub package: Option<ArchivePackage>,
+}
+
+/// The Debian package an archive image installs (`[archive.debian]`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ArchivePackage {
+    pub suite: String,
+    pub name: String,
+    /// As the suite's index had it when the image was named.
+    pub version: String,
+    /// Installed-Size, in KiB.
+    pub size_kib: u64,
+    /// The suite's base image, with its apt lists, the package's is built on.
+    pub base: String,
+    /// The archive's URL, the base's only apt source.
+    pub mirror: String,
+}
+
+/// Whether the first call of an archive package not on this machine
+/// fetches it (`fetch = "ask" | "auto" | "never"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchPolicy {
+    /// Ask on the caller's terminal; without one, fetch.
+    #[default]
+    Ask,
+    Auto,
+    /// Only what root fetched (`odfs fetch`) runs.
+    Never,
+}
+
+impl FetchPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetchPolicy::Ask => "ask",
+            FetchPolicy::Auto => "auto",
+            FetchPolicy::Never => "never",
+        }
+    }
+}
+
+/// `[archive.debian]`: every command of Debian's suites, served on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSpec {
+    /// The first is the default; the others' commands are `NAME@SUITE`.
+    pub suites: Vec<String>,
+    /// The archive's URL (`http://deb.debian.org/debian`).
+    pub mirror: String,
+    pub fetch: FetchPolicy,
+    /// List the default suite's commands in the mount (`list = false`:
+    /// lookups still resolve them).
+    pub list: bool,
+    /// Command → package: an admin's choice over the provider rule.
+    pub packages: BTreeMap<String, String>,
+    /// Packages one user (root aside) may bring to the machine per hour.
+    pub new_per_hour: u32,
+    /// What every archive image is: network, keep_alive, limits,
+    /// allow_groups; its name, reference and recipe are the package's.
+    pub image: ImageSpec,
+    /// `file:line` where it was defined.
+    pub origin: String,
 }
 
 /// GPUs an image asks for (`gpus = "all"`, `gpus = 2`, `gpus = ["0", "GPU-3a…"]`).
@@ -422,6 +484,7 @@ impl CommandSpec {
 pub struct Catalog {
     pub images: BTreeMap<String, ImageSpec>,
     pub commands: BTreeMap<String, CommandSpec>,
+    pub archive: Option<ArchiveSpec>,
 }
 
 #[cfg(test)]

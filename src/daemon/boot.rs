@@ -69,9 +69,23 @@ pub(super) fn load_catalog(cfg: &DaemonConfig) -> anyhow::Result<(Fingerprint, C
 pub(super) fn open_store(cfg: &DaemonConfig, catalog: &Catalog) -> anyhow::Result<(Store, Arc<Snapshot>)> {
     let store = Store::open(&cfg.state_dir.join("odfs.db")).context("cannot open the state database")?;
     store.save_catalog(catalog);
-    let snapshot = Arc::new(Snapshot::new(catalog));
+    let snapshot = Arc::new(served(catalog, &cfg.state_dir));
     tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
     Ok((store, snapshot))
+}
+
+/// The catalog as served: its commands, then the archive's from the
+/// stored indexes (read now, without the network; what is missing said).
+pub(super) fn served(catalog: &Catalog, state_dir: &Path) -> Snapshot {
+    let archive = catalog.archive.clone().map(|spec| catalog::archive::Archive::load(spec, state_dir));
+    for problem in archive.iter().flat_map(|a| &a.problems) {
+        tracing::warn!("{problem}");
+    }
+    if let Some(a) = &archive {
+        let commands: usize = a.indexes.suites().map(|i| i.len()).sum();
+        tracing::info!(suites = a.spec.suites.join(","), commands, listed = a.spec.list, "archive loaded");
+    }
+    Snapshot::new(catalog).with_archive(archive)
 }
 
 /// A mountpoint of our own: a crashed daemon's stale mount cleared, the
@@ -101,7 +115,7 @@ pub(super) fn pool(cfg: &DaemonConfig, mountpoint: &Path, store: &Store, catalog
         },
         Some(store.clone()),
     );
-    pool.catalog_is(catalog.images.values());
+    pool.catalog_is(catalog.images.values(), catalog.archive.is_some());
     Ok(pool)
 }
 
@@ -118,6 +132,8 @@ pub(super) fn daemon<B: ContainerBackend>(
 ) -> Arc<Daemon<B>> {
     let daemon = Arc::new(Daemon {
         pool,
+        state_dir: cfg.state_dir.clone(),
+        brought: Default::default(),
         cli_catalog: cfg.catalogs.last().map(|d| d.join(requests::cli_catalog::CLI_CATALOG)),
         transitions: std::sync::Mutex::new(transitions),
         snapshot: RwLock::new(snapshot.clone()),
@@ -144,7 +160,7 @@ pub(super) fn daemon<B: ContainerBackend>(
 pub(super) fn shim_fs<B: ContainerBackend>(daemon: &Arc<Daemon<B>>, text: Vec<u8>) -> (Arc<ShimFs>, mpsc::UnboundedReceiver<(String, Requester)>) {
     let (prewarm_tx, prewarm_rx) = mpsc::unbounded_channel();
     let fs = Arc::new(ShimFs::new(text, Box::new(FsHooks { daemon: Arc::downgrade(daemon), prewarm: prewarm_tx })));
-    fs.set_commands(daemon.snapshot().commands.keys().map(String::as_str));
+    fs.set_commands(daemon.snapshot().listed());
     (fs, prewarm_rx)
 }
 

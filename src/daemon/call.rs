@@ -90,13 +90,22 @@ pub enum CallError {
     /// answer in time, the relay not set up.
     #[error("{0}")]
     Start(String),
+    /// An archive package not on this machine, under `fetch = "never"`: 127.
+    #[error("Debian package {package} is not on this machine, and this mount runs only what root fetched (fetch = \"never\"): ask root to run `odfs fetch {command}`")]
+    NotFetched { command: String, package: String },
+    /// The caller answered no to fetching the package: 127, nothing fetched.
+    #[error("not fetched (Debian package {package} {version})")]
+    Declined { package: String, version: String },
+    /// The caller brought its hour's share of new packages.
+    #[error("you brought {limit} new packages to this machine within the hour (new_packages_per_hour of [archive.debian]): try again in {wait_min} min, or ask root to run `odfs fetch {command}`")]
+    PackageQuota { command: String, limit: u32, wait_min: u64 },
 }
 
 impl CallError {
     /// The exit status the caller's launcher ends with.
     pub fn status(&self) -> i32 {
         match self {
-            CallError::NotInCatalog => EXIT_NOT_FOUND,
+            CallError::NotInCatalog | CallError::NotFetched { .. } | CallError::Declined { .. } => EXIT_NOT_FOUND,
             CallError::Spawn(f) => f.exit_code,
             _ => EXIT_ODFS_ERROR,
         }
@@ -116,7 +125,10 @@ impl CallError {
             | CallError::Request(_)
             | CallError::Caller(_)
             | CallError::NotShared(_)
-            | CallError::Spawn(_) => tracing::Level::DEBUG,
+            | CallError::Spawn(_)
+            | CallError::NotFetched { .. }
+            | CallError::Declined { .. }
+            | CallError::PackageQuota { .. } => tracing::Level::DEBUG,
         }
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::call::{CallError, Caller, Started};
+use super::call::{CallError, Caller, PoolError, Started};
 use super::link::Launch;
 use super::pool::Served;
 use super::Daemon;
@@ -171,7 +171,7 @@ impl<B: ContainerBackend> Daemon<B> {
         };
         let snapshot = self.snapshot();
         for (cmd, p) in next {
-            let Some(entry) = snapshot.get(&cmd).cloned() else { continue };
+            let Some(entry) = snapshot.get(&cmd) else { continue };
             // Within the idle budget, a guess may not push out a container
             // worth more than it.
             if self.pool.policy_for(&entry.image) != crate::policy::Policy::Auto || !self.pool.expected(&entry.image, p) {
@@ -217,16 +217,29 @@ impl<B: ContainerBackend> Daemon<B> {
     /// the catalog's default.
     async fn resolve(&self, command: &str, caller: &Caller) -> Result<crate::catalog::Resolved, CallError> {
         let snapshot = self.snapshot();
-        let entry = snapshot.get(command).cloned().ok_or(CallError::NotInCatalog)?;
+        let entry = snapshot.get(command).ok_or(CallError::NotInCatalog)?;
         let Some(versions) = snapshot.versions.get(command) else { return Ok(entry) };
         let cwd = self.local_cwd(caller)?;
         match self.choose_pin(&cwd, command, caller).await?.0 {
             super::pins::Choice::Default => Ok(entry),
             super::pins::Choice::Pinned { file, version } => snapshot
                 .get(&format!("{command}@{version}"))
-                .cloned()
                 .ok_or_else(|| CallError::BadPin { file, command: command.to_string(), version, offered: versions.all.clone() }),
         }
+    }
+
+    /// A call of an archive package whose image is missing: may it bring
+    /// it ([`super::fetching`])? Root's calls count against no share.
+    async fn admit_package(&self, image: &ImageSpec, pkg: &crate::catalog::ArchivePackage, command: &str, caller: &Caller, asks: bool) -> Result<(), CallError> {
+        if self.pool.backend().image_id(&image.reference).await.map_err(PoolError::from)?.is_some() {
+            return Ok(());
+        }
+        let Some(archive) = self.snapshot().archive.clone() else { return Ok(()) };
+        super::fetching::admit(archive.spec.fetch, pkg, command, caller, asks).await?;
+        if caller.uid != 0 {
+            self.brought.take(caller.uid, &pkg.name, archive.spec.new_per_hour, command)?;
+        }
+        Ok(())
     }
 
     /// The version the nearest pin file above `cwd` names for `command`, and
@@ -398,6 +411,9 @@ impl<B: ContainerBackend> Daemon<B> {
             channel: channel.map(Arc::new),
             caller_uid: caller.uid,
         };
+        if let Some(pkg) = &entry.image.package {
+            self.admit_package(&entry.image, pkg, &req.command, &caller, req.passed.tty.is_some()).await?;
+        }
         let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
         self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
         Ok((started, entry.image.name.clone(), served, image_id))

@@ -13,6 +13,7 @@ mod dispatch;
 mod docs;
 mod exec;
 mod facts;
+mod fetching;
 mod images;
 mod inherit;
 mod link;
@@ -38,6 +39,10 @@ pub use server::run;
 
 pub struct Daemon<B> {
     pool: Pool<B>,
+    /// The archive packages each user brought within the hour.
+    brought: fetching::Brought,
+    /// The state directory (the database, the archive's indexes).
+    state_dir: PathBuf,
     /// The catalog file `odfs add`/`odfs rm` manage (in the last catalog dir).
     cli_catalog: Option<PathBuf>,
     /// Command sequences within sessions, for prefetch.

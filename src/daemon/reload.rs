@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use crate::backend::ContainerBackend;
-use crate::catalog::{self, Snapshot, Unreadable};
+use crate::catalog::{self, Unreadable};
 use crate::fs::{Requester, ShimFs};
 
 /// How often catalog directories are checked for changes.
@@ -29,9 +29,13 @@ impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
         let _ = self.prewarm.send((command.to_string(), by));
     }
 
+    fn knows(&self, command: &str) -> bool {
+        self.daemon.upgrade().is_some_and(|d| d.snapshot().knows(command))
+    }
+
     fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
         let d = self.daemon.upgrade()?;
-        let entry = d.snapshot().get(command).cloned()?;
+        let entry = d.snapshot().get(command)?;
         match name {
             "user.odfs.image" => Some(entry.image.reference.clone().into_bytes()),
             "user.odfs.state" => Some(d.pool.shown(&entry.image).as_str().as_bytes().to_vec()),
@@ -69,10 +73,10 @@ impl<B: ContainerBackend> Daemon<B> {
             tracing::error!("catalog: {e} (file skipped)");
         }
         self.store.save_catalog(&catalog);
-        let snapshot = Arc::new(Snapshot::new(&catalog));
+        let snapshot = Arc::new(super::boot::served(&catalog, &self.state_dir));
         *self.snapshot.write().unwrap() = snapshot.clone();
-        self.pool.catalog_is(catalog.images.values());
-        let changed = fs.set_commands(snapshot.commands.keys().map(String::as_str));
+        self.pool.catalog_is(catalog.images.values(), catalog.archive.is_some());
+        let changed = fs.set_commands(snapshot.listed());
         let root = crate::fs::ROOT_INO;
         for name in &changed {
             if let Err(e) = notifier.inval_entry(root, name.as_bytes()) {

@@ -419,7 +419,7 @@ async fn prewarm_on_open<B: ContainerBackend>(
 ) {
     let mut opened = opened.lock().await;
     while let Some(Some((name, by))) = stop.run_until_cancelled(opened.recv()).await {
-        let Some(entry) = daemon.snapshot().get(&name).cloned() else { continue };
+        let Some(entry) = daemon.snapshot().get(&name) else { continue };
         // The groups are read only where they matter: most images let
         // everyone in, and an open is on every call's path.
         let opener = if entry.image.allow_groups.is_empty() {

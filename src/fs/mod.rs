@@ -2,8 +2,8 @@
 //! executable text file per catalog command. No FUSE types here, so it is
 //! tested without a kernel mount; [`crate::fuse`] only translates.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 pub const ROOT_INO: u64 = 1;
@@ -54,10 +54,41 @@ impl FsError {
 /// mount lives, so a kernel cache entry can never point at the wrong shim.
 #[derive(Default)]
 struct Table {
-    by_name: BTreeMap<String, u64>,
-    by_ino: HashMap<u64, String>,
-    ever: HashMap<String, u64>,
+    by_name: HashMap<Arc<str>, u64>,
+    by_ino: HashMap<u64, Arc<str>>,
+    /// What `readdir` lists, by name: a directory read resumes at its
+    /// offset without walking what it already read (an archive lists
+    /// tens of thousands of names).
+    listing: Vec<(u64, Arc<str>)>,
+    /// Names found by a lookup though not listed ([`Hooks::knows`]).
+    unlisted: usize,
+    ever: HashMap<Arc<str>, u64>,
     next: u64,
+}
+
+/// Names found by lookup alone kept at most: past it they are forgotten
+/// (and found again), so lookups of made-up names cannot grow the table
+/// without bound.
+const MAX_UNLISTED: usize = 1 << 16;
+
+impl Table {
+    /// The inode of `name`, the one it had before if it had one.
+    fn inode(&mut self, name: &str) -> (u64, Arc<str>) {
+        if let Some((n, &i)) = self.ever.get_key_value(name) {
+            return (i, n.clone());
+        }
+        let (i, n): (u64, Arc<str>) = (self.next, name.into());
+        self.next += 1;
+        self.ever.insert(n.clone(), i);
+        (i, n)
+    }
+
+    fn add(&mut self, name: &str) -> u64 {
+        let (ino, name) = self.inode(name);
+        self.by_name.insert(name.clone(), ino);
+        self.by_ino.insert(ino, name);
+        ino
+    }
 }
 
 /// Who made a request, as the kernel tells the file system: the process's
@@ -78,6 +109,9 @@ pub trait Hooks: Send + Sync {
     fn opened(&self, command: &str, by: Requester);
     /// Extended attribute `name` of a command's shim, if it has one.
     fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>>;
+    /// Whether a name the directory does not list is a command all the
+    /// same (an archive's `NAME@SUITE`, or its names when not listed).
+    fn knows(&self, command: &str) -> bool;
 }
 
 /// The extended attributes every shim has.
@@ -97,27 +131,31 @@ impl ShimFs {
     }
 
     /// Replace the listed commands (catalog load or reload). Returns the
-    /// names that appeared or disappeared, whose kernel cache entries must go.
+    /// names that appeared or disappeared, and those a lookup had found,
+    /// whose kernel cache entries must go.
     pub fn set_commands<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut t = self.table.write().unwrap();
-        let before: std::collections::BTreeSet<String> = t.by_name.keys().cloned().collect();
+        let before: std::collections::HashSet<Arc<str>> = t.by_name.keys().cloned().collect();
+        let was_listed: std::collections::HashSet<Arc<str>> = t.listing.iter().map(|(_, n)| n.clone()).collect();
         t.by_name.clear();
         t.by_ino.clear();
+        t.unlisted = 0;
+        let mut listing = Vec::new();
         for name in names {
-            let ino = match t.ever.get(name) {
-                Some(&i) => i,
-                None => {
-                    let i = t.next;
-                    t.next += 1;
-                    t.ever.insert(name.to_string(), i);
-                    i
-                }
-            };
-            t.by_name.insert(name.to_string(), ino);
-            t.by_ino.insert(ino, name.to_string());
+            let ino = t.add(name);
+            listing.push((ino, t.by_ino[&ino].clone()));
         }
-        let after: std::collections::BTreeSet<String> = t.by_name.keys().cloned().collect();
-        before.symmetric_difference(&after).cloned().collect()
+        listing.sort_by(|a, b| a.1.cmp(&b.1));
+        listing.dedup_by(|a, b| a.1 == b.1);
+        let now_listed: std::collections::HashSet<&Arc<str>> = listing.iter().map(|(_, n)| n).collect();
+        let found_before = before.iter().filter(|n| !was_listed.contains(*n));
+        let gone = was_listed.iter().filter(|n| !now_listed.contains(n));
+        let came = now_listed.iter().filter(|n| !was_listed.contains(**n)).copied();
+        let mut changed: Vec<String> = found_before.chain(gone).chain(came).map(|n| n.to_string()).collect();
+        t.listing = listing;
+        changed.sort();
+        changed.dedup();
+        changed
     }
 
     fn dir_attr(&self) -> Attr {
@@ -133,8 +171,23 @@ impl ShimFs {
             return Err(FsError::NotDir);
         }
         let name = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
-        let t = self.table.read().unwrap();
-        t.by_name.get(name).map(|&ino| self.shim_attr(ino)).ok_or(FsError::NotFound)
+        if let Some(&ino) = self.table.read().unwrap().by_name.get(name) {
+            return Ok(self.shim_attr(ino));
+        }
+        if !self.hooks.knows(name) {
+            return Err(FsError::NotFound);
+        }
+        let mut t = self.table.write().unwrap();
+        if t.unlisted >= MAX_UNLISTED {
+            let listed: std::collections::HashSet<u64> = t.listing.iter().map(|(i, _)| *i).collect();
+            t.by_ino.retain(|i, _| listed.contains(i));
+            t.by_name.retain(|_, i| listed.contains(i));
+            t.unlisted = 0;
+        }
+        if !t.by_name.contains_key(name) {
+            t.unlisted += 1;
+        }
+        Ok(self.shim_attr(t.add(name)))
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -145,15 +198,17 @@ impl ShimFs {
         t.by_ino.contains_key(&ino).then(|| self.shim_attr(ino)).ok_or(FsError::NotFound)
     }
 
-    /// Directory entries from `offset` on: `.`, `..`, then shims by name.
-    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<(u64, Kind, String)>, FsError> {
+    /// At most `max` directory entries from `offset` on: `.`, `..`, then
+    /// the listed shims by name.
+    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> Result<Vec<(u64, Kind, Arc<str>)>, FsError> {
         if ino != ROOT_INO {
             return Err(if self.getattr(ino).is_ok() { FsError::NotDir } else { FsError::NotFound });
         }
         let t = self.table.read().unwrap();
-        let dots = [(ROOT_INO, Kind::Dir, ".".to_string()), (ROOT_INO, Kind::Dir, "..".to_string())];
-        let shims = t.by_name.iter().map(|(n, &i)| (i, Kind::File, n.clone()));
-        Ok(dots.into_iter().chain(shims).skip(offset as usize).collect())
+        let dots = [(ROOT_INO, Kind::Dir, Arc::from(".")), (ROOT_INO, Kind::Dir, Arc::from(".."))];
+        let offset = offset as usize;
+        let shims = t.listing.get(offset.saturating_sub(2)..).unwrap_or(&[]).iter().map(|(i, n)| (*i, Kind::File, n.clone()));
+        Ok(dots.into_iter().skip(offset).chain(shims).take(max).collect())
     }
 
     pub fn open(&self, ino: u64, write: bool, by: Requester) -> Result<(), FsError> {
@@ -168,7 +223,7 @@ impl ShimFs {
         Ok(())
     }
 
-    fn name_of(&self, ino: u64) -> Result<Option<String>, FsError> {
+    fn name_of(&self, ino: u64) -> Result<Option<Arc<str>>, FsError> {
         if ino == ROOT_INO {
             return Ok(None);
         }
@@ -218,6 +273,9 @@ mod tests {
         fn xattr(&self, command: &str, name: &str) -> Option<Vec<u8>> {
             Some(format!("{command}:{name}").into_bytes())
         }
+        fn knows(&self, command: &str) -> bool {
+            command.ends_with("@trixie")
+        }
     }
 
     fn fs() -> (ShimFs, Arc<Mutex<Vec<(String, Requester)>>>) {
@@ -242,9 +300,12 @@ mod tests {
     #[test]
     fn lists_and_serves_every_command_as_an_executable_shim() {
         let (fs, opened) = fs();
-        let names: Vec<String> = fs.readdir(ROOT_INO, 0).unwrap().into_iter().map(|e| e.2).collect();
+        let names: Vec<String> = fs.readdir(ROOT_INO, 0, 100).unwrap().into_iter().map(|e| e.2.to_string()).collect();
         assert_eq!(names, [".", "..", "cat", "jq", "sh"]);
-        assert_eq!(fs.readdir(ROOT_INO, 3).unwrap().len(), 2);
+        assert_eq!(fs.readdir(ROOT_INO, 3, 100).unwrap().len(), 2);
+        // Read in pieces, as the kernel does, each piece resumes at its offset.
+        let pieces: Vec<String> = (0..5).flat_map(|o| fs.readdir(ROOT_INO, o, 1).unwrap()).map(|e| e.2.to_string()).collect();
+        assert_eq!(pieces, names);
         let a = fs.lookup(ROOT_INO, b"jq").unwrap();
         assert_eq!((a.kind, a.perm, a.size), (Kind::File, 0o755, 8));
         assert_eq!(fs.read(a.ino, 0, 4096).unwrap(), b"#!/l /s\n");
@@ -273,5 +334,25 @@ mod tests {
         assert!(awk != sh && awk != jq);
         fs.set_commands(["sh"]);
         assert_eq!(fs.lookup(ROOT_INO, b"sh").unwrap().ino, sh);
+    }
+
+    #[test]
+    fn names_the_daemon_knows_resolve_without_being_listed() {
+        let (fs, _) = fs();
+        let jq = fs.lookup(ROOT_INO, b"jq@trixie").unwrap().ino;
+        assert_eq!(fs.lookup(ROOT_INO, b"jq@trixie").unwrap().ino, jq);
+        assert_eq!(fs.lookup(ROOT_INO, b"jq@sid"), Err(FsError::NotFound));
+        assert_eq!(fs.getattr(jq).unwrap().perm, 0o755);
+        let listed: Vec<String> = fs.readdir(ROOT_INO, 0, 100).unwrap().into_iter().map(|e| e.2.to_string()).collect();
+        assert!(!listed.iter().any(|n| n.contains('@')), "{listed:?}");
+        // A reload forgets it (and says so, for the kernel's cache); it
+        // keeps its inode when found again.
+        assert_eq!(fs.set_commands(["jq", "cat", "sh"]), ["jq@trixie"]);
+        assert_eq!(fs.lookup(ROOT_INO, b"jq@trixie").unwrap().ino, jq);
+        // Made-up names cost a bounded table.
+        for i in 0..MAX_UNLISTED + 10 {
+            fs.lookup(ROOT_INO, format!("x{i}@trixie").as_bytes()).unwrap();
+        }
+        assert!(fs.table.read().unwrap().by_name.len() <= MAX_UNLISTED + 3);
     }
 }

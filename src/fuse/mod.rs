@@ -57,7 +57,8 @@ impl session::Handler for FuseFs {
                 self.0.open(ino, write, by).map_or_else(fail, |()| Reply::opened(unique, abi::KEEP_CACHE))
             }
             Op::Read { offset, size } => self.0.read(ino, offset, size).map_or_else(fail, |d| Reply::data(unique, d)),
-            Op::Readdir { offset, size } => match self.0.readdir(ino, offset) {
+            // A dirent takes at least 32 bytes: no more can fit the reply.
+            Op::Readdir { offset, size } => match self.0.readdir(ino, offset, size as usize / 32 + 1) {
                 Ok(entries) => Reply::dir(
                     unique,
                     size,

@@ -65,6 +65,7 @@ impl<B: ContainerBackend> Pool<B> {
     /// reference names, if it names one. True if it had to be fetched.
     pub(super) async fn fetch(&self, image: &ImageSpec, progress: &crate::backend::ProgressTx) -> Result<bool, PoolError> {
         let fetched = match Source::of(&image.reference, image.build.as_deref()) {
+            _ if image.package.is_some() => self.fetch_package(image, image.package.as_ref().expect("matched"), progress).await?,
             Source::Pull => self.backend.ensure_image(&image.reference, progress).await?,
             Source::Recipe { recipe, pull_first: true } => match self.backend.ensure_image(&image.reference, progress).await {
                 Err(crate::backend::BackendError::ImageMissing { reason, .. }) => {

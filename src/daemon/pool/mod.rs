@@ -10,6 +10,7 @@
 
 mod handover;
 mod images;
+mod packages;
 mod reaper;
 mod serve;
 mod slot;
@@ -111,7 +112,9 @@ pub struct Pool<B> {
     /// When memory pressure last shed a container.
     last_shed: Mutex<Option<Instant>>,
     /// The profiles the catalog names now (`None`: not told yet, all are).
-    listed: Mutex<Option<std::collections::HashSet<String>>>,
+    listed: Mutex<Option<(std::collections::HashSet<String>, bool)>>,
+    /// The archive packages' builds.
+    builds: packages::Builds,
 }
 
 impl<B: ContainerBackend> Pool<B> {
@@ -127,20 +130,23 @@ impl<B: ContainerBackend> Pool<B> {
             cache: Mutex::default(),
             last_shed: Mutex::new(None),
             listed: Mutex::new(None),
+            builds: Default::default(),
         }
     }
 
-    /// The catalog now names these images: a profile of any other keeps no
-    /// idle container (the next reaper round removes it) and is never
+    /// The catalog now names these images, and serves the archive's (whose
+    /// images are made per package) or not: a profile of any other keeps
+    /// no idle container (the next reaper round removes it) and is never
     /// pre-warmed; its running tools finish where they are.
-    pub fn catalog_is<'a>(&self, images: impl Iterator<Item = &'a ImageSpec>) {
+    pub fn catalog_is<'a>(&self, images: impl Iterator<Item = &'a ImageSpec>, archive: bool) {
         let keys = images.map(|i| self.profile_key(i)).collect();
-        *self.listed.lock().unwrap() = Some(keys);
+        *self.listed.lock().unwrap() = Some((keys, archive));
     }
 
     /// Whether the catalog no longer names the slot's profile.
     fn dropped(&self, slot: &Slot) -> bool {
-        self.listed.lock().unwrap().as_ref().is_some_and(|keys| !keys.contains(&slot.key))
+        let listed = self.listed.lock().unwrap();
+        listed.as_ref().is_some_and(|(keys, archive)| !keys.contains(&slot.key) && !(*archive && slot.image.package.is_some()))
     }
 
     /// What the profiles' links need to set up containers.

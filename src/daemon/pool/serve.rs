@@ -165,6 +165,11 @@ impl<B: ContainerBackend> Pool<B> {
                 return Ok(());
             }
         }
+        // An archive package comes with a call (which may ask first),
+        // never ahead of one.
+        if image.package.is_some() && self.backend.image_id(&image.reference).await?.is_none() {
+            return Ok(());
+        }
         let mut state = slot.state.lock().await;
         if !matches!(*state, State::Absent) {
             return Ok(());

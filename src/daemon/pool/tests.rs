@@ -34,6 +34,7 @@ fn image(name: &str, keep: KeepAlive) -> Arc<ImageSpec> {
         gpus: None,
         version_command: vec![],
         origin: "t.toml:1".into(),
+        package: None,
     })
 }
 
@@ -152,14 +153,14 @@ async fn restart_adopts_current_profiles_and_removes_stale_ones() {
 async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_round() {
     let (_dir, fake, pool) = fake_pool();
     let (kept, dropped) = (image("kept", KeepAlive::Fixed(Duration::from_secs(3600))), image("gone", KeepAlive::Fixed(Duration::from_secs(3600))));
-    pool.catalog_is([&*kept, &*dropped].into_iter());
+    pool.catalog_is([&*kept, &*dropped].into_iter(), false);
     drop(pool.ensure(&kept, "sh").await.unwrap());
     drop(pool.ensure(&dropped, "sh").await.unwrap());
     pool.reap().await;
     assert!(fake.removed.lock().unwrap().is_empty(), "both are in the catalog and kept for an hour");
     // The catalog drops one image; its container serves a tool: it stays
     // until the tool ends, then goes at the next round. The other stays.
-    pool.catalog_is([&*kept].into_iter());
+    pool.catalog_is([&*kept].into_iter(), false);
     fake.running.store(1, Ordering::SeqCst);
     pool.reap().await;
     assert!(fake.removed.lock().unwrap().is_empty(), "removed while a tool ran");
@@ -169,7 +170,7 @@ async fn an_idle_container_of_an_image_the_catalog_dropped_goes_at_the_next_roun
     assert_eq!(pool.ensure(&kept, "sh").await.unwrap().served, Served::Warm);
     // Nothing of it is left to show; back in the catalog, it starts anew.
     assert_eq!(pool.status().await.iter().map(|c| c.image.as_str()).collect::<Vec<_>>(), ["kept"]);
-    pool.catalog_is([&*kept, &*dropped].into_iter());
+    pool.catalog_is([&*kept, &*dropped].into_iter(), false);
     assert_eq!(pool.ensure(&dropped, "sh").await.unwrap().served, Served::Cold);
     assert_eq!(pool.status().await.len(), 2);
 }

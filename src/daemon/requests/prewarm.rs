@@ -11,7 +11,7 @@ use crate::protocol::Response;
 
 impl<B: ContainerBackend> Daemon<B> {
     pub(in crate::daemon) async fn prewarm(&self, caller: &Caller, command: &str, client: &UnixStream) -> Answer {
-        let Some(entry) = self.snapshot().get(command).cloned() else {
+        let Some(entry) = self.snapshot().get(command) else {
             return Err(failed(format!("{command} is not in the catalog")));
         };
         // Starting the container is a use of the image: those its

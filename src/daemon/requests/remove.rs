@@ -10,7 +10,7 @@ impl<B: ContainerBackend> Daemon<B> {
     pub(in crate::daemon) fn remove(&self, caller: &Caller, command: &str) -> Answer {
         require_root(caller, "rm")?;
         let file = self.cli_file()?;
-        let Some(existing) = self.snapshot().get(command).cloned() else {
+        let Some(existing) = self.snapshot().get(command) else {
             return Err(failed(format!("{command} is not in the catalog")));
         };
         if !self.cli_defined(&existing.command.origin) {

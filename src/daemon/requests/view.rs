@@ -14,7 +14,7 @@ use crate::protocol::Response;
 impl<B: ContainerBackend> Daemon<B> {
     pub(in crate::daemon) async fn view(&self, caller: &Caller, command: &str) -> Answer {
         let snapshot = self.snapshot();
-        let Some(entry) = snapshot.get(command).cloned() else {
+        let Some(entry) = snapshot.get(command) else {
             return Err(failed(format!("{command} is not in the catalog (odfs ls lists what is)")));
         };
         let version = match snapshot.versions.get(command) {

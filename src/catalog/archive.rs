@@ -1,0 +1,209 @@
+//! The archive as the catalog serves it: `[archive.debian]` over the stored
+//! suite indexes, each command resolved to an image of its package (named,
+//! never built here: [`recipe`] is what the pool builds on a first call).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::model::{ArchivePackage, ArchiveSpec, CommandName, CommandSpec, ImageSpec};
+use super::Resolved;
+use crate::archive::{Index, Indexes};
+
+/// Where the stored indexes and the package recipes live, under the state
+/// directory.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("archive")
+}
+
+/// An index older than this is said to be stale (`odfs status`, `odfs
+/// doctor`); the daemon refreshes it daily.
+pub const STALE_AFTER_S: u64 = 2 * 86_400;
+
+/// `[archive.debian]` with the indexes of its suites.
+#[derive(Debug)]
+pub struct Archive {
+    pub spec: ArchiveSpec,
+    pub indexes: Indexes,
+    dir: PathBuf,
+    /// What is missing or refused, one line each (a suite without an
+    /// index, an override the index cannot follow).
+    pub problems: Vec<String>,
+    /// Each package's image, made once per snapshot.
+    images: Mutex<HashMap<(String, String), Arc<ImageSpec>>>,
+}
+
+impl Archive {
+    /// Read the stored indexes of the spec's suites (no network) and apply
+    /// its overrides.
+    pub fn load(spec: ArchiveSpec, state_dir: &Path) -> Archive {
+        let dir = dir(state_dir);
+        let mut indexes = Indexes::new(&spec.suites[0]);
+        let mut problems = Vec::new();
+        for suite in &spec.suites {
+            let file = Index::file(&dir, suite);
+            match Index::load(&file) {
+                Ok(mut index) => {
+                    problems.extend(index.apply_overrides(&spec.packages).into_iter().map(|p| format!("archive debian: {p}")));
+                    indexes.insert(index);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    problems.push(format!("archive debian: no index of {suite} yet: run `odfs update --archive` (needs the network)"))
+                }
+                Err(e) => problems.push(format!("archive debian: cannot read {}: {e}; run `odfs update --archive`", file.display())),
+            }
+        }
+        Archive { spec, indexes, dir, problems, images: Mutex::default() }
+    }
+
+    /// The names the mount lists: the default suite's, when listing is on
+    /// (names a directory cannot hold are left out).
+    pub fn listed(&self) -> impl Iterator<Item = &str> {
+        let index = self.indexes.suite(&self.indexes.default_suite).filter(|_| self.spec.list);
+        index.into_iter().flat_map(|i| i.names()).filter(|n| super::validate_name(n).is_ok())
+    }
+
+    /// Whether a lookup of `name` finds a command (listed or not).
+    pub fn knows(&self, name: &str) -> bool {
+        super::validate_name(name).is_ok() && self.indexes.resolve(name).is_some()
+    }
+
+    /// The command `name` (`htop`, `jq@trixie`) runs: the package's image
+    /// and the file the index says it ships.
+    pub fn resolve(&self, name: &str) -> Option<Resolved> {
+        let (index, found) = self.indexes.resolve(name)?;
+        // They reach a recipe's text: only what Debian allows in them.
+        let package_ok = |p: &crate::archive::packages::Package| {
+            p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+                && p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
+        };
+        if !package_ok(found.package) {
+            return None;
+        }
+        let command = CommandName::new(found.name).ok()?;
+        let suite = &index.meta.suite;
+        let image = self.image(suite, found.package);
+        // A name update-alternatives makes is a link the package's
+        // postinst puts on PATH; any other, the file itself.
+        let path = (found.via.is_none() && found.path.starts_with('/')).then_some(found.path);
+        let command = CommandSpec {
+            name: command,
+            image: image.name.clone(),
+            path,
+            args: vec![],
+            env: vec![],
+            origin: format!("archive debian ({suite})"),
+        };
+        Some(Resolved { command, image })
+    }
+
+    fn image(&self, suite: &str, package: &crate::archive::packages::Package) -> Arc<ImageSpec> {
+        let key = (suite.to_string(), package.name.clone());
+        let mut images = self.images.lock().unwrap();
+        images
+            .entry(key)
+            .or_insert_with(|| {
+                let pkg = ArchivePackage {
+                    suite: suite.to_string(),
+                    name: package.name.clone(),
+                    version: package.version.clone(),
+                    size_kib: package.installed_size,
+                    base: base_reference(suite, &self.spec.mirror, self.indexes.suite(suite).map_or("", |i| &i.meta.release_date)),
+                    mirror: self.spec.mirror.clone(),
+                };
+                Arc::new(ImageSpec {
+                    name: format!("{suite}.{}", encode(&package.name)),
+                    reference: reference(&pkg),
+                    build: Some(self.dir.join("recipes").join(suite).join(encode(&package.name))),
+                    package: Some(pkg),
+                    ..self.spec.image.clone()
+                })
+            })
+            .clone()
+    }
+
+    /// Where the base image of `suite` is built from.
+    pub fn base_recipe(&self, suite: &str) -> PathBuf {
+        self.dir.join("recipes").join(suite).join("_base")
+    }
+}
+
+/// A package name or version as an image reference may hold it: `+`, `~`
+/// and `:` (which Debian allows) spelled `_p`, `_t`, `_e` (which it
+/// does not), so two names never meet.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '+' => out.push_str("_p"),
+            '~' => out.push_str("_t"),
+            ':' => out.push_str("_e"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The image of one version of one package.
+pub fn reference(pkg: &ArchivePackage) -> String {
+    format!("odfs-archive/{}/{}:{}", pkg.suite, encode(&pkg.name), encode(&pkg.version))
+}
+
+/// The base image of a suite: the suite's lists as of its Release (a new
+/// Release, a new base, so a package's version and the lists agree).
+pub fn base_reference(suite: &str, mirror: &str, release_date: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{mirror}\n{release_date}").as_bytes());
+    let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("odfs-archive/base:{suite}-{tag}")
+}
+
+/// The Dockerfile of a suite's base: `from` (the suite's slim image, or
+/// another Debian one) with the archive as its only source, and its lists.
+pub fn base_recipe_text(from: &str, suite: &str, mirror: &str) -> String {
+    format!(
+        "FROM {from}\n\
+         RUN rm -f /etc/apt/sources.list.d/* \\\n \
+         && echo 'deb {mirror} {suite} main' > /etc/apt/sources.list \\\n \
+         && apt-get update\n"
+    )
+}
+
+/// The Dockerfile of a package's image: its base, and the package with
+/// what it depends on (not what it recommends). The version installed must
+/// be the one the index named: the image's tag says it.
+pub fn recipe(pkg: &ArchivePackage) -> String {
+    format!(
+        "FROM {base}\n\
+         RUN DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {name} \\\n \
+         && got=$(dpkg-query -W -f '${{Version}}' {name}) \\\n \
+         && {{ [ \"$got\" = '{version}' ] || {{ echo \"the archive now has {name} $got, not {version}: run odfs update --archive\" >&2; exit 1; }}; }} \\\n \
+         && rm -rf /var/cache/apt/archives/*.deb\n",
+        base = pkg.base,
+        name = pkg.name,
+        version = pkg.version,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_hold_every_debian_name_and_version_apart() {
+        let pkg = ArchivePackage {
+            suite: "bookworm".into(),
+            name: "g++".into(),
+            version: "4:12.2.0-3~bpo1+b2".into(),
+            size_kib: 1,
+            base: "odfs-archive/base:bookworm-x".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+        };
+        assert_eq!(reference(&pkg), "odfs-archive/bookworm/g_p_p:4_e12.2.0-3_tbpo1_pb2");
+        assert_ne!(encode("a+b"), encode("a-b"));
+        assert_ne!(base_reference("bookworm", "m", "d1"), base_reference("bookworm", "m", "d2"));
+        let r = recipe(&pkg);
+        assert!(r.starts_with("FROM odfs-archive/base:bookworm-x\n"), "{r}");
+        assert!(r.contains("--no-install-recommends g++") && r.contains("'4:12.2.0-3~bpo1+b2'"), "{r}");
+    }
+}
