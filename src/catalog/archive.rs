@@ -97,6 +97,11 @@ impl Archive {
         Some(Resolved { command, image })
     }
 
+    /// The image of `package` of `suite` as the index has it now.
+    pub fn package_image(&self, suite: &str, package: &str) -> Option<Arc<ImageSpec>> {
+        Some(self.image(suite, self.indexes.suite(suite)?.package(package)?))
+    }
+
     fn image(&self, suite: &str, package: &crate::archive::packages::Package) -> Arc<ImageSpec> {
         let key = (suite.to_string(), package.name.clone());
         let mut images = self.images.lock().unwrap();
@@ -147,6 +152,15 @@ pub fn encode(s: &str) -> String {
 /// The image of one version of one package.
 pub fn reference(pkg: &ArchivePackage) -> String {
     format!("odfs-archive/{}/{}:{}", pkg.suite, encode(&pkg.name), encode(&pkg.version))
+}
+
+/// The suite, package (as [`encode`]d) and version tag of an archive
+/// image's name (Podman's `localhost/` prefix allowed).
+pub fn parse_reference(name: &str) -> Option<(&str, &str, &str)> {
+    let rest = name.strip_prefix("localhost/").unwrap_or(name).strip_prefix("odfs-archive/")?;
+    let (suite, rest) = rest.split_once('/')?;
+    let (package, tag) = rest.split_once(':')?;
+    Some((suite, package, tag))
 }
 
 /// The base image of a suite: the suite's lists as of its Release (a new
@@ -200,6 +214,8 @@ mod tests {
             mirror: "http://deb.debian.org/debian".into(),
         };
         assert_eq!(reference(&pkg), "odfs-archive/bookworm/g_p_p:4_e12.2.0-3_tbpo1_pb2");
+        assert_eq!(parse_reference(&format!("localhost/{}", reference(&pkg))), Some(("bookworm", "g_p_p", "4_e12.2.0-3_tbpo1_pb2")));
+        assert_eq!(parse_reference("odfs-archive/base:bookworm-1"), None);
         assert_ne!(encode("a+b"), encode("a-b"));
         assert_ne!(base_reference("bookworm", "m", "d1"), base_reference("bookworm", "m", "d2"));
         let r = recipe(&pkg);

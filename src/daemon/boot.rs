@@ -57,7 +57,7 @@ fn containers_dir(cfg: &DaemonConfig) -> PathBuf {
 /// without them.
 pub(super) fn load_catalog(cfg: &DaemonConfig) -> anyhow::Result<(Fingerprint, Catalog)> {
     let unreadable = |e: catalog::Unreadable| anyhow::anyhow!("mount: {e}; create it or make it readable, or leave it out of --catalog");
-    let fingerprint = catalog_fingerprint(&cfg.catalogs).map_err(unreadable)?;
+    let fingerprint = catalog_fingerprint(&cfg.catalogs, &cfg.state_dir).map_err(unreadable)?;
     let (catalog, errors) = catalog::load_dirs(&cfg.catalogs).map_err(unreadable)?;
     for e in &errors {
         tracing::error!("catalog: {e} (file skipped)");

@@ -2,7 +2,7 @@
 //! catalog served without unmounting (or, when a directory or file of it
 //! cannot be read, the previous one kept), and what the FUSE side asks of it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,19 +44,28 @@ impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
     }
 }
 
-/// Names, sizes and times of every catalog file: a change in any means reload.
+/// Names, sizes and times of every catalog file, and of the archive's
+/// stored indexes: a change in any means reload (a refreshed index is
+/// served as an edited catalog is).
 pub(super) type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
 
-/// The fingerprint of the catalog directories; a directory that cannot be
-/// listed fails it, as it would fail the load.
-pub(super) fn catalog_fingerprint(dirs: &[PathBuf]) -> Result<Fingerprint, Unreadable> {
-    let mut out = Vec::new();
+/// The fingerprint of the catalog directories and of the indexes in the
+/// state directory; a catalog directory that cannot be listed fails it,
+/// as it would fail the load (the indexes may be missing).
+pub(super) fn catalog_fingerprint(dirs: &[PathBuf], state_dir: &Path) -> Result<Fingerprint, Unreadable> {
+    let mut files = Vec::new();
     for dir in dirs {
-        for p in catalog::catalog_files(dir)? {
-            let meta = std::fs::metadata(&p).ok();
-            out.push((p, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok())));
-        }
+        files.extend(catalog::catalog_files(dir)?);
     }
+    let indexes = std::fs::read_dir(catalog::archive::dir(state_dir)).into_iter().flatten().flatten().map(|e| e.path());
+    files.extend(indexes.filter(|p| p.extension().is_some_and(|x| x == "index")));
+    let mut out: Fingerprint = files
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            (p, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok()))
+        })
+        .collect();
     out.sort();
     Ok(out)
 }
@@ -118,7 +127,7 @@ pub(super) async fn watch_catalogs<B: ContainerBackend>(
     // every poll and no edit made meanwhile is lost.
     let mut failing: Option<String> = None;
     while stop.run_until_cancelled(tick.tick()).await.is_some() {
-        let result = catalog_fingerprint(&dirs).and_then(|now| {
+        let result = catalog_fingerprint(&dirs, &daemon.state_dir).and_then(|now| {
             if now != seen {
                 daemon.reload(&dirs, &fs, &notifier)?;
                 seen = now;

@@ -81,8 +81,10 @@ pub enum Request {
     /// What a command's tool sees of the host.
     View { command: String },
     /// Fetch the images of these commands again (all when empty) and move
-    /// their containers to what changed; with `check`, only report (root only).
-    Update { commands: Vec<String>, check: bool },
+    /// their containers to what changed; with `check`, only report; with
+    /// `archive`, refresh the archive's indexes instead, and build again
+    /// the images of packages they have in a newer version (root only).
+    Update { commands: Vec<String>, check: bool, archive: bool },
     /// Remove images odfs manages that are unused or over the budget, and
     /// leftovers; with `dry_run`, only list. The limits override the
     /// config for this run (root only).

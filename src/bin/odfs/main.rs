@@ -128,7 +128,9 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Make sure the images of these commands (default: all) are on this machine.
+    /// Make sure the images of these commands (default: all) are on this
+    /// machine; an archive command's package is fetched (`odfs fetch`).
+    #[command(alias = "fetch")]
     Pull {
         commands: Vec<String>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
@@ -146,6 +148,11 @@ enum Command {
         /// Only report what would change (asks the registries, fetches nothing).
         #[arg(long)]
         check: bool,
+        /// Refresh the indexes of [archive.debian] (the network, about 10 s
+        /// a suite) and build again the images of packages they have in a
+        /// newer version.
+        #[arg(long, conflicts_with_all = ["commands", "check"])]
+        archive: bool,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -331,7 +338,7 @@ fn main() -> ExitCode {
         Command::Stop { command, all: _, force, socket } => done(ask(&socket, Request::Stop { command, force })),
         Command::Prewarm { command, socket } => done(ask(&socket, Request::Prewarm { command })),
         Command::Pull { commands, socket } => done(ask(&socket, Request::Pull { commands })),
-        Command::Update { commands, all: _, check, socket } => done(ask(&socket, Request::Update { commands, check })),
+        Command::Update { commands, all: _, check, archive, socket } => done(ask(&socket, Request::Update { commands, check, archive })),
         Command::Restart { socket } => restart(&socket),
         Command::Gc { dry_run, max_age, budget, socket } => {
             let limits = max_age
