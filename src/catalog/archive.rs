@@ -16,6 +16,9 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("archive")
 }
 
+/// The daemon fetches an index again once it is this old.
+pub const REFRESH_AFTER_S: u64 = 86_400;
+
 /// An index older than this is said to be stale (`odfs status`, `odfs
 /// doctor`); the daemon refreshes it daily.
 pub const STALE_AFTER_S: u64 = 2 * 86_400;
@@ -54,6 +57,32 @@ impl Archive {
             }
         }
         Archive { spec, indexes, dir, problems, images: Mutex::default() }
+    }
+
+    /// `odfs status`'s and `odfs doctor`'s lines on the indexes at `now_s`
+    /// (Unix seconds): fine (`Some(true)`), missing (`Some(false)`), stale
+    /// (`None`).
+    pub fn health(&self, now_s: u64) -> Vec<(Option<bool>, String)> {
+        let mut lines: Vec<(Option<bool>, String)> = Vec::new();
+        for index in self.indexes.suites() {
+            let m = &index.meta;
+            let age_h = now_s.saturating_sub(m.fetched_s) / 3600;
+            let listed = if self.spec.list && m.suite == self.indexes.default_suite { "listed" } else { "found by name" };
+            let what = format!(
+                "archive index of {}: {} commands ({listed}), Release of {}, fetched {age_h} h ago; fetch = \"{}\"",
+                m.suite,
+                index.len(),
+                m.release_date,
+                self.spec.fetch.as_str()
+            );
+            if now_s.saturating_sub(m.fetched_s) > STALE_AFTER_S {
+                lines.push((None, format!("{what}: stale (the daemon refreshes it daily; now: odfs update --archive)")));
+            } else {
+                lines.push((Some(true), what));
+            }
+        }
+        lines.extend(self.problems.iter().map(|p| (Some(false).filter(|_| p.contains("no index") || p.contains("cannot read")).or(None), p.clone())));
+        lines
     }
 
     /// The names the mount lists: the default suite's, when listing is on
@@ -95,6 +124,28 @@ impl Archive {
             origin: format!("archive debian ({suite})"),
         };
         Some(Resolved { command, image })
+    }
+
+    /// What `odfs show` says of an archive command: its package, version,
+    /// suite and the other providers, one line each.
+    pub fn describe(&self, name: &str) -> Option<Vec<String>> {
+        let (index, found) = self.indexes.resolve(name)?;
+        let (p, meta) = (found.package, &index.meta);
+        let mut lines = vec![format!(
+            "Debian package {} {} of {} ({}, Release of {}), section {}, {} kB installed: {}",
+            p.name, p.version, meta.suite, meta.mirror, meta.release_date, p.section, p.installed_size, p.synopsis
+        )];
+        if let Some(via) = found.via {
+            lines.push(format!("{} is a link update-alternatives makes, to {via}", found.name));
+        }
+        if self.spec.packages.contains_key(found.name) {
+            lines.push("chosen by the catalog's [archive.debian] packages".into());
+        }
+        if !found.others.is_empty() {
+            let others: Vec<String> = found.others.iter().map(|o| format!("{} {}", o.name, o.version)).collect();
+            lines.push(format!("also provided by: {} (pick one with [archive.debian] packages = {{ {} = \"NAME\" }})", others.join(", "), found.name));
+        }
+        Some(lines)
     }
 
     /// The image of `package` of `suite` as the index has it now.

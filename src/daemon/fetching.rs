@@ -96,9 +96,7 @@ fn ask(caller: &Caller, question: &str) -> Result<bool, CallError> {
     if !nix::unistd::isatty(std::os::fd::AsRawFd::as_raw_fd(&tty)).unwrap_or(false) {
         return Ok(true);
     }
-    let foreground = nix::unistd::tcgetpgrp(tty.as_fd()).ok();
-    let own = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(caller.pid))).ok();
-    if foreground.is_none() || foreground != own {
+    if !in_foreground(caller.pid) {
         return Ok(true);
     }
     tty.write_all(question.as_bytes()).map_err(|_| gone())?;
@@ -125,6 +123,18 @@ fn ask(caller: &Caller, question: &str) -> Result<bool, CallError> {
         }
     }
     Ok(yes(&answer))
+}
+
+/// Whether `pid`'s process group is its terminal's foreground group
+/// (`/proc/PID/stat`: the daemon's own TIOCGPGRP would need the terminal
+/// to be its controlling one).
+fn in_foreground(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // After the command's name in parentheses (which may hold anything):
+    // state, ppid, pgrp, session, tty_nr, tpgid.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    matches!((fields.get(2), fields.get(5)), (Some(pgrp), Some(tpgid)) if pgrp == tpgid)
 }
 
 /// Enter (or y, yes) fetches; anything else does not.

@@ -242,6 +242,7 @@ impl<B: ContainerBackend> Server<B> {
         tasks.spawn(reap(daemon.clone(), round.clone()));
         tasks.spawn(super::docs::keep_docs(daemon.clone(), round.clone()));
         tasks.spawn(super::images::keep_collecting(daemon.clone(), round.clone()));
+        tasks.spawn(super::requests::archive::keep_indexes(daemon.clone(), round.clone()));
 
         let requests = TaskTracker::new();
         let ended = tokio::select! {

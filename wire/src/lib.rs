@@ -110,7 +110,7 @@ pub struct ImageUsage {
 }
 
 /// What a tool sees of the host (`odfs show`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewInfo {
     /// Host paths it sees at the same path.
     pub host: Vec<String>,
@@ -132,6 +132,12 @@ pub struct ViewInfo {
     pub version: String,
     /// The devices and GPUs it is given, in a line (empty: none).
     pub devices: String,
+    /// For an archive command: its package, version, suite and other
+    /// providers, a line each (empty for the catalog's).
+    pub package: Vec<String>,
+    /// The view is not known yet: the package's image is not on this
+    /// machine (the other fields are empty).
+    pub unfetched: bool,
 }
 
 /// One command as `odfs ls` and `odfs show` describe it.
@@ -259,7 +265,16 @@ pub enum Response {
     /// odfs could not run the tool (or do what was asked).
     Error(Failure),
     /// `idle`: the idle budget and what of it is in use, in a line.
-    Status { engine: EngineInfo, containers: Vec<ContainerStatus>, idle: String, images: Vec<ImageUsage>, disk: String },
+    Status {
+        engine: EngineInfo,
+        containers: Vec<ContainerStatus>,
+        idle: String,
+        images: Vec<ImageUsage>,
+        disk: String,
+        /// The archive's indexes, a line each: `Some(true)` fine,
+        /// `Some(false)` missing or unreadable, `None` a note (stale).
+        archive: Vec<(Option<bool>, String)>,
+    },
     Stats(Vec<CommandStats>),
     Commands(Vec<CommandInfo>),
     /// A change was made; the text says what.

@@ -63,7 +63,12 @@ pub(crate) fn doctor(socket: &std::path::Path, config: Option<&std::path::Path>)
 /// remote.
 fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::path::Path>) -> anyhow::Result<bool> {
     let (engine, containers) = match ask(socket, Request::Status) {
-        Ok(Response::Status { engine, containers, .. }) => (engine, containers),
+        Ok(Response::Status { engine, containers, archive, .. }) => {
+            for (ok, line) in archive {
+                checks.report(ok, line);
+            }
+            (engine, containers)
+        }
         _ => {
             let e = odfs::config::engine(None, config).map_err(|e| anyhow::anyhow!(e))?;
             let docker = odfs::backend::docker::Docker::with_engine(e);

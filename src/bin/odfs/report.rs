@@ -22,6 +22,11 @@ fn only_of<T>(mut list: Vec<T>, only: Option<&str>, command: impl Fn(&T) -> &Str
 
 pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> anyhow::Result<()> {
     let Response::Commands(list) = ask(socket, Request::List)? else { anyhow::bail!("unexpected answer from the daemon") };
+    // A command of the archive is not among the catalog's rows: its
+    // package and view are all there is to show.
+    if let Some(c) = only.filter(|c| !list.iter().any(|i| i.command == *c) && !json) {
+        return print_view(socket, c);
+    }
     let list = only_of(list, only, |i| &i.command, |c| format!("{c} is not in the catalog (odfs ls lists what is)"))?;
     if json {
         let rows: Vec<_> = list
@@ -56,6 +61,16 @@ fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
         _ => anyhow::bail!("unexpected answer from the daemon"),
     };
     let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };
+    if let Some((first, rest)) = v.package.split_first() {
+        println!("command:    {command}\npackage:    {first}");
+        for line in rest {
+            println!("            {line}");
+        }
+    }
+    if v.unfetched {
+        println!("image:      not on this machine yet: its first call fetches it (as [archive.debian] fetch says); what it sees is known then");
+        return Ok(());
+    }
     if !v.version.is_empty() {
         println!("runs here: {}", v.version);
     }
@@ -151,7 +166,7 @@ pub(crate) fn restart(socket: &std::path::Path) -> anyhow::Result<()> {
 }
 
 pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let Response::Status { engine, containers: list, idle: budget, images, disk } = ask(socket, Request::Status)? else {
+    let Response::Status { engine, containers: list, idle: budget, images, disk, archive } = ask(socket, Request::Status)? else {
         anyhow::bail!("unexpected answer from the daemon")
     };
     if json {
@@ -171,13 +186,22 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows, "idle_budget": budget, "images": images, "disk": disk}))?
+            serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "containers": rows, "idle_budget": budget, "images": images, "disk": disk,
+                "archive": archive.iter().map(|(ok, line)| serde_json::json!({"ok": ok, "line": line})).collect::<Vec<_>>()}))?
         );
     } else {
         let place = if engine.remote { "remote" } else { "local" };
         let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
         println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path.as_str(), engine.source);
         println!("idle: {budget}");
+        for (ok, line) in &archive {
+            let tag = match ok {
+                Some(false) => "MISSING: ",
+                None => "note: ",
+                Some(true) => "",
+            };
+            println!("{tag}{line}");
+        }
         println!("{:<16} {:<12} {:>7} {:>7} {:>9} {:<5}  {:<40} NEXT", "IMAGE", "STATE", "RUNNING", "IDLE", "MEMORY", "EXEC", "CONTAINER");
         for c in list {
             let idle = format!("{}s", c.idle_ms / 1000);

@@ -15,33 +15,49 @@ use crate::daemon::Daemon;
 use crate::protocol::Response;
 
 impl<B: ContainerBackend> Daemon<B> {
+    /// Fetch the index of one suite and store it (the reload loop serves
+    /// it): what it holds, in a line.
+    pub(in crate::daemon) async fn refresh_index(&self, spec: &crate::catalog::ArchiveSpec, suite: &str) -> Result<String, String> {
+        let source = fetch::Source { mirror: spec.mirror.clone(), ..fetch::Source::new(suite) };
+        let labels = HashMap::from([(LABEL_MOUNT.to_string(), self.pool.mount_id().to_string())]);
+        let started = Instant::now();
+        let index = fetch::fetch(self.pool.backend(), &source, &alternatives::table(), labels).await?.index;
+        let (commands, packages, date) = (index.len(), index.packages().len(), index.meta.release_date.clone());
+        let dir = archive::dir(&self.state_dir);
+        tokio::task::spawn_blocking(move || index.save(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot store the index: {e}"))?;
+        let took = started.elapsed().as_secs_f64();
+        tracing::info!(suite, commands, packages, took_s = took, "archive index refreshed");
+        Ok(format!("{commands} commands from {packages} packages (Release of {date}), in {took:.1} s"))
+    }
+
+    /// The indexes older than a day (or missing), fetched again; a suite
+    /// that fails is tried at the next round.
+    pub(in crate::daemon) async fn refresh_stale_indexes(&self) {
+        let Some(served) = self.snapshot().archive.clone() else { return };
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for suite in &served.spec.suites {
+            let fetched = served.indexes.suite(suite).map_or(0, |i| i.meta.fetched_s);
+            if now_s.saturating_sub(fetched) >= archive::REFRESH_AFTER_S {
+                if let Err(e) = self.refresh_index(&served.spec, suite).await {
+                    tracing::warn!(suite, "archive index not refreshed: {e}");
+                }
+            }
+        }
+    }
+
     pub(in crate::daemon) async fn update_archive(&self, caller: &Caller, client: &UnixStream) -> Answer {
         require_root(caller, "update --archive")?;
         let Some(served) = self.snapshot().archive.clone() else {
             return Err(failed("update --archive: the catalog has no [archive.debian] section"));
         };
-        let dir = archive::dir(&self.state_dir);
-        let labels = HashMap::from([(LABEL_MOUNT.to_string(), self.pool.mount_id().to_string())]);
         let (mut lines, mut failed_any) = (Vec::new(), false);
         for suite in &served.spec.suites {
-            let source = fetch::Source { mirror: served.spec.mirror.clone(), ..fetch::Source::new(suite) };
-            let started = Instant::now();
-            let fetched = fetch::fetch(self.pool.backend(), &source, &alternatives::table(), labels.clone()).await;
-            let saved = match fetched {
-                Ok(f) => {
-                    let index = f.index;
-                    let (commands, packages, date) = (index.len(), index.packages().len(), index.meta.release_date.clone());
-                    let dir = dir.clone();
-                    match tokio::task::spawn_blocking(move || index.save(&dir)).await {
-                        Ok(Ok(_)) => Ok(format!("{commands} commands from {packages} packages (Release of {date}), in {:.1} s", started.elapsed().as_secs_f64())),
-                        Ok(Err(e)) => Err(format!("cannot store the index: {e}")),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            failed_any |= saved.is_err();
-            lines.push(format!("index of {suite}: {}", saved.unwrap_or_else(|e| format!("not refreshed: {e}"))));
+            let refreshed = self.refresh_index(&served.spec, suite).await;
+            failed_any |= refreshed.is_err();
+            lines.push(format!("index of {suite}: {}", refreshed.unwrap_or_else(|e| format!("not refreshed: {e}"))));
         }
         // The images of packages the new indexes have in another version.
         let fresh = Archive::load(served.spec.clone(), &self.state_dir);
@@ -72,5 +88,23 @@ impl<B: ContainerBackend> Daemon<B> {
         } else {
             Ok(Response::Done(lines.join("\n")))
         }
+    }
+}
+
+/// The archive's indexes kept fresh: a look every hour (the first ten
+/// minutes after start, so a start never waits on the network), each
+/// index older than a day fetched again.
+pub(in crate::daemon) async fn keep_indexes<B: ContainerBackend>(daemon: std::sync::Arc<Daemon<B>>, stop: tokio_util::sync::CancellationToken) {
+    let mut wait = std::time::Duration::from_secs(600);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = daemon.refresh_stale_indexes() => {}
+        }
+        wait = std::time::Duration::from_secs(3600);
     }
 }

@@ -3,7 +3,7 @@
 //! connection and its one table sends each request to its handler here.
 
 mod add;
-mod archive;
+pub(super) mod archive;
 pub(super) mod cli_catalog;
 mod fetch;
 mod gc;

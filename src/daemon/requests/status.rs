@@ -16,7 +16,9 @@ impl<B: ContainerBackend> Daemon<B> {
         let engine = self.pool.backend().engine_info().await;
         let idle = self.pool.budget_line(&containers);
         let (images, disk) = self.image_usage().await;
-        Ok(Response::Status { engine, containers, idle, images, disk })
+        let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let archive = self.snapshot().archive.as_ref().map(|a| a.health(now_s)).unwrap_or_default();
+        Ok(Response::Status { engine, containers, idle, images, disk, archive })
     }
 
     /// The images odfs manages, newest use first, and the engine's disk in

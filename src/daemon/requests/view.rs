@@ -34,6 +34,10 @@ impl<B: ContainerBackend> Daemon<B> {
                 }
             }
         };
+        let package = snapshot.archive.as_ref().filter(|_| entry.image.package.is_some()).and_then(|a| a.describe(command)).unwrap_or_default();
+        if entry.image.package.is_some() && self.pool.backend().image_id(&entry.image.reference).await.ok().flatten().is_none() {
+            return Ok(Response::View(crate::protocol::ViewInfo { package, unfetched: true, ..Default::default() }));
+        }
         let view = self.pool.view_of(&entry.image).await.map_err(|e| failed(format!("cannot tell what image {} has: {e}", entry.image.name)))?;
         let remote = self.pool.reach().remote();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -49,6 +53,8 @@ impl<B: ContainerBackend> Daemon<B> {
             environment: environment_line(&entry, &self.pool.inner().mountpoint, &self.outbound),
             version,
             devices: devices_line(&entry.image),
+            package,
+            unfetched: false,
         }))
     }
 }
