@@ -1,0 +1,236 @@
+//! The archive as its users meet it: a mount with `[archive.debian]` over
+//! bookworm's real index (fetched once here, through apt in a container),
+//! whose commands an unprivileged user runs on their first call: the
+//! package's image built through apt, then the tool, with the output a
+//! throwaway container of the suite gives. Each test forgets the packages
+//! it brings, before and after, so a first call is a first call.
+
+mod common;
+#[path = "common/archive.rs"]
+mod archive;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{docker, eventually, shell_status, stderr, stdout, Defer, TestMount, TestUser, Tmux};
+
+/// bookworm's index, fetched once for the whole binary.
+fn bookworm_index() -> &'static PathBuf {
+    static INDEX: OnceLock<PathBuf> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        common::prepare();
+        let dir = PathBuf::from(format!("/tmp/odfs-test-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Its own runtime, off any test's.
+        let fetched = std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(archive::fetch_bookworm())).join().unwrap();
+        fetched.index.save(&dir).unwrap()
+    })
+}
+
+/// A mount serving the archive (`fetch` policy, then more keys of its
+/// section), with bookworm's index dropped into its state directory as
+/// `odfs update --archive` leaves it: the running daemon serves it.
+fn archive_mount(fetch: &str, more: &str) -> TestMount {
+    let index = bookworm_index();
+    let m = TestMount::new(&format!("[archive.debian]\nsuites = [\"bookworm\"]\nfetch = \"{fetch}\"\n{more}"));
+    let dir = m.state.join("archive");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(index, dir.join("bookworm.index")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || m.shim("htop").exists()), "the index was not served:\n{}", m.log_text());
+    m
+}
+
+/// Remove the images of these packages (any version), so their next call
+/// is a first one.
+fn forget(packages: &[&str]) {
+    for p in packages {
+        let ids = stdout(&docker(&["images", "-q", "--filter", &format!("reference=odfs-archive/bookworm/{p}")]));
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rmi", "-f"];
+            args.extend(ids);
+            docker(&args);
+        }
+    }
+}
+
+fn present(package: &str) -> bool {
+    !stdout(&docker(&["images", "-q", "--filter", &format!("reference=odfs-archive/bookworm/{package}")])).trim().is_empty()
+}
+
+/// How many times the daemon built a package's image.
+fn builds(m: &TestMount, package: &str) -> usize {
+    m.log_text().lines().filter(|l| l.contains("building the image of an archive package") && l.contains(&format!("package=\"{package}\""))).count()
+}
+
+#[test]
+fn every_command_is_listed_and_a_first_call_runs_the_package_as_the_caller() {
+    let packages = ["tree", "figlet", "cowsay", "htop"];
+    forget(&packages);
+    let _forget = Defer(|| forget(&packages));
+    let m = archive_mount("auto", "");
+
+    let listed = std::fs::read_dir(&m.mnt).unwrap().count();
+    eprintln!("the mount lists {listed} commands");
+    assert!(listed >= 40_000, "{listed}");
+    for name in ["htop", "tree", "cowsay", "figlet", "nc", "vi", "traceroute"] {
+        assert!(m.shim(name).exists(), "{name} not listed");
+    }
+
+    // Files of the caller's, in a directory the tools share with the host.
+    let user = TestUser::new();
+    let dir = m.work.join("project");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("README"), "hi\n").unwrap();
+    std::fs::write(dir.join("src/main.c"), "int main(){}\n").unwrap();
+    let calls = [
+        ("tree", vec!["-L".to_string(), "1".into(), dir.display().to_string()]),
+        ("figlet", vec!["hi".into()]),
+        ("cowsay", vec!["hi".into()]),
+        ("htop", vec!["--version".into()]),
+    ];
+    // The same packages as Debian ships them, in a throwaway container of
+    // the suite, with the same directory at the same path.
+    let script: String = calls
+        .iter()
+        .map(|(c, args)| format!("echo '=== {c}'; {c} {}; echo \"=== status $?\"; ", args.join(" ")))
+        .collect();
+    let native = Command::new("docker")
+        .args(["run", "--rm", "--label", "io.odfs.test=1", "--network", "host", "-e", "LANG=C.UTF-8", "-v"])
+        .arg(format!("{}:{}:ro", dir.display(), dir.display()))
+        .args([archive::IMAGE, "sh", "-c"])
+        .arg(format!(
+            "apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {} >/dev/null 2>&1 && export PATH=$PATH:/usr/games && {script}",
+            packages.join(" ")
+        ))
+        .output()
+        .unwrap();
+    let native = stdout(&native);
+    for (command, args) in &calls {
+        let o = user.cmd(m.shim(command)).args(args).current_dir(&dir).env("LANG", "C.UTF-8").output().unwrap();
+        let theirs = native.split(&format!("=== {command}\n")).nth(1).unwrap_or_else(|| panic!("{native}"));
+        let (expected, status) = theirs.split_once("=== status ").unwrap();
+        assert_eq!(stdout(&o), expected, "{command}: {}", stderr(&o));
+        assert_eq!(shell_status(&o).to_string(), status.lines().next().unwrap(), "{command}: {}", stderr(&o));
+        // Without a terminal: a line when the fetch starts and one when it ends.
+        assert!(stderr(&o).contains("odfs-archive/bookworm/"), "{command}: {}", stderr(&o));
+    }
+    // Warm after: no fetch, no line.
+    let again = user.cmd(m.shim("figlet")).arg("hi").output().unwrap();
+    assert_eq!((shell_status(&again), stderr(&again)), (0, String::new()));
+
+    // Names update-alternatives makes run on their first call too.
+    for (name, args, says) in [("nc", "-h", "connect"), ("vi", "--version", "VIM"), ("traceroute", "--version", "traceroute")] {
+        let o = user.cmd(m.shim(name)).arg(args).output().unwrap();
+        assert!(format!("{}{}", stdout(&o), stderr(&o)).contains(says), "{name}: {}{}", stdout(&o), stderr(&o));
+    }
+    forget(&["netcat-traditional", "vim-tiny", "traceroute"]);
+
+    // A name in no index is the shell's own "not found", and so is a suite
+    // the catalog does not name.
+    for name in ["no-such-command-odfs", "jq@trixie"] {
+        let o = user.cmd("/bin/sh").arg("-c").arg(format!("PATH={}; {name}", m.mnt.display())).output().unwrap();
+        assert_eq!(shell_status(&o), 127, "{name}");
+        assert!(stderr(&o).contains("not found"), "{name}: {}", stderr(&o));
+    }
+
+    // odfs show names the package, its version, suite and other providers.
+    let show = stdout(&m.odfs(&["show", "nc"]));
+    assert!(show.contains("Debian package netcat-traditional") && show.contains("bookworm") && show.contains("netcat-openbsd"), "{show}");
+    let status = stdout(&m.odfs(&["status"]));
+    assert!(status.contains("archive index of bookworm"), "{status}");
+}
+
+#[test]
+fn concurrent_first_calls_of_a_package_build_it_once() {
+    forget(&["pv"]);
+    let _forget = Defer(|| forget(&["pv"]));
+    let m = archive_mount("auto", "");
+    let user = TestUser::new();
+    let children: Vec<_> = (0..16)
+        .map(|_| user.cmd(m.shim("pv")).arg("--version").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outputs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outputs {
+        assert_eq!(shell_status(o), 0, "{}", stderr(o));
+        assert!(stdout(o).starts_with("pv 1."), "{}", stdout(o));
+        assert_eq!(stdout(o), stdout(&outputs[0]));
+    }
+    assert_eq!(builds(&m, "pv"), 1, "{}", m.log_text());
+}
+
+#[test]
+fn ask_fetches_on_enter_and_nothing_on_no() {
+    forget(&["ncdu"]);
+    let _forget = Defer(|| forget(&["ncdu"]));
+    let m = archive_mount("ask", "");
+    let user = TestUser::new();
+    let t = Tmux::new(&m, &format!("setpriv --reuid={} --regid={} --init-groups", user.uid, user.gid));
+    t.line("$M/ncdu --version; echo \"status=$?\"");
+    assert!(t.wait_for("fetch Debian package ncdu", Duration::from_secs(20)), "{}", t.screen());
+    assert!(t.screen().contains("[Y/n]"), "{}", t.screen());
+    t.line("n");
+    assert!(t.wait_for("status=127", Duration::from_secs(20)), "{}", t.screen());
+    assert!(t.screen().contains("not fetched"), "{}", t.screen());
+    assert!(!present("ncdu"), "a no fetched it");
+
+    t.line("clear; $M/ncdu --version; echo \"status=$?\"");
+    assert!(t.wait_for("[Y/n]", Duration::from_secs(20)), "{}", t.screen());
+    t.keys(&["Enter"]);
+    assert!(t.wait_for("status=0", Duration::from_secs(60)), "{}", t.screen());
+    assert!(t.screen().contains("ncdu 1."), "{}", t.screen());
+    assert!(present("ncdu"));
+    t.assert_sane();
+
+    // Without a terminal, a call means it: no question.
+    forget(&["ncdu"]);
+    let o = user.cmd(m.shim("ncdu")).arg("--version").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("[Y/n]"), "{}", stderr(&o));
+}
+
+#[test]
+fn never_runs_only_what_root_fetched() {
+    forget(&["units"]);
+    let _forget = Defer(|| forget(&["units"]));
+    let m = archive_mount("never", "");
+    let user = TestUser::new();
+    let o = user.cmd(m.shim("units")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 127, "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("odfs fetch units"), "{}", stderr(&o));
+    assert!(!present("units"));
+
+    let fetched = m.odfs(&["fetch", "units"]);
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let o = user.cmd(m.shim("units")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("GNU Units"), "{}", stdout(&o));
+    // Only root fetches ahead.
+    let refused = user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["fetch", "htop", "--socket"]).arg(&m.socket).output().unwrap();
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn each_user_brings_a_bounded_number_of_packages_and_others_are_not_held_up() {
+    let packages = ["bc", "dc"];
+    forget(&packages);
+    let _forget = Defer(|| forget(&packages));
+    let m = archive_mount("auto", "new_packages_per_hour = 1\n");
+    let (a, b) = (TestUser::new(), TestUser::new());
+    let o = a.cmd(m.shim("bc")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+    let refused = a.cmd(m.shim("dc")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&refused), 126, "{}", stderr(&refused));
+    assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("new_packages_per_hour"), "{}", stderr(&refused));
+    assert!(!present("dc"));
+    // Another user's first call in the same minute runs; then the package
+    // is on the machine and the first user may run it too.
+    let o = b.cmd(m.shim("dc")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+    let o = a.cmd(m.shim("dc")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+}
