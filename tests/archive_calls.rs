@@ -7,6 +7,7 @@
 
 mod common;
 #[path = "common/archive.rs"]
+#[allow(dead_code)]
 mod archive;
 
 use std::path::PathBuf;

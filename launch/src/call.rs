@@ -316,6 +316,9 @@ enum Channel {
 /// daemon answered (after any progress and notices).
 type Sent = (Fd, Fd, Result<Option<(Response, Vec<Fd>)>, frame::Error>);
 
+/// How long a question waits for its answer (then: no).
+const ANSWER_WITHIN_MS: i32 = 120_000;
+
 /// Send the request, again to the daemon that comes next when one went
 /// away without it, until one answers or the agent reports on the channel.
 fn ask(socket: &[u8], command: &str, req: &Request, fds: &[i32], signals: &Fd, stamps: &mut Option<CallStamps>) -> Result<Answer, Failure> {
@@ -323,7 +326,7 @@ fn ask(socket: &[u8], command: &str, req: &Request, fds: &[i32], signals: &Fd, s
     let mut fetching = Fetching::new(command, tty::isatty(2), Stderr);
     let mut lost = 0;
     loop {
-        let (_control, channel, answer) = send(socket, command, req, fds, stamps, &mut fetching, lost < LOST_RETRIES)?;
+        let (_control, channel, answer) = send(socket, command, req, fds, stamps, &mut fetching, signals, lost < LOST_RETRIES)?;
         // A daemon that went away with the request unanswered (killed, and
         // restarted by its service manager on the same listening socket;
         // killed before it read the request, the connection is reset).
@@ -364,7 +367,17 @@ fn ask(socket: &[u8], command: &str, req: &Request, fds: &[i32], signals: &Fd, s
 /// and read the daemon's answer. A request that cannot be sent whole is
 /// the caller's one line at once; one the daemon may not have read is
 /// `Ok(None)` while `retry` allows another try.
-fn send(socket: &[u8], command: &str, req: &Request, fds: &[i32], stamps: &mut Option<CallStamps>, fetching: &mut Fetching<Stderr>, retry: bool) -> Result<Sent, Failure> {
+#[allow(clippy::too_many_arguments)]
+fn send(
+    socket: &[u8],
+    command: &str,
+    req: &Request,
+    fds: &[i32],
+    stamps: &mut Option<CallStamps>,
+    fetching: &mut Fetching<Stderr>,
+    signals: &Fd,
+    retry: bool,
+) -> Result<Sent, Failure> {
     let control = connect(socket)
         .map_err(|e| fail(format!("daemon not reachable at {} ({e}; start it with `odfs mount` or `systemctl start odfs`)", String::from_utf8_lossy(socket))))?;
     // The call's channel: the agent gets the other end. Ours hangs up
@@ -384,6 +397,12 @@ fn send(socket: &[u8], command: &str, req: &Request, fds: &[i32], stamps: &mut O
             match frame::recv::<Response>(control.0) {
                 Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
                 Ok(Some((Response::Notice(text), _))) => say(command, &text),
+                Ok(Some((Response::Ask(question), _))) => {
+                    let yes = tty::answer(&question, signals.0, ANSWER_WITHIN_MS)?;
+                    if frame::send(control.0, &Request::Answer { yes }, &[]).is_err() {
+                        break Ok(None);
+                    }
+                }
                 other => break other,
             }
         },

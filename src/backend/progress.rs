@@ -93,7 +93,9 @@ impl BuildTracker {
         let builder_own = ["Step ", "---> ", "Removing intermediate", "Successfully ", " ---> "].iter().any(|p| line.starts_with(p));
         if !line.is_empty() && !builder_own {
             let kept: String = line.chars().take(300).collect();
-            if line.starts_with("E: ") {
+            // apt's first error is the cause; the later ones are dpkg's
+            // and apt's own aftermath ("Sub-process ... returned an error").
+            if line.starts_with("E: ") && self.apt_error.is_none() {
                 self.apt_error = Some(kept.clone());
             }
             self.last = Some(kept);

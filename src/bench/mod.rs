@@ -2,11 +2,13 @@
 //! run --rm`, on one machine in one run (see docs/performance.md).
 //!
 //! - [`run`]: the measurements, against the real engine and mounts of its own;
+//! - [`archive`]: the archive as a source of commands (`--archive`);
 //! - [`stats`]: medians, percentiles, ratios, tables (pure);
 //! - [`parse`]: what it reads from valgrind and /proc (pure);
 //! - [`stages`]: a traced warm call cut into its stages (pure);
 //! - [`report`]: the Markdown report and the latency plot.
 
+pub mod archive;
 pub mod parse;
 pub mod report;
 pub mod run;

@@ -283,7 +283,7 @@ fn docker_on(remote: Option<&RemoteEngine>) -> Command {
 
 /// Wall time of one run of a command with stdio to /dev/null, in ms; a
 /// failure is an error (a benchmark of failures measures nothing).
-fn time_ms(cmd: &mut Command) -> std::io::Result<f64> {
+pub(super) fn time_ms(cmd: &mut Command) -> std::io::Result<f64> {
     let start = Instant::now();
     let status = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status()?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -699,27 +699,34 @@ fn discovery(bins: &Binaries, counts: &Counts) -> std::io::Result<Discovery> {
     let ls = (0..counts.ls_runs)
         .map(|_| time_ms(Command::new("ls").arg(&m.mnt)))
         .collect::<std::io::Result<Vec<f64>>>()?;
+    let (miss_mount, miss_empty) = path_misses(&m.mnt, &empty, counts.miss_runs)?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", m.daemon_pid()))?;
+    Ok(Discovery {
+        commands: counts.catalog_size,
+        ls: Measured::new("ls of the mount", ls),
+        miss_mount,
+        miss_empty,
+        rss_kib: super::parse::rss_kib(&status).unwrap_or(0),
+    })
+}
+
+/// A shell's search for a command no directory has, with `mount` on PATH
+/// and with `empty` there instead, alternated round by round.
+pub(super) fn path_misses(mount: &Path, empty: &Path, runs: usize) -> std::io::Result<(Measured, Measured)> {
     let miss = |dir: &Path| {
         let mut c = Command::new("/bin/sh");
         c.arg("-c").arg("command -v nosuchtool || true").env("PATH", format!("/usr/bin:/bin:{}", dir.display()));
         c
     };
     let (mut on_mount, mut on_empty) = (Vec::new(), Vec::new());
-    for round in 0..counts.miss_runs {
+    for round in 0..runs {
         shuffled(round, 2, |i| {
-            let (dir, into) = if i == 0 { (&m.mnt, &mut on_mount) } else { (&empty, &mut on_empty) };
+            let (dir, into) = if i == 0 { (mount, &mut on_mount) } else { (empty, &mut on_empty) };
             into.push(time_ms(&mut miss(dir))?);
             Ok(())
         })?;
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", m.daemon_pid()))?;
-    Ok(Discovery {
-        commands: counts.catalog_size,
-        ls: Measured::new("ls of the mount", ls),
-        miss_mount: Measured::new("PATH miss, mount on PATH", on_mount),
-        miss_empty: Measured::new("PATH miss, empty dir on PATH", on_empty),
-        rss_kib: super::parse::rss_kib(&status).unwrap_or(0),
-    })
+    Ok((Measured::new("PATH miss, mount on PATH", on_mount), Measured::new("PATH miss, empty dir on PATH", on_empty)))
 }
 
 /// Instructions the launcher executes for one warm call (valgrind's

@@ -26,6 +26,11 @@ struct Args {
     /// one scripts/remote-engine starts, against the local fd path.
     #[arg(long, value_name = "URL")]
     remote: Option<String>,
+    /// Measure only the archive as a source of commands (the network and
+    /// the real archive: the index, first calls of a package) and print
+    /// its figures.
+    #[arg(long)]
+    archive: bool,
     /// TLS client certificates of the remote engine (ca.pem, cert.pem, key.pem).
     #[arg(long, value_name = "DIR", requires = "remote")]
     remote_certs: Option<PathBuf>,
@@ -42,6 +47,11 @@ fn main() -> anyhow::Result<()> {
     };
     for b in [&bins.odfs, &bins.launcher, &bins.agent] {
         anyhow::ensure!(b.exists(), "odfs-bench: {} is missing (build with scripts/build)", b.display());
+    }
+    if args.archive {
+        let figures = odfs::bench::archive::run(&bins, if args.smoke { 1 } else { 5 }, &mut |what| eprintln!("odfs-bench: {what}"))?;
+        print!("{}", odfs::bench::archive::markdown(&figures));
+        return Ok(());
     }
     let counts = if args.smoke { run::Counts::smoke() } else { run::Counts::full() };
     let remote = args.remote.map(|url| run::RemoteEngine { url, certs: args.remote_certs });

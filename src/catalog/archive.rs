@@ -51,9 +51,9 @@ impl Archive {
                     indexes.insert(index);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    problems.push(format!("archive debian: no index of {suite} yet: run `odfs update --archive` (needs the network)"))
+                    problems.push(format!("archive debian: no index of {suite} yet: root's `odfs update --archive` fetches it (the network)"))
                 }
-                Err(e) => problems.push(format!("archive debian: cannot read {}: {e}; run `odfs update --archive`", file.display())),
+                Err(e) => problems.push(format!("archive debian: cannot read {}: {e}; root's `odfs update --archive` fetches it again", file.display())),
             }
         }
         Archive { spec, indexes, dir, problems, images: Mutex::default() }
@@ -76,7 +76,7 @@ impl Archive {
                 self.spec.fetch.as_str()
             );
             if now_s.saturating_sub(m.fetched_s) > STALE_AFTER_S {
-                lines.push((None, format!("{what}: stale (the daemon refreshes it daily; now: odfs update --archive)")));
+                lines.push((None, format!("{what}: stale (the daemon refreshes it daily; root's odfs update --archive does now)")));
             } else {
                 lines.push((Some(true), what));
             }
@@ -94,19 +94,14 @@ impl Archive {
 
     /// Whether a lookup of `name` finds a command (listed or not).
     pub fn knows(&self, name: &str) -> bool {
-        super::validate_name(name).is_ok() && self.indexes.resolve(name).is_some()
+        super::validate_name(name).is_ok() && self.indexes.resolve(name).is_some_and(|(_, r)| debian_package(r.package))
     }
 
     /// The command `name` (`htop`, `jq@trixie`) runs: the package's image
     /// and the file the index says it ships.
     pub fn resolve(&self, name: &str) -> Option<Resolved> {
         let (index, found) = self.indexes.resolve(name)?;
-        // They reach a recipe's text: only what Debian allows in them.
-        let package_ok = |p: &crate::archive::packages::Package| {
-            p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-                && p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
-        };
-        if !package_ok(found.package) {
+        if !debian_package(found.package) {
             return None;
         }
         let command = CommandName::new(found.name).ok()?;
@@ -184,6 +179,15 @@ impl Archive {
     }
 }
 
+/// Whether a package's name and version are as Debian allows them (they
+/// reach a recipe's text): `[a-z0-9][a-z0-9+.-]*`, `[0-9A-Za-z.+~:-]+`.
+fn debian_package(p: &crate::archive::packages::Package) -> bool {
+    let name_ok = p.name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    let version_ok = p.version.starts_with(|c: char| c.is_ascii_alphanumeric()) && p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    name_ok && version_ok
+}
+
 /// A package name or version as an image reference may hold it: `+`, `~`
 /// and `:` (which Debian allows) spelled `_p`, `_t`, `_e` (which it
 /// does not), so two names never meet.
@@ -242,7 +246,7 @@ pub fn recipe(pkg: &ArchivePackage) -> String {
         "FROM {base}\n\
          RUN DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {name} \\\n \
          && got=$(dpkg-query -W -f '${{Version}}' {name}) \\\n \
-         && {{ [ \"$got\" = '{version}' ] || {{ echo \"the archive now has {name} $got, not {version}: run odfs update --archive\" >&2; exit 1; }}; }} \\\n \
+         && {{ [ \"$got\" = '{version}' ] || {{ echo \"E: the archive now has {name} $got, not {version} as this machine's index says (root's odfs update --archive brings the index along)\" >&2; exit 1; }}; }} \\\n \
          && rm -rf /var/cache/apt/archives/*.deb\n",
         base = pkg.base,
         name = pkg.name,

@@ -353,6 +353,9 @@ fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors
     if raw.suites.is_empty() {
         errors.push("archive debian: suites is empty (name at least one, like [\"bookworm\"])".into());
     }
+    for suite in raw.suites.iter().filter(|s| s.chars().any(|c| c.is_ascii_uppercase())) {
+        errors.push(format!("archive debian: suite {suite:?} must be lower case, as Debian names its suites"));
+    }
     for suite in &raw.suites {
         let source = crate::archive::fetch::Source { mirror: raw.mirror.clone(), ..crate::archive::fetch::Source::new(suite) };
         if let Err(e) = source.validate() {

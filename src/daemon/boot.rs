@@ -134,6 +134,8 @@ pub(super) fn daemon<B: ContainerBackend>(
         pool,
         state_dir: cfg.state_dir.clone(),
         brought: Default::default(),
+        questions: Default::default(),
+        refreshing: Default::default(),
         cli_catalog: cfg.catalogs.last().map(|d| d.join(requests::cli_catalog::CLI_CATALOG)),
         transitions: std::sync::Mutex::new(transitions),
         snapshot: RwLock::new(snapshot.clone()),

@@ -106,6 +106,8 @@ impl<B: ContainerBackend> Daemon<B> {
             Request::Gc { dry_run, max_age_s, budget } => self.gc(&caller, dry_run, max_age_s, budget).await,
             Request::Restart => return self.restart(&caller, conn).await,
             Request::Pull { commands } => self.pull(&caller, &commands, &conn).await,
+            // Only ever an answer on an exec request's connection.
+            Request::Answer { .. } => Err(crate::protocol::Failure::with_status("an answer without a question", 1)),
         };
         self.answer(conn, answer.unwrap_or_else(Response::Error));
     }

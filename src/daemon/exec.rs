@@ -229,15 +229,26 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// A call of an archive package whose image is missing: may it bring
-    /// it ([`super::fetching`])? Root's calls count against no share.
-    async fn admit_package(&self, image: &ImageSpec, pkg: &crate::catalog::ArchivePackage, command: &str, caller: &Caller, asks: bool) -> Result<(), CallError> {
-        if self.pool.backend().image_id(&image.reference).await.map_err(PoolError::from)?.is_some() {
+    /// it ([`super::fetching`])? What would refuse it is said before the
+    /// caller is asked; root's calls count against no share.
+    async fn admit_package(&self, image: &ImageSpec, pkg: &crate::catalog::ArchivePackage, command: &str, caller: &Caller, asks: bool, control: &UnixStream) -> Result<(), CallError> {
+        // A container of it, or a fetch of it under way: nothing to bring.
+        if self.pool.shown(image) != crate::protocol::ContainerPhase::Absent
+            || self.pool.backend().image_id(&image.reference).await.map_err(PoolError::from)?.is_some()
+        {
             return Ok(());
         }
         let Some(archive) = self.snapshot().archive.clone() else { return Ok(()) };
-        super::fetching::admit(archive.spec.fetch, pkg, command, caller, asks).await?;
+        if let Some(failed) = self.pool.backoff(image) {
+            return Err(failed.into());
+        }
+        let (key, limit) = (format!("{}/{}", pkg.suite, pkg.name), archive.spec.new_per_hour);
         if caller.uid != 0 {
-            self.brought.take(caller.uid, &pkg.name, archive.spec.new_per_hour, command)?;
+            self.brought.count(caller.uid, &key, limit, command, false)?;
+        }
+        super::fetching::admit(archive.spec.fetch, pkg, command, caller, asks, control, &self.questions).await?;
+        if caller.uid != 0 {
+            self.brought.count(caller.uid, &key, limit, command, true)?;
         }
         Ok(())
     }
@@ -412,7 +423,7 @@ impl<B: ContainerBackend> Daemon<B> {
             caller_uid: caller.uid,
         };
         if let Some(pkg) = &entry.image.package {
-            self.admit_package(&entry.image, pkg, &req.command, &caller, req.passed.tty.is_some()).await?;
+            self.admit_package(&entry.image, pkg, &req.command, caller, req.passed.tty.is_some(), control).await?;
         }
         let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
         self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));

@@ -1,19 +1,19 @@
 //! Whether a call may bring an archive package to this machine: the
-//! archive's `fetch` policy, the caller's answer on its terminal, and each
-//! user's share of new packages per hour. Only a package whose image is
+//! archive's `fetch` policy, the caller's answer (asked by its own
+//! launcher, on its own terminal), and each user's share of new packages
+//! per hour. Only a package whose image is
 //! missing gets here.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::call::{CallError, Caller};
 use crate::catalog::{ArchivePackage, FetchPolicy};
+use crate::protocol::{self, Request, Response};
 
-/// How long a question waits for its answer.
+/// How long a question waits for its answer (the launcher's own limit).
 const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 
 /// The window of the per-user limit.
@@ -26,9 +26,11 @@ pub struct Brought {
 }
 
 impl Brought {
-    /// Count `package` against `uid`'s hour, or refuse it: a package
-    /// already counted this hour (another call of it, a retry) is free.
-    pub fn take(&self, uid: u32, package: &str, limit: u32, command: &str) -> Result<(), CallError> {
+    /// Count `package` (of a suite: `bookworm/htop`) against `uid`'s hour,
+    /// or refuse it: a package already counted this hour (another call of
+    /// it, a retry) is free. `take: false` only tells whether it would be
+    /// refused (before the caller is asked).
+    pub fn count(&self, uid: u32, package: &str, limit: u32, command: &str, take: bool) -> Result<(), CallError> {
         let now = Instant::now();
         let mut all = self.by_uid.lock().unwrap();
         all.retain(|_, q| {
@@ -46,26 +48,71 @@ impl Brought {
             let wait_min = (HOUR.saturating_sub(now.duration_since(oldest)).as_secs() / 60) + 1;
             return Err(CallError::PackageQuota { command: command.to_string(), limit, wait_min });
         }
-        mine.push_back((now, package.to_string()));
+        if take {
+            mine.push_back((now, package.to_string()));
+        }
         Ok(())
     }
 }
 
-/// May this call fetch `pkg`, whose image is missing? `asks`: the caller's
-/// stdin is a terminal (`fetch = "ask"` asks there; without one, a
-/// script that calls a command means it).
-pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, caller: &Caller, asks: bool) -> Result<(), CallError> {
+/// Questions waiting for an answer at once, per user and in all: each
+/// holds one of the daemon's blocking threads until it is answered.
+const QUESTIONS_PER_USER: u32 = 2;
+const QUESTIONS: u32 = 32;
+
+/// The questions waiting now, by user.
+#[derive(Default)]
+pub struct Questions {
+    waiting: Mutex<HashMap<u32, u32>>,
+}
+
+/// A question's place, given back when it is answered.
+struct Place<'a>(&'a Questions, u32);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut w = self.0.waiting.lock().unwrap();
+        if let Some(n) = w.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl Questions {
+    fn place(&self, uid: u32) -> Option<Place<'_>> {
+        let mut w = self.waiting.lock().unwrap();
+        let total: u32 = w.values().sum();
+        let mine = w.entry(uid).or_default();
+        if *mine >= QUESTIONS_PER_USER || total >= QUESTIONS {
+            return None;
+        }
+        *mine += 1;
+        Some(Place(self, uid))
+    }
+}
+
+/// May this call fetch `pkg`, whose image is missing? With `fetch = "ask"`
+/// and a terminal (`asks`), the caller's launcher asks on it and answers
+/// on `control`; without one, a script that calls a command means it.
+pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, caller: &Caller, asks: bool, control: &UnixStream, questions: &Questions) -> Result<(), CallError> {
     match policy {
         FetchPolicy::Never if caller.uid != 0 => Err(CallError::NotFetched { command: command.to_string(), package: pkg.name.clone() }),
         FetchPolicy::Ask if asks => {
+            let Some(place) = questions.place(caller.uid) else {
+                return Err(CallError::Request(format!("{QUESTIONS_PER_USER} questions of yours wait for an answer already; answer them first")));
+            };
             let question = format!(
                 "odfs: {command}: fetch Debian package {} {} ({} kB installed, from {}) to run it? [Y/n] ",
                 pkg.name, pkg.version, pkg.size_kib, pkg.suite
             );
-            let caller = caller.clone();
-            let yes = tokio::task::spawn_blocking(move || ask(&caller, &question))
+            let control = control.try_clone().map_err(|e| CallError::Caller(format!("cannot ask: {e}")))?;
+            let yes = tokio::task::spawn_blocking(move || ask(&control, question))
                 .await
                 .map_err(|e| CallError::Caller(format!("cannot ask: {e}")))??;
+            drop(place);
             if yes {
                 Ok(())
             } else {
@@ -76,71 +123,19 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
     }
 }
 
-/// Ask on the caller's terminal, its stdin, while its launcher waits for
-/// the answer to its request (the terminal is as the caller left it). A
-/// caller in the background is not asked (the foreground job owns the
-/// keys): it fetches, as without a terminal.
-fn ask(caller: &Caller, question: &str) -> Result<bool, CallError> {
-    let gone = || CallError::Caller("the caller exited before it answered".into());
-    // The caller's own stdin, opened again: the request did not pass its
-    // terminal fds (the tool gets a pty of its own).
-    let mut tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(format!("/proc/{}/fd/0", caller.pid))
-        .map_err(|e| CallError::Caller(format!("cannot reach the caller's terminal to ask: {e}")))?;
-    if !caller.alive() {
-        return Err(gone());
+/// Send the question to the launcher and wait for its answer (the
+/// launcher gives up first, and answers no).
+fn ask(control: &UnixStream, question: String) -> Result<bool, CallError> {
+    let gone = || CallError::Caller("the caller hung up at the question".into());
+    control.set_read_timeout(Some(ANSWER_WITHIN + Duration::from_secs(5))).map_err(|_| gone())?;
+    protocol::send(control, &Response::Ask(question), &[]).map_err(|_| gone())?;
+    let answer = protocol::recv::<Request>(control);
+    let _ = control.set_read_timeout(None);
+    match answer {
+        Ok(Some((Request::Answer { yes }, _))) => Ok(yes),
+        Err(e) if e.to_string().contains("timed out") || e.to_string().contains("temporarily unavailable") => Ok(false),
+        _ => Err(gone()),
     }
-    if !nix::unistd::isatty(std::os::fd::AsRawFd::as_raw_fd(&tty)).unwrap_or(false) {
-        return Ok(true);
-    }
-    if !in_foreground(caller.pid) {
-        return Ok(true);
-    }
-    tty.write_all(question.as_bytes()).map_err(|_| gone())?;
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    let mut answer = Vec::new();
-    while !answer.contains(&b'\n') && answer.len() < 64 {
-        if Instant::now() >= deadline {
-            let _ = tty.write_all(b"\n");
-            return Ok(false);
-        }
-        if !caller.alive() {
-            return Err(gone());
-        }
-        let mut fds = [nix::poll::PollFd::new(tty.as_fd(), nix::poll::PollFlags::POLLIN)];
-        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(500u16)).unwrap_or(0) == 0 {
-            continue;
-        }
-        let mut buf = [0u8; 64];
-        match tty.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    Ok(yes(&answer))
-}
-
-/// Whether `pid`'s process group is its terminal's foreground group
-/// (`/proc/PID/stat`: the daemon's own TIOCGPGRP would need the terminal
-/// to be its controlling one).
-fn in_foreground(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // After the command's name in parentheses (which may hold anything):
-    // state, ppid, pgrp, session, tty_nr, tpgid.
-    let Some((_, rest)) = stat.rsplit_once(')') else { return false };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    matches!((fields.get(2), fields.get(5)), (Some(pgrp), Some(tpgid)) if pgrp == tpgid)
-}
-
-/// Enter (or y, yes) fetches; anything else does not.
-fn yes(answer: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(answer);
-    matches!(text.trim().to_ascii_lowercase().as_str(), "" | "y" | "yes") && answer.contains(&b'\n')
 }
 
 #[cfg(test)]
@@ -148,25 +143,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn enter_and_yes_fetch_anything_else_does_not() {
-        for a in ["\n", "y\n", "Y\n", " yes \n"] {
-            assert!(yes(a.as_bytes()), "{a:?}");
-        }
-        for a in ["n\n", "no\n", "q\n", "", "y"] {
-            assert!(!yes(a.as_bytes()), "{a:?}");
-        }
-    }
-
-    #[test]
     fn each_user_brings_at_most_the_limit_per_hour_and_a_package_counts_once() {
         let b = Brought::default();
-        b.take(1000, "htop", 2, "htop").unwrap();
-        b.take(1000, "htop", 2, "htop").unwrap();
-        b.take(1000, "tree", 2, "tree").unwrap();
-        let e = b.take(1000, "figlet", 2, "figlet").unwrap_err();
+        b.count(1000, "bookworm/htop", 2, "htop", true).unwrap();
+        b.count(1000, "bookworm/htop", 2, "htop", true).unwrap();
+        // Asking whether it would be refused takes nothing.
+        b.count(1000, "bookworm/tree", 2, "tree", false).unwrap();
+        b.count(1000, "bookworm/tree", 2, "tree", true).unwrap();
+        let e = b.count(1000, "bookworm/figlet", 2, "figlet", false).unwrap_err();
         assert!(e.to_string().contains("2 new packages") && e.to_string().contains("odfs fetch figlet"), "{e}");
         assert_eq!(e.status(), crate::protocol::EXIT_ODFS_ERROR);
-        // Another user's share is their own.
-        b.take(1001, "figlet", 2, "figlet").unwrap();
+        // Another suite's is another package; another user's share is their own.
+        assert!(b.count(1000, "trixie/htop", 2, "htop@trixie", true).is_err());
+        b.count(1001, "bookworm/figlet", 2, "figlet", true).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod question_tests {
+    use super::*;
+
+    #[test]
+    fn questions_waiting_are_bounded_per_user_and_in_all() {
+        let q = Questions::default();
+        let (a, b) = (q.place(1000).unwrap(), q.place(1000).unwrap());
+        assert!(q.place(1000).is_none());
+        assert!(q.place(1001).is_some());
+        drop(a);
+        assert!(q.place(1000).is_some());
+        drop(b);
+        let many: Vec<_> = (0..QUESTIONS).filter_map(|u| q.place(2000 + u)).collect();
+        assert_eq!(many.len(), QUESTIONS as usize);
+        assert!(q.place(1).is_none());
     }
 }

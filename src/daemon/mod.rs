@@ -41,6 +41,10 @@ pub struct Daemon<B> {
     pool: Pool<B>,
     /// The archive packages each user brought within the hour.
     brought: fetching::Brought,
+    /// Held while an archive index is fetched and stored.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The fetch questions waiting for their answers.
+    questions: fetching::Questions,
     /// The state directory (the database, the archive's indexes).
     state_dir: PathBuf,
     /// The catalog file `odfs add`/`odfs rm` manage (in the last catalog dir).

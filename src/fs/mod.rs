@@ -60,16 +60,9 @@ struct Table {
     /// offset without walking what it already read (an archive lists
     /// tens of thousands of names).
     listing: Vec<(u64, Arc<str>)>,
-    /// Names found by a lookup though not listed ([`Hooks::knows`]).
-    unlisted: usize,
     ever: HashMap<Arc<str>, u64>,
     next: u64,
 }
-
-/// Names found by lookup alone kept at most: past it they are forgotten
-/// (and found again), so lookups of made-up names cannot grow the table
-/// without bound.
-const MAX_UNLISTED: usize = 1 << 16;
 
 impl Table {
     /// The inode of `name`, the one it had before if it had one.
@@ -130,16 +123,15 @@ impl ShimFs {
         ShimFs { table: RwLock::new(Table { next: ROOT_INO + 1, ..Default::default() }), text, mtime: SystemTime::now(), hooks }
     }
 
-    /// Replace the listed commands (catalog load or reload). Returns the
-    /// names that appeared or disappeared, and those a lookup had found,
-    /// whose kernel cache entries must go.
+    /// Replace the listed commands (catalog load or reload). Names a lookup
+    /// found stay while the daemon still knows them. Returns the names that
+    /// appeared or disappeared, whose kernel cache entries must go.
     pub fn set_commands<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         let mut t = self.table.write().unwrap();
-        let before: std::collections::HashSet<Arc<str>> = t.by_name.keys().cloned().collect();
         let was_listed: std::collections::HashSet<Arc<str>> = t.listing.iter().map(|(_, n)| n.clone()).collect();
+        let found: Vec<Arc<str>> = t.by_name.keys().filter(|n| !was_listed.contains(*n)).cloned().collect();
         t.by_name.clear();
         t.by_ino.clear();
-        t.unlisted = 0;
         let mut listing = Vec::new();
         for name in names {
             let ino = t.add(name);
@@ -147,11 +139,15 @@ impl ShimFs {
         }
         listing.sort_by(|a, b| a.1.cmp(&b.1));
         listing.dedup_by(|a, b| a.1 == b.1);
-        let now_listed: std::collections::HashSet<&Arc<str>> = listing.iter().map(|(_, n)| n).collect();
-        let found_before = before.iter().filter(|n| !was_listed.contains(*n));
-        let gone = was_listed.iter().filter(|n| !now_listed.contains(n));
-        let came = now_listed.iter().filter(|n| !was_listed.contains(**n)).copied();
-        let mut changed: Vec<String> = found_before.chain(gone).chain(came).map(|n| n.to_string()).collect();
+        let now_listed: std::collections::HashSet<Arc<str>> = listing.iter().map(|(_, n)| n.clone()).collect();
+        let mut changed: Vec<String> = was_listed.symmetric_difference(&now_listed).map(|n| n.to_string()).collect();
+        for name in found.iter().filter(|n| !now_listed.contains(*n)) {
+            if self.hooks.knows(name) {
+                t.add(name);
+            } else {
+                changed.push(name.to_string());
+            }
+        }
         t.listing = listing;
         changed.sort();
         changed.dedup();
@@ -178,15 +174,6 @@ impl ShimFs {
             return Err(FsError::NotFound);
         }
         let mut t = self.table.write().unwrap();
-        if t.unlisted >= MAX_UNLISTED {
-            let listed: std::collections::HashSet<u64> = t.listing.iter().map(|(i, _)| *i).collect();
-            t.by_ino.retain(|i, _| listed.contains(i));
-            t.by_name.retain(|_, i| listed.contains(i));
-            t.unlisted = 0;
-        }
-        if !t.by_name.contains_key(name) {
-            t.unlisted += 1;
-        }
         Ok(self.shim_attr(t.add(name)))
     }
 
@@ -345,14 +332,14 @@ mod tests {
         assert_eq!(fs.getattr(jq).unwrap().perm, 0o755);
         let listed: Vec<String> = fs.readdir(ROOT_INO, 0, 100).unwrap().into_iter().map(|e| e.2.to_string()).collect();
         assert!(!listed.iter().any(|n| n.contains('@')), "{listed:?}");
-        // A reload forgets it (and says so, for the kernel's cache); it
-        // keeps its inode when found again.
-        assert_eq!(fs.set_commands(["jq", "cat", "sh"]), ["jq@trixie"]);
-        assert_eq!(fs.lookup(ROOT_INO, b"jq@trixie").unwrap().ino, jq);
-        // Made-up names cost a bounded table.
-        for i in 0..MAX_UNLISTED + 10 {
-            fs.lookup(ROOT_INO, format!("x{i}@trixie").as_bytes()).unwrap();
+        // A reload keeps it while the daemon knows it: a call between its
+        // lookup and its open still finds it.
+        assert_eq!(fs.set_commands(["jq", "cat", "sh"]), Vec::<String>::new());
+        assert_eq!(fs.getattr(jq).unwrap().ino, jq);
+        // Names the daemon does not know cost nothing.
+        for i in 0..1000 {
+            assert_eq!(fs.lookup(ROOT_INO, format!("x{i}@sid").as_bytes()), Err(FsError::NotFound));
         }
-        assert!(fs.table.read().unwrap().by_name.len() <= MAX_UNLISTED + 3);
+        assert_eq!(fs.table.read().unwrap().ever.len(), 4);
     }
 }

@@ -39,7 +39,7 @@ pub const MAX_FDS: usize = 250;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Bumped whenever a message changes shape; both ends check it on connect.
-pub const PROTOCOL_VERSION: u32 = 12;
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// Exit status of the launcher when odfs itself (not the tool) failed, like a
 /// shell's "found but could not be executed".
@@ -92,6 +92,9 @@ pub enum Request {
     /// Start a new daemon with this one's command line (its binary as it is
     /// now), which takes the mount over; this one then exits (root only).
     Restart,
+    /// The launcher's answer to [`Response::Ask`], on the exec request's
+    /// connection: whether the caller said yes.
+    Answer { yes: bool },
 }
 
 /// A local image odfs manages, for `odfs status`.
@@ -283,6 +286,10 @@ pub enum Response {
     /// `odfs restart` under systemd: the daemon ran its binary anew in
     /// place (same pid, the unit's main process) and serves again.
     Restarted(String),
+    /// A question for the caller before the call goes on (fetch an archive
+    /// package?): the launcher asks it on its own terminal, the caller's,
+    /// and sends [`Request::Answer`] on the same connection.
+    Ask(String),
 }
 
 /// How far the fetch of a missing image has come, for everyone waiting on it.

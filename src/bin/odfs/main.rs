@@ -286,6 +286,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The admin CLI is a filter like any (`odfs status | head`): a reader
+    // that goes away ends it quietly. The daemon keeps ignoring SIGPIPE.
+    if !matches!(cli.command, Command::Mount { .. }) {
+        // SAFETY: setting a signal's disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, share_dir, mountpoint } => {
             odfs::telemetry::init();

@@ -60,6 +60,15 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    /// The failed fetch of `image` whose backoff has not ended, if any: what
+    /// a call of it would be answered now.
+    pub fn backoff(&self, image: &ImageSpec) -> Option<PoolError> {
+        let slot = self.slots.get(&self.profile_key(image))?.value().clone();
+        let f = slot.pull_failure.lock().unwrap().clone()?;
+        let now = Instant::now();
+        (now < f.retry_at).then(|| PoolError::Backoff { message: f.message, wait_s: (f.retry_at - now).as_secs() + 1 })
+    }
+
     /// Make sure an image is present, fetched as its [`Source`] says: pulled;
     /// or built from its recipe, after a pull from the registry its
     /// reference names, if it names one. True if it had to be fetched.
@@ -107,6 +116,11 @@ impl<B: ContainerBackend> Pool<B> {
     pub async fn refetch(&self, image: &Arc<ImageSpec>, rebuild: bool) -> Result<(), PoolError> {
         let slot = self.slot(image);
         match Source::of(&image.reference, image.build.as_deref()) {
+            // Its version is its name: a newer one is another image
+            // (`odfs update --archive`).
+            _ if image.package.is_some() => {
+                self.fetch(image, &slot.progress).await?;
+            }
             Source::Recipe { recipe, pull_first } if rebuild || !pull_first => {
                 self.backend.build_image(&image.reference, recipe, &slot.progress).await?
             }

@@ -20,11 +20,25 @@ pub struct Builds {
     at_once: tokio::sync::Semaphore,
     /// One base build per base image at a time; the others wait for it.
     bases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Package images seen on the engine since the daemon started.
+    present: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Default for Builds {
     fn default() -> Builds {
-        Builds { at_once: tokio::sync::Semaphore::new(BUILDS_AT_ONCE), bases: Mutex::default() }
+        Builds { at_once: tokio::sync::Semaphore::new(BUILDS_AT_ONCE), bases: Mutex::default(), present: Mutex::default() }
+    }
+}
+
+impl Builds {
+    /// Whether a package's image was seen on the engine (a prewarm of one
+    /// that was not asks nothing of the engine).
+    pub fn present(&self, reference: &str) -> bool {
+        self.present.lock().unwrap().contains(reference)
+    }
+
+    fn seen(&self, reference: &str) {
+        self.present.lock().unwrap().insert(reference.to_string());
     }
 }
 
@@ -33,12 +47,14 @@ impl<B: ContainerBackend> Pool<B> {
     /// was built.
     pub(super) async fn fetch_package(&self, image: &ImageSpec, pkg: &ArchivePackage, progress: &ProgressTx) -> Result<bool, PoolError> {
         if self.backend.image_id(&image.reference).await?.is_some() {
+            self.builds.seen(&image.reference);
             return Ok(false);
         }
         let recipe = image.build.as_deref().expect("an archive image has its recipe's place");
         let _turn = self.builds.at_once.acquire().await.expect("never closed");
         // Another call may have built it while this one waited its turn.
         if self.backend.image_id(&image.reference).await?.is_some() {
+            self.builds.seen(&image.reference);
             return Ok(false);
         }
         let base_recipe = recipe.parent().unwrap_or(recipe).join("_base");
@@ -46,6 +62,7 @@ impl<B: ContainerBackend> Pool<B> {
         write_recipe(recipe, &archive::recipe(pkg)).await?;
         tracing::info!(image = image.reference, package = pkg.name, version = pkg.version, "building the image of an archive package");
         self.backend.build_image(&image.reference, recipe, progress).await?;
+        self.builds.seen(&image.reference);
         Ok(true)
     }
 

@@ -158,17 +158,18 @@ impl<B: ContainerBackend> Pool<B> {
     /// counting a call. `plan` (for predictions) bounds what a wrong guess
     /// costs; `None` lets the policy decide once it is idle.
     pub async fn warm_up(&self, image: &Arc<ImageSpec>, plan: Option<Plan>) -> Result<(), PoolError> {
+        // An archive package comes with a call (which may ask first), never
+        // ahead of one; and a shim opened costs the engine nothing unless
+        // its package is known to be here (`ls -l`, `cat *` of the mount).
+        if image.package.is_some() && !self.builds.present(&image.reference) {
+            return Ok(());
+        }
         let slot = self.slot(image);
         // Every exec opens its shim: the warm path must not wait on the lock.
         if let Ok(state) = slot.state.try_lock() {
             if !matches!(*state, State::Absent) {
                 return Ok(());
             }
-        }
-        // An archive package comes with a call (which may ask first),
-        // never ahead of one.
-        if image.package.is_some() && self.backend.image_id(&image.reference).await?.is_none() {
-            return Ok(());
         }
         let mut state = slot.state.lock().await;
         if !matches!(*state, State::Absent) {

@@ -18,6 +18,9 @@ impl<B: ContainerBackend> Daemon<B> {
     /// Fetch the index of one suite and store it (the reload loop serves
     /// it): what it holds, in a line.
     pub(in crate::daemon) async fn refresh_index(&self, spec: &crate::catalog::ArchiveSpec, suite: &str) -> Result<String, String> {
+        // One refresh at a time (`odfs update --archive` and the daily one
+        // write the same files).
+        let _only = self.refreshing.lock().await;
         let source = fetch::Source { mirror: spec.mirror.clone(), ..fetch::Source::new(suite) };
         let labels = HashMap::from([(LABEL_MOUNT.to_string(), self.pool.mount_id().to_string())]);
         let started = Instant::now();
@@ -28,6 +31,10 @@ impl<B: ContainerBackend> Daemon<B> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot store the index: {e}"))?;
+        // The files read and parsed were some 25 MB: give the heap they
+        // took back to the system, which glibc does not do by itself.
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) };
         let took = started.elapsed().as_secs_f64();
         tracing::info!(suite, commands, packages, took_s = took, "archive index refreshed");
         Ok(format!("{commands} commands from {packages} packages (Release of {date}), in {took:.1} s"))

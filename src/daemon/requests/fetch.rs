@@ -80,6 +80,9 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     async fn update_one(&self, image: &Arc<ImageSpec>, check: bool, client: &UnixStream) -> Result<String, String> {
+        if let Some(pkg) = &image.package {
+            return Ok(format!("Debian package {} {}: its image is that version's; odfs update --archive builds newer ones", pkg.name, pkg.version));
+        }
         let backend = self.pool.backend();
         let r = &image.reference;
         let before = backend.image_info(r).await.map_err(|e| e.to_string())?;
