@@ -31,11 +31,13 @@ fn bookworm_index() -> &'static PathBuf {
 }
 
 /// A mount serving the archive (`fetch` policy, then more keys of its
-/// section), with bookworm's index dropped into its state directory as
-/// `odfs update --archive` leaves it: the running daemon serves it.
+/// section; bookworm alone unless they name the suites), with bookworm's
+/// index dropped into its state directory as `odfs update --archive`
+/// leaves it: the running daemon serves it.
 fn archive_mount(fetch: &str, more: &str) -> TestMount {
     let index = bookworm_index();
-    let m = TestMount::new(&format!("[archive.debian]\nsuites = [\"bookworm\"]\nfetch = \"{fetch}\"\n{more}"));
+    let suites = if more.contains("suites") { "" } else { "suites = [\"bookworm\"]\n" };
+    let m = TestMount::new(&format!("[archive.debian]\n{suites}fetch = \"{fetch}\"\n{more}"));
     let dir = m.state.join("archive");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(index, dir.join("bookworm.index")).unwrap();
@@ -177,8 +179,10 @@ fn ask_fetches_on_enter_and_nothing_on_no() {
     assert!(t.screen().contains("not fetched"), "{}", t.screen());
     assert!(!present("ncdu"), "a no fetched it");
 
-    t.line("clear; $M/ncdu --version; echo \"status=$?\"");
-    assert!(t.wait_for("[Y/n]", Duration::from_secs(20)), "{}", t.screen());
+    // The first question off the screen before the second is looked for.
+    t.line("clear");
+    assert!(eventually(Duration::from_secs(10), || !t.screen().contains("[Y/n]")), "{}", t.screen());
+    t.run("$M/ncdu --version; echo \"status=$?\"", "[Y/n]");
     t.keys(&["Enter"]);
     assert!(t.wait_for("status=0", Duration::from_secs(60)), "{}", t.screen());
     assert!(t.screen().contains("ncdu 1."), "{}", t.screen());
@@ -234,4 +238,131 @@ fn each_user_brings_a_bounded_number_of_packages_and_others_are_not_held_up() {
     assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
     let o = a.cmd(m.shim("dc")).arg("--version").output().unwrap();
     assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+}
+
+/// A Debian repository of one suite served on loopback: one package,
+/// published again at another version by [`LocalRepo::publish`]. It has no
+/// signing key: the catalog names it in `trusted`.
+struct LocalRepo {
+    root: PathBuf,
+    url: String,
+    server: std::process::Child,
+}
+
+impl LocalRepo {
+    const SUITE: &'static str = "odfstest";
+
+    fn start() -> LocalRepo {
+        let root = PathBuf::from(format!("/tmp/odfs-test-repo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Command::new("/usr/bin/python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+        LocalRepo { root, url, server }
+    }
+
+    /// The package `odfs-hello` at `version`: `/usr/bin/odfs-hello`
+    /// prints `hello VERSION`. The suite's files made anew around it.
+    fn publish(&self, version: &str) {
+        let build = self.root.join(format!("build-{version}"));
+        std::fs::create_dir_all(build.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(build.join("usr/bin")).unwrap();
+        let control = format!("Package: odfs-hello\nVersion: {version}\nArchitecture: all\nMaintainer: odfs tests <root@localhost>\nSection: utils\nPriority: optional\nDescription: says hello\n");
+        std::fs::write(build.join("DEBIAN/control"), &control).unwrap();
+        let tool = build.join("usr/bin/odfs-hello");
+        std::fs::write(&tool, format!("#!/bin/sh\necho hello {version}\n")).unwrap();
+        std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let pool = self.root.join("pool");
+        std::fs::create_dir_all(&pool).unwrap();
+        let deb = format!("pool/odfs-hello_{version}_all.deb");
+        let o = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&build).arg(self.root.join(&deb)).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let bytes = std::fs::read(self.root.join(&deb)).unwrap();
+        let packages = format!(
+            "{}Installed-Size: 1\nFilename: {deb}\nSize: {}\nSHA256: {}\n\n",
+            control,
+            bytes.len(),
+            sha256(&bytes)
+        );
+        let dists = self.root.join("dists").join(Self::SUITE);
+        std::fs::create_dir_all(dists.join("main/binary-amd64")).unwrap();
+        let contents = "usr/bin/odfs-hello                                      utils/odfs-hello\n";
+        std::fs::write(dists.join("main/binary-amd64/Packages"), &packages).unwrap();
+        std::fs::write(dists.join("main/Contents-amd64"), contents).unwrap();
+        let entry = |text: &str, path: &str| format!(" {} {} {path}\n", sha256(text.as_bytes()), text.len());
+        let release = format!(
+            "Origin: odfs tests\nSuite: {s}\nCodename: {s}\nVersion: {version}\nDate: Sat, 01 Jan 2000 00:00:{:02} UTC\nArchitectures: amd64 all\nComponents: main\nSHA256:\n{}{}",
+            version.len() + version.bytes().map(usize::from).sum::<usize>() % 50,
+            entry(&packages, "main/binary-amd64/Packages"),
+            entry(contents, "main/Contents-amd64"),
+            s = Self::SUITE
+        );
+        std::fs::write(dists.join("Release"), release).unwrap();
+    }
+}
+
+impl Drop for LocalRepo {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn update_archive_builds_again_a_package_the_archive_has_a_newer_version_of() {
+    let repo = LocalRepo::start();
+    repo.publish("1.0");
+    let forget_hello = || {
+        let ids = stdout(&docker(&["images", "-q", "--filter", "reference=odfs-archive/odfstest/*"]));
+        let mut args = vec!["rmi", "-f"];
+        args.extend(ids.split_whitespace());
+        if args.len() > 2 {
+            docker(&args);
+        }
+    };
+    forget_hello();
+    let _forget = Defer(forget_hello);
+    // bookworm is the default suite; the local one is found as NAME@odfstest.
+    let m = archive_mount(
+        "auto",
+        &format!("suites = [\"bookworm\", \"{s}\"]\nmirrors = {{ {s} = \"{}\" }}\ntrusted = [\"{s}\"]\n", repo.url, s = LocalRepo::SUITE),
+    );
+    let user = TestUser::new();
+    let hello = format!("odfs-hello@{}", LocalRepo::SUITE);
+    assert!(!m.shim(&hello).exists(), "found before the suite has an index");
+    let said = stdout(&m.odfs(&["status"]));
+    assert!(said.contains("MISSING: archive debian: no index of odfstest"), "{said}");
+
+    let updated = m.odfs(&["update", "--archive"]);
+    assert!(updated.status.success(), "{}{}", stdout(&updated), stderr(&updated));
+    assert!(stdout(&updated).contains(&format!("index of {}: 1 commands", LocalRepo::SUITE)), "{}", stdout(&updated));
+    assert!(eventually(Duration::from_secs(10), || m.shim(&hello).exists()), "{}", m.log_text());
+    assert!(!std::fs::read_dir(&m.mnt).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with("@odfstest")), "NAME@SUITE is found, not listed");
+    let o = user.cmd(m.shim(&hello)).output().unwrap();
+    assert_eq!((shell_status(&o), stdout(&o)), (0, "hello 1.0\n".to_string()), "{}", stderr(&o));
+
+    // The archive moves on: the refresh says so and builds the new version.
+    repo.publish("1.1");
+    let updated = m.odfs(&["update", "--archive"]);
+    assert!(updated.status.success(), "{}{}", stdout(&updated), stderr(&updated));
+    assert!(stdout(&updated).contains("odfs-hello (odfstest): 1.0 → 1.1, built"), "{}", stdout(&updated));
+    assert!(eventually(Duration::from_secs(10), || stdout(&m.odfs(&["show", &hello])).contains("odfs-hello 1.1")));
+    let o = user.cmd(m.shim(&hello)).output().unwrap();
+    assert_eq!((shell_status(&o), stdout(&o)), (0, "hello 1.1\n".to_string()), "{}", stderr(&o));
+    // Built ahead: the call after the refresh fetched nothing.
+    assert_eq!(stderr(&o), "");
 }

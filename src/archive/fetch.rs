@@ -38,11 +38,20 @@ pub struct Source {
     /// The Debian image apt runs in (any recent one: its keyring must hold
     /// the suite's signing keys; bookworm's holds trixie's).
     pub image: String,
+    /// Take the archive without checking its signature (`[trusted=yes]`):
+    /// for a local repository that has no signing key.
+    pub trusted: bool,
 }
 
 impl Source {
     pub fn new(suite: &str) -> Source {
-        Source { suite: suite.into(), mirror: "http://deb.debian.org/debian".into(), image: "debian:bookworm-slim".into() }
+        Source { suite: suite.into(), mirror: "http://deb.debian.org/debian".into(), image: "debian:bookworm-slim".into(), trusted: false }
+    }
+
+    /// Its line of apt's sources (checked by [`Source::validate`] first).
+    pub fn line(&self) -> String {
+        let trusted = if self.trusted { "[trusted=yes] " } else { "" };
+        format!("deb {trusted}{} {} main", self.mirror, self.suite)
     }
 
     /// Suite and mirror go into a sources line: no spaces, nothing a shell
@@ -81,7 +90,7 @@ mkdir -p "$out"
 # Only the suite asked for: the image's own sources would mix in its suite,
 # its updates and its security archive.
 rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
-echo "deb $ODFS_MIRROR $ODFS_SUITE main" > /etc/apt/sources.list.d/odfs-archive.list
+echo "$ODFS_SOURCE" > /etc/apt/sources.list.d/odfs-archive.list
 cat > /etc/apt/apt.conf.d/50odfs-archive <<'CONF'
 // Contents files for each architecture apt knows (the native one and all),
 // checked through the Release file like the Packages files.
@@ -124,7 +133,7 @@ pub fn job(source: &Source, labels: HashMap<String, String>) -> Job {
     Job {
         image: source.image.clone(),
         script: script(),
-        env: vec![format!("ODFS_SUITE={}", source.suite), format!("ODFS_MIRROR={}", source.mirror), format!("ODFS_OUT={OUT}")],
+        env: vec![format!("ODFS_SUITE={}", source.suite), format!("ODFS_SOURCE={}", source.line()), format!("ODFS_OUT={OUT}")],
         out_dir: OUT.into(),
         labels,
         time_limit: TIME_LIMIT,

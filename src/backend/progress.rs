@@ -89,7 +89,9 @@ impl BuildTracker {
 
     /// One line of build output; `None` when it says nothing new.
     pub fn observe(&mut self, line: &str) -> Option<&ImageProgress> {
-        let line = line.trim();
+        // The engine colours what a step writes on stderr (`ESC[91m`).
+        let plain = strip_colours(line);
+        let line = plain.trim();
         let builder_own = ["Step ", "---> ", "Removing intermediate", "Successfully ", " ---> "].iter().any(|p| line.starts_with(p));
         if !line.is_empty() && !builder_own {
             let kept: String = line.chars().take(300).collect();
@@ -109,6 +111,25 @@ impl BuildTracker {
         self.progress.step = line.to_string();
         Some(&self.progress)
     }
+}
+
+/// `line` without its terminal colour sequences (`ESC [ … m`).
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Up to the sequence's final letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The images a Dockerfile builds `FROM` (its base images), skipping
@@ -163,6 +184,19 @@ mod tests {
         assert_eq!((p.layers_done, p.layers_total), (1, 5));
         assert_eq!(p.step, "Step 2/5 : RUN apt-get install -y jq");
         assert!(p.building);
+    }
+
+    #[test]
+    fn a_failed_build_s_cause_is_apt_s_first_error_without_colours() {
+        let mut t = BuildTracker::new("odfs-archive/bookworm/x:1");
+        for line in ["Step 2/2 : RUN apt-get install x", "Reading package lists...", "\x1b[91mE: Unable to locate package x\n", "\x1b[0m", "\x1b[91mE: Sub-process returned an error code (1)\x1b[0m"] {
+            t.observe(line);
+        }
+        assert_eq!(t.cause(), Some("E: Unable to locate package x"));
+        let mut plain = BuildTracker::new("odfs/x:1");
+        plain.observe("make: *** [all] Error 2");
+        plain.observe("\x1b[0m");
+        assert_eq!(plain.cause(), Some("make: *** [all] Error 2"));
     }
 
     #[test]

@@ -68,11 +68,13 @@ impl Archive {
             let m = &index.meta;
             let age_h = now_s.saturating_sub(m.fetched_s) / 3600;
             let listed = if self.spec.list && m.suite == self.indexes.default_suite { "listed" } else { "found by name" };
+            let unsigned = if self.spec.trusted.contains(&m.suite) { ", its signatures not checked (trusted)" } else { "" };
             let what = format!(
-                "archive index of {}: {} commands ({listed}), Release of {}, fetched {age_h} h ago; fetch = \"{}\"",
+                "archive index of {}: {} commands ({listed}), Release of {}, fetched {age_h} h ago from {}{unsigned}; fetch = \"{}\"",
                 m.suite,
                 index.len(),
                 m.release_date,
+                m.mirror,
                 self.spec.fetch.as_str()
             );
             if now_s.saturating_sub(m.fetched_s) > STALE_AFTER_S {
@@ -159,8 +161,8 @@ impl Archive {
                     name: package.name.clone(),
                     version: package.version.clone(),
                     size_kib: package.installed_size,
-                    base: base_reference(suite, &self.spec.mirror, self.indexes.suite(suite).map_or("", |i| &i.meta.release_date)),
-                    mirror: self.spec.mirror.clone(),
+                    base: base_reference(suite, &self.source(suite).line(), self.indexes.suite(suite).map_or("", |i| &i.meta.release_date)),
+                    source: self.source(suite).line(),
                 };
                 Arc::new(ImageSpec {
                     name: format!("{suite}.{}", encode(&package.name)),
@@ -173,9 +175,14 @@ impl Archive {
             .clone()
     }
 
-    /// Where the base image of `suite` is built from.
-    pub fn base_recipe(&self, suite: &str) -> PathBuf {
-        self.dir.join("recipes").join(suite).join("_base")
+    /// Where `suite` comes from: its own mirror or the section's, its
+    /// signatures checked unless the catalog says it has none.
+    pub fn source(&self, suite: &str) -> crate::archive::fetch::Source {
+        crate::archive::fetch::Source {
+            mirror: self.spec.mirrors.get(suite).unwrap_or(&self.spec.mirror).clone(),
+            trusted: self.spec.trusted.iter().any(|t| t == suite),
+            ..crate::archive::fetch::Source::new(suite)
+        }
     }
 }
 
@@ -220,20 +227,25 @@ pub fn parse_reference(name: &str) -> Option<(&str, &str, &str)> {
 
 /// The base image of a suite: the suite's lists as of its Release (a new
 /// Release, a new base, so a package's version and the lists agree).
-pub fn base_reference(suite: &str, mirror: &str, release_date: &str) -> String {
+pub fn base_reference(suite: &str, source: &str, release_date: &str) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{mirror}\n{release_date}").as_bytes());
+    let digest = sha2::Sha256::digest(format!("{source}\n{release_date}").as_bytes());
     let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
     format!("odfs-archive/base:{suite}-{tag}")
 }
 
 /// The Dockerfile of a suite's base: `from` (the suite's slim image, or
-/// another Debian one) with the archive as its only source, and its lists.
-pub fn base_recipe_text(from: &str, suite: &str, mirror: &str) -> String {
+/// another Debian one) with the archive (its apt `source` line) as its only
+/// source, and its lists.
+///
+/// The base's own name is in the step, so the engine's build cache never
+/// gives an older Release's lists to a new base.
+pub fn base_recipe_text(from: &str, source: &str, base: &str) -> String {
     format!(
         "FROM {from}\n\
-         RUN rm -f /etc/apt/sources.list.d/* \\\n \
-         && echo 'deb {mirror} {suite} main' > /etc/apt/sources.list \\\n \
+         RUN : '{base}' \\\n \
+         && rm -f /etc/apt/sources.list.d/* \\\n \
+         && echo '{source}' > /etc/apt/sources.list \\\n \
          && apt-get update\n"
     )
 }
@@ -266,7 +278,7 @@ mod tests {
             version: "4:12.2.0-3~bpo1+b2".into(),
             size_kib: 1,
             base: "odfs-archive/base:bookworm-x".into(),
-            mirror: "http://deb.debian.org/debian".into(),
+            source: "deb http://deb.debian.org/debian bookworm main".into(),
         };
         assert_eq!(reference(&pkg), "odfs-archive/bookworm/g_p_p:4_e12.2.0-3_tbpo1_pb2");
         assert_eq!(parse_reference(&format!("localhost/{}", reference(&pkg))), Some(("bookworm", "g_p_p", "4_e12.2.0-3_tbpo1_pb2")));

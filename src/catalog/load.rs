@@ -87,6 +87,12 @@ struct RawArchive {
     suites: Vec<String>,
     #[serde(default = "debian_mirror")]
     mirror: String,
+    /// Suite → its own archive, over `mirror`.
+    #[serde(default)]
+    mirrors: BTreeMap<String, String>,
+    /// Suites whose archive has no signing key (a local repository).
+    #[serde(default)]
+    trusted: Vec<String>,
     #[serde(default)]
     fetch: FetchPolicy,
     #[serde(default = "yes")]
@@ -357,10 +363,14 @@ fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors
         errors.push(format!("archive debian: suite {suite:?} must be lower case, as Debian names its suites"));
     }
     for suite in &raw.suites {
-        let source = crate::archive::fetch::Source { mirror: raw.mirror.clone(), ..crate::archive::fetch::Source::new(suite) };
+        let mirror = raw.mirrors.get(suite).unwrap_or(&raw.mirror).clone();
+        let source = crate::archive::fetch::Source { mirror, ..crate::archive::fetch::Source::new(suite) };
         if let Err(e) = source.validate() {
             errors.push(format!("archive debian: {e}"));
         }
+    }
+    for suite in raw.mirrors.keys().chain(&raw.trusted).filter(|s| !raw.suites.contains(s)) {
+        errors.push(format!("archive debian: {suite:?} in mirrors or trusted is not one of the suites"));
     }
     for (command, package) in &raw.packages {
         let package_ok = !package.is_empty() && package.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
@@ -400,6 +410,8 @@ fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors
     Some(ArchiveSpec {
         suites: raw.suites,
         mirror: raw.mirror,
+        mirrors: raw.mirrors,
+        trusted: raw.trusted,
         fetch: raw.fetch,
         list: raw.list,
         packages: raw.packages,

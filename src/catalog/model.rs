@@ -314,8 +314,8 @@ pub struct ArchivePackage {
     pub size_kib: u64,
     /// The suite's base image, with its apt lists, the package's is built on.
     pub base: String,
-    /// The archive's URL, the base's only apt source.
-    pub mirror: String,
+    /// The base's only apt source: the line of the suite's archive.
+    pub source: String,
 }
 
 /// Whether the first call of an archive package not on this machine
@@ -348,6 +348,11 @@ pub struct ArchiveSpec {
     pub suites: Vec<String>,
     /// The archive's URL (`http://deb.debian.org/debian`).
     pub mirror: String,
+    /// A suite's own archive, over `mirror` (a site's repository).
+    pub mirrors: BTreeMap<String, String>,
+    /// Suites taken without checking signatures: local repositories
+    /// without a signing key.
+    pub trusted: Vec<String>,
     pub fetch: FetchPolicy,
     /// List the default suite's commands in the mount (`list = false`:
     /// lookups still resolve them).

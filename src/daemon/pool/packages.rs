@@ -86,8 +86,7 @@ impl<B: ContainerBackend> Pool<B> {
             reference: own.clone(),
             reason: format!("neither {own} nor debian:bookworm-slim is on this machine or can be pulled (make one offline with scripts/build-base)"),
         })?;
-        let mirror = pkg.mirror.as_str();
-        write_recipe(recipe, &archive::base_recipe_text(from, &pkg.suite, mirror)).await?;
+        write_recipe(recipe, &archive::base_recipe_text(from, &pkg.source, &pkg.base)).await?;
         tracing::info!(image = pkg.base, from, "building the archive's base image (its apt lists)");
         self.backend.build_image(&pkg.base, recipe, progress).await?;
         if let (Some(store), Ok(Some(i))) = (&self.store, self.backend.image_info(&pkg.base).await) {

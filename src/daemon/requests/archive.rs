@@ -17,11 +17,11 @@ use crate::protocol::Response;
 impl<B: ContainerBackend> Daemon<B> {
     /// Fetch the index of one suite and store it (the reload loop serves
     /// it): what it holds, in a line.
-    pub(in crate::daemon) async fn refresh_index(&self, spec: &crate::catalog::ArchiveSpec, suite: &str) -> Result<String, String> {
+    pub(in crate::daemon) async fn refresh_index(&self, served: &Archive, suite: &str) -> Result<String, String> {
         // One refresh at a time (`odfs update --archive` and the daily one
         // write the same files).
         let _only = self.refreshing.lock().await;
-        let source = fetch::Source { mirror: spec.mirror.clone(), ..fetch::Source::new(suite) };
+        let source = served.source(suite);
         let labels = HashMap::from([(LABEL_MOUNT.to_string(), self.pool.mount_id().to_string())]);
         let started = Instant::now();
         let index = fetch::fetch(self.pool.backend(), &source, &alternatives::table(), labels).await?.index;
@@ -48,7 +48,7 @@ impl<B: ContainerBackend> Daemon<B> {
         for suite in &served.spec.suites {
             let fetched = served.indexes.suite(suite).map_or(0, |i| i.meta.fetched_s);
             if now_s.saturating_sub(fetched) >= archive::REFRESH_AFTER_S {
-                if let Err(e) = self.refresh_index(&served.spec, suite).await {
+                if let Err(e) = self.refresh_index(&served, suite).await {
                     tracing::warn!(suite, "archive index not refreshed: {e}");
                 }
             }
@@ -62,7 +62,7 @@ impl<B: ContainerBackend> Daemon<B> {
         };
         let (mut lines, mut failed_any) = (Vec::new(), false);
         for suite in &served.spec.suites {
-            let refreshed = self.refresh_index(&served.spec, suite).await;
+            let refreshed = self.refresh_index(&served, suite).await;
             failed_any |= refreshed.is_err();
             lines.push(format!("index of {suite}: {}", refreshed.unwrap_or_else(|e| format!("not refreshed: {e}"))));
         }
