@@ -35,9 +35,14 @@ fn bookworm_index() -> &'static PathBuf {
 /// index dropped into its state directory as `odfs update --archive`
 /// leaves it: the running daemon serves it.
 fn archive_mount(fetch: &str, more: &str) -> TestMount {
+    archive_mount_with(fetch, more, &[])
+}
+
+/// [`archive_mount`] with more arguments of the daemon.
+fn archive_mount_with(fetch: &str, more: &str, args: &[&str]) -> TestMount {
     let index = bookworm_index();
     let suites = if more.contains("suites") { "" } else { "suites = [\"bookworm\"]\n" };
-    let m = TestMount::new(&format!("[archive.debian]\n{suites}fetch = \"{fetch}\"\n{more}"));
+    let m = TestMount::with_files(&[("test.toml", &format!("[archive.debian]\n{suites}fetch = \"{fetch}\"\n{more}"))], args);
     let dir = m.state.join("archive");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(index, dir.join("bookworm.index")).unwrap();
@@ -365,4 +370,27 @@ fn update_archive_builds_again_a_package_the_archive_has_a_newer_version_of() {
     assert_eq!((shell_status(&o), stdout(&o)), (0, "hello 1.1\n".to_string()), "{}", stderr(&o));
     // Built ahead: the call after the refresh fetched nothing.
     assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn a_fetched_package_s_man_page_is_served_even_through_its_alternatives_link() {
+    forget(&["traceroute"]);
+    let _forget = Defer(|| forget(&["traceroute"]));
+    let share_root = PathBuf::from(format!("/tmp/odfs-test-archive-share-{}", std::process::id()));
+    std::fs::create_dir_all(&share_root).unwrap();
+    let _gone = Defer(|| {
+        let _ = std::fs::remove_dir_all(&share_root);
+    });
+    std::fs::set_permissions(&share_root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let share = share_root.join("share");
+    let m = archive_mount_with("auto", "", &["--share-dir", share.to_str().unwrap()]);
+    let user = TestUser::new();
+    let o = user.cmd(m.shim("traceroute")).arg("--version").output().unwrap();
+    assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
+    // Debian names traceroute's page through update-alternatives
+    // (traceroute.1.gz → /etc/alternatives/traceroute.1.gz → traceroute.db.1.gz).
+    let man = || user.cmd("man").args(["-P", "cat", "traceroute"]).env("MANPATH", share.join("man")).env("MANWIDTH", "80").output().unwrap();
+    assert!(eventually(Duration::from_secs(30), || man().status.success()), "{}\n{}", stderr(&man()), m.log_text());
+    let page = stdout(&man());
+    assert!(page.contains("traceroute") && page.contains("NAME"), "{page}");
 }

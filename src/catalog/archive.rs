@@ -145,6 +145,26 @@ impl Archive {
         Some(lines)
     }
 
+    /// The commands each package of `suite` is the provider of (the first
+    /// by the rule), by package name.
+    pub fn commands_by_package(&self, suite: &str) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        let Some(index) = self.indexes.suite(suite) else { return out };
+        for name in index.names() {
+            if let Some(r) = index.resolve(name) {
+                out.entry(r.package.name.clone()).or_default().push(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// The package of `suite` an image name holds (its encoded name and
+    /// version tag, [`parse_reference`]), if the index has that version now.
+    pub fn image_of_tag(&self, suite: &str, package: &str, tag: &str) -> Option<(String, Arc<ImageSpec>)> {
+        let p = self.indexes.suite(suite)?.packages().iter().find(|p| encode(&p.name) == package && encode(&p.version) == tag)?;
+        Some((p.name.clone(), self.image(suite, p)))
+    }
+
     /// The image of `package` of `suite` as the index has it now.
     pub fn package_image(&self, suite: &str, package: &str) -> Option<Arc<ImageSpec>> {
         Some(self.image(suite, self.indexes.suite(suite)?.package(package)?))

@@ -338,13 +338,43 @@ fn tree(dir: &Path) -> std::io::Result<Vec<(PathBuf, bool)>> {
 }
 
 impl<B: ContainerBackend> Daemon<B> {
+    /// The images whose documents the share serves: the catalog's, and the
+    /// archive's packages on this machine, of the default suite (a page
+    /// has the bare name; another suite's `jq` would take bookworm's).
+    async fn wanted_docs(&self) -> Wanted {
+        let snapshot = self.snapshot();
+        let mut wanted = wanted(&snapshot);
+        let Some(archive) = snapshot.archive.clone() else { return wanted };
+        let Ok(images) = self.pool.backend().images().await else { return wanted };
+        let suite = archive.indexes.default_suite.clone();
+        let here: Vec<(String, Arc<crate::catalog::ImageSpec>)> = images
+            .iter()
+            .flat_map(|i| &i.tags)
+            .filter_map(|t| crate::catalog::archive::parse_reference(t))
+            .filter(|(s, ..)| *s == suite)
+            .filter_map(|(_, package, tag)| archive.image_of_tag(&suite, package, tag))
+            .collect();
+        if here.is_empty() {
+            return wanted;
+        }
+        let mut commands = archive.commands_by_package(&suite);
+        for (package, image) in here {
+            // A command the catalog maps is the catalog's image's.
+            let mine: Vec<String> = commands.remove(&package).unwrap_or_default().into_iter().filter(|c| !snapshot.commands.contains_key(c)).collect();
+            if !mine.is_empty() {
+                wanted.insert(image.name.clone(), (image, mine));
+            }
+        }
+        wanted
+    }
+
     /// One refresh: every local image's documents (from the cache, or read
     /// from the image), for the commands the catalog maps to it.
     async fn refresh_docs(&self) {
         let Some(dir) = self.docs.dir.clone() else { return };
         let mut layout = Layout::default();
         let mut parts = BTreeMap::new();
-        for (name, (image, commands)) in wanted(&self.snapshot()) {
+        for (name, (image, commands)) in self.wanted_docs().await {
             let id = match self.pool.backend().image_id(&image.reference).await {
                 Ok(Some(id)) => id,
                 // Not here yet: its pages come once it is pulled.

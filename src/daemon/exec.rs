@@ -426,6 +426,10 @@ impl<B: ContainerBackend> Daemon<B> {
             self.admit_package(&entry.image, pkg, &req.command, caller, req.passed.tty.is_some(), control).await?;
         }
         let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
+        // A package just fetched brings its man pages and completions.
+        if served == Served::Pulled && entry.image.package.is_some() {
+            self.docs.wake.notify_one();
+        }
         self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
         Ok((started, entry.image.name.clone(), served, image_id))
     }
