@@ -394,3 +394,17 @@ fn a_fetched_package_s_man_page_is_served_even_through_its_alternatives_link() {
     let page = stdout(&man());
     assert!(page.contains("traceroute") && page.contains("NAME"), "{page}");
 }
+
+#[test]
+fn with_listing_off_names_are_found_and_the_hint_names_the_package() {
+    let m = archive_mount("ask", "list = false\n");
+    assert_eq!(std::fs::read_dir(&m.mnt).unwrap().count(), 0, "listing is off");
+    assert!(m.shim("htop").exists() && m.shim("cowsay").exists());
+    let user = TestUser::new();
+    let hint = user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["hint", "htop", "--socket"]).arg(&m.socket).arg("--mount").arg(&m.mnt).output().unwrap();
+    assert!(stderr(&hint).contains("Debian package htop") && stderr(&hint).contains("bookworm"), "{}", stderr(&hint));
+    let provides = stdout(&m.odfs(&["provides", "nc"]));
+    assert!(provides.contains("netcat-traditional") && provides.contains("netcat-openbsd"), "{provides}");
+    let doctor = stdout(&user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["doctor", "--socket"]).arg(&m.socket).output().unwrap());
+    assert!(doctor.contains("archive index of bookworm") && doctor.contains("found by name"), "{doctor}");
+}

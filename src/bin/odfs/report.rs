@@ -117,6 +117,12 @@ pub(crate) fn hint(socket: &std::path::Path, command: &str, mount: &std::path::P
         }
         let mut f = line.splitn(3, ' ');
         match (f.next(), f.next(), f.next()) {
+            (Some("archive"), Some(package), Some(rest)) => eprintln!(
+                "odfs: {command} is in Debian package {package} {} of {}, served by odfs at {}: its first call fetches it; add it to the end of PATH: . /etc/profile.d/odfs.sh",
+                rest.split_once(' ').map_or(rest, |v| v.0),
+                rest.split_once(' ').map_or("", |v| v.1),
+                mount.join(command).display()
+            ),
             (Some("catalog"), Some(image), _) => eprintln!(
                 "odfs: {command} is served by odfs (image {image}) at {}; add it to the end of PATH: . /etc/profile.d/odfs.sh",
                 mount.join(command).display()

@@ -20,7 +20,11 @@ impl<B: ContainerBackend> Daemon<B> {
                 }
             }
         }
-        let lines = self.providers(command, caller);
+        let mut lines = self.providers(command, caller);
+        // The archive's package, on this machine or not.
+        if let Some(described) = self.snapshot().archive.as_ref().and_then(|a| a.describe(command)) {
+            lines.extend(described.into_iter().map(|l| format!("archive: {l}")));
+        }
         if lines.is_empty() {
             Err(failed(format!("no image on this machine has {command} on its PATH")))
         } else {
@@ -35,7 +39,12 @@ impl<B: ContainerBackend> Daemon<B> {
         let base = command.split_once('@').map_or(command, |(b, _)| b);
         let versions = snapshot.versions.get(base).map(|v| format!("versions {base} {}", v.all.join(" ")));
         if let Some(e) = snapshot.get(command) {
-            let lines: Vec<String> = std::iter::once(format!("catalog {} {}", e.image.reference, e.command.program())).chain(versions).collect();
+            // An archive command: its package, whether or not the mount lists it.
+            let first = match &e.image.package {
+                Some(p) => format!("archive {} {} {}", p.name, p.version, p.suite),
+                None => format!("catalog {} {}", e.image.reference, e.command.program()),
+            };
+            let lines: Vec<String> = std::iter::once(first).chain(versions).collect();
             return Ok(Response::Done(lines.join("\n")));
         }
         if let Some(v) = versions {
