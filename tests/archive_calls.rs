@@ -408,3 +408,20 @@ fn with_listing_off_names_are_found_and_the_hint_names_the_package() {
     let doctor = stdout(&user.cmd(env!("CARGO_BIN_EXE_odfs")).args(["doctor", "--socket"]).arg(&m.socket).output().unwrap());
     assert!(doctor.contains("archive index of bookworm") && doctor.contains("found by name"), "{doctor}");
 }
+
+#[test]
+fn a_package_that_would_pass_the_image_budget_is_refused_not_fetched() {
+    forget(&["sl"]);
+    let config = std::env::temp_dir().join(format!("odfs-test-budget-{}.toml", std::process::id()));
+    std::fs::write(&config, "[gc]\nimage_budget = \"1KiB\"\n").unwrap();
+    let _gone = Defer(|| {
+        let _ = std::fs::remove_file(&config);
+    });
+    let m = archive_mount_with("auto", "", &["--config", config.to_str().unwrap()]);
+    let user = TestUser::new();
+    let o = user.cmd(m.shim("sl")).output().unwrap();
+    assert_eq!(shell_status(&o), 126, "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("image_budget") && stderr(&o).contains("Debian package sl"), "{}", stderr(&o));
+    assert!(!present("sl"));
+}

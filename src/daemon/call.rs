@@ -96,6 +96,10 @@ pub enum CallError {
     /// The caller answered no to fetching the package: 127, nothing fetched.
     #[error("not fetched (Debian package {package} {version})")]
     Declined { package: String, version: String },
+    /// The package would take the managed images past `[gc] image_budget`.
+    /// (Sizes as people read them.)
+    #[error("fetching Debian package {package} ({adds} installed) would take the images odfs manages past their budget ({held} held of {budget}): root can remove unused ones (odfs gc) or raise [gc] image_budget")]
+    OverBudget { package: String, adds: String, held: String, budget: String },
     /// The caller brought its hour's share of new packages.
     #[error("you brought {limit} new packages to this machine within the hour (new_packages_per_hour of [archive.debian]): try again in {wait_min} min, or ask root to run `odfs fetch {command}`")]
     PackageQuota { command: String, limit: u32, wait_min: u64 },
@@ -128,7 +132,8 @@ impl CallError {
             | CallError::Spawn(_)
             | CallError::NotFetched { .. }
             | CallError::Declined { .. }
-            | CallError::PackageQuota { .. } => tracing::Level::DEBUG,
+            | CallError::PackageQuota { .. }
+            | CallError::OverBudget { .. } => tracing::Level::DEBUG,
         }
     }
 

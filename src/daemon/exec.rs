@@ -231,14 +231,26 @@ impl<B: ContainerBackend> Daemon<B> {
     /// A call of an archive package whose image is missing: may it bring
     /// it ([`super::fetching`])? What would refuse it is said before the
     /// caller is asked; root's calls count against no share.
-    async fn admit_package(&self, image: &ImageSpec, pkg: &crate::catalog::ArchivePackage, command: &str, caller: &Caller, asks: bool, control: &UnixStream) -> Result<(), CallError> {
-        // A container of it, or a fetch of it under way: nothing to bring.
-        if self.pool.shown(image) != crate::protocol::ContainerPhase::Absent
-            || self.pool.backend().image_id(&image.reference).await.map_err(PoolError::from)?.is_some()
-        {
-            return Ok(());
+    async fn admit_package(
+        &self,
+        image: &ImageSpec,
+        pkg: &crate::catalog::ArchivePackage,
+        command: &str,
+        caller: &Caller,
+        asks: bool,
+        control: &UnixStream,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, CallError> {
+        let here = || async {
+            // A container of it, or a fetch of it under way: nothing to bring.
+            Ok::<bool, CallError>(
+                self.pool.shown(image) != crate::protocol::ContainerPhase::Absent
+                    || self.pool.backend().image_id(&image.reference).await.map_err(PoolError::from)?.is_some(),
+            )
+        };
+        if here().await? {
+            return Ok(None);
         }
-        let Some(archive) = self.snapshot().archive.clone() else { return Ok(()) };
+        let Some(archive) = self.snapshot().archive.clone() else { return Ok(None) };
         if let Some(failed) = self.pool.backoff(image) {
             return Err(failed.into());
         }
@@ -246,11 +258,24 @@ impl<B: ContainerBackend> Daemon<B> {
         if caller.uid != 0 {
             self.brought.count(caller.uid, &key, limit, command, false)?;
         }
+        if let Some(budget) = self.gc.budget {
+            let held: u64 = self.image_usage().await.0.iter().map(|u| u.size).sum();
+            let adds = pkg.size_kib.saturating_mul(1024);
+            if held.saturating_add(adds) > budget {
+                let human = super::images::human_bytes;
+                return Err(CallError::OverBudget { package: pkg.name.clone(), adds: human(adds), held: human(held), budget: human(budget) });
+            }
+        }
         super::fetching::admit(archive.spec.fetch, pkg, command, caller, asks, control, &self.questions).await?;
+        let turn = self.brought.turn(caller.uid).await;
+        // Another call brought it while this one waited its turn.
+        if here().await? {
+            return Ok(None);
+        }
         if caller.uid != 0 {
             self.brought.count(caller.uid, &key, limit, command, true)?;
         }
-        Ok(())
+        Ok(Some(turn))
     }
 
     /// The version the nearest pin file above `cwd` names for `command`, and
@@ -422,9 +447,11 @@ impl<B: ContainerBackend> Daemon<B> {
             channel: channel.map(Arc::new),
             caller_uid: caller.uid,
         };
-        if let Some(pkg) = &entry.image.package {
-            self.admit_package(&entry.image, pkg, &req.command, caller, req.passed.tty.is_some(), control).await?;
-        }
+        // Held until the package is on the machine: its user's turn.
+        let _turn = match &entry.image.package {
+            Some(pkg) => self.admit_package(&entry.image, pkg, &req.command, caller, req.passed.tty.is_some(), control).await?,
+            None => None,
+        };
         let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
         // A package just fetched brings its man pages and completions.
         if served == Served::Pulled && entry.image.package.is_some() {

@@ -19,13 +19,23 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 /// The window of the per-user limit.
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// The packages each user brought within the last hour (root aside).
+/// The packages each user brought within the last hour (root aside), and
+/// each user's turn to build one.
 #[derive(Default)]
 pub struct Brought {
     by_uid: Mutex<HashMap<u32, VecDeque<(Instant, String)>>>,
+    turns: Mutex<HashMap<u32, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Brought {
+    /// Wait for `uid`'s turn to bring a package: one at a time per user,
+    /// so one user's many first calls hold at most one of the machine's
+    /// builds and the others' calls get the rest.
+    pub async fn turn(&self, uid: u32) -> tokio::sync::OwnedSemaphorePermit {
+        let turn = self.turns.lock().unwrap().entry(uid).or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1))).clone();
+        turn.acquire_owned().await.expect("never closed")
+    }
+
     /// Count `package` (of a suite: `bookworm/htop`) against `uid`'s hour,
     /// or refuse it: a package already counted this hour (another call of
     /// it, a retry) is free. `take: false` only tells whether it would be

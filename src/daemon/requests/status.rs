@@ -23,7 +23,7 @@ impl<B: ContainerBackend> Daemon<B> {
 
     /// The images odfs manages, newest use first, and the engine's disk in
     /// a line.
-    async fn image_usage(&self) -> (Vec<ImageUsage>, String) {
+    pub(in crate::daemon) async fn image_usage(&self) -> (Vec<ImageUsage>, String) {
         // One reading at a time, reused for a while: many users' status
         // calls cost the engine one.
         let mut cached = self.image_usage.lock().await;
