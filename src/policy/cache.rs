@@ -105,12 +105,14 @@ pub struct Idle<K> {
     /// How much of a cold start keeping it would save, 0 to 1: the
     /// predictors' word on its next call ([`expectation`]).
     pub expect: f64,
+    /// Whose calls keep it (the uid of its last call), if known.
+    pub owner: Option<u32>,
 }
 
 impl<K> Idle<K> {
     /// A container nothing predicts either way: plain GDSF.
     pub fn new(key: K, memory: u64) -> Idle<K> {
-        Idle { key, memory, expect: 1.0 }
+        Idle { key, memory, expect: 1.0, owner: None }
     }
 }
 
@@ -222,22 +224,23 @@ impl<K: Hash + Eq + Clone> Cache<K> {
     }
 
     /// Which of `idle` to remove, least valuable first, so that the rest fit
-    /// `budget`, and at least `shed` of them (memory pressure). Changes
-    /// nothing: the caller reports each one it did remove ([`Cache::evicted`]).
+    /// `budget`, and at least `shed` of them (memory pressure). When users
+    /// share the budget, the containers of a user who holds more than an
+    /// equal share of it go first: one user's many tools (an archive's
+    /// packages, say) cannot push every other user's out. Changes nothing:
+    /// the caller reports each one it did remove ([`Cache::evicted`]).
     pub fn victims(&self, idle: &[Idle<K>], budget: &Budget, shed: usize) -> Vec<K> {
-        let mut order: Vec<&Idle<K>> = idle.iter().collect();
-        order.sort_by(|a, b| self.priority(a).total_cmp(&self.priority(b)));
-        let mut count = idle.len();
-        let mut memory: u64 = idle.iter().map(|i| i.memory).sum();
+        let mut left: Vec<&Idle<K>> = idle.iter().collect();
+        left.sort_by(|a, b| self.priority(a).total_cmp(&self.priority(b)));
         let mut out = Vec::new();
-        for i in order {
-            let over = budget.max_idle.is_some_and(|m| count > m) || budget.memory.is_some_and(|m| memory > m);
+        while !left.is_empty() {
+            let memory: u64 = left.iter().map(|i| i.memory).sum();
+            let over = budget.max_idle.is_some_and(|m| left.len() > m) || budget.memory.is_some_and(|m| memory > m);
             if !over && out.len() >= shed {
                 break;
             }
-            count -= 1;
-            memory = memory.saturating_sub(i.memory);
-            out.push(i.key.clone());
+            let at = over_share(&left, budget).unwrap_or(0);
+            out.push(left.remove(at).key.clone());
         }
         out
     }
@@ -255,9 +258,60 @@ impl<K: Hash + Eq + Clone> Cache<K> {
     }
 }
 
+/// The place in `left` (least valuable first) of the least valuable
+/// container whose owner holds more than an equal share of `budget` among
+/// the owners there; `None` with fewer than two owners, or none over.
+fn over_share<K>(left: &[&Idle<K>], budget: &Budget) -> Option<usize> {
+    let mut held: HashMap<u32, (usize, u64)> = HashMap::new();
+    for i in left {
+        if let Some(o) = i.owner {
+            let h = held.entry(o).or_default();
+            h.0 += 1;
+            h.1 += i.memory;
+        }
+    }
+    let owners = held.len();
+    if owners < 2 {
+        return None;
+    }
+    let (count_share, memory_share) = (budget.max_idle.map(|m| m / owners), budget.memory.map(|m| m / owners as u64));
+    left.iter().position(|i| {
+        i.owner.is_some_and(|o| {
+            let (count, memory) = held[&o];
+            count_share.is_some_and(|s| count > s) || memory_share.is_some_and(|s| memory > s)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_user_s_many_containers_go_before_another_user_s_share() {
+        let mut cache: Cache<&str> = Cache::default();
+        // A's tools are called often, B's once: by value alone B's go first.
+        for k in ["a1", "a2", "a3", "a4", "a5", "a6"] {
+            for _ in 0..5 {
+                cache.called(&k, 1.0);
+            }
+        }
+        for k in ["b1", "b2"] {
+            cache.called(&k, 1.0);
+        }
+        let idle: Vec<Idle<&str>> = ["a1", "a2", "a3", "a4", "a5", "a6", "b1", "b2"]
+            .into_iter()
+            .map(|k| Idle { owner: Some(if k.starts_with('a') { 1000 } else { 1001 }), ..Idle::new(k, 0) })
+            .collect();
+        let budget = Budget { max_idle: Some(4), memory: None };
+        let mut gone = cache.victims(&idle, &budget, 0);
+        gone.sort();
+        assert_eq!(gone, ["a1", "a2", "a3", "a4"], "B keeps its share of 2");
+        // Without owners, plain GDSF.
+        let anonymous: Vec<Idle<&str>> = idle.iter().map(|i| Idle { owner: None, ..i.clone() }).collect();
+        let gone = cache.victims(&anonymous, &budget, 0);
+        assert!(gone.contains(&"b1") && gone.contains(&"b2"), "{gone:?}");
+    }
 
     fn idle(keys: &[&'static str]) -> Vec<Idle<&'static str>> {
         keys.iter().map(|&key| Idle::new(key, 0)).collect()
@@ -317,7 +371,7 @@ mod tests {
         c.expected(&"rg", 0.9);
         assert_eq!(c.victims(&idle(&["cron", "jq", "rg"]), &budget, 0), vec!["cron"]);
         // A container a pre-warm will bring back goes before the others…
-        let covered = Idle { key: "jq", memory: 0, expect: expectation(Some(600.0), 1.0) };
+        let covered = Idle { key: "jq", memory: 0, expect: expectation(Some(600.0), 1.0), owner: None };
         assert_eq!(c.victims(&[Idle::new("cron", 0), covered.clone(), Idle::new("rg", 0)], &budget, 0), vec!["jq"]);
         // …unless the pre-warm is too close to start it again in time.
         assert_eq!(expectation(Some(0.5), 1.0), 1.0);

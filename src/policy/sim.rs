@@ -233,7 +233,7 @@ impl Sim<'_> {
     /// reaper sees its own: what the predictors expect of its next call.
     fn as_idle(&self, p: usize, now: Secs) -> Idle<usize> {
         let prewarm_in = self.boxes[p].plan.as_ref().and_then(|pl| pl.prewarm_at).map(|t| t - now);
-        Idle { key: p, memory: 0, expect: expectation(prewarm_in, self.costs.cold) }
+        Idle { key: p, memory: 0, expect: expectation(prewarm_in, self.costs.cold), owner: None }
     }
 
     fn idle_now(&self, now: Secs) -> Vec<Idle<usize>> {

@@ -65,6 +65,9 @@ pub struct Slot {
     pub(super) beside: AtomicU64,
     /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
     pub(super) idle: AtomicBool,
+    /// The uid of its last call: whose calls keep it (the idle budget's
+    /// share per user); `u32::MAX` before any.
+    pub(super) owner: std::sync::atomic::AtomicU32,
     /// The image id its containers should run, once `odfs update` moved
     /// its reference: a container of another one is replaced when it is
     /// next idle (its running tools finish where they are).
@@ -101,6 +104,7 @@ impl<B: ContainerBackend> Pool<B> {
                     memory: AtomicU64::new(0),
                     beside: AtomicU64::new(0),
                     idle: AtomicBool::new(false),
+                    owner: std::sync::atomic::AtomicU32::new(u32::MAX),
                     wanted: Mutex::new(None),
                     name,
                     key,
