@@ -47,6 +47,9 @@ impl Archive {
             let file = Index::file(&dir, suite);
             match Index::load(&file) {
                 Ok(mut index) => {
+                    // Names found on packages' PATH, then the admin's choices.
+                    let found = found(&found_file(&dir, suite), &index);
+                    index.apply_overrides(&found);
                     problems.extend(index.apply_overrides(&spec.packages).into_iter().map(|p| format!("archive debian: {p}")));
                     indexes.insert(index);
                 }
@@ -213,6 +216,23 @@ fn debian_package(p: &crate::archive::packages::Package) -> bool {
         && p.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
     let version_ok = p.version.starts_with(|c: char| c.is_ascii_alphanumeric()) && p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
     name_ok && version_ok
+}
+
+/// Where the commands found on packages' PATH are kept (`name package`
+/// lines, [`crate::daemon`] appends them after a build).
+pub fn found_file(dir: &Path, suite: &str) -> PathBuf {
+    dir.join(format!("{suite}.found"))
+}
+
+/// The names `file` keeps that `index` lacks, each with its package (one
+/// the index has). Lines it cannot read are passed over.
+fn found(file: &Path, index: &Index) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, package)| super::validate_name(name).is_ok() && index.get(name).is_none() && index.package(package).is_some())
+        .map(|(n, p)| (n.to_string(), p.to_string()))
+        .collect()
 }
 
 /// A package name or version as an image reference may hold it: `+`, `~`

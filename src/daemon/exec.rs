@@ -453,9 +453,12 @@ impl<B: ContainerBackend> Daemon<B> {
             None => None,
         };
         let (started, served, image_id) = self.pool.run(&entry.image, &req.command, launch, progress_to(control)).await?;
-        // A package just fetched brings its man pages and completions.
+        // A package just fetched brings its man pages and completions, and
+        // the commands its install made.
         if served == Served::Pulled && entry.image.package.is_some() {
             self.docs.wake.notify_one();
+            let (d, image) = (self.clone(), entry.image.clone());
+            self.tasks.spawn(async move { d.learn_commands(&image).await });
         }
         self.predict_next(&req.command, session.map_or_else(|| format!("pid{}", caller.pid), |s| s.to_string()));
         Ok((started, entry.image.name.clone(), served, image_id))

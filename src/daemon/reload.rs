@@ -58,7 +58,7 @@ pub(super) fn catalog_fingerprint(dirs: &[PathBuf], state_dir: &Path) -> Result<
         files.extend(catalog::catalog_files(dir)?);
     }
     let indexes = std::fs::read_dir(catalog::archive::dir(state_dir)).into_iter().flatten().flatten().map(|e| e.path());
-    files.extend(indexes.filter(|p| p.extension().is_some_and(|x| x == "index")));
+    files.extend(indexes.filter(|p| p.extension().is_some_and(|x| x == "index" || x == "found")));
     let mut out: Fingerprint = files
         .into_iter()
         .map(|p| {

@@ -40,6 +40,37 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(format!("{commands} commands from {packages} packages (Release of {date}), in {took:.1} s"))
     }
 
+    /// A package's image was just built: the commands on its PATH that the
+    /// index lacks and its base does not have (names a maintainer script
+    /// made: alternatives the table does not know, links) join the index,
+    /// kept in `SUITE.found` beside it (the reload poll serves them).
+    pub(in crate::daemon) async fn learn_commands(&self, image: &crate::catalog::ImageSpec) {
+        let (Some(pkg), Some(served)) = (&image.package, self.snapshot().archive.clone()) else { return };
+        let Some(index) = served.indexes.suite(&pkg.suite) else { return };
+        let (Ok(mine), Ok(base)) = (self.indexed_executables(&image.reference).await, self.indexed_executables(&pkg.base).await) else {
+            tracing::debug!(image = image.reference, "cannot list the image's commands");
+            return;
+        };
+        let name = |p: &String| p.rsplit('/').next().unwrap_or_default().to_string();
+        let base: std::collections::HashSet<String> = base.iter().map(name).collect();
+        let new: Vec<String> = mine
+            .iter()
+            .map(name)
+            .filter(|n| crate::catalog::validate_name(n).is_ok() && !n.contains('@') && index.get(n).is_none() && !base.contains(n))
+            .collect();
+        if new.is_empty() {
+            tracing::debug!(package = pkg.name, "no command on the package's PATH that the index lacks");
+            return;
+        }
+        tracing::info!(package = pkg.name, commands = ?new, "commands found on the package's PATH join the index");
+        let file = archive::found_file(&archive::dir(&self.state_dir), &pkg.suite);
+        let lines: String = new.iter().map(|n| format!("{n} {}\n", pkg.name)).collect();
+        let written = std::fs::OpenOptions::new().create(true).append(true).open(&file).and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), "cannot keep the commands found: {e}");
+        }
+    }
+
     /// The indexes older than a day (or missing), fetched again; a suite
     /// that fails is tried at the next round.
     pub(in crate::daemon) async fn refresh_stale_indexes(&self) {

@@ -59,7 +59,7 @@ impl<B: ContainerBackend> Daemon<B> {
     }
 
     /// Executables of an image, from the index or scanned (and indexed).
-    async fn indexed_executables(&self, image: &str) -> Result<Vec<String>, PoolError> {
+    pub(in crate::daemon) async fn indexed_executables(&self, image: &str) -> Result<Vec<String>, PoolError> {
         if let Some(paths) = self.index.get(image) {
             return Ok(paths.clone());
         }
