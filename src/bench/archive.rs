@@ -67,7 +67,16 @@ pub fn run(bins: &Binaries, rounds: usize, progress: &mut dyn FnMut(&str)) -> st
         progress(&format!("archive: first call, round {}", round + 1));
         // Its container holds the image: gone first.
         Command::new(&bins.odfs).args(["stop", PACKAGE, "--force", "--socket"]).arg(&socket).output()?;
+        let held = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", m.id)]).output()?;
+        let held: Vec<String> = String::from_utf8_lossy(&held.stdout).split_whitespace().map(String::from).collect();
+        if !held.is_empty() {
+            Command::new("docker").args(["rm", "-f"]).args(&held).output()?;
+        }
         forget(PACKAGE);
+        let left = Command::new("docker").args(["images", "-q", "--filter", &format!("reference=odfs-archive/bookworm/{PACKAGE}")]).output()?;
+        if !left.stdout.is_empty() {
+            return Err(std::io::Error::other(format!("the image of {PACKAGE} could not be removed before its first call")));
+        }
         first.push(time_ms(Command::new(m.shim(PACKAGE)).arg("--version").current_dir(m.work()))?);
         warm.push(time_ms(Command::new(m.shim(PACKAGE)).arg("--version").current_dir(m.work()))?);
         by_hand.push(time_ms(Command::new("docker").args([

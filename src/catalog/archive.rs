@@ -292,11 +292,13 @@ pub fn base_recipe_text(from: &str, source: &str, base: &str) -> String {
 
 /// The Dockerfile of a package's image: its base, and the package with
 /// what it depends on (not what it recommends). The version installed must
-/// be the one the index named: the image's tag says it.
+/// be the one the index named: the image's tag says it. apt keeps its
+/// package cache in memory: written, it would put 39 MB into every
+/// package's layer and a fifth of a second into its build.
 pub fn recipe(pkg: &ArchivePackage) -> String {
     format!(
         "FROM {base}\n\
-         RUN DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {name} \\\n \
+         RUN DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends -o Dir::Cache::pkgcache= {name} \\\n \
          && got=$(dpkg-query -W -f '${{Version}}' {name}) \\\n \
          && {{ [ \"$got\" = '{version}' ] || {{ echo \"E: the archive now has {name} $got, not {version} as this machine's index says (root's odfs update --archive brings the index along)\" >&2; exit 1; }}; }} \\\n \
          && rm -rf /var/cache/apt/archives/*.deb\n",
