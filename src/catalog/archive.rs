@@ -329,6 +329,6 @@ mod tests {
         assert_ne!(base_reference("bookworm", "m", "d1"), base_reference("bookworm", "m", "d2"));
         let r = recipe(&pkg);
         assert!(r.starts_with("FROM odfs-archive/base:bookworm-x\n"), "{r}");
-        assert!(r.contains("--no-install-recommends g++") && r.contains("'4:12.2.0-3~bpo1+b2'"), "{r}");
+        assert!(r.contains("--no-install-recommends -o Dir::Cache::pkgcache= g++") && r.contains("'4:12.2.0-3~bpo1+b2'"), "{r}");
     }
 }
