@@ -24,7 +24,13 @@ pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> 
     let Response::Commands(list) = ask(socket, Request::List)? else { anyhow::bail!("unexpected answer from the daemon") };
     // A command of the archive is not among the catalog's rows: its
     // package and view are all there is to show.
-    if let Some(c) = only.filter(|c| !list.iter().any(|i| i.command == *c) && !json) {
+    if let Some(c) = only.filter(|c| !list.iter().any(|i| i.command == *c)) {
+        if json {
+            let v = view_of(socket, c)?;
+            let row = serde_json::json!({"command": c, "package": v.package, "fetched": !v.unfetched, "host": v.host, "image": v.image});
+            println!("{}", serde_json::to_string_pretty(&row)?);
+            return Ok(());
+        }
         return print_view(socket, c);
     }
     let list = only_of(list, only, |i| &i.command, |c| format!("{c} is not in the catalog (odfs ls lists what is)"))?;
@@ -53,13 +59,18 @@ pub(crate) fn list(socket: &std::path::Path, only: Option<&str>, json: bool) -> 
     Ok(())
 }
 
-/// `odfs show`'s lines on what the tool sees of the host.
-fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
-    let v = match ask(socket, Request::View { command: command.to_string() })? {
-        Response::View(v) => v,
+/// What the daemon says a command's tool sees (and its package).
+fn view_of(socket: &std::path::Path, command: &str) -> anyhow::Result<odfs::protocol::ViewInfo> {
+    match ask(socket, Request::View { command: command.to_string() })? {
+        Response::View(v) => Ok(v),
         Response::Error(f) => anyhow::bail!(f.message),
         _ => anyhow::bail!("unexpected answer from the daemon"),
-    };
+    }
+}
+
+/// `odfs show`'s lines on what the tool sees of the host.
+fn print_view(socket: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    let v = view_of(socket, command)?;
     let list = |l: &[String]| if l.is_empty() { "(none)".to_string() } else { l.join(" ") };
     if let Some((first, rest)) = v.package.split_first() {
         println!("command:    {command}\npackage:    {first}");
