@@ -317,7 +317,66 @@ enum Channel {
 type Sent = (Fd, Fd, Result<Option<(Response, Vec<Fd>)>, frame::Error>);
 
 /// How long a question waits for its answer (then: no).
-const ANSWER_WITHIN_MS: i32 = 120_000;
+const ANSWER_WITHIN_MS: u64 = 120_000;
+
+/// Ask the daemon's `question` on the caller's terminal and read the
+/// answer, a line of stdin as the caller types it (the call has not begun:
+/// the terminal is as the caller left it). Enter, `y` or `yes` is yes;
+/// anything else, end of input or no answer in time is no. Not asked (yes,
+/// as a call without a terminal): a job in the background, which does not
+/// own the keys, or one whose stderr is not the terminal (the question
+/// would not be seen). Ctrl-C ends the launcher by its signal, as it would
+/// end the tool; Ctrl-Z stops it, and the question is asked again on `fg`.
+fn answer(question: &str, signals: &Fd) -> bool {
+    if !tty::isatty(2) || !tty::in_foreground(0) {
+        return true;
+    }
+    sys::write_all(2, question.as_bytes());
+    let deadline = sys::now_ns() + ANSWER_WITHIN_MS * 1_000_000;
+    let (mut line, mut kept) = (Vec::new(), Vec::new());
+    let yes = loop {
+        if line.len() >= 256 || line.iter().any(|b| *b == b'\n' || *b == b'\r') {
+            let text = core::str::from_utf8(&line).unwrap_or("").trim();
+            break text.is_empty() || text.eq_ignore_ascii_case("y") || text.eq_ignore_ascii_case("yes");
+        }
+        let left = deadline.saturating_sub(sys::now_ns()) / 1_000_000;
+        if left == 0 {
+            sys::write_all(2, b"\n");
+            break false;
+        }
+        let mut pfds = [Pollfd { fd: 0, events: POLLIN, revents: 0 }, Pollfd { fd: signals.0, events: POLLIN, revents: 0 }];
+        if sys::poll(&mut pfds, left.min(i32::MAX as u64) as i32).is_err() {
+            continue;
+        }
+        if pfds[1].revents != 0 {
+            let mut buf = [0u8; 16];
+            let n = sys::read(signals.0, &mut buf).unwrap_or(0);
+            for &sig in &buf[..n] {
+                let sig = i32::from(sig);
+                if [SIGINT, SIGTERM, SIGHUP, SIGQUIT].contains(&sig) {
+                    sys::write_all(2, b"\n");
+                    finish(Outcome::Signal(sig));
+                } else if [SIGTSTP, SIGTTIN, SIGTTOU].contains(&sig) {
+                    if stop_self(sig) {
+                        sys::write_all(2, question.as_bytes());
+                    }
+                } else {
+                    kept.push(sig as u8);
+                }
+            }
+        }
+        if pfds[0].revents != 0 {
+            let mut buf = [0u8; 64];
+            match sys::read(0, &mut buf) {
+                Ok(0) | Err(_) => break false,
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    // Signals for the tool wait for it, as before the question.
+    let _ = sys::write(SIGNAL_PIPE.load(Ordering::Relaxed), &kept);
+    yes
+}
 
 /// Send the request, again to the daemon that comes next when one went
 /// away without it, until one answers or the agent reports on the channel.
@@ -398,7 +457,7 @@ fn send(
                 Ok(Some((Response::Progress(p), _))) => fetching.show(&p),
                 Ok(Some((Response::Notice(text), _))) => say(command, &text),
                 Ok(Some((Response::Ask(question), _))) => {
-                    let yes = tty::answer(&question, signals.0, ANSWER_WITHIN_MS)?;
+                    let yes = answer(&question, signals);
                     if frame::send(control.0, &Request::Answer { yes }, &[]).is_err() {
                         break Ok(None);
                     }

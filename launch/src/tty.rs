@@ -47,53 +47,10 @@ pub fn winsize(fd: i32) -> Option<Winsize> {
 
 /// Whether the launcher's process group owns the terminal. A background job
 /// must not change or read it (the kernel would stop it with SIGTTOU/SIGTTIN).
-fn in_foreground(fd: i32) -> bool {
+pub fn in_foreground(fd: i32) -> bool {
     let mut pgrp: i32 = 0;
     // SAFETY: TIOCGPGRP writes one pid.
     unsafe { sys::ioctl(fd, TIOCGPGRP, &mut pgrp) }.is_ok() && pgrp == sys::getpgrp()
-}
-
-/// Ask `question` on the caller's terminal (stderr) and read the answer,
-/// a line of stdin, as the caller typed it (the terminal is as the caller
-/// left it: the call has not begun). Enter, `y` or `yes` is yes; any other
-/// answer, end of input or no answer within `within_ms` is no. A job in
-/// the background does not own the keys: it is not asked (yes, as a call
-/// without a terminal). A terminating signal (Ctrl-C) ends the call.
-pub fn answer(question: &str, signals: i32, within_ms: i32) -> Result<bool, odfs_wire::Failure> {
-    if !in_foreground(0) {
-        return Ok(true);
-    }
-    sys::write_all(2, question.as_bytes());
-    let deadline = sys::now_ns() + within_ms as u64 * 1_000_000;
-    let mut line: alloc::vec::Vec<u8> = alloc::vec::Vec::new();
-    while !line.contains(&b'\n') && line.len() < 256 {
-        let left = (deadline.saturating_sub(sys::now_ns()) / 1_000_000) as i32;
-        if left <= 0 {
-            sys::write_all(2, b"\n");
-            return Ok(false);
-        }
-        let mut pfds = [Pollfd { fd: 0, events: POLLIN, revents: 0 }, Pollfd { fd: signals, events: POLLIN, revents: 0 }];
-        if sys::poll(&mut pfds, left).is_err() {
-            continue;
-        }
-        if pfds[1].revents != 0 {
-            let mut buf = [0u8; 16];
-            let n = sys::read(signals, &mut buf).unwrap_or(0);
-            if let Some(&sig) = buf[..n].iter().find(|&&s| [2, 15, 1, 3].contains(&s)) {
-                sys::write_all(2, b"\n");
-                return Err(odfs_wire::Failure { message: alloc::format!("signal {sig} at the question; nothing fetched"), exit_code: 128 + i32::from(sig) });
-            }
-        }
-        if pfds[0].revents != 0 {
-            let mut buf = [0u8; 64];
-            match sys::read(0, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => line.extend_from_slice(&buf[..n]),
-            }
-        }
-    }
-    let text = core::str::from_utf8(&line).unwrap_or("").trim();
-    Ok(line.contains(&b'\n') && (text.is_empty() || text.eq_ignore_ascii_case("y") || text.eq_ignore_ascii_case("yes")))
 }
 
 /// The pty request for the caller's terminal fds (`targets`); `term` is one of them.

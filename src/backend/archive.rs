@@ -78,6 +78,16 @@ impl Docker {
         result
     }
 
+    /// The image's `/etc/alternatives` links, read from a created container.
+    pub(super) async fn read_alternatives(&self, reference: &str, mount_id: &str) -> Result<HashMap<String, String>, BackendError> {
+        let client = self.client().await?;
+        let created = self.scratch(reference, mount_id).await?;
+        let read = self.download(client, &created, "/etc/alternatives", 1 << 20, reference).await;
+        let _ = self.remove(&created).await;
+        let (file, _) = read?;
+        tokio::task::spawn_blocking(move || alternatives_in(file)).await.map_err(|e| BackendError::Engine(e.to_string()))
+    }
+
     /// The man pages and completions of `commands` in the image.
     pub(super) async fn read_docs(&self, reference: &str, commands: &[String], mount_id: &str) -> Result<Vec<crate::share::Doc>, BackendError> {
         static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);

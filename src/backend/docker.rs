@@ -591,6 +591,10 @@ impl ContainerBackend for Docker {
         self.read_docs(reference, commands, mount_id).await
     }
 
+    async fn image_alternatives(&self, reference: &str, mount_id: &str) -> Result<HashMap<String, String>, BackendError> {
+        self.read_alternatives(reference, mount_id).await
+    }
+
     async fn image_info(&self, reference: &str) -> Result<Option<super::ImageInfo>, BackendError> {
         self.inspect_info(reference).await
     }

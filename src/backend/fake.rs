@@ -142,6 +142,10 @@ impl ContainerBackend for Fake {
         Ok(vec![])
     }
 
+    async fn image_alternatives(&self, _reference: &str, _mount_id: &str) -> Result<std::collections::HashMap<String, String>, BackendError> {
+        Ok(Default::default())
+    }
+
     async fn local_images(&self) -> Result<Vec<String>, BackendError> {
         Ok(vec!["test/b".into()])
     }

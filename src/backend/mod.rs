@@ -198,6 +198,9 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// (`crate::share`), read without running anything from it, bounded in
     /// size (`crate::share::MAX_FILE`, `MAX_IMAGE`).
     fn image_docs(&self, reference: &str, commands: &[String], mount_id: &str) -> impl Future<Output = Result<Vec<crate::share::Doc>, BackendError>> + Send;
+    /// The links of a local image's `/etc/alternatives` (name → target),
+    /// read without running anything from it.
+    fn image_alternatives(&self, reference: &str, mount_id: &str) -> impl Future<Output = Result<HashMap<String, String>, BackendError>> + Send;
     /// Pull an image whether or not it is here (`odfs update`), from the
     /// site's mirrors first for Docker Hub images.
     fn pull(&self, reference: &str, progress: &ProgressTx) -> impl Future<Output = Result<(), BackendError>> + Send;

@@ -113,20 +113,30 @@ impl BuildTracker {
     }
 }
 
-/// `line` without its terminal colour sequences (`ESC [ … m`).
+/// `line` without terminal sequences (CSI: `ESC [` … a final byte in
+/// `@`..`~`; OSC: `ESC ]` … BEL or `ESC \\`) and other control characters.
 fn strip_colours(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
+    let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // Up to the sequence's final letter.
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
+        match c {
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                for d in chars.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
                 }
             }
-        } else {
-            out.push(c);
+            '\x1b' if chars.peek() == Some(&']') => {
+                while let Some(d) = chars.next() {
+                    if d == '\x07' || (d == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
         }
     }
     out
@@ -197,6 +207,7 @@ mod tests {
         plain.observe("make: *** [all] Error 2");
         plain.observe("\x1b[0m");
         assert_eq!(plain.cause(), Some("make: *** [all] Error 2"));
+        assert_eq!(strip_colours("\x1b]0;title\x07done \x1b[1;31mred\x1b[0m"), "done red");
     }
 
     #[test]

@@ -372,6 +372,14 @@ fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors
     for suite in raw.mirrors.keys().chain(&raw.trusted).filter(|s| !raw.suites.contains(s)) {
         errors.push(format!("archive debian: {suite:?} in mirrors or trusted is not one of the suites"));
     }
+    // Unsigned is for a repository of the site's own, never Debian's.
+    for suite in raw.trusted.iter().filter(|s| !raw.mirrors.contains_key(*s)) {
+        errors.push(format!("archive debian: trusted suite {suite:?} has no mirrors entry of its own: only a local repository without a signing key may be trusted, never the archive's mirror"));
+    }
+    // Credentials in a URL would be shown to every user (odfs status).
+    for mirror in raw.mirrors.values().chain(std::iter::once(&raw.mirror)).filter(|m| m.contains('@')) {
+        errors.push(format!("archive debian: mirror {mirror:?} holds credentials: put them in apt's auth.conf of the base image instead"));
+    }
     for (command, package) in &raw.packages {
         let package_ok = !package.is_empty() && package.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
         if validate_name(command).is_err() || !package_ok {

@@ -267,7 +267,18 @@ impl<B: ContainerBackend> Daemon<B> {
             }
         }
         super::fetching::admit(archive.spec.fetch, pkg, command, caller, asks, control, &self.questions).await?;
-        let turn = self.brought.turn(caller.uid).await;
+        let turn = match self.brought.try_turn(caller.uid) {
+            Some(turn) => turn,
+            None => {
+                send_if_room(control, &Response::Notice(format!("waiting for your other package's fetch before Debian package {}'s", pkg.name)));
+                let turn = self.brought.turn(caller.uid).await;
+                // Gone meanwhile (Ctrl-C): nothing to fetch for.
+                if !caller.alive() {
+                    return Err(CallError::Caller("the caller exited while it waited for its turn to fetch".into()));
+                }
+                turn
+            }
+        };
         // Another call brought it while this one waited its turn.
         if here().await? {
             return Ok(None);

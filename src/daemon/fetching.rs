@@ -32,8 +32,16 @@ impl Brought {
     /// so one user's many first calls hold at most one of the machine's
     /// builds and the others' calls get the rest.
     pub async fn turn(&self, uid: u32) -> tokio::sync::OwnedSemaphorePermit {
-        let turn = self.turns.lock().unwrap().entry(uid).or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1))).clone();
-        turn.acquire_owned().await.expect("never closed")
+        self.turns_of(uid).acquire_owned().await.expect("never closed")
+    }
+
+    /// `uid`'s turn if no other fetch of theirs holds it.
+    pub fn try_turn(&self, uid: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.turns_of(uid).try_acquire_owned().ok()
+    }
+
+    fn turns_of(&self, uid: u32) -> std::sync::Arc<tokio::sync::Semaphore> {
+        self.turns.lock().unwrap().entry(uid).or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1))).clone()
     }
 
     /// Count `package` (of a suite: `bookworm/htop`) against `uid`'s hour,
@@ -70,10 +78,16 @@ impl Brought {
 const QUESTIONS_PER_USER: u32 = 2;
 const QUESTIONS: u32 = 32;
 
-/// The questions waiting now, by user.
+/// How long an answer stands for the same user's other calls of the
+/// package that arrived with the one asked (`make -j8`).
+const ANSWER_STANDS: Duration = Duration::from_secs(120);
+
+/// The questions waiting now, by user, and the answers given, by user and
+/// package.
 #[derive(Default)]
 pub struct Questions {
     waiting: Mutex<HashMap<u32, u32>>,
+    answers: Mutex<HashMap<(u32, String), std::sync::Arc<tokio::sync::Mutex<Option<(Instant, bool)>>>>>,
 }
 
 /// A question's place, given back when it is answered.
@@ -92,15 +106,28 @@ impl Drop for Place<'_> {
 }
 
 impl Questions {
-    fn place(&self, uid: u32) -> Option<Place<'_>> {
+    /// A place for a question of `uid`'s, or why there is none.
+    fn place(&self, uid: u32) -> Result<Place<'_>, CallError> {
         let mut w = self.waiting.lock().unwrap();
         let total: u32 = w.values().sum();
         let mine = w.entry(uid).or_default();
-        if *mine >= QUESTIONS_PER_USER || total >= QUESTIONS {
-            return None;
+        if *mine >= QUESTIONS_PER_USER {
+            return Err(CallError::Request(format!("{QUESTIONS_PER_USER} questions of yours wait for an answer already; answer them first")));
+        }
+        if total >= QUESTIONS {
+            return Err(CallError::Request(format!("{QUESTIONS} fetch questions wait for their answers on this machine; try again in a minute")));
         }
         *mine += 1;
-        Some(Place(self, uid))
+        Ok(Place(self, uid))
+    }
+
+    /// The answer `uid` gives for `package`: one question, whose answer the
+    /// calls that wait on it share.
+    fn answer_of(&self, uid: u32, package: &str) -> std::sync::Arc<tokio::sync::Mutex<Option<(Instant, bool)>>> {
+        let mut all = self.answers.lock().unwrap();
+        // Answers no call waits on and too old to stand are forgotten.
+        all.retain(|_, a| std::sync::Arc::strong_count(a) > 1 || a.try_lock().is_ok_and(|g| g.is_some_and(|(at, _)| at.elapsed() < ANSWER_STANDS)));
+        all.entry((uid, package.to_string())).or_default().clone()
     }
 }
 
@@ -111,9 +138,16 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
     match policy {
         FetchPolicy::Never if caller.uid != 0 => Err(CallError::NotFetched { command: command.to_string(), package: pkg.name.clone() }),
         FetchPolicy::Ask if asks => {
-            let Some(place) = questions.place(caller.uid) else {
-                return Err(CallError::Request(format!("{QUESTIONS_PER_USER} questions of yours wait for an answer already; answer them first")));
-            };
+            let declined = || CallError::Declined { package: pkg.name.clone(), version: pkg.version.clone() };
+            // Calls of the package that arrive together ask once.
+            let answer = questions.answer_of(caller.uid, &format!("{}/{}", pkg.suite, pkg.name));
+            let mut answer = answer.lock().await;
+            if let Some((at, yes)) = *answer {
+                if at.elapsed() < ANSWER_STANDS {
+                    return if yes { Ok(()) } else { Err(declined()) };
+                }
+            }
+            let place = questions.place(caller.uid)?;
             let question = format!(
                 "odfs: {command}: fetch Debian package {} {} ({} kB installed, from {}) to run it? [Y/n] ",
                 pkg.name, pkg.version, pkg.size_kib, pkg.suite
@@ -123,10 +157,11 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
                 .await
                 .map_err(|e| CallError::Caller(format!("cannot ask: {e}")))??;
             drop(place);
+            *answer = Some((Instant::now(), yes));
             if yes {
                 Ok(())
             } else {
-                Err(CallError::Declined { package: pkg.name.clone(), version: pkg.version.clone() })
+                Err(declined())
             }
         }
         _ => Ok(()),
@@ -134,17 +169,44 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
 }
 
 /// Send the question to the launcher and wait for its answer (the
-/// launcher gives up first, and answers no).
+/// launcher gives up first, and answers no): one small frame, whole within
+/// the time, or the caller is taken as gone. A launcher that trickles
+/// bytes holds nothing past the deadline.
 fn ask(control: &UnixStream, question: String) -> Result<bool, CallError> {
+    use std::os::fd::AsFd;
     let gone = || CallError::Caller("the caller hung up at the question".into());
-    control.set_read_timeout(Some(ANSWER_WITHIN + Duration::from_secs(5))).map_err(|_| gone())?;
     protocol::send(control, &Response::Ask(question), &[]).map_err(|_| gone())?;
-    let answer = protocol::recv::<Request>(control);
-    let _ = control.set_read_timeout(None);
-    match answer {
-        Ok(Some((Request::Answer { yes }, _))) => Ok(yes),
-        Err(e) if e.to_string().contains("timed out") || e.to_string().contains("temporarily unavailable") => Ok(false),
-        _ => Err(gone()),
+    let deadline = Instant::now() + ANSWER_WITHIN + Duration::from_secs(5);
+    // An answer is a few bytes: its frame's length and its body, here whole.
+    const MAX_ANSWER: usize = 64;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut fds = [nix::poll::PollFd::new(control.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let wait = nix::poll::PollTimeout::try_from(left.min(Duration::from_secs(1))).unwrap_or(nix::poll::PollTimeout::MAX);
+        if nix::poll::poll(&mut fds, wait).unwrap_or(0) == 0 {
+            continue;
+        }
+        let mut peek = [0u8; MAX_ANSWER];
+        let n = nix::sys::socket::recv(std::os::fd::AsRawFd::as_raw_fd(control), &mut peek, nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT).unwrap_or(0);
+        if n == 0 {
+            return Err(gone());
+        }
+        let whole = n >= 4 && u32::from_le_bytes([peek[0], peek[1], peek[2], peek[3]]) as usize + 4 <= n;
+        if !whole {
+            if n == MAX_ANSWER || n >= 4 && u32::from_le_bytes([peek[0], peek[1], peek[2], peek[3]]) as usize + 4 > MAX_ANSWER {
+                return Err(CallError::Request("the answer to the question is not one (is odfs-launch another version?)".into()));
+            }
+            // Part of it: the rest comes (or the deadline).
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        return match protocol::recv::<Request>(control) {
+            Ok(Some((Request::Answer { yes }, _))) => Ok(yes),
+            _ => Err(CallError::Request("the answer to the question is not one (is odfs-launch another version?)".into())),
+        };
     }
 }
 
@@ -177,13 +239,13 @@ mod question_tests {
     fn questions_waiting_are_bounded_per_user_and_in_all() {
         let q = Questions::default();
         let (a, b) = (q.place(1000).unwrap(), q.place(1000).unwrap());
-        assert!(q.place(1000).is_none());
-        assert!(q.place(1001).is_some());
+        assert!(q.place(1000).err().unwrap().to_string().contains("of yours"));
+        assert!(q.place(1001).is_ok());
         drop(a);
-        assert!(q.place(1000).is_some());
+        assert!(q.place(1000).is_ok());
         drop(b);
-        let many: Vec<_> = (0..QUESTIONS).filter_map(|u| q.place(2000 + u)).collect();
+        let many: Vec<_> = (0..QUESTIONS).filter_map(|u| q.place(2000 + u).ok()).collect();
         assert_eq!(many.len(), QUESTIONS as usize);
-        assert!(q.place(1).is_none());
+        assert!(q.place(1).err().unwrap().to_string().contains("on this machine"));
     }
 }

@@ -163,7 +163,7 @@ impl<B: ContainerBackend> Pool<B> {
             key: slot.key.clone(),
             memory: slot.held(),
             expect: policy::cache::expectation(prewarm_in, self.cfg.costs.cold),
-            owner: Some(slot.owner.load(Ordering::SeqCst)).filter(|&o| o != u32::MAX),
+            owner: slot.owner(),
         }
     }
 

@@ -56,7 +56,7 @@ impl<B: ContainerBackend> Pool<B> {
         let mut replaced = false;
         loop {
             let ready = self.with_progress(image, &shown, self.ensure(image, command)).await?;
-            ready.slot.owner.store(launch.caller_uid, Ordering::SeqCst);
+            ready.slot.called_by(launch.caller_uid);
             let mut launch = launch.clone();
             launch.spawn.token = ready.target.token.clone();
             match self.start(&ready, launch).await {

@@ -42,6 +42,11 @@ pub(super) struct PullFailure {
 }
 
 /// One image profile's container.
+/// [`Slot::owner`] before any call.
+pub const NO_OWNER: u32 = u32::MAX;
+/// [`Slot::owner`] of a container two users called.
+pub const SHARED: u32 = u32::MAX - 1;
+
 pub struct Slot {
     pub image: Arc<ImageSpec>,
     pub name: String,
@@ -65,8 +70,9 @@ pub struct Slot {
     pub(super) beside: AtomicU64,
     /// The reaper saw it idle (warm or frozen, no tool) on its last tick.
     pub(super) idle: AtomicBool,
-    /// The uid of its last call: whose calls keep it (the idle budget's
-    /// share per user); `u32::MAX` before any.
+    /// Whose calls keep it (the idle budget's share per user): the one uid
+    /// that called it, [`NO_OWNER`] before any call, [`SHARED`] once two
+    /// users did (a container others use is no one's to be charged for).
     pub(super) owner: std::sync::atomic::AtomicU32,
     /// The image id its containers should run, once `odfs update` moved
     /// its reference: a container of another one is replaced when it is
@@ -75,6 +81,21 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// `uid` called it: its owner if no one else ever did.
+    pub(super) fn called_by(&self, uid: u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = self.owner.fetch_update(SeqCst, SeqCst, |o| match o {
+            NO_OWNER => Some(uid),
+            o if o == uid || o == SHARED => None,
+            _ => Some(SHARED),
+        });
+    }
+
+    /// The uid whose share of the idle budget it counts in, if one.
+    pub(super) fn owner(&self) -> Option<u32> {
+        Some(self.owner.load(std::sync::atomic::Ordering::SeqCst)).filter(|&o| o != NO_OWNER && o != SHARED)
+    }
+
     /// Its container runs an image its reference no longer names.
     pub(super) fn outdated(&self, c: &Container) -> Option<Arc<str>> {
         self.wanted.lock().unwrap().clone().filter(|w| !c.image.is_empty() && **w != *c.image)
@@ -104,7 +125,7 @@ impl<B: ContainerBackend> Pool<B> {
                     memory: AtomicU64::new(0),
                     beside: AtomicU64::new(0),
                     idle: AtomicBool::new(false),
-                    owner: std::sync::atomic::AtomicU32::new(u32::MAX),
+                    owner: std::sync::atomic::AtomicU32::new(NO_OWNER),
                     wanted: Mutex::new(None),
                     name,
                     key,

@@ -40,29 +40,39 @@ impl<B: ContainerBackend> Daemon<B> {
         Ok(format!("{commands} commands from {packages} packages (Release of {date}), in {took:.1} s"))
     }
 
-    /// A package's image was just built: the commands on its PATH that the
-    /// index lacks and its base does not have (names a maintainer script
-    /// made: alternatives the table does not know, links) join the index,
-    /// kept in `SUITE.found` beside it (the reload poll serves them).
+    /// A package's image was just built: the names on its PATH that the
+    /// index lacks and its base does not have, and that are links
+    /// update-alternatives made to a command of this very package (not of
+    /// a dependency: `java` is no name of `ant`'s), join the index, kept in
+    /// `SUITE.found` beside it (the reload poll serves them). The table of
+    /// alternatives knows the common ones; this finds the rest.
     pub(in crate::daemon) async fn learn_commands(&self, image: &crate::catalog::ImageSpec) {
         let (Some(pkg), Some(served)) = (&image.package, self.snapshot().archive.clone()) else { return };
         let Some(index) = served.indexes.suite(&pkg.suite) else { return };
-        let (Ok(mine), Ok(base)) = (self.indexed_executables(&image.reference).await, self.indexed_executables(&pkg.base).await) else {
+        let mount = self.pool.mount_id().to_string();
+        let listed = (self.indexed_executables(&image.reference).await, self.indexed_executables(&pkg.base).await);
+        let links = self.pool.backend().image_alternatives(&image.reference, &mount).await;
+        let ((Ok(mine), Ok(base)), Ok(links)) = (listed, links) else {
             tracing::debug!(image = image.reference, "cannot list the image's commands");
             return;
         };
         let name = |p: &String| p.rsplit('/').next().unwrap_or_default().to_string();
         let base: std::collections::HashSet<String> = base.iter().map(name).collect();
+        let ships = |target: &str| {
+            let command = target.rsplit('/').next().unwrap_or_default();
+            index.resolve(command).is_some_and(|r| r.package.name == pkg.name || r.others.iter().any(|o| o.name == pkg.name))
+        };
         let new: Vec<String> = mine
             .iter()
             .map(name)
             .filter(|n| crate::catalog::validate_name(n).is_ok() && !n.contains('@') && index.get(n).is_none() && !base.contains(n))
+            .filter(|n| links.get(n).is_some_and(|t| ships(t)))
             .collect();
         if new.is_empty() {
             tracing::debug!(package = pkg.name, "no command on the package's PATH that the index lacks");
             return;
         }
-        tracing::info!(package = pkg.name, commands = ?new, "commands found on the package's PATH join the index");
+        tracing::info!(package = pkg.name, commands = ?new, "commands the package's install made join the index");
         let file = archive::found_file(&archive::dir(&self.state_dir), &pkg.suite);
         let lines: String = new.iter().map(|n| format!("{n} {}\n", pkg.name)).collect();
         let written = std::fs::OpenOptions::new().create(true).append(true).open(&file).and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
