@@ -194,8 +194,24 @@ fn ask_fetches_on_enter_and_nothing_on_no() {
     assert!(present("ncdu"));
     t.assert_sane();
 
+    // Calls that arrive together ask once, and share the answer.
+    let forget_here = || {
+        m.odfs(&["stop", "ncdu", "--force"]);
+        forget(&["ncdu"]);
+        assert!(!present("ncdu"), "its image stayed");
+    };
+    forget_here();
+    t.line("clear");
+    assert!(eventually(Duration::from_secs(10), || !t.screen().contains("[Y/n]")), "{}", t.screen());
+    // (xargs -o gives each its terminal as stdin; `&` would give /dev/null.)
+    t.run("seq 3 | xargs -o -P3 -I{} $M/ncdu --version; echo \"both=$?\"", "to run it?");
+    t.keys(&["Enter"]);
+    assert!(t.wait_for("both=0", Duration::from_secs(60)), "{}", t.screen());
+    assert_eq!(t.screen().matches("to run it?").count(), 1, "{}", t.screen());
+    assert_eq!(t.screen().lines().filter(|l| l.starts_with("ncdu 1.")).count(), 3, "{}", t.screen());
+
     // Without a terminal, a call means it: no question.
-    forget(&["ncdu"]);
+    forget_here();
     let o = user.cmd(m.shim("ncdu")).arg("--version").stdin(Stdio::null()).output().unwrap();
     assert_eq!(shell_status(&o), 0, "{}", stderr(&o));
     assert!(!stderr(&o).contains("[Y/n]"), "{}", stderr(&o));

@@ -131,6 +131,20 @@ fn background_jobs_and_kill_work_and_the_tty_is_the_tools() {
 }
 
 #[test]
+fn a_terminal_stdin_opened_read_only_still_shows_the_tool_s_output() {
+    // `xargs -o` gives each command /dev/tty opened for reading as stdin:
+    // the tool's output must go to a terminal fd open for writing.
+    let m = TestMount::new(CATALOG);
+    let t = Tmux::new(&m, NOBODY);
+    t.run("seq 2 | xargs -o -I{} $M/sh -c 'echo out-{}; echo err-{} >&2'; echo done-$((6*7))", "done-42");
+    let screen = t.screen();
+    for line in ["out-1", "err-1", "out-2", "err-2"] {
+        assert!(screen.contains(line), "{line} missing:\n{screen}");
+    }
+    t.assert_sane();
+}
+
+#[test]
 fn closing_the_terminal_hangs_up_the_tool() {
     let m = TestMount::new(CATALOG);
     let t = Tmux::new(&m, "");

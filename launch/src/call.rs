@@ -257,7 +257,7 @@ fn run(socket: &[u8], command: &str, args: &[&[u8]], env: &[&[u8]], stamps: &mut
         s.daemon = daemon.unwrap_or_default();
     }
     let bridge = match (term, answer.master) {
-        (Some(t), Some(master)) => Some(Bridge::new(t, master)),
+        (Some(t), Some(master)) => Some(Bridge::new(t, terminals.iter().copied().find(|&fd| tty::writable(fd)).unwrap_or(t), master)),
         _ => None,
     };
     follow(command, &answer.agent, &signals, bridge, answer.relayed, stamps)
@@ -545,7 +545,7 @@ fn follow(command: &str, agent: &Fd, signals: &Fd, mut bridge: Option<Bridge>, r
         let ready = pfds.map(|p| p.fd >= 0 && p.revents != 0);
         if let Some(r) = &bridge {
             if ready[2] {
-                master_open = Bridge::pump(r.master.0, r.term);
+                master_open = Bridge::pump(r.master.0, r.out);
             }
             if ready[3] {
                 term_open = Bridge::pump(r.term, r.master.0);

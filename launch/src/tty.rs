@@ -53,6 +53,12 @@ pub fn in_foreground(fd: i32) -> bool {
     unsafe { sys::ioctl(fd, TIOCGPGRP, &mut pgrp) }.is_ok() && pgrp == sys::getpgrp()
 }
 
+/// Whether `fd` is open for writing (not `O_RDONLY`).
+pub fn writable(fd: i32) -> bool {
+    const F_GETFL: i32 = 3;
+    sys::fcntl(fd, F_GETFL).is_ok_and(|flags| flags & 0b11 != 0)
+}
+
 /// The pty request for the caller's terminal fds (`targets`); `term` is one of them.
 pub fn request(term: i32, targets: Vec<i32>) -> TtyRequest {
     let ws = winsize(term).unwrap_or(Winsize { rows: 24, cols: 80, xpixel: 0, ypixel: 0 });
@@ -84,16 +90,19 @@ pub fn restore_on_panic() {
 
 /// The caller's terminal and the tool's pty master, while the tool runs.
 pub struct Bridge {
-    /// The caller's terminal (read for input, written with the tool's output).
+    /// The caller's terminal, as its stdin (read for input, set raw).
     pub term: i32,
+    /// The same terminal as a fd open for writing, for the tool's output
+    /// (a stdin opened read-only, as `xargs -o` opens /dev/tty, takes none).
+    pub out: i32,
     pub master: Fd,
     /// Settings to restore; `None` when the terminal was not switched.
     saved: Option<KernelTermios>,
 }
 
 impl Bridge {
-    pub fn new(term: i32, master: Fd) -> Bridge {
-        let mut b = Bridge { term, master, saved: None };
+    pub fn new(term: i32, out: i32, master: Fd) -> Bridge {
+        let mut b = Bridge { term, out, master, saved: None };
         b.enter();
         b
     }
@@ -166,7 +175,7 @@ impl Bridge {
                 Ok(n) if n > 0 => {}
                 _ => return,
             }
-            if !Self::pump(self.master.0, self.term) {
+            if !Self::pump(self.master.0, self.out) {
                 return;
             }
         }

@@ -270,7 +270,7 @@ impl<B: ContainerBackend> Daemon<B> {
         let turn = match self.brought.try_turn(caller.uid) {
             Some(turn) => turn,
             None => {
-                send_if_room(control, &Response::Notice(format!("waiting for your other package's fetch before Debian package {}'s", pkg.name)));
+                send_if_room(control, &Response::Notice(format!("Debian package {} waits while another fetch of yours finishes (one at a time)", pkg.name)));
                 let turn = self.brought.turn(caller.uid).await;
                 // Gone meanwhile (Ctrl-C): nothing to fetch for.
                 if !caller.alive() {

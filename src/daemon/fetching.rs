@@ -78,8 +78,7 @@ impl Brought {
 const QUESTIONS_PER_USER: u32 = 2;
 const QUESTIONS: u32 = 32;
 
-/// How long an answer stands for the same user's other calls of the
-/// package that arrived with the one asked (`make -j8`).
+/// How long an answer no call waits on is kept.
 const ANSWER_STANDS: Duration = Duration::from_secs(120);
 
 /// The questions waiting now, by user, and the answers given, by user and
@@ -121,8 +120,8 @@ impl Questions {
         Ok(Place(self, uid))
     }
 
-    /// The answer `uid` gives for `package`: one question, whose answer the
-    /// calls that wait on it share.
+    /// The answer `uid` gives for `package`: one question at a time, whose
+    /// answer the calls that waited for it share (`make -j8`).
     fn answer_of(&self, uid: u32, package: &str) -> std::sync::Arc<tokio::sync::Mutex<Option<(Instant, bool)>>> {
         let mut all = self.answers.lock().unwrap();
         // Answers no call waits on and too old to stand are forgotten.
@@ -141,9 +140,12 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
             let declined = || CallError::Declined { package: pkg.name.clone(), version: pkg.version.clone() };
             // Calls of the package that arrive together ask once.
             let answer = questions.answer_of(caller.uid, &format!("{}/{}", pkg.suite, pkg.name));
+            let arrived = Instant::now();
             let mut answer = answer.lock().await;
+            // Given while this call waited for it: this call's too. A later
+            // call is asked again.
             if let Some((at, yes)) = *answer {
-                if at.elapsed() < ANSWER_STANDS {
+                if at >= arrived {
                     return if yes { Ok(()) } else { Err(declined()) };
                 }
             }

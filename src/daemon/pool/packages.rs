@@ -40,6 +40,11 @@ impl Builds {
     fn seen(&self, reference: &str) {
         self.present.lock().unwrap().insert(reference.to_string());
     }
+
+    /// A package's image seen before is no longer on the engine.
+    pub fn gone(&self, reference: &str) {
+        self.present.lock().unwrap().remove(reference);
+    }
 }
 
 impl<B: ContainerBackend> Pool<B> {

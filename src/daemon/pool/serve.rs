@@ -165,6 +165,12 @@ impl<B: ContainerBackend> Pool<B> {
         if image.package.is_some() && !self.builds.present(&image.reference) {
             return Ok(());
         }
+        // Seen here once, and perhaps removed since (`odfs gc`): a look
+        // for these few only.
+        if image.package.is_some() && self.backend.image_id(&image.reference).await?.is_none() {
+            self.builds.gone(&image.reference);
+            return Ok(());
+        }
         let slot = self.slot(image);
         // Every exec opens its shim: the warm path must not wait on the lock.
         if let Ok(state) = slot.state.try_lock() {
