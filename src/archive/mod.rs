@@ -60,5 +60,6 @@ pub mod fetch;
 pub mod index;
 pub mod packages;
 pub mod provider;
+pub mod source;
 
 pub use index::{Index, Indexes, Resolved};

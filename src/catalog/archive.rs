@@ -200,11 +200,11 @@ impl Archive {
 
     /// Where `suite` comes from: its own mirror or the section's, its
     /// signatures checked unless the catalog says it has none.
-    pub fn source(&self, suite: &str) -> crate::archive::fetch::Source {
-        crate::archive::fetch::Source {
+    pub fn source(&self, suite: &str) -> crate::archive::source::Source {
+        crate::archive::source::Source {
             mirror: self.spec.mirrors.get(suite).unwrap_or(&self.spec.mirror).clone(),
             trusted: self.spec.trusted.iter().any(|t| t == suite),
-            ..crate::archive::fetch::Source::new(suite)
+            ..crate::archive::source::Source::new(suite)
         }
     }
 }

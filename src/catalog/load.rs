@@ -121,7 +121,7 @@ fn bookworm() -> Vec<String> {
 }
 
 fn debian_mirror() -> String {
-    crate::archive::fetch::Source::new("bookworm").mirror
+    crate::archive::source::Source::new("bookworm").mirror
 }
 
 fn twenty() -> u32 {
@@ -364,7 +364,7 @@ fn archive_spec(name: &str, raw: RawArchive, file: &Path, origin: String, errors
     }
     for suite in &raw.suites {
         let mirror = raw.mirrors.get(suite).unwrap_or(&raw.mirror).clone();
-        let source = crate::archive::fetch::Source { mirror, ..crate::archive::fetch::Source::new(suite) };
+        let source = crate::archive::source::Source { mirror, ..crate::archive::source::Source::new(suite) };
         if let Err(e) = source.validate() {
             errors.push(format!("archive debian: {e}"));
         }

@@ -69,23 +69,9 @@ pub(super) fn load_catalog(cfg: &DaemonConfig) -> anyhow::Result<(Fingerprint, C
 pub(super) fn open_store(cfg: &DaemonConfig, catalog: &Catalog) -> anyhow::Result<(Store, Arc<Snapshot>)> {
     let store = Store::open(&cfg.state_dir.join("odfs.db")).context("cannot open the state database")?;
     store.save_catalog(catalog);
-    let snapshot = Arc::new(served(catalog, &cfg.state_dir));
+    let snapshot = Arc::new(super::reload::served(catalog, &cfg.state_dir));
     tracing::info!(commands = snapshot.commands.len(), images = snapshot.images.len(), "catalog loaded");
     Ok((store, snapshot))
-}
-
-/// The catalog as served: its commands, then the archive's from the
-/// stored indexes (read now, without the network; what is missing said).
-pub(super) fn served(catalog: &Catalog, state_dir: &Path) -> Snapshot {
-    let archive = catalog.archive.clone().map(|spec| catalog::archive::Archive::load(spec, state_dir));
-    for problem in archive.iter().flat_map(|a| &a.problems) {
-        tracing::warn!("{problem}");
-    }
-    if let Some(a) = &archive {
-        let commands: usize = a.indexes.suites().map(|i| i.len()).sum();
-        tracing::info!(suites = a.spec.suites.join(","), commands, listed = a.spec.list, "archive loaded");
-    }
-    Snapshot::new(catalog).with_archive(archive)
 }
 
 /// A mountpoint of our own: a crashed daemon's stale mount cleared, the

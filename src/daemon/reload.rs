@@ -44,6 +44,20 @@ impl<B: ContainerBackend> crate::fs::Hooks for FsHooks<B> {
     }
 }
 
+/// The catalog as served: its commands, then the archive's from the
+/// stored indexes (read now, without the network; what is missing said).
+pub(super) fn served(catalog: &catalog::Catalog, state_dir: &Path) -> catalog::Snapshot {
+    let archive = catalog.archive.clone().map(|spec| catalog::archive::Archive::load(spec, state_dir));
+    for problem in archive.iter().flat_map(|a| &a.problems) {
+        tracing::warn!("{problem}");
+    }
+    if let Some(a) = &archive {
+        let commands: usize = a.indexes.suites().map(|i| i.len()).sum();
+        tracing::info!(suites = a.spec.suites.join(","), commands, listed = a.spec.list, "archive loaded");
+    }
+    catalog::Snapshot::new(catalog).with_archive(archive)
+}
+
 /// Names, sizes and times of every catalog file, and of the archive's
 /// stored indexes: a change in any means reload (a refreshed index is
 /// served as an edited catalog is).
@@ -82,7 +96,7 @@ impl<B: ContainerBackend> Daemon<B> {
             tracing::error!("catalog: {e} (file skipped)");
         }
         self.store.save_catalog(&catalog);
-        let snapshot = Arc::new(super::boot::served(&catalog, &self.state_dir));
+        let snapshot = Arc::new(served(&catalog, &self.state_dir));
         *self.snapshot.write().unwrap() = snapshot.clone();
         self.pool.catalog_is(catalog.images.values(), catalog.archive.is_some());
         let changed = fs.set_commands(snapshot.listed());

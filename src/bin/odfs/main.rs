@@ -284,13 +284,27 @@ enum Command {
     },
 }
 
+/// The admin CLI is a filter like any (`odfs status | head`): a reader
+/// that goes away ends it quietly. The daemon keeps ignoring SIGPIPE.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// `odfs mount`: the daemon, on a runtime of its own, until it stops.
+fn serve(cfg: DaemonConfig) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = rt.block_on(odfs::daemon::run(cfg));
+    // A blocking send to a launcher that never reads must not keep a
+    // stopped daemon's process alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The admin CLI is a filter like any (`odfs status | head`): a reader
-    // that goes away ends it quietly. The daemon keeps ignoring SIGPIPE.
     if !matches!(cli.command, Command::Mount { .. }) {
-        // SAFETY: setting a signal's disposition before any thread starts.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        quiet_on_closed_pipe();
     }
     let result = match cli.command {
         Command::Mount { catalogs, state, socket, launcher, agent, shared, hidden, policy, engine, config, share_dir, mountpoint } => {
@@ -328,13 +342,7 @@ fn main() -> ExitCode {
                 share_dir,
                 gc,
             };
-            tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime").and_then(|rt| {
-                let result = rt.block_on(odfs::daemon::run(cfg));
-                // A blocking send to a launcher that never reads must not
-                // keep a stopped daemon's process alive.
-                rt.shutdown_timeout(std::time::Duration::from_secs(2));
-                result
-            })
+            serve(cfg)
         }
         Command::Status { socket, json } => status(&socket, json),
         Command::Ls { socket, json } => list(&socket, None, json),
