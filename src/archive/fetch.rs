@@ -243,7 +243,7 @@ mod tests {
         let j = job(&Source::new("bookworm"), HashMap::from([("io.odfs.test".to_string(), "1".to_string())]));
         assert!(j.env.contains(&"ODFS_SUITE=bookworm".to_string()) && j.env.contains(&"ODFS_OUT=/odfs-archive".to_string()));
         assert!(!j.script.contains("bookworm"), "the suite is not spliced into the script");
-        assert!(j.script.contains("^(Package|Version|Priority|Installed-Size|Section|Architecture|Source|Description|Depends|Pre-Depends|Recommends):"));
+        assert!(j.script.contains("^(Package|Version|Priority|Installed-Size|Size|Section|Architecture|Source|Description|Depends|Pre-Depends|Recommends):"));
         assert!(j.script.contains(r#"MetaKey "$(COMPONENT)/Contents-$(ARCHITECTURE)";"#));
         assert_eq!(j.out_dir, OUT);
     }

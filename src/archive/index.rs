@@ -15,7 +15,7 @@ use super::provider;
 
 /// The layout of the stored form; an index of another layout is fetched
 /// again rather than misread.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Where an index came from.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

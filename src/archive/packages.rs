@@ -55,6 +55,8 @@ pub struct Package {
     pub priority: Priority,
     /// KiB, as the archive says (`Installed-Size`).
     pub installed_size: u64,
+    /// Bytes of its `.deb` (`Size`): what a fetch downloads of it.
+    pub size: u64,
     pub section: String,
     pub architecture: String,
     /// The source package (the binary's own name when the stanza has none).
@@ -80,8 +82,8 @@ pub struct Packages {
 
 /// The fields kept (the stream may have been cut to these: see
 /// [`crate::archive::fetch`]).
-pub const FIELDS: [&str; 11] =
-    ["Package", "Version", "Priority", "Installed-Size", "Section", "Architecture", "Source", "Description", "Depends", "Pre-Depends", "Recommends"];
+pub const FIELDS: [&str; 12] =
+    ["Package", "Version", "Priority", "Installed-Size", "Size", "Section", "Architecture", "Source", "Description", "Depends", "Pre-Depends", "Recommends"];
 
 impl Packages {
     /// Add the stanzas of one Packages stream.
@@ -151,6 +153,7 @@ impl Stanza {
             "Version" => p.version = value.to_string(),
             "Priority" => p.priority = Priority::parse(value),
             "Installed-Size" => p.installed_size = value.parse().unwrap_or(0),
+            "Size" => p.size = value.parse().unwrap_or(0),
             "Section" => p.section = value.to_string(),
             "Architecture" => p.architecture = value.to_string(),
             // `Source: name (version)` when the versions differ.
@@ -202,6 +205,7 @@ mod tests {
 Package: htop
 Version: 3.2.2-2
 Installed-Size: 404
+Size: 149124
 Maintainer: Daniel Lange <DLange@debian.org>
 Architecture: amd64
 Depends: libc6 (>= 2.34), libncursesw6 (>= 6), libnl-3-200 (>= 3.2.7), libtinfo6 (>= 6)
@@ -251,6 +255,7 @@ Description: fake
             (htop.version.as_str(), htop.priority, htop.installed_size, htop.section.as_str(), htop.architecture.as_str()),
             ("3.2.2-2", Priority::Optional, 404, "utils", "amd64")
         );
+        assert_eq!(htop.size, 149124);
         assert_eq!((htop.source.as_str(), htop.synopsis.as_str()), ("htop", "interactive processes viewer"));
         let libc = &p["libc6"];
         assert_eq!((libc.source.as_str(), libc.synopsis.as_str()), ("glibc", "GNU C Library: Shared libraries"));

@@ -184,6 +184,7 @@ impl Archive {
                     name: package.name.clone(),
                     version: package.version.clone(),
                     size_kib: package.installed_size,
+                    download: package.size,
                     base: base_reference(suite, &self.source(suite).line(), self.indexes.suite(suite).map_or("", |i| &i.meta.release_date)),
                     source: self.source(suite).line(),
                 };
@@ -319,6 +320,7 @@ mod tests {
             name: "g++".into(),
             version: "4:12.2.0-3~bpo1+b2".into(),
             size_kib: 1,
+            download: 1,
             base: "odfs-archive/base:bookworm-x".into(),
             source: "deb http://deb.debian.org/debian bookworm main".into(),
         };

@@ -312,6 +312,8 @@ pub struct ArchivePackage {
     pub version: String,
     /// Installed-Size, in KiB.
     pub size_kib: u64,
+    /// Bytes of its `.deb`.
+    pub download: u64,
     /// The suite's base image, with its apt lists, the package's is built on.
     pub base: String,
     /// The base's only apt source: the line of the suite's archive.

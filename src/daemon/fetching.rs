@@ -151,8 +151,12 @@ pub async fn admit(policy: FetchPolicy, pkg: &ArchivePackage, command: &str, cal
             }
             let place = questions.place(caller.uid)?;
             let question = format!(
-                "odfs: {command}: fetch Debian package {} {} ({} kB installed, from {}) to run it? [Y/n] ",
-                pkg.name, pkg.version, pkg.size_kib, pkg.suite
+                "odfs: {command}: fetch Debian package {} {} ({} kB, {} kB installed, from {}) to run it? [Y/n] ",
+                pkg.name,
+                pkg.version,
+                pkg.download.div_ceil(1000),
+                pkg.size_kib,
+                pkg.suite
             );
             let control = control.try_clone().map_err(|e| CallError::Caller(format!("cannot ask: {e}")))?;
             let yes = tokio::task::spawn_blocking(move || ask(&control, question))
