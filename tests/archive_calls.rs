@@ -17,16 +17,13 @@ use std::time::Duration;
 
 use common::{docker, eventually, shell_status, stderr, stdout, Defer, TestMount, TestUser, Tmux};
 
-/// bookworm's index, fetched once for the whole binary.
-fn bookworm_index() -> &'static PathBuf {
-    static INDEX: OnceLock<PathBuf> = OnceLock::new();
+/// bookworm's index, fetched once for the whole binary, kept in memory.
+fn bookworm_index() -> &'static odfs::archive::Index {
+    static INDEX: OnceLock<odfs::archive::Index> = OnceLock::new();
     INDEX.get_or_init(|| {
         common::prepare();
-        let dir = PathBuf::from(format!("/tmp/odfs-test-index-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         // Its own runtime, off any test's.
-        let fetched = std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(archive::fetch_bookworm())).join().unwrap();
-        fetched.index.save(&dir).unwrap()
+        std::thread::spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(archive::fetch_bookworm())).join().unwrap().index
     })
 }
 
@@ -45,7 +42,7 @@ fn archive_mount_with(fetch: &str, more: &str, args: &[&str]) -> TestMount {
     let m = TestMount::with_files(&[("test.toml", &format!("[archive.debian]\n{suites}fetch = \"{fetch}\"\n{more}"))], args);
     let dir = m.state.join("archive");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(index, dir.join("bookworm.index")).unwrap();
+    index.save(&dir).unwrap();
     assert!(eventually(Duration::from_secs(10), || m.shim("htop").exists()), "the index was not served:\n{}", m.log_text());
     m
 }

@@ -47,7 +47,7 @@ args = ["vtool 1.7"]
 
 /// A mount whose share directory is `ROOT/share`, with `ROOT/bin` (a link
 /// to the mountpoint) for PATH: the layout of /opt/od/{bin,share}.
-fn mount() -> (TestMount, PathBuf, PathBuf) {
+fn mount() -> (Cleanup, TestMount, PathBuf, PathBuf) {
     // One file per image section pair: a file may define a command once.
     let (a, b) = CATALOG.split_at(CATALOG.find("[image.v17]").unwrap());
     let share_root = PathBuf::from(format!("/tmp/odfs-test-share-{}-{}", std::process::id(), SEQ_SHARE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)));
@@ -57,7 +57,7 @@ fn mount() -> (TestMount, PathBuf, PathBuf) {
     let m = TestMount::with_files(&[("a.toml", a), ("b.toml", b)], &["--share-dir", share.to_str().unwrap()]);
     let bin = share_root.join("bin");
     std::os::unix::fs::symlink(&m.mnt, &bin).unwrap();
-    (m, share_root, share)
+    (Cleanup(share_root.clone()), m, share_root, share)
 }
 
 static SEQ_SHARE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -87,8 +87,7 @@ fn man(root: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn man_finds_the_catalog_s_pages_from_the_path_entry_and_apropos_indexes_them() {
-    let (_m, root, share) = mount();
-    let _c = Cleanup(root.clone());
+    let (_c, _m, root, share) = mount();
     assert!(served(&share, "man/man1/rg.1.gz"), "no rg page: {:?}", std::fs::read_dir(&share).map(|d| d.count()));
     // ripgrep is not installed here: its page is the image's.
     let o = man(&root, &["-w", "rg"]);
@@ -113,8 +112,7 @@ fn man_finds_the_catalog_s_pages_from_the_path_entry_and_apropos_indexes_them() 
 
 #[test]
 fn a_bash_with_the_profile_snippet_completes_a_wrapped_tool() {
-    let (_m, root, share) = mount();
-    let _c = Cleanup(root.clone());
+    let (_c, _m, root, share) = mount();
     assert!(served(&share, "bash-completion/completions/rg"));
     assert!(share.join("zsh/site-functions/_rg").is_file(), "zsh's too");
     // The shipped snippet, pointed at this mount instead of /opt/od.
@@ -133,8 +131,7 @@ fn a_bash_with_the_profile_snippet_completes_a_wrapped_tool() {
 
 #[test]
 fn versions_side_by_side_and_the_bare_name_runs_the_highest() {
-    let (m, root, _share) = mount();
-    let _c = Cleanup(root);
+    let (_c, m, _root, _share) = mount();
     let run = |name: &str| stdout(&m.sh(&format!(r#""$M/{name}""#)));
     assert_eq!(run("vtool@1.6"), "vtool 1.6\n");
     assert_eq!(run("vtool@1.7"), "vtool 1.7\n");
@@ -151,8 +148,7 @@ fn versions_side_by_side_and_the_bare_name_runs_the_highest() {
 
 #[test]
 fn a_pin_file_picks_the_version_in_its_tree_only_and_only_when_it_is_safe() {
-    let (m, root, _share) = mount();
-    let _c = Cleanup(root);
+    let (_c, m, _root, _share) = mount();
     let user = TestUser::new();
     let project = user.home.join("project");
     let deep = project.join("src/deep");
@@ -251,8 +247,7 @@ impl Drop for SystemManpath {
 
 #[test]
 fn mandb_run_as_root_never_gives_the_share_to_man_db_s_user_and_man_still_finds_the_pages() {
-    let (mut m, root, share) = mount();
-    let _c = Cleanup(root.clone());
+    let (_c, mut m, root, share) = mount();
     assert!(served(&share, "man/man1/rg.1.gz"));
     // Unmapped, the daemon indexes the tree in place (`man -k` reads the
     // index there) and leaves it root's, and says how to map it.
@@ -307,8 +302,7 @@ fn man_finds_pages_that_debian_names_through_its_alternatives() {
 
 #[test]
 fn a_restarted_mount_serves_the_last_share_before_it_lists_a_command_and_nothing_of_a_dropped_image() {
-    let (mut m, root, share) = mount();
-    let _c = Cleanup(root.clone());
+    let (_c, mut m, root, share) = mount();
     assert!(served(&share, "man/man1/rg.1.gz") && served(&share, "man/man1/jq.1.gz"));
     let generation = std::fs::read_link(&share).unwrap();
     m.stop();
