@@ -522,7 +522,7 @@ impl ContainerBackend for Docker {
         Err(failed(tracker.cause().unwrap_or(reason.trim()).to_string()))
     }
 
-    async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
         // Podman takes GPUs and CDI devices as CDI names among the devices.
         let podman = !spec.device_requests.is_empty() && self.is_podman().await;
         let body = create_body(spec, podman);
@@ -545,11 +545,16 @@ impl ContainerBackend for Docker {
                 return Err(self.classify(e));
             }
         }
-        if let Err(e) = client.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
-            let _ = self.remove(&created.id).await;
-            return Err(asked(self.classify(e)));
-        }
         Ok(created.id)
+    }
+
+    async fn start(&self, id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
+        let client = self.client().await?;
+        if let Err(e) = client.start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            let _ = self.remove(id).await;
+            return Err(devices_unsupported(spec, self.classify(e)));
+        }
+        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {

@@ -86,8 +86,14 @@ impl ContainerBackend for Fake {
         self.job_output.lock().unwrap().take().ok_or_else(|| BackendError::Engine("the fake has no job output".into()))
     }
 
-    async fn start(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
         let n = self.starts.fetch_add(1, Ordering::SeqCst);
+        let id = format!("fake-{n}");
+        self.live.lock().unwrap().push((spec.clone(), id.clone()));
+        Ok(id)
+    }
+
+    async fn start(&self, _id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
         tokio::time::sleep(self.start_delay).await;
         let run = spec.binds.iter().find(|b| b.target.ends_with("run")).expect("run dir bind");
         let listener = UnixListener::bind(run.source.join("agent.sock")).map_err(|e| BackendError::Engine(e.to_string()))?;
@@ -100,9 +106,7 @@ impl ContainerBackend for Fake {
                 }
             }
         });
-        let id = format!("fake-{n}");
-        self.live.lock().unwrap().push((spec.clone(), id.clone()));
-        Ok(id)
+        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {

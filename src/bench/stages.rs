@@ -66,7 +66,7 @@ mod tests {
             stamps: CallStamps {
                 main: ms(1),
                 sent: ms(2),
-                daemon: DaemonStamps { accepted: ms(3), read: ms(4), agent: ms(5), started: ms(8) },
+                daemon: DaemonStamps { accepted: ms(3), read: ms(4), agent: ms(5), started: ms(8), ..Default::default() },
                 agent: AgentStamps { received: ms(6), forked: ms(6), exec: ms(7), reaped: ms(10) },
                 handoff: ms(9),
                 event: ms(11),

@@ -32,6 +32,8 @@ pub struct Started {
     /// ([`crate::protocol::stages`]); 0 where not taken (the relay).
     pub sent_at: u64,
     pub started_at: u64,
+    /// How its container came up for this call.
+    pub up: crate::protocol::stages::UpStamps,
 }
 
 /// Why a tool did not start: its container's agent is gone (the container

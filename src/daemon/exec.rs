@@ -353,7 +353,7 @@ impl<B: ContainerBackend> Daemon<B> {
                     // None on the launcher's channel: the agent reports there.
                     let mut fds: Vec<i32> = started.agent.iter().map(|a| a.as_raw_fd()).collect();
                     fds.extend(started.pty_master.as_ref().map(|m| m.as_raw_fd()));
-                    let stamps = trace.then_some(crate::protocol::stages::DaemonStamps { agent: started.sent_at, started: started.started_at, ..stamps });
+                    let stamps = trace.then_some(crate::protocol::stages::DaemonStamps { agent: started.sent_at, started: started.started_at, up: started.up, ..stamps });
                     protocol::send(&control, &Response::Handoff { pid: started.pid, relayed: started.relayed, stamps }, &fds)
                 }
                 Err(r) => protocol::send(&control, &Response::Error(r), &[]),

@@ -26,6 +26,28 @@ pub struct DaemonStamps {
     pub agent: u64,
     /// The agent's `Started` was read; the hand-off goes next.
     pub started: u64,
+    /// How the profile's container came up for this call (all 0 when it
+    /// was running).
+    pub up: UpStamps,
+}
+
+/// The daemon's stamps of a container brought up for a call: started
+/// (`prepared` to `ready`) or thawed (`thawed`); a stage that did not
+/// happen is 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpStamps {
+    /// The pool holds the profile's lock: the call is the one to bring it up.
+    pub pool: u64,
+    /// Its image found and its view prepared; the engine is asked next.
+    pub prepared: u64,
+    /// The engine created the container.
+    pub created: u64,
+    /// The engine started it (shim, runtime, namespaces).
+    pub launched: u64,
+    /// Its agent answered.
+    pub ready: u64,
+    /// A frozen container thawed.
+    pub thawed: u64,
 }
 
 /// The agent's stamps of a traced call, sent just before the tool's end.
@@ -57,13 +79,18 @@ pub struct CallStamps {
 }
 
 /// The names of a line's fields, in its order.
-const FIELDS: [&str; 13] =
-    ["main", "sent", "accepted", "read", "agent", "started", "received", "forked", "exec", "reaped", "handoff", "event", "exit"];
+const FIELDS: [&str; 19] = [
+    "main", "sent", "accepted", "read", "pool", "prepared", "created", "launched", "ready", "thawed", "agent", "started", "received", "forked",
+    "exec", "reaped", "handoff", "event", "exit",
+];
 
 impl CallStamps {
-    fn values(&self) -> [u64; 13] {
-        let (d, a) = (&self.daemon, &self.agent);
-        [self.main, self.sent, d.accepted, d.read, d.agent, d.started, a.received, a.forked, a.exec, a.reaped, self.handoff, self.event, self.exit]
+    fn values(&self) -> [u64; 19] {
+        let (d, a, u) = (&self.daemon, &self.agent, &self.daemon.up);
+        [
+            self.main, self.sent, d.accepted, d.read, u.pool, u.prepared, u.created, u.launched, u.ready, u.thawed, d.agent, d.started, a.received,
+            a.forked, a.exec, a.reaped, self.handoff, self.event, self.exit,
+        ]
     }
 
     /// One line: `odfs-stages main=NS sent=NS …` (no newline).
@@ -82,7 +109,7 @@ impl CallStamps {
         if words.next() != Some("odfs-stages") {
             return None;
         }
-        let mut v = [0u64; 13];
+        let mut v = [0u64; FIELDS.len()];
         let mut seen = 0;
         for (i, word) in words.enumerate() {
             let (name, value) = word.split_once('=')?;
@@ -95,11 +122,13 @@ impl CallStamps {
         if seen != FIELDS.len() {
             return None;
         }
-        let [main, sent, accepted, read, agent, started, received, forked, exec, reaped, handoff, event, exit] = v;
+        let [main, sent, accepted, read, pool, prepared, created, launched, ready, thawed, agent, started, received, forked, exec, reaped, handoff, event, exit] =
+            v;
+        let up = UpStamps { pool, prepared, created, launched, ready, thawed };
         Some(CallStamps {
             main,
             sent,
-            daemon: DaemonStamps { accepted, read, agent, started },
+            daemon: DaemonStamps { accepted, read, agent, started, up },
             agent: AgentStamps { received, forked, exec, reaped },
             handoff,
             event,
@@ -117,7 +146,7 @@ mod tests {
         let s = CallStamps {
             main: 1,
             sent: 2,
-            daemon: DaemonStamps { accepted: 3, read: 4, agent: 5, started: 6 },
+            daemon: DaemonStamps { accepted: 3, read: 4, agent: 5, started: 6, up: UpStamps { pool: 14, prepared: 15, created: 16, launched: 17, ready: 18, thawed: 19 } },
             agent: AgentStamps { received: 7, forked: 8, exec: 9, reaped: 10 },
             handoff: 11,
             event: 12,

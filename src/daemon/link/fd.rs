@@ -202,7 +202,7 @@ fn start_tool(socket: &Path, mut spawn: SpawnRequest, fds: &Arc<Vec<OwnedFd>>, c
         }
         Ok(Some((AgentEvent::Started { pid }, mut got))) => {
             let agent = (channel.is_none()).then_some(conn);
-            Ok(Started { agent, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at })
+            Ok(Started { agent, pid, container, pty_master: got.pop(), relayed: false, sent_at, started_at, up: Default::default() })
         }
         Ok(Some((AgentEvent::Failed(f), _))) => Err(StartError::Refused(CallError::Spawn(f))),
         Ok(Some((other, _))) => Err(StartError::Refused(CallError::Start(format!("unexpected agent answer {other:?}")))),

@@ -260,7 +260,7 @@ async fn start<B: ContainerBackend>(backend: &B, to: &Target, mut spawn: SpawnRe
     let call = calls.begin(pid);
     let follow = follow(stream.output, stream.input, decoder, fds, ours, slave, call);
     tokio::spawn(tracing::Instrument::instrument(follow, tracing::Span::current()));
-    Ok(Started { agent: Some(launcher), pid, container: to.name.clone(), pty_master: master, relayed: true, sent_at: 0, started_at: 0 })
+    Ok(Started { agent: Some(launcher), pid, container: to.name.clone(), pty_master: master, relayed: true, sent_at: 0, started_at: 0, up: Default::default() })
 }
 
 /// Messages for the relay, from the threads around the caller and the

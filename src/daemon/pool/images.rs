@@ -35,7 +35,7 @@ impl<B: ContainerBackend> Pool<B> {
     /// fetched. An image that just failed to pull (or build) is not tried
     /// again on every call (or shim open): callers get the same error until
     /// the backoff ends.
-    pub(super) async fn create(&self, slot: &Slot) -> Result<(Container, bool), PoolError> {
+    pub(super) async fn create(&self, slot: &Slot) -> Result<super::serve::Brought, PoolError> {
         if let Some(f) = slot.pull_failure.lock().unwrap().clone() {
             let now = Instant::now();
             if now < f.retry_at {

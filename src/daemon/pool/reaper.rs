@@ -112,7 +112,7 @@ impl<B: ContainerBackend> Pool<B> {
                 // The periodic predictor expects its call now: a container
                 // it brings back is not the next to evict.
                 self.cache.lock().unwrap().expected(&slot.key, 1.0 - policy::cache::COVERED);
-                let (c, _) = self.create(slot).await?;
+                let c = self.create(slot).await?.c;
                 transition(&slot.name, state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("pre-warmed before the next expected call ({reason})"));
                 if let Some(p) = slot.life.lock().unwrap().plan.as_mut() {
                     p.prewarm_at = None;

@@ -16,6 +16,7 @@ use crate::catalog::ImageSpec;
 use crate::daemon::call::{CallError, PoolError, StartError, Started};
 use crate::daemon::link::{Launch, Target, AGENT_IN_CONTAINER, SOCKET_IN_CONTAINER};
 use crate::policy::{Call, Plan, Secs};
+use crate::protocol::stages::{now_ns, UpStamps};
 use crate::protocol::ImageProgress;
 
 /// How long a new container's agent may take to answer.
@@ -29,6 +30,14 @@ fn new_token() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A container brought up: it, whether its image was fetched (pulled or
+/// built) for it, and when each stage of its start ended.
+pub(super) struct Brought {
+    pub c: Container,
+    pub fetched: bool,
+    pub up: UpStamps,
+}
+
 /// A container ready for one exec. Dropping it ends the request's claim.
 pub(super) struct Ready {
     pub target: Target,
@@ -36,6 +45,8 @@ pub(super) struct Ready {
     /// The id of the image its container runs.
     pub image: Arc<str>,
     slot: Arc<Slot>,
+    /// How its container came up for this call.
+    pub up: UpStamps,
 }
 
 impl Drop for Ready {
@@ -60,7 +71,7 @@ impl<B: ContainerBackend> Pool<B> {
             let mut launch = launch.clone();
             launch.spawn.token = ready.target.token.clone();
             match self.start(&ready, launch).await {
-                Ok(started) => return Ok((started, ready.served, ready.image.clone())),
+                Ok(started) => return Ok((Started { up: ready.up, ..started }, ready.served, ready.image.clone())),
                 Err(StartError::Refused(r)) => return Err(r),
                 Err(StartError::Unreachable(e)) if !replaced => {
                     tracing::warn!(image = image.name, "agent unreachable ({e}); replacing its container");
@@ -82,8 +93,9 @@ impl<B: ContainerBackend> Pool<B> {
         tracing::Span::current().record("container", slot.name.as_str());
         let mut state = slot.state.lock().await;
         slot.pending.fetch_add(1, Ordering::SeqCst);
+        let pool = now_ns();
         let result = self.bring_up(&slot, &mut state, arrived).await;
-        let (c, served) = match result {
+        let (c, served, up) = match result {
             Ok(x) => x,
             Err(e) => {
                 slot.pending.fetch_sub(1, Ordering::SeqCst);
@@ -105,7 +117,7 @@ impl<B: ContainerBackend> Pool<B> {
         slot.idle.store(false, Ordering::SeqCst);
         self.cache.lock().unwrap().called(&slot.key, cold);
         let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
-        Ok(Ready { target, served, image: c.image, slot: slot.clone() })
+        Ok(Ready { target, served, image: c.image, slot: slot.clone(), up: UpStamps { pool, ..up } })
     }
 
     /// Start a tool in the container `ready` holds.
@@ -113,8 +125,9 @@ impl<B: ContainerBackend> Pool<B> {
         ready.slot.link.start(&*self.backend, &ready.target, launch).await
     }
 
-    /// Make the slot's container run; returns it and how it was found.
-    async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(Container, Served), PoolError> {
+    /// Make the slot's container run; returns it, how it was found and
+    /// when each stage of bringing it up ended.
+    async fn bring_up(&self, slot: &Slot, state: &mut State, arrived: Instant) -> Result<(Container, Served, UpStamps), PoolError> {
         let served = |fetched| if fetched { Served::Pulled } else { Served::Cold };
         // An update moved the image: an idle container of the old one makes
         // way now (this call is the only one on its way in), a busy one
@@ -132,27 +145,29 @@ impl<B: ContainerBackend> Pool<B> {
             State::Warm { c, since, fetched } => {
                 // Started while this call waited (prewarm on open): the caller
                 // paid for a start, if only part of it.
-                Ok((c, if since > arrived { served(fetched) } else { Served::Warm }))
+                Ok((c, if since > arrived { served(fetched) } else { Served::Warm }, UpStamps::default()))
             }
             State::Paused { c } => match self.backend.unpause(&c.id).await {
                 Ok(()) => {
+                    let up = UpStamps { thawed: now_ns(), ..Default::default() };
                     transition(&slot.name, state, State::Warm { c: c.clone(), since: arrived, fetched: false }, "resumed for a call");
-                    Ok((c, Served::Paused))
+                    Ok((c, Served::Paused, up))
                 }
                 Err(e) => {
                     let _ = self.backend.remove(&c.id).await;
                     transition(&slot.name, state, State::Absent, &format!("cannot resume ({e}); replacing the container"));
-                    let (c, fetched) = self.create(slot).await?;
-                    transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
-                    Ok((c, served(fetched)))
+                    self.start_for_call(slot, state).await
                 }
             },
-            State::Absent => {
-                let (c, fetched) = self.create(slot).await?;
-                transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
-                Ok((c, served(fetched)))
-            }
+            State::Absent => self.start_for_call(slot, state).await,
         }
+    }
+
+    /// Start the slot's container for the call that waits for it.
+    async fn start_for_call(&self, slot: &Slot, state: &mut State) -> Result<(Container, Served, UpStamps), PoolError> {
+        let Brought { c, fetched, up } = self.create(slot).await?;
+        transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
+        Ok((c, if fetched { Served::Pulled } else { Served::Cold }, up))
     }
 
     /// Warm a profile ahead of a call that is probably coming, without
@@ -182,7 +197,7 @@ impl<B: ContainerBackend> Pool<B> {
         if !matches!(*state, State::Absent) {
             return Ok(());
         }
-        let (c, fetched) = self.create(&slot).await?;
+        let Brought { c, fetched, .. } = self.create(&slot).await?;
         let why = if plan.is_some() { "pre-warmed for a predicted call" } else { "pre-warmed for a shim opened" };
         transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, why);
         // Without a plan of its own, the policy decides afresh once it is
@@ -201,7 +216,7 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
-    pub(super) async fn start_container(&self, slot: &Slot) -> Result<(Container, bool), PoolError> {
+    pub(super) async fn start_container(&self, slot: &Slot) -> Result<Brought, PoolError> {
         let image = &slot.image;
         let pulled = self.fetch(image, &slot.progress).await?;
         // The container is made of the image's id, not its name: an update
@@ -228,6 +243,7 @@ impl<B: ContainerBackend> Pool<B> {
             cap_add: image.container_caps(),
             binds: vec![],
             env: vec![format!("{}={token}", crate::protocol::TOKEN_ENV)],
+            loopback_only: false,
             limits: image.limits,
             preload: None,
             read_only_root: false,
@@ -245,17 +261,21 @@ impl<B: ContainerBackend> Pool<B> {
         };
         let view = slot.link.prepare(&self.setup(), image, &mut spec).await?;
         spec.labels.insert(LABEL_VIEW.to_string(), view.to_label());
-        let started = Instant::now();
-        let id = self.backend.start(&spec).await?;
+        let mut up = UpStamps { prepared: now_ns(), ..Default::default() };
+        let id = self.backend.create(&spec).await?;
+        up.created = now_ns();
+        self.backend.start(&id, &spec).await?;
+        up.launched = now_ns();
         slot.link.started();
         if slot.link.probe(&*self.backend, &id, &token, AGENT_START_LIMIT).await.is_err() {
             let _ = self.backend.remove(&id).await;
             return Err(PoolError::AgentSilent { image: image.reference.clone(), limit_s: AGENT_START_LIMIT.as_secs(), container: slot.name.clone() });
         }
-        tracing::debug!(container = slot.name, image = image.reference, ms = started.elapsed().as_millis() as u64, "agent answers");
+        up.ready = now_ns();
+        tracing::debug!(container = slot.name, image = image.reference, ms = (up.ready - up.prepared) / 1_000_000, "agent answers");
         if let Some(store) = &self.store {
             store.image_seen(&image_id, &image.reference);
         }
-        Ok((Container { id, token, view: Arc::new(view), image: image_id }, pulled))
+        Ok(Brought { c: Container { id, token, view: Arc::new(view), image: image_id }, fetched: pulled, up })
     }
 }
