@@ -148,3 +148,22 @@ fn only_root_may_restart_the_daemon_and_a_refused_takeover_leaves_it_serving() {
     let o = Command::new(m.shim("expr")).args(["2", "+", "2"]).output().unwrap();
     assert_eq!(stdout(&o), "4\n");
 }
+
+#[test]
+fn a_frozen_container_handed_over_is_thawed_by_the_successor_not_replaced() {
+    let m = TestMount::new(&CATALOG.replace("commands", "pause_after = \"1s\"\nkeep_alive = \"1h\"\ncommands"));
+    let last = LastDaemon(m.socket.clone());
+    let o = Command::new(m.shim("expr")).args(["1", "+", "1"]).output().unwrap();
+    assert_eq!(stdout(&o), "2\n");
+    let c = m.containers()[0].clone();
+    assert!(eventually(Duration::from_secs(10), || frozen(&c) == (false, true)), "never frozen");
+    let old = serving_pid(&m);
+    let o = m.odfs(&["restart"]);
+    assert!(o.status.success(), "odfs restart: {}{}", stdout(&o), stderr(&o));
+    assert!(eventually(Duration::from_secs(30), || !alive(old)), "the old daemon did not hand over:\n{}", m.log_text());
+    let o = Command::new(m.shim("expr")).args(["2", "+", "2"]).output().unwrap();
+    assert_eq!(stdout(&o), "4\n", "{}", stderr(&o));
+    assert_eq!(m.containers(), vec![c.clone()], "replaced instead of thawed:\n{}", m.log_text());
+    assert_eq!(frozen(&c), (false, false));
+    drop(last);
+}

@@ -9,6 +9,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::path::Path;
 
+use super::freezer::Freezer;
 use super::progress::{BuildTracker, PullTracker};
 use super::engine::{Engine, ExecPath};
 use super::{BackendError, ContainerBackend, ContainerSpec, ExecStream, ImageFacts, Managed, ProgressTx, LABEL_MOUNT, LABEL_PROFILE};
@@ -25,7 +26,13 @@ pub struct Docker {
     /// The engine is Podman (asked once): its API ignores device requests
     /// and takes CDI names among the devices instead.
     podman: tokio::sync::OnceCell<bool>,
+    /// Containers this process froze through their cgroup (a local engine):
+    /// the engine still sees them running, and they are thawed the same way.
+    frozen: dashmap::DashMap<String, Freezer>,
 }
+
+/// How long a container's processes may take to freeze.
+const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Seconds an engine request may take to answer (streams may then run on).
 const REQUEST_TIMEOUT: u64 = 120;
@@ -33,7 +40,7 @@ const REQUEST_TIMEOUT: u64 = 120;
 impl Docker {
     /// A client of `engine` (chosen by [`crate::config::engine`]).
     pub fn with_engine(engine: Engine) -> Docker {
-        Docker { client: tokio::sync::OnceCell::new(), engine, podman: tokio::sync::OnceCell::new() }
+        Docker { client: tokio::sync::OnceCell::new(), engine, podman: tokio::sync::OnceCell::new(), frozen: Default::default() }
     }
 
     /// Labels and entry point of a local image; `None` when it is not here.
@@ -370,6 +377,19 @@ impl Docker {
         }
     }
 
+    /// The cgroup freezer of local container `id`, and whether the engine
+    /// itself paused it (then the engine must be the one to resume it).
+    async fn freezer(&self, id: &str) -> Result<(bool, Freezer), BackendError> {
+        if !self.local() {
+            return Err(BackendError::Unsupported("the engine is not on this machine".into()));
+        }
+        let info = self.client().await?.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await.map_err(|e| self.classify(e))?;
+        let state = info.state.unwrap_or_default();
+        let pid = state.pid.filter(|&p| p > 0).ok_or_else(|| BackendError::Engine(format!("container {id} is not running")))?;
+        let f = Freezer::of(pid as i32, info.id.as_deref().unwrap_or(id)).map_err(|e| BackendError::Engine(e.to_string()))?;
+        Ok((state.paused.unwrap_or(false), f))
+    }
+
     /// Whether the engine is on this machine.
     pub(super) fn local(&self) -> bool {
         self.exec_path() == ExecPath::Fd
@@ -558,6 +578,11 @@ impl ContainerBackend for Docker {
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
+        // Thawed first: a frozen process cannot act on SIGKILL under v1,
+        // and not every engine thaws what it did not freeze.
+        if let Some((_, f)) = self.frozen.remove(id) {
+            let _ = f.thaw();
+        }
         let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.client().await?.remove_container(id, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -569,10 +594,33 @@ impl ContainerBackend for Docker {
     }
 
     async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        // Frozen through its cgroup where the engine is here: its thaw is
+        // then one write on the call's path, not the engine's round trip.
+        if let Ok((false, f)) = self.freezer(id).await {
+            let at = f.clone();
+            match tokio::task::spawn_blocking(move || at.freeze(FREEZE_LIMIT)).await {
+                Ok(Ok(())) => {
+                    self.frozen.insert(id.to_string(), f);
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(BackendError::Engine(format!("cannot freeze container {id}: {e}"))),
+                Err(e) => return Err(BackendError::Engine(e.to_string())),
+            }
+        }
         self.client().await?.pause_container(id).await.map_err(|e| self.classify(e))
     }
 
     async fn unpause(&self, id: &str) -> Result<(), BackendError> {
+        let thaw = |f: Freezer| f.thaw().map_err(|e| BackendError::Engine(format!("cannot thaw container {id}: {e}")));
+        if let Some((_, f)) = self.frozen.remove(id) {
+            return thaw(f);
+        }
+        // Frozen by the daemon this one took over from.
+        if let Ok((false, f)) = self.freezer(id).await {
+            if f.frozen().unwrap_or(false) {
+                return thaw(f);
+            }
+        }
         self.client().await?.unpause_container(id).await.map_err(|e| self.classify(e))
     }
 

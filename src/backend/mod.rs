@@ -5,6 +5,7 @@
 mod archive;
 pub mod docker;
 pub mod engine;
+pub mod freezer;
 mod images;
 pub mod job;
 pub mod outbound;

@@ -779,3 +779,16 @@ impl<F: FnMut()> Drop for Defer<F> {
         (self.0)()
     }
 }
+
+/// Whether the engine paused `container`, and whether every process of it
+/// is frozen (by the engine, or by odfs through its cgroup).
+pub fn frozen(container: &str) -> (bool, bool) {
+    let out = stdout(&docker(&["inspect", "-f", "{{.State.Paused}} {{.State.Pid}} {{.Id}}", container]));
+    match out.split_whitespace().collect::<Vec<_>>()[..] {
+        [paused, pid, id] => {
+            let frozen = pid.parse().is_ok_and(|pid| odfs::backend::freezer::Freezer::of(pid, id).is_ok_and(|f| f.frozen().unwrap_or(false)));
+            (paused == "true", frozen)
+        }
+        _ => (false, false),
+    }
+}

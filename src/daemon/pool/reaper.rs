@@ -87,7 +87,10 @@ impl<B: ContainerBackend> Pool<B> {
             }
             Phase::Paused => {
                 slot.idle.store(true, Ordering::SeqCst);
-                slot.life.lock().unwrap().plan.clone()
+                // Taken over frozen, its plan stayed with the daemon that
+                // made it: a new one counts its idle time from now.
+                let kept = slot.life.lock().unwrap().plan.clone();
+                kept.or_else(|| Some(self.idle_plan(slot, now)))
             }
             Phase::Absent => slot.life.lock().unwrap().plan.clone(),
         };
