@@ -334,3 +334,21 @@ fn an_image_that_fills_opt_keeps_it_and_a_host_path_there_is_refused() {
     let image = out.lines().find(|l| l.trim_start().starts_with("image's own:")).unwrap_or_else(|| panic!("{out}"));
     assert!(image.split_whitespace().any(|w| w == "/opt"), "{out}");
 }
+
+#[test]
+fn a_tool_without_a_network_has_loopback_up_and_names_localhost() {
+    let m = TestMount::new(CATALOG);
+    let u = TestUser::new();
+    // Its own namespace: loopback only, up, and the host's name.
+    let o = u.cmd(m.shim("sh")).args(["-c", "ip -o link | cut -d: -f2; ip -o addr show lo | grep -c 127.0.0.1; hostname"]).output().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(stdout(&o), format!(" lo\n1\n{}", host), "{}", stderr(&o));
+    // The files the engine writes for a network: localhost named, read-only.
+    let o = m.sh(r#""$M/sh" -c "grep -c '^127.0.0.1	localhost$' /etc/hosts; echo x >> /etc/hosts 2>&1; cat /etc/resolv.conf""#);
+    let out = stdout(&o);
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(out.starts_with("1\n") && stderr(&o).contains("Read-only file system") && out.ends_with(&resolv), "{out}\n{}", stderr(&o));
+    // And a Debian tool resolves localhost through it, as on the host.
+    let o = u.cmd(m.shim("dsh")).args(["-c", "getent hosts localhost"]).output().unwrap();
+    assert!(stdout(&o).starts_with("127.0.0.1") || stdout(&o).starts_with("::1"), "{}{}", stdout(&o), stderr(&o));
+}

@@ -324,6 +324,7 @@ fn create_body(spec: &ContainerSpec, podman: bool) -> ContainerCreateBody {
         user: Some("0:0".into()),
         working_dir: Some("/".into()),
         hostname: spec.hostname.clone().filter(|_| !spec.host_namespaces),
+        network_disabled: Some(spec.loopback_only),
         host_config: Some(HostConfig {
             binds: Some(host_binds),
             mounts: Some(mounts),
