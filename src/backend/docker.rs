@@ -29,7 +29,18 @@ pub struct Docker {
     /// Containers this process froze through their cgroup (a local engine):
     /// the engine still sees them running, and they are thawed the same way.
     frozen: dashmap::DashMap<String, Freezer>,
+    /// The engine's default OCI runtime and whether it has [`FAST_RUNTIME`]
+    /// registered (asked once).
+    runtimes: tokio::sync::OnceCell<(String, bool)>,
+    /// Why [`FAST_RUNTIME`] failed where the default worked: the default
+    /// serves from then on.
+    fast_failed: std::sync::Mutex<Option<String>>,
 }
+
+/// The OCI runtime containers are asked to run on where the engine has it
+/// registered: crun starts one in about half of runc's time (a C program,
+/// no re-exec of itself to set up the namespaces).
+const FAST_RUNTIME: &str = "crun";
 
 /// How long a container's processes may take to freeze.
 const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -40,7 +51,14 @@ const REQUEST_TIMEOUT: u64 = 120;
 impl Docker {
     /// A client of `engine` (chosen by [`crate::config::engine`]).
     pub fn with_engine(engine: Engine) -> Docker {
-        Docker { client: tokio::sync::OnceCell::new(), engine, podman: tokio::sync::OnceCell::new(), frozen: Default::default() }
+        Docker {
+            client: tokio::sync::OnceCell::new(),
+            engine,
+            podman: tokio::sync::OnceCell::new(),
+            frozen: Default::default(),
+            runtimes: tokio::sync::OnceCell::new(),
+            fast_failed: std::sync::Mutex::new(None),
+        }
     }
 
     /// Labels and entry point of a local image; `None` when it is not here.
@@ -271,7 +289,7 @@ fn split_tag(reference: &str) -> (String, String) {
 /// The engine's create request for `spec`: the view's binds and tmpfs,
 /// the privileges (none but the catalog's capabilities), the limits, the
 /// namespaces and the devices. `podman`: devices as Podman takes them.
-fn create_body(spec: &ContainerSpec, podman: bool) -> ContainerCreateBody {
+fn create_body(spec: &ContainerSpec, podman: bool, runtime: Option<&str>) -> ContainerCreateBody {
     // Host-view binds in the `Binds` form (`SRC:DST:rslave`): recursive
     // on Docker and on Podman alike, where Podman's `Mounts` form binds
     // only the top mount. Paths that form cannot spell go to `Mounts`.
@@ -331,6 +349,7 @@ fn create_body(spec: &ContainerSpec, podman: bool) -> ContainerCreateBody {
             readonly_rootfs: Some(spec.read_only_root),
             tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
             network_mode: Some(spec.network.clone()),
+            runtime: runtime.map(String::from),
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(spec.cap_add.clone()),
             security_opt: Some(vec!["no-new-privileges".into()]),
@@ -389,6 +408,83 @@ impl Docker {
         let pid = state.pid.filter(|&p| p > 0).ok_or_else(|| BackendError::Engine(format!("container {id} is not running")))?;
         let f = Freezer::of(pid as i32, info.id.as_deref().unwrap_or(id)).map_err(|e| BackendError::Engine(e.to_string()))?;
         Ok((state.paused.unwrap_or(false), f))
+    }
+
+    /// Create a container of `spec` on `runtime` (the engine's default if
+    /// none).
+    async fn create_on(&self, spec: &ContainerSpec, runtime: Option<&str>) -> Result<String, BackendError> {
+        // Podman takes GPUs and CDI devices as CDI names among the devices.
+        let podman = !spec.device_requests.is_empty() && self.is_podman().await;
+        let body = create_body(spec, podman, runtime);
+        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
+        let client = self.client().await?;
+        let asked = |e: BackendError| devices_unsupported(spec, e);
+        let created = match client.create_container(Some(opts.clone()), body.clone()).await {
+            Ok(c) => c,
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
+                // A leftover with our name (from a crash): it is ours to replace.
+                self.remove(&spec.name).await?;
+                client.create_container(Some(opts), body).await.map_err(|e| asked(self.classify(e)))?
+            }
+            Err(e) => return Err(asked(self.classify(e))),
+        };
+        if let Some(tar) = &spec.preload {
+            let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
+            if let Err(e) = client.upload_to_container(&created.id, Some(opts), bollard::body_full(tar.clone())).await {
+                let _ = self.remove(&created.id).await;
+                return Err(self.classify(e));
+            }
+        }
+        Ok(created.id)
+    }
+
+    /// Start created container `id`; one that fails to start is removed.
+    async fn start_created(&self, id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
+        let client = self.client().await?;
+        if let Err(e) = client.start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            let _ = self.remove(id).await;
+            return Err(devices_unsupported(spec, self.classify(e)));
+        }
+        Ok(())
+    }
+
+    /// The engine's default runtime and whether it has [`FAST_RUNTIME`].
+    async fn runtimes(&self) -> Option<&(String, bool)> {
+        let ask = || async {
+            let info = self.client().await?.info().await.map_err(|e| self.classify(e))?;
+            let fast = info.runtimes.is_some_and(|r| r.contains_key(FAST_RUNTIME));
+            Ok::<_, BackendError>((info.default_runtime.unwrap_or_else(|| "runc".into()), fast))
+        };
+        self.runtimes.get_or_try_init(ask).await.ok()
+    }
+
+    /// [`FAST_RUNTIME`], where containers must ask for it: the engine has
+    /// it, it is not the default already, and it has not failed here.
+    async fn fast_runtime(&self) -> Option<&'static str> {
+        if self.fast_failed.lock().unwrap().is_some() {
+            return None;
+        }
+        self.runtimes().await.filter(|(default, fast)| *fast && default != FAST_RUNTIME).map(|_| FAST_RUNTIME)
+    }
+
+    fn fast_failed(&self, e: BackendError) {
+        let why = one_line(&e.to_string());
+        tracing::warn!("{FAST_RUNTIME} failed where the engine's default runtime works ({why}); the default serves from now on");
+        *self.fast_failed.lock().unwrap() = Some(why);
+    }
+
+    /// Which OCI runtime containers run on, for `odfs status` and `odfs doctor`.
+    pub async fn runtime_line(&self) -> String {
+        let failed = self.fast_failed.lock().unwrap().clone();
+        match (self.runtimes().await, failed) {
+            (None, _) => "unknown (the engine does not answer)".into(),
+            (Some((default, _)), Some(why)) => format!("{default}, the engine's default ({FAST_RUNTIME} failed here: {why})"),
+            (Some((default, _)), None) if default == FAST_RUNTIME => format!("{FAST_RUNTIME}, the engine's default"),
+            (Some((default, true)), None) => format!("{FAST_RUNTIME}, asked per container (the engine's default is {default})"),
+            (Some((default, false)), None) => format!(
+                "{default}, the engine's default ({FAST_RUNTIME}, which starts containers faster, is not registered with the engine: install it and add it to the engine's runtimes, as scripts/setup does)"
+            ),
+        }
     }
 
     /// Whether the engine is on this machine.
@@ -544,38 +640,34 @@ impl ContainerBackend for Docker {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
-        // Podman takes GPUs and CDI devices as CDI names among the devices.
-        let podman = !spec.device_requests.is_empty() && self.is_podman().await;
-        let body = create_body(spec, podman);
-        let opts = CreateContainerOptionsBuilder::new().name(&spec.name).build();
-        let client = self.client().await?;
-        let asked = |e: BackendError| devices_unsupported(spec, e);
-        let created = match client.create_container(Some(opts.clone()), body.clone()).await {
-            Ok(c) => c,
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
-                // A leftover with our name (from a crash): it is ours to replace.
-                self.remove(&spec.name).await?;
-                client.create_container(Some(opts), body).await.map_err(|e| asked(self.classify(e)))?
-            }
-            Err(e) => return Err(asked(self.classify(e))),
-        };
-        if let Some(tar) = &spec.preload {
-            let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path("/").build();
-            if let Err(e) = client.upload_to_container(&created.id, Some(opts), bollard::body_full(tar.clone())).await {
-                let _ = self.remove(&created.id).await;
-                return Err(self.classify(e));
-            }
+        match self.fast_runtime().await {
+            // Podman lists runtimes it may not have: the default then serves.
+            Some(fast) => match self.create_on(spec, Some(fast)).await {
+                Err(e) => {
+                    let id = self.create_on(spec, None).await?;
+                    self.fast_failed(e);
+                    Ok(id)
+                }
+                created => created,
+            },
+            None => self.create_on(spec, None).await,
         }
-        Ok(created.id)
     }
 
-    async fn start(&self, id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
-        let client = self.client().await?;
-        if let Err(e) = client.start_container(id, None::<bollard::query_parameters::StartContainerOptions>).await {
-            let _ = self.remove(id).await;
-            return Err(devices_unsupported(spec, self.classify(e)));
+    async fn start(&self, id: &str, spec: &ContainerSpec) -> Result<String, BackendError> {
+        match self.start_created(id, spec).await {
+            Ok(()) => Ok(id.to_string()),
+            // A runtime the engine has may still fail where its default
+            // works (crun refuses hybrid cgroups with controllers left in
+            // v2): once the default starts it, the default serves.
+            Err(e) if self.fast_runtime().await.is_some() => {
+                let again = self.create_on(spec, None).await?;
+                self.start_created(&again, spec).await?;
+                self.fast_failed(e);
+                Ok(again)
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
@@ -764,6 +856,7 @@ impl ContainerBackend for Docker {
             exec_path: self.engine.exec_path(),
             source: self.engine.source.to_string(),
             version: self.version().await.map_err(|e| e.to_string()),
+            runtime: self.runtime_line().await,
         }
     }
 

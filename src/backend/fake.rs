@@ -93,7 +93,7 @@ impl ContainerBackend for Fake {
         Ok(id)
     }
 
-    async fn start(&self, _id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
+    async fn start(&self, id: &str, spec: &ContainerSpec) -> Result<String, BackendError> {
         tokio::time::sleep(self.start_delay).await;
         let run = spec.binds.iter().find(|b| b.target.ends_with("run")).expect("run dir bind");
         let listener = UnixListener::bind(run.source.join("agent.sock")).map_err(|e| BackendError::Engine(e.to_string()))?;
@@ -106,7 +106,7 @@ impl ContainerBackend for Fake {
                 }
             }
         });
-        Ok(())
+        Ok(id.to_string())
     }
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
@@ -192,6 +192,7 @@ impl ContainerBackend for Fake {
             exec_path: super::ExecPath::Fd,
             source: "test".into(),
             version: Ok("fake".into()),
+            runtime: "fake".into(),
         }
     }
 

@@ -185,8 +185,10 @@ pub trait ContainerBackend: Send + Sync + 'static {
     /// Create a container, not started; returns its id.
     fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// Start the container `create` made of `spec`; one that fails to
-    /// start is removed.
-    fn start(&self, id: &str, spec: &ContainerSpec) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// start is removed. Returns the id of the container started: `id`, or
+    /// one made again on the engine's default runtime when the one chosen
+    /// failed.
+    fn start(&self, id: &str, spec: &ContainerSpec) -> impl Future<Output = Result<String, BackendError>> + Send;
     /// Remove a container, killing what still runs in it. Absent is fine.
     fn remove(&self, id: &str) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Freeze every process of a container (cgroup freezer), and thaw it.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::stats::Measured;
+use crate::protocol::stages::{now_ns, STAGES_ENV};
 use super::stats::Summary;
 
 /// How many samples each section takes.
@@ -96,6 +97,18 @@ pub struct Results {
     /// Calls in loops, ms per call: each way of looping, natively and through the shim.
     pub loops: Vec<LoopResult>,
     pub stages: Stages,
+    /// Where a cold call's time goes: its container created and started.
+    pub cold_stages: Brought,
+    /// Where a paused call's time goes: its container thawed.
+    pub paused_stages: Brought,
+}
+
+/// The stages of calls whose container was brought up for them, each
+/// traced (their stages add up to the call; medians do not, exactly).
+#[derive(Debug, Clone)]
+pub struct Brought {
+    pub whole: Measured,
+    pub stages: Vec<Measured>,
 }
 
 /// Where a warm call's time goes (see [`super::stages`]), beside native
@@ -467,28 +480,38 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     progress("stages of a warm call (traced calls)");
     let stages = stages(&main, counts)?;
 
-    progress("paused calls");
+    progress("paused calls (traced)");
+    let frozen_trace = main.root.join("stages-paused");
+    let paused_shim = main.shim("paused-true");
+    time_ms(&mut native(paused_shim.to_str().unwrap()))?;
     let mut paused = Vec::new();
-    time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?;
+    let mut around = Vec::new();
     for _ in 0..counts.paused {
-        wait_until(Duration::from_secs(10), || main.containers_of("frozen", Some("paused")) == 1)?;
-        paused.push(time_ms(&mut native(main.shim("paused-true").to_str().unwrap()))?);
+        wait_until(Duration::from_secs(10), || shown_state(&paused_shim).as_deref() == Some("paused"))?;
+        let spawn = now_ns();
+        paused.push(time_ms(native(paused_shim.to_str().unwrap()).env(STAGES_ENV, &frozen_trace))?);
+        around.push((spawn, now_ns()));
     }
+    let paused_stages = traced(&frozen_trace, &around, super::stages::Kind::Thawed)?;
     let paused = Measured::new("odfs shim (paused)", paused);
 
-    progress("cold calls: odfs against docker run --rm");
-    let (mut cold_odfs, mut cold_run) = (Vec::new(), Vec::new());
+    progress("cold calls: odfs against docker run --rm (traced)");
+    let cold_trace = main.root.join("stages-cold");
+    let (mut cold_odfs, mut cold_run, mut around) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..counts.cold {
         wait_until(Duration::from_secs(20), || main.containers_of("cold", None) == 0)?;
         shuffled(round, 2, |i| {
             if i == 0 {
-                cold_odfs.push(time_ms(&mut native(main.shim("cold-true").to_str().unwrap()))?);
+                let spawn = now_ns();
+                cold_odfs.push(time_ms(native(main.shim("cold-true").to_str().unwrap()).env(STAGES_ENV, &cold_trace))?);
+                around.push((spawn, now_ns()));
             } else {
                 cold_run.push(time_ms(native("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]))?);
             }
             Ok(())
         })?;
     }
+    let cold_stages = traced(&cold_trace, &around, super::stages::Kind::Started)?;
     let cold = vec![Measured::new("odfs shim (cold)", cold_odfs), Measured::new("docker run --rm", cold_run)];
 
     progress("stdio throughput through cat");
@@ -539,14 +562,14 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         }
         None => None,
     };
-    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops, stages })
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops, stages, cold_stages, paused_stages })
 }
 
 /// Warm calls traced stage by stage (`ODFS_STAGES`), each beside a native
 /// call, with the caller's own stamps around each: when it spawned the
 /// shim and when its `wait` returned.
 fn stages(main: &Mount, counts: &Counts) -> std::io::Result<Stages> {
-    use crate::protocol::stages::{now_ns, CallStamps, STAGES_ENV};
+    use crate::protocol::stages::CallStamps;
     let trace = main.root.join("stages");
     let _ = std::fs::remove_file(&trace);
     let mut native = Vec::new();
@@ -572,6 +595,32 @@ fn stages(main: &Mount, counts: &Counts) -> std::io::Result<Stages> {
         around.iter().zip(stamps).map(|(&(spawn, done), stamps)| super::stages::Traced { spawn, stamps, done }).collect();
     let (stages, alongside, whole) = super::stages::breakdown(&calls);
     Ok(Stages { native: Measured::new("native /bin/true", native), whole, stages, alongside })
+}
+
+/// The calls traced into `trace`, spawned and waited for at `around`,
+/// cut into the stages of a container brought up as `kind`.
+fn traced(trace: &Path, around: &[(u64, u64)], kind: super::stages::Kind) -> std::io::Result<Brought> {
+    use crate::protocol::stages::CallStamps;
+    let lines = std::fs::read_to_string(trace)?;
+    let stamps: Vec<CallStamps> = lines.lines().filter_map(CallStamps::parse).collect();
+    if stamps.len() != around.len() {
+        return Err(std::io::Error::other(format!("{} traced calls wrote {} stage lines to {}", around.len(), stamps.len(), trace.display())));
+    }
+    let calls: Vec<super::stages::Traced> =
+        around.iter().zip(stamps).map(|(&(spawn, done), stamps)| super::stages::Traced { spawn, stamps, done }).collect();
+    let (stages, whole) = super::stages::brought_up(&calls, kind);
+    Ok(Brought { whole, stages })
+}
+
+/// The state the mount shows for a shim's container (`user.odfs.state`).
+fn shown_state(shim: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(shim.as_os_str().as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both strings are NUL-terminated; the buffer is ours and its
+    // length is given.
+    let n = unsafe { libc::getxattr(path.as_ptr(), c"user.odfs.state".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
 }
 
 /// What a `make` recipe, `find -exec` or a script pays per file: calls of

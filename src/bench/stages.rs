@@ -37,6 +37,67 @@ const ALONGSIDE: [Stage; 3] = [
     ("exit event read to launcher's exit", |t| (t.stamps.event, t.stamps.exit)),
 ];
 
+/// How the container of a traced call came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Created and started for it (or for the open of its shim just before).
+    Started,
+    /// Thawed for it.
+    Thawed,
+}
+
+/// A stamp of a call brought up: the moment a stage ends.
+type Mark = (&'static str, fn(&Traced) -> u64);
+
+/// The stages of a call whose container was started, each named by what
+/// runs up to its stamp.
+const STARTED: [Mark; 10] = [
+    ("exec of the shim, the launcher to its request", |t| t.stamps.sent),
+    ("daemon: accept, read, credentials, policy, to the pool", |t| t.stamps.daemon.up.pool),
+    ("pool: the image's id, the view, the run directory", |t| t.stamps.daemon.up.prepared),
+    ("engine: create", |t| t.stamps.daemon.up.created),
+    ("engine: start (its shim, the runtime, namespaces, mounts)", |t| t.stamps.daemon.up.launched),
+    ("agent: from the start to its first answer", |t| t.stamps.daemon.up.ready),
+    ("daemon: the caller's paths, the spawn request", |t| t.stamps.daemon.agent),
+    ("agent: accept to execve", |t| t.stamps.agent.exec),
+    ("tool: execve to exit", |t| t.stamps.agent.reaped),
+    ("exit: agent's reap to the caller's wait", |t| t.done),
+];
+
+/// The stages of a call whose container was thawed.
+const THAWED: [Mark; 7] = [
+    ("exec of the shim, the launcher to its request", |t| t.stamps.sent),
+    ("daemon: accept, read, credentials, policy, to the pool", |t| t.stamps.daemon.up.pool),
+    ("thaw (the cgroup freezer, or the engine's unpause)", |t| t.stamps.daemon.up.thawed),
+    ("daemon: the caller's paths, the spawn request", |t| t.stamps.daemon.agent),
+    ("agent: accept to execve", |t| t.stamps.agent.exec),
+    ("tool: execve to exit", |t| t.stamps.agent.reaped),
+    ("exit: agent's reap to the caller's wait", |t| t.done),
+];
+
+/// The stages of calls whose container came up as `kind`, and their whole
+/// duration. Each stage runs from the previous stamp (or the shim's
+/// spawn) to its own; a stamp earlier than the one before it (the
+/// container was started on the shim's open, before the request) ends its
+/// stage at once, so the stages always add up to the call.
+pub fn brought_up(calls: &[Traced], kind: Kind) -> (Vec<Measured>, Measured) {
+    let marks: &[Mark] = match kind {
+        Kind::Started => &STARTED,
+        Kind::Thawed => &THAWED,
+    };
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); marks.len()];
+    for t in calls {
+        let mut at = t.spawn;
+        for (i, (_, mark)) in marks.iter().enumerate() {
+            let end = mark(t).max(at);
+            columns[i].push(span_ms((at, end)));
+            at = end;
+        }
+    }
+    let stages = marks.iter().zip(columns).map(|((name, _), v)| Measured::new(name, v)).collect();
+    (stages, Measured::new("whole call (traced)", calls.iter().map(|t| span_ms((t.spawn, t.done))).collect()))
+}
+
 /// ms from `a` to `b`; a stage whose stamps crossed (taken on two cores a
 /// few µs apart) counts as 0.
 fn span_ms((a, b): (u64, u64)) -> f64 {
@@ -85,6 +146,25 @@ mod tests {
         assert_eq!(medians.iter().sum::<f64>(), whole.summary.median);
         assert_eq!(alongside.iter().map(|m| m.summary.median).collect::<Vec<_>>(), [3.0, 1.0, 1.0]);
         assert_eq!(whole.summary.n, 2);
+    }
+
+    #[test]
+    fn a_started_call_s_stages_add_up_even_when_the_start_began_on_the_open() {
+        use crate::protocol::stages::UpStamps;
+        let mut c = call(1_000_000_000);
+        let ms = |n: u64| 1_000_000_000 + n * 1_000_000;
+        // Started on the shim's open: the pool's stamps precede the request.
+        c.stamps.daemon.up = UpStamps { pool: ms(0), prepared: ms(1), created: ms(2), launched: ms(4), ready: ms(5), thawed: 0 };
+        c.stamps.daemon.agent = ms(6);
+        let (stages, whole) = brought_up(&[c], Kind::Started);
+        let medians: Vec<f64> = stages.iter().map(|m| m.summary.median).collect();
+        assert_eq!(medians, [2.0, 0.0, 0.0, 0.0, 2.0, 1.0, 1.0, 1.0, 3.0, 3.0]);
+        assert_eq!(medians.iter().sum::<f64>(), whole.summary.median);
+        // A thawed call: the thaw between the pool and the spawn request.
+        c.stamps.daemon.up = UpStamps { pool: ms(3), thawed: ms(4), ..Default::default() };
+        c.stamps.daemon.agent = ms(5);
+        let (stages, _) = brought_up(&[c], Kind::Thawed);
+        assert_eq!(stages.iter().map(|m| m.summary.median).collect::<Vec<_>>(), [2.0, 1.0, 1.0, 1.0, 2.0, 3.0, 3.0]);
     }
 
     #[test]

@@ -321,6 +321,8 @@ pub struct EngineInfo {
     pub source: String,
     /// Product and version, or why the engine does not answer.
     pub version: Result<String, String>,
+    /// The OCI runtime containers run on, and why.
+    pub runtime: String,
 }
 
 /// A profile's container as `odfs status`, `odfs ls` and the

@@ -81,6 +81,10 @@ fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::pa
         Ok(v) => checks.report(Some(true), format!("container engine {} ({place}, {v}, from {}): calls take the {} path", engine.host, engine.source, engine.exec_path.as_str())),
         Err(e) => checks.report(Some(false), format!("container engine {} ({place}, from {}): {e}", engine.host, engine.source)),
     }
+    if engine.version.is_ok() {
+        // The default runtime works; the faster one is advice, not a fault.
+        checks.report(None, format!("OCI runtime: {}", engine.runtime));
+    }
     for c in &containers {
         checks.report(None, format!("image {} ({}): exec path {}", c.image, c.state.as_str(), c.exec_path.as_str()));
     }

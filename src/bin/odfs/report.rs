@@ -194,7 +194,7 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
                                         "exec_path": c.exec_path.as_str(), "memory": c.memory}))
             .collect();
         let engine = serde_json::json!({"host": engine.host, "remote": engine.remote, "exec_path": engine.exec_path.as_str(),
-                                        "source": engine.source, "version": engine.version.as_ref().ok(),
+                                        "source": engine.source, "version": engine.version.as_ref().ok(), "runtime": engine.runtime,
                                         "error": engine.version.as_ref().err()});
         let images: Vec<_> = images
             .iter()
@@ -210,6 +210,7 @@ pub(crate) fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()>
         let place = if engine.remote { "remote" } else { "local" };
         let answer = engine.version.unwrap_or_else(|e| format!("NOT REACHABLE: {e}"));
         println!("engine: {} ({place}, exec path {}, from {}): {answer}", engine.host, engine.exec_path.as_str(), engine.source);
+        println!("runtime: {}", engine.runtime);
         println!("idle: {budget}");
         for (ok, line) in &archive {
             let tag = match ok {

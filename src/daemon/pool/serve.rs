@@ -117,7 +117,9 @@ impl<B: ContainerBackend> Pool<B> {
         slot.idle.store(false, Ordering::SeqCst);
         self.cache.lock().unwrap().called(&slot.key, cold);
         let target = Target { id: c.id, name: slot.name.clone(), token: c.token, view: c.view };
-        Ok(Ready { target, served, image: c.image, slot: slot.clone(), up: UpStamps { pool, ..up } })
+        // A start made ahead (on the shim's open) keeps its own pool stamp.
+        let up = UpStamps { pool: if up.pool == 0 { pool } else { up.pool }, ..up };
+        Ok(Ready { target, served, image: c.image, slot: slot.clone(), up })
     }
 
     /// Start a tool in the container `ready` holds.
@@ -145,7 +147,11 @@ impl<B: ContainerBackend> Pool<B> {
             State::Warm { c, since, fetched } => {
                 // Started while this call waited (prewarm on open): the caller
                 // paid for a start, if only part of it.
-                Ok((c, if since > arrived { served(fetched) } else { Served::Warm }, UpStamps::default()))
+                if since > arrived {
+                    Ok((c, served(fetched), *slot.brought.lock().unwrap()))
+                } else {
+                    Ok((c, Served::Warm, UpStamps::default()))
+                }
             }
             State::Paused { c } => match self.backend.unpause(&c.id).await {
                 Ok(()) => {
@@ -197,7 +203,9 @@ impl<B: ContainerBackend> Pool<B> {
         if !matches!(*state, State::Absent) {
             return Ok(());
         }
-        let Brought { c, fetched, .. } = self.create(&slot).await?;
+        let pool = now_ns();
+        let Brought { c, fetched, up } = self.create(&slot).await?;
+        *slot.brought.lock().unwrap() = UpStamps { pool, ..up };
         let why = if plan.is_some() { "pre-warmed for a predicted call" } else { "pre-warmed for a shim opened" };
         transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, why);
         // Without a plan of its own, the policy decides afresh once it is
@@ -264,7 +272,7 @@ impl<B: ContainerBackend> Pool<B> {
         let mut up = UpStamps { prepared: now_ns(), ..Default::default() };
         let id = self.backend.create(&spec).await?;
         up.created = now_ns();
-        self.backend.start(&id, &spec).await?;
+        let id = self.backend.start(&id, &spec).await?;
         up.launched = now_ns();
         slot.link.started();
         if slot.link.probe(&*self.backend, &id, &token, AGENT_START_LIMIT).await.is_err() {

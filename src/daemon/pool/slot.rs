@@ -78,6 +78,9 @@ pub struct Slot {
     /// its reference: a container of another one is replaced when it is
     /// next idle (its running tools finish where they are).
     pub(super) wanted: Mutex<Option<Arc<str>>>,
+    /// When each stage of its container's last start ended: what a call
+    /// that waited on a start made ahead of it (on a shim's open) reports.
+    pub(super) brought: Mutex<crate::protocol::stages::UpStamps>,
 }
 
 impl Slot {
@@ -127,6 +130,7 @@ impl<B: ContainerBackend> Pool<B> {
                     idle: AtomicBool::new(false),
                     owner: std::sync::atomic::AtomicU32::new(NO_OWNER),
                     wanted: Mutex::new(None),
+                    brought: Mutex::default(),
                     name,
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
