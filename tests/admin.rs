@@ -114,6 +114,11 @@ fn doctor_checks_the_setup_and_finds_stale_mounts() {
     assert!(host.contains(" /tmp") && host.contains(" /home") && host.contains("/run/user"), "{view}");
     assert!(image.contains("/usr") && image.contains("/etc") && !image.contains("/tmp"), "{view}");
     assert!(out.contains("ok   host mounts are shared"), "{out}");
+    // setup registers crun with the engine: containers ask for it.
+    assert!(out.contains("note OCI runtime: crun, asked per container"), "{out}");
+    assert!(m.sh(r#""$M/true""#).status.success());
+    let c = m.containers()[0].clone();
+    assert_eq!(stdout(&docker(&["inspect", "-f", "{{.HostConfig.Runtime}}", &c])).trim(), "crun");
     m.crash();
     let o = odfs(&m, &["doctor"]);
     assert_eq!(o.status.code(), Some(1));

@@ -43,7 +43,7 @@ pub fn markdown(r: &Results, machine: &str) -> String {
 
     out += "\n### 2. Paused and cold calls (ratio: to `docker run --rm`)\n\n";
     let docker_cold = &r.cold[1];
-    let mut rows = vec![row(&r.paused, "ms", Some(docker_cold))];
+    let mut rows: Vec<Vec<String>> = r.paused.iter().map(|m| row(m, "ms", Some(docker_cold))).collect();
     rows.extend(r.cold.iter().map(|m| row(m, "ms", Some(docker_cold))));
     out += &markdown_table(&header, &rows);
     out += &brought("a cold call (its container created and started for it)", &r.cold_stages);
@@ -125,7 +125,7 @@ fn targets(r: &Results) -> String {
             ratio(med(&r.warm[4]), med(&r.warm[5])),
             check(med(&r.warm[4]) <= 1.1 * med(&r.warm[5])).into(),
         ],
-        vec!["paused ≤ 1.5× warm".into(), ratio(med(&r.paused), med(shim)), check(med(&r.paused) <= 1.5 * med(shim)).into()],
+        vec!["paused ≤ 1.5× warm".into(), ratio(med(&r.paused[0]), med(shim)), check(med(&r.paused[0]) <= 1.5 * med(shim)).into()],
         vec!["cold ≤ 0.3× docker run --rm".into(), ratio(med(&r.cold[0]), med(docker_cold)), check(med(&r.cold[0]) <= 0.3 * med(docker_cold)).into()],
         vec!["stdio ≥ 0.95× native".into(), ratio(med(&r.stdio[1]), med(&r.stdio[0])), check(med(&r.stdio[1]) >= 0.95 * med(&r.stdio[0])).into()],
         vec!["burst: 1 container, 0 failures".into(), format!("{}, {}", b.containers, b.failures), check(b.containers == 1 && b.failures == 0).into()],
@@ -213,7 +213,7 @@ pub fn plot(r: &Results, png: &Path) -> Result<(), String> {
     // plotters keeps registered fonts for the life of the process.
     plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
         .map_err(|_| "cannot load the plot font".to_string())?;
-    let series: Vec<&Measured> = r.warm.iter().chain([&r.paused, &r.cold[0]]).collect();
+    let series: Vec<&Measured> = r.warm.iter().chain([&r.paused[0], &r.cold[0]]).collect();
     let all: Vec<f64> = series.iter().flat_map(|m| m.samples.iter().copied()).filter(|x| *x > 0.0).collect();
     let lo = all.iter().copied().fold(f64::INFINITY, f64::min).max(0.01) * 0.8;
     let hi = all.iter().copied().fold(0.0, f64::max).max(lo * 10.0) * 1.2;

@@ -84,7 +84,8 @@ impl Counts {
 #[derive(Debug, Clone)]
 pub struct Results {
     pub warm: Vec<Measured>,
-    pub paused: Measured,
+    /// Paused calls, and warm calls after the same wait.
+    pub paused: Vec<Measured>,
     pub cold: Vec<Measured>,
     /// MB/s.
     pub stdio: Vec<Measured>,
@@ -484,16 +485,24 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
     let frozen_trace = main.root.join("stages-paused");
     let paused_shim = main.shim("paused-true");
     time_ms(&mut native(paused_shim.to_str().unwrap()))?;
-    let mut paused = Vec::new();
-    let mut around = Vec::new();
-    for _ in 0..counts.paused {
+    // Beside each, a warm call after the same wait: what a call costs
+    // when the machine has been idle as long, with no thaw.
+    let (mut paused, mut idle_warm, mut around) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..counts.paused {
         wait_until(Duration::from_secs(10), || shown_state(&paused_shim).as_deref() == Some("paused"))?;
-        let spawn = now_ns();
-        paused.push(time_ms(native(paused_shim.to_str().unwrap()).env(STAGES_ENV, &frozen_trace))?);
-        around.push((spawn, now_ns()));
+        shuffled(round, 2, |i| {
+            if i == 0 {
+                let spawn = now_ns();
+                paused.push(time_ms(native(paused_shim.to_str().unwrap()).env(STAGES_ENV, &frozen_trace))?);
+                around.push((spawn, now_ns()));
+            } else {
+                idle_warm.push(time_ms(&mut native(main.shim("true").to_str().unwrap()))?);
+            }
+            Ok(())
+        })?;
     }
     let paused_stages = traced(&frozen_trace, &around, super::stages::Kind::Thawed)?;
-    let paused = Measured::new("odfs shim (paused)", paused);
+    let paused = vec![Measured::new("odfs shim (paused)", paused), Measured::new("odfs shim (warm, after the same wait)", idle_warm)];
 
     progress("cold calls: odfs against docker run --rm (traced)");
     let cold_trace = main.root.join("stages-cold");

@@ -105,6 +105,7 @@ impl<B: ContainerBackend> Pool<B> {
         match (action, state.clone()) {
             (Action::Pause, State::Warm { c, .. }) => {
                 self.backend.pause(&c.id).await?;
+                slot.thawed_ahead.store(false, Ordering::SeqCst);
                 transition(&slot.name, state, State::Paused { c }, &format!("idle: paused ({reason})"));
             }
             (Action::Remove, State::Warm { c, .. } | State::Paused { c }) => {
@@ -223,7 +224,10 @@ impl<B: ContainerBackend> Pool<B> {
             let within_budget = !self.over_budget(&idle);
             if pressure && within_budget && matches!(*state, State::Warm { .. }) {
                 match self.backend.pause(&c.id).await {
-                    Ok(()) => transition(&slot.name, &mut state, State::Paused { c }, "memory pressure: paused, the least valuable idle"),
+                    Ok(()) => {
+                        slot.thawed_ahead.store(false, Ordering::SeqCst);
+                        transition(&slot.name, &mut state, State::Paused { c }, "memory pressure: paused, the least valuable idle");
+                    }
                     Err(e) => tracing::warn!(container = slot.name, "could not pause an idle container: {e}"),
                 }
                 continue;

@@ -149,6 +149,9 @@ impl<B: ContainerBackend> Pool<B> {
                 // paid for a start, if only part of it.
                 if since > arrived {
                     Ok((c, served(fetched), *slot.brought.lock().unwrap()))
+                } else if slot.thawed_ahead.swap(false, Ordering::SeqCst) {
+                    // Thawed on its shim's open, for this call most likely.
+                    Ok((c, Served::Paused, *slot.brought.lock().unwrap()))
                 } else {
                     Ok((c, Served::Warm, UpStamps::default()))
                 }
@@ -195,19 +198,32 @@ impl<B: ContainerBackend> Pool<B> {
         let slot = self.slot(image);
         // Every exec opens its shim: the warm path must not wait on the lock.
         if let Ok(state) = slot.state.try_lock() {
-            if !matches!(*state, State::Absent) {
+            if matches!(*state, State::Warm { .. }) {
                 return Ok(());
             }
         }
         let mut state = slot.state.lock().await;
-        if !matches!(*state, State::Absent) {
-            return Ok(());
-        }
         let pool = now_ns();
-        let Brought { c, fetched, up } = self.create(&slot).await?;
-        *slot.brought.lock().unwrap() = UpStamps { pool, ..up };
-        let why = if plan.is_some() { "pre-warmed for a predicted call" } else { "pre-warmed for a shim opened" };
-        transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, why);
+        let why = if plan.is_some() { "for a predicted call" } else { "for a shim opened" };
+        match state.clone() {
+            State::Warm { .. } => return Ok(()),
+            // Thawed now, while the caller's launcher starts: the call then
+            // finds it running. A thaw that fails is left to the call,
+            // which replaces the container.
+            State::Paused { c } => {
+                if self.backend.unpause(&c.id).await.is_err() {
+                    return Ok(());
+                }
+                *slot.brought.lock().unwrap() = UpStamps { pool, thawed: now_ns(), ..Default::default() };
+                slot.thawed_ahead.store(true, Ordering::SeqCst);
+                transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("resumed {why}"));
+            }
+            State::Absent => {
+                let Brought { c, fetched, up } = self.create(&slot).await?;
+                *slot.brought.lock().unwrap() = UpStamps { pool, ..up };
+                transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, &format!("pre-warmed {why}"));
+            }
+        }
         // Without a plan of its own, the policy decides afresh once it is
         // idle (an old plan may have expired already).
         slot.life.lock().unwrap().plan = plan;

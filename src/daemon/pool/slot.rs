@@ -81,6 +81,9 @@ pub struct Slot {
     /// When each stage of its container's last start ended: what a call
     /// that waited on a start made ahead of it (on a shim's open) reports.
     pub(super) brought: Mutex<crate::protocol::stages::UpStamps>,
+    /// Thawed ahead of a call (on its shim's open) and not called since:
+    /// the next call counts as served paused.
+    pub(super) thawed_ahead: AtomicBool,
 }
 
 impl Slot {
@@ -131,6 +134,7 @@ impl<B: ContainerBackend> Pool<B> {
                     owner: std::sync::atomic::AtomicU32::new(NO_OWNER),
                     wanted: Mutex::new(None),
                     brought: Mutex::default(),
+                    thawed_ahead: AtomicBool::new(false),
                     name,
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
