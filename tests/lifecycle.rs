@@ -15,9 +15,11 @@ fn admin(m: &TestMount, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The started containers of `image` (not one made ahead of a call).
 fn containers_of(m: &TestMount, image: &str) -> Vec<String> {
-    let out = docker(&["ps", "-aq", "--filter", &format!("label=io.odfs.mount={}", m.id), "--filter", &format!("label=io.odfs.image={image}")]);
-    stdout(&out).split_whitespace().map(String::from).collect()
+    let (mount, image) = (format!("label=io.odfs.mount={}", m.id), format!("label=io.odfs.image={image}"));
+    let out = docker(&["ps", "-a", "--filter", &mount, "--filter", &image, "--format", "{{.ID}} {{.State}}"]);
+    stdout(&out).lines().filter_map(|l| l.split_once(' ')).filter(|(_, state)| *state != "created").map(|(id, _)| id.to_string()).collect()
 }
 
 const SHORT: &str = r#"
@@ -54,7 +56,16 @@ fn idle_containers_pause_resume_on_the_next_call_and_go_after_keep_alive() {
     assert_eq!(t["cold"].as_u64(), Some(1), "{stats}");
 
     assert!(eventually(Duration::from_secs(30), || m.containers().is_empty()), "not removed after its keep-alive");
-    assert!(m.sh(r#""$M/true""#).status.success(), "the next call after removal failed");
+    // Its next container is made ahead, not started: the call only starts it.
+    assert!(eventually(Duration::from_secs(5), || m.made_ahead().len() == 1), "nothing made ahead:\n{}", m.log_text());
+    let ahead = m.made_ahead()[0].clone();
+    let status = admin(&m, &["status"]);
+    assert_eq!(status["containers"][0]["state"], "created", "{status}");
+    assert_eq!(status["containers"][0]["memory"], 0, "{status}");
+    let o = m.sh(r#""$M/echo" again"#);
+    assert_eq!(stdout(&o), "again\n", "{}", stderr(&o));
+    assert_eq!(m.containers(), vec![ahead], "the container made ahead was not the one started");
+    assert!(m.made_ahead().is_empty());
 }
 
 #[test]

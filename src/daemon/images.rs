@@ -157,7 +157,14 @@ impl<B: ContainerBackend> Daemon<B> {
         // mirror (a name the engine failed to drop after the pull).
         let mirrored: Vec<String> = snapshot.images.values().flat_map(|i| self.outbound.mirrored(&i.reference)).collect();
         let ours: Vec<&str> = snapshot.images.values().map(|i| i.reference.as_str()).chain(mirrored.iter().map(String::as_str)).collect();
-        let in_use: HashSet<String> = holders.iter().map(|h| h.image_id.clone()).chain(self.pool.images_in_use().iter().map(|i| i.to_string())).collect();
+        // Containers made ahead hold their image only until gc wants it.
+        let ahead: HashSet<String> = self.pool.made_ahead().into_iter().collect();
+        let in_use: HashSet<String> = holders
+            .iter()
+            .filter(|h| !ahead.contains(&h.id))
+            .map(|h| h.image_id.clone())
+            .chain(self.pool.images_in_use().iter().map(|i| i.to_string()))
+            .collect();
         let mut out = Vec::new();
         for i in images {
             // Only what this daemon fetched or ran, and what its catalog
@@ -197,7 +204,8 @@ impl<B: ContainerBackend> Daemon<B> {
         let (_, holders) = self.candidates().await?;
         let now = now_ms();
         let mount = self.pool.mount_id();
-        for h in holders.iter().filter(|h| h.mount == mount && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S) {
+        let ahead = self.pool.made_ahead();
+        for h in holders.iter().filter(|h| h.mount == mount && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S && !ahead.contains(&h.id)) {
             match if dry_run { Ok(()) } else { backend.remove(&h.id).await } {
                 Ok(()) => lines.push(format!("{verb} leftover container {}", short_id(&h.id))),
                 Err(e) => lines.push(format!("kept leftover container {}: {e}", short_id(&h.id))),
@@ -220,6 +228,7 @@ impl<B: ContainerBackend> Daemon<B> {
         for (id, why) in &plan.remove {
             let (size, image) = named(id);
             if !dry_run {
+                self.pool.unmake(id).await;
                 if let Err(e) = backend.remove_image(id).await {
                     // In use since it was listed: it stays.
                     lines.push(format!("kept image {image}: {e}"));

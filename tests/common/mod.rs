@@ -247,28 +247,36 @@ impl TestMount {
         self.mnt.join(name)
     }
 
-    /// Ids of this mount's containers on the engine, running or not; not
-    /// the never-started ones it reads images through (`odfs scan`, what an
-    /// image fills of the host view).
+    /// Ids of this mount's containers on the engine that were started
+    /// (running, frozen or ended); not the never-started ones it reads
+    /// images through (`odfs scan`, what an image fills of the host view),
+    /// nor those made ahead of a call ([`TestMount::made_ahead`]).
     pub fn containers(&self) -> Vec<String> {
-        self.labelled().into_iter().filter(|(_, scratch)| !scratch).map(|(id, _)| id).collect()
+        self.labelled().into_iter().filter(|(_, scratch, state)| !scratch && state != "created").map(|(id, ..)| id).collect()
+    }
+
+    /// Ids of this mount's containers made ahead of a call: created, never
+    /// started.
+    pub fn made_ahead(&self) -> Vec<String> {
+        self.labelled().into_iter().filter(|(_, scratch, state)| !scratch && state == "created").map(|(id, ..)| id).collect()
     }
 
     /// Ids of every container of this mount, scratch ones included.
     pub fn every_container(&self) -> Vec<String> {
-        self.labelled().into_iter().map(|(id, _)| id).collect()
+        self.labelled().into_iter().map(|(id, ..)| id).collect()
     }
 
-    /// Ids of all this mount's containers, and whether each is a scratch
-    /// one (told by its label here: Podman ORs several label filters).
-    fn labelled(&self) -> Vec<(String, bool)> {
+    /// Ids of all this mount's containers, whether each is a scratch
+    /// one, and its state (`created`, `running`…).
+    fn labelled(&self) -> Vec<(String, bool, String)> {
         let filter = format!("label=io.odfs.mount={}", self.id);
-        let out = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.ID}} {{.Label \"io.odfs.scan\"}}"]);
+        let out = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.ID}} {{.State}} {{.Label \"io.odfs.scan\"}}"]);
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
                 let mut f = l.split_whitespace();
-                Some((f.next()?.to_string(), f.next() == Some("true")))
+                let (id, state) = (f.next()?.to_string(), f.next()?.to_string());
+                Some((id, f.next() == Some("true"), state))
             })
             .collect()
     }
@@ -333,7 +341,7 @@ impl Drop for TestMount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let ids: Vec<String> = self.labelled().into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<String> = self.labelled().into_iter().map(|(id, ..)| id).collect();
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(ids.iter().map(String::as_str));

@@ -339,6 +339,8 @@ pub enum ContainerPhase {
     Paused,
     /// Warm, but its agent does not answer.
     Unreachable,
+    /// Created ahead and not started: holds no memory; a call only starts it.
+    Created,
 }
 
 impl ContainerPhase {
@@ -350,6 +352,7 @@ impl ContainerPhase {
             ContainerPhase::Warm => "warm",
             ContainerPhase::Paused => "paused",
             ContainerPhase::Unreachable => "unreachable",
+            ContainerPhase::Created => "created",
         }
     }
 }

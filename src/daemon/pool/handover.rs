@@ -101,7 +101,9 @@ impl<B: ContainerBackend> Pool<B> {
         let mut out = Vec::new();
         for slot in slots {
             let state = slot.state.lock().await;
-            let Some(c) = state.container() else { continue };
+            // One made ahead is not handed over: the successor removes it
+            // with what no profile wants, and makes its own.
+            let (Some(c), false) = (state.container(), matches!(*state, State::Created { .. })) else { continue };
             out.push(Handed {
                 profile: slot.key.clone(),
                 name: slot.name.clone(),
@@ -159,7 +161,7 @@ impl<B: ContainerBackend> Pool<B> {
             let mut state = slot.state.lock().await;
             let c = match state.clone() {
                 State::Absent => continue,
-                State::Paused { c } => {
+                State::Paused { c } | State::Created { c, .. } => {
                     let _ = self.backend.remove(&c.id).await;
                     transition(&slot.name, &mut state, State::Absent, "daemon stopping: removed");
                     continue;

@@ -241,6 +241,7 @@ impl<B: ContainerBackend> Pool<B> {
             let state = slot.state.lock().await.clone();
             let (shown, running, idle_ms) = match &state {
                 State::Absent => (ContainerPhase::Absent, 0, 0),
+                State::Created { .. } => (ContainerPhase::Created, 0, 0),
                 State::Paused { .. } => {
                     // Idle since its last call ended (or it was warmed).
                     let end = slot.life.lock().unwrap().calls.back().map(|s| s.call.end());
@@ -260,7 +261,8 @@ impl<B: ContainerBackend> Pool<B> {
                 idle_ms,
                 next: state::next_action(plan.as_ref(), shown, running, now),
                 exec_path: slot.link.path(),
-                memory: if shown == ContainerPhase::Absent { 0 } else { slot.held() },
+                // One made ahead holds no memory: it has no process.
+                memory: if matches!(shown, ContainerPhase::Absent | ContainerPhase::Created) { 0 } else { slot.held() },
             });
         }
         out
@@ -285,7 +287,7 @@ impl<B: ContainerBackend> Pool<B> {
         let mut state = slot.state.lock().await;
         let c = match state.clone() {
             State::Absent => return Ok(false),
-            State::Paused { c } => c,
+            State::Paused { c } | State::Created { c, .. } => c,
             State::Warm { c, .. } => {
                 if let Ok((running, _)) = self.agent_status(&slot, &c).await {
                     if running > 0 && !force {

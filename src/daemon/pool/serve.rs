@@ -38,6 +38,15 @@ pub(super) struct Brought {
     pub up: UpStamps,
 }
 
+/// A container made of a profile, not started: it, what it was made of,
+/// whether its image was fetched for it, its stamps so far.
+pub(super) struct Made {
+    pub c: Container,
+    pub spec: Arc<crate::backend::ContainerSpec>,
+    pub fetched: bool,
+    pub up: UpStamps,
+}
+
 /// A container ready for one exec. Dropping it ends the request's claim.
 pub(super) struct Ready {
     pub target: Target,
@@ -136,7 +145,7 @@ impl<B: ContainerBackend> Pool<B> {
         // serves on until it is idle, so no call sees a mix.
         if let Some(c) = state.container().cloned() {
             if let Some(wanted) = slot.outdated(&c) {
-                let idle = matches!(state, State::Paused { .. })
+                let idle = matches!(state, State::Paused { .. } | State::Created { .. })
                     || (self.agent_status(slot, &c).await.is_ok_and(|(running, _)| running == 0) && slot.pending.load(Ordering::SeqCst) == 1);
                 if idle {
                     self.retire(slot, state, &c, &wanted).await;
@@ -168,13 +177,13 @@ impl<B: ContainerBackend> Pool<B> {
                     self.start_for_call(slot, state).await
                 }
             },
-            State::Absent => self.start_for_call(slot, state).await,
+            State::Absent | State::Created { .. } => self.start_for_call(slot, state).await,
         }
     }
 
     /// Start the slot's container for the call that waits for it.
     async fn start_for_call(&self, slot: &Slot, state: &mut State) -> Result<(Container, Served, UpStamps), PoolError> {
-        let Brought { c, fetched, up } = self.create(slot).await?;
+        let Brought { c, fetched, up } = self.bring(slot, state).await?;
         transition(&slot.name, state, State::Warm { c: c.clone(), since: Instant::now(), fetched }, "started for a call");
         Ok((c, if fetched { Served::Pulled } else { Served::Cold }, up))
     }
@@ -218,8 +227,8 @@ impl<B: ContainerBackend> Pool<B> {
                 slot.thawed_ahead.store(true, Ordering::SeqCst);
                 transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("resumed {why}"));
             }
-            State::Absent => {
-                let Brought { c, fetched, up } = self.create(&slot).await?;
+            State::Absent | State::Created { .. } => {
+                let Brought { c, fetched, up } = self.bring(&slot, &mut state).await?;
                 *slot.brought.lock().unwrap() = UpStamps { pool, ..up };
                 transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched }, &format!("pre-warmed {why}"));
             }
@@ -240,7 +249,15 @@ impl<B: ContainerBackend> Pool<B> {
         }
     }
 
+    /// Start the slot's container: make it, then launch it.
     pub(super) async fn start_container(&self, slot: &Slot) -> Result<Brought, PoolError> {
+        let made = self.make_container(slot).await?;
+        self.launch(slot, made).await
+    }
+
+    /// Make the slot's container, not started: fetch its image if it must,
+    /// prepare its view, create it.
+    pub(super) async fn make_container(&self, slot: &Slot) -> Result<Made, PoolError> {
         let image = &slot.image;
         let pulled = self.fetch(image, &slot.progress).await?;
         // The container is made of the image's id, not its name: an update
@@ -288,18 +305,43 @@ impl<B: ContainerBackend> Pool<B> {
         let mut up = UpStamps { prepared: now_ns(), ..Default::default() };
         let id = self.backend.create(&spec).await?;
         up.created = now_ns();
-        let id = self.backend.start(&id, &spec).await?;
+        let c = Container { id, token, view: Arc::new(view), image: image_id };
+        Ok(Made { c, spec: Arc::new(spec), fetched: pulled, up })
+    }
+
+    /// Start a container made of the slot's profile and wait for its agent.
+    pub(super) async fn launch(&self, slot: &Slot, made: Made) -> Result<Brought, PoolError> {
+        let Made { mut c, spec, fetched, mut up } = made;
+        let image = &slot.image;
+        c.id = self.backend.start(&c.id, &spec).await?;
         up.launched = now_ns();
         slot.link.started();
-        if slot.link.probe(&*self.backend, &id, &token, AGENT_START_LIMIT).await.is_err() {
-            let _ = self.backend.remove(&id).await;
+        if slot.link.probe(&*self.backend, &c.id, &c.token, AGENT_START_LIMIT).await.is_err() {
+            let _ = self.backend.remove(&c.id).await;
             return Err(PoolError::AgentSilent { image: image.reference.clone(), limit_s: AGENT_START_LIMIT.as_secs(), container: slot.name.clone() });
         }
         up.ready = now_ns();
         tracing::debug!(container = slot.name, image = image.reference, ms = (up.ready - up.prepared) / 1_000_000, "agent answers");
         if let Some(store) = &self.store {
-            store.image_seen(&image_id, &image.reference);
+            store.image_seen(&c.image, &image.reference);
         }
-        Ok(Brought { c: Container { id, token, view: Arc::new(view), image: image_id }, fetched: pulled, up })
+        Ok(Brought { c, fetched, up })
+    }
+
+    /// Bring the slot's container up from `state`, absent or made ahead:
+    /// one made ahead is started (and, if it cannot be, made again).
+    pub(super) async fn bring(&self, slot: &Slot, state: &mut State) -> Result<Brought, PoolError> {
+        if let State::Created { c, spec, .. } = state.clone() {
+            let t = now_ns();
+            let made = Made { c: c.clone(), spec, fetched: false, up: UpStamps { prepared: t, created: t, ..Default::default() } };
+            match self.launch(slot, made).await {
+                Ok(b) => return Ok(b),
+                Err(e) => {
+                    let _ = self.backend.remove(&c.id).await;
+                    transition(&slot.name, state, State::Absent, &format!("cannot start the container made ahead ({e}); making another"));
+                }
+            }
+        }
+        self.create(slot).await
     }
 }

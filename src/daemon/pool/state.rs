@@ -28,15 +28,18 @@ pub enum State {
     /// Running since `since`; `fetched` if its image was pulled or built
     /// to start it.
     Warm { c: Container, since: Instant, fetched: bool },
-    /// Frozen by the engine (cgroup freezer): no CPU, resumes in milliseconds.
+    /// Frozen (cgroup freezer): no CPU, resumes in milliseconds.
     Paused { c: Container },
+    /// Created ahead of a call, not started (`since` then): no process, no
+    /// memory; a call only starts it. Its spec is what it was made of.
+    Created { c: Container, spec: Arc<crate::backend::ContainerSpec>, since: Instant },
 }
 
 impl State {
     pub fn container(&self) -> Option<&Container> {
         match self {
             State::Absent => None,
-            State::Warm { c, .. } | State::Paused { c } => Some(c),
+            State::Warm { c, .. } | State::Paused { c } | State::Created { c, .. } => Some(c),
         }
     }
 }
@@ -62,6 +65,7 @@ pub fn shown(state: &State) -> ContainerPhase {
         State::Absent => ContainerPhase::Absent,
         State::Warm { .. } => ContainerPhase::Warm,
         State::Paused { .. } => ContainerPhase::Paused,
+        State::Created { .. } => ContainerPhase::Created,
     }
 }
 
@@ -75,6 +79,8 @@ pub fn phase(state: &State, busy: u32) -> Phase {
         State::Warm { .. } if busy > 0 => Phase::Busy,
         State::Warm { .. } => Phase::Idle,
         State::Paused { .. } => Phase::Paused,
+        // To the lifecycle rule, no container: a pre-warm starts it.
+        State::Created { .. } => Phase::Absent,
     }
 }
 
@@ -84,6 +90,9 @@ pub fn next_action(plan: Option<&Plan>, shown: ContainerPhase, running: u32, now
     let inn = |t: Secs| format!("{:.0}s", (t - now).max(0.0));
     // A plan without an end (a `keep_alive` of forever) removes nothing.
     let remove = |t: Secs| if t.is_finite() { format!("remove in {}", inn(t)) } else { "kept until the daemon stops".to_string() };
+    if shown == ContainerPhase::Created {
+        return "created ahead: the next call only starts it".into();
+    }
     let Some(p) = plan else {
         return match (shown, running) {
             (_, r) if r > 0 => "busy: kept while tools run".into(),
