@@ -3,6 +3,7 @@
 //! the Docker Engine API; [`fake::Fake`] records calls for pool logic tests.
 
 mod archive;
+mod create;
 pub mod docker;
 pub mod engine;
 pub mod freezer;
