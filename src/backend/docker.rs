@@ -43,6 +43,14 @@ pub struct Docker {
 /// no re-exec of itself to set up the namespaces).
 const FAST_RUNTIME: &str = "crun";
 
+/// Whether the engine's error is its OCI runtime's refusal (the runtime
+/// missing, or failing to create the container), as opposed to a refusal
+/// of the container itself (a device, a mount, a name).
+fn runtime_refused(e: &BackendError) -> bool {
+    let m = e.to_string().to_lowercase();
+    m.contains("oci runtime") || m.contains(FAST_RUNTIME)
+}
+
 /// How long a container's processes may take to freeze.
 const FREEZE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -446,7 +454,7 @@ impl ContainerBackend for Docker {
         match self.fast_runtime().await {
             // Podman lists runtimes it may not have: the default then serves.
             Some(fast) => match self.create_on(spec, Some(fast)).await {
-                Err(e) => {
+                Err(e) if runtime_refused(&e) => {
                     let id = self.create_on(spec, None).await?;
                     self.fast_failed(e);
                     Ok(id)
@@ -463,7 +471,7 @@ impl ContainerBackend for Docker {
             // A runtime the engine has may still fail where its default
             // works (crun refuses hybrid cgroups with controllers left in
             // v2): once the default starts it, the default serves.
-            Err(e) if self.fast_runtime().await.is_some() => {
+            Err(e) if runtime_refused(&e) && self.fast_runtime().await.is_some() => {
                 let again = self.create_on(spec, None).await?;
                 self.start_created(&again, spec).await?;
                 self.fast_failed(e);
@@ -475,9 +483,18 @@ impl ContainerBackend for Docker {
 
     async fn remove(&self, id: &str) -> Result<(), BackendError> {
         // Thawed first: a frozen process cannot act on SIGKILL under v1,
-        // and not every engine thaws what it did not freeze.
-        if let Some((_, f)) = self.frozen.remove(id) {
-            let _ = f.thaw();
+        // and not every engine thaws what it did not freeze. One this
+        // process did not freeze (handed over, or left by a crash) is
+        // looked up.
+        match self.frozen.remove(id) {
+            Some((_, f)) => drop(f.thaw()),
+            None => {
+                if let Ok((false, f)) = self.freezer(id).await {
+                    if f.frozen().unwrap_or(false) {
+                        let _ = f.thaw();
+                    }
+                }
+            }
         }
         let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         match self.client().await?.remove_container(id, Some(opts)).await {

@@ -41,6 +41,8 @@ pub struct Holder {
     pub running: bool,
     /// When it was created (Unix seconds).
     pub created_s: i64,
+    /// Made ahead of a call by odfs ([`super::LABEL_AHEAD`]).
+    pub ahead: bool,
 }
 
 /// Bytes of a version command's output kept.
@@ -107,6 +109,7 @@ impl Docker {
                 mount: c.labels.as_ref().and_then(|l| l.get(super::LABEL_MOUNT)).cloned().unwrap_or_default(),
                 running: c.state.is_some_and(|s| matches!(s.to_string().as_str(), "running" | "paused" | "restarting")),
                 created_s: c.created.unwrap_or(0),
+                ahead: c.labels.as_ref().is_some_and(|l| l.contains_key(super::LABEL_AHEAD)),
             })
             .collect())
     }

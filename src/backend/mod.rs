@@ -39,6 +39,9 @@ pub const LABEL_TOKEN: &str = "io.odfs.token";
 pub const LABEL_RECIPE: &str = "io.odfs.recipe";
 /// What the container's tools see of the host (see [`crate::view::View`]).
 pub const LABEL_VIEW: &str = "io.odfs.view";
+/// On a container made ahead of any call (created, not started): gc does
+/// not take it for a crash's leftover, nor for a use of its image.
+pub const LABEL_AHEAD: &str = "io.odfs.ahead";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {

@@ -46,7 +46,15 @@ pub fn markdown(r: &Results, machine: &str) -> String {
     let mut rows: Vec<Vec<String>> = r.paused.iter().map(|m| row(m, "ms", Some(docker_cold))).collect();
     rows.extend(r.cold.iter().map(|m| row(m, "ms", Some(docker_cold))));
     out += &markdown_table(&header, &rows);
-    out += &brought("a cold call (its container created and started for it)", &r.cold_stages);
+    let (ahead_memory, ahead_disk) = r.held.made_ahead;
+    out += &format!(
+        "\nWhat an idle container holds: frozen, {:.1} MiB (its cgroup and the engine's process beside it, as the idle budget counts them); \
+         made ahead (created, not started), {} B of memory (no process) and {} B of writable layer on the engine's disk.\n",
+        r.held.frozen_bytes as f64 / (1u64 << 20) as f64,
+        ahead_memory,
+        ahead_disk
+    );
+    out += &brought("a cold call (its container started for it, made ahead or not)", &r.cold_stages);
     out += &brought("a paused call (its container thawed for it)", &r.paused_stages);
 
     out += "\n### 3. Stdio throughput through `cat` (MB/s; ratio: to native)\n\n";

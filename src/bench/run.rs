@@ -102,6 +102,18 @@ pub struct Results {
     pub cold_stages: Brought,
     /// Where a paused call's time goes: its container thawed.
     pub paused_stages: Brought,
+    pub held: Held,
+}
+
+/// What an idle container holds: a frozen one, and one made ahead.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// A frozen container's memory as the idle budget counts it: its
+    /// cgroup and the engine's process beside it.
+    pub frozen_bytes: u64,
+    /// One made ahead: its memory as the budget counts it, and its
+    /// writable layer on the engine's disk (bytes).
+    pub made_ahead: (u64, u64),
 }
 
 /// The stages of calls whose container was brought up for them, each
@@ -254,6 +266,25 @@ impl Mount {
 
     pub fn daemon_pid(&self) -> u32 {
         self.daemon.id()
+    }
+
+    /// What the container of `image` holds, as `odfs status` reports it.
+    fn held(&self, bins: &Binaries, image: &str) -> std::io::Result<u64> {
+        let o = Command::new(&bins.odfs).args(["status", "--json", "--socket"]).arg(self.root.join("state/odfs.sock")).output()?;
+        let status: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(std::io::Error::other)?;
+        let row = status["containers"].as_array().and_then(|rows| rows.iter().find(|r| r["image"] == image).cloned());
+        Ok(row.and_then(|r| r["memory"].as_u64()).unwrap_or(0))
+    }
+
+    /// The container of `image` made ahead: its memory (none: it has no
+    /// process) and its writable layer's size.
+    fn made_ahead(&self, image: &str) -> std::io::Result<(u64, u64)> {
+        let mut args = vec!["ps".to_string(), "-aq".into(), "--filter".into(), "status=created".into()];
+        args.extend(["--filter".into(), format!("label=io.odfs.mount={}", self.id), "--filter".into(), format!("label=io.odfs.image={image}")]);
+        let o = docker_on(self.remote.as_ref()).args(&args).output()?;
+        let id = String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string();
+        let o = docker_on(self.remote.as_ref()).args(["inspect", "--size", "-f", "{{.SizeRw}}", &id]).output()?;
+        Ok((0, String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or(0)))
     }
 
     /// Containers of this mount's `image` that exist now, with `status`
@@ -502,6 +533,8 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         })?;
     }
     let paused_stages = traced(&frozen_trace, &around, super::stages::Kind::Thawed)?;
+    wait_until(Duration::from_secs(10), || shown_state(&paused_shim).as_deref() == Some("paused"))?;
+    let frozen_bytes = main.held(bins, "frozen")?;
     let paused = vec![Measured::new("odfs shim (paused)", paused), Measured::new("odfs shim (warm, after the same wait)", idle_warm)];
 
     progress("cold calls: odfs against docker run --rm (traced)");
@@ -521,6 +554,8 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         })?;
     }
     let cold_stages = traced(&cold_trace, &around, super::stages::Kind::Started)?;
+    wait_until(Duration::from_secs(20), || shown_state(&main.shim("cold-true")).as_deref() == Some("created"))?;
+    let made_ahead = main.made_ahead("cold")?;
     let cold = vec![Measured::new("odfs shim (cold)", cold_odfs), Measured::new("docker run --rm", cold_run)];
 
     progress("stdio throughput through cat");
@@ -571,7 +606,8 @@ pub fn run(bins: &Binaries, counts: &Counts, remote: Option<&RemoteEngine>, prog
         }
         None => None,
     };
-    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops, stages, cold_stages, paused_stages })
+    let held = Held { frozen_bytes, made_ahead };
+    Ok(Results { warm, paused, cold, stdio, burst, discovery, launcher_instructions, remote, loops, stages, cold_stages, paused_stages, held })
 }
 
 /// Warm calls traced stage by stage (`ODFS_STAGES`), each beside a native

@@ -158,10 +158,9 @@ impl<B: ContainerBackend> Daemon<B> {
         let mirrored: Vec<String> = snapshot.images.values().flat_map(|i| self.outbound.mirrored(&i.reference)).collect();
         let ours: Vec<&str> = snapshot.images.values().map(|i| i.reference.as_str()).chain(mirrored.iter().map(String::as_str)).collect();
         // Containers made ahead hold their image only until gc wants it.
-        let ahead: HashSet<String> = self.pool.made_ahead().into_iter().collect();
         let in_use: HashSet<String> = holders
             .iter()
-            .filter(|h| !ahead.contains(&h.id))
+            .filter(|h| !(h.ahead && !h.running))
             .map(|h| h.image_id.clone())
             .chain(self.pool.images_in_use().iter().map(|i| i.to_string()))
             .collect();
@@ -204,8 +203,7 @@ impl<B: ContainerBackend> Daemon<B> {
         let (_, holders) = self.candidates().await?;
         let now = now_ms();
         let mount = self.pool.mount_id();
-        let ahead = self.pool.made_ahead();
-        for h in holders.iter().filter(|h| h.mount == mount && !h.running && now / 1000 - h.created_s >= LEFTOVER_AGE_S && !ahead.contains(&h.id)) {
+        for h in holders.iter().filter(|h| h.mount == mount && !h.running && !h.ahead && now / 1000 - h.created_s >= LEFTOVER_AGE_S) {
             match if dry_run { Ok(()) } else { backend.remove(&h.id).await } {
                 Ok(()) => lines.push(format!("{verb} leftover container {}", short_id(&h.id))),
                 Err(e) => lines.push(format!("kept leftover container {}: {e}", short_id(&h.id))),

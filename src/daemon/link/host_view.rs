@@ -102,7 +102,7 @@ pub async fn fill<B: ContainerBackend>(setup: &Setup<'_, B>, image: &ImageSpec, 
         spec.hostname = host_name();
     }
     if image.network == crate::catalog::Network::None {
-        loopback_only(run, &view, spec).map_err(|e| PoolError::setup(format!("write the hosts file in {}", run.display()), e))?;
+        loopback_only(&view, spec);
     }
     // A tool runs the mount's tools as its caller does: through the
     // shims on its PATH, the launcher and the socket.
@@ -125,26 +125,19 @@ pub async fn fill<B: ContainerBackend>(setup: &Setup<'_, B>, image: &ImageSpec, 
     Ok(view)
 }
 
-/// What Docker's own hosts file says in a container without a network.
-const LOOPBACK_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n";
-
 /// A container without a network gets its namespace from the runtime,
 /// not the engine's network stack ([`ContainerSpec::loopback_only`]); the
-/// files the engine would have written, the hosts file that names
-/// localhost and the host's resolver configuration, come as binds, where
-/// the host's own are not seen anyway.
-fn loopback_only(run: &Path, view: &View, spec: &mut ContainerSpec) -> std::io::Result<()> {
+/// files the engine would have written come from the host, read-only, as
+/// the caller has them: its hosts file (which names localhost and, on
+/// Debian, the host's own name, the container's name too) and its
+/// resolver configuration, where the view does not show them already.
+fn loopback_only(view: &View, spec: &mut ContainerSpec) {
     spec.loopback_only = true;
-    if !view.sees_host(Path::new("/etc/hosts")) {
-        let hosts = run.join("hosts");
-        std::fs::write(&hosts, LOOPBACK_HOSTS)?;
-        spec.binds.push(Bind::plain(hosts, "/etc/hosts", true));
+    for file in ["/etc/hosts", "/etc/resolv.conf"].map(Path::new) {
+        if !view.sees_host(file) && file.exists() {
+            spec.binds.push(Bind::plain(file.to_path_buf(), file.to_path_buf(), true));
+        }
     }
-    let resolv = Path::new("/etc/resolv.conf");
-    if !view.sees_host(resolv) && resolv.exists() {
-        spec.binds.push(Bind::plain(resolv.to_path_buf(), resolv.to_path_buf(), true));
-    }
-    Ok(())
 }
 
 /// Refuse a call whose tool would not see, at a path the caller names (its

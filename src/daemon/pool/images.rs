@@ -137,18 +137,12 @@ impl<B: ContainerBackend> Pool<B> {
         self.slots.iter().filter_map(|s| s.state.try_lock().ok().and_then(|st| used(&st))).collect()
     }
 
-    /// The ids of the containers made ahead (created, not started), which
-    /// hold their image from gc only until gc wants it.
-    pub fn made_ahead(&self) -> Vec<String> {
-        let made = |st: &State| if let State::Created { c, .. } = st { Some(c.id.clone()) } else { None };
-        self.slots.iter().filter_map(|s| s.state.try_lock().ok().and_then(|st| made(&st))).collect()
-    }
-
     /// Remove the containers made ahead of image `id`, which gc removes.
     pub async fn unmake(&self, id: &str) {
         let slots: Vec<Arc<Slot>> = self.slots.iter().map(|s| s.value().clone()).collect();
         for slot in slots {
-            let mut state = slot.state.lock().await;
+            // One being started now is no longer made ahead.
+            let Ok(mut state) = slot.state.try_lock() else { continue };
             if let State::Created { c, .. } = state.clone() {
                 if &*c.image == id && self.backend.remove(&c.id).await.is_ok() {
                     transition(&slot.name, &mut state, State::Absent, "made ahead: removed with its image (gc)");

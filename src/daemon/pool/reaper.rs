@@ -20,6 +20,9 @@ use crate::policy::{self, Action, Call, Phase, Plan, Policy, Secs};
 const MADE_AHEAD: usize = 32;
 /// How long a container made ahead waits for a call.
 const CREATED_KEEP: Duration = Duration::from_secs(3600);
+/// How long a container thawed on its shim's open is left running for the
+/// call that opened it.
+const THAW_GRACE: Duration = Duration::from_secs(2);
 
 /// At most one idle container shed per this while memory is short.
 const SHED_EVERY: Duration = Duration::from_secs(3);
@@ -119,9 +122,11 @@ impl<B: ContainerBackend> Pool<B> {
         };
         let reason = if self.dropped(slot) { "its image left the catalog" } else { reason };
         match (action, state.clone()) {
+            // Thawed on its shim's open just now: its call is on the way.
+            (Action::Pause, State::Warm { c, .. }) if slot.thawed_ahead.lock().unwrap().as_ref().is_some_and(|(id, at)| *id == c.id && at.elapsed() < THAW_GRACE) => {}
             (Action::Pause, State::Warm { c, .. }) => {
                 self.backend.pause(&c.id).await?;
-                slot.thawed_ahead.store(false, Ordering::SeqCst);
+                *slot.thawed_ahead.lock().unwrap() = None;
                 transition(&slot.name, state, State::Paused { c }, &format!("idle: paused ({reason})"));
             }
             (Action::Remove, State::Warm { c, .. } | State::Paused { c }) => {
@@ -150,8 +155,8 @@ impl<B: ContainerBackend> Pool<B> {
     /// removed the last: its next call then only starts it (the view, the
     /// engine's create: a seventh of a cold call). It holds no memory,
     /// only a few kilobytes of the engine's disk; at most [`MADE_AHEAD`]
-    /// at a time, never by fetching an image, and only for a profile
-    /// called in this daemon's life.
+    /// at a time, never by fetching an image, and only for a profile with
+    /// calls in its history.
     async fn make_ahead(&self, slot: &Slot, state: &mut State) {
         let made: usize = self.slots.iter().filter(|s| s.state.try_lock().is_ok_and(|st| matches!(*st, State::Created { .. }))).count();
         if made >= MADE_AHEAD || slot.life.lock().unwrap().calls.is_empty() {
@@ -160,7 +165,7 @@ impl<B: ContainerBackend> Pool<B> {
         if !matches!(self.backend.image_info(&slot.image.reference).await, Ok(Some(_))) {
             return;
         }
-        match self.make_container(slot).await {
+        match self.make_container(slot, true).await {
             Ok(m) => transition(&slot.name, state, State::Created { c: m.c, spec: m.spec, since: Instant::now() }, "made ahead of its next call"),
             Err(e) => tracing::debug!(container = slot.name, "cannot make a container ahead: {e}"),
         }
@@ -265,7 +270,7 @@ impl<B: ContainerBackend> Pool<B> {
             if pressure && within_budget && matches!(*state, State::Warm { .. }) {
                 match self.backend.pause(&c.id).await {
                     Ok(()) => {
-                        slot.thawed_ahead.store(false, Ordering::SeqCst);
+                        *slot.thawed_ahead.lock().unwrap() = None;
                         transition(&slot.name, &mut state, State::Paused { c }, "memory pressure: paused, the least valuable idle");
                     }
                     Err(e) => tracing::warn!(container = slot.name, "could not pause an idle container: {e}"),

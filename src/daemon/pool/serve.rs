@@ -154,13 +154,13 @@ impl<B: ContainerBackend> Pool<B> {
         }
         match state.clone() {
             State::Warm { c, since, fetched } => {
-                // Started while this call waited (prewarm on open): the caller
-                // paid for a start, if only part of it.
-                if since > arrived {
-                    Ok((c, served(fetched), *slot.brought.lock().unwrap()))
-                } else if slot.thawed_ahead.swap(false, Ordering::SeqCst) {
+                if slot.thawed_ahead.lock().unwrap().take().is_some_and(|(id, _)| id == c.id) {
                     // Thawed on its shim's open, for this call most likely.
                     Ok((c, Served::Paused, *slot.brought.lock().unwrap()))
+                } else if since > arrived {
+                    // Started while this call waited (prewarm on open): the
+                    // caller paid for a start, if only part of it.
+                    Ok((c, served(fetched), *slot.brought.lock().unwrap()))
                 } else {
                     Ok((c, Served::Warm, UpStamps::default()))
                 }
@@ -216,16 +216,19 @@ impl<B: ContainerBackend> Pool<B> {
         let why = if plan.is_some() { "for a predicted call" } else { "for a shim opened" };
         match state.clone() {
             State::Warm { .. } => return Ok(()),
-            // Thawed now, while the caller's launcher starts: the call then
-            // finds it running. A thaw that fails is left to the call,
-            // which replaces the container.
+            // A prediction leaves a frozen container to its own plan.
+            State::Paused { .. } if plan.is_some() => return Ok(()),
+            // Thawed now, on its shim's open, while the caller's launcher
+            // starts: the call then finds it running. A thaw that fails is
+            // left to the call, which replaces the container.
             State::Paused { c } => {
                 if self.backend.unpause(&c.id).await.is_err() {
                     return Ok(());
                 }
                 *slot.brought.lock().unwrap() = UpStamps { pool, thawed: now_ns(), ..Default::default() };
-                slot.thawed_ahead.store(true, Ordering::SeqCst);
-                transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, &format!("resumed {why}"));
+                *slot.thawed_ahead.lock().unwrap() = Some((c.id.clone(), Instant::now()));
+                transition(&slot.name, &mut state, State::Warm { c, since: Instant::now(), fetched: false }, "resumed for a shim opened");
+                return Ok(());
             }
             State::Absent | State::Created { .. } => {
                 let Brought { c, fetched, up } = self.bring(&slot, &mut state).await?;
@@ -251,13 +254,14 @@ impl<B: ContainerBackend> Pool<B> {
 
     /// Start the slot's container: make it, then launch it.
     pub(super) async fn start_container(&self, slot: &Slot) -> Result<Brought, PoolError> {
-        let made = self.make_container(slot).await?;
+        let made = self.make_container(slot, false).await?;
         self.launch(slot, made).await
     }
 
     /// Make the slot's container, not started: fetch its image if it must,
     /// prepare its view, create it.
-    pub(super) async fn make_container(&self, slot: &Slot) -> Result<Made, PoolError> {
+    /// `ahead`: made ahead of any call, labelled so (gc leaves it alone).
+    pub(super) async fn make_container(&self, slot: &Slot, ahead: bool) -> Result<Made, PoolError> {
         let image = &slot.image;
         let pulled = self.fetch(image, &slot.progress).await?;
         // The container is made of the image's id, not its name: an update
@@ -268,13 +272,16 @@ impl<B: ContainerBackend> Pool<B> {
         };
         *slot.wanted.lock().unwrap() = Some(image_id.clone());
         let token = new_token().map_err(|e| PoolError::setup("make an agent token", e))?;
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_TOKEN.to_string(), token.clone()),
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_MOUNT.to_string(), self.cfg.mount_id.clone()),
             (LABEL_PROFILE.to_string(), slot.key.clone()),
             (LABEL_IMAGE.to_string(), image.name.clone()),
         ]);
+        if ahead {
+            labels.insert(crate::backend::LABEL_AHEAD.to_string(), "true".to_string());
+        }
         let mut spec = ContainerSpec {
             name: slot.name.clone(),
             image: image_id.to_string(),
@@ -331,6 +338,15 @@ impl<B: ContainerBackend> Pool<B> {
     /// Bring the slot's container up from `state`, absent or made ahead:
     /// one made ahead is started (and, if it cannot be, made again).
     pub(super) async fn bring(&self, slot: &Slot, state: &mut State) -> Result<Brought, PoolError> {
+        if let State::Created { c, .. } = state.clone() {
+            // Made of an image an update has moved since: made again. (A
+            // host whose top-level directories changed is another profile,
+            // hence another slot: this one's container waits out its hour.)
+            if slot.outdated(&c).is_some() {
+                let _ = self.backend.remove(&c.id).await;
+                transition(&slot.name, state, State::Absent, "made ahead of an image updated since; making another");
+            }
+        }
         if let State::Created { c, spec, .. } = state.clone() {
             let t = now_ns();
             let made = Made { c: c.clone(), spec, fetched: false, up: UpStamps { prepared: t, created: t, ..Default::default() } };

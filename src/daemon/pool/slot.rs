@@ -81,9 +81,10 @@ pub struct Slot {
     /// When each stage of its container's last start ended: what a call
     /// that waited on a start made ahead of it (on a shim's open) reports.
     pub(super) brought: Mutex<crate::protocol::stages::UpStamps>,
-    /// Thawed ahead of a call (on its shim's open) and not called since:
-    /// the next call counts as served paused.
-    pub(super) thawed_ahead: AtomicBool,
+    /// The container thawed ahead of a call (on its shim's open), and
+    /// when, until a call comes: that call counts as served paused, and the
+    /// reaper leaves it running for a moment.
+    pub(super) thawed_ahead: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Slot {
@@ -134,7 +135,7 @@ impl<B: ContainerBackend> Pool<B> {
                     owner: std::sync::atomic::AtomicU32::new(NO_OWNER),
                     wanted: Mutex::new(None),
                     brought: Mutex::default(),
-                    thawed_ahead: AtomicBool::new(false),
+                    thawed_ahead: Mutex::new(None),
                     name,
                     key,
                     state: tokio::sync::Mutex::new(State::Absent),
