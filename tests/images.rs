@@ -592,3 +592,22 @@ fn the_site_s_proxy_and_ca_bundle_reach_recipe_builds_and_networked_tools() {
     let env = stdout(&m.sh(r#"env -u http_proxy -u SSL_CERT_FILE "$M/oenv""#));
     assert!(!env.lines().any(|l| l.starts_with("http_proxy=") || l.starts_with("HTTP_PROXY=") || l.starts_with("SSL_CERT_FILE=")), "{env}");
 }
+
+#[test]
+fn a_container_made_ahead_gives_its_image_up_to_gc_and_the_next_call_fetches_it_again() {
+    let mut registry = Registry::start();
+    let reference = format!("{}/odfs-test/ahead-{}:1", registry.addr, std::process::id());
+    registry.pushed.push(reference.clone());
+    let id = build_version(&registry.dir, &reference, "a");
+    assert!(docker(&["push", &reference]).status.success());
+    let m = TestMount::new(&format!("[image.a]\nref = \"{reference}\"\nnetwork = \"none\"\nkeep_alive = \"1s\"\n\n[command.a]\nimage = \"a\"\npath = \"/bin/sh\"\n"));
+    assert_eq!(stdout(&m.sh(r#""$M/a" -c 'cat /version'"#)), "a\n");
+    // Its keep-alive over, the next container is made ahead, not started.
+    assert!(eventually(Duration::from_secs(10), || m.containers().is_empty() && m.made_ahead().len() == 1), "{}", m.log_text());
+    // It is no use of the image: gc takes the image, and the container with it.
+    let o = m.odfs(&["gc", "--max-age", "0s"]);
+    assert!(stdout(&o).contains(&format!("removed image {} ({}", short(&id), reference)), "{}{}", stdout(&o), stderr(&o));
+    assert!(m.made_ahead().is_empty() && !docker(&["image", "inspect", &reference]).status.success());
+    // The next call fetches it again and runs.
+    assert_eq!(stdout(&m.sh(r#""$M/a" -c 'cat /version'"#)), "a\n");
+}
