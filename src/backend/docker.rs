@@ -272,7 +272,8 @@ impl Docker {
     /// [`FAST_RUNTIME`], where containers must ask for it: the engine has
     /// it, it is not the default already, and it has not failed here.
     async fn fast_runtime(&self) -> Option<&'static str> {
-        if self.fast_failed.lock().unwrap().is_some() {
+        // Podman's compatible API takes no runtime per container.
+        if self.fast_failed.lock().unwrap().is_some() || self.is_podman().await {
             return None;
         }
         self.runtimes().await.filter(|(default, fast)| *fast && default != FAST_RUNTIME).map(|_| FAST_RUNTIME)
@@ -291,6 +292,9 @@ impl Docker {
             (None, _) => "unknown (the engine does not answer)".into(),
             (Some((default, _)), Some(why)) => format!("{default}, the engine's default ({FAST_RUNTIME} failed here: {why})"),
             (Some((default, _)), None) if default == FAST_RUNTIME => format!("{FAST_RUNTIME}, the engine's default"),
+            (Some((default, _)), None) if self.is_podman().await => format!(
+                "{default}, the engine's default (Podman's API takes no runtime per container: start its service with --runtime {FAST_RUNTIME}, as scripts/setup does)"
+            ),
             (Some((default, true)), None) => format!("{FAST_RUNTIME}, asked per container (the engine's default is {default})"),
             (Some((default, false)), None) => format!(
                 "{default}, the engine's default ({FAST_RUNTIME}, which starts containers faster, is not registered with the engine: install it and add it to the engine's runtimes, as scripts/setup does)"
