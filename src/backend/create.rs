@@ -7,8 +7,12 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountTypeEnum};
 
-use crate::backend::docker::one_line;
 use crate::backend::{BackendError, ContainerSpec};
+
+/// An engine's message on one line.
+pub(super) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
 
 /// Open files and processes for every container, set explicitly: an
 /// engine's defaults may exceed the machine's hard limits (Podman's do on

@@ -8,7 +8,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::path::Path;
 
-use super::create::{create_body, devices_unsupported};
+use super::create::{create_body, devices_unsupported, one_line};
 pub use super::create::raise_nofile;
 use super::freezer::Freezer;
 use super::progress::{BuildTracker, PullTracker};
@@ -145,11 +145,6 @@ impl Docker {
 /// The last word of a fetch: everyone waiting sees how it ended.
 fn finish(progress: &ProgressTx, last: &ImageProgress, ok: bool) {
     progress.send_replace(Some(ImageProgress { done: true, ok, ..last.clone() }));
-}
-
-/// An engine's message on one line.
-pub(super) fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A recipe's build context: its directory, with the site's CA bundle
