@@ -49,26 +49,27 @@ pub enum Kind {
 /// A stamp of a call brought up: the moment a stage ends.
 type Mark = (&'static str, fn(&Traced) -> u64);
 
-/// The stages of a call whose container was started, each named by what
-/// runs up to its stamp.
-const STARTED: [Mark; 10] = [
+/// The stages of a call brought up, up to the pool: the same for both kinds.
+const ARRIVE: [Mark; 2] = [
     ("exec of the shim, the launcher to its request", |t| t.stamps.sent),
     ("daemon: accept, read, credentials, policy, to the pool", |t| t.stamps.daemon.up.pool),
+];
+
+/// What bringing a started container up takes, each stage named by what
+/// runs up to its stamp.
+const STARTED: [Mark; 4] = [
     ("pool: the image's id, the view, the run directory", |t| t.stamps.daemon.up.prepared),
     ("engine: create", |t| t.stamps.daemon.up.created),
     ("engine: start (its shim, the runtime, namespaces, mounts)", |t| t.stamps.daemon.up.launched),
     ("agent: from the start to its first answer", |t| t.stamps.daemon.up.ready),
-    ("daemon: the caller's paths, the spawn request", |t| t.stamps.daemon.agent),
-    ("agent: accept to execve", |t| t.stamps.agent.exec),
-    ("tool: execve to exit", |t| t.stamps.agent.reaped),
-    ("exit: agent's reap to the caller's wait", |t| t.done),
 ];
 
-/// The stages of a call whose container was thawed.
-const THAWED: [Mark; 7] = [
-    ("exec of the shim, the launcher to its request", |t| t.stamps.sent),
-    ("daemon: accept, read, credentials, policy, to the pool", |t| t.stamps.daemon.up.pool),
-    ("thaw (the cgroup freezer, or the engine's unpause)", |t| t.stamps.daemon.up.thawed),
+/// What bringing a thawed container up takes.
+const THAWED: [Mark; 1] = [("thaw (the cgroup freezer, or the engine's unpause)", |t| t.stamps.daemon.up.thawed)];
+
+/// The stages of a call brought up, from its container running to the
+/// caller's wait.
+const SPAWN: [Mark; 4] = [
     ("daemon: the caller's paths, the spawn request", |t| t.stamps.daemon.agent),
     ("agent: accept to execve", |t| t.stamps.agent.exec),
     ("tool: execve to exit", |t| t.stamps.agent.reaped),
@@ -81,10 +82,11 @@ const THAWED: [Mark; 7] = [
 /// container was started on the shim's open, before the request) ends its
 /// stage at once, so the stages always add up to the call.
 pub fn brought_up(calls: &[Traced], kind: Kind) -> (Vec<Measured>, Measured) {
-    let marks: &[Mark] = match kind {
+    let up: &[Mark] = match kind {
         Kind::Started => &STARTED,
         Kind::Thawed => &THAWED,
     };
+    let marks: Vec<Mark> = ARRIVE.iter().chain(up).chain(&SPAWN).copied().collect();
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); marks.len()];
     for t in calls {
         let mut at = t.spawn;
