@@ -480,6 +480,20 @@ pub enum Mode {
     Serve(AgentConfig),
     /// One call on a remote engine, relayed over stdin/stdout ([`relay`]).
     Relay { socket: PathBuf },
+    /// PID 1 of a container that is only read from the host, through its
+    /// root (`/proc/PID/root`): it holds the image's files mounted while
+    /// nothing of the image runs, until it is killed. A CRI engine has no
+    /// API to read a container's files (see `backend::cri`).
+    Hold,
+}
+
+/// Sleep until killed: as PID 1, no signal but SIGKILL ends it, which is
+/// how the engine removes the container.
+pub fn hold() -> ! {
+    loop {
+        // SAFETY: pause only waits for a signal.
+        unsafe { libc::pause() };
+    }
 }
 
 /// Parse the agent's command line: `odfs-agent [relay] --socket PATH
@@ -491,6 +505,9 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut allow_local_peers = false;
     let mut relay = false;
     let mut args = args.skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("hold") {
+        return Ok(Mode::Hold);
+    }
     if args.peek().map(String::as_str) == Some("relay") {
         relay = true;
         args.next();

@@ -94,29 +94,7 @@ impl Docker {
         let _permit = READS.acquire().await.map_err(|e| BackendError::Engine(e.to_string()))?;
         let client = self.client().await?;
         let created = self.scratch(reference, mount_id).await?;
-        let result = async {
-            let mut docs = Vec::new();
-            let mut budget = crate::share::MAX_IMAGE;
-            let mut room = Room { bytes: crate::share::MAX_IMAGE, files: crate::share::MAX_FILES };
-            // Debian names many pages through its alternatives
-            // (`nc.1.gz` → `/etc/alternatives/nc.1.gz` → `nc_openbsd.1.gz`).
-            let (file, _) = self.download(client, &created, "/etc/alternatives", 1 << 20, reference).await?;
-            let alternatives = tokio::task::spawn_blocking(move || alternatives_in(file)).await.map_err(|e| BackendError::Engine(e.to_string()))?;
-            let alternatives = std::sync::Arc::new(alternatives);
-            for (dir, kind) in crate::share::SOURCES {
-                let (file, size) = self.download(client, &created, dir, budget, reference).await?;
-                budget = budget.saturating_sub(size);
-                let (commands, alternatives) = (commands.to_vec(), alternatives.clone());
-                let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, dir, &commands, &alternatives, room))
-                    .await
-                    .map_err(|e| BackendError::Engine(e.to_string()))?
-                    .map_err(|e| BackendError::Engine(format!("reading the image's {dir}: {e}")))?;
-                room = left;
-                docs.extend(found);
-            }
-            Ok(docs)
-        }
-        .await;
+        let result = docs_of(commands, |dir, limit| self.download(client, &created, dir, limit, reference)).await;
         let _ = self.remove(&created).await;
         result
     }
@@ -194,6 +172,37 @@ impl Docker {
     }
 }
 
+/// The man pages and completions of `commands` in an image whose
+/// directories `download` gives as tar archives (entries named under the
+/// directory's own name), each at most the bytes it is given: the files
+/// of [`crate::share::SOURCES`] within the share's bounds.
+pub(super) async fn docs_of<F, Fut>(commands: &[String], download: F) -> Result<Vec<crate::share::Doc>, BackendError>
+where
+    F: Fn(&'static str, u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(std::fs::File, u64), BackendError>>,
+{
+    let mut docs = Vec::new();
+    let mut budget = crate::share::MAX_IMAGE;
+    let mut room = Room { bytes: crate::share::MAX_IMAGE, files: crate::share::MAX_FILES };
+    // Debian names many pages through its alternatives
+    // (`nc.1.gz` → `/etc/alternatives/nc.1.gz` → `nc_openbsd.1.gz`).
+    let (file, _) = download("/etc/alternatives", 1 << 20).await?;
+    let alternatives = tokio::task::spawn_blocking(move || alternatives_in(file)).await.map_err(|e| BackendError::Engine(e.to_string()))?;
+    let alternatives = std::sync::Arc::new(alternatives);
+    for (dir, kind) in crate::share::SOURCES {
+        let (file, size) = download(dir, budget).await?;
+        budget = budget.saturating_sub(size);
+        let (commands, alternatives) = (commands.to_vec(), alternatives.clone());
+        let (found, left) = tokio::task::spawn_blocking(move || docs_in(file, kind, dir, &commands, &alternatives, room))
+            .await
+            .map_err(|e| BackendError::Engine(e.to_string()))?
+            .map_err(|e| BackendError::Engine(format!("reading the image's {dir}: {e}")))?;
+        room = left;
+        docs.extend(found);
+    }
+    Ok(docs)
+}
+
 /// The entries of a tar archive that may be cut short: as many as it
 /// holds whole headers for (content cut to what is there).
 fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -218,7 +227,7 @@ fn tar_entries(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// puts them. The archive may be cut short.
 /// The links of an image's `/etc/alternatives` (a tar of it), by name,
 /// each target an absolute path; at most 10,000.
-fn alternatives_in(tar_file: std::fs::File) -> HashMap<String, String> {
+pub(super) fn alternatives_in(tar_file: std::fs::File) -> HashMap<String, String> {
     let mut found = HashMap::new();
     let mut archive = tar::Archive::new(std::io::BufReader::new(tar_file));
     let Ok(entries) = archive.entries() else { return found };

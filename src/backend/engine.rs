@@ -10,7 +10,9 @@ pub const LOCAL_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/podman/podma
 /// An engine endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Engine {
-    /// `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`.
+    /// `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`
+    /// (the Docker Engine API), or `cri+unix:///path` (the Container
+    /// Runtime Interface of containerd or CRI-O).
     pub host: String,
     /// Client certificates for `tcp://` with TLS: `ca.pem`, `cert.pem`,
     /// `key.pem` in this directory (Docker's `DOCKER_CERT_PATH` layout).
@@ -114,12 +116,12 @@ impl Engine {
 
     fn validate(&self) -> Result<(), String> {
         let ok = match self.scheme() {
-            "unix" => self.host.len() > "unix://".len(),
+            "unix" | "cri+unix" => self.host.len() > self.scheme().len() + "://".len(),
             "tcp" | "ssh" => self.host.split_once("://").is_some_and(|(_, rest)| !rest.is_empty()),
             _ => false,
         };
         if !ok {
-            return Err(format!("engine {:?} is not unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]", self.host));
+            return Err(format!("engine {:?} is not unix:///PATH, tcp://HOST:PORT, ssh://[USER@]HOST[:PORT] or cri+unix:///PATH", self.host));
         }
         Ok(())
     }
@@ -131,7 +133,13 @@ impl Engine {
     /// A unix socket is on this machine; tcp and ssh engines are treated as
     /// remote even on loopback: host paths and fds may not be theirs.
     pub fn is_local(&self) -> bool {
-        self.scheme() == "unix"
+        matches!(self.scheme(), "unix" | "cri+unix")
+    }
+
+    /// The engine is reached through the Container Runtime Interface
+    /// (a Kubernetes node's containerd or CRI-O), not the Docker API.
+    pub fn is_cri(&self) -> bool {
+        self.scheme() == "cri+unix"
     }
 
     pub fn exec_path(&self) -> ExecPath {
@@ -146,7 +154,8 @@ impl Engine {
     pub fn describe(&self) -> String {
         let place = if self.is_local() { "local" } else { "remote" };
         let tls = if self.tls.is_some() { ", TLS" } else { "" };
-        format!("{} ({place}{tls}, exec path {}, from {})", self.host, self.exec_path().as_str(), self.source)
+        let api = if self.is_cri() { ", CRI" } else { "" };
+        format!("{} ({place}{tls}{api}, exec path {}, from {})", self.host, self.exec_path().as_str(), self.source)
     }
 }
 
@@ -178,7 +187,10 @@ mod tests {
         assert_eq!(e("unix:///run/docker.sock").exec_path(), ExecPath::Fd);
         assert_eq!(e("tcp://127.0.0.1:2375").exec_path(), ExecPath::Relay);
         assert_eq!(e("ssh://root@build1").exec_path(), ExecPath::Relay);
-        for bad in ["http://x", "tcp://", "unix://", "docker.sock"] {
+        let cri = e("cri+unix:///run/containerd/containerd.sock");
+        assert!(cri.is_cri() && cri.is_local() && !e("unix:///x").is_cri());
+        assert_eq!(cri.exec_path(), ExecPath::Fd);
+        for bad in ["http://x", "tcp://", "unix://", "cri+unix://", "cri+tcp://h:1", "docker.sock"] {
             assert!(resolve(Some(bad), EngineSettings::default(), EngineEnv::default(), &[]).is_err(), "{bad}");
         }
     }

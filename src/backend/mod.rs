@@ -1,9 +1,13 @@
 //! Container engines behind one small trait: create a container that runs the
 //! agent, list and remove the ones a mount owns. [`docker::Docker`] talks to
-//! the Docker Engine API; [`fake::Fake`] records calls for pool logic tests.
+//! the Docker Engine API, [`cri::Cri`] to the CRI of a Kubernetes node's
+//! containerd or CRI-O, [`any::AnyEngine`] is whichever the daemon was
+//! given; [`fake::Fake`] records calls for pool logic tests.
 
+pub mod any;
 mod archive;
 mod create;
+pub mod cri;
 pub mod docker;
 pub mod engine;
 pub mod freezer;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::pool::{self, Pool, PoolConfig};
 use super::reload::{catalog_fingerprint, Fingerprint, FsHooks};
 use super::{requests, stamps, Daemon};
-use crate::backend::docker::Docker;
+use crate::backend::any::AnyEngine;
 use crate::backend::ContainerBackend;
 use crate::catalog::{self, Catalog, Snapshot, Store};
 use crate::config::DaemonConfig;
@@ -85,14 +85,15 @@ pub(super) fn fresh_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
 }
 
 /// The pool on the configured engine, told the catalog's profiles.
-pub(super) fn pool(cfg: &DaemonConfig, mountpoint: &Path, store: &Store, catalog: &Catalog) -> anyhow::Result<Pool<Docker>> {
+pub(super) fn pool(cfg: &DaemonConfig, mountpoint: &Path, store: &Store, catalog: &Catalog) -> anyhow::Result<Pool<AnyEngine>> {
     tracing::info!(engine = cfg.engine.describe(), "container engine");
+    let agent = std::fs::canonicalize(&cfg.agent)?;
     let pool = Pool::new(
-        Arc::new(Docker::with_engine(cfg.engine.clone())),
+        Arc::new(AnyEngine::new(cfg.engine.clone(), Some(agent.clone()))),
         PoolConfig {
             mount_id: mount_id(mountpoint, !cfg.engine.is_local()),
             run_dir: containers_dir(cfg),
-            agent: std::fs::canonicalize(&cfg.agent)?,
+            agent,
             view: cfg.view.clone(),
             policy: cfg.policy,
             costs: crate::policy::Costs::default(),

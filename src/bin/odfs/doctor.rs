@@ -71,9 +71,9 @@ fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::pa
         }
         _ => {
             let e = odfs::config::engine(None, config).map_err(|e| anyhow::anyhow!(e))?;
-            let docker = odfs::backend::docker::Docker::with_engine(e);
+            let client = odfs::backend::any::AnyEngine::new(e, None);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            (rt.block_on(odfs::backend::ContainerBackend::engine_info(&docker)), vec![])
+            (rt.block_on(odfs::backend::ContainerBackend::engine_info(&client)), vec![])
         }
     };
     let place = if engine.remote { "remote" } else { "local" };
@@ -91,7 +91,7 @@ fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::pa
     // The site's proxy reaches builds and tools; pulls are the engine's own.
     if let Ok(e) = odfs::config::engine(None, config) {
         let site = e.outbound.https_proxy.clone().or(e.outbound.http_proxy.clone());
-        if let (Some(site), false) = (site, engine.remote) {
+        if let (Some(site), false, false) = (site, engine.remote, e.is_cri()) {
             let docker = odfs::backend::docker::Docker::with_engine(e);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match rt.block_on(docker.engine_proxy()) {
