@@ -3,6 +3,8 @@
 //! is labelled by the mount id and removed on drop, even when a test fails.
 #![allow(dead_code)]
 
+pub mod cri;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,15 +38,27 @@ args = ["echo", "odfs:"]
 pub const PODMAN_HOST: &str = "unix:///run/odfs-podman/podman.sock";
 
 /// The engine the end-to-end tests use, by `ODFS_TEST_ENGINE`: `docker`
-/// (default: the machine's dockerd, as the environment names it) or `podman`
-/// (its Docker-compatible API): `DOCKER_HOST` of every test daemon and `-H`
-/// of every `docker` command of the helpers.
+/// (default: the machine's dockerd, as the environment names it), `podman`
+/// (its Docker-compatible API) or `cri` (the containerd of
+/// `scripts/cri-engine`, through its CRI): `DOCKER_HOST` of every test
+/// daemon, and the engine every `docker` command of the helpers asks.
 pub fn engine_host() -> Option<&'static str> {
     match std::env::var("ODFS_TEST_ENGINE").as_deref() {
         Err(_) | Ok("" | "docker") => None,
         Ok("podman") => Some(PODMAN_HOST),
-        Ok(other) => panic!("ODFS_TEST_ENGINE={other}: expected docker or podman"),
+        Ok("cri") => Some(cri::HOST),
+        Ok(other) => panic!("ODFS_TEST_ENGINE={other}: expected docker, podman or cri"),
     }
+}
+
+/// The engine under test is a CRI engine.
+pub fn on_cri() -> bool {
+    engine_host() == Some(cri::HOST)
+}
+
+/// A number no other call in this process has had.
+pub fn seq() -> usize {
+    SEQ.fetch_add(1, Ordering::SeqCst)
 }
 
 /// The docker CLI, talking to the engine under test.
@@ -59,7 +73,7 @@ pub fn docker_cli() -> Command {
 static PREPARE: Once = Once::new();
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-fn manifest() -> PathBuf {
+pub fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -77,8 +91,9 @@ pub fn launcher() -> PathBuf {
 /// Engine up, static agent built, test image present; once per process.
 pub fn prepare() {
     PREPARE.call_once(|| {
-        let ok = docker_cli().args(["info"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        assert!(ok.is_ok_and(|s| s.success()), "the engine ({}) does not answer: run scripts/setup first", engine_host().unwrap_or("Docker"));
+        let ok = docker(&["info"]).status.success();
+        let start = if on_cri() { "scripts/cri-engine start" } else { "scripts/setup" };
+        assert!(ok, "the engine ({}) does not answer: run {start} first", engine_host().unwrap_or("Docker"));
         // Static, as installed: the agent runs in every image, and so does
         // the launcher when a tool runs another tool.
         let built = Command::new(manifest().join("scripts/build-static")).status().expect("run scripts/build-static");
@@ -96,6 +111,9 @@ pub fn as_nobody(program: impl AsRef<std::ffi::OsStr>) -> Command {
 }
 
 pub fn docker(args: &[&str]) -> Output {
+    if on_cri() {
+        return cri::docker(args);
+    }
     docker_cli().args(args).output().expect("run docker")
 }
 

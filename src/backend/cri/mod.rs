@@ -51,13 +51,47 @@ pub struct Cri {
     agent: Option<PathBuf>,
     /// Containers this process froze, by id.
     frozen: dashmap::DashMap<String, Freezer>,
+    /// The engine's runtime handlers (asked once): its default's name and
+    /// OCI runtime, and whether it has one named [`FAST_HANDLER`].
+    handlers: tokio::sync::OnceCell<Handlers>,
+    /// Why [`FAST_HANDLER`] failed where the default worked: the default
+    /// serves from then on.
+    fast_failed: std::sync::Mutex<Option<String>>,
+}
+
+/// The runtime handler sandboxes are asked to run on where the engine has
+/// one by that name: crun starts a container in about half of runc's time.
+const FAST_HANDLER: &str = "crun";
+
+#[derive(Debug, Clone, Default)]
+struct Handlers {
+    default: String,
+    /// The OCI runtime binary of the default handler, where the engine says.
+    default_binary: String,
+    fast: bool,
+}
+
+/// The runtime handlers in the engine's verbose status (containerd's
+/// config; CRI-O says nothing there, and its default serves).
+fn handlers(config: &serde_json::Value) -> Handlers {
+    let c = &config["containerd"];
+    let default = c["defaultRuntimeName"].as_str().unwrap_or_default().to_string();
+    let binary = |name: &str| c["runtimes"][name]["options"]["BinaryName"].as_str().unwrap_or_default().to_string();
+    Handlers { default_binary: binary(&default), fast: c["runtimes"].get(FAST_HANDLER).is_some(), default }
 }
 
 impl Cri {
     /// A client of `engine` (`cri+unix://PATH`); `agent` is needed to read
     /// images (the view, `odfs scan`).
     pub fn new(engine: Engine, agent: Option<PathBuf>) -> Cri {
-        Cri { engine, channel: tokio::sync::OnceCell::new(), agent, frozen: Default::default() }
+        Cri {
+            engine,
+            channel: tokio::sync::OnceCell::new(),
+            agent,
+            frozen: Default::default(),
+            handlers: tokio::sync::OnceCell::new(),
+            fast_failed: std::sync::Mutex::new(None),
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -163,19 +197,68 @@ impl Cri {
         }
     }
 
+    /// The engine's runtime handlers (`None` while it does not answer).
+    async fn handlers(&self) -> Option<&Handlers> {
+        let ask = || async {
+            let status = self.ask("status", REQUEST_LIMIT, self.runtime().await?.status(cri::StatusRequest { verbose: true })).await?;
+            let config = status.info.get("config").and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+            Ok::<_, BackendError>(handlers(&config))
+        };
+        self.handlers.get_or_try_init(ask).await.ok()
+    }
+
+    /// The handler to ask for: [`FAST_HANDLER`] where the engine has it
+    /// and it has not failed, else the default (empty).
+    async fn handler(&self) -> &'static str {
+        let failed = self.fast_failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        match self.handlers().await {
+            Some(h) if h.fast && !failed => FAST_HANDLER,
+            _ => "",
+        }
+    }
+
+    /// One line for `odfs status` and `odfs doctor`: the runtime that runs
+    /// the containers, and why.
+    async fn runtime_line(&self) -> String {
+        let Some(h) = self.handlers().await.cloned() else { return "unknown: the CRI engine does not answer".into() };
+        let default = match (h.default.as_str(), h.default_binary.rsplit('/').next().unwrap_or_default()) {
+            ("", _) => "the engine's default handler".to_string(),
+            (name, "") => format!("the default handler {name}"),
+            (name, binary) => format!("the default handler {name} ({binary})"),
+        };
+        if let Some(why) = self.fast_failed.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return format!("{default}: the engine's {FAST_HANDLER} handler failed ({why})");
+        }
+        if h.fast {
+            format!("the {FAST_HANDLER} handler, asked per pod (faster to start than {default})")
+        } else {
+            format!("{default} (register a {FAST_HANDLER} handler with the engine for faster starts)")
+        }
+    }
+
     /// Run a sandbox for `spec` and create its container in it; returns
     /// the container's id. A sandbox left with the same name (a crash)
     /// is replaced.
     async fn create_in_sandbox(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
         let sandbox_config = spec::sandbox(spec);
-        let run = cri::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: String::new() };
+        let handler = self.handler().await;
+        let mut run = cri::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: handler.into() };
         let sandbox = match self.ask("run pod sandbox", REQUEST_LIMIT, self.runtime().await?.run_pod_sandbox(run.clone())).await {
             Ok(r) => r.pod_sandbox_id,
-            Err(e) if e.to_string().contains("reserved") => {
-                self.remove_named(&spec.name).await?;
+            Err(e) => {
+                if e.to_string().contains("reserved") {
+                    // A sandbox a crash left with this name.
+                    self.remove_named(&spec.name).await?;
+                } else if handler.is_empty() || !runtime_refused(&e) {
+                    return Err(e);
+                } else {
+                    tracing::warn!(error = %e, "the {FAST_HANDLER} runtime handler failed; the engine's default serves from now on");
+                    *self.fast_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::create::one_line(&e.to_string()));
+                    self.remove_named(&spec.name).await?;
+                    run.runtime_handler.clear();
+                }
                 self.ask("run pod sandbox", REQUEST_LIMIT, self.runtime().await?.run_pod_sandbox(run)).await?.pod_sandbox_id
             }
-            Err(e) => return Err(e),
         };
         let made = async {
             if spec.loopback_only {
@@ -251,6 +334,14 @@ impl Cri {
     }
 }
 
+/// Whether the engine's error is the runtime's refusal (the handler, or
+/// its OCI runtime failing to create the sandbox), as opposed to the
+/// sandbox's own (a name, a network).
+fn runtime_refused(e: &BackendError) -> bool {
+    let m = e.to_string().to_lowercase();
+    m.contains("oci runtime") || m.contains("runtime handler") || m.contains(FAST_HANDLER)
+}
+
 fn image_spec(reference: &str) -> cri::ImageSpec {
     cri::ImageSpec { image: reference.to_string(), ..Default::default() }
 }
@@ -308,6 +399,7 @@ impl ContainerBackend for Cri {
         if self.image_status(reference).await?.is_some() {
             return Ok(false);
         }
+        tracing::info!(image = reference, "image missing, pulling");
         self.pull(reference, progress).await?;
         Ok(true)
     }
@@ -407,7 +499,10 @@ impl ContainerBackend for Cri {
         shown.done = true;
         shown.ok = pulled.is_ok();
         progress.send_replace(Some(shown));
-        pulled.map(drop).map_err(|e| BackendError::ImageMissing { reference: reference.to_string(), reason: e.to_string() })
+        pulled.map(drop).map_err(|e| match e {
+            BackendError::Answered { message, .. } => BackendError::ImageMissing { reference: reference.to_string(), reason: message },
+            other => other,
+        })
     }
 
     async fn image_info(&self, reference: &str) -> Result<Option<ImageInfo>, BackendError> {
@@ -496,8 +591,6 @@ impl ContainerBackend for Cri {
         let mut out = Vec::new();
         for c in self.containers(filter).await? {
             let running = c.state == cri::ContainerState::ContainerRunning as i32;
-            // The engine knows nothing of the freezer: the cgroup says.
-            let paused = running && self.frozen.contains_key(&c.id) || running && self.freezer(&c.id).await.is_ok_and(|f| f.frozen().unwrap_or(false));
             let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
             out.push(Managed {
                 name: c.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
@@ -506,7 +599,9 @@ impl ContainerBackend for Cri {
                 token: label(super::LABEL_TOKEN),
                 view: label(super::LABEL_VIEW),
                 running,
-                paused,
+                // The CRI pauses nothing: a container odfs froze is
+                // running to the engine, as on a Docker engine.
+                paused: false,
                 id: c.id,
             });
         }
@@ -523,10 +618,7 @@ impl ContainerBackend for Cri {
 
     async fn engine_info(&self) -> crate::protocol::EngineInfo {
         let version = self.version().await.map_err(|e| e.to_string());
-        let runtime = match &version {
-            Ok(v) => format!("the default runtime handler of {v} (odfs asks the CRI for none)"),
-            Err(_) => "unknown: the CRI engine does not answer".into(),
-        };
+        let runtime = self.runtime_line().await;
         crate::protocol::EngineInfo {
             host: self.engine.host.clone(),
             remote: false,

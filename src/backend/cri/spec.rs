@@ -16,12 +16,14 @@ const CGROUP_PARENT: &str = "/odfs";
 
 /// The namespaces a profile shares with the node: its network on the
 /// host network; pid and IPC where it shares the host's (UTS comes with
-/// the network in the CRI).
+/// the network in the CRI). Otherwise the container has a pid namespace
+/// of its own, not the pod's, so the agent is its PID 1 (as on Docker):
+/// orphans are its to reap, and the pod's pause process is not in view.
 fn namespaces(spec: &ContainerSpec) -> cri::NamespaceOption {
     let mode = |host: bool| if host { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
     cri::NamespaceOption {
         network: mode(spec.network == "host"),
-        pid: mode(spec.host_namespaces),
+        pid: if spec.host_namespaces { cri::NamespaceMode::Node } else { cri::NamespaceMode::Container } as i32,
         ipc: mode(spec.host_namespaces),
         ..Default::default()
     }
@@ -220,7 +222,7 @@ mod tests {
         s.host_namespaces = false;
         let sb = sandbox(&s);
         let ns = sb.linux.as_ref().unwrap().security_context.as_ref().unwrap().namespace_options.as_ref().unwrap();
-        assert_eq!((ns.network, ns.pid), (cri::NamespaceMode::Node as i32, cri::NamespaceMode::Pod as i32));
+        assert_eq!((ns.network, ns.pid), (cri::NamespaceMode::Node as i32, cri::NamespaceMode::Container as i32));
         assert_eq!(sb.hostname, "");
         assert_eq!(sb.metadata.unwrap().namespace, POD_NAMESPACE);
     }
