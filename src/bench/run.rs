@@ -167,6 +167,11 @@ pub struct RemoteEngine {
 }
 
 impl RemoteEngine {
+    /// Not on this machine: its mounts are told apart from local ones.
+    fn is_remote(&self) -> bool {
+        !self.url.starts_with("unix://") && !self.url.starts_with("cri+unix://")
+    }
+
     /// Environment that gives a daemon or the docker CLI this engine's TLS.
     fn tls_env(&self) -> Vec<(&'static str, String)> {
         self.certs.iter().flat_map(|c| [("DOCKER_TLS_VERIFY", "1".to_string()), ("DOCKER_CERT_PATH", c.display().to_string())]).collect()
@@ -218,7 +223,7 @@ impl Mount {
     }
 
     /// A mount whose daemon uses `remote` as its engine, or the local one.
-    fn start_on(bins: &Binaries, name: &str, catalog: &str, remote: Option<&RemoteEngine>) -> std::io::Result<Mount> {
+    pub(super) fn start_on(bins: &Binaries, name: &str, catalog: &str, remote: Option<&RemoteEngine>) -> std::io::Result<Mount> {
         let root = PathBuf::from(format!("/tmp/odfs-bench-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for d in ["mnt", "state", "catalog", "work"] {
@@ -243,7 +248,7 @@ impl Mount {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let id = crate::daemon::mount_id(&mnt, remote.is_some());
+        let id = crate::daemon::mount_id(&mnt, remote.is_some_and(RemoteEngine::is_remote));
         let m = Mount { root, mnt, id, daemon, remote: remote.cloned() };
         let socket = m.root.join("state/odfs.sock");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -364,7 +369,7 @@ fn catalog() -> String {
 /// always after the same one. A rotation kept the cyclic order: the
 /// candidate after `docker exec`, which leaves the engine busy for a while
 /// after it returns, was always the same one and paid for it.
-fn shuffled(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Result<()>) -> std::io::Result<()> {
+pub(super) fn shuffled(round: usize, n: usize, mut each: impl FnMut(usize) -> std::io::Result<()>) -> std::io::Result<()> {
     shuffle_order(round, n).into_iter().try_for_each(&mut each)
 }
 

@@ -31,6 +31,11 @@ struct Args {
     /// its figures.
     #[arg(long)]
     archive: bool,
+    /// Measure only a CRI engine (cri+unix://…, e.g. the one
+    /// scripts/cri-engine starts) against the machine's Docker engine, and
+    /// print its figures.
+    #[arg(long, value_name = "URL")]
+    cri: Option<String>,
     /// TLS client certificates of the remote engine (ca.pem, cert.pem, key.pem).
     #[arg(long, value_name = "DIR", requires = "remote")]
     remote_certs: Option<PathBuf>,
@@ -51,6 +56,12 @@ fn main() -> anyhow::Result<()> {
     if args.archive {
         let figures = odfs::bench::archive::run(&bins, if args.smoke { 1 } else { 5 }, &mut |what| eprintln!("odfs-bench: {what}"))?;
         print!("{}", odfs::bench::archive::markdown(&figures));
+        return Ok(());
+    }
+    if let Some(url) = args.cri {
+        let (rounds, cold) = if args.smoke { (5, 2) } else { (300, 15) };
+        let figures = odfs::bench::cri::run(&bins, &url, rounds, cold, &mut |what| eprintln!("odfs-bench: {what}"))?;
+        print!("{}", odfs::bench::cri::markdown(&figures));
         return Ok(());
     }
     let counts = if args.smoke { run::Counts::smoke() } else { run::Counts::full() };
