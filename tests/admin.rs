@@ -286,3 +286,54 @@ fn scan_is_root_s_alone_and_says_so_in_one_line() {
     let o = odfs(&m, &["scan", TEST_IMAGE]);
     assert!(o.status.success() && stdout(&o).lines().any(|l| l == "/bin/busybox"), "{}", stderr(&o));
 }
+
+/// A CRI engine a kubelet manages is refused at start and by doctor, in
+/// one line: the kubelet would stop odfs's pod sandboxes mid-call. The
+/// kubelet here is a stand-in process of that name with the flag a node's
+/// has; the engine socket is a listening socket nobody serves, since the
+/// check comes before any request.
+#[test]
+fn a_cri_engine_a_kubelet_manages_is_refused_with_one_line() {
+    prepare();
+    let dir = std::path::PathBuf::from(format!("/tmp/odfs-test-kubelet-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("catalog")).unwrap();
+    std::fs::write(dir.join("catalog/t.toml"), BUSYBOX_CATALOG).unwrap();
+    let _gone = Defer(|| drop(std::fs::remove_dir_all(&dir)));
+    let socket = dir.join("containerd.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let script = "import ctypes, sys, time; ctypes.CDLL(None).prctl(15, b'kubelet', 0, 0, 0); sys.stdout.write('up\\n'); sys.stdout.flush(); time.sleep(600)";
+    let mut kubelet = Command::new("python3")
+        .args(["-c", script, &format!("--container-runtime-endpoint=unix://{}", socket.display())])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(kubelet.stdout.take().unwrap()), &mut up).unwrap();
+    let pid = kubelet.id();
+    let _stop = Defer(|| {
+        let _ = kubelet.kill();
+        let _ = kubelet.wait();
+    });
+    let engine = format!("cri+unix://{}", socket.display());
+    let mnt = dir.join("mnt");
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs"))
+        .args(["mount", "--state"])
+        .arg(dir.join("state"))
+        .args(["--catalog"])
+        .arg(dir.join("catalog"))
+        .args(["--engine", &engine])
+        .arg("--agent")
+        .arg(agent())
+        .arg("--launcher")
+        .arg(launcher())
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "odfs mount served an engine a kubelet manages");
+    let err = stderr(&o);
+    let line = format!("the kubelet on this node (pid {}) manages the CRI engine at {}", pid, socket.display());
+    // The daemon's log goes to stderr too: the refusal is its last line.
+    assert!(err.trim_end().lines().last().is_some_and(|l| l.starts_with(&format!("odfs: {line}"))), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_odfs")).args(["doctor", "--socket"]).arg(dir.join("none.sock")).env("DOCKER_HOST", &engine).output().unwrap();
+    assert!(stdout(&o).lines().any(|l| l.starts_with("FAIL") && l.contains(&line)), "{}", stdout(&o));
+}

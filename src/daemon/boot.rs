@@ -88,8 +88,15 @@ pub(super) fn fresh_mountpoint(mountpoint: &Path) -> anyhow::Result<()> {
 pub(super) fn pool(cfg: &DaemonConfig, mountpoint: &Path, store: &Store, catalog: &Catalog) -> anyhow::Result<Pool<AnyEngine>> {
     tracing::info!(engine = cfg.engine.describe(), "container engine");
     let agent = std::fs::canonicalize(&cfg.agent)?;
+    let engine = AnyEngine::new(cfg.engine.clone(), Some(agent.clone()));
+    if let Some(line) = match &engine {
+        AnyEngine::Cri(cri) => cri.kubelet_refusal(),
+        AnyEngine::Docker(_) => None,
+    } {
+        anyhow::bail!(line);
+    }
     let pool = Pool::new(
-        Arc::new(AnyEngine::new(cfg.engine.clone(), Some(agent.clone()))),
+        Arc::new(engine),
         PoolConfig {
             mount_id: mount_id(mountpoint, !cfg.engine.is_local()),
             run_dir: containers_dir(cfg),

@@ -11,6 +11,7 @@
 //! agent holding it ([`read`]). Images are never built here (no build API):
 //! a recipe or an archive package gives one line naming where to build.
 
+pub mod kubelet;
 mod read;
 mod spec;
 
@@ -33,6 +34,9 @@ use crate::protocol::ImageProgress;
 
 /// How long a request may take to answer, a pull excepted.
 const REQUEST_LIMIT: Duration = Duration::from_secs(120);
+/// How long the engine may take to say its version (`odfs doctor`, a
+/// daemon's status): an engine that does not answer is said so quickly.
+const VERSION_LIMIT: Duration = Duration::from_secs(10);
 /// How long a pull may take.
 const PULL_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// How long a container's processes may take to freeze.
@@ -236,10 +240,20 @@ impl Cri {
         }
     }
 
+    /// Refuse an engine a kubelet manages ([`kubelet`]); a kubelet may
+    /// start after the daemon, so every sandbox asks.
+    pub fn kubelet_refusal(&self) -> Option<String> {
+        let socket = self.socket();
+        kubelet::managing(&socket).map(|pid| kubelet::refusal(&socket, pid))
+    }
+
     /// Run a sandbox for `spec` and create its container in it; returns
     /// the container's id. A sandbox left with the same name (a crash)
     /// is replaced.
     async fn create_in_sandbox(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
+        if let Some(line) = self.kubelet_refusal() {
+            return Err(BackendError::Unsupported(line));
+        }
         let sandbox_config = spec::sandbox(spec);
         let handler = self.handler().await;
         let mut run = cri::RunPodSandboxRequest { config: Some(sandbox_config.clone()), runtime_handler: handler.into() };
@@ -314,7 +328,7 @@ impl Cri {
     /// The engine's name and version, and its runtime's.
     pub async fn version(&self) -> Result<String, BackendError> {
         let req = cri::VersionRequest { version: "v1".into() };
-        let v = self.ask("version", REQUEST_LIMIT, self.runtime().await?.version(req)).await?;
+        let v = self.ask("version", VERSION_LIMIT, self.runtime().await?.version(req)).await?;
         Ok(format!("{} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version))
     }
 
@@ -618,7 +632,8 @@ impl ContainerBackend for Cri {
 
     async fn engine_info(&self) -> crate::protocol::EngineInfo {
         let version = self.version().await.map_err(|e| e.to_string());
-        let runtime = self.runtime_line().await;
+        // An engine that did not say its version is not asked more.
+        let runtime = if version.is_ok() { self.runtime_line().await } else { "unknown: the CRI engine does not answer".into() };
         crate::protocol::EngineInfo {
             host: self.engine.host.clone(),
             remote: false,

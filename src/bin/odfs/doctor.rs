@@ -81,6 +81,11 @@ fn engine(checks: &mut Checks, socket: &std::path::Path, config: Option<&std::pa
         Ok(v) => checks.report(Some(true), format!("container engine {} ({place}, {v}, from {}): calls take the {} path", engine.host, engine.source, engine.exec_path.as_str())),
         Err(e) => checks.report(Some(false), format!("container engine {} ({place}, from {}): {e}", engine.host, engine.source)),
     }
+    if let Some(socket) = engine.host.strip_prefix("cri+unix://") {
+        if let Some(pid) = odfs::backend::cri::kubelet::managing(std::path::Path::new(socket)) {
+            checks.report(Some(false), odfs::backend::cri::kubelet::refusal(std::path::Path::new(socket), pid));
+        }
+    }
     if engine.version.is_ok() {
         // The default runtime works; the faster one is advice, not a fault.
         checks.report(None, format!("OCI runtime: {}", engine.runtime));
