@@ -376,3 +376,32 @@ fn an_unreachable_engine_is_reported_and_the_mount_still_lists() {
     assert!(err.trim_end().ends_with("(is dockerd running?)"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// An image missing with a recipe is built where the engine builds
+/// (Docker, Podman); a CRI engine builds nothing, and the call gets one
+/// line naming where to build it and how the node gets it, at once.
+#[test]
+fn a_recipe_is_built_where_the_engine_builds_and_refused_in_one_line_where_it_cannot() {
+    let reference = format!("odfs-test/recipe-{}:1", std::process::id());
+    let toml = format!("[image.rec]\nref = \"{reference}\"\nbuild = \"images/rec\"\nnetwork = \"none\"\ncommands = [\"echo\"]\n");
+    let m = TestMount::with_files(&[("t.toml", &toml), ("images/rec/Dockerfile", "FROM odfs-test/busybox:latest\nLABEL org.odfs.test=recipe\n")], &[]);
+    let _gone = Defer(|| drop(docker_cli().args(["rmi", "-f", &reference]).output()));
+    let o = m.sh(r#""$M/echo" built"#);
+    if !on_cri() {
+        assert_eq!((stdout(&o).as_str(), o.status.code()), ("built\n", Some(0)), "{}", stderr(&o));
+        return;
+    }
+    assert_eq!(shell_status(&o), 126, "{}", stderr(&o));
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("odfs: echo: image {reference} has a build recipe and cannot be built on this node"))
+            && last.contains("build it on a build host")
+            && last.contains("push it to the registry this node pulls from"),
+        "{err}"
+    );
+    assert!(err.lines().count() <= 2, "{err}");
+    // The runtime behind the CRI is named.
+    let o = m.odfs(&["status"]);
+    assert!(stdout(&o).lines().any(|l| l.starts_with("runtime: ") && l.contains("handler")), "{}", stdout(&o));
+}
