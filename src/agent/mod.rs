@@ -487,6 +487,43 @@ pub enum Mode {
     Hold,
 }
 
+/// Set the limits an engine without per-container rlimits could not give
+/// (`nofile=SOFT:HARD,nproc=SOFT:HARD`, -1 for none) on the agent itself,
+/// so every tool it spawns inherits them. Lowering needs no privilege; a
+/// limit above what the agent already has stays where it is.
+fn set_rlimits(spec: &str) {
+    for (resource, soft, hard) in parse_rlimits(spec) {
+        let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit fills the struct; setrlimit reads it.
+        unsafe {
+            if libc::getrlimit(resource, &mut now) != 0 {
+                continue;
+            }
+            let max = hard.min(now.rlim_max);
+            let wanted = libc::rlimit { rlim_cur: soft.min(max), rlim_max: max };
+            libc::setrlimit(resource, &wanted);
+        }
+    }
+}
+
+/// The limits of [`crate::protocol::RLIMITS_ENV`]'s value; unknown names
+/// and malformed parts are left out.
+fn parse_rlimits(spec: &str) -> Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)> {
+    let value = |v: &str| v.parse::<i64>().ok().map(|n| if n < 0 { libc::RLIM_INFINITY } else { n as libc::rlim_t });
+    spec.split(',')
+        .filter_map(|part| {
+            let (name, range) = part.split_once('=')?;
+            let (soft, hard) = range.split_once(':')?;
+            let resource = match name {
+                "nofile" => libc::RLIMIT_NOFILE,
+                "nproc" => libc::RLIMIT_NPROC,
+                _ => return None,
+            };
+            Some((resource, value(soft)?, value(hard)?))
+        })
+        .collect()
+}
+
 /// Sleep until killed: as PID 1, no signal but SIGKILL ends it, which is
 /// how the engine removes the container.
 pub fn hold() -> ! {
@@ -524,9 +561,23 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<Mode, String> {
     if relay {
         return Ok(Mode::Relay { socket });
     }
+    if let Ok(limits) = std::env::var(crate::protocol::RLIMITS_ENV) {
+        set_rlimits(&limits);
+        // SAFETY: called at start-up, before any thread exists.
+        unsafe { std::env::remove_var(crate::protocol::RLIMITS_ENV) };
+    }
     let token = std::env::var(TOKEN_ENV).ok();
     scrub_env(TOKEN_ENV);
     // SAFETY: called at start-up, before any thread exists.
     unsafe { std::env::remove_var(TOKEN_ENV) };
     Ok(Mode::Serve(AgentConfig { socket, allow_local_peers, token, path_tail }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rlimits_are_read_by_name_with_minus_one_for_none() {
+        let got = super::parse_rlimits("nofile=1024:4096,nproc=-1:-1,core=0:0,bad,nofile=x:1");
+        assert_eq!(got, vec![(libc::RLIMIT_NOFILE, 1024, 4096), (libc::RLIMIT_NPROC, libc::RLIM_INFINITY, libc::RLIM_INFINITY)]);
+    }
 }

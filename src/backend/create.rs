@@ -37,6 +37,12 @@ fn ulimits() -> Vec<bollard::models::ResourcesUlimits> {
         .collect()
 }
 
+/// [`ulimits`] as the agent takes them from an engine that has none
+/// ([`crate::protocol::RLIMITS_ENV`]).
+pub(super) fn rlimits_spec() -> String {
+    ulimits().iter().map(|u| format!("{}={}:{}", u.name.as_deref().unwrap_or_default(), u.soft.unwrap_or(-1), u.hard.unwrap_or(-1))).collect::<Vec<_>>().join(",")
+}
+
 fn rlimit(resource: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit fills the struct.

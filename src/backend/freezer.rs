@@ -98,6 +98,27 @@ fn find(cgroups: &str, mountinfo: &str) -> Option<Freezer> {
     Some(Freezer { dir: under(&point, &root, &path)?, v2: true })
 }
 
+/// The cgroup v1 directory of `controller` (`pids`) that process `pid` is
+/// in, which must be named after container `id` (as [`Freezer::of`]
+/// checks); `None` where that controller has no v1 hierarchy.
+pub fn v1_dir(pid: i32, id: &str, controller: &str) -> io::Result<Option<PathBuf>> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let Some(path) = cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == controller).then(|| path.to_string())
+    }) else {
+        return Ok(None);
+    };
+    let Some((root, point)) = mount_of(&mountinfo, |fstype, opts| fstype == "cgroup" && opts.split(',').any(|o| o == controller)) else { return Ok(None) };
+    let dir = under(&point, &root, &path).ok_or_else(|| io::Error::other(format!("the {controller} cgroup of pid {pid} is outside its mount")))?;
+    if id.is_empty() || !dir.file_name().is_some_and(|n| n.to_string_lossy().contains(id)) {
+        return Err(io::Error::other(format!("pid {pid} is not in container {id}'s cgroup ({})", dir.display())));
+    }
+    Ok(Some(dir))
+}
+
 /// The first mount whose type and super options pass `wanted`: its root
 /// within the filesystem and its mount point.
 fn mount_of(mountinfo: &str, wanted: impl Fn(&str, &str) -> bool) -> Option<(String, PathBuf)> {

@@ -14,7 +14,7 @@ pub use framing::{read_frame, recv_some, write_frame, Frame, FrameError};
 pub use odfs_wire::{
     AgentEvent, AgentRequest, CommandInfo, CommandStats, ContainerPhase, ContainerStatus, EngineInfo, ExecPath, ExecRequest, ImageUsage, Failure, Finished,
     Identity, ImageProgress, Passed, Request, Response, SpawnRequest, TtyRequest, ViewInfo, DEFAULT_PATH, EXIT_NOT_FOUND,
-    EXIT_ODFS_ERROR, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, TOKEN_ENV,
+    EXIT_ODFS_ERROR, MAX_FDS, MAX_FRAME, PROTOCOL_VERSION, RLIMITS_ENV, TOKEN_ENV,
 };
 
 use serde::{Deserialize, Serialize};

@@ -110,20 +110,25 @@ pub fn docker(args: &[&str]) -> Output {
         ["rm", "-f", ids @ ..] => {
             // An admin's removal: its processes die; the engine keeps what
             // the CRI made, for the daemon to find gone.
+            let known = containers();
+            let mut ok = true;
             for id in ids.iter().map(|i| resolve(i)) {
+                ok &= known.contains_key(&id);
                 kill(&id, "SIGKILL");
-                wait_stopped(&id, Duration::from_secs(10));
+                ok &= wait_stopped(&id, Duration::from_secs(10));
             }
-            output(String::new(), true)
+            output(String::new(), ok)
         }
         ["stop", "-t", secs, id] => {
             let id = &resolve(id).clone();
+            let known = containers().contains_key(id);
             kill(id, "SIGTERM");
-            if !wait_stopped(id, Duration::from_secs(secs.parse().unwrap_or(10))) {
+            let mut stopped = wait_stopped(id, Duration::from_secs(secs.parse().unwrap_or(10)));
+            if !stopped {
                 kill(id, "SIGKILL");
-                wait_stopped(id, Duration::from_secs(10));
+                stopped = wait_stopped(id, Duration::from_secs(10));
             }
-            output(String::new(), true)
+            output(String::new(), known && stopped)
         }
         ["inspect", "-f", format, what] => {
             let id = &resolve(what);
@@ -137,8 +142,15 @@ pub fn docker(args: &[&str]) -> Output {
             output(out + "\n", containers().contains_key(id))
         }
         ["image", "inspect", reference] => {
-            let full = if reference.contains('/') { format!("docker.io/{reference}") } else { format!("docker.io/library/{reference}") };
-            output(String::new(), text(&ctr(&["images", "ls", "-q"])).lines().any(|l| l == full || l == *reference))
+            // As containerd names it: a registry host, a path, a tag.
+            let tagged = if reference.rsplit('/').next().is_some_and(|last| last.contains(':') || last.contains('@')) { reference.to_string() } else { format!("{reference}:latest") };
+            let first = tagged.split('/').next().unwrap_or_default();
+            let full = match tagged.contains('/') {
+                true if first.contains('.') || first.contains(':') || first == "localhost" => tagged.clone(),
+                true => format!("docker.io/{tagged}"),
+                false => format!("docker.io/library/{tagged}"),
+            };
+            output(String::new(), text(&ctr(&["images", "ls", "-q"])).lines().any(|l| l == full))
         }
         ["build", "-q", "-t", reference, dir] => {
             // No CRI engine builds: the image is built with the machine's

@@ -224,6 +224,12 @@ pub struct TtyRequest {
 /// (a command line would be readable by every user there).
 pub const TOKEN_ENV: &str = "ODFS_AGENT_TOKEN";
 
+/// The environment variable an engine without per-container rlimits (the
+/// CRI) passes the agent its tools' limits in: `nofile=SOFT:HARD,
+/// nproc=SOFT:HARD`, -1 for no limit. The agent sets them on itself at
+/// start, so every tool it spawns has them.
+pub const RLIMITS_ENV: &str = "ODFS_AGENT_RLIMITS";
+
 /// A failure of odfs, not of the tool, as its caller meets it: one line
 /// (`odfs: CMD: message`, naming the cause and the fix) and the exit status
 /// scripts rely on (126, or 127 for a command not in the catalog). The same

@@ -10,25 +10,53 @@ use std::path::Path;
 /// file name one (Kubernetes 1.27 and later).
 const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
+/// Bytes of a kubelet's config file read.
+const MAX_CONFIG: u64 = 1 << 20;
+
 /// A kubelet running on this machine whose runtime endpoint is `socket`:
-/// its pid.
+/// its pid. Only root's processes count, run from a root-owned file: a
+/// user's process named `kubelet` neither refuses the engine to everyone
+/// nor makes the daemon read a file of its choosing.
 pub fn managing(socket: &Path) -> Option<u32> {
     let ours = same_file(socket)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if !std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "kubelet") {
+        if !std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == "kubelet") || !roots(&entry.path()) {
             continue;
         }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let root = entry.path().join("root");
-        let endpoint = endpoint(&args, |config| std::fs::read_to_string(root.join(config.trim_start_matches('/'))).ok());
+        let endpoint = endpoint(&args, |config| read_config(&root.join(config.trim_start_matches('/'))));
         let path = endpoint.strip_prefix("unix://").unwrap_or(&endpoint);
         if same_file(&root.join(path.trim_start_matches('/'))) == Some(ours) {
             return Some(pid);
         }
     }
     None
+}
+
+/// The process at `proc` (`/proc/PID`) is root's (every uid 0) and runs a
+/// root-owned executable.
+fn roots(proc: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+    let uids_root = status.lines().find_map(|l| l.strip_prefix("Uid:")).is_some_and(|u| u.split_whitespace().all(|id| id == "0"));
+    uids_root && std::fs::metadata(proc.join("exe")).is_ok_and(|m| m.uid() == 0)
+}
+
+/// A config file, when it is a regular file: never blocking, at most
+/// [`MAX_CONFIG`] bytes.
+fn read_config(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path).ok()?;
+    if !file.metadata().ok()?.file_type().is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 /// Device and inode of a socket, so two paths to it compare equal.

@@ -61,7 +61,12 @@ pub struct Cri {
     /// Why [`FAST_HANDLER`] failed where the default worked: the default
     /// serves from then on.
     fast_failed: std::sync::Mutex<Option<String>>,
+    /// When a kubelet was last looked for, and what was found.
+    kubelet_checked: tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>,
 }
+
+/// How long the look for a kubelet serves.
+const KUBELET_RECHECK: Duration = Duration::from_secs(10);
 
 /// The runtime handler sandboxes are asked to run on where the engine has
 /// one by that name: crun starts a container in about half of runc's time.
@@ -95,6 +100,7 @@ impl Cri {
             frozen: Default::default(),
             handlers: tokio::sync::OnceCell::new(),
             fast_failed: std::sync::Mutex::new(None),
+            kubelet_checked: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -172,6 +178,23 @@ impl Cri {
         Freezer::of(pid, id).map_err(|e| BackendError::Engine(e.to_string()))
     }
 
+    /// The catalog's `pids` limit where the CRI cannot give it: it has a
+    /// field for it on cgroup v2 only (`unified`), so on v1 the daemon
+    /// writes the container's `pids.max` itself, before any call reaches
+    /// the agent (which forks only for calls).
+    async fn limit_pids(&self, id: &str, spec: &ContainerSpec) -> Result<(), BackendError> {
+        let Some(max) = spec.limits.pids.filter(|_| !spec::cgroup_v2()) else { return Ok(()) };
+        let pid = self.pid(id).await?;
+        let dir = super::freezer::v1_dir(pid, id, "pids").map_err(|e| BackendError::Engine(e.to_string()))?;
+        let Some(dir) = dir else { return Err(BackendError::Unsupported(format!("the machine has no pids controller: the limit of {max} processes cannot be kept"))) };
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("pids.max"))
+            .and_then(|mut f| f.write_all(max.to_string().as_bytes()))
+            .map_err(|e| BackendError::Engine(format!("cannot limit container {id} to {max} processes: {e}")))
+    }
+
     /// The sandbox holding container `id` and the container's name
     /// (`None`: no such container).
     async fn sandbox_of(&self, id: &str) -> Result<Option<(String, String)>, BackendError> {
@@ -240,18 +263,33 @@ impl Cri {
         }
     }
 
-    /// Refuse an engine a kubelet manages ([`kubelet`]); a kubelet may
-    /// start after the daemon, so every sandbox asks.
+    /// Refuse an engine a kubelet manages ([`kubelet`]).
     pub fn kubelet_refusal(&self) -> Option<String> {
         let socket = self.socket();
         kubelet::managing(&socket).map(|pid| kubelet::refusal(&socket, pid))
+    }
+
+    /// [`Cri::kubelet_refusal`] before a sandbox: a kubelet may start after
+    /// the daemon. Its look through `/proc` runs off the async threads, and
+    /// its answer serves for [`KUBELET_RECHECK`].
+    async fn kubelet_refusal_now(&self) -> Option<String> {
+        let mut last = self.kubelet_checked.lock().await;
+        if let Some((at, answer)) = &*last {
+            if at.elapsed() < KUBELET_RECHECK {
+                return answer.clone();
+            }
+        }
+        let socket = self.socket();
+        let answer = tokio::task::spawn_blocking(move || kubelet::managing(&socket).map(|pid| kubelet::refusal(&socket, pid))).await.ok().flatten();
+        *last = Some((std::time::Instant::now(), answer.clone()));
+        answer
     }
 
     /// Run a sandbox for `spec` and create its container in it; returns
     /// the container's id. A sandbox left with the same name (a crash)
     /// is replaced.
     async fn create_in_sandbox(&self, spec: &ContainerSpec) -> Result<String, BackendError> {
-        if let Some(line) = self.kubelet_refusal() {
+        if let Some(line) = self.kubelet_refusal_now().await {
             return Err(BackendError::Unsupported(line));
         }
         let sandbox_config = spec::sandbox(spec);
@@ -284,6 +322,7 @@ impl Cri {
         .await;
         if made.is_err() {
             let _ = self.remove_sandbox(&sandbox).await;
+            spec::remove_scratch(&spec.name);
         }
         made
     }
@@ -310,11 +349,16 @@ impl Cri {
             return Err(BackendError::Engine(format!("the CRI engine gives no process for sandbox {sandbox}: cannot take its network away")));
         }
         let netns = format!("/proc/{pid}/ns/net");
+        // Never the daemon's own network (the host's): a pid that ended and
+        // was reused by a host process would name it.
+        if std::fs::read_link(&netns).ok() == std::fs::read_link("/proc/self/ns/net").ok() {
+            return Err(BackendError::Engine(format!("sandbox {sandbox} shares the host's network: its network cannot be taken away")));
+        }
         let links = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).map_err(|e| BackendError::Engine(format!("cannot read the sandbox's interfaces: {e}")))?;
         for link in spec::interfaces(&links).into_iter().filter(|l| l != "lo") {
             let out = tokio::process::Command::new("nsenter")
                 .arg(format!("--net={netns}"))
-                .args(["ip", "link", "delete", &link])
+                .args(["ip", "link", "delete", "dev", &link])
                 .output()
                 .await
                 .map_err(|e| BackendError::Engine(format!("cannot run nsenter and ip (util-linux, iproute2) to take a sandbox's network away: {e}")))?;
@@ -432,12 +476,23 @@ impl ContainerBackend for Cri {
                 "image {image} asks for GPUs ({ask:?}) and odfs asks a CRI engine for devices by CDI name only: name them in `devices` as CDI names (nvidia.com/gpu=0), with the node's CDI specs generated"
             )));
         }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        if let Some((source, below)) = spec::held_submount(&spec.binds, &mountinfo) {
+            return Err(BackendError::Unsupported(format!(
+                "the host's mounts are private, and a CRI engine binds {} with everything mounted below it ({below}), which the tool's container would keep mounted after the host unmounts it: make the host's mounts shared (mount --make-rshared /)",
+                source.display()
+            )));
+        }
         self.create_in_sandbox(spec).await
     }
 
-    async fn start(&self, id: &str, _spec: &ContainerSpec) -> Result<String, BackendError> {
+    async fn start(&self, id: &str, spec: &ContainerSpec) -> Result<String, BackendError> {
         let req = cri::StartContainerRequest { container_id: id.to_string() };
-        if let Err(e) = self.ask("start container", REQUEST_LIMIT, self.runtime().await?.start_container(req)).await {
+        let started = async {
+            self.ask("start container", REQUEST_LIMIT, self.runtime().await?.start_container(req)).await?;
+            self.limit_pids(id, spec).await
+        };
+        if let Err(e) = started.await {
             let _ = self.remove(id).await;
             return Err(e);
         }
@@ -603,7 +658,10 @@ impl ContainerBackend for Cri {
     async fn list(&self, mount_id: &str) -> Result<Vec<Managed>, BackendError> {
         let filter = cri::ContainerFilter { label_selector: HashMap::from([(LABEL_MOUNT.to_string(), mount_id.to_string())]), ..Default::default() };
         let mut out = Vec::new();
-        for c in self.containers(filter).await? {
+        let found = self.containers(filter).await?;
+        let live: Vec<String> = found.iter().filter_map(|c| c.metadata.as_ref().map(|m| m.name.clone())).collect();
+        spec::sweep_scratch(&format!("odfs-{mount_id}-"), &live);
+        for c in found {
             let running = c.state == cri::ContainerState::ContainerRunning as i32;
             let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
             out.push(Managed {

@@ -247,7 +247,7 @@ fn append_tree<W: std::io::Write>(tar: &mut tar::Builder<W>, path: &Path, name: 
             tracing::warn!(file = name, "the image's files beyond {} KiB left out", (budget.used + budget.left) >> 10);
             return Ok(false);
         }
-        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+        let Some(file) = open_regular(path)? else { return Ok(true) };
         header.set_size(meta.len());
         header.set_mode(meta.permissions().mode());
         tar.append_data(&mut header, name, file.take(meta.len()))?;
@@ -257,13 +257,27 @@ fn append_tree<W: std::io::Write>(tar: &mut tar::Builder<W>, path: &Path, name: 
     Ok(true)
 }
 
-/// A file of the image, at most `limit` bytes; empty when absent or a link.
+/// `path` opened for reading when it is a regular file (`None`: anything
+/// else). Never a link, and never blocking on open: the daemon reads as
+/// root from outside the container's device rules, so an image's device
+/// node or FIFO at a path it reads must not be read, nor hold it.
+fn open_regular(path: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(file.metadata()?.file_type().is_file().then_some(file))
+}
+
+/// A file of the image, at most `limit` bytes; empty when absent, a link,
+/// or not a regular file.
 fn read_file(root: &Path, path: &str, limit: u64) -> std::io::Result<String> {
     let Some(at) = inside(root, path) else { return Ok(String::new()) };
     let mut data = Vec::new();
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(at) {
-        Ok(f) => f.take(limit).read_to_end(&mut data)?,
-        Err(_) => return Ok(String::new()),
+    match open_regular(&at) {
+        Ok(Some(f)) => f.take(limit).read_to_end(&mut data)?,
+        _ => return Ok(String::new()),
     };
     Ok(String::from_utf8_lossy(&data).into_owned())
 }
@@ -284,6 +298,12 @@ mod tests {
         assert!(inside(root.path(), "/usr/../etc").is_none());
         assert_eq!(read_file(root.path(), "/passwd", 100).unwrap(), "");
         assert_eq!(read_file(root.path(), "/usr/share/man/man1/ls.1", 2).unwrap(), "pa");
+        // A FIFO is never opened for reading (it would block), a device never read.
+        nix::unistd::mkfifo(&root.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(read_file(root.path(), "/fifo", 100).unwrap(), "");
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        mknod(&root.path().join("zero"), SFlag::S_IFCHR, Mode::from_bits_truncate(0o644), makedev(1, 5)).unwrap();
+        assert_eq!(read_file(root.path(), "/zero", 100).unwrap(), "");
     }
 
     #[test]

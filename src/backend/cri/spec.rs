@@ -75,7 +75,7 @@ pub fn container(spec: &ContainerSpec) -> cri::ContainerConfig {
             ..Default::default()
         })
         .collect();
-    mounts.extend(spec.tmpfs.iter().filter_map(|p| scratch_dir(&spec.name, p)));
+    mounts.extend(spec.tmpfs.iter().enumerate().filter_map(|(i, p)| scratch_dir(&spec.name, i, p)));
     let limits = &spec.limits;
     let cpu_period = 100_000;
     let resources = cri::LinuxContainerResources {
@@ -96,8 +96,10 @@ pub fn container(spec: &ContainerSpec) -> cri::ContainerConfig {
         envs: spec
             .env
             .iter()
+            .cloned()
+            .chain(std::iter::once(format!("{}={}", crate::protocol::RLIMITS_ENV, crate::backend::create::rlimits_spec())))
             .map(|e| {
-                let (key, value) = e.split_once('=').unwrap_or((e, ""));
+                let (key, value) = e.split_once('=').unwrap_or((&e, ""));
                 cri::KeyValue { key: key.into(), value: value.into() }
             })
             .collect(),
@@ -127,33 +129,78 @@ pub fn container(spec: &ContainerSpec) -> cri::ContainerConfig {
 }
 
 /// Where the scratch directories of the containers made through the CRI
-/// are, on the host: the CRI mounts no tmpfs, so each is a directory of
-/// the host's `/run` (itself a tmpfs), bound in and removed with its
-/// container.
+/// are, on the host: the CRI mounts no tmpfs, so the daemon mounts one per
+/// scratch directory, as the Docker engine would (its default size, half
+/// the memory, charged to whoever writes), here, binds it in, and unmounts
+/// and removes it with its container.
 pub const SCRATCH_ROOT: &str = "/run/odfs-cri";
 
-/// A fresh scratch directory for `path` in container `name`: `/run` is
-/// root's (0755), as on the host; any other is its callers' to share (1777).
-fn scratch_dir(name: &str, path: &std::path::Path) -> Option<cri::Mount> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let flat = path.to_string_lossy().trim_matches('/').replace('/', "_");
-    let dir = std::path::Path::new(SCRATCH_ROOT).join(name).join(if flat.is_empty() { "root".into() } else { flat });
+/// A fresh tmpfs for scratch directory number `index` of container `name`,
+/// at `path` inside it: `/run` is root's (0755), as on the host; any other
+/// is its callers' to share (1777).
+fn scratch_dir(name: &str, index: usize, path: &std::path::Path) -> Option<cri::Mount> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::path::Path::new(SCRATCH_ROOT).join(name).join(index.to_string());
+    unmount_all(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).ok()?;
-    let mode = if path == std::path::Path::new("/run") { 0o755 } else { 0o1777 };
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).ok()?;
+    let mode = if path == std::path::Path::new("/run") { "0755" } else { "1777" };
+    let options = format!("mode={mode}");
+    if let Err(e) = mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str())) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot mount a scratch tmpfs");
+        return None;
+    }
     Some(cri::Mount { container_path: path.to_string_lossy().into_owned(), host_path: dir.to_string_lossy().into_owned(), ..Default::default() })
+}
+
+/// Unmount what is mounted at the scratch directories under `dir`.
+fn unmount_all(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// Remove the scratch directories of container `name`.
 pub fn remove_scratch(name: &str) {
-    if !name.is_empty() && !name.contains('/') && name != "." && name != ".." {
-        let _ = std::fs::remove_dir_all(std::path::Path::new(SCRATCH_ROOT).join(name));
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return;
+    }
+    let dir = std::path::Path::new(SCRATCH_ROOT).join(name);
+    unmount_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Remove the scratch directories of this mount's containers (names
+/// starting `prefix`) that are not in `live`: those of containers that
+/// went while no daemon watched (an engine restarted, an admin's removal).
+pub fn sweep_scratch(prefix: &str, live: &[String]) {
+    let Ok(entries) = std::fs::read_dir(SCRATCH_ROOT) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && !live.contains(&name) {
+            remove_scratch(&name);
+        }
     }
 }
 
-fn cgroup_v2() -> bool {
+pub fn cgroup_v2() -> bool {
     std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// A bind the CRI would make a recursive copy of host mounts with: a
+/// private bind (not following the host) of a directory with mounts below
+/// it, in `mountinfo`. The CRI binds every directory recursively, so those
+/// submounts would stay mounted in the container after the host unmounts
+/// them (Docker binds such a directory alone). The bind's source and the
+/// first such mount.
+pub fn held_submount<'a>(binds: &'a [crate::backend::Bind], mountinfo: &str) -> Option<(&'a std::path::Path, String)> {
+    let points: Vec<String> = mountinfo.lines().filter_map(|l| l.split(' ').nth(4).map(|p| p.replace("\\040", " "))).collect();
+    binds.iter().filter(|b| !b.follow_host).find_map(|b| {
+        let below = points.iter().find(|p| std::path::Path::new(p.as_str()).strip_prefix(&b.source).is_ok_and(|rest| !rest.as_os_str().is_empty()))?;
+        Some((b.source.as_path(), below.clone()))
+    })
 }
 
 /// The interface names of a `/proc/PID/net/dev` table.
@@ -225,6 +272,16 @@ mod tests {
         assert_eq!((ns.network, ns.pid), (cri::NamespaceMode::Node as i32, cri::NamespaceMode::Container as i32));
         assert_eq!(sb.hostname, "");
         assert_eq!(sb.metadata.unwrap().namespace, POD_NAMESPACE);
+    }
+
+    #[test]
+    fn a_private_bind_over_submounts_is_found_and_a_following_one_is_not() {
+        let info = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:50 / /tmp/odfs-x/mnt rw - fuse odfs rw\n";
+        let private = vec![Bind::plain("/etc/passwd", "/etc/passwd", true), Bind::plain("/tmp", "/tmp", false)];
+        assert_eq!(held_submount(&private, info).map(|(s, m)| (s.to_path_buf(), m)), Some(("/tmp".into(), "/tmp/odfs-x/mnt".into())));
+        let following = vec![Bind { source: "/tmp".into(), target: "/tmp".into(), read_only: false, follow_host: true }];
+        assert_eq!(held_submount(&following, info), None);
+        assert_eq!(held_submount(&[Bind::plain("/tmp/odfs-x/mnt", "/m", true)], info), None);
     }
 
     #[test]
